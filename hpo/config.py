@@ -1,0 +1,120 @@
+"""The study config: one YAML file that says what to optimise and over what.
+
+Keys (unknown ones are refused)::
+
+    study_name: physae                       # default of STUDY_NAME
+    objective: hpo.physae.objective:objective
+    direction: minimize                      # or directions: [minimize, minimize]
+    settings: {n_train: 50000, ...}          # defaults of the settings (see hpo.settings)
+    space: {...}                             # see hpo.space
+    enqueue: [{param: value, ...}, ...]      # warm-start trials of a new study
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from hpo.errors import UsageError
+from hpo.objective import Objective
+from hpo.space import Param, parse_space
+
+_TOP_KEYS = ("study_name", "objective", "direction", "directions", "settings", "space", "enqueue")
+_DIRECTIONS = ("minimize", "maximize")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    path: Path
+    objective: str  # "package.module:function"
+    directions: tuple[str, ...]
+    space: Mapping[str, Param]
+    enqueue: tuple[Mapping[str, Any], ...]
+    settings: Mapping[str, Any]  # the settings: section, plus study_name when given
+
+    def load_objective(self) -> Objective:
+        """Import the objective function named in the config."""
+        module_name, _, func_name = self.objective.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UsageError(f"{self.path}: objective: cannot import {module_name!r}: {exc}") from None
+        func = getattr(module, func_name, None)
+        if not callable(func):
+            raise UsageError(f"{self.path}: objective: {module_name!r} has no function {func_name!r}")
+        return func  # type: ignore[no-any-return]
+
+
+def _directions(path: Path, raw: Mapping[str, Any]) -> tuple[str, ...]:
+    if "direction" in raw and "directions" in raw:
+        raise UsageError(f"{path}: direction: give either 'direction' or 'directions', not both")
+    if "directions" in raw:
+        values = raw["directions"]
+        key = "directions"
+        if not isinstance(values, list) or not values:
+            raise UsageError(f"{path}: directions: must be a non-empty list of {' or '.join(_DIRECTIONS)}")
+    else:
+        values, key = [raw.get("direction", "minimize")], "direction"
+    for value in values:
+        if value not in _DIRECTIONS:
+            raise UsageError(f"{path}: {key}: {value!r} is not valid; valid: {', '.join(_DIRECTIONS)}")
+    return tuple(values)
+
+
+def _enqueue(path: Path, raw: Any, space: Mapping[str, Param]) -> tuple[Mapping[str, Any], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise UsageError(f"{path}: enqueue: must be a list of parameter mappings")
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, Mapping):
+            raise UsageError(f"{path}: enqueue[{i}]: must be a mapping of parameter to value")
+        for name, value in entry.items():
+            if name not in space:
+                raise UsageError(f"{path}: enqueue[{i}].{name}: not a parameter of the space")
+            if not space[name].contains(value):
+                raise UsageError(f"{path}: enqueue[{i}].{name}: {value!r} is outside the parameter's range")
+    return tuple(raw)
+
+
+def parse_config(path: Path, raw: Any) -> StudyConfig:
+    """Validate a loaded YAML document; pure."""
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"{path}: expected a mapping at the top level")
+    unknown = sorted(set(raw) - set(_TOP_KEYS))
+    if unknown:
+        raise UsageError(f"{path}: {unknown[0]}: unknown key; valid: {', '.join(_TOP_KEYS)}")
+    objective = raw.get("objective")
+    if not isinstance(objective, str) or ":" not in objective:
+        raise UsageError(f"{path}: objective: {objective!r} is not valid; valid: 'package.module:function'")
+    settings = raw.get("settings") or {}
+    if not isinstance(settings, Mapping):
+        raise UsageError(f"{path}: settings: must be a mapping of setting name to value")
+    settings = dict(settings)
+    if "study_name" in raw:
+        settings.setdefault("study_name", raw["study_name"])
+    space = parse_space(path, raw.get("space"))
+    return StudyConfig(
+        path=path,
+        objective=objective,
+        directions=_directions(path, raw),
+        space=space,
+        enqueue=_enqueue(path, raw.get("enqueue"), space),
+        settings=settings,
+    )
+
+
+def load_config(path: Path) -> StudyConfig:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the study config: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(path, raw)

@@ -1,0 +1,90 @@
+"""The trial-outcome policy, in one place.
+
+| what ended the trial                      | state    | reason                     | retried | worker stops |
+|-------------------------------------------|----------|----------------------------|---------|--------------|
+| finite value(s) returned                  | COMPLETE |                            | no      | no           |
+| non-finite value returned                 | PRUNED   | diverged: objective is nan | no      | no           |
+| ``Diverged`` (non-finite loss)            | PRUNED   | its message                | no      | no           |
+| ``optuna.TrialPruned`` (the pruner)       | PRUNED   | pruned at step N           | no      | no           |
+| ``TrialStopped("preempted")``             | FAIL     | preempted                  | yes     | yes          |
+| ``SystemExit`` (submitit requeue)         | FAIL     | preempted                  | yes     | yes          |
+| ``TrialStopped("interrupted")``, Ctrl-C   | FAIL     | interrupted                | no      | yes          |
+| CUDA/CPU out of memory                    | FAIL     | out of memory              | no      | no           |
+| any other exception                       | FAIL     | ``Type: message``          | no      | no           |
+
+Never ``return float("inf")`` for a failure: it poisons the sampler.
+Failed trials never count toward ``MAX_TRIALS`` (see :mod:`hpo.storage`).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.objective import TrialStopped
+
+PREEMPTED = "preempted"
+INTERRUPTED = "interrupted"
+OUT_OF_MEMORY = "out of memory"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: TrialState
+    values: tuple[float, ...] | None = None
+    reason: str | None = None
+    retry: bool = False  # enqueue a new trial with the same parameters
+    stop_worker: str | None = None  # why the worker must stop after this trial
+    show_traceback: bool = False
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    # torch.cuda.OutOfMemoryError, without importing torch here (keeps start-up light).
+    if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_memory() -> None:
+    """Give back what a failed trial held, so the worker can go on."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def from_value(value: Any, n_objectives: int) -> Outcome:
+    values = tuple(value) if isinstance(value, Sequence) and not isinstance(value, str) else (value,)
+    if len(values) != n_objectives:
+        return Outcome(TrialState.FAIL, reason=f"objective returned {len(values)} value(s), expected {n_objectives}")
+    try:
+        floats = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        return Outcome(TrialState.FAIL, reason=f"objective returned a non-number: {value!r}")
+    if not all(math.isfinite(v) for v in floats):
+        return Outcome(TrialState.PRUNED, reason=f"diverged: objective is {value!r}")
+    return Outcome(TrialState.COMPLETE, values=floats)
+
+
+def from_exception(exc: BaseException, last_step: int | None) -> Outcome:
+    if isinstance(exc, optuna.TrialPruned):
+        reason = str(exc) or (f"pruned at step {last_step}" if last_step is not None else "pruned")
+        return Outcome(TrialState.PRUNED, reason=reason)
+    if isinstance(exc, TrialStopped):
+        return Outcome(TrialState.FAIL, reason=exc.reason, retry=exc.reason == PREEMPTED, stop_worker=exc.reason)
+    if isinstance(exc, SystemExit):
+        # submitit's requeue path exits from inside its signal handler: the job
+        # comes back, so this trial is retried like any preempted one.
+        return Outcome(TrialState.FAIL, reason=PREEMPTED, retry=True, stop_worker=PREEMPTED)
+    if isinstance(exc, KeyboardInterrupt):
+        return Outcome(TrialState.FAIL, reason=INTERRUPTED, stop_worker=INTERRUPTED)
+    if _is_out_of_memory(exc):
+        free_memory()
+        return Outcome(TrialState.FAIL, reason=OUT_OF_MEMORY)
+    return Outcome(TrialState.FAIL, reason=f"{type(exc).__name__}: {exc}", show_traceback=True)

@@ -1,0 +1,134 @@
+"""Stale-trial recovery for journal storage: heartbeats and the reaper.
+
+Optuna's journal storage has no heartbeat (``fail_stale_trials`` only works on
+RDB storage), so a worker killed by SIGKILL, the OOM killer or a node failure
+leaves its trial RUNNING forever. Here a running trial's worker writes the time
+into the trial's system attribute ``hpo:heartbeat`` every ``HPO_HEARTBEAT_SECONDS``;
+any worker (at start and between trials) or ``hpo reap`` fails RUNNING trials
+whose heartbeat is older than ``HPO_STALE_SECONDS``, or whose process is gone on
+this host, with reason ``worker lost``, and enqueues a retry with the same
+parameters at most ``HPO_MAX_RETRIES`` times along the lineage.
+
+Clock assumption: heartbeats carry the writer's wall clock and are compared
+with the reaper's; nodes are assumed NTP-synchronised to well under
+``HPO_STALE_SECONDS`` (default 60 s, against typical skews of milliseconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from optuna.trial import FrozenTrial, TrialState
+
+if TYPE_CHECKING:
+    from hpo.storage import SharedStudy
+
+_logger = logging.getLogger(__name__)
+
+HEARTBEAT_ATTR = "hpo:heartbeat"
+WORKER_LOST = "worker lost"
+
+
+class Heartbeat:
+    """Background thread that keeps one running trial's heartbeat fresh.
+
+    Safe because the journal storage serialises access with its own thread
+    lock; signal handlers never touch the storage (they only set a flag).
+    """
+
+    def __init__(self, shared: "SharedStudy", trial_id: int, period: float) -> None:
+        self._shared, self._trial_id, self._period = shared, trial_id, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+
+    def __enter__(self) -> "Heartbeat":
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def beat(self) -> None:
+        storage = self._shared.study._storage
+        storage.set_trial_system_attr(self._trial_id, HEARTBEAT_ATTR, time.time())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            try:
+                self.beat()
+            except Exception:  # the trial may have been finished meanwhile
+                _logger.debug("heartbeat of trial id %d not written", self._trial_id, exc_info=True)
+                return
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: str) -> bool:
+    """A RUNNING trial whose worker is gone: stale heartbeat, or dead pid on this host."""
+    attrs = trial.user_attrs
+    if attrs.get("host") == host and isinstance(attrs.get("pid"), int) and attrs["pid"] != os.getpid():
+        if not _process_alive(attrs["pid"]):
+            return True
+    beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+    if beat is None:
+        beat = trial.datetime_start.timestamp() if trial.datetime_start else now
+    return now - float(beat) > stale_seconds
+
+
+def reap(shared: "SharedStudy", host: str) -> list[int]:
+    """Fail lost trials and enqueue their retries. Returns the reaped trial numbers."""
+    settings = shared.settings
+    now = time.time()
+    candidates = [
+        t for t in shared.trials((TrialState.RUNNING,)) if is_lost(t, now, settings.stale_seconds, host)
+    ]
+    if not candidates:
+        return []
+    reaped: list[int] = []
+    storage = shared.study._storage
+    with shared.slots():  # one reaper at a time: no trial is retried twice
+        running = {t.number: t for t in shared.trials((TrialState.RUNNING,))}
+        for trial in candidates:
+            if trial.number not in running:
+                continue
+            storage.set_trial_user_attr(trial._trial_id, "reason", WORKER_LOST)
+            shared.study.tell(trial.number, state=TrialState.FAIL)
+            reaped.append(trial.number)
+            _logger.warning("trial %d: worker %s lost; marked FAIL", trial.number, trial.user_attrs.get("worker"))
+            enqueue_retry(shared, trial, WORKER_LOST)
+    return reaped
+
+
+def enqueue_retry(shared: "SharedStudy", trial: FrozenTrial, reason: str) -> bool:
+    """Re-run ``trial``'s parameters, up to ``HPO_MAX_RETRIES`` along its lineage."""
+    count = int(trial.user_attrs.get("retry_count", 0))
+    if count >= shared.settings.max_retries:
+        _logger.warning("trial %d: %s, not retried (%d retries already)", trial.number, reason, count)
+        return False
+    origin = trial.user_attrs.get("retry_origin", trial.number)
+    shared.study.enqueue_trial(
+        dict(trial.params),
+        user_attrs={
+            "retry_of": trial.number,
+            "retry_origin": origin,
+            "retry_count": count + 1,
+            "retry_reason": reason,
+            "resume_from": trial.user_attrs.get("run_dir"),
+        },
+    )
+    _logger.info("trial %d: %s; retry %d/%d enqueued", trial.number, reason, count + 1, shared.settings.max_retries)
+    return True

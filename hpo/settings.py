@@ -1,0 +1,320 @@
+"""Typed settings, read in one place.
+
+Precedence, resolved in :func:`resolve` and nowhere else:
+built-in defaults < the study config's ``settings:`` section < environment < CLI flags.
+
+Every field is declared once in :data:`FIELDS` (its environment variable, parser,
+default and help); the CLI builds its flags from the same table, ``hpo config``
+prints it, and launchers pass resolved settings to workers with :meth:`Settings.to_env`.
+Nothing below this module reads ``os.environ`` for these values.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from hpo.errors import UsageError
+
+SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "nsga2")
+PRUNERS = ("hyperband", "median", "sha", "percentile", "wilcoxon", "none")
+DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+
+Parser = Callable[[str, Any], Any]
+
+
+def _int_in(low: int, high: int) -> Parser:
+    def parse(name: str, raw: Any) -> int:
+        text = str(raw).strip()
+        try:
+            value = int(text)
+        except ValueError:
+            raise UsageError(f"{name}={raw!r} is not an integer; valid: an integer from {low} to {high}") from None
+        if not low <= value <= high:
+            raise UsageError(f"{name}={raw!r} is out of range; valid: an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _optional(inner: Parser) -> Parser:
+    def parse(name: str, raw: Any) -> Any:
+        if raw is None or str(raw).strip().lower() in ("", "none", "unlimited"):
+            return None
+        return inner(name, raw)
+
+    return parse
+
+
+def _positive_float(name: str, raw: Any) -> float:
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        raise UsageError(f"{name}={raw!r} is not a number; valid: a positive number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{name}={raw!r} is out of range; valid: a positive number of seconds")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Parser:
+    def parse(name: str, raw: Any) -> str:
+        value = str(raw).strip().lower()
+        if value not in choices:
+            raise UsageError(f"{name}={raw!r} is not valid; valid: {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+_STUDY_RE = re.compile(r"^[^\x00-\x1f/\\]{1,128}$")
+
+
+def _study_name(name: str, raw: Any) -> str:
+    value = str(raw)
+    if not _STUDY_RE.match(value) or ".." in value or value.startswith((".", "-")) or value != value.strip():
+        raise UsageError(
+            f"{name}={raw!r} is not a valid study name; valid: 1-128 characters, no '/', '\\', '..', "
+            "control characters, leading '.' or '-', or surrounding spaces"
+        )
+    return value
+
+
+def _device(name: str, raw: Any) -> str:
+    value = str(raw).strip().lower()
+    if value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise UsageError(f"{name}={raw!r} is not a device; valid: {DEVICES_HELP}")
+
+
+def _directory(name: str, raw: Any) -> Path:
+    """A directory we may create or write into. Checked, never created, here."""
+    text = str(raw)
+    if not text.strip() or "\x00" in text:
+        raise UsageError(f"{name}={raw!r} is not a directory path; valid: a writable directory")
+    path = Path(text).expanduser()
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UsageError(f"{name}={raw!r} is not usable: {str(probe)!r} exists and is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{name}={raw!r} is not writable (checked {str(probe)!r}); valid: a writable directory")
+    return path
+
+
+def _config_path(name: str, raw: Any) -> Path:
+    path = Path(str(raw)).expanduser()
+    if not path.is_file():
+        raise UsageError(f"{name}={raw!r}: no such config file; valid: a YAML study config, e.g. configs/physae.yaml")
+    return path
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str  # attribute of Settings and key in the config's settings: section
+    env: str  # environment variable
+    parse: Parser
+    default: Any
+    help: str
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("n_train", "N_TRAIN", _int_in(1, 10_000_000), 50000, "training samples"),
+    Field("n_val", "N_VAL", _int_in(1, 1_000_000), 4000, "validation samples"),
+    Field("n_points", "N_POINTS", _int_in(16, 65536), 256, "points per spectrum"),
+    Field("stagea_epochs", "STAGEA_EPOCHS", _optional(_int_in(1, 10000)), None, "fix Stage A epochs (else sampled)"),
+    Field("stageb1_epochs", "STAGEB1_EPOCHS", _optional(_int_in(1, 10000)), None, "fix Stage B1 epochs (else sampled)"),
+    Field("stageb2_epochs", "STAGEB2_EPOCHS", _optional(_int_in(1, 10000)), None, "fix Stage B2 epochs (else sampled)"),
+    Field("batch_size", "BATCH_SIZE", _int_in(1, 1_000_000), 512, "training batch size"),
+    Field("max_trials", "MAX_TRIALS", _int_in(1, 10_000_000), 100, "study-wide finished trials (COMPLETE+PRUNED)"),
+    Field("trials_per_worker", "TRIALS_PER_WORKER", _optional(_int_in(1, 10_000_000)), None, "cap per worker"),
+    Field("timeout_seconds", "TIMEOUT_SECONDS", _optional(_positive_float), None, "a worker's wall-time budget"),
+    Field("optuna_seed", "OPTUNA_SEED", _int_in(0, 2**31 - 1), 42, "base sampler seed (+ worker rank)"),
+    Field("sampler", "OPTUNA_SAMPLER", _choice(SAMPLERS), "tpe", "sampler"),
+    Field("pruner", "OPTUNA_PRUNER", _choice(PRUNERS), "hyperband", "pruner"),
+    Field("journal_dir", "JOURNAL_DIR", _directory, Path("optuna_journal"), "journal folder (shared filesystem)"),
+    Field("study_name", "STUDY_NAME", _study_name, "physae", "study name"),
+    Field("log_dir", "LOG_DIR", _directory, Path("optuna_logs"), "worker logs"),
+    Field("trial_output", "TRIAL_OUTPUT", _directory, Path("optuna_runs"), "per-trial run directories"),
+    Field("device", "HPO_DEVICE", _device, "auto", f"training device: {DEVICES_HELP}"),
+    Field("data_seed", "DATA_SEED", _int_in(0, 2**31 - 1), 0, "seed of the generated dataset"),
+    Field("train_seed", "TRAIN_SEED", _int_in(0, 2**31 - 1), 0, "seed of weight init and batch order"),
+    Field("max_retries", "HPO_MAX_RETRIES", _int_in(0, 100), 2, "retries of a lost or preempted trial"),
+    Field("heartbeat_seconds", "HPO_HEARTBEAT_SECONDS", _positive_float, 10.0, "heartbeat period of running trials"),
+    Field("stale_seconds", "HPO_STALE_SECONDS", _positive_float, 60.0, "heartbeat age after which a trial is lost"),
+)
+FIELD_BY_NAME = {f.name: f for f in FIELDS}
+CONFIG_ENV = "HPO_CONFIG"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective settings of a worker or launcher. Build with :func:`resolve`."""
+
+    n_train: int
+    n_val: int
+    n_points: int
+    stagea_epochs: int | None
+    stageb1_epochs: int | None
+    stageb2_epochs: int | None
+    batch_size: int
+    max_trials: int
+    trials_per_worker: int | None
+    timeout_seconds: float | None
+    optuna_seed: int
+    sampler: str
+    pruner: str
+    journal_dir: Path
+    study_name: str
+    log_dir: Path
+    trial_output: Path
+    device: str
+    data_seed: int
+    train_seed: int
+    max_retries: int
+    heartbeat_seconds: float
+    stale_seconds: float
+    config: Path
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def journal_path(self) -> Path:
+        """``$JOURNAL_DIR/$STUDY_NAME.journal``: the study's only state."""
+        return self.journal_dir / f"{self.study_name}.journal"
+
+    @property
+    def study_dir(self) -> Path:
+        """``$TRIAL_OUTPUT/$STUDY_NAME``: run directories of this study's trials."""
+        return self.trial_output / self.study_name
+
+    def fixed_params(self) -> dict[str, int]:
+        """Parameters fixed by the environment instead of sampled (PhysAE stage epochs)."""
+        pairs = (("A.epochs", self.stagea_epochs), ("B1.epochs", self.stageb1_epochs), ("B2.epochs", self.stageb2_epochs))
+        return {name: value for name, value in pairs if value is not None}
+
+    def to_env(self) -> dict[str, str]:
+        """Environment that makes a child process resolve exactly these settings."""
+        env = {CONFIG_ENV: str(self.config)}
+        for f in FIELDS:
+            value = getattr(self, f.name)
+            env[f.env] = "" if value is None else str(value)
+        return env
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "sources":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+def default_config_path() -> Path:
+    """``configs/physae.yaml`` of the current folder, else of the checkout hpo runs from."""
+    local = Path("configs/physae.yaml")
+    if local.is_file():
+        return local
+    return Path(__file__).resolve().parent.parent / "configs" / "physae.yaml"
+
+
+def config_path(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Path, str]:
+    """Which study config to read, and where that choice came from."""
+    if flags.get("config") is not None:
+        return _config_path("--config", flags["config"]), "flag:--config"
+    if env.get(CONFIG_ENV):
+        return _config_path(CONFIG_ENV, env[CONFIG_ENV]), f"env:{CONFIG_ENV}"
+    return _config_path("default config", default_config_path()), "default"
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_settings: Mapping[str, Any],
+    config: Path,
+    config_source: str = "default",
+) -> Settings:
+    """Merge the four layers; validate every value; touch nothing on disk.
+
+    ``flags`` maps field names to CLI values (None = not given); ``env`` is the
+    process environment; ``config_settings`` is the config's ``settings:`` section.
+    """
+    unknown = sorted(set(config_settings) - set(FIELD_BY_NAME))
+    if unknown:
+        raise UsageError(
+            f"{config}: settings.{unknown[0]} is not a setting; valid: {', '.join(FIELD_BY_NAME)}"
+        )
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {"config": config_source}
+    for f in FIELDS:
+        if flags.get(f.name) is not None:
+            raw, label, source = flags[f.name], "--" + f.name.replace("_", "-"), "flag"
+        elif f.env in env and env[f.env] != "":
+            raw, label, source = env[f.env], f.env, f"env:{f.env}"
+        elif f.name in config_settings:
+            raw, label, source = config_settings[f.name], f"{config}: settings.{f.name}", f"config:{config}"
+        else:
+            values[f.name], sources[f.name] = f.default, "default"
+            continue
+        values[f.name], sources[f.name] = f.parse(label, raw), source
+    return Settings(**values, config=config, sources=sources)
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """Who this worker is, from the launcher's environment (SLURM, submitit or ``hpo run``)."""
+
+    worker_id: str  # names the log file: worker_<worker_id>.log
+    rank: int  # distinct per concurrent worker of a launch; offsets the sampler seed
+    host: str
+    pid: int
+    slurm_job_id: str | None
+    slurm_array_job_id: str | None
+    slurm_array_task_id: str | None
+    slurm_procid: str | None
+    visible_gpus: str | None  # CUDA_VISIBLE_DEVICES as given by the launcher
+    seed_offset: int = 0  # HPO_SEED_OFFSET: set by launchers so a second launch samples anew
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], host: str, pid: int) -> "WorkerIdentity":
+        job = env.get("SLURM_JOB_ID")
+        array_job, array_task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+        procid = env.get("SLURM_PROCID")
+        local_rank = env.get("HPO_WORKER_RANK")
+        if array_job and array_task:
+            # One worker per array task; a requeued task keeps its id and appends to its log.
+            worker_id, rank = f"{array_job}_{array_task}", int(array_task)
+        elif job:
+            worker_id, rank = f"{job}_{procid or 0}", int(procid or 0)
+        else:
+            worker_id, rank = f"{host}_{pid}", int(local_rank or 0)
+        if procid and array_job and array_task and procid != "0":
+            worker_id += f"_{procid}"
+        return cls(
+            worker_id=re.sub(r"[^A-Za-z0-9_.-]", "-", worker_id),
+            rank=rank,
+            host=host,
+            pid=pid,
+            slurm_job_id=job,
+            slurm_array_job_id=array_job,
+            slurm_array_task_id=array_task,
+            slurm_procid=procid,
+            visible_gpus=env.get("CUDA_VISIBLE_DEVICES"),
+            seed_offset=_int_in(0, 2**62)("HPO_SEED_OFFSET", env.get("HPO_SEED_OFFSET") or 0),
+        )
+
+    def attrs(self) -> dict[str, Any]:
+        """User attributes that link a trial back to its worker."""
+        out: dict[str, Any] = {"worker": self.worker_id, "host": self.host, "pid": self.pid}
+        for key in ("slurm_job_id", "slurm_array_job_id", "slurm_array_task_id", "slurm_procid"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value
+        out["gpu"] = self.visible_gpus if self.visible_gpus not in (None, "") else "none"
+        return out

@@ -1,0 +1,282 @@
+"""One worker: run trials of one study until a budget, a deadline or a signal says stop.
+
+What ``hpo worker`` runs, in the current process, whoever launched it (``srun``,
+a job-array task, submitit, or ``hpo run``). The loop, with every stop reason:
+
+1. stop flag set by a signal            -> ``interrupted`` / ``preempted``
+2. ``TRIALS_PER_WORKER`` trials run      -> ``trials per worker``
+3. ``TIMEOUT_SECONDS`` reached, or the next trial would not fit before it
+   (estimated from the median duration of completed trials) -> ``time budget``
+4. the study has ``MAX_TRIALS`` finished trials -> ``max trials``
+5. else ask a trial within the budget (see :meth:`SharedStudy.ask_within_budget`),
+   or wait for running trials to finish when every slot is taken.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import signal
+import socket
+import statistics
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo import outcome as outcomes
+from hpo.config import StudyConfig
+from hpo.logs import trial_logging
+from hpo.objective import Objective, TrialContext
+from hpo.recovery import Heartbeat, enqueue_retry, reap
+from hpo.settings import Settings, WorkerIdentity
+from hpo.space import suggest
+from hpo.storage import SharedStudy, open_study
+from hpo.util import write_json_atomic
+
+_logger = logging.getLogger(__name__)
+
+WAIT_POLL_SECONDS = 2.0
+
+
+class StopReason(enum.Enum):
+    """Why a worker stopped, and the exit status the CLI gives it."""
+
+    MAX_TRIALS = ("max trials", 0)
+    TRIALS_PER_WORKER = ("trials per worker", 0)
+    TIME_BUDGET = ("time budget", 0)
+    INTERRUPTED = ("interrupted", 130)
+    # EX_TEMPFAIL: the work is not done; a launcher should requeue this worker.
+    PREEMPTED = ("preempted", 75)
+
+    @property
+    def label(self) -> str:
+        return self.value[0]
+
+    @property
+    def exit_code(self) -> int:
+        return self.value[1]
+
+
+@dataclass
+class StopFlag:
+    """Set from signal handlers; read by the loop and by trials at epoch boundaries.
+
+    Handlers only set this flag: a handler that calls the storage deadlocks on
+    the storage's own lock (measured: 10 of 10 times).
+    """
+
+    reason: str | None = None
+    interrupts: int = 0
+    _previous: dict[int, Any] = field(default_factory=dict)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                raise KeyboardInterrupt  # second Ctrl-C: stop now, mid-epoch
+            self.reason = self.reason or outcomes.INTERRUPTED
+        else:
+            self.reason = outcomes.PREEMPTED
+
+    def install(self, signums: tuple[int, ...]) -> None:
+        for signum in signums:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def wait(self, seconds: float) -> None:
+        """Sleep, waking early when the flag is set."""
+        deadline = time.monotonic() + seconds
+        while self.reason is None and time.monotonic() < deadline:
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+def resolve_device(requested: str, visible_gpus: str | None) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible to this process, else ``cpu``."""
+    if requested != "auto":
+        return requested
+    if visible_gpus is not None and not visible_gpus.strip():
+        return "cpu"  # the launcher hid every GPU: no need to import torch to know
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sampler_seed(settings: Settings, identity: WorkerIdentity) -> int:
+    """``OPTUNA_SEED + rank``, shifted by the launch's ``HPO_SEED_OFFSET`` so that a
+    second launch into the same study never replays the first one's random start-up
+    proposals (``hpo run`` sets it from the study's size, SLURM scripts from the job id)."""
+    return (settings.optuna_seed + identity.seed_offset + identity.rank) % (2**31)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        config: StudyConfig,
+        identity: WorkerIdentity,
+        flag: StopFlag | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings, self.config, self.identity = settings, config, identity
+        self.flag = flag or StopFlag()
+        self.clock = clock
+        self.objective: Objective = config.load_objective()
+        self.device = resolve_device(settings.device, identity.visible_gpus)
+        self.trials_run = 0
+        self.started = clock()
+
+    # -- the loop ---------------------------------------------------------
+    def run(self) -> StopReason:
+        s = self.settings
+        seed = sampler_seed(s, self.identity)
+        shared = open_study(s, self.config, seed)
+        _logger.info(
+            "worker %s started: study=%r journal=%s device=%s gpu=%s seed=%d max_trials=%d "
+            "trials_per_worker=%s timeout=%s sampler=%s pruner=%s",
+            self.identity.worker_id, s.study_name, s.journal_path, self.device, self.identity.visible_gpus,
+            seed, s.max_trials, s.trials_per_worker,
+            s.timeout_seconds, s.sampler, s.pruner,
+        )
+        _logger.info("settings: %s", json.dumps(s.as_dict(), sort_keys=True))
+        reap(shared, self.identity.host)
+        reason = self._loop(shared)
+        counts = shared.counts()
+        _logger.info(
+            "worker %s stopped: %s (ran %d trial(s) in %.1fs; study: %d complete, %d pruned, %d fail, %d running)",
+            self.identity.worker_id, reason.label, self.trials_run, self.clock() - self.started,
+            counts[TrialState.COMPLETE], counts[TrialState.PRUNED], counts[TrialState.FAIL],
+            counts[TrialState.RUNNING],
+        )
+        return reason
+
+    def _loop(self, shared: SharedStudy) -> StopReason:
+        while True:
+            reason = self._stop_before_next(shared)
+            if reason is not None:
+                return reason
+            trial, done = shared.ask_within_budget()
+            if done:
+                return StopReason.MAX_TRIALS
+            if trial is None:
+                # Every remaining slot is held by a running trial; one may still fail.
+                reap(shared, self.identity.host)
+                self.flag.wait(WAIT_POLL_SECONDS)
+                continue
+            result = self._run_trial(shared, trial)
+            self.trials_run += 1
+            if result.stop_worker == outcomes.PREEMPTED:
+                return StopReason.PREEMPTED
+            if result.stop_worker == outcomes.INTERRUPTED:
+                return StopReason.INTERRUPTED
+            reap(shared, self.identity.host)
+
+    def _stop_before_next(self, shared: SharedStudy) -> StopReason | None:
+        if self.flag.reason == outcomes.PREEMPTED:
+            return StopReason.PREEMPTED
+        if self.flag.reason == outcomes.INTERRUPTED:
+            return StopReason.INTERRUPTED
+        s = self.settings
+        if s.trials_per_worker is not None and self.trials_run >= s.trials_per_worker:
+            return StopReason.TRIALS_PER_WORKER
+        if s.timeout_seconds is not None:
+            elapsed = self.clock() - self.started
+            estimate = self._estimate_trial_seconds(shared)
+            if elapsed + estimate > s.timeout_seconds:
+                _logger.info(
+                    "not starting another trial: %.0fs elapsed + %.0fs estimated > TIMEOUT_SECONDS=%g",
+                    elapsed, estimate, s.timeout_seconds,
+                )
+                return StopReason.TIME_BUDGET
+        return None
+
+    @staticmethod
+    def _estimate_trial_seconds(shared: SharedStudy) -> float:
+        durations = [
+            (t.datetime_complete - t.datetime_start).total_seconds()
+            for t in shared.trials((TrialState.COMPLETE,))
+            if t.datetime_start and t.datetime_complete
+        ]
+        return statistics.median(durations) if durations else 0.0
+
+    # -- one trial --------------------------------------------------------
+    def _run_trial(self, shared: SharedStudy, trial: optuna.Trial) -> outcomes.Outcome:
+        s = self.settings
+        run_dir = s.study_dir / f"trial_{trial.number}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with trial_logging(trial.number, run_dir / "trial.log"):
+            fixed = s.fixed_params()
+            for key, value in {**self.identity.attrs(), "run_dir": str(run_dir.resolve()), "fixed_params": fixed}.items():
+                trial.set_user_attr(key, value)
+            resume_from = trial.user_attrs.get("resume_from")
+            start = time.time()
+            last_step: list[int] = []
+            try:
+                params = suggest(trial, self.config.space, fixed)
+                write_json_atomic(run_dir / "params.json", {"params": params, "sampled": trial.params, "fixed": fixed})
+                write_json_atomic(run_dir / "settings.json", s.as_dict())
+                _logger.info("trial %d started on %s: %s%s", trial.number, self.device, json.dumps(params),
+                             f" (retry of trial {trial.user_attrs.get('retry_of')})" if "retry_of" in trial.user_attrs else "")
+                ctx = TrialContext(
+                    number=trial.number, params=params, fixed=fixed, settings=s, run_dir=run_dir,
+                    device=self.device, logger=logging.getLogger("hpo.trial"),
+                    resume_dir=Path(resume_from) if resume_from else None,
+                    _report=lambda step, value: self._report(trial, step, value, last_step),
+                    _stop_reason=lambda: self.flag.reason,
+                )
+                with Heartbeat(shared, trial._trial_id, s.heartbeat_seconds):
+                    value = self.objective(params, ctx)
+                result = outcomes.from_value(value, len(self.config.directions))
+            except BaseException as exc:  # noqa: BLE001 - the policy table decides, see hpo.outcome
+                result = outcomes.from_exception(exc, last_step[-1] if last_step else None)
+                if result.show_traceback:
+                    _logger.error("trial %d raised:\n%s", trial.number, traceback.format_exc().rstrip())
+            self._finish(shared, trial, result, time.time() - start, run_dir)
+        return result
+
+    def _report(self, trial: optuna.Trial, step: int, value: float, last_step: list[int]) -> None:
+        last_step.append(step)
+        if len(self.config.directions) > 1:
+            return  # Optuna cannot prune multi-objective trials
+        trial.report(value, step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (value {value:.6g})")
+
+    def _finish(self, shared: SharedStudy, trial: optuna.Trial, result: outcomes.Outcome,
+                seconds: float, run_dir: Path) -> None:
+        if result.reason is not None:
+            trial.set_user_attr("reason", result.reason)
+        if result.state == TrialState.COMPLETE:
+            shared.study.tell(trial, list(result.values or ()))
+        else:
+            shared.study.tell(trial, state=result.state)
+        write_json_atomic(run_dir / "trial.json", {
+            "number": trial.number, "state": result.state.name, "values": result.values,
+            "reason": result.reason, "seconds": round(seconds, 3), "worker": self.identity.worker_id,
+        })
+        _logger.info(
+            "trial %d finished: %s%s in %.1fs%s", trial.number, result.state.name,
+            f" value={result.values[0]:.6g}" if result.values and len(result.values) == 1 else
+            (f" values={list(result.values)}" if result.values else ""),
+            seconds, f" reason={result.reason!r}" if result.reason else "",
+        )
+        if result.retry:
+            frozen = shared.study._storage.get_trial(trial._trial_id)
+            enqueue_retry(shared, frozen, result.reason or "retry")
+
+
+def default_identity(env: dict[str, str] | os._Environ[str]) -> WorkerIdentity:
+    return WorkerIdentity.from_env(env, host=socket.gethostname(), pid=os.getpid())

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+TOY_CONFIG = """\
+study_name: toy
+objective: objectives:{objective}
+space:
+  x: {{type: float, low: -5, high: 5}}
+"""
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment a user would have: no hpo or SLURM variables, tests importable."""
+    from hpo.settings import CONFIG_ENV, FIELDS
+
+    drop = {f.env for f in FIELDS} | {CONFIG_ENV, "HPO_WORKER_RANK", "HPO_SEED_OFFSET"}
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def run_hpo(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hpo", *args], cwd=cwd, env=env, text=True,
+                          capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def load_study(journal: Path, name: str) -> optuna.Study:
+    """Plain Optuna, as a user or optuna-dashboard would read the journal."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> Any:
+    """A folder with a toy study config; returns a factory for (cwd, env)."""
+
+    def make(objective: str = "quadratic", **env: str) -> tuple[Path, dict[str, str]]:
+        (tmp_path / "toy.yaml").write_text(TOY_CONFIG.format(objective=objective))
+        return tmp_path, clean_env(HPO_CONFIG=str(tmp_path / "toy.yaml"), **env)
+
+    return make

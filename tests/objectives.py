@@ -1,0 +1,30 @@
+"""Small real objectives for worker tests (fast; no torch)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from hpo.objective import TrialContext
+
+
+def quadratic(params: dict[str, Any], ctx: TrialContext) -> float:
+    """(x-1)^2, three reported steps, a short sleep so workers overlap."""
+    x = params["x"]
+    for step in range(1, 4):
+        time.sleep(float(os.environ.get("TOY_STEP_SECONDS", "0.05")))
+        ctx.report(step, (x - 1) ** 2 + 1 / step)
+        ctx.check_stop()
+    (ctx.run_dir / "result.json").write_text('{"value": %r}\n' % ((x - 1) ** 2))
+    return (x - 1) ** 2
+
+
+def fail_when_negative(params: dict[str, Any], ctx: TrialContext) -> float:
+    if params["x"] < 0:
+        raise ValueError(f"x={params['x']:.3f} is negative")
+    return quadratic(params, ctx)
+
+
+def conditional(params: dict[str, Any], ctx: TrialContext) -> float:
+    return params["x"] ** 2 + (params.get("momentum", 0.0) if params["optimizer"] == "sgd" else 0.0)

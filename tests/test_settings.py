@@ -1,0 +1,114 @@
+"""Settings: precedence, sources, and every bad value refused by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hpo.errors import UsageError
+from hpo.settings import FIELDS, WorkerIdentity, resolve
+
+CONFIG = Path("configs/physae.yaml")
+
+
+def settings(env: dict[str, str] | None = None, flags: dict[str, object] | None = None,
+             config: dict[str, object] | None = None):
+    return resolve(flags or {}, env or {}, config or {}, CONFIG)
+
+
+def test_defaults_match_seed_000() -> None:
+    s = settings()
+    assert (s.n_train, s.n_val, s.n_points) == (50000, 4000, 256)
+    assert (s.stagea_epochs, s.stageb1_epochs, s.stageb2_epochs) == (None, None, None)
+    assert (s.sampler, s.pruner, s.optuna_seed) == ("tpe", "hyperband", 42)
+    assert s.journal_path == Path("optuna_journal/physae.journal")
+    assert s.log_dir == Path("optuna_logs") and s.trial_output == Path("optuna_runs")
+    assert s.fixed_params() == {}
+
+
+def test_precedence_default_config_env_flag() -> None:
+    s = settings(env={"N_VAL": "300", "N_POINTS": "128"},
+                 flags={"n_points": "64"},
+                 config={"n_train": 1000, "n_val": 999})
+    assert (s.n_train, s.n_val, s.n_points, s.batch_size) == (1000, 300, 64, 512)
+    assert s.sources["n_train"].startswith("config:")
+    assert s.sources["n_val"] == "env:N_VAL"
+    assert s.sources["n_points"] == "flag"
+    assert s.sources["batch_size"] == "default"
+
+
+def test_stage_epochs_become_fixed_parameters() -> None:
+    s = settings(env={"STAGEA_EPOCHS": "24", "STAGEB2_EPOCHS": "18"})
+    assert s.fixed_params() == {"A.epochs": 24, "B2.epochs": 18}
+
+
+def test_to_env_round_trips() -> None:
+    s = settings(env={"STAGEA_EPOCHS": "3", "STUDY_NAME": "a b'c", "TIMEOUT_SECONDS": "12.5"})
+    again = resolve({}, s.to_env(), {}, CONFIG)
+    assert again == s
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "valid"),
+    [
+        ("N_TRAIN", "abc", "integer from 1"),
+        ("N_TRAIN", "-5", "integer from 1"),
+        ("N_VAL", "0", "integer from 1"),
+        ("N_POINTS", "4", "integer from 16"),
+        ("STAGEA_EPOCHS", "1.5", "integer"),
+        ("STAGEB1_EPOCHS", "-1", "integer from 1"),
+        ("MAX_TRIALS", "0", "integer from 1"),
+        ("TRIALS_PER_WORKER", "x", "integer"),
+        ("TIMEOUT_SECONDS", "-3", "positive number"),
+        ("TIMEOUT_SECONDS", "nan", "positive number"),
+        ("OPTUNA_SEED", "-1", "integer from 0"),
+        ("OPTUNA_SAMPLER", "bayes", "tpe, random, cmaes, qmc, gp, nsga2"),
+        ("OPTUNA_PRUNER", "early", "hyperband, median, sha, percentile, wilcoxon, none"),
+        ("STUDY_NAME", "a/b", "study name"),
+        ("STUDY_NAME", "..", "study name"),
+        ("STUDY_NAME", "", None),  # empty means unset: the default applies
+        ("HPO_DEVICE", "tpu", "auto, cpu, cuda"),
+    ],
+)
+def test_bad_values_name_variable_value_and_valid(var: str, value: str, valid: str | None) -> None:
+    if valid is None:
+        assert settings(env={var: value}).study_name == "physae"
+        return
+    with pytest.raises(UsageError) as err:
+        settings(env={var: value})
+    message = str(err.value)
+    assert message.startswith(f"{var}={value!r}")
+    assert valid in message
+
+
+def test_directory_under_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UsageError, match="JOURNAL_DIR=.*is not a directory"):
+        settings(env={"JOURNAL_DIR": str(tmp_path / "afile" / "journal")})
+    assert not (tmp_path / "afile" / "journal").exists()
+
+
+def test_unknown_config_setting_is_refused() -> None:
+    with pytest.raises(UsageError, match=r"settings\.n_trian is not a setting"):
+        settings(config={"n_trian": 5})
+
+
+def test_flag_error_names_the_flag() -> None:
+    with pytest.raises(UsageError, match=r"^--max-trials='many'"):
+        settings(flags={"max_trials": "many"})
+
+
+def test_every_field_has_distinct_env_var() -> None:
+    envs = [f.env for f in FIELDS]
+    assert len(envs) == len(set(envs))
+
+
+def test_worker_identity_from_slurm_and_local() -> None:
+    local = WorkerIdentity.from_env({"HPO_WORKER_RANK": "2", "CUDA_VISIBLE_DEVICES": "1"}, "node1", 77)
+    assert (local.worker_id, local.rank, local.attrs()["gpu"]) == ("node1_77", 2, "1")
+    step = WorkerIdentity.from_env({"SLURM_JOB_ID": "123", "SLURM_PROCID": "3"}, "n", 1)
+    assert (step.worker_id, step.rank, step.attrs()["slurm_job_id"]) == ("123_3", 3, "123")
+    array = WorkerIdentity.from_env({"SLURM_JOB_ID": "130", "SLURM_ARRAY_JOB_ID": "128",
+                                     "SLURM_ARRAY_TASK_ID": "2", "SLURM_PROCID": "0"}, "n", 1)
+    assert (array.worker_id, array.rank) == ("128_2", 2)

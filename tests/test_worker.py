@@ -1,0 +1,192 @@
+"""Workers sharing one journal: real processes, a real journal, a toy objective."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import load_study, run_hpo
+
+
+def states(study) -> Counter:
+    return Counter(t.state.name for t in study.trials)
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_three_workers_stop_at_exactly_max_trials_then_resume(toy) -> None:
+    cwd, env = toy()
+    result = run_hpo(["run", "--workers", "3"], cwd, {**env, "MAX_TRIALS": "10", "OPTUNA_PRUNER": "none"})
+    assert result.returncode == 0, result.stderr
+    assert "10/10 finished" in result.stderr
+    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    assert states(study) == Counter({"COMPLETE": 10})
+
+    # Every trial has a complete run directory, linked from its user attributes.
+    for trial in study.trials:
+        run_dir = cwd / "optuna_runs/toy" / f"trial_{trial.number}"
+        assert Path(trial.user_attrs["run_dir"]) == run_dir.resolve()
+        for name in ("params.json", "settings.json", "trial.json", "trial.log", "result.json"):
+            assert (run_dir / name).is_file(), f"{run_dir}/{name}"
+        record = json.loads((run_dir / "trial.json").read_text())
+        assert record["state"] == "COMPLETE" and record["values"] == [trial.value]
+        assert json.loads((run_dir / "params.json").read_text())["params"] == trial.params
+
+    # One log per worker; each has start and finish lines of exactly its trials.
+    logs = sorted((cwd / "optuna_logs").glob("worker_*.log"))
+    assert len(logs) == 3
+    by_worker = Counter(t.user_attrs["worker"] for t in study.trials)
+    for log in logs:
+        worker = log.stem.removeprefix("worker_")
+        text = log.read_text()
+        started = re.findall(r"trial (\d+) started", text)
+        assert len(started) == by_worker[worker]
+        assert len(re.findall(r"trial \d+ finished: COMPLETE", text)) == by_worker[worker]
+        assert "stopped: max trials" in text
+
+    # Workers' first trials differ (distinct seeds per rank).
+    first: dict[str, dict] = {}
+    for trial in sorted(study.trials, key=lambda t: t.number):
+        first.setdefault(trial.user_attrs["worker"], trial.params)
+    xs = [p["x"] for p in first.values()]
+    assert len(set(xs)) == len(xs)
+
+    # Rerunning with a higher budget resumes the same study.
+    again = run_hpo(["run", "--workers", "2"], cwd, {**env, "MAX_TRIALS": "15", "OPTUNA_PRUNER": "none"})
+    assert again.returncode == 0, again.stderr
+    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    assert states(study) == Counter({"COMPLETE": 15})
+    assert len(set(t.params["x"] for t in study.trials)) == 15
+
+
+def test_failed_trials_do_not_count_toward_max_trials(toy) -> None:
+    cwd, env = toy("fail_when_negative")
+    result = run_hpo(["run", "--workers", "2"], cwd,
+                     {**env, "MAX_TRIALS": "8", "OPTUNA_SAMPLER": "random", "OPTUNA_PRUNER": "none"})
+    assert result.returncode == 0, result.stderr
+    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    counts = states(study)
+    assert counts["COMPLETE"] == 8 and counts["RUNNING"] == 0 and counts["FAIL"] >= 1
+    for t in study.trials:
+        if t.state.name == "FAIL":
+            assert t.user_attrs["reason"].startswith("ValueError: x=-")
+    log = "".join(p.read_text() for p in (cwd / "optuna_logs").glob("worker_*.log"))
+    assert "Traceback" in log and "FAIL" in log
+
+
+def test_trials_per_worker_and_timeout(toy) -> None:
+    cwd, env = toy()
+    result = run_hpo(["worker"], cwd, {**env, "TRIALS_PER_WORKER": "2", "OPTUNA_PRUNER": "none"})
+    assert result.returncode == 0, result.stderr
+    assert "worker stopped: trials per worker" in result.stderr
+    assert len(load_study(cwd / "optuna_journal/toy.journal", "toy").trials) == 2
+
+    timed = run_hpo(["worker"], cwd, {**env, "TIMEOUT_SECONDS": "1.5", "TOY_STEP_SECONDS": "0.2",
+                                      "OPTUNA_PRUNER": "none"})
+    assert timed.returncode == 0, timed.stderr
+    assert "not starting another trial" in timed.stderr and "worker stopped: time budget" in timed.stderr
+    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    assert 3 <= len(study.trials) <= 5 and states(study)["RUNNING"] == 0
+
+
+def start_worker(cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "hpo", "worker"], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+
+def first_log(cwd: Path) -> str:
+    logs = list((cwd / "optuna_logs").glob("worker_*.log"))
+    return logs[0].read_text() if logs else ""
+
+
+@pytest.mark.parametrize(("signum", "reason", "code"), [(signal.SIGINT, "interrupted", 130),
+                                                         (signal.SIGTERM, "preempted", 75),
+                                                         (signal.SIGUSR1, "preempted", 75)])
+def test_signal_ends_trial_cleanly(toy, signum: int, reason: str, code: int) -> None:
+    cwd, env = toy(TOY_STEP_SECONDS="0.5")
+    proc = start_worker(cwd, {**env, "OPTUNA_PRUNER": "none"})
+    wait_for(lambda: "trial 0 started" in first_log(cwd), what="trial 0 to start")
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    trial0 = study.trials[0]
+    assert trial0.state.name == "FAIL" and trial0.user_attrs["reason"] == reason
+    assert states(study)["RUNNING"] == 0
+    assert f"stopped: {reason}" in first_log(cwd)
+    if reason == "preempted":
+        # The retry waits in the study with the same parameters, and the next worker runs it.
+        waiting = [t for t in study.trials if t.state.name == "WAITING"]
+        assert len(waiting) == 1 and waiting[0].system_attrs["fixed_params"] == trial0.params
+        assert waiting[0].user_attrs["retry_of"] == 0
+        done = run_hpo(["worker"], cwd, {**env, "TRIALS_PER_WORKER": "1", "OPTUNA_PRUNER": "none",
+                                          "TOY_STEP_SECONDS": "0.01"})
+        assert done.returncode == 0, done.stderr
+        retry = load_study(cwd / "optuna_journal/toy.journal", "toy").trials[1]
+        assert retry.state.name == "COMPLETE" and retry.params == trial0.params
+
+
+def test_killed_worker_trial_is_reaped_and_retried(toy) -> None:
+    cwd, env = toy(TOY_STEP_SECONDS="2")
+    proc = start_worker(cwd, {**env, "OPTUNA_PRUNER": "none"})
+    wait_for(lambda: "trial 0 started" in first_log(cwd), what="trial 0 to start")
+    proc.kill()
+    proc.wait()
+    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    assert study.trials[0].state.name == "RUNNING"  # what plain Optuna would leave forever
+
+    # A new worker on the same host sees the dead pid, fails the trial and retries it.
+    result = run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "2", "OPTUNA_PRUNER": "none", "TOY_STEP_SECONDS": "0.01"})
+    assert result.returncode == 0, result.stderr
+    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    lost = study.trials[0]
+    assert lost.state.name == "FAIL" and lost.user_attrs["reason"] == "worker lost"
+    retries = [t for t in study.trials if t.user_attrs.get("retry_of") == 0]
+    assert len(retries) == 1 and retries[0].params == lost.params and retries[0].state.name == "COMPLETE"
+    assert states(study) == Counter({"COMPLETE": 2, "FAIL": 1})
+
+
+@pytest.mark.parametrize(
+    ("env_patch", "message"),
+    [
+        ({"MAX_TRIALS": "-1"}, "MAX_TRIALS='-1' is out of range"),
+        ({"N_TRAIN": "lots"}, "N_TRAIN='lots' is not an integer"),
+        ({"OPTUNA_SAMPLER": "grid"}, "OPTUNA_SAMPLER='grid' is not valid; valid: tpe, random"),
+        ({"STUDY_NAME": "../escape"}, "STUDY_NAME='../escape' is not a valid study name"),
+        ({"TRIAL_OUTPUT": "/etc/hostname/runs"}, "TRIAL_OUTPUT='/etc/hostname/runs' is not usable"),
+        ({"HPO_CONFIG": "missing.yaml"}, "HPO_CONFIG='missing.yaml': no such config file"),
+    ],
+)
+@pytest.mark.parametrize("command", ["run", "worker"])
+def test_bad_input_exits_2_and_writes_nothing(toy, env_patch: dict, message: str, command: str) -> None:
+    cwd, env = toy()
+    before = sorted(p.name for p in cwd.iterdir())
+    result = run_hpo([command], cwd, {**env, **env_patch})
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert sorted(p.name for p in cwd.iterdir()) == before
+
+
+def test_resumed_study_with_other_direction_is_refused(toy) -> None:
+    cwd, env = toy()
+    assert run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "1"}).returncode == 0
+    config = Path(env["HPO_CONFIG"])
+    config.write_text(config.read_text() + "direction: maximize\n")
+    result = run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "2"})
+    assert result.returncode == 2
+    assert "optimises ['minimize'], but" in result.stderr and "['maximize']" in result.stderr
