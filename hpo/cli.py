@@ -17,7 +17,8 @@ import click
 
 from hpo import __version__
 from hpo.errors import HpoError
-from hpo.settings import FIELDS, Settings, config_path, resolve
+from hpo.config import StudyConfig, load_all
+from hpo.settings import FIELDS, Settings
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -33,14 +34,9 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="study config YAML [env HPO_CONFIG; default configs/physae.yaml]")(func)
 
 
-def load(flags: dict[str, Any]) -> tuple[Settings, Any]:
+def load(flags: dict[str, Any]) -> tuple[Settings, StudyConfig]:
     """Resolve settings and the study config from flags, environment and file."""
-    from hpo.config import load_config
-
-    path, source = config_path(flags, os.environ)
-    config = load_config(path)
-    settings = resolve(flags, os.environ, config.settings, path, source)
-    return settings, config
+    return load_all(flags, os.environ)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -80,21 +76,10 @@ def config_cmd(**flags: Any) -> None:
 @click.option("--quiet", is_flag=True, help="log only warnings to stderr (the log file gets everything)")
 def worker_cmd(quiet: bool, **flags: Any) -> int:
     """Run one worker in this process (what srun, an array task or submitit calls)."""
-    import signal
-
-    from hpo.logs import setup_worker_logging
-    from hpo.worker import StopFlag, Worker, default_identity
+    from hpo.worker import run_worker
 
     settings, config = load(flags)
-    identity = default_identity(os.environ)
-    worker = Worker(settings, config, identity)  # imports the objective: fails before writing
-    log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level="WARNING" if quiet else "INFO")
-    flag: StopFlag = worker.flag
-    flag.install((signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2))
-    try:
-        reason = worker.run()
-    finally:
-        flag.uninstall()
+    reason, log = run_worker(settings, config, os.environ, echo_level="WARNING" if quiet else "INFO")
     if not quiet:
         click.echo(f"worker stopped: {reason.label}; log: {log}", err=True)
     return reason.exit_code
@@ -111,6 +96,70 @@ def run_cmd(n_workers: int, **flags: Any) -> int:
     settings, config = load(flags)
     config.load_objective()  # a bad objective fails here, before any worker starts
     return run_local(settings, config, n_workers, os.environ)
+
+
+@cli.command("submit")
+@settings_options
+@click.option("--workers", "-n", "n_workers", type=click.IntRange(1, 10000), required=True,
+              help="worker jobs (a job array, one GPU each)")
+@click.option("--partition", default=None, help="SLURM partition")
+@click.option("--time", "time_minutes", type=click.IntRange(1), default=60, show_default=True,
+              help="time limit of each worker, minutes")
+@click.option("--gpus-per-worker", type=click.IntRange(0), default=1, show_default=True)
+@click.option("--cpus-per-worker", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--mem", default=None, help="memory per worker, e.g. 16G")
+@click.option("--account", default=None)
+@click.option("--qos", default=None)
+@click.option("--constraint", default=None)
+@click.option("--exclude", default=None, help="nodes to avoid")
+@click.option("--wait", is_flag=True, help="wait for the study with a progress bar")
+@click.option("--dry-run", is_flag=True, help="print what would be submitted; submit nothing")
+@click.option("--local", is_flag=True, help="run the workers here through submitit's local executor")
+def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_per_worker: int,
+               cpus_per_worker: int, mem: str | None, account: str | None, qos: str | None,
+               constraint: str | None, exclude: str | None, wait: bool, dry_run: bool, local: bool,
+               **flags: Any) -> int:
+    """Submit N workers through submitit into the study (a second submit joins it)."""
+    import json
+
+    settings, config = load(flags)
+    config.load_objective()
+    from hpo.launch.submit import SubmitOptions, describe, submit
+    from hpo.launch.watch import follow_commands, record_jobs, wait_for_study
+    from hpo.storage import open_study
+
+    opts = SubmitOptions(workers=n_workers, partition=partition, time_minutes=time_minutes,
+                         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
+                         account=account, qos=qos, constraint=constraint, exclude=exclude,
+                         job_name=f"hpo-{settings.study_name}")
+    if dry_run:
+        click.echo(json.dumps({"study": settings.study_name, "journal": str(settings.journal_path),
+                               "submit": describe(opts), "worker_env": settings.to_env()}, indent=2))
+        return 0
+    shared = open_study(settings, config)
+    seed_offset = 10_000 * sum(1 for t in shared.trials() if t.state.is_finished())
+    jobs = submit(opts, settings.to_env(), seed_offset, Path.cwd(), local)
+    ids = [job.job_id for job in jobs]
+    record_jobs(settings, ids)
+    click.echo(f"submitted {len(ids)} worker(s) to study {settings.study_name!r}: {' '.join(ids)}")
+    click.echo(follow_commands(settings))
+    if wait:
+        return wait_for_study(shared, jobs)
+    return 0
+
+
+@cli.command("cancel")
+@settings_options
+def cancel_cmd(**flags: Any) -> int:
+    """Cancel the study's SLURM jobs (those recorded by hpo submit and the sbatch scripts)."""
+    from hpo.launch.watch import recorded_jobs
+    from hpo.scheduler import active_jobs, cancel
+
+    settings, _ = load(flags)
+    jobs = active_jobs(recorded_jobs(settings))
+    cancel(jobs)
+    click.echo(f"cancelled {len(jobs)} job(s) of study {settings.study_name!r}: {' '.join(jobs) or '-'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ import yaml
 
 from hpo.errors import UsageError
 from hpo.objective import Objective
+from hpo.settings import Settings, config_path, resolve
 from hpo.space import Param, parse_space
 
 _TOP_KEYS = ("study_name", "objective", "direction", "directions", "settings", "space", "enqueue")
@@ -118,3 +119,10 @@ def load_config(path: Path) -> StudyConfig:
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: not valid YAML: {exc}") from None
     return parse_config(path, raw)
+
+
+def load_all(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Settings, StudyConfig]:
+    """Settings and study config from flags, an environment mapping and the config file."""
+    path, source = config_path(flags, env)
+    config = load_config(path)
+    return resolve(flags, env, config.settings, path, source), config

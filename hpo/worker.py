@@ -26,7 +26,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import optuna
 from optuna.trial import TrialState
@@ -138,6 +138,17 @@ class Worker:
         self.device = resolve_device(settings.device, identity.visible_gpus)
         self.trials_run = 0
         self.started = clock()
+        self.budget_seconds = self._budget()
+
+    def _budget(self) -> float | None:
+        """Wall-time budget: ``TIMEOUT_SECONDS``, capped by the SLURM job's time left."""
+        budgets = [self.settings.timeout_seconds]
+        if self.identity.slurm_job_id:
+            from hpo.scheduler import time_left
+
+            budgets.append(time_left(self.identity.slurm_job_id))
+        known = [b for b in budgets if b is not None]
+        return min(known) if known else None
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> StopReason:
@@ -146,10 +157,10 @@ class Worker:
         shared = open_study(s, self.config, seed)
         _logger.info(
             "worker %s started: study=%r journal=%s device=%s gpu=%s seed=%d max_trials=%d "
-            "trials_per_worker=%s timeout=%s sampler=%s pruner=%s",
+            "trials_per_worker=%s budget=%s sampler=%s pruner=%s",
             self.identity.worker_id, s.study_name, s.journal_path, self.device, self.identity.visible_gpus,
             seed, s.max_trials, s.trials_per_worker,
-            s.timeout_seconds, s.sampler, s.pruner,
+            "unlimited" if self.budget_seconds is None else f"{self.budget_seconds:.0f}s", s.sampler, s.pruner,
         )
         _logger.info("settings: %s", json.dumps(s.as_dict(), sort_keys=True))
         reap(shared, self.identity.host)
@@ -192,13 +203,13 @@ class Worker:
         s = self.settings
         if s.trials_per_worker is not None and self.trials_run >= s.trials_per_worker:
             return StopReason.TRIALS_PER_WORKER
-        if s.timeout_seconds is not None:
+        if self.budget_seconds is not None:
             elapsed = self.clock() - self.started
             estimate = self._estimate_trial_seconds(shared)
-            if elapsed + estimate > s.timeout_seconds:
+            if elapsed + estimate > self.budget_seconds:
                 _logger.info(
-                    "not starting another trial: %.0fs elapsed + %.0fs estimated > TIMEOUT_SECONDS=%g",
-                    elapsed, estimate, s.timeout_seconds,
+                    "not starting another trial: %.0fs elapsed + %.0fs estimated > %.0fs budget "
+                    "(TIMEOUT_SECONDS or the SLURM time limit)", elapsed, estimate, self.budget_seconds,
                 )
                 return StopReason.TIME_BUDGET
         return None
@@ -278,5 +289,27 @@ class Worker:
             enqueue_retry(shared, frozen, result.reason or "retry")
 
 
-def default_identity(env: dict[str, str] | os._Environ[str]) -> WorkerIdentity:
-    return WorkerIdentity.from_env(env, host=socket.gethostname(), pid=os.getpid())
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def run_worker(
+    settings: Settings,
+    config: StudyConfig,
+    env: Mapping[str, str],
+    echo_level: str | None = "INFO",
+    signals: tuple[int, ...] = STOP_SIGNALS,
+) -> tuple[StopReason, Path]:
+    """Run one worker in this process with its log file and signal handling.
+
+    Returns why it stopped and its log path. Bad input raises before anything is written.
+    """
+    from hpo.logs import setup_worker_logging
+
+    identity = WorkerIdentity.from_env(env, host=socket.gethostname(), pid=os.getpid())
+    worker = Worker(settings, config, identity)  # imports the objective: fails before writing
+    log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level)
+    worker.flag.install(signals)
+    try:
+        return worker.run(), log
+    finally:
+        worker.flag.uninstall()

@@ -12,19 +12,15 @@ import logging
 import signal
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from hpo.config import StudyConfig
 from hpo.logs import quiet_optuna
 from hpo.settings import Settings
-from hpo.storage import FINISHED, SharedStudy, open_study
+from hpo.launch.watch import show_progress
+from hpo.storage import open_study
 
 _logger = logging.getLogger(__name__)
-
-POLL_SECONDS = 1.0
-
 
 def visible_gpus(settings: Settings, env: Mapping[str, str]) -> list[str]:
     """GPU ids to hand out: ``CUDA_VISIBLE_DEVICES`` if set, else every GPU torch sees."""
@@ -50,40 +46,9 @@ def worker_env(
     return child
 
 
-@dataclass
-class Progress:
-    finished: int
-    running: int
-    failed: int
-    best: float | None
-    eta_seconds: float | None
-
-    def line(self, max_trials: int) -> str:
-        best = "-" if self.best is None else f"{self.best:.6g}"
-        eta = "-" if self.eta_seconds is None else f"{self.eta_seconds:.0f}s"
-        return (f"{self.finished}/{max_trials} finished, {self.running} running, {self.failed} failed, "
-                f"best {best}, ETA {eta}")
-
-
-def progress(shared: SharedStudy, started: float, finished_at_start: int) -> Progress:
-    trials = shared.trials()
-    finished = [t for t in trials if t.state in FINISHED]
-    complete = [t.values[0] for t in trials if t.values and t.state.name == "COMPLETE"]
-    best = None
-    if complete:
-        best = min(complete) if shared.study.directions[0].name == "MINIMIZE" else max(complete)
-    done_here = len(finished) - finished_at_start
-    elapsed = time.monotonic() - started
-    remaining = shared.settings.max_trials - len(finished)
-    eta = remaining * elapsed / done_here if done_here > 0 and remaining > 0 else (0.0 if remaining <= 0 else None)
-    return Progress(len(finished), sum(t.state.name == "RUNNING" for t in trials),
-                    sum(t.state.name == "FAIL" for t in trials), best, eta)
-
-
 def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapping[str, str]) -> int:
     """Run the study here with ``n_workers`` processes; returns the exit status."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True, soft_wrap=True)
     quiet_optuna()
@@ -93,7 +58,6 @@ def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapp
                   f"{n_workers} worker(s) on {', '.join('GPU ' + g for g in gpus) if gpus else 'CPU'}")
     console.print(f"worker logs: {settings.log_dir}/worker_*.log  (follow: tail -f {settings.log_dir}/worker_*.log)")
     console.print(f"run directories: {settings.study_dir}/trial_<number>/")
-    finished_at_start = sum(1 for t in shared.trials() if t.state in FINISHED)
     # A resumed study gets new seeds (see hpo.worker.sampler_seed); a fresh one OPTUNA_SEED + rank.
     seed_offset = 10_000 * sum(1 for t in shared.trials() if t.state.is_finished())
     procs = [
@@ -103,33 +67,17 @@ def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapp
     ]
     # A scheduler's SIGTERM reaches only us: pass it on so workers end trials cleanly.
     signal.signal(signal.SIGTERM, lambda signum, frame: [p.send_signal(signum) for p in procs if p.poll() is None])
-    started = time.monotonic()
-    bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-              TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-              disable=not console.is_terminal)
-    last_line = ""
-    interrupted = False
-    with bar:
-        task = bar.add_task(settings.study_name, total=settings.max_trials, info="")
-        while any(p.poll() is None for p in procs):
-            try:
-                time.sleep(POLL_SECONDS)
-                state = progress(shared, started, finished_at_start)
-                line = state.line(settings.max_trials)
-                bar.update(task, completed=state.finished, info=line.split(", ", 1)[1])
-                if not console.is_terminal and line != last_line:
-                    console.print(line)
-                    last_line = line
-            except KeyboardInterrupt:
-                # The terminal sent SIGINT to every worker too; they end their trials.
-                if interrupted:
-                    for p in procs:
-                        if p.poll() is None:
-                            p.send_signal(signal.SIGINT)
-                interrupted = True
-                console.print("interrupt: workers are ending their trials (Ctrl-C again to stop at once)")
-    if console.is_terminal:
-        console.print(progress(shared, started, finished_at_start).line(settings.max_trials))
+
+    def interrupt(count: int) -> None:
+        # The terminal sent SIGINT to every worker too; a second Ctrl-C stops them at once.
+        if count > 1:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGINT)
+        interrupted.append(count)
+
+    interrupted: list[int] = []
+    show_progress(shared, lambda: any(p.poll() is None for p in procs), interrupt)
     codes = [p.returncode for p in procs]
     if interrupted or 130 in codes:
         return 130

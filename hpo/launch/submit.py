@@ -1,0 +1,121 @@
+"""``hpo submit --workers N``: N single-GPU workers as one submitit job array.
+
+Each array task runs :class:`WorkerJob`, i.e. the same worker as ``hpo worker``,
+with the settings resolved at submit time. submitit's folder is ``jobs/``.
+
+Preemption and time limits: submitit asks for ``--signal=USR2@<delay>`` and its
+handler checkpoints, requeues and ``sys.exit``s at once, which would leave the
+trial in flight RUNNING. So a :class:`WorkerJob` takes USR2 for itself (our stop
+flag); the worker ends its trial FAIL ``preempted`` at the next epoch boundary and
+enqueues its retry, and only then is submitit's handler called to requeue the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import submitit
+
+from hpo.config import load_all
+from hpo.worker import STOP_SIGNALS, StopReason, run_worker
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """Scheduler resources of each worker (one array task = one worker)."""
+
+    workers: int
+    partition: str | None = None
+    time_minutes: int = 60  # per task; requeued tasks get the same again
+    gpus_per_worker: int = 1
+    cpus_per_worker: int = 4
+    mem: str | None = None  # e.g. "16G"
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    exclude: str | None = None
+    folder: Path = Path("jobs")
+    job_name: str = "hpo"
+    signal_delay_s: int = 120  # USR2 this long before the time limit
+    max_requeues: int = 3
+
+
+def executor_parameters(opts: SubmitOptions) -> dict[str, Any]:
+    """submitit ``SlurmExecutor.update_parameters`` arguments (pure)."""
+    params: dict[str, Any] = {
+        "job_name": opts.job_name,
+        "time": opts.time_minutes,
+        "ntasks_per_node": 1,
+        "cpus_per_task": opts.cpus_per_worker,
+        "signal_delay_s": opts.signal_delay_s,
+        "array_parallelism": opts.workers,
+        "stderr_to_stdout": True,
+    }
+    if opts.gpus_per_worker:
+        params["gpus_per_node"] = opts.gpus_per_worker
+    for key in ("partition", "mem", "account", "qos", "constraint", "exclude"):
+        value = getattr(opts, key)
+        if value is not None:
+            params[key] = value
+    return params
+
+
+def job_env(settings_env: Mapping[str, str], seed_offset: int) -> dict[str, str]:
+    return {**settings_env, "HPO_SEED_OFFSET": str(seed_offset)}
+
+
+class WorkerJob(submitit.helpers.Checkpointable):
+    """One array task: an ``hpo worker`` in the submitit process."""
+
+    def __init__(self, env: Mapping[str, str], cwd: str) -> None:
+        self.env, self.cwd = dict(env), cwd
+
+    def __call__(self) -> str:
+        os.chdir(self.cwd)
+        env = {**os.environ, **self.env}  # SLURM ids from the job, settings from submit time
+        settings, config = load_all({}, env)
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        reason, _ = run_worker(settings, config, env, signals=STOP_SIGNALS)
+        if reason is StopReason.PREEMPTED and callable(submitit_handler):
+            # The trial is closed and its retry enqueued: now let submitit requeue us.
+            submitit_handler(signal.SIGUSR2, None)
+        return reason.label
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(WorkerJob(self.env, self.cwd))
+
+
+def make_executor(opts: SubmitOptions, local: bool) -> submitit.Executor:
+    opts.folder.mkdir(parents=True, exist_ok=True)
+    if local:
+        executor: submitit.Executor = submitit.LocalExecutor(folder=str(opts.folder / "%j"))
+        executor.update_parameters(timeout_min=opts.time_minutes, signal_delay_s=opts.signal_delay_s)
+        return executor
+    executor = submitit.SlurmExecutor(folder=str(opts.folder / "%j"), max_num_timeout=opts.max_requeues)
+    executor.update_parameters(**executor_parameters(opts))
+    return executor
+
+
+def describe(opts: SubmitOptions) -> dict[str, Any]:
+    out = asdict(opts)
+    out["folder"] = str(opts.folder)
+    out["sbatch"] = executor_parameters(opts)
+    return out
+
+
+def submit(opts: SubmitOptions, settings_env: Mapping[str, str], seed_offset: int, cwd: Path,
+           local: bool) -> list[submitit.Job[str]]:
+    """Submit ``opts.workers`` worker jobs (an array on SLURM); returns submitit's jobs."""
+    executor = make_executor(opts, local)
+    env = job_env(settings_env, seed_offset)
+    with executor.batch():
+        jobs = [executor.submit(WorkerJob({**env, "HPO_WORKER_RANK": str(rank)}, str(cwd)))
+                for rank in range(opts.workers)]
+    return jobs

@@ -1,0 +1,125 @@
+"""What launchers share: the live progress of a study, and the record of its jobs."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from hpo.settings import Settings
+from hpo.storage import FINISHED, SharedStudy
+
+if TYPE_CHECKING:
+    import submitit
+
+POLL_SECONDS = 1.0
+
+
+@dataclass
+class Progress:
+    finished: int
+    running: int
+    failed: int
+    best: float | None
+    eta_seconds: float | None
+
+    def line(self, max_trials: int) -> str:
+        best = "-" if self.best is None else f"{self.best:.6g}"
+        eta = "-" if self.eta_seconds is None else f"{self.eta_seconds:.0f}s"
+        return (f"{self.finished}/{max_trials} finished, {self.running} running, {self.failed} failed, "
+                f"best {best}, ETA {eta}")
+
+
+def progress(shared: SharedStudy, started: float, finished_at_start: int) -> Progress:
+    """Counts, best value and an ETA from the rate of trials finished since ``started``."""
+    trials = shared.trials()
+    finished = sum(1 for t in trials if t.state in FINISHED)
+    values = [t.values[0] for t in trials if t.values and t.state.name == "COMPLETE"]
+    best = None
+    if values:
+        best = min(values) if shared.study.directions[0].name == "MINIMIZE" else max(values)
+    done_here = finished - finished_at_start
+    remaining = shared.settings.max_trials - finished
+    if remaining <= 0:
+        eta: float | None = 0.0
+    elif done_here > 0:
+        eta = remaining * (time.monotonic() - started) / done_here
+    else:
+        eta = None
+    return Progress(finished, sum(t.state.name == "RUNNING" for t in trials),
+                    sum(t.state.name == "FAIL" for t in trials), best, eta)
+
+
+def show_progress(shared: SharedStudy, running: Callable[[], bool],
+                  on_interrupt: Callable[[int], None] = lambda count: None) -> None:
+    """A live bar (or, off a terminal, a line per change) until ``running()`` is false.
+
+    Ctrl-C calls ``on_interrupt(n)`` with the count of interrupts so far and keeps
+    following, so workers can end their trials while we watch.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True, soft_wrap=True)
+    max_trials = shared.settings.max_trials
+    started = time.monotonic()
+    finished_at_start = sum(1 for t in shared.trials() if t.state in FINISHED)
+    bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+              TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+              disable=not console.is_terminal)
+    last_line, interrupts = "", 0
+    with bar:
+        task = bar.add_task(shared.settings.study_name, total=max_trials, info="")
+        while running():
+            try:
+                time.sleep(POLL_SECONDS)
+                state = progress(shared, started, finished_at_start)
+                line = state.line(max_trials)
+                bar.update(task, completed=state.finished, info=line.split(", ", 1)[1])
+                if not console.is_terminal and line != last_line:
+                    console.print(line)
+                    last_line = line
+            except KeyboardInterrupt:
+                interrupts += 1
+                on_interrupt(interrupts)
+                console.print("interrupt: workers are ending their trials (Ctrl-C again to stop at once)")
+    final = progress(shared, started, finished_at_start).line(max_trials)
+    if final != last_line:
+        console.print(final)
+
+
+def jobs_file(settings: Settings) -> Path:
+    """``$JOURNAL_DIR/$STUDY_NAME.jobs``: SLURM job ids of the study, one per line."""
+    return settings.journal_dir / f"{settings.study_name}.jobs"
+
+
+def record_jobs(settings: Settings, job_ids: Sequence[str]) -> None:
+    path = jobs_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.writelines(f"{job_id}\n" for job_id in job_ids)
+
+
+def recorded_jobs(settings: Settings) -> list[str]:
+    path = jobs_file(settings)
+    if not path.is_file():
+        return []
+    return list(dict.fromkeys(line.strip() for line in path.read_text().splitlines() if line.strip()))
+
+
+def follow_commands(settings: Settings) -> str:
+    return "\n".join([
+        "follow it with:",
+        f"  hpo status --study-name {shlex.quote(settings.study_name)}",
+        f"  hpo logs -f --study-name {shlex.quote(settings.study_name)}",
+        f"  tail -f {shlex.quote(str(settings.log_dir))}/worker_*.log",
+    ])
+
+
+def wait_for_study(shared: SharedStudy, jobs: "Sequence[submitit.Job[str]]") -> int:
+    """Follow the study until every job is done; 0 when the study has its trials."""
+    show_progress(shared, lambda: any(not job.done() for job in jobs))
+    finished = sum(1 for t in shared.trials() if t.state in FINISHED)
+    return 0 if finished >= shared.settings.max_trials else 1

@@ -1,0 +1,83 @@
+"""SLURM commands: pure parsers of their output, and the one place that runs them."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import subprocess
+from typing import Sequence
+
+from hpo.errors import SchedulerError
+
+_logger = logging.getLogger(__name__)
+
+_DURATION = re.compile(r"^(?:(?P<days>\d+)-)?(?:(?P<h>\d+):)?(?P<m>\d+):(?P<s>\d+)$")
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in a SLURM duration (``squeue %L``/``%l``): ``1-02:03:04``, ``02:03:04``,
+    ``03:04``; None for ``UNLIMITED``/``NOT_SET``/``INVALID``. Raises on anything else."""
+    text = text.strip()
+    if text.upper() in ("UNLIMITED", "NOT_SET", "INVALID", ""):
+        return None
+    if re.fullmatch(r"\d+-\d+", text):  # days-hours
+        days, hours = text.split("-")
+        return int(days) * 86400 + int(hours) * 3600
+    match = _DURATION.match(text)
+    if not match:
+        raise SchedulerError(f"cannot parse SLURM duration {text!r}")
+    days, hours = int(match["days"] or 0), int(match["h"] or 0)
+    return days * 86400 + hours * 3600 + int(match["m"]) * 60 + int(match["s"])
+
+
+def parse_job_ids(text: str) -> list[str]:
+    """Job ids from ``squeue -h -o %i`` (``123``, ``124_0``, ``124_[1-3%2]``) or sbatch output."""
+    ids: list[str] = []
+    for line in text.splitlines():
+        line = line.strip()
+        match = re.search(r"Submitted batch job (\d+)", line)
+        if match:
+            ids.append(match.group(1))
+        elif re.fullmatch(r"\d+(?:_(?:\d+|\[[\d,%\-]+\]))?", line):
+            ids.append(line)
+    return ids
+
+
+def run_command(args: Sequence[str], timeout: float = 30.0) -> str:
+    """Run a scheduler command (never through a shell); its stdout, or SchedulerError."""
+    if shutil.which(args[0]) is None:
+        raise SchedulerError(f"{args[0]}: command not found (is SLURM installed and on PATH?)")
+    try:
+        proc = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise SchedulerError(f"{' '.join(args)}: no answer in {timeout:.0f}s") from None
+    if proc.returncode != 0:
+        raise SchedulerError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def time_left(job_id: str) -> float | None:
+    """Seconds before the job's time limit, or None when unknown/unlimited."""
+    try:
+        return parse_duration(run_command(["squeue", "-h", "-j", job_id, "-o", "%L"]).strip().splitlines()[0])
+    except (SchedulerError, IndexError) as exc:
+        _logger.warning("time left of job %s unknown: %s", job_id, exc)
+        return None
+
+
+def cancel(job_ids: Sequence[str]) -> None:
+    if job_ids:
+        run_command(["scancel", *job_ids])
+
+
+def active_jobs(job_ids: Sequence[str]) -> list[str]:
+    """The subset of ``job_ids`` (plain or array ids) still pending or running."""
+    if not job_ids:
+        return []
+    out = run_command(["squeue", "-h", "-o", "%i %F", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids}))])
+    alive: set[str] = set()
+    for line in out.splitlines():
+        parts = line.split()
+        alive.update(parts)
+    return [j for j in job_ids if j in alive or j.split("_")[0] in alive]

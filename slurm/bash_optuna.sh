@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One SLURM job, K GPU tasks, one `hpo worker` per task, all sharing ONE Optuna journal.
+#
+#   N_TRAIN=50000 N_VAL=4000 N_POINTS=256 STAGEA_EPOCHS=24 STAGEB1_EPOCHS=12 STAGEB2_EPOCHS=18 \
+#       sbatch slurm/bash_optuna.sh
+#
+# Submit from the repository root (paths below are relative to it). Every variable is
+# read as ${VAR:-default}, printed at the top of the job log and passed to the workers
+# unchanged: nothing is ever eval'ed. Override #SBATCH lines on the command line, e.g.
+# `sbatch --ntasks=8 --time=12:00:00 --partition=gpu slurm/bash_optuna.sh`.
+#SBATCH --job-name=hpo-optuna
+#SBATCH --output=logs/%x_%j.log
+#SBATCH --open-mode=append
+#SBATCH --ntasks=4
+#SBATCH --gpus-per-task=1
+#SBATCH --cpus-per-task=4
+#SBATCH --mem-per-cpu=4G
+#SBATCH --time=24:00:00
+# Warn the batch shell 5 minutes before the time limit; it forwards the signal to the
+# workers, which end their trial in flight cleanly (FAIL "preempted", retried later).
+#SBATCH --signal=B:USR1@300
+#SBATCH --requeue
+
+set -uo pipefail
+# sbatch runs a copy of this file from its spool: the shared body is found from the submit dir.
+cd "${SLURM_SUBMIT_DIR:-.}" || exit 2
+source slurm/lib/run_workers.sh

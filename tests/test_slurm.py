@@ -1,0 +1,174 @@
+"""End to end on the real single-node SLURM (slurm/dev-cluster): sbatch, arrays, hpo submit.
+
+With CI=true a missing or broken cluster fails these tests; elsewhere they skip
+with the command that starts it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, clean_env, load_study, run_hpo
+
+pytestmark = pytest.mark.slurm
+
+TINY = {"N_TRAIN": "256", "N_VAL": "64", "N_POINTS": "64", "BATCH_SIZE": "64",
+        "STAGEA_EPOCHS": "1", "STAGEB1_EPOCHS": "2", "STAGEB2_EPOCHS": "1", "OMP_NUM_THREADS": "1"}
+SMALL_TASKS = ["--cpus-per-task=1", "--mem-per-cpu=500M", "--time=10"]
+
+
+@pytest.fixture(scope="session")
+def slurm() -> None:
+    problem = None
+    if shutil.which("sbatch") is None:
+        problem = "sbatch not found"
+    else:
+        info = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+        if info.returncode != 0 or not info.stdout.strip():
+            problem = f"sinfo failed: {info.stderr.strip()}"
+    if problem:
+        message = f"dev SLURM cluster not available ({problem}); start it: bash slurm/dev-cluster/cluster.sh start"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A submit directory with a space in its path, laid out like the repository."""
+    root = tmp_path / "my project"
+    root.mkdir()
+    shutil.copytree(REPO / "slurm", root / "slurm")
+    shutil.copytree(REPO / "configs", root / "configs")
+    (root / "logs").mkdir()
+    return root
+
+
+def sbatch(root: Path, script: str, args: list[str], env: dict[str, str], timeout: float = 420) -> str:
+    """Submit, then wait until the job (every array task) has left the queue; returns the job id.
+
+    Polls squeue every 0.5 s: ``sbatch --wait`` backs off to 30 s between polls."""
+    proc = subprocess.run(["sbatch", "--parsable", *args, script], cwd=root, env=env, text=True,
+                          capture_output=True, timeout=60)
+    job_id = proc.stdout.strip().split(";")[0]
+    assert proc.returncode == 0 and job_id, proc.stderr
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, f"job {job_id} still queued after {timeout}s"
+        time.sleep(0.5)
+    return job_id
+
+
+def sacct_states(job_id: str) -> dict[str, str]:
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,ExitCode"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return {line.split("|")[0]: line.split("|", 1)[1] for line in out.splitlines() if line}
+
+
+def check_physae_study(root: Path, name: str, max_trials: int, n_workers: int) -> None:
+    study = load_study(root / "optuna_journal" / f"{name}.journal", name)
+    states = Counter(t.state.name for t in study.trials)
+    assert states["COMPLETE"] + states["PRUNED"] == max_trials and states["RUNNING"] == 0, states
+    run_dirs = root / "optuna_runs" / name
+    for trial in study.trials:
+        if trial.state.name != "COMPLETE":
+            continue
+        lines = [json.loads(x) for x in (run_dirs / f"trial_{trial.number}" / "metrics.jsonl").read_text().splitlines()]
+        assert Counter(x["stage"] for x in lines) == {"A": 1, "B1": 2, "B2": 1}
+        assert trial.user_attrs["fixed_params"] == {"A.epochs": 1, "B1.epochs": 2, "B2.epochs": 1}
+    gpus = {t.user_attrs["worker"]: t.user_attrs["gpu"] for t in study.trials}
+    assert len(gpus) == n_workers and len(set(gpus.values())) == n_workers, gpus
+    assert len(list((root / "optuna_logs").glob("worker_*.log"))) == n_workers
+
+
+def test_seed_000_command_line(slurm: None, project: Path) -> None:
+    env = clean_env(**TINY, MAX_TRIALS="4", STUDY_NAME="a b'c", OPTUNA_PRUNER="none", HPO_PYTHON=sys.executable)
+    job = sbatch(project, "slurm/bash_optuna.sh", ["--ntasks=2", *SMALL_TASKS], env)
+    assert sacct_states(job)[job].startswith("COMPLETED"), sacct_states(job)
+    log = (project / "logs" / f"hpo-optuna_{job}.log").read_text()
+    assert "STUDY_NAME=a\\ b\\'c" in log  # printed with %q: copy-pasteable
+    assert "N_TRAIN                256                      env:N_TRAIN" in log
+    assert "STAGEB1_EPOCHS         2" in log
+    check_physae_study(project, "a b'c", max_trials=4, n_workers=2)
+
+
+def test_array_template(slurm: None, project: Path) -> None:
+    env = clean_env(**TINY, MAX_TRIALS="5", STUDY_NAME="arr", OPTUNA_PRUNER="none", HPO_PYTHON=sys.executable)
+    job = sbatch(project, "slurm/bash_optuna_array.sh", ["--array=0-2", *SMALL_TASKS], env)
+    states = sacct_states(job)
+    assert len(states) == 3 and all(s.startswith("COMPLETED") for s in states.values()), states
+    assert len(list((project / "logs").glob(f"hpo-optuna_{job}_*.log"))) == 3
+    check_physae_study(project, "arr", max_trials=5, n_workers=3)
+
+
+def test_time_limit_ends_trials_cleanly(slurm: None, project: Path) -> None:
+    """Trials longer than the job: the warning signal ends the trial in flight cleanly."""
+    (project / "toy.yaml").write_text("objective: objectives:quadratic\nspace:\n  x: {type: float, low: -5, high: 5}\n")
+    env = clean_env(HPO_CONFIG="toy.yaml", STUDY_NAME="limited", TOY_STEP_SECONDS="6", OPTUNA_PRUNER="none",
+                    MAX_TRIALS="50", HPO_PYTHON=sys.executable)
+    job = sbatch(project, "slurm/bash_optuna.sh",
+                 ["--ntasks=2", "--cpus-per-task=1", "--mem-per-cpu=200M", "--time=1", "--signal=B:USR1@45"], env)
+    state = sacct_states(job)[job]
+    assert not state.startswith(("TIMEOUT", "CANCELLED")), state  # ended by itself, before the kill
+    log = (project / "logs" / f"hpo-optuna_{job}.log").read_text()
+    study = load_study(project / "optuna_journal/limited.journal", "limited")
+    states = Counter(t.state.name for t in study.trials)
+    assert states["RUNNING"] == 0, states
+    fails = [t for t in study.trials if t.state.name == "FAIL"]
+    assert all(t.user_attrs["reason"] == "preempted" for t in fails)
+    assert "got USR1" in log or "not starting another trial" in log
+    if fails:  # each preempted trial waits as a retry with the same parameters
+        waiting = [t for t in study.trials if t.state.name == "WAITING"]
+        assert sorted(t.system_attrs["fixed_params"]["x"] for t in waiting) == sorted(t.params["x"] for t in fails)
+
+
+def test_hpo_submit_then_join(slurm: None, project: Path) -> None:
+    env = clean_env(**TINY, MAX_TRIALS="4", STUDY_NAME="sub", OPTUNA_PRUNER="none",
+                    HPO_CONFIG=str(project / "configs/physae.yaml"))
+    args = ["submit", "--workers", "4", "--cpus-per-worker", "1", "--mem", "500M", "--time", "10", "--wait"]
+    first = run_hpo(args, project, env, timeout=420)
+    assert first.returncode == 0, first.stderr
+    assert "submitted 4 worker(s) to study 'sub'" in first.stdout
+    assert "tail -f optuna_logs/worker_*.log" in first.stdout
+    check_physae_study(project, "sub", max_trials=4, n_workers=4)
+    second = run_hpo([*args[:2], "2", *args[3:]], project, {**env, "MAX_TRIALS": "7"}, timeout=420)
+    assert second.returncode == 0, second.stderr
+    study = load_study(project / "optuna_journal/sub.journal", "sub")
+    states = Counter(t.state.name for t in study.trials)
+    assert states["COMPLETE"] + states["PRUNED"] == 7 and states["RUNNING"] == 0
+    assert len((project / "optuna_journal/sub.jobs").read_text().split()) == 6
+
+
+def test_submit_dry_run_writes_nothing(tmp_path: Path) -> None:
+    env = clean_env(STUDY_NAME="a b'c")
+    result = run_hpo(["submit", "--workers", "3", "--partition", "gpu", "--dry-run"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["submit"]["sbatch"]["partition"] == "gpu" and plan["submit"]["workers"] == 3
+    assert plan["worker_env"]["STUDY_NAME"] == "a b'c"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rendered_sbatch_matches_golden_file() -> None:
+    """submitit renders our executor parameters; nasty names stay quoted."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from hpo.launch.submit import SubmitOptions, executor_parameters
+
+    opts = SubmitOptions(workers=4, partition="gpu a100", time_minutes=90, mem="16G", account="lab's",
+                         exclude="node[01-02]", job_name="hpo-a b'c")
+    text = _make_sbatch_string(command="python -m hpo worker", folder="/shared/my jobs/%j", map_count=4,
+                               **executor_parameters(opts))
+    golden = REPO / "tests/golden/submit_sbatch.txt"
+    if os.environ.get("HPO_UPDATE_GOLDEN"):
+        golden.write_text(text)
+    assert text == golden.read_text()
