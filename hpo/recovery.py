@@ -77,25 +77,42 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: str) -> bool:
-    """A RUNNING trial whose worker is gone: stale heartbeat, or dead pid on this host."""
+def is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: str,
+            live_jobs: set[str] | None = None) -> bool:
+    """A RUNNING trial whose worker is gone: stale heartbeat, dead pid on this host, or
+    a SLURM job no longer in the queue (``live_jobs``: None when squeue is unavailable)."""
     attrs = trial.user_attrs
     if attrs.get("host") == host and isinstance(attrs.get("pid"), int) and attrs["pid"] != os.getpid():
         if not _process_alive(attrs["pid"]):
             return True
+    job = attrs.get("slurm_job_id")
+    if live_jobs is not None and job is not None and str(job) not in live_jobs:
+        return True
     beat = trial.system_attrs.get(HEARTBEAT_ATTR)
     if beat is None:
         beat = trial.datetime_start.timestamp() if trial.datetime_start else now
     return now - float(beat) > stale_seconds
 
 
+def _live_slurm_jobs() -> set[str] | None:
+    """Job ids (each array task's own id) queued or running, of every user: a study may be shared."""
+    from hpo.errors import SchedulerError
+    from hpo.scheduler import run_command
+
+    try:
+        return set(run_command(["squeue", "-h", "-o", "%A"]).split())
+    except SchedulerError as exc:
+        _logger.debug("squeue unavailable, judging trials by heartbeat only: %s", exc)
+        return None
+
+
 def reap(shared: "SharedStudy", host: str) -> list[int]:
     """Fail lost trials and enqueue their retries. Returns the reaped trial numbers."""
     settings = shared.settings
     now = time.time()
-    candidates = [
-        t for t in shared.trials((TrialState.RUNNING,)) if is_lost(t, now, settings.stale_seconds, host)
-    ]
+    running = shared.trials((TrialState.RUNNING,))
+    live = _live_slurm_jobs() if any("slurm_job_id" in t.user_attrs for t in running) else None
+    candidates = [t for t in running if is_lost(t, now, settings.stale_seconds, host, live)]
     if not candidates:
         return []
     reaped: list[int] = []

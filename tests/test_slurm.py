@@ -68,10 +68,17 @@ def sbatch(root: Path, script: str, args: list[str], env: dict[str, str], timeou
     return job_id
 
 
-def sacct_states(job_id: str) -> dict[str, str]:
-    out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,ExitCode"],
-                         capture_output=True, text=True, timeout=30).stdout
-    return {line.split("|")[0]: line.split("|", 1)[1] for line in out.splitlines() if line}
+def sacct_states(job_id: str, expected: int = 1) -> dict[str, str]:
+    """Final states of the job (or its ``expected`` array tasks); sacct lags squeue by seconds."""
+    deadline = time.monotonic() + 30
+    while True:
+        out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "JobID,State,ExitCode"],
+                             capture_output=True, text=True, timeout=30).stdout
+        states = {line.split("|")[0]: line.split("|", 1)[1] for line in out.splitlines() if line}
+        final = [s for s in states.values() if not s.startswith(("PENDING", "RUNNING", "REQUEUED"))]
+        if len(final) >= expected or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
 
 
 def check_physae_study(root: Path, name: str, max_trials: int, n_workers: int) -> None:
@@ -104,7 +111,7 @@ def test_seed_000_command_line(slurm: None, project: Path) -> None:
 def test_array_template(slurm: None, project: Path) -> None:
     env = clean_env(**TINY, MAX_TRIALS="5", STUDY_NAME="arr", OPTUNA_PRUNER="none", HPO_PYTHON=sys.executable)
     job = sbatch(project, "slurm/bash_optuna_array.sh", ["--array=0-2", *SMALL_TASKS], env)
-    states = sacct_states(job)
+    states = sacct_states(job, expected=3)
     assert len(states) == 3 and all(s.startswith("COMPLETED") for s in states.values()), states
     assert len(list((project / "logs").glob(f"hpo-optuna_{job}_*.log"))) == 3
     check_physae_study(project, "arr", max_trials=5, n_workers=3)

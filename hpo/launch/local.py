@@ -9,6 +9,7 @@ Ctrl-C lets every worker end its trial cleanly (a second Ctrl-C stops them at on
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -36,11 +37,14 @@ def visible_gpus(settings: Settings, env: Mapping[str, str]) -> list[str]:
 
 
 def worker_env(
-    settings: Settings, env: Mapping[str, str], rank: int, gpus: Sequence[str], seed_offset: int
+    settings: Settings, env: Mapping[str, str], rank: int, gpus: Sequence[str], seed_offset: int,
+    threads: int,
 ) -> dict[str, str]:
-    """Environment of worker ``rank``: the resolved settings and its GPU (pure)."""
+    """Environment of worker ``rank``: the resolved settings, its GPU and its CPU threads (pure)."""
     child = {**env, **settings.to_env(), "HPO_WORKER_RANK": str(rank), "HPO_SEED_OFFSET": str(seed_offset),
              "PYTHONUNBUFFERED": "1"}
+    # N workers each starting one thread per core would oversubscribe the CPU N-fold.
+    child.setdefault("OMP_NUM_THREADS", str(threads))
     # An empty CUDA_VISIBLE_DEVICES hides every GPU: CPU workers stay off the GPUs.
     child["CUDA_VISIBLE_DEVICES"] = gpus[rank % len(gpus)] if gpus else ""
     return child
@@ -60,9 +64,10 @@ def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapp
     console.print(f"run directories: {settings.study_dir}/trial_<number>/")
     # A resumed study gets new seeds (see hpo.worker.sampler_seed); a fresh one OPTUNA_SEED + rank.
     seed_offset = 10_000 * sum(1 for t in shared.trials() if t.state.is_finished())
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
     procs = [
         subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--quiet"],
-                         env=worker_env(settings, env, rank, gpus, seed_offset))
+                         env=worker_env(settings, env, rank, gpus, seed_offset, threads))
         for rank in range(n_workers)
     ]
     # A scheduler's SIGTERM reaches only us: pass it on so workers end trials cleanly.

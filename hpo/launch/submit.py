@@ -67,8 +67,10 @@ def executor_parameters(opts: SubmitOptions) -> dict[str, Any]:
     return params
 
 
-def job_env(settings_env: Mapping[str, str], seed_offset: int) -> dict[str, str]:
-    return {**settings_env, "HPO_SEED_OFFSET": str(seed_offset)}
+def job_env(settings_env: Mapping[str, str], seed_offset: int, threads: int) -> dict[str, str]:
+    """What each worker job adds to its environment (pure). ``OMP_NUM_THREADS``: one
+    thread per CPU of the task, as torch would otherwise use every core of the node."""
+    return {**settings_env, "HPO_SEED_OFFSET": str(seed_offset), "OMP_NUM_THREADS": str(threads)}
 
 
 class WorkerJob(submitit.helpers.Checkpointable):
@@ -114,7 +116,7 @@ def submit(opts: SubmitOptions, settings_env: Mapping[str, str], seed_offset: in
            local: bool) -> list[submitit.Job[str]]:
     """Submit ``opts.workers`` worker jobs (an array on SLURM); returns submitit's jobs."""
     executor = make_executor(opts, local)
-    env = job_env(settings_env, seed_offset)
+    env = job_env(settings_env, seed_offset, opts.cpus_per_worker)
     with executor.batch():
         jobs = [executor.submit(WorkerJob({**env, "HPO_WORKER_RANK": str(rank)}, str(cwd)))
                 for rank in range(opts.workers)]

@@ -78,7 +78,8 @@ def show_progress(shared: SharedStudy, running: Callable[[], bool],
                 state = progress(shared, started, finished_at_start)
                 line = state.line(max_trials)
                 bar.update(task, completed=state.finished, info=line.split(", ", 1)[1])
-                if not console.is_terminal and line != last_line:
+                # Off a terminal, print a line when counts or best change (not the ETA alone).
+                if not console.is_terminal and line.rsplit(", ETA", 1)[0] != last_line.rsplit(", ETA", 1)[0]:
                     console.print(line)
                     last_line = line
             except KeyboardInterrupt:

@@ -26,6 +26,8 @@ export HPO_CONFIG="${HPO_CONFIG:-configs/physae.yaml}"
 JOB_ID="${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-0}}"
 export HPO_SEED_OFFSET="${HPO_SEED_OFFSET:-$(( JOB_ID % 100000 * 1000 ))}"
 export PYTHONUNBUFFERED=1
+# One thread per CPU SLURM gave the task: torch would otherwise start one per core of the node.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
 
 # The Python that has hpo installed: $HPO_PYTHON, else the checkout's .venv, else python3.
 if [ -n "${HPO_PYTHON:-}" ]; then
