@@ -16,11 +16,12 @@ with the reaper's; nodes are assumed NTP-synchronised to well under
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -34,37 +35,37 @@ WORKER_LOST = "worker lost"
 
 
 class Heartbeat:
-    """Background thread that keeps one running trial's heartbeat fresh.
+    """One background thread per worker that keeps the running trial's heartbeat fresh.
 
     Safe because the journal storage serialises access with its own thread
     lock; signal handlers never touch the storage (they only set a flag).
+    The trial's ``datetime_start`` counts as its first heartbeat.
     """
 
-    def __init__(self, shared: "SharedStudy", trial_id: int, period: float) -> None:
-        self._shared, self._trial_id, self._period = shared, trial_id, period
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
-
-    def __enter__(self) -> "Heartbeat":
-        self.beat()
+    def __init__(self, shared: "SharedStudy", period: float) -> None:
+        self._shared, self._period = shared, period
+        self._trial_id: int | None = None
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
         self._thread.start()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def beat(self) -> None:
-        storage = self._shared.study._storage
-        storage.set_trial_system_attr(self._trial_id, HEARTBEAT_ATTR, time.time())
+    @contextlib.contextmanager
+    def watching(self, trial_id: int) -> Iterator[None]:
+        self._trial_id = trial_id
+        try:
+            yield
+        finally:
+            self._trial_id = None
 
     def _run(self) -> None:
-        while not self._stop.wait(self._period):
+        while not self._wake.wait(self._period):
+            trial_id = self._trial_id
+            if trial_id is None:
+                continue
             try:
-                self.beat()
-            except Exception:  # the trial may have been finished meanwhile
-                _logger.debug("heartbeat of trial id %d not written", self._trial_id, exc_info=True)
-                return
+                self._shared.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+            except Exception:  # the trial was finished meanwhile: nothing to keep alive
+                _logger.debug("heartbeat of trial id %d not written", trial_id, exc_info=True)
 
 
 def _process_alive(pid: int) -> bool:
@@ -110,19 +111,18 @@ def reap(shared: "SharedStudy", host: str) -> list[int]:
     """Fail lost trials and enqueue their retries. Returns the reaped trial numbers."""
     settings = shared.settings
     now = time.time()
-    running = shared.trials((TrialState.RUNNING,))
+    running = shared.index.running()
     live = _live_slurm_jobs() if any("slurm_job_id" in t.user_attrs for t in running) else None
     candidates = [t for t in running if is_lost(t, now, settings.stale_seconds, host, live)]
     if not candidates:
         return []
     reaped: list[int] = []
-    storage = shared.study._storage
     with shared.slots():  # one reaper at a time: no trial is retried twice
-        running = {t.number: t for t in shared.trials((TrialState.RUNNING,))}
+        running = {t.number: t for t in shared.index.running()}
         for trial in candidates:
             if trial.number not in running:
                 continue
-            storage.set_trial_user_attr(trial._trial_id, "reason", WORKER_LOST)
+            shared.set_user_attrs(trial._trial_id, {"reason": WORKER_LOST})
             shared.study.tell(trial.number, state=TrialState.FAIL)
             reaped.append(trial.number)
             _logger.warning("trial %d: worker %s lost; marked FAIL", trial.number, trial.user_attrs.get("worker"))

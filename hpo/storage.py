@@ -11,8 +11,9 @@ import contextlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import optuna
 from optuna.storages import JournalStorage
@@ -79,6 +80,56 @@ def make_pruner(settings: "Settings") -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+class TrialIndex:
+    """Incremental view of a study's trials: counts by state, unfinished trials, durations.
+
+    Finished trials never change state again, so after the first call only new
+    and still-unfinished trials are looked at: O(unfinished + new) per call instead
+    of O(all trials), which matters at 20,000 trials (a full scan is ~4 ms).
+    Reads the journal storage's replay result (Optuna 5 internals, pinned).
+    """
+
+    def __init__(self, storage: JournalStorage, study_id: int) -> None:
+        self._storage, self._study_id = storage, study_id
+        self._seen = 0  # trial ids of the study looked at so far
+        self._unfinished: dict[int, optuna.trial.FrozenTrial] = {}
+        self.finished: Counter[TrialState] = Counter()
+        self.complete_seconds: list[float] = []
+
+    def refresh(self) -> None:
+        with self._storage._thread_lock:
+            self._storage._sync_with_backend()
+            replay = self._storage._replay_result
+            ids = replay._study_id_to_trial_ids[self._study_id]
+            for trial_id in ids[self._seen:]:
+                self._unfinished[trial_id] = replay._trials[trial_id]
+            self._seen = len(ids)
+            for trial_id in list(self._unfinished):
+                trial = replay._trials[trial_id]  # replaced, not mutated, on each update
+                if trial.state.is_finished():
+                    del self._unfinished[trial_id]
+                    self.finished[trial.state] += 1
+                    if trial.state == TrialState.COMPLETE and trial.datetime_start and trial.datetime_complete:
+                        self.complete_seconds.append((trial.datetime_complete - trial.datetime_start).total_seconds())
+                else:
+                    self._unfinished[trial_id] = trial
+
+    @property
+    def n_trials(self) -> int:
+        """Trials of the study at the last refresh."""
+        return self._seen
+
+    def counts(self) -> Counter[TrialState]:
+        self.refresh()
+        out = Counter(self.finished)
+        out.update(t.state for t in self._unfinished.values())
+        return out
+
+    def running(self) -> list[optuna.trial.FrozenTrial]:
+        self.refresh()
+        return [t for t in self._unfinished.values() if t.state == TrialState.RUNNING]
+
+
 @dataclass
 class SharedStudy:
     """A study opened by one process, with the slot lock all its workers share."""
@@ -86,17 +137,28 @@ class SharedStudy:
     study: optuna.Study
     settings: "Settings"
     slots_lock: JournalFileOpenLock
+    index: TrialIndex
 
     @property
     def study_id(self) -> int:
         return self.study._study_id
 
+    @property
+    def storage(self) -> JournalStorage:
+        return self.study._storage  # type: ignore[return-value]
+
     def trials(self, states: Sequence[TrialState] | None = None) -> list[optuna.trial.FrozenTrial]:
         """Trials without Optuna's deep copy (read-only use)."""
-        return self.study._storage.get_all_trials(self.study_id, deepcopy=False, states=states)
+        return self.storage.get_all_trials(self.study_id, deepcopy=False, states=states)
 
     def counts(self) -> Counter[TrialState]:
-        return Counter(t.state for t in self.trials())
+        return self.index.counts()
+
+    def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
+        """Several user attributes, one journal record each (Optuna's replay accepts
+        one key per record, so they cannot be batched without breaking readers)."""
+        for key, value in attrs.items():
+            self.storage.set_trial_user_attr(trial_id, key, value)
 
     @contextlib.contextmanager
     def slots(self) -> Iterator[None]:
@@ -107,8 +169,9 @@ class SharedStudy:
         finally:
             self.slots_lock.release()
 
-    def ask_within_budget(self) -> tuple[optuna.Trial | None, bool]:
-        """Start a trial only if it fits in ``MAX_TRIALS``.
+    def ask_within_budget(self, attrs_for: Callable[[int], dict[str, Any]]) -> tuple[optuna.Trial | None, bool]:
+        """Start a trial carrying the user attributes ``attrs_for(number)``, only if it
+        fits in ``MAX_TRIALS``.
 
         Returns ``(trial, done)``: ``done`` when the study has its finished trials;
         ``(None, False)`` when every remaining slot is taken by a running trial
@@ -122,7 +185,34 @@ class SharedStudy:
                 return None, True
             if finished + counts[TrialState.RUNNING] >= self.settings.max_trials:
                 return None, False
-            return self.study.ask(), False
+            return self._ask(attrs_for), False
+
+    def _ask(self, attrs_for: Callable[[int], dict[str, Any]]) -> optuna.Trial:
+        """``study.ask()``, except that a new trial is created RUNNING with its user
+        attributes in the same journal record (Optuna writes one record per attribute
+        otherwise: measured 0.6 ms each here, far more on NFS). A waiting (enqueued)
+        trial is taken first, as ``ask`` does, and gets its attributes afterwards.
+
+        The new trial's number is predicted as the study's trial count: exact while
+        every creator holds the slot lock; checked, and the attributes rewritten, if a
+        writer outside hpo raced us."""
+        study = self.study
+        study._thread_local.cached_all_trials = None
+        trial_id = study._pop_waiting_trial_id()
+        if trial_id is not None:
+            trial = optuna.Trial(study, trial_id)
+            self.set_user_attrs(trial_id, attrs_for(trial.number))
+            return trial
+        predicted = self.index.n_trials
+        template = optuna.trial.FrozenTrial(
+            number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+            datetime_complete=None, params={}, distributions={}, user_attrs=attrs_for(predicted),
+            system_attrs={}, intermediate_values={}, trial_id=-1,
+        )
+        trial = optuna.Trial(study, self.storage.create_new_trial(self.study_id, template_trial=template))
+        if trial.number != predicted:
+            self.set_user_attrs(trial._trial_id, attrs_for(trial.number))
+        return trial
 
 
 def open_study(
@@ -158,7 +248,8 @@ def open_study(
             f"study {settings.study_name!r} in {settings.journal_path} optimises {held}, "
             f"but {config.path} asks for {list(config.directions)}; use another STUDY_NAME"
         )
-    shared = SharedStudy(study, settings, make_lock(Path(f"{settings.journal_path}.slots")))
+    shared = SharedStudy(study, settings, make_lock(Path(f"{settings.journal_path}.slots")),
+                         TrialIndex(storage, study._study_id))
     if config.enqueue:
         with shared.slots():
             if WARM_START_ATTR not in storage.get_study_system_attrs(shared.study_id):

@@ -39,7 +39,7 @@ from hpo.recovery import Heartbeat, enqueue_retry, reap
 from hpo.settings import Settings, WorkerIdentity
 from hpo.space import suggest
 from hpo.storage import SharedStudy, open_study
-from hpo.util import write_json_atomic
+from hpo.util import write_json, write_json_atomic
 
 _logger = logging.getLogger(__name__)
 
@@ -164,6 +164,7 @@ class Worker:
         )
         _logger.info("settings: %s", json.dumps(s.as_dict(), sort_keys=True))
         reap(shared, self.identity.host)
+        self.heartbeat = Heartbeat(shared, s.heartbeat_seconds)
         reason = self._loop(shared)
         counts = shared.counts()
         _logger.info(
@@ -179,7 +180,7 @@ class Worker:
             reason = self._stop_before_next(shared)
             if reason is not None:
                 return reason
-            trial, done = shared.ask_within_budget()
+            trial, done = shared.ask_within_budget(self._trial_attrs)
             if done:
                 return StopReason.MAX_TRIALS
             if trial is None:
@@ -194,6 +195,14 @@ class Worker:
             if result.stop_worker == outcomes.INTERRUPTED:
                 return StopReason.INTERRUPTED
             reap(shared, self.identity.host)
+
+    def _run_dir(self, number: int) -> Path:
+        return self.settings.study_dir / f"trial_{number}"
+
+    def _trial_attrs(self, number: int) -> dict[str, Any]:
+        """User attributes that link a trial to its worker and run directory."""
+        return {**self.identity.attrs(), "run_dir": str(self._run_dir(number).resolve()),
+                "fixed_params": self.settings.fixed_params()}
 
     def _stop_before_next(self, shared: SharedStudy) -> StopReason | None:
         if self.flag.reason == outcomes.PREEMPTED:
@@ -216,29 +225,25 @@ class Worker:
 
     @staticmethod
     def _estimate_trial_seconds(shared: SharedStudy) -> float:
-        durations = [
-            (t.datetime_complete - t.datetime_start).total_seconds()
-            for t in shared.trials((TrialState.COMPLETE,))
-            if t.datetime_start and t.datetime_complete
-        ]
+        shared.index.refresh()
+        durations = shared.index.complete_seconds
         return statistics.median(durations) if durations else 0.0
 
     # -- one trial --------------------------------------------------------
     def _run_trial(self, shared: SharedStudy, trial: optuna.Trial) -> outcomes.Outcome:
         s = self.settings
-        run_dir = s.study_dir / f"trial_{trial.number}"
+        run_dir = self._run_dir(trial.number)
         run_dir.mkdir(parents=True, exist_ok=True)
         with trial_logging(trial.number, run_dir / "trial.log"):
             fixed = s.fixed_params()
-            for key, value in {**self.identity.attrs(), "run_dir": str(run_dir.resolve()), "fixed_params": fixed}.items():
-                trial.set_user_attr(key, value)
             resume_from = trial.user_attrs.get("resume_from")
             start = time.time()
             last_step: list[int] = []
             try:
                 params = suggest(trial, self.config.space, fixed)
-                write_json_atomic(run_dir / "params.json", {"params": params, "sampled": trial.params, "fixed": fixed})
-                write_json_atomic(run_dir / "settings.json", s.as_dict())
+                # Plain writes: they restate what the journal holds, in a fresh directory.
+                write_json(run_dir / "params.json", {"params": params, "sampled": trial.params, "fixed": fixed})
+                write_json(run_dir / "settings.json", s.as_dict())
                 _logger.info("trial %d started on %s: %s%s", trial.number, self.device, json.dumps(params),
                              f" (retry of trial {trial.user_attrs.get('retry_of')})" if "retry_of" in trial.user_attrs else "")
                 ctx = TrialContext(
@@ -248,7 +253,7 @@ class Worker:
                     _report=lambda step, value: self._report(trial, step, value, last_step),
                     _stop_reason=lambda: self.flag.reason,
                 )
-                with Heartbeat(shared, trial._trial_id, s.heartbeat_seconds):
+                with self.heartbeat.watching(trial._trial_id):
                     value = self.objective(params, ctx)
                 result = outcomes.from_value(value, len(self.config.directions))
             except BaseException as exc:  # noqa: BLE001 - the policy table decides, see hpo.outcome
@@ -274,7 +279,8 @@ class Worker:
             shared.study.tell(trial, list(result.values or ()))
         else:
             shared.study.tell(trial, state=result.state)
-        write_json_atomic(run_dir / "trial.json", {
+        # Atomic but not fsynced: it survives the process (the journal is the durable record).
+        write_json_atomic(run_dir / "trial.json", durable=False, payload={
             "number": trial.number, "state": result.state.name, "values": result.values,
             "reason": result.reason, "seconds": round(seconds, 3), "worker": self.identity.worker_id,
         })
