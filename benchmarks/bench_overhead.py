@@ -52,7 +52,7 @@ def per_trial_ms() -> float:
 
 def run_plain(path: Path, k: int, sampler: str) -> float:
     settings = resolve({}, {"OPTUNA_SAMPLER": sampler}, {}, Path("bench.yaml"))
-    study = optuna.load_study(study_name=STUDY, storage=open_storage(path), sampler=make_sampler(settings, 0, 1))
+    study = optuna.load_study(study_name=STUDY, storage=open_storage(path), sampler=make_sampler(settings, 0))
     null_objective.CALLS = []
     study.optimize(lambda t: null_objective.objective({"x": t.suggest_float("x", 0.0, 1.0)}), n_trials=k)
     return per_trial_ms()

@@ -39,6 +39,33 @@ def load(flags: dict[str, Any]) -> tuple[Settings, StudyConfig]:
     return load_all(flags, os.environ)
 
 
+def config_mode_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--overwrite", is_flag=True,
+                        help="the study was run with another config: store this one (the old one is backed up)")(func)
+    return click.option("--reuse-stored", is_flag=True,
+                        help="the study was run with another config: run with the stored one")(func)
+
+
+def launch(flags: dict[str, Any], launcher: str) -> tuple[Settings, StudyConfig]:
+    """Settings and the config this launch runs with (see hpo.provenance), recorded."""
+    import dataclasses
+
+    from hpo.errors import UsageError
+    from hpo.provenance import ConfigMode, reconcile, record_launch
+
+    reuse, overwrite = flags.pop("reuse_stored"), flags.pop("overwrite")
+    if reuse and overwrite:
+        raise UsageError("--reuse-stored and --overwrite exclude each other; give one")
+    settings, config = load(flags)
+    config.load_objective()  # a bad objective fails here, before anything is written
+    mode = ConfigMode.REUSE_STORED if reuse else ConfigMode.OVERWRITE if overwrite else ConfigMode.CHECK
+    used = reconcile(settings, config, mode)
+    if used.path != config.path:
+        settings = dataclasses.replace(settings, config=used.path)
+    record_launch(settings, used, launcher)
+    return settings, used
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="hpo")
 @click.option("--debug", is_flag=True, help="show tracebacks of errors")
@@ -60,7 +87,7 @@ def config_cmd(**flags: Any) -> None:
     """Print the effective settings and where each value came from."""
     settings, config = load(flags)
     click.echo(f"# study config: {config.path} ({settings.sources['config']})")
-    click.echo(f"# journal: {settings.journal_path}")
+    click.echo(f"# storage: {settings.storage_label}")
     width = max(len(f.env) for f in FIELDS)
     for f in FIELDS:
         value = getattr(settings, f.name)
@@ -73,12 +100,13 @@ def config_cmd(**flags: Any) -> None:
 
 @cli.command("worker")
 @settings_options
+@config_mode_options
 @click.option("--quiet", is_flag=True, help="log only warnings to stderr (the log file gets everything)")
 def worker_cmd(quiet: bool, **flags: Any) -> int:
     """Run one worker in this process (what srun, an array task or submitit calls)."""
     from hpo.worker import run_worker
 
-    settings, config = load(flags)
+    settings, config = launch(flags, "hpo worker")
     reason, log = run_worker(settings, config, os.environ, echo_level="WARNING" if quiet else "INFO")
     if not quiet:
         click.echo(f"worker stopped: {reason.label}; log: {log}", err=True)
@@ -87,19 +115,20 @@ def worker_cmd(quiet: bool, **flags: Any) -> int:
 
 @cli.command("run")
 @settings_options
+@config_mode_options
 @click.option("--workers", "-n", "n_workers", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="worker processes on this machine")
 def run_cmd(n_workers: int, **flags: Any) -> int:
     """Run the study on this machine with N workers sharing the journal (resumes if it exists)."""
     from hpo.launch.local import run_local
 
-    settings, config = load(flags)
-    config.load_objective()  # a bad objective fails here, before any worker starts
+    settings, config = launch(flags, "hpo run")
     return run_local(settings, config, n_workers, os.environ)
 
 
 @cli.command("submit")
 @settings_options
+@config_mode_options
 @click.option("--workers", "-n", "n_workers", type=click.IntRange(1, 10000), required=True,
               help="worker jobs (a job array, one GPU each)")
 @click.option("--partition", default=None, help="SLURM partition")
@@ -122,8 +151,10 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
     """Submit N workers through submitit into the study (a second submit joins it)."""
     import json
 
-    settings, config = load(flags)
-    config.load_objective()
+    if dry_run:
+        settings, config = load({k: v for k, v in flags.items() if k not in ("reuse_stored", "overwrite")})
+    else:
+        settings, config = launch(flags, "hpo submit")
     from hpo.launch.submit import SubmitOptions, describe, submit
     from hpo.launch.watch import follow_commands, record_jobs, wait_for_study
     from hpo.storage import open_study
@@ -133,7 +164,7 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
                          account=account, qos=qos, constraint=constraint, exclude=exclude,
                          job_name=f"hpo-{settings.study_name}")
     if dry_run:
-        click.echo(json.dumps({"study": settings.study_name, "journal": str(settings.journal_path),
+        click.echo(json.dumps({"study": settings.study_name, "storage": settings.storage_label,
                                "submit": describe(opts), "worker_env": settings.to_env()}, indent=2))
         return 0
     shared = open_study(settings, config)
@@ -159,6 +190,56 @@ def cancel_cmd(**flags: Any) -> int:
     jobs = active_jobs(recorded_jobs(settings))
     cancel(jobs)
     click.echo(f"cancelled {len(jobs)} job(s) of study {settings.study_name!r}: {' '.join(jobs) or '-'}")
+    return 0
+
+
+@cli.command("doctor")
+@settings_options
+def doctor_cmd(**flags: Any) -> int:
+    """Check the study's journal: damage, locks, filesystem. Exit 3 when damaged."""
+    from hpo.journal.repair import doctor
+
+    settings, _ = load(flags)
+    report = doctor(settings.journal_path)
+    click.echo(report.render())
+    return 3 if report.damaged or report.optuna_error else 0
+
+
+@cli.command("repair")
+@settings_options
+@click.option("--yes", is_flag=True, help="every worker of the study is stopped: repair now")
+def repair_cmd(yes: bool, **flags: Any) -> int:
+    """Rewrite a damaged journal loadable again (offline: stop every worker first).
+
+    Bad records are quarantined beside the journal and a full backup is kept."""
+    from hpo.journal.repair import doctor, repair
+    from hpo.storage import make_lock
+
+    settings, _ = load(flags)
+    report = doctor(settings.journal_path)
+    click.echo(report.render())
+    if not report.damaged:
+        return 0
+    if not yes:
+        click.echo("not repaired: stop every worker of the study, then rerun with --yes", err=True)
+        return 2
+    result = repair(settings.journal_path, make_lock(settings.journal_path))
+    click.echo(result.render())
+    return 0
+
+
+@cli.command("reap")
+@settings_options
+def reap_cmd(**flags: Any) -> int:
+    """Fail the study's lost trials (dead workers) now and enqueue their retries."""
+    import socket
+
+    from hpo.recovery import reap
+    from hpo.storage import open_study
+
+    settings, config = load(flags)
+    reaped = reap(open_study(settings, config, create=False), socket.gethostname())
+    click.echo(f"reaped {len(reaped)} lost trial(s): {' '.join(map(str, reaped)) or '-'}")
     return 0
 
 

@@ -8,12 +8,18 @@ Keys (unknown ones are refused)::
     settings: {n_train: 50000, ...}          # defaults of the settings (see hpo.settings)
     space: {...}                             # see hpo.space
     enqueue: [{param: value, ...}, ...]      # warm-start trials of a new study
+    sampler_args: {n_startup_trials: 10}     # keyword arguments of OPTUNA_SAMPLER's class
+    pruner_args: {min_resource: 1}           # keyword arguments of OPTUNA_PRUNER's class
+    objective_args: {...}                    # handed to the objective as ctx.options
+
+Storage, budgets, per-trial time budget and time-based pruning are settings
+(``storage``, ``max_trials``, ``trial_timeout_seconds``, ``time_pruning_warmup`` ...).
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,7 +30,8 @@ from hpo.objective import Objective
 from hpo.settings import Settings, config_path, resolve
 from hpo.space import Param, parse_space
 
-_TOP_KEYS = ("study_name", "objective", "direction", "directions", "settings", "space", "enqueue")
+_TOP_KEYS = ("study_name", "objective", "direction", "directions", "settings", "space", "enqueue",
+             "sampler_args", "pruner_args", "objective_args")
 _DIRECTIONS = ("minimize", "maximize")
 
 
@@ -36,6 +43,10 @@ class StudyConfig:
     space: Mapping[str, Param]
     enqueue: tuple[Mapping[str, Any], ...]
     settings: Mapping[str, Any]  # the settings: section, plus study_name when given
+    sampler_args: Mapping[str, Any] = field(default_factory=dict)
+    pruner_args: Mapping[str, Any] = field(default_factory=dict)
+    objective_args: Mapping[str, Any] = field(default_factory=dict)
+    text: str = ""  # the file as read, for the study's stored copy
 
     def load_objective(self) -> Objective:
         """Import the objective function named in the config."""
@@ -99,7 +110,14 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
     if "study_name" in raw:
         settings.setdefault("study_name", raw["study_name"])
     space = parse_space(path, raw.get("space"))
+    extra = {}
+    for key in ("sampler_args", "pruner_args", "objective_args"):
+        value = raw.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise UsageError(f"{path}: {key}: must be a mapping of argument name to value")
+        extra[key] = dict(value)
     return StudyConfig(
+        **extra,
         path=path,
         objective=objective,
         directions=_directions(path, raw),
@@ -118,7 +136,7 @@ def load_config(path: Path) -> StudyConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(path, raw)
+    return replace(parse_config(path, raw), text=text)
 
 
 def load_all(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Settings, StudyConfig]:

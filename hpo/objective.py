@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, Union
 
 if TYPE_CHECKING:
     from hpo.settings import Settings
@@ -61,20 +61,33 @@ class TrialContext:
     device: str  # "cpu", "cuda", "cuda:0" ...
     logger: logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
     resume_dir: Path | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)  # the config's objective_args
     # Set by the worker; the objective only calls report()/check_stop().
     _report: Callable[[int, float], None] = field(default=lambda step, value: None, repr=False)
     _stop_reason: Callable[[], str | None] = field(default=lambda: None, repr=False)
+    _time_left: Callable[[], float | None] = field(default=lambda: None, repr=False)
+    _check_time: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def report(self, step: int, value: float) -> None:
-        """Record an intermediate value; raises ``optuna.TrialPruned`` to prune."""
+        """Record an intermediate value; raises ``optuna.TrialPruned`` to prune (by the
+        pruner, or when the trial is past its time budget or the time-pruning limit)."""
         self._report(step, value)
+        self._check_time()
 
     def stop_requested(self) -> str | None:
         """The reason the worker wants to stop (``preempted``/``interrupted``), or None."""
         return self._stop_reason()
 
+    def time_left(self) -> float | None:
+        """Seconds left in the per-trial time budget (None: no budget). An objective
+        with its own inner loop (sampling, solving) can stop itself in time; else
+        :meth:`check_stop` ends the trial once the budget is spent."""
+        return self._time_left()
+
     def check_stop(self) -> None:
-        """Raise :class:`TrialStopped` if the worker was asked to stop."""
+        """Raise :class:`TrialStopped` if the worker was asked to stop, or
+        ``optuna.TrialPruned`` if the trial is past its time budget."""
         reason = self._stop_reason()
         if reason is not None:
             raise TrialStopped(reason)
+        self._check_time()

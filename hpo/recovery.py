@@ -63,7 +63,11 @@ class Heartbeat:
             if trial_id is None:
                 continue
             try:
-                self._shared.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+                storage = self._shared.storage
+                if self._shared.is_journal:
+                    storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
+                else:  # an RDB storage keeps heartbeats in its own table
+                    storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
             except Exception:  # the trial was finished meanwhile: nothing to keep alive
                 _logger.debug("heartbeat of trial id %d not written", trial_id, exc_info=True)
 
@@ -79,9 +83,10 @@ def _process_alive(pid: int) -> bool:
 
 
 def is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: str,
-            live_jobs: set[str] | None = None) -> bool:
+            live_jobs: set[str] | None = None, stale_ids: set[int] | None = None) -> bool:
     """A RUNNING trial whose worker is gone: stale heartbeat, dead pid on this host, or
-    a SLURM job no longer in the queue (``live_jobs``: None when squeue is unavailable)."""
+    a SLURM job no longer in the queue (``live_jobs``: None when squeue is unavailable).
+    ``stale_ids``: an RDB storage's own verdict on heartbeats (None for the journal)."""
     attrs = trial.user_attrs
     if attrs.get("host") == host and isinstance(attrs.get("pid"), int) and attrs["pid"] != os.getpid():
         if not _process_alive(attrs["pid"]):
@@ -89,6 +94,8 @@ def is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: str,
     job = attrs.get("slurm_job_id")
     if live_jobs is not None and job is not None and str(job) not in live_jobs:
         return True
+    if stale_ids is not None:
+        return trial._trial_id in stale_ids
     beat = trial.system_attrs.get(HEARTBEAT_ATTR)
     if beat is None:
         beat = trial.datetime_start.timestamp() if trial.datetime_start else now
@@ -113,7 +120,8 @@ def reap(shared: "SharedStudy", host: str) -> list[int]:
     now = time.time()
     running = shared.index.running()
     live = _live_slurm_jobs() if any("slurm_job_id" in t.user_attrs for t in running) else None
-    candidates = [t for t in running if is_lost(t, now, settings.stale_seconds, host, live)]
+    stale_ids = None if shared.is_journal else set(shared.storage._get_stale_trial_ids(shared.study_id))  # type: ignore[attr-defined]
+    candidates = [t for t in running if is_lost(t, now, settings.stale_seconds, host, live, stale_ids)]
     if not candidates:
         return []
     reaped: list[int] = []

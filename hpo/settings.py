@@ -108,6 +108,22 @@ def _directory(name: str, raw: Any) -> Path:
     return path
 
 
+_STORAGE_SCHEMES = ("sqlite:///", "postgresql://", "postgresql+psycopg2://", "mysql://", "mysql+pymysql://")
+
+
+def _storage_url(name: str, raw: Any) -> str:
+    """'' (the journal file, the default) or an RDB URL that Optuna's RDBStorage takes."""
+    value = str(raw).strip()
+    if value in ("", "journal") or value.startswith(_STORAGE_SCHEMES):
+        return "" if value == "journal" else value
+    raise UsageError(f"{name}={raw!r} is not a storage; valid: journal (default), or a URL starting with "
+                     + ", ".join(_STORAGE_SCHEMES))
+
+
+def _non_negative_int(name: str, raw: Any) -> int:
+    return _int_in(0, 1_000_000)(name, raw)
+
+
 def _config_path(name: str, raw: Any) -> Path:
     path = Path(str(raw)).expanduser()
     if not path.is_file():
@@ -148,6 +164,11 @@ FIELDS: tuple[Field, ...] = (
     Field("max_retries", "HPO_MAX_RETRIES", _int_in(0, 100), 2, "retries of a lost or preempted trial"),
     Field("heartbeat_seconds", "HPO_HEARTBEAT_SECONDS", _positive_float, 10.0, "heartbeat period of running trials"),
     Field("stale_seconds", "HPO_STALE_SECONDS", _positive_float, 60.0, "heartbeat age after which a trial is lost"),
+    Field("storage", "HPO_STORAGE", _storage_url, "", "'' = the journal file; or sqlite:///… / postgresql://…"),
+    Field("trial_timeout_seconds", "HPO_TRIAL_TIMEOUT_SECONDS", _optional(_positive_float), None,
+          "per-trial time budget; a trial past it is stopped (PRUNED)"),
+    Field("time_pruning_warmup", "HPO_TIME_PRUNING_WARMUP", _non_negative_int, 0,
+          "0 = off; else after W completed trials, stop trials slower than mean + std"),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 CONFIG_ENV = "HPO_CONFIG"
@@ -180,6 +201,9 @@ class Settings:
     max_retries: int
     heartbeat_seconds: float
     stale_seconds: float
+    storage: str
+    trial_timeout_seconds: float | None
+    time_pruning_warmup: int
     config: Path
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -187,6 +211,13 @@ class Settings:
     def journal_path(self) -> Path:
         """``$JOURNAL_DIR/$STUDY_NAME.journal``: the study's only state."""
         return self.journal_dir / f"{self.study_name}.journal"
+
+    @property
+    def storage_label(self) -> str:
+        """Where the study lives, for messages (an RDB URL without its password)."""
+        if not self.storage:
+            return str(self.journal_path)
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.storage)
 
     @property
     def study_dir(self) -> Path:

@@ -8,19 +8,21 @@ the check-then-ask that keeps the study at exactly ``MAX_TRIALS`` finished trial
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import TrialState
 
-from hpo.errors import StudyMismatch, UsageError
+from hpo.errors import StorageError, StudyMismatch, UsageError
+from hpo.journal.lock import OwnerLock
+from hpo.journal.repair import GuardedFileBackend, repair_tail
 
 if TYPE_CHECKING:
     from hpo.config import StudyConfig
@@ -35,49 +37,92 @@ WARM_START_ATTR = "hpo:warm_started"
 LOCK_GRACE_SECONDS = 10
 
 
-def make_lock(path: Path) -> JournalFileOpenLock:
-    """The lock for a file on a shared filesystem.
+def make_lock(path: Path) -> OwnerLock:
+    """The lock for a file on a shared filesystem (the journal, and our slot file).
 
     ``O_CREAT|O_EXCL`` is atomic on NFSv3+ (any cluster filesystem today), while
-    ``fcntl``/``flock`` locks are broken on many NFS setups, which is why we use
-    Optuna's open-lock for the journal and for our own slot file alike.
+    ``fcntl``/``flock`` locks are broken on many NFS setups. Unlike Optuna's own
+    locks, it records its owner: a dead holder on this host is broken at once, a
+    live one (even stopped) never, one on another host after LOCK_GRACE_SECONDS
+    without refresh; only the owner releases it (see hpo.journal.lock).
     """
-    return JournalFileOpenLock(str(path), grace_period=LOCK_GRACE_SECONDS)
+    return OwnerLock(str(path), grace_seconds=LOCK_GRACE_SECONDS)
 
 
 def open_storage(journal_path: Path) -> JournalStorage:
+    """The journal, its torn/NUL/garbage tail (a writer that died mid-append) cut
+    first, and guarded against one at every append. Damage in the middle raises
+    StorageError naming the byte offset (then: ``hpo doctor`` / ``hpo repair``)."""
     journal_path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(journal_path), lock_obj=make_lock(journal_path)))
+    lock = make_lock(journal_path)
+    # The quick tail check reads only the end of the file; the full scan (as slow as
+    # Optuna's own replay) runs only when the replay fails, to name the damage.
+    cut = repair_tail(journal_path, lock, check_middle=False)
+    if cut is not None:
+        _logger.warning("%s", cut.message())
+    try:
+        return JournalStorage(GuardedFileBackend(str(journal_path), lock_obj=lock))
+    except Exception as exc:  # Optuna raises bare KeyError/ValueError on damage
+        repair_tail(journal_path, lock, check_middle=True)  # raises StorageError with the byte offset
+        raise StorageError(f"{journal_path}: Optuna cannot replay the journal ({type(exc).__name__}: {exc}); "
+                           "run `hpo doctor` to see why") from exc
 
 
-def make_sampler(settings: "Settings", seed: int | None, n_objectives: int) -> optuna.samplers.BaseSampler:
-    name = settings.sampler
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    if name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    return optuna.samplers.NSGAIISampler(seed=seed)
+def open_settings_storage(settings: "Settings") -> optuna.storages.BaseStorage:
+    """The journal file by default; an RDB (``HPO_STORAGE=sqlite:///…``/``postgresql://…``)
+    when asked, with Optuna's own heartbeat table: the reaper (hpo.recovery) takes its
+    stale verdicts, fails those trials ``worker lost`` and retries them like on the journal."""
+    if not settings.storage:
+        return open_storage(settings.journal_path)
+    return optuna.storages.RDBStorage(
+        settings.storage,
+        heartbeat_interval=max(1, int(settings.heartbeat_seconds)),
+        grace_period=max(2, int(settings.stale_seconds)),
+        engine_kwargs={"pool_pre_ping": True} if settings.storage.startswith("postgresql") else None,
+    )
 
 
-def make_pruner(settings: "Settings") -> optuna.pruners.BasePruner:
-    name = settings.pruner
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto")
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
-    if name == "sha":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    if name == "percentile":
-        return optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=1)
-    if name == "wilcoxon":
-        return optuna.pruners.WilcoxonPruner()
-    return optuna.pruners.NopPruner()
+_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    # name: (class in optuna.samplers, our defaults; the config's sampler_args override them)
+    "tpe": ("TPESampler", {"multivariate": True, "constant_liar": True}),
+    "random": ("RandomSampler", {}),
+    "cmaes": ("CmaEsSampler", {}),
+    "qmc": ("QMCSampler", {"scramble": True}),
+    "gp": ("GPSampler", {}),
+    "nsga2": ("NSGAIISampler", {}),
+}
+_PRUNERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "hyperband": ("HyperbandPruner", {"min_resource": 1, "max_resource": "auto"}),
+    "median": ("MedianPruner", {"n_startup_trials": 5, "n_warmup_steps": 1}),
+    "sha": ("SuccessiveHalvingPruner", {}),
+    "percentile": ("PercentilePruner", {"percentile": 25.0, "n_startup_trials": 5, "n_warmup_steps": 1}),
+    "wilcoxon": ("WilcoxonPruner", {}),
+    "none": ("NopPruner", {}),
+}
+
+
+def _construct(module: Any, table: dict[str, tuple[str, dict[str, Any]]], name: str, args: Mapping[str, Any],
+               key: str, **fixed: Any) -> Any:
+    class_name, defaults = table[name]
+    cls = getattr(module, class_name)
+    accepted = set(inspect.signature(cls).parameters) - set(fixed)
+    unknown = sorted(set(args) - accepted)
+    if unknown:
+        raise UsageError(f"{key}.{unknown[0]}: not an argument of optuna.{module.__name__.split('.')[-1]}."
+                         f"{class_name}; valid: {', '.join(sorted(accepted))}")
+    try:
+        return cls(**{**defaults, **args, **fixed})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{key}: optuna.{class_name} refused {dict(args)}: {exc}") from None
+
+
+def make_sampler(settings: "Settings", seed: int | None, args: Mapping[str, Any] | None = None
+                 ) -> optuna.samplers.BaseSampler:
+    return _construct(optuna.samplers, _SAMPLERS, settings.sampler, args or {}, "sampler_args", seed=seed)
+
+
+def make_pruner(settings: "Settings", args: Mapping[str, Any] | None = None) -> optuna.pruners.BasePruner:
+    return _construct(optuna.pruners, _PRUNERS, settings.pruner, args or {}, "pruner_args")
 
 
 class TrialIndex:
@@ -89,7 +134,7 @@ class TrialIndex:
     Reads the journal storage's replay result (Optuna 5 internals, pinned).
     """
 
-    def __init__(self, storage: JournalStorage, study_id: int) -> None:
+    def __init__(self, storage: optuna.storages.BaseStorage, study_id: int) -> None:
         self._storage, self._study_id = storage, study_id
         self._seen = 0  # trial ids of the study looked at so far
         self._unfinished: dict[int, optuna.trial.FrozenTrial] = {}
@@ -97,6 +142,9 @@ class TrialIndex:
         self.complete_seconds: list[float] = []
 
     def refresh(self) -> None:
+        if not isinstance(self._storage, JournalStorage):
+            self._refresh_any()
+            return
         with self._storage._thread_lock:
             self._storage._sync_with_backend()
             replay = self._storage._replay_result
@@ -113,6 +161,15 @@ class TrialIndex:
                         self.complete_seconds.append((trial.datetime_complete - trial.datetime_start).total_seconds())
                 else:
                     self._unfinished[trial_id] = trial
+
+    def _refresh_any(self) -> None:
+        """Any other storage: a full scan (RDB storages index by state themselves)."""
+        trials = self._storage.get_all_trials(self._study_id, deepcopy=False)
+        self._seen = len(trials)
+        self.finished = Counter(t.state for t in trials if t.state.is_finished())
+        self._unfinished = {t._trial_id: t for t in trials if not t.state.is_finished()}
+        self.complete_seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                                 if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
 
     @property
     def n_trials(self) -> int:
@@ -136,7 +193,7 @@ class SharedStudy:
 
     study: optuna.Study
     settings: "Settings"
-    slots_lock: JournalFileOpenLock
+    slots_lock: OwnerLock
     index: TrialIndex
 
     @property
@@ -144,8 +201,12 @@ class SharedStudy:
         return self.study._study_id
 
     @property
-    def storage(self) -> JournalStorage:
-        return self.study._storage  # type: ignore[return-value]
+    def storage(self) -> optuna.storages.BaseStorage:
+        return self.study._storage
+
+    @property
+    def is_journal(self) -> bool:
+        return isinstance(self.storage, JournalStorage)
 
     def trials(self, states: Sequence[TrialState] | None = None) -> list[optuna.trial.FrozenTrial]:
         """Trials without Optuna's deep copy (read-only use)."""
@@ -226,28 +287,30 @@ def open_study(
     A new study gets the config's warm-start trials enqueued exactly once, even
     when many workers start at the same moment.
     """
-    storage = open_storage(settings.journal_path)
+    storage = open_settings_storage(settings)
     names = [s.study_name for s in storage.get_all_studies()]
     if settings.study_name not in names and not create:
         raise UsageError(
-            f"STUDY_NAME={settings.study_name!r}: no such study in {settings.journal_path}; "
+            f"STUDY_NAME={settings.study_name!r}: no such study in {settings.storage_label}; "
             f"existing: {', '.join(names) or 'none'}"
         )
     study = optuna.create_study(
         study_name=settings.study_name,
         storage=storage,
         directions=list(config.directions),
-        sampler=make_sampler(settings, seed, len(config.directions)),
-        pruner=make_pruner(settings),
+        sampler=make_sampler(settings, seed, config.sampler_args),
+        pruner=make_pruner(settings, config.pruner_args),
         load_if_exists=True,
     )
     held = [d.name.lower() for d in study.directions]
     if held != list(config.directions):
         # load_if_exists silently keeps the old directions; we refuse instead.
         raise StudyMismatch(
-            f"study {settings.study_name!r} in {settings.journal_path} optimises {held}, "
+            f"study {settings.study_name!r} in {settings.storage_label} optimises {held}, "
             f"but {config.path} asks for {list(config.directions)}; use another STUDY_NAME"
         )
+    # The slot lock lives in JOURNAL_DIR with any storage: it must be shared by all workers.
+    settings.journal_dir.mkdir(parents=True, exist_ok=True)
     shared = SharedStudy(study, settings, make_lock(Path(f"{settings.journal_path}.slots")),
                          TrialIndex(storage, study._study_id))
     if config.enqueue:

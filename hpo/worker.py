@@ -158,7 +158,7 @@ class Worker:
         _logger.info(
             "worker %s started: study=%r journal=%s device=%s gpu=%s seed=%d max_trials=%d "
             "trials_per_worker=%s budget=%s sampler=%s pruner=%s",
-            self.identity.worker_id, s.study_name, s.journal_path, self.device, self.identity.visible_gpus,
+            self.identity.worker_id, s.study_name, s.storage_label, self.device, self.identity.visible_gpus,
             seed, s.max_trials, s.trials_per_worker,
             "unlimited" if self.budget_seconds is None else f"{self.budget_seconds:.0f}s", s.sampler, s.pruner,
         )
@@ -238,6 +238,9 @@ class Worker:
             fixed = s.fixed_params()
             resume_from = trial.user_attrs.get("resume_from")
             start = time.time()
+            limit = s.trial_timeout_seconds
+            if s.time_pruning_warmup:
+                shared.index.refresh()  # the durations time-pruning compares against, once per trial
             last_step: list[int] = []
             try:
                 params = suggest(trial, self.config.space, fixed)
@@ -252,6 +255,9 @@ class Worker:
                     resume_dir=Path(resume_from) if resume_from else None,
                     _report=lambda step, value: self._report(trial, step, value, last_step),
                     _stop_reason=lambda: self.flag.reason,
+                    _time_left=lambda: None if limit is None else limit - (time.time() - start),
+                    _check_time=lambda: self._check_time(shared, start, limit),
+                    options=self.config.objective_args,
                 )
                 with self.heartbeat.watching(trial._trial_id):
                     value = self.objective(params, ctx)
@@ -270,6 +276,21 @@ class Worker:
         trial.report(value, step)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} (value {value:.6g})")
+
+    def _check_time(self, shared: SharedStudy, start: float, limit: float | None) -> None:
+        """Per-trial time budget (seed 003) and time-based pruning (CODES): both end the
+        trial PRUNED with the reason, so its slot is refilled and the sampler learns."""
+        elapsed = time.time() - start
+        if limit is not None and elapsed > limit:
+            raise optuna.TrialPruned(f"trial time budget exceeded ({elapsed:.1f}s > {limit:g}s)")
+        warmup = self.settings.time_pruning_warmup
+        if warmup:
+            durations = shared.index.complete_seconds
+            if len(durations) >= warmup:
+                cap = statistics.mean(durations) + (statistics.pstdev(durations) if len(durations) > 1 else 0.0)
+                if elapsed > cap:
+                    raise optuna.TrialPruned(
+                        f"time-pruned: {elapsed:.1f}s > mean + std of {len(durations)} completed trials ({cap:.1f}s)")
 
     def _finish(self, shared: SharedStudy, trial: optuna.Trial, result: outcomes.Outcome,
                 seconds: float, run_dir: Path) -> None:

@@ -189,4 +189,8 @@ def test_resumed_study_with_other_direction_is_refused(toy) -> None:
     config.write_text(config.read_text() + "direction: maximize\n")
     result = run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "2"})
     assert result.returncode == 2
-    assert "optimises ['minimize'], but" in result.stderr and "['maximize']" in result.stderr
+    assert "was run with another config" in result.stderr and "+direction: maximize" in result.stderr
+    forced = run_hpo(["worker", "--overwrite"], cwd, {**env, "MAX_TRIALS": "2"})
+    assert forced.returncode == 2
+    assert "optimises ['minimize'], but" in forced.stderr and "['maximize']" in forced.stderr
+    assert len(load_study(cwd / "optuna_journal/toy.journal", "toy").trials) == 1

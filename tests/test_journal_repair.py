@@ -1,0 +1,345 @@
+"""Damage in real Optuna journals: what plain Optuna does with it, and what hpo.journal.repair does.
+
+Every journal here is written by Optuna itself; damage is then made with the
+bytes a crash leaves (torn line, NUL run, garbage line, overwritten bytes).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from hpo.errors import StorageError
+from hpo.journal.lock import OwnerLock
+from hpo.journal.repair import (
+    REPAIRED_ATTR,
+    SHARED_HINT,
+    GuardedFileBackend,
+    doctor,
+    filesystem_of,
+    filesystem_warning,
+    repair,
+    repair_tail,
+    scan,
+)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+STUDY = "toy"
+N_TRIALS = 10
+
+
+def _storage(path: Path, guarded: bool = False) -> JournalStorage:
+    backend = GuardedFileBackend if guarded else JournalFileBackend
+    return JournalStorage(backend(str(path), lock_obj=OwnerLock(str(path))))
+
+
+def _objective(trial: optuna.Trial) -> float:
+    trial.set_user_attr("number_seen", trial.number)
+    return trial.suggest_float("x", 0, 1)
+
+
+def _build(path: Path) -> None:
+    study = optuna.create_study(study_name=STUDY, storage=_storage(path))
+    study.set_user_attr("owner", "tests")
+    study.enqueue_trial({"x": 0.25})  # a WAITING creation with fixed params, as warm starts write
+    study.optimize(_objective, n_trials=N_TRIALS)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("pristine") / "study.journal"
+    _build(path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def journal(tmp_path: Path, pristine: bytes) -> Path:
+    path = tmp_path / "study.journal"
+    path.write_bytes(pristine)
+    return path
+
+
+def _lines(data: bytes) -> list[bytes]:
+    return data.split(b"\n")[:-1]
+
+
+def _offset_of_line(data: bytes, index: int) -> int:
+    return sum(len(line) + 1 for line in _lines(data)[:index])
+
+
+def _load(path: Path) -> optuna.Study:
+    """Plain Optuna, as a user or optuna-dashboard would read it."""
+    return optuna.load_study(study_name=STUDY, storage=JournalStorage(JournalFileBackend(str(path))))
+
+
+def _summary(path: Path) -> list[tuple[Any, ...]]:
+    return [(t.number, t.state, t.values, t.params, t.user_attrs) for t in _load(path).trials]
+
+
+def _siblings(path: Path, kind: str) -> list[Path]:
+    return sorted(path.parent.glob(f"{path.name}.{kind}-*"))
+
+
+def _overwrite(data: bytes, line_index: int, at: int, n: int) -> bytes:
+    lines = _lines(data)
+    line = bytearray(lines[line_index])
+    line[at : at + n] = b"#" * n
+    lines[line_index] = bytes(line)
+    return b"\n".join(lines) + b"\n"
+
+
+def _index_of(data: bytes, op_code: int, nth: int) -> int:
+    found = [i for i, line in enumerate(_lines(data)) if json.loads(line)["op_code"] == op_code]
+    return found[nth]
+
+
+# -- a clean journal ----------------------------------------------------------------------------
+
+
+def test_clean_journal_is_left_byte_identical(journal: Path, pristine: bytes) -> None:
+    result = scan(journal)
+    assert result.clean and result.records == len(_lines(pristine)) and result.valid_end == len(pristine)
+    lock = OwnerLock(str(journal))
+    assert repair_tail(journal, lock) is None
+    outcome = repair(journal, lock)
+    assert not outcome.changed and outcome.trials == N_TRIALS
+    report = doctor(journal)
+    assert not report.damaged and report.optuna_error is None and "damage: none" in report.render()
+    assert journal.read_bytes() == pristine
+    assert not _siblings(journal, "bak") and not _siblings(journal, "tail") and not _siblings(journal, "quarantine")
+
+
+# -- damaged tails: cut online -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["torn", "nul", "garbage"])
+def test_damaged_tail_is_cut_with_a_backup(journal: Path, pristine: bytes, damage: str) -> None:
+    last = _offset_of_line(pristine, len(_lines(pristine)) - 1)
+    if damage == "torn":  # the last record's writer died mid-append
+        damaged, expect_end = pristine[: last + 50], last
+    elif damage == "nul":  # a write whose data never reached the disk
+        damaged, expect_end = pristine + b"\0" * 100, len(pristine)
+    else:
+        damaged, expect_end = pristine + b"garbage\n", len(pristine)
+    journal.write_bytes(damaged)
+    _load(journal)  # plain Optuna still skips a bad last line...
+
+    result = scan(journal)
+    assert result.tail is not None and not result.middle
+    assert result.tail.offset == expect_end and result.tail.line == len(_lines(pristine[:expect_end])) + 1
+
+    cut = repair_tail(journal, OwnerLock(str(journal)))
+    assert cut is not None and cut.offset == expect_end and cut.length == len(damaged) - expect_end
+    assert journal.read_bytes() == damaged[:expect_end]
+    assert Path(cut.backup).read_bytes() == damaged[expect_end:]
+    assert Path(cut.backup).name.startswith("study.journal.tail-") and "byte" in cut.message()
+    assert repair_tail(journal, OwnerLock(str(journal))) is None  # idempotent
+    assert journal.read_bytes() == damaged[:expect_end]
+
+    journal.write_bytes(damaged)  # the quick variant reads only the end of the file
+    quick = repair_tail(journal, OwnerLock(str(journal)), check_middle=False)
+    assert quick is not None and (quick.offset, quick.length) == (cut.offset, cut.length)
+    assert journal.read_bytes() == damaged[:expect_end]
+
+
+def _glue(journal: Path, pristine: bytes) -> int:
+    """Tear the last line, then let two more Optuna storages write. Returns the tear offset."""
+    last = _offset_of_line(pristine, len(_lines(pristine)) - 1)
+    journal.write_bytes(pristine[:-40])  # the torn record still names its trial
+    # The next writer's record is glued onto the torn one. Optuna skips the glued
+    # line while it is last, so this writer does not even see its own new trial.
+    with pytest.raises(AttributeError):
+        _load(journal).optimize(_objective, n_trials=1)
+    # A third writer appends after the glued line: from now on every read fails.
+    with pytest.raises(ValueError):
+        _load(journal).optimize(_objective, n_trials=1)
+    return last
+
+
+def test_glued_tail_breaks_plain_optuna_and_repair_fixes_it(journal: Path, pristine: bytes) -> None:
+    tear = _glue(journal, pristine)
+    with pytest.raises(ValueError):
+        _load(journal)
+    result = scan(journal)
+    assert result.middle and result.middle[0].offset == tear
+    with pytest.raises(StorageError, match=rf"byte {tear} \(line {len(_lines(pristine))}\).*hpo repair"):
+        repair_tail(journal, OwnerLock(str(journal)))
+
+    outcome = repair(journal, OwnerLock(str(journal)))
+    assert outcome.changed
+    quarantined = [json.loads(line) for line in Path(outcome.quarantine or "").read_text().splitlines()]
+    assert {q["offset"] for q in quarantined} >= {tear}
+    glued = next(q for q in quarantined if q["offset"] == tear)
+    assert base64.b64decode(glued["base64"]) == pristine[tear:-40]
+    assert Path(outcome.backup or "").stat().st_size > journal.stat().st_size
+    study = _load(journal)  # loads again; the torn completion is lost, so that trial is RUNNING
+    assert len(study.trials) == N_TRIALS + 1
+    assert study.trials[N_TRIALS - 1].state == optuna.trial.TrialState.RUNNING
+    assert any(a.number == N_TRIALS - 1 for a in outcome.affected)
+    study.optimize(_objective, n_trials=2)  # and takes new trials
+    assert scan(journal).clean
+
+
+def test_repair_tail_before_the_next_append_prevents_the_glue(journal: Path, pristine: bytes) -> None:
+    last = _offset_of_line(pristine, len(_lines(pristine)) - 1)
+    journal.write_bytes(pristine[: last + 50])
+    assert repair_tail(journal, OwnerLock(str(journal))) is not None
+    study = _load(journal)
+    study.optimize(_objective, n_trials=2)
+    study.optimize(_objective, n_trials=1)
+    assert len(_load(journal).trials) == N_TRIALS + 3 and scan(journal).clean
+
+
+def test_guarded_backend_cuts_a_torn_tail_before_appending(journal: Path, pristine: bytes) -> None:
+    last = _offset_of_line(pristine, len(_lines(pristine)) - 1)
+    journal.write_bytes(pristine[: last + 50])
+    storage = _storage(journal, guarded=True)
+    optuna.load_study(study_name=STUDY, storage=storage).optimize(_objective, n_trials=3)
+    assert scan(journal).clean and len(_load(journal).trials) == N_TRIALS + 3
+    (backup,) = _siblings(journal, "tail")
+    assert backup.read_bytes() == pristine[last : last + 50]
+
+
+# -- damage in the middle: offline repair -------------------------------------------------------
+
+
+def test_overwritten_creation_is_restored_with_ids_and_numbers_kept(journal: Path, pristine: bytes) -> None:
+    index = _index_of(pristine, 4, 4)  # CREATE_TRIAL of trial #4
+    offset = _offset_of_line(pristine, index)
+    damaged = _overwrite(pristine, index, 0, 12)  # op_code and all: unknown record
+    journal.write_bytes(damaged)
+    with pytest.raises(ValueError):
+        _load(journal)
+
+    result = scan(journal)
+    assert [(d.offset, d.line) for d in result.middle] == [(offset, index + 1)]
+    with pytest.raises(StorageError, match=rf"{journal}: damaged journal record at byte {offset} \(line {index + 1}\)"):
+        repair_tail(journal, OwnerLock(str(journal)))
+
+    report = doctor(journal)
+    assert report.optuna_error is not None and [a.number for a in report.affected] == [4]
+    assert f"byte {offset}" in report.render() and "hpo repair" in report.render()
+    assert journal.read_bytes() == damaged  # doctor only reads
+
+    outcome = repair(journal, OwnerLock(str(journal)))
+    assert [(a.study, a.number) for a in outcome.affected] == [(STUDY, 4)]
+    assert Path(outcome.backup or "").read_bytes() == damaged
+    # Every trial keeps its number, params, value and attributes: only the creation record was lost.
+    assert _summary(journal) == _summary_of_bytes(journal.parent / "clean.journal", pristine)
+    assert REPAIRED_ATTR in _load(journal).trials[4].system_attrs
+    assert scan(journal).clean
+    assert not repair(journal, OwnerLock(str(journal))).changed  # idempotent
+
+
+def test_overwritten_study_creation_is_restored_under_its_name(journal: Path, pristine: bytes) -> None:
+    journal.write_bytes(_overwrite(pristine, 0, 0, 40))  # CREATE_STUDY: op_code and worker_id gone
+    with pytest.raises(ValueError):
+        _load(journal)
+    outcome = repair(journal, OwnerLock(str(journal)))
+    assert [f.action for f in outcome.findings] == ["placeholder"]
+    assert _summary(journal) == _summary_of_bytes(journal.parent / "clean.journal", pristine)
+    assert _load(journal).user_attrs == {"owner": "tests"}
+
+
+def test_too_much_garbage_is_not_cut_online(tmp_path: Path, journal: Path, pristine: bytes) -> None:
+    journal.write_bytes(pristine + (b"garbage " * 16 + b"\n") * 9000)  # 1.2 MB: no torn write looks like that
+    with pytest.raises(StorageError, match="too many for a torn write"):
+        repair_tail(journal, OwnerLock(str(journal)))
+    with pytest.raises(StorageError, match="too many for a torn write"):
+        GuardedFileBackend(str(journal), lock_obj=OwnerLock(str(journal))).append_logs([{"op_code": 10}])
+    not_a_journal = tmp_path / "data.csv"
+    not_a_journal.write_bytes(b"a,b,c\n1,2,3\n" * 1000)
+    with pytest.raises(StorageError, match="not an Optuna journal"):
+        repair_tail(not_a_journal, OwnerLock(str(not_a_journal)))
+    assert not_a_journal.stat().st_size == 12_000 and not _siblings(journal, "tail")
+
+
+def _summary_of_bytes(path: Path, data: bytes) -> list[tuple[Any, ...]]:
+    path.write_bytes(data)
+    return _summary(path)
+
+
+def test_overwritten_update_loses_only_that_update(journal: Path, pristine: bytes) -> None:
+    index = _index_of(pristine, 6, 6)  # a SET_TRIAL_STATE_VALUES: find one that completes a trial
+    while json.loads(_lines(pristine)[index])["state"] != 1:
+        index += 1
+    trial_id = json.loads(_lines(pristine)[index])["trial_id"]
+    at = _lines(pristine)[index].index(b'"state"')
+    journal.write_bytes(_overwrite(pristine, index, at, 12))
+
+    outcome = repair(journal, OwnerLock(str(journal)))
+    assert [a.trial_id for a in outcome.affected] == [trial_id]
+    after, before = _summary(journal), _summary_of_bytes(journal.parent / "clean.journal", pristine)
+    changed = [n for n, (a, b) in enumerate(zip(after, before)) if a != b]
+    assert changed == [trial_id] and after[trial_id][1] == optuna.trial.TrialState.RUNNING
+
+
+def test_record_optuna_cannot_replay_is_quarantined(journal: Path, pristine: bytes) -> None:
+    lines = _lines(pristine)
+    index = _index_of(pristine, 5, 2)  # SET_TRIAL_PARAM: valid JSON without a key Optuna reads
+    record = json.loads(lines[index])
+    del record["param_value_internal"]
+    lines[index] = json.dumps(record, separators=(",", ":")).encode()
+    journal.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(KeyError):
+        _load(journal)
+    (damage,) = scan(journal).middle
+    assert damage.line == index + 1 and "cannot replay" in damage.reason
+    outcome = repair(journal, OwnerLock(str(journal)))
+    assert [a.trial_id for a in outcome.affected] == [record["trial_id"]]
+    assert _load(journal).trials[record["trial_id"]].params == {}
+
+
+def test_lost_creation_in_a_two_study_journal_goes_to_its_study(tmp_path: Path) -> None:
+    path = tmp_path / "two.journal"
+    a = optuna.create_study(study_name="a", storage=_storage(path))
+    b = optuna.create_study(study_name="b", storage=_storage(path))  # another worker id
+    for _ in range(6):
+        for study in (a, b):
+            trial = study.ask()
+            study.tell(trial, trial.suggest_float("x", 0, 1))
+    pristine = path.read_bytes()
+    index = _index_of(pristine, 4, 7)  # a creation of study b
+    assert json.loads(_lines(pristine)[index])["study_id"] == 1
+    path.write_bytes(_overwrite(pristine, index, 0, 120))  # op_code, worker_id and study_id gone
+
+    outcome = repair(path, OwnerLock(str(path)))
+    assert [(x.study, x.number) for x in outcome.affected] == [("b", 3)]
+    clean = tmp_path / "clean.journal"
+    clean.write_bytes(pristine)
+    for name in ("a", "b"):
+        got = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(path))))
+        want = optuna.load_study(study_name=name, storage=JournalStorage(JournalFileBackend(str(clean))))
+        assert [(t.number, t.state, t.values, t.params) for t in got.trials] == \
+               [(t.number, t.state, t.values, t.params) for t in want.trials]
+
+
+# -- filesystem ------------------------------------------------------------------------------------
+
+
+def test_node_local_filesystem_is_warned_about(tmp_path: Path) -> None:
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "/dev/vda / ext4 rw 0 0\n"
+        "tmpfs /dev/shm tmpfs rw 0 0\n"
+        "server:/export /shared nfs4 rw 0 0\n"
+        "server:/export/b /shared/with\\040space lustre rw 0 0\n"
+    )
+    nfs = filesystem_of("/shared/studies", str(mounts))
+    assert nfs is not None and nfs.fstype == "nfs4" and nfs.node_local is False
+    assert filesystem_warning(nfs) is None
+    spaced = filesystem_of("/shared/with space/x", str(mounts))
+    assert spaced is not None and spaced.fstype == "lustre"
+    shm = filesystem_of("/dev/shm/j", str(mounts))
+    assert shm is not None and shm.node_local is True
+    warning = filesystem_warning(shm)
+    assert warning is not None and SHARED_HINT in warning and "tmpfs" in warning
+    assert filesystem_of("/home/x", str(mounts)).fstype == "ext4"  # type: ignore[union-attr]

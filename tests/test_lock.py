@@ -1,0 +1,267 @@
+"""OwnerLock with real processes: killed, stopped, foreign and many holders.
+
+Timings measured here are printed (``pytest -s``) and quoted in docs/faults.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from hpo.journal.lock import LockTimeout, OwnerLock, holder
+from hpo.journal.repair import scan
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.timeout(60)  # every test here runs real processes: bound each one
+
+# argv: lock path, grace seconds, log file, seconds to hold
+HOLD = """
+import os, sys, time
+from hpo.journal.lock import OwnerLock
+lock = OwnerLock(sys.argv[1], grace_seconds=float(sys.argv[2]), refresh_seconds=0.2)
+print("trying", flush=True)
+lock.acquire()
+with open(sys.argv[3], "a") as log:
+    log.write(f"enter {os.getpid()}\\n")
+print("held", flush=True)
+time.sleep(float(sys.argv[4]))
+with open(sys.argv[3], "a") as log:
+    log.write(f"exit {os.getpid()}\\n")
+lock.release()
+"""
+
+# argv: lock path, log file, cycles
+CYCLE = """
+import os, sys
+from hpo.journal.lock import OwnerLock
+lock = OwnerLock(sys.argv[1], grace_seconds=1.0, refresh_seconds=0.2)
+for _ in range(int(sys.argv[3])):
+    lock.acquire()
+    for word in ("enter", "exit"):
+        with open(sys.argv[2], "a") as log:
+            log.write(f"{word} {os.getpid()}\\n")
+    lock.release()
+"""
+
+# argv: journal path, trials
+OPTIMIZE = """
+import sys, optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from hpo.journal.lock import OwnerLock
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+storage = JournalStorage(JournalFileBackend(sys.argv[1], lock_obj=OwnerLock(sys.argv[1])))
+study = optuna.create_study(study_name="crowd", storage=storage, load_if_exists=True)
+study.optimize(lambda trial: 0.0, n_trials=int(sys.argv[2]))
+"""
+
+
+def _python(script: str, *args: object, stdout: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=stdout,
+                            stdin=subprocess.DEVNULL, text=True, env=env)
+
+
+def _wait_for(proc: subprocess.Popen[str], word: str) -> None:
+    assert proc.stdout is not None
+    while (line := proc.stdout.readline().strip()) != word:
+        assert line, f"process {proc.pid} ended before saying {word!r}"
+
+
+def _assert_exclusive(log: Path) -> list[str]:
+    """Every 'enter pid' is followed by 'exit pid' before the next enter."""
+    events = log.read_text().split("\n")[:-1]
+    inside = None
+    for event in events:
+        word, pid = event.split()
+        if word == "enter":
+            assert inside is None, f"{pid} entered while {inside} held the lock: {events}"
+            inside = pid
+        else:
+            assert inside == pid, f"{pid} left while {inside} held the lock: {events}"
+            inside = None
+    assert inside is None
+    return events
+
+
+def test_lock_of_a_killed_holder_is_taken_at_once(tmp_path: Path) -> None:
+    path, log = tmp_path / "j", tmp_path / "log"
+    proc = _python(HOLD, path, 10, log, 60)
+    try:
+        _wait_for(proc, "held")
+        os.kill(proc.pid, signal.SIGKILL)  # not reaped yet: a zombie must count as dead too
+        start = time.monotonic()
+        lock = OwnerLock(str(path), grace_seconds=10)
+        lock.acquire(timeout=10)
+        took = time.monotonic() - start
+        lock.release()
+    finally:
+        proc.kill()
+        proc.wait()
+    print(f"\nkilled holder: lock taken after {took * 1000:.1f} ms (grace 10 s)")
+    assert took < 1.0
+
+
+def test_lock_from_another_host_is_broken_only_after_grace(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    lock_file = Path(str(path) + ".lock")
+    lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "t", "acquired_at": "x"}))
+    old = time.time() - 3600
+    os.utime(lock_file, (old, old))
+    start = time.monotonic()
+    with OwnerLock(str(path), grace_seconds=1, refresh_seconds=0.2):
+        took = time.monotonic() - start
+        assert holder(str(path))["pid"] == os.getpid()  # type: ignore[index]
+    print(f"\nforeign stale lock: broken after {took:.2f} s (grace 1 s)")
+    assert 1.0 <= took < 5.0
+    assert holder(str(path)) is None
+
+
+def test_refreshed_lock_from_another_host_is_not_broken(tmp_path: Path) -> None:
+    """A slow holder elsewhere that refreshes its lock keeps it past the grace period."""
+    path = tmp_path / "j"
+    lock_file = Path(str(path) + ".lock")
+    lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "t", "acquired_at": "x"}))
+    stop = threading.Event()
+
+    def refresh() -> None:
+        while not stop.wait(0.2):
+            os.utime(lock_file)
+
+    toucher = threading.Thread(target=refresh, daemon=True)
+    toucher.start()
+    try:
+        with pytest.raises(LockTimeout, match="elsewhere"):
+            OwnerLock(str(path), grace_seconds=1, refresh_seconds=0.2).acquire(timeout=3)
+    finally:
+        stop.set()
+        toucher.join()
+    assert json.loads(lock_file.read_text())["host"] == "elsewhere"
+
+
+def test_stopped_holder_keeps_the_lock_until_it_resumes(tmp_path: Path) -> None:
+    path, log = tmp_path / "j", tmp_path / "log"
+    first = _python(HOLD, path, 1, log, 0.5)
+    second = None
+    try:
+        _wait_for(first, "held")
+        os.kill(first.pid, signal.SIGSTOP)
+        second = _python(HOLD, path, 1, log, 0)
+        _wait_for(second, "trying")
+        time.sleep(3)  # three grace periods
+        assert log.read_text() == f"enter {first.pid}\n"  # the second did not get in
+        assert holder(str(path))["pid"] == first.pid  # type: ignore[index]
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=10) == 0 and second.wait(timeout=10) == 0
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                proc.kill()  # SIGKILL ends a stopped process too
+                proc.wait()
+    assert _assert_exclusive(log) == [f"enter {first.pid}", f"exit {first.pid}",
+                                      f"enter {second.pid}", f"exit {second.pid}"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(proc.stdout)
+
+
+@pytest.mark.parametrize("left_behind", ["dead-holder", "foreign-holder"])
+def test_many_processes_never_overlap(tmp_path: Path, left_behind: str) -> None:
+    """Four processes start on a stale lock (all judge it stale at once), then take turns."""
+    path, log = tmp_path / "j", tmp_path / "log"
+    host = socket.gethostname() if left_behind == "dead-holder" else "elsewhere"
+    Path(str(path) + ".lock").write_text(json.dumps({"host": host, "pid": _dead_pid(), "token": "t"}))
+    start = time.monotonic()
+    procs = [_python(CYCLE, path, log, 200, stdout=None) for _ in range(4)]
+    try:
+        assert [p.wait(timeout=60) for p in procs] == [0] * 4
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    took = time.monotonic() - start
+    events = _assert_exclusive(log)
+    print(f"\n4 processes x 200 cycles after a {left_behind}: {took:.2f} s including interpreter start-up")
+    assert len(events) == 4 * 200 * 2
+
+
+def test_optuna_journal_with_owner_lock_under_concurrency(tmp_path: Path) -> None:
+    path = tmp_path / "crowd.journal"
+    start = time.monotonic()
+    procs = [_python(OPTIMIZE, path, 50, stdout=None) for _ in range(4)]
+    try:
+        assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    took = time.monotonic() - start
+    study = optuna.load_study(study_name="crowd", storage=JournalStorage(JournalFileBackend(str(path))))
+    appends = scan(path).records
+    print(f"\n4 processes x 50 trials through OwnerLock: {appends} appends in {took:.2f} s")
+    assert len(study.trials) == 200 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert scan(path).clean and not Path(str(path) + ".lock").exists()
+
+
+def test_threads_are_serialised_and_reentry_is_allowed(tmp_path: Path) -> None:
+    lock = OwnerLock(str(tmp_path / "j"))
+    counter = {"n": 0}
+
+    def bump() -> None:
+        for _ in range(200):
+            with lock, lock:  # reentrant in the holding thread
+                n = counter["n"]
+                time.sleep(0)
+                counter["n"] = n + 1
+
+    threads = [threading.Thread(target=bump) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert counter["n"] == 800 and holder(str(tmp_path / "j")) is None
+    with lock:
+        other = threading.Thread(target=lambda: pytest.raises(RuntimeError, lock.release))
+        other.start()
+        other.join()
+        assert holder(str(tmp_path / "j")) is not None  # another thread cannot release ours
+
+
+def test_release_never_deletes_another_owners_lock(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    lock = OwnerLock(str(path))
+    with pytest.raises(RuntimeError):
+        lock.release()  # not held
+    lock.acquire()
+    lock_file = Path(str(path) + ".lock")
+    # As if our lock had been broken and taken by a live process elsewhere meanwhile.
+    foreign = json.dumps({"host": "elsewhere", "pid": 7, "token": "theirs", "acquired_at": "x"})
+    lock_file.write_text(foreign)
+    lock.release()
+    assert lock_file.read_text() == foreign
+    info = holder(str(path))
+    assert info is not None and info["host"] == "elsewhere" and info["alive"] is None
+
+
+def test_holder_reports_a_dead_owner_on_this_host(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    dead_pid = _dead_pid()
+    Path(str(path) + ".lock").write_text(json.dumps(
+        {"host": socket.gethostname(), "pid": dead_pid, "token": "t", "acquired_at": "x"}))
+    info = holder(str(path))
+    assert info is not None and info["alive"] is False and info["pid"] == dead_pid
