@@ -58,7 +58,7 @@ def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapp
     quiet_optuna()
     shared = open_study(settings, config)  # creates it and its warm start once, before the workers race
     gpus = visible_gpus(settings, env)
-    console.print(f"study [bold]{settings.study_name}[/] in {settings.journal_path}: "
+    console.print(f"study [bold]{settings.study_name}[/] in {settings.storage_label}: "
                   f"{n_workers} worker(s) on {', '.join('GPU ' + g for g in gpus) if gpus else 'CPU'}")
     console.print(f"worker logs: {settings.log_dir}/worker_*.log  (follow: tail -f {settings.log_dir}/worker_*.log)")
     console.print(f"run directories: {settings.study_dir}/trial_<number>/")
