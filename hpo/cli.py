@@ -46,6 +46,19 @@ def config_mode_options(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="the study was run with another config: run with the stored one")(func)
 
 
+def check_runnable(settings: Settings, config: StudyConfig) -> None:
+    """What only importing and constructing can tell: fail before anything is written."""
+    from hpo.errors import UsageError
+    from hpo.storage import make_pruner, make_sampler
+
+    config.load_objective()
+    try:
+        make_sampler(settings, None, config.sampler_args)
+        make_pruner(settings, config.pruner_args)
+    except UsageError as exc:
+        raise UsageError(f"{config.path}: {exc}") from None
+
+
 def launch(flags: dict[str, Any], launcher: str) -> tuple[Settings, StudyConfig]:
     """Settings and the config this launch runs with (see hpo.provenance), recorded."""
     import dataclasses
@@ -57,7 +70,7 @@ def launch(flags: dict[str, Any], launcher: str) -> tuple[Settings, StudyConfig]
     if reuse and overwrite:
         raise UsageError("--reuse-stored and --overwrite exclude each other; give one")
     settings, config = load(flags)
-    config.load_objective()  # a bad objective fails here, before anything is written
+    check_runnable(settings, config)
     mode = ConfigMode.REUSE_STORED if reuse else ConfigMode.OVERWRITE if overwrite else ConfigMode.CHECK
     used = reconcile(settings, config, mode)
     if used.path != config.path:
@@ -193,6 +206,102 @@ def cancel_cmd(**flags: Any) -> int:
     return 0
 
 
+def _other_study_trials(settings: Settings, name: str) -> list[Any]:
+    """Trials of another study in the same storage (read-only)."""
+    import dataclasses
+
+    import optuna
+
+    from hpo.errors import UsageError
+    from hpo.storage import open_settings_storage
+
+    storage = open_settings_storage(dataclasses.replace(settings, study_name=name))
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name not in names:
+        raise UsageError(f"--from-study {name!r}: no such study in {settings.storage_label if settings.storage else settings.journal_dir}; "
+                         f"existing: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+@cli.command("enqueue")
+@settings_options
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--from-study", default=None, help="take the best trials of this study (same storage)")
+@click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="how many, with --from-study")
+def enqueue_cmd(file: str | None, from_study: str | None, top: int, **flags: Any) -> int:
+    """Put parameter sets (a JSON/YAML FILE, or another study's top trials) first in line."""
+    from hpo.errors import UsageError
+    from hpo.storage import open_study
+    from hpo.warmstart import check_param_set, read_param_sets, top_trials
+
+    settings, config = load(flags)
+    if (file is None) == (from_study is None):
+        raise UsageError("give a FILE of parameter sets or --from-study NAME (one of them)")
+    if file is not None:
+        sets, origin = read_param_sets(Path(file)), f"file {file}"
+    else:
+        best = top_trials(_other_study_trials(settings, from_study), top, config.directions[0] == "maximize")
+        sets, origin = [dict(t.params) for t in best], f"study {from_study} (top {top})"
+    checked = [check_param_set(config.space, params, f"{origin}[{i}]") for i, params in enumerate(sets)]
+    shared = open_study(settings, config)
+    for params in checked:
+        shared.study.enqueue_trial(params, user_attrs={"origin": f"enqueued from {origin}"})
+    click.echo(f"enqueued {len(checked)} trial(s) from {origin} into study {settings.study_name!r}")
+    return 0
+
+
+@cli.command("refine")
+@settings_options
+@click.option("--from", "source", required=True, help="the finished study to refine around")
+@click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="best trials the ranges cover")
+@click.option("--factor", type=click.FloatRange(1.0, min_open=True), default=2.0, show_default=True,
+              help="log-scale parameters: [min/factor, max*factor] of the best trials")
+@click.option("--fraction", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
+              help="other parameters: padded by this fraction of their range")
+def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: Any) -> int:
+    """Create a study narrowed around the best trials of another (CODES's fine stage)."""
+    import dataclasses
+
+    from hpo.config import load_config, parse_config
+    from hpo.errors import UsageError
+    from hpo.provenance import stored_config_path
+    from hpo.storage import open_study
+    from hpo.util import write_bytes_atomic
+    from hpo.warmstart import dumps_summary, refine_space, refined_config, top_trials
+
+    settings, config = load(flags)
+    new_name = settings.study_name if settings.sources["study_name"] == "flag" or \
+        settings.sources["study_name"].startswith("env:") else f"{source}_fine"
+    if new_name == source:
+        raise UsageError(f"STUDY_NAME={new_name!r} is the study refined from; give the new study another name")
+    source_settings = dataclasses.replace(settings, study_name=source)
+    stored = stored_config_path(source_settings)
+    source_config = load_config(stored) if stored.is_file() else config
+    best = top_trials(_other_study_trials(settings, source), top, source_config.directions[0] == "maximize")
+    if not best:
+        raise UsageError(f"--from {source!r}: the study has no complete single-objective trial to refine around")
+    new_space, summary, budget = refine_space(source_config.space, [t.params for t in best], factor, fraction)
+    new_settings = dataclasses.replace(settings, study_name=new_name, max_trials=budget)
+    path = stored_config_path(new_settings)
+    if path.exists():
+        raise UsageError(f"study {new_name!r} already has a config ({path}); choose another STUDY_NAME")
+    text = refined_config(source_config.text, new_name, new_space, budget, best[0].params)
+    new_config = dataclasses.replace(parse_config(path, yaml_load(text)), text=text)
+    write_bytes_atomic(path, text.encode())
+    write_bytes_atomic(path.with_name("fine_summary.yaml"), dumps_summary(source, summary, budget, best[0].params).encode())
+    open_study(dataclasses.replace(new_settings, config=path), new_config)  # creates it, best trial enqueued first
+    click.echo(f"study {new_name!r}: {len(summary)} parameter(s) narrowed around the top {len(best)} trial(s) of "
+               f"{source!r}; budget {budget} trials; ranges in {path.with_name('fine_summary.yaml')}")
+    click.echo(f"run it: hpo run --config {path}")
+    return 0
+
+
+def yaml_load(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 @cli.command("doctor")
 @settings_options
 def doctor_cmd(**flags: Any) -> int:
@@ -241,6 +350,11 @@ def reap_cmd(**flags: Any) -> int:
     reaped = reap(open_study(settings, config, create=False), socket.gethostname())
     click.echo(f"reaped {len(reaped)} lost trial(s): {' '.join(map(str, reaped)) or '-'}")
     return 0
+
+
+from hpo.watch.commands import register as _register_watch  # noqa: E402 (it imports the helpers above)
+
+_register_watch(cli)
 
 
 def main(argv: list[str] | None = None) -> None:

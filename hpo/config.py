@@ -8,8 +8,8 @@ Keys (unknown ones are refused)::
     settings: {n_train: 50000, ...}          # defaults of the settings (see hpo.settings)
     space: {...}                             # see hpo.space
     enqueue: [{param: value, ...}, ...]      # warm-start trials of a new study
-    sampler_args: {n_startup_trials: 10}     # keyword arguments of OPTUNA_SAMPLER's class
-    pruner_args: {min_resource: 1}           # keyword arguments of OPTUNA_PRUNER's class
+    sampler_args: {tpe: {n_startup_trials: 10}}   # per sampler: used when OPTUNA_SAMPLER is that one
+    pruner_args: {hyperband: {min_resource: 1}}   # per pruner, likewise
     objective_args: {...}                    # handed to the objective as ctx.options
 
 Storage, budgets, per-trial time budget and time-based pruning are settings
@@ -27,7 +27,7 @@ import yaml
 
 from hpo.errors import UsageError
 from hpo.objective import Objective
-from hpo.settings import Settings, config_path, resolve
+from hpo.settings import PRUNERS, SAMPLERS, Settings, config_path, resolve
 from hpo.space import Param, parse_space
 
 _TOP_KEYS = ("study_name", "objective", "direction", "directions", "settings", "space", "enqueue",
@@ -114,8 +114,14 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
     for key in ("sampler_args", "pruner_args", "objective_args"):
         value = raw.get(key) or {}
         if not isinstance(value, Mapping):
-            raise UsageError(f"{path}: {key}: must be a mapping of argument name to value")
+            raise UsageError(f"{path}: {key}: must be a mapping")
         extra[key] = dict(value)
+    for key, names in (("sampler_args", SAMPLERS), ("pruner_args", PRUNERS)):
+        for name, args in extra[key].items():
+            if name not in names:
+                raise UsageError(f"{path}: {key}.{name}: not a {key.split('_')[0]}; valid: {', '.join(names)}")
+            if not isinstance(args, Mapping):
+                raise UsageError(f"{path}: {key}.{name}: must be a mapping of argument name to value")
     return StudyConfig(
         **extra,
         path=path,

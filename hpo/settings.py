@@ -164,6 +164,8 @@ FIELDS: tuple[Field, ...] = (
     Field("max_retries", "HPO_MAX_RETRIES", _int_in(0, 100), 2, "retries of a lost or preempted trial"),
     Field("heartbeat_seconds", "HPO_HEARTBEAT_SECONDS", _positive_float, 10.0, "heartbeat period of running trials"),
     Field("stale_seconds", "HPO_STALE_SECONDS", _positive_float, 60.0, "heartbeat age after which a trial is lost"),
+    Field("max_failures", "HPO_MAX_FAILURES", _int_in(1, 1_000_000), 10,
+          "a worker stops after this many failed trials in a row (a broken objective)"),
     Field("storage", "HPO_STORAGE", _storage_url, "", "'' = the journal file; or sqlite:///… / postgresql://…"),
     Field("trial_timeout_seconds", "HPO_TRIAL_TIMEOUT_SECONDS", _optional(_positive_float), None,
           "per-trial time budget; a trial past it is stopped (PRUNED)"),
@@ -201,6 +203,7 @@ class Settings:
     max_retries: int
     heartbeat_seconds: float
     stale_seconds: float
+    max_failures: int
     storage: str
     trial_timeout_seconds: float | None
     time_pruning_warmup: int

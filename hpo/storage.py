@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from hpo.errors import StorageError, StudyMismatch, UsageError
 from hpo.journal.lock import OwnerLock
+from hpo.logs import quiet_optuna
 from hpo.journal.repair import GuardedFileBackend, repair_tail
 
 if TYPE_CHECKING:
@@ -101,9 +102,13 @@ _PRUNERS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def _construct(module: Any, table: dict[str, tuple[str, dict[str, Any]]], name: str, args: Mapping[str, Any],
-               key: str, **fixed: Any) -> Any:
+def _construct(module: Any, table: dict[str, tuple[str, dict[str, Any]]], name: str,
+               per_name: Mapping[str, Mapping[str, Any]], key: str, **fixed: Any) -> Any:
+    """Optuna's class for ``name`` with our defaults, updated by the config's arguments
+    for that name (``sampler_args: {tpe: {...}}``); unknown arguments are refused."""
     class_name, defaults = table[name]
+    args = per_name.get(name, {})
+    key = f"{key}.{name}"
     cls = getattr(module, class_name)
     accepted = set(inspect.signature(cls).parameters) - set(fixed)
     unknown = sorted(set(args) - accepted)
@@ -116,12 +121,13 @@ def _construct(module: Any, table: dict[str, tuple[str, dict[str, Any]]], name: 
         raise UsageError(f"{key}: optuna.{class_name} refused {dict(args)}: {exc}") from None
 
 
-def make_sampler(settings: "Settings", seed: int | None, args: Mapping[str, Any] | None = None
+def make_sampler(settings: "Settings", seed: int | None, args: Mapping[str, Mapping[str, Any]] | None = None
                  ) -> optuna.samplers.BaseSampler:
     return _construct(optuna.samplers, _SAMPLERS, settings.sampler, args or {}, "sampler_args", seed=seed)
 
 
-def make_pruner(settings: "Settings", args: Mapping[str, Any] | None = None) -> optuna.pruners.BasePruner:
+def make_pruner(settings: "Settings", args: Mapping[str, Mapping[str, Any]] | None = None
+                ) -> optuna.pruners.BasePruner:
     return _construct(optuna.pruners, _PRUNERS, settings.pruner, args or {}, "pruner_args")
 
 
@@ -287,6 +293,7 @@ def open_study(
     A new study gets the config's warm-start trials enqueued exactly once, even
     when many workers start at the same moment.
     """
+    quiet_optuna()  # its INFO lines ("Using an existing study ...") repeat for every process
     storage = open_settings_storage(settings)
     names = [s.study_name for s in storage.get_all_studies()]
     if settings.study_name not in names and not create:

@@ -52,6 +52,8 @@ class StopReason(enum.Enum):
     MAX_TRIALS = ("max trials", 0)
     TRIALS_PER_WORKER = ("trials per worker", 0)
     TIME_BUDGET = ("time budget", 0)
+    # Every trial fails: the objective or its environment is broken; stop burning GPU hours.
+    FAILING = ("failing trials", 1)
     INTERRUPTED = ("interrupted", 130)
     # EX_TEMPFAIL: the work is not done; a launcher should requeue this worker.
     PREEMPTED = ("preempted", 75)
@@ -137,6 +139,7 @@ class Worker:
         self.objective: Objective = config.load_objective()
         self.device = resolve_device(settings.device, identity.visible_gpus)
         self.trials_run = 0
+        self.failures_in_a_row = 0
         self.started = clock()
         self.budget_seconds = self._budget()
 
@@ -190,6 +193,11 @@ class Worker:
                 continue
             result = self._run_trial(shared, trial)
             self.trials_run += 1
+            self.failures_in_a_row = self.failures_in_a_row + 1 if result.state == TrialState.FAIL else 0
+            if self.failures_in_a_row >= self.settings.max_failures:
+                _logger.error("%d trials failed in a row (HPO_MAX_FAILURES): stopping; see the tracebacks above",
+                              self.failures_in_a_row)
+                return StopReason.FAILING
             if result.stop_worker == outcomes.PREEMPTED:
                 return StopReason.PREEMPTED
             if result.stop_worker == outcomes.INTERRUPTED:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up of a fresh machine: a virtual environment in .venv
-# with a CPU build of torch and hpo itself; with --slurm also the single-node dev
-# SLURM cluster the end-to-end tests use (needs root, Debian/Ubuntu).
+# with a CPU build of torch and hpo itself. With --test-services also what the
+# end-to-end tests use (needs root, Debian/Ubuntu): the single-node dev SLURM
+# cluster, PostgreSQL (the RDB storage test) and headless Chromium (the report test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -14,7 +15,14 @@ fi
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
 .venv/bin/python -m pip install -q -e ".[test]"
 
-if [ "${1:-}" = "--slurm" ]; then
+if [ "${1:-}" = "--test-services" ]; then
+    missing=()
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null || missing+=(postgresql)
+    command -v chromium-headless-shell > /dev/null || command -v chromium > /dev/null || missing+=(chromium-headless-shell)
+    if [ ${#missing[@]} -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null
+    fi
     bash slurm/dev-cluster/cluster.sh install
     bash slurm/dev-cluster/cluster.sh start
 fi

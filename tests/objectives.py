@@ -28,3 +28,12 @@ def fail_when_negative(params: dict[str, Any], ctx: TrialContext) -> float:
 
 def conditional(params: dict[str, Any], ctx: TrialContext) -> float:
     return params["x"] ** 2 + (params.get("momentum", 0.0) if params["optimizer"] == "sgd" else 0.0)
+
+
+def slow_when_high(params: dict[str, Any], ctx: TrialContext) -> float:
+    """Steps of 0.05 s, or of 1 s when x > 3: a slow trial for time budgets."""
+    x = params["x"]
+    for step in range(1, 6):
+        time.sleep(1.0 if x > 3 else 0.05)
+        ctx.report(step, abs(x))
+    return abs(x)

@@ -1,0 +1,59 @@
+"""A CODES-like surrogate (seed 001): an MLP regressor on a synthetic chemical-kinetics-
+like dataset; activation, width, learning rate and a conditional optimizer choice;
+two objectives: log-space accuracy and inference time per sample."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hpo.objective import TrialContext
+
+ACTIVATIONS = ("ReLU", "LeakyReLU", "Tanh", "GELU", "Softplus")
+
+
+def _data(n: int, seed: int) -> tuple[Any, Any]:
+    """Inputs: initial abundances and time; targets: log10 of a decaying solution."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 4, generator=gen)
+    rates = torch.tensor([0.5, 1.5, 3.0])
+    y = torch.log10(x[:, :3] * torch.exp(-rates * x[:, 3:4] * 4) + 1e-3)
+    return x, y
+
+
+def objective(params: dict[str, Any], ctx: "TrialContext") -> tuple[float, float]:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(ctx.settings.train_seed)
+    x, y = _data(ctx.settings.n_train, ctx.settings.data_seed)
+    xv, yv = _data(ctx.settings.n_val, ctx.settings.data_seed + 1)
+    width = int(params["hidden_size"])
+    act = getattr(nn, params["activation"])
+    model = nn.Sequential(nn.Linear(4, width), act(), nn.Linear(width, width), act(), nn.Linear(width, 3))
+    if params["optimizer"] == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=params["learning_rate"], momentum=params["momentum"])
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=params["learning_rate"])
+    epochs = int(ctx.options.get("epochs", 20))
+    batch = ctx.settings.batch_size
+    for epoch in range(1, epochs + 1):
+        perm = torch.randperm(len(x))
+        for i in range(0, len(x), batch):
+            idx = perm[i:i + batch]
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x[idx]), y[idx])
+            loss.backward()
+            opt.step()
+        ctx.check_stop()
+    with torch.inference_mode():
+        start = time.perf_counter()
+        pred = model(xv)
+        latency_us = 1e6 * (time.perf_counter() - start) / len(xv)
+        # LAE99-like accuracy: the 99th percentile of the absolute log-space error.
+        lae99 = float(torch.quantile((pred - yv).abs().flatten(), 0.99))
+    ctx.logger.info("trial %d: LAE99=%.4f inference=%.3f us/sample", ctx.number, lae99, latency_us)
+    return lae99, latency_us

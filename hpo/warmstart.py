@@ -1,0 +1,132 @@
+"""Warm starts: enqueue known configurations, and refine a finished study (CODES's ``fine``).
+
+``hpo enqueue FILE`` or ``hpo enqueue --from-study OTHER --top K`` put parameter sets
+in front of the sampler. ``hpo refine --from STUDY`` writes a new study config whose
+bounds are narrowed around STUDY's best trials (log parameters by a factor in log
+space, others by a fraction of the range, categoricals kept to the values seen, or
+fixed when the best trials agree), with a budget of max(10 x tuned parameters, 10)
+trials and the best trial enqueued first, plus ``fine_summary.yaml`` with the ranges.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from hpo.errors import UsageError
+from hpo.space import Param
+
+
+def read_param_sets(path: Path) -> list[dict[str, Any]]:
+    """Parameter sets from JSON or YAML: one mapping, a list of them, or an export
+    with ``best_params`` (``hpo export``'s best_params.json, seed 004's shape)."""
+    try:
+        text = path.read_text()
+        # JSON first: YAML 1.1 would read JSON's 1e-6 as a string.
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: cannot read parameter sets: {exc}") from None
+    if isinstance(raw, Mapping) and isinstance(raw.get("best_params"), Mapping):
+        raw = raw["best_params"]
+    sets = raw if isinstance(raw, list) else [raw]
+    if not sets or not all(isinstance(s, Mapping) for s in sets):
+        raise UsageError(f"{path}: expected a mapping of parameter to value, or a list of them")
+    return [dict(s) for s in sets]
+
+
+def check_param_set(space: Mapping[str, Param], params: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Refuse names outside the space and values outside their range (exit 2)."""
+    for name, value in params.items():
+        if name not in space:
+            raise UsageError(f"{where}: {name!r} is not a parameter of the space; valid: {', '.join(space)}")
+        if not space[name].contains(value):
+            raise UsageError(f"{where}: {name}={value!r} is outside its range")
+    return dict(params)
+
+
+def top_trials(trials: Sequence[Any], k: int, maximize: bool) -> list[Any]:
+    """The ``k`` best COMPLETE single-objective trials, best first."""
+    complete = [t for t in trials if t.state.name == "COMPLETE" and t.values and len(t.values) == 1]
+    return sorted(complete, key=lambda t: t.values[0], reverse=maximize)[:k]
+
+
+def _narrow(p: Param, seen: list[Any], factor: float, fraction: float) -> dict[str, Any]:
+    """A YAML spec for ``p`` narrowed around the values ``seen`` in the best trials."""
+    if p.kind == "categorical":
+        kept = [c for c in p.choices if c in seen]
+        return {"type": "categorical", "choices": kept}
+    lo, hi = min(seen), max(seen)
+    if p.log:
+        new_lo, new_hi = max(p.low, lo / factor), min(p.high, hi * factor)
+    else:
+        pad = fraction * (p.high - p.low)
+        new_lo, new_hi = max(p.low, lo - pad), min(p.high, hi + pad)
+    spec: dict[str, Any] = {"type": p.kind}
+    if p.kind == "int":
+        new_lo, new_hi = int(math.floor(new_lo)), int(math.ceil(new_hi))
+    spec.update(low=new_lo, high=new_hi)
+    if p.log:
+        spec["log"] = True
+    if p.step is not None:
+        spec["step"] = p.step
+    if p.when:
+        spec["when"] = dict(p.when)
+    return spec
+
+
+def refine_space(space: Mapping[str, Param], best: Sequence[Mapping[str, Any]], factor: float,
+                 fraction: float) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """New flat space, the summary of old and new ranges, and the trial budget.
+
+    Pure. Parameters the best trials never sampled (fixed or inactive) keep their range."""
+    new_space: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
+    tuned = 0
+    for name, p in space.items():
+        seen = [b[name] for b in best if name in b]
+        if not seen:
+            new_space[name] = _spec(p)
+            continue
+        spec = _narrow(p, seen, factor, fraction)
+        new_space[name] = spec
+        old = list(p.choices) if p.kind == "categorical" else [p.low, p.high]
+        new = spec["choices"] if p.kind == "categorical" else [spec["low"], spec["high"]]
+        summary[name] = {"old": old, "new": new}
+        if not (p.kind == "categorical" and len(spec["choices"]) == 1):
+            tuned += 1
+    return new_space, summary, max(10 * tuned, 10)
+
+
+def _spec(p: Param) -> dict[str, Any]:
+    if p.kind == "categorical":
+        return {"type": "categorical", "choices": list(p.choices), **({"when": dict(p.when)} if p.when else {})}
+    spec: dict[str, Any] = {"type": p.kind, "low": p.low, "high": p.high}
+    if p.log:
+        spec["log"] = True
+    if p.step is not None:
+        spec["step"] = p.step
+    if p.when:
+        spec["when"] = dict(p.when)
+    return spec
+
+
+def refined_config(source_text: str, new_name: str, new_space: dict[str, Any], budget: int,
+                   best_params: Mapping[str, Any]) -> str:
+    """The new study config: the source config with the narrowed space, the budget,
+    and the best trial enqueued first."""
+    raw = yaml.safe_load(source_text)
+    raw["study_name"] = new_name
+    raw["space"] = new_space
+    raw["enqueue"] = [dict(best_params)]
+    raw.setdefault("settings", {})["max_trials"] = budget
+    raw["settings"].pop("study_name", None)
+    return f"# Refined by `hpo refine` around the best trials of another study.\n{yaml.safe_dump(raw, sort_keys=False)}"
+
+
+def dumps_summary(source: str, summary: dict[str, Any], budget: int, best: Mapping[str, Any]) -> str:
+    return yaml.safe_dump({"from_study": source, "max_trials": budget, "best_params": json.loads(json.dumps(best)),
+                           "ranges": summary}, sort_keys=False)

@@ -1,0 +1,17 @@
+"""Watch and harvest a study: ``hpo status``, ``logs``, ``best``, ``export``, ``plot``, ``report``, ``dashboard``.
+
+Everything here only reads the study (the journal, worker logs and run directories);
+``hpo dashboard`` is the one exception, as optuna-dashboard may write notes into the journal.
+
+Modules:
+
+- :mod:`hpo.watch.journal`: fast, exact reading of an Optuna journal file without Optuna;
+- :mod:`hpo.watch.status`: the one-screen status (``squeue`` runs through :mod:`hpo.scheduler`);
+- :mod:`hpo.watch.logs`: worker logs merged in time, and following them;
+- :mod:`hpo.watch.export`: best parameters, CSV, parquet and JSON exports;
+- :mod:`hpo.watch.plots`: PNG figures (matplotlib, Agg);
+- :mod:`hpo.watch.report`: one self-contained HTML page;
+- :mod:`hpo.watch.commands`: the click commands.
+
+Nothing is imported here so that ``hpo --help`` stays fast.
+"""

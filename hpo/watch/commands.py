@@ -1,0 +1,296 @@
+"""The click commands that watch and harvest a study; :func:`register` adds them to ``hpo``.
+
+Each takes the settings options of every ``hpo`` command, so ``STUDY_NAME``,
+``JOURNAL_DIR``, ``LOG_DIR``, ``TRIAL_OUTPUT``, ``HPO_CONFIG`` (or their flags)
+select the study. Heavy imports (optuna, pandas, matplotlib) happen inside the
+commands so that ``hpo --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from hpo.cli import load, settings_options
+from hpo.errors import UsageError
+
+if TYPE_CHECKING:
+    from hpo.settings import Settings
+    from hpo.watch.journal import StudyJournal
+
+_logger = logging.getLogger(__name__)
+
+RESULTS_DIR = Path("results")
+SOURCE_COLORS = ("cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green", "bright_magenta")
+
+
+def _journal(settings: "Settings") -> "StudyJournal":
+    from hpo.watch.status import open_view
+
+    return open_view(settings)
+
+
+def _results_dir(settings: "Settings", out: str | None) -> Path:
+    return Path(out) if out else RESULTS_DIR / settings.study_name
+
+
+# -- status -------------------------------------------------------------------------------
+
+@click.command("status")
+@settings_options
+@click.option("--watch", "-w", "watch", is_flag=True, help="refresh every --interval seconds until Ctrl-C")
+@click.option("--interval", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True,
+              help="seconds between refreshes with --watch")
+@click.option("--json", "as_json", is_flag=True, help="print the status as JSON (one object per refresh)")
+@click.option("--no-slurm", is_flag=True, help="do not ask squeue about the study's jobs")
+def status_cmd(watch: bool, interval: float, as_json: bool, no_slurm: bool, **flags: Any) -> int:
+    """One screen: trials by state, progress and ETA, best trial, running trials, workers, zombies, SLURM jobs."""
+    from hpo.watch import status
+
+    settings, _ = load(flags)
+
+    def snapshot() -> dict[str, Any]:
+        return status.build(status.collect(settings, slurm=not no_slurm))
+
+    if as_json:
+        return _repeat(lambda: click.echo(json.dumps(snapshot())), watch, interval)
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped or redirected: wide lines rather than folded tables
+    if not watch:
+        console.print(status.render(snapshot()))
+        return 0
+    from rich.live import Live
+
+    with Live(status.render(snapshot()), console=console, auto_refresh=False, screen=False) as live:
+        return _repeat(lambda: live.update(status.render(snapshot()), refresh=True), True, interval, first=False)
+
+
+def _repeat(action: Any, watch: bool, interval: float, first: bool = True) -> int:
+    """Run ``action`` once, or every ``interval`` seconds until Ctrl-C (exit 0)."""
+    try:
+        if first:
+            action()
+        while watch:
+            time.sleep(interval)
+            action()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+@click.command("logs")
+@settings_options
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines (and new workers' logs) until Ctrl-C")
+@click.option("--worker", "worker", default=None, metavar="ID", help="only this worker's log (worker_<ID>.log)")
+@click.option("--trial", "trial", type=click.IntRange(0), default=None, metavar="N",
+              help="the log of trial N, from its run directory")
+@click.option("-n", "--lines", "n_lines", type=click.IntRange(0), default=None,
+              help="start with the last N lines [default: all; 10 with -f]")
+@click.option("--interval", type=click.FloatRange(0.05, 60), default=0.5, show_default=True,
+              help="seconds between polls with -f")
+def logs_cmd(follow: bool, worker: str | None, trial: int | None, n_lines: int | None, interval: float,
+             **flags: Any) -> int:
+    """Worker logs of the study merged in time, each line prefixed with its worker."""
+    from hpo.watch.logs import Follower, log_files
+
+    settings, _ = load(flags)
+    if worker is not None and trial is not None:
+        raise UsageError("--worker and --trial: give one of them, not both")
+    if trial is not None:
+        path = settings.study_dir / f"trial_{trial}" / "trial.log"
+        if not path.is_file():
+            raise UsageError(f"--trial {trial}: no log at {path}; trial logs live in "
+                             f"{settings.study_dir}/trial_<N>/trial.log (TRIAL_OUTPUT/STUDY_NAME)")
+        follower = Follower(None, {f"trial {trial}": path})
+    elif worker is not None:
+        files = log_files(settings.log_dir)
+        wid = worker.removeprefix("worker_").removesuffix(".log")
+        if wid not in files:
+            raise UsageError(f"--worker {worker!r}: no log {settings.log_dir}/worker_{wid}.log; "
+                             f"workers with logs: {', '.join(files) or 'none'}")
+        follower = Follower(None, {wid: files[wid]})
+    else:
+        follower = Follower(settings.log_dir)
+    prefix = trial is None
+    first = follower.poll()
+    if not first and not follow:
+        click.echo(f"no worker log in {settings.log_dir} (LOG_DIR)", err=True)
+        return 0
+    keep = n_lines if n_lines is not None else (10 if follow else None)
+    _print_lines(first if keep is None else first[len(first) - keep:] if keep else [], follower.width, prefix)
+    try:
+        while follow:
+            time.sleep(interval)
+            _print_lines(follower.poll(), follower.width, prefix)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _print_lines(lines: list[Any], width: int, prefix: bool) -> None:
+    from hpo.watch.logs import format_line
+
+    if not lines:
+        return
+    if not prefix:
+        click.echo("\n".join(line.text for line in lines))
+        return
+    colors: dict[str, str] = {}
+    out = []
+    for line in lines:
+        color = colors.setdefault(line.source, SOURCE_COLORS[sum(map(ord, line.source)) % len(SOURCE_COLORS)])
+        text = format_line(line, width)
+        out.append(click.style(text[:width], fg=color) + text[width:])
+    click.echo("\n".join(out))  # click drops the colours when stdout is not a terminal
+
+
+# -- best ----------------------------------------------------------------------------------
+
+@click.command("best")
+@settings_options
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+def best_cmd(fmt: str, **flags: Any) -> int:
+    """The best trial's parameters (or the Pareto set and its knee), and the env lines of its budgets."""
+    import yaml
+
+    from hpo.watch.export import best_report
+
+    settings, _ = load(flags)
+    report = best_report(_journal(settings), settings.as_dict())
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        click.echo(yaml.safe_dump(json.loads(json.dumps(report, default=str)), sort_keys=False,
+                                  allow_unicode=True).rstrip())
+    return 0
+
+
+# -- export ----------------------------------------------------------------------------------
+
+@click.command("export")
+@settings_options
+@click.option("--out", "out", default=None, metavar="DIR", help="output folder [default: results/<study>]")
+@click.option("--top", "top", type=click.IntRange(1), default=20, show_default=True,
+              help="rows of top_<K>_trials.csv")
+def export_cmd(out: str | None, top: int, **flags: Any) -> int:
+    """best_params.json, all_trials.csv, top_<K>_trials.csv, trials.parquet and hpo_results.json."""
+    from hpo.watch.export import export
+
+    settings, _ = load(flags)
+    for path in export(_journal(settings), _results_dir(settings, out), top):
+        click.echo(str(path))
+    return 0
+
+
+# -- plot -----------------------------------------------------------------------------------
+
+def _figures(objective: str | None, journal: "StudyJournal") -> dict[str, bytes | str]:
+    """Every figure (PNG bytes) or why it was skipped; ``objective`` picks the axis labels."""
+    from hpo.watch.plots import make_context, make_figures
+
+    journal.decode()
+    ctx = make_context(journal.study.name, journal.study.directions, journal.study.metric_names, objective)
+    return make_figures(journal.trials, ctx)
+
+
+@click.command("plot")
+@settings_options
+@click.option("--out", "out", default=None, metavar="DIR", help="output folder [default: results/<study>/figures]")
+def plot_cmd(out: str | None, **flags: Any) -> int:
+    """The study's figures as PNG files (no display or browser needed)."""
+    from hpo.watch.plots import write_figures
+
+    settings, config = load(flags)
+    out_dir = Path(out) if out else _results_dir(settings, None) / "figures"
+    written, skipped = write_figures(_figures(config.objective, _journal(settings)), out_dir)
+    for path in written:
+        click.echo(str(path))
+    for name, reason in skipped.items():
+        click.echo(f"skipped {name}: {reason}", err=True)
+    return 0
+
+
+# -- report ----------------------------------------------------------------------------------
+
+@click.command("report")
+@settings_options
+@click.option("--out", "out", default=None, metavar="FILE", help="HTML file [default: results/<study>/report.html]")
+@click.option("--top", "top", type=click.IntRange(1), default=20, show_default=True,
+              help="rows of the top trials table")
+def report_cmd(out: str | None, top: int, **flags: Any) -> int:
+    """One self-contained HTML page: status, best trial, top trials and every figure."""
+    from hpo.util import write_bytes_atomic
+    from hpo.watch import status
+    from hpo.watch.export import best_report, columns, top_trials, trial_rows
+    from hpo.watch.report import render_html
+
+    settings, config = load(flags)
+    inputs = status.collect(settings)
+    journal = inputs.journal
+    state = status.build(inputs)
+    figures = _figures(config.objective, journal)  # decodes every trial
+    best = best_report(journal, settings.as_dict())
+    n = len(journal.study.directions)
+    rows = trial_rows(top_trials(journal.trials, journal.study.directions, top), n)
+    page = render_html(state, best, columns(journal.trials, n), rows, figures)
+    path = Path(out) if out else _results_dir(settings, None) / "report.html"
+    write_bytes_atomic(path, page.encode("utf-8"))
+    click.echo(str(path))
+    return 0
+
+
+# -- dashboard ---------------------------------------------------------------------------------
+
+def forward_line(port: int, user: str, host: str) -> str:
+    """The ssh command a laptop runs to reach a dashboard bound to 127.0.0.1 here."""
+    return f"ssh -N -L {port}:127.0.0.1:{port} {user}@{host}"
+
+
+@click.command("dashboard")
+@settings_options
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
+@click.option("--host", "bind", default="127.0.0.1", show_default=True,
+              help="address to bind; the default keeps the dashboard off the network (use ssh -L)")
+def dashboard_cmd(port: int, bind: str, **flags: Any) -> int:
+    """optuna-dashboard on the study's journal, with the ssh port-forward line for a laptop."""
+    import getpass
+    import socket
+
+    settings, _ = load(flags)
+    _journal(settings)  # a missing journal or study fails here, with the valid names
+    from optuna_dashboard import run_server
+
+    from hpo.storage import open_settings_storage
+
+    click.echo(f"optuna-dashboard for study {settings.study_name!r} ({settings.storage_label}) "
+               f"on http://{bind}:{port}/", err=True)
+    if bind in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"from a laptop: {forward_line(port, getpass.getuser(), socket.getfqdn())}  "
+                   f"then open http://127.0.0.1:{port}/", err=True)
+    try:
+        # The workers' storage and lock: the dashboard may write (notes), like a worker.
+        run_server(open_settings_storage(settings), host=bind, port=port)
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        raise UsageError(f"--port {port} / --host {bind}: cannot listen: {exc}") from None
+    return 0
+
+
+COMMANDS = (status_cmd, logs_cmd, best_cmd, export_cmd, plot_cmd, report_cmd, dashboard_cmd)
+
+
+def register(group: click.Group) -> None:
+    """Add the watch commands to the ``hpo`` group."""
+    for command in COMMANDS:
+        group.add_command(command)

@@ -1,0 +1,280 @@
+"""Harvest a study: the best trial (or the Pareto set and its knee), and files to keep.
+
+``hpo export`` writes into ``results/<study>/`` by default:
+
+- ``best_params.json``: ``best_value``, ``best_params``, ``n_trials``, ``best_trial_number``
+  (the shape of seed 004; with several objectives, the knee point and its values);
+- ``all_trials.csv`` and ``top_<k>_trials.csv``: :data:`BASE_COLUMNS` around one
+  ``params_<name>`` column per parameter (Optuna's ``trials_dataframe`` naming);
+- ``trials.parquet``: the same table (seed 003);
+- ``hpo_results.json``: ``best_trial``, ``best_score``, ``best_params`` and
+  ``all_trials`` (seed 002's shape).
+
+Tables are built here as plain rows (pure, tested on literal records); pandas is
+imported only to write CSV and parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from hpo.util import write_json_atomic
+from hpo.watch.journal import StudyJournal, TrialRecord
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_TOP = 20
+# Budgets the environment can fix (the inverse of Settings.fixed_params).
+BUDGET_ENV = {"A.epochs": "STAGEA_EPOCHS", "B1.epochs": "STAGEB1_EPOCHS", "B2.epochs": "STAGEB2_EPOCHS"}
+DATA_ENV = {"n_train": "N_TRAIN", "n_val": "N_VAL", "n_points": "N_POINTS"}
+ENQUEUE_NOTE = ("to train with them: `hpo export` writes results/<study>/best_params.json; then "
+                "`hpo enqueue results/<study>/best_params.json --study-name <new>` and run the env line with "
+                "`hpo run --workers 1 --max-trials 1 --study-name <new>` (the run directory keeps the checkpoints)")
+
+
+# -- best trial, Pareto set, knee --------------------------------------------------
+
+def _signs(directions: Sequence[str]) -> list[int]:
+    return [-1 if d.upper() == "MAXIMIZE" else 1 for d in directions]
+
+
+def pareto_front(trials: Sequence[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
+    """COMPLETE trials that no other COMPLETE trial dominates, in number order
+    (``study.best_trials`` without constraints; equal points are all kept)."""
+    signs = _signs(directions)
+    points = sorted(
+        ((tuple(s * v for s, v in zip(signs, t.values)), t) for t in trials if t.state == "COMPLETE" and t.values),
+        key=lambda p: p[0],
+    )
+    front: list[tuple[tuple[float, ...], TrialRecord]] = []
+    for key, trial in points:
+        # Sorted lexicographically, only an earlier point can dominate; and whatever
+        # dominates it is dominated by (or is) a front point, so the front suffices.
+        if not any(all(f <= k for f, k in zip(other, key)) and other != key for other, _ in front):
+            front.append((key, trial))
+    return sorted((t for _, t in front), key=lambda t: t.number)
+
+
+def knee_point(front: Sequence[TrialRecord], directions: Sequence[str]) -> TrialRecord | None:
+    """The front's trial closest to the utopia point once every objective is scaled
+    to [0, 1] over the front (0 = best); an objective constant on the front counts 0."""
+    if not front:
+        return None
+    signs = _signs(directions)
+    columns = list(zip(*[[s * v for s, v in zip(signs, t.values or ())] for t in front]))
+    lows, highs = [min(c) for c in columns], [max(c) for c in columns]
+
+    def distance(trial: TrialRecord) -> float:
+        scaled = [((s * v) - lo) / (hi - lo) if hi > lo else 0.0
+                  for s, v, lo, hi in zip(signs, trial.values or (), lows, highs)]
+        return math.sqrt(sum(x * x for x in scaled))
+
+    return min(front, key=lambda t: (distance(t), t.number))
+
+
+@dataclass(frozen=True)
+class Best:
+    """The trial to report: the best one, or the knee of the Pareto set."""
+
+    trial: TrialRecord | None
+    front: tuple[TrialRecord, ...]  # the Pareto set, with several objectives only
+
+
+def choose_best(journal: StudyJournal) -> Best:
+    """Best trial (one objective) or knee point of the Pareto set (several); decodes what it returns."""
+    directions = journal.study.directions
+    if len(directions) == 1:
+        best = journal.best_trial()
+        if best is not None:
+            journal.decode([best.number])
+        return Best(best, ())
+    front = pareto_front(journal.trials, directions)
+    journal.decode([t.number for t in front])
+    return Best(knee_point(front, directions), tuple(front))
+
+
+def budget_env(trial: TrialRecord, data_settings: Mapping[str, Any]) -> dict[str, str]:
+    """Environment variables that reproduce a trial's budgets: stage epochs from its
+    parameters (sampled, else fixed by the environment when it ran) and data sizes."""
+    fixed = trial.user_attrs.get("fixed_params") or {}
+    env: dict[str, str] = {}
+    for param, variable in BUDGET_ENV.items():
+        value = trial.params.get(param, fixed.get(param) if isinstance(fixed, dict) else None)
+        if value is not None:
+            env[variable] = str(value)
+    for key, variable in DATA_ENV.items():
+        if data_settings.get(key) is not None:
+            env[variable] = str(data_settings[key])
+    return env
+
+
+def run_settings(trial: TrialRecord) -> dict[str, Any] | None:
+    """The settings a trial ran with (``settings.json`` of its run directory), if readable."""
+    run_dir = trial.user_attrs.get("run_dir")
+    if not isinstance(run_dir, str):
+        return None
+    try:
+        data = json.loads((Path(run_dir) / "settings.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def best_report(journal: StudyJournal, current_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``hpo best`` prints (as YAML or JSON)."""
+    best = choose_best(journal)
+    directions = [d.lower() for d in journal.study.directions]
+    out: dict[str, Any] = {"study": journal.study.name, "directions": directions}
+    if best.trial is None:
+        out["best_trial_number"] = None
+        out["note"] = "no COMPLETE trial yet"
+        return out
+    trial = best.trial
+    ran_with = run_settings(trial)
+    env = budget_env(trial, ran_with or current_settings)
+    if best.front:
+        out["pareto"] = [{"number": t.number, "values": t.values, "params": t.params} for t in best.front]
+        out["knee"] = "closest to the utopia point, objectives scaled to [0, 1] over the Pareto set"
+    out.update({
+        "best_trial_number": trial.number,
+        "best_value": trial.values[0] if trial.values and len(trial.values) == 1 else trial.values,
+        "best_params": trial.params,
+        "fixed_params": trial.user_attrs.get("fixed_params") or {},
+        "run_dir": trial.user_attrs.get("run_dir"),
+        "env": env,
+        "env_line": " ".join(f"{k}={v}" for k, v in env.items()),
+        "env_source": "settings.json of the trial's run directory" if ran_with else "the current settings",
+        "next": ENQUEUE_NOTE,
+    })
+    return out
+
+
+# -- tables -------------------------------------------------------------------------
+
+BASE_COLUMNS = ("number", "state", "duration_s", "worker", "reason", "run_dir")
+
+
+def value_columns(n_objectives: int) -> list[str]:
+    """``value`` for one objective; ``values_0``, ``values_1``... for several (Optuna's naming)."""
+    return ["value"] if n_objectives == 1 else [f"values_{i}" for i in range(n_objectives)]
+
+
+def param_names(trials: Sequence[TrialRecord]) -> list[str]:
+    return sorted({name for t in trials for name in t.params})
+
+
+def columns(trials: Sequence[TrialRecord], n_objectives: int) -> list[str]:
+    """number, state, value(s), duration_s, params_<name>..., worker, reason, run_dir."""
+    return ["number", "state", *value_columns(n_objectives), "duration_s",
+            *(f"params_{n}" for n in param_names(trials)), "worker", "reason", "run_dir"]
+
+
+def trial_rows(trials: Sequence[TrialRecord], n_objectives: int) -> list[dict[str, Any]]:
+    """One dict per trial with :func:`columns` keys (None where a trial has no value)."""
+    names = param_names(trials)
+    rows = []
+    for t in trials:
+        row: dict[str, Any] = {"number": t.number, "state": t.state}
+        values = t.values if t.values is not None else [None] * n_objectives
+        row.update(zip(value_columns(n_objectives), values))
+        row["duration_s"] = t.duration_s
+        row.update({f"params_{n}": t.params.get(n) for n in names})
+        row.update({"worker": t.user_attrs.get("worker"), "reason": t.user_attrs.get("reason"),
+                    "run_dir": t.user_attrs.get("run_dir")})
+        rows.append(row)
+    return rows
+
+
+def top_trials(trials: Sequence[TrialRecord], directions: Sequence[str], k: int) -> list[TrialRecord]:
+    """The ``k`` best COMPLETE trials: by value; with several objectives, the Pareto
+    set first (by distance to the knee's utopia point), then the others by the first objective."""
+    complete = [t for t in trials if t.state == "COMPLETE" and t.values]
+    signs = _signs(directions)
+    if len(directions) == 1:
+        return sorted(complete, key=lambda t: (signs[0] * t.values[0], t.number))[:k]  # type: ignore[index]
+    front = pareto_front(complete, directions)
+    on_front = {t.number for t in front}
+    knee = knee_point(front, directions)
+    ordered = ([knee] if knee else []) + [t for t in front if t is not knee]
+    rest = sorted((t for t in complete if t.number not in on_front),
+                  key=lambda t: (signs[0] * t.values[0], t.number))  # type: ignore[index]
+    return (ordered + rest)[:k]
+
+
+def best_params_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
+    """Seed 004's ``best_params.json``."""
+    trial = best.trial
+    value: Any = None
+    if trial is not None and trial.values:
+        value = trial.values[0] if len(trial.values) == 1 else trial.values
+    return {"best_value": value, "best_params": trial.params if trial else {}, "n_trials": len(journal.trials),
+            "best_trial_number": trial.number if trial else None}
+
+
+def hpo_results_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
+    """Seed 002's ``hpo_results.json``: best trial and score, and every trial's score and params."""
+    n = len(journal.study.directions)
+
+    def score(t: TrialRecord) -> Any:
+        if t.values is None:
+            return None
+        return t.values[0] if n == 1 else t.values
+
+    trial = best.trial
+    return {
+        "best_trial": trial.number if trial else None,
+        "best_score": score(trial) if trial else None,
+        "best_params": trial.params if trial else {},
+        "all_trials": [{"number": t.number, "state": t.state, "score": score(t), "params": t.params}
+                       for t in journal.trials],
+    }
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities are not JSON: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _parquet_safe(frame: Any) -> Any:
+    """Parquet columns hold one type: a column mixing types (a categorical parameter
+    with choices 1 and "a") is written as text."""
+    out = frame.copy()
+    for name in out.columns:
+        if out[name].dtype == object:
+            kinds = {type(v) for v in out[name] if v is not None}
+            if len(kinds) > 1:
+                out[name] = out[name].map(lambda v: None if v is None else str(v))
+    return out
+
+
+def export(journal: StudyJournal, out_dir: Path, top: int = DEFAULT_TOP) -> list[Path]:
+    """Write every export file into ``out_dir``; returns their paths."""
+    import pandas as pd
+
+    journal.decode()
+    best = choose_best(journal)
+    n = len(journal.study.directions)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cols = columns(journal.trials, n)
+    frame = pd.DataFrame(trial_rows(journal.trials, n), columns=cols)
+    top_frame = pd.DataFrame(trial_rows(top_trials(journal.trials, journal.study.directions, top), n), columns=cols)
+    paths = [out_dir / "best_params.json", out_dir / "all_trials.csv", out_dir / f"top_{top}_trials.csv",
+             out_dir / "trials.parquet", out_dir / "hpo_results.json"]
+    write_json_atomic(paths[0], _json_safe(best_params_json(journal, best)))
+    frame.to_csv(paths[1], index=False)
+    top_frame.to_csv(paths[2], index=False)
+    _parquet_safe(frame).to_parquet(paths[3], index=False)
+    write_json_atomic(paths[4], _json_safe(hpo_results_json(journal, best)))
+    _logger.info("exported %d trials of %s to %s", len(frame), journal.study.name, out_dir)
+    return paths

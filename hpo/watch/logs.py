@@ -1,0 +1,123 @@
+"""``hpo logs``: every worker log of a study interleaved in time, and following them.
+
+Worker logs are ``$LOG_DIR/worker_<id>.log``; each record starts with an ISO
+timestamp to the second (:data:`hpo.logs.FORMAT`). Lines are merged by that
+timestamp, stable within a file; a line without one (a traceback) keeps the
+timestamp of the record it belongs to, so it stays under it. The files are only
+read: ``tail -f $LOG_DIR/worker_*.log`` keeps working alongside.
+
+Timestamps are each worker's local time: workers on hosts in different time
+zones would interleave wrongly (clusters normally share one zone).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+_logger = logging.getLogger(__name__)
+
+LOG_PREFIX = "worker_"
+LOG_SUFFIX = ".log"
+TIMESTAMP_RE = re.compile(rb"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})")
+
+
+@dataclass(frozen=True)
+class Line:
+    stamp: bytes  # the record's timestamp; b"" before any timestamped line of the file
+    source: str  # worker id (or any label)
+    text: str
+
+
+def worker_of(path: Path) -> str:
+    """``worker_vm_123.log`` -> ``vm_123``."""
+    return path.name[len(LOG_PREFIX):-len(LOG_SUFFIX)]
+
+
+def log_files(log_dir: Path) -> dict[str, Path]:
+    """Worker id -> log file, for every ``worker_*.log`` in ``log_dir`` (none when it is missing)."""
+    if not log_dir.is_dir():
+        return {}
+    return {worker_of(p): p for p in sorted(log_dir.glob(f"{LOG_PREFIX}*{LOG_SUFFIX}")) if p.is_file()}
+
+
+def stamp(source: str, raw_lines: Iterable[bytes], last: bytes = b"") -> list[Line]:
+    """Lines of one file with the timestamp each belongs to (continuations inherit it)."""
+    out = []
+    for raw in raw_lines:
+        match = TIMESTAMP_RE.match(raw)
+        if match:
+            last = match.group(1)
+        out.append(Line(last, source, raw.decode("utf-8", "replace").rstrip("\r")))
+    return out
+
+
+def merge(streams: Sequence[Sequence[Line]]) -> list[Line]:
+    """Interleave per-file line lists by timestamp; ties keep file order, then stream order."""
+    keyed = ([(line.stamp, index, n, line) for n, line in enumerate(stream)] for index, stream in enumerate(streams))
+    return [item[3] for item in heapq.merge(*keyed)]
+
+
+def format_line(line: Line, width: int) -> str:
+    """``<worker padded> | <line as written>``."""
+    return f"{line.source:<{width}} | {line.text}"
+
+
+class _Tail:
+    """Where we are in one growing file: bytes read, a partial last line, its last timestamp."""
+
+    def __init__(self, path: Path, source: str) -> None:
+        self.path, self.source = path, source
+        self.offset, self.partial, self.last = 0, b"", b""
+
+    def read(self) -> list[Line]:
+        """Complete lines appended since the last call (a truncated file is read again)."""
+        try:
+            size = self.path.stat().st_size
+            if size < self.offset:  # truncated or replaced: start over
+                self.offset, self.partial = 0, b""
+            if size == self.offset:
+                return []
+            with self.path.open("rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read(size - self.offset)
+        except OSError:
+            return []
+        self.offset += len(data)
+        pieces = (self.partial + data).split(b"\n")
+        self.partial = pieces.pop()  # a line still being written waits for its newline
+        lines = stamp(self.source, pieces, self.last)
+        if lines:
+            self.last = lines[-1].stamp
+        return lines
+
+
+class Follower:
+    """Reads every ``worker_*.log`` of ``log_dir`` (or the given files) incrementally.
+
+    Each :meth:`poll` returns the complete lines written since the last one,
+    merged in time, and picks up log files that appeared in between.
+    """
+
+    def __init__(self, log_dir: Path | None, only: Mapping[str, Path] | None = None) -> None:
+        self.log_dir = log_dir
+        self.only = dict(only) if only is not None else None
+        self.tails: dict[Path, _Tail] = {}
+
+    def _discover(self) -> None:
+        found = self.only if self.only is not None else log_files(self.log_dir) if self.log_dir else {}
+        for source, path in found.items():
+            if path not in self.tails:
+                self.tails[path] = _Tail(path, source)
+
+    def poll(self) -> list[Line]:
+        self._discover()
+        return merge([tail.read() for tail in self.tails.values()])
+
+    @property
+    def width(self) -> int:
+        return max((len(t.source) for t in self.tails.values()), default=0)

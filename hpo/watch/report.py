@@ -1,0 +1,146 @@
+"""``hpo report``: one self-contained HTML page about a study, readable offline.
+
+Figures are embedded as base64 PNG (``<img src="data:image/png;base64,...">``),
+tables are inline, the style sheet is inline: no external asset, no script.
+:func:`render_html` is pure: the command gathers its inputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+from typing import Any, Mapping, Sequence
+
+from hpo.watch.status import human_seconds
+
+_logger = logging.getLogger(__name__)
+
+FIGURE_TITLES = {
+    "optimization_history": "Optimisation history",
+    "param_importances": "Parameter importances",
+    "parallel_coordinate": "Parallel coordinates",
+    "slice_plot": "Objective against each parameter",
+    "contour": "Contour of the two most important parameters",
+    "intermediate_values": "Learning curves",
+    "timeline": "Trials per worker over time",
+    "pareto_front": "Pareto front",
+}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1150px;color:#222;
+padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}
+h2{font-size:1.25em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.25em .6em;text-align:left}
+th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.muted{color:#777} .bad{color:#b00;font-weight:bold} code{background:#f4f4f4;padding:.1em .3em}
+figure{margin:1.2em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{color:#555;font-size:.9em}
+"""
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return '<td class="muted">-</td>'
+    if isinstance(value, float):
+        return f'<td class="num">{value:.6g}</td>'
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f'<td class="num">{value}</td>'
+    return f"<td>{html.escape(str(value))}</td>"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """An HTML table; cells escaped, numbers right-aligned."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in rows)
+    thead = f"<thead><tr>{head}</tr></thead>" if headers else ""
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
+
+
+def png_img(data: bytes, alt: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(alt)}">'
+
+
+def _status_section(status: Mapping[str, Any]) -> str:
+    s = status["states"]
+    rows = [
+        ("storage", status["storage"]),
+        ("directions", ", ".join(status["directions"])),
+        ("finished (COMPLETE + PRUNED) / MAX_TRIALS", f"{status['finished']} / {status['max_trials']}"),
+        ("trials by state", ", ".join(f"{k} {v}" for k, v in s.items())),
+        ("throughput", "-" if status["throughput_per_hour"] is None else
+         f"{status['throughput_per_hour']:.3g} trials/h over the last {human_seconds(status['throughput_window_s'])}"),
+        ("ETA", human_seconds(status["eta_seconds"]) if status["eta_seconds"] is not None else "unknown"),
+    ]
+    parts = ["<h2>Status</h2>", table([], rows)]
+    if status["zombies"]:
+        parts.append(f'<p class="bad">zombies (RUNNING with a heartbeat older than {status["stale_seconds"]:g}s): '
+                     f'{", ".join(map(str, status["zombies"]))}</p>')
+    if status["running"]:
+        parts.append("<h3>Running trials</h3>")
+        parts.append(table(["trial", "worker", "host", "GPU", "stage", "epoch", "step", "elapsed", "last metric",
+                            "heartbeat age"],
+                           [(r["number"], r["worker"], r["host"], r["gpu"], r["stage"], r["epoch"], r["step"],
+                             human_seconds(r["elapsed_s"]), r["last_metric"], human_seconds(r["heartbeat_age_s"]))
+                            for r in status["running"]]))
+    if status["workers"]:
+        parts.append("<h3>Workers</h3>")
+        parts.append(table(["worker", "host", "trials", "complete", "pruned", "fail", "running", "last active (UTC)"],
+                           [(w["worker"], w["host"], w["trials"], w["complete"], w["pruned"], w["fail"],
+                             ", ".join(map(str, w["running"])) or None, w["last_active"]) for w in status["workers"]]))
+    jobs = status["slurm"]["jobs"]
+    parts.append("<h3>SLURM</h3>")
+    if jobs:
+        parts.append(table(["job", "state", "name", "elapsed", "nodes", "nodelist (reason)"],
+                           [(j["job_id"], j["state"], j["name"], j["elapsed"], j["nodes"], j["reason"]) for j in jobs]))
+    else:
+        parts.append(f'<p class="muted">{html.escape(status["slurm"]["note"])}</p>')
+    return "\n".join(parts)
+
+
+def _best_section(best: Mapping[str, Any]) -> str:
+    if best.get("best_trial_number") is None:
+        return f'<h2>Best trial</h2><p class="muted">{html.escape(best.get("note", "none yet"))}</p>'
+    title = "Knee of the Pareto set" if "pareto" in best else "Best trial"
+    value = best["best_value"]
+    shown = ", ".join(f"{v:.6g}" for v in value) if isinstance(value, list) else f"{value:.6g}"
+    parts = [f"<h2>{title}</h2>", f"<p>trial <b>{best['best_trial_number']}</b>, value <b>{html.escape(shown)}</b></p>",
+             table(["parameter", "value"], list(best["best_params"].items()))]
+    if best.get("env_line"):
+        parts.append(f"<p>budgets ({html.escape(best['env_source'])}): "
+                     f"<code>{html.escape(best['env_line'])}</code></p>")
+    if "pareto" in best:
+        parts.append(f"<p>{len(best['pareto'])} trials on the Pareto front; the knee is "
+                     f"{html.escape(best['knee'])}.</p>")
+    return "\n".join(parts)
+
+
+def render_html(status: Mapping[str, Any], best: Mapping[str, Any], top_columns: Sequence[str],
+                top_rows: Sequence[Mapping[str, Any]], figures: Mapping[str, bytes | str]) -> str:
+    """The whole page. ``figures``: PNG bytes, or the reason a figure was skipped."""
+    title = f"hpo report: {status['study']}"
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="muted">generated {html.escape(status["generated_at"])} from {html.escape(status["storage"])}</p>',
+        _status_section(status),
+        _best_section(best),
+        f"<h2>Top {len(top_rows)} trials</h2>",
+        table(list(top_columns), [[row.get(c) for c in top_columns] for row in top_rows]),
+        "<h2>Figures</h2>",
+    ]
+    skipped = []
+    for name, result in figures.items():
+        caption = FIGURE_TITLES.get(name, name)
+        if isinstance(result, bytes):
+            parts.append(f"<figure>{png_img(result, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+        else:
+            skipped.append((caption, result))
+    if skipped:
+        parts.append("<h3>Figures not drawn</h3>")
+        parts.append(table(["figure", "why"], skipped))
+    parts.append("</body></html>")
+    return "\n".join(parts)

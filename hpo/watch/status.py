@@ -1,0 +1,491 @@
+"""``hpo status``: one screen about a study, from its journal, run directories and ``squeue``.
+
+:func:`collect` gathers the inputs (the only impure part: files, clock, squeue),
+:func:`build` turns them into a plain JSON-able dict (the ``--json`` output, pure),
+:func:`render` turns that dict into rich tables (pure). ``squeue`` runs through
+:func:`hpo.scheduler.run_command`, the project's one runner of SLURM commands.
+
+Fast on big studies: the journal is read with :mod:`hpo.watch.journal` (no Optuna
+import), and only the running and best trials are decoded in full. A study in an
+RDB (``HPO_STORAGE``) is read through Optuna instead (:func:`open_view`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
+
+from hpo.watch.export import pareto_front
+from hpo.watch.journal import StudyJournal, TrialRecord
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+    from hpo.settings import Settings
+
+_logger = logging.getLogger(__name__)
+
+HEARTBEAT_ATTR = "hpo:heartbeat"  # the same as hpo.recovery.HEARTBEAT_ATTR (that module imports Optuna)
+SLURM_KEYS = ("slurm_array_job_id", "slurm_job_id")
+WORKER_KEYS = ("worker", *SLURM_KEYS)  # read for every trial; the host only for each worker's latest
+MAX_HOST_LOOKUPS = 256  # workers (the most recent) whose host is looked up
+THROUGHPUT_WINDOW_S = 3600.0  # throughput is measured over the last hour (or since the first start)
+SQUEUE_FORMAT = "%i|%T|%j|%M|%D|%R"
+SQUEUE_TIMEOUT_S = 10.0
+METRICS_FILE = "metrics.jsonl"  # hpo.physae.train.METRICS_FILE; its last line tells stage and epoch
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    job_id: str
+    state: str
+    name: str
+    elapsed: str
+    nodes: str
+    reason: str  # NODELIST(REASON): nodes when running, the reason when pending
+
+
+@dataclass(frozen=True)
+class SlurmInfo:
+    available: bool  # squeue was found and answered
+    note: str
+    jobs: tuple[SlurmJob, ...] = ()
+
+
+# -- SLURM --------------------------------------------------------------------------
+
+def parse_squeue(text: str) -> list[SlurmJob]:
+    """Rows of ``squeue --noheader --format=%i|%T|%j|%M|%D|%R`` (blank lines skipped)."""
+    jobs = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("|", 5)
+        fields += [""] * (6 - len(fields))
+        jobs.append(SlurmJob(*(f.strip() for f in fields)))
+    return jobs
+
+
+def study_job_ids(attrs: Mapping[str, Mapping[int, Any]]) -> list[str]:
+    """SLURM job ids recorded by the study's trials: the array job id when there is
+    one (``squeue --jobs=<array id>`` lists every task), else the job id."""
+    ids: set[str] = set()
+    arrays = attrs.get("slurm_array_job_id", {})
+    for number, job in attrs.get("slurm_job_id", {}).items():
+        ids.add(str(arrays.get(number) or job))
+    ids.update(str(a) for a in arrays.values() if a)
+    return sorted(ids, key=lambda i: (len(i), i))
+
+
+def squeue(job_ids: Collection[str]) -> SlurmInfo:
+    """The study's jobs still known to SLURM; quiet when there are none or no ``squeue``."""
+    if not job_ids:
+        return SlurmInfo(False, "no SLURM job recorded for the study")
+    if shutil.which("squeue") is None:
+        return SlurmInfo(False, "squeue not found on this machine")
+    from hpo.errors import SchedulerError
+    from hpo.scheduler import run_command
+
+    try:
+        out = run_command(["squeue", "--noheader", f"--jobs={','.join(job_ids)}", f"--format={SQUEUE_FORMAT}"],
+                          SQUEUE_TIMEOUT_S)
+    except SchedulerError as exc:
+        # squeue fails with "Invalid job id specified" once every listed job has left the queue.
+        if "invalid job id" in str(exc).lower():
+            return SlurmInfo(True, "none of the study's jobs is queued or running")
+        return SlurmInfo(False, f"squeue: {exc}")
+    jobs = parse_squeue(out)
+    note = f"{len(jobs)} job(s) in the queue" if jobs else "none of the study's jobs is queued or running"
+    return SlurmInfo(True, note, tuple(jobs))
+
+
+def recorded_job_ids(settings: "Settings") -> list[str]:
+    """Job ids ``hpo submit`` and the sbatch scripts recorded for the study (pending ones too)."""
+    # hpo.launch.watch.jobs_file's path, checked first: that module imports Optuna (a quarter second).
+    if not (settings.journal_dir / f"{settings.study_name}.jobs").is_file():
+        return []
+    from hpo.launch.watch import recorded_jobs
+
+    return recorded_jobs(settings)
+
+
+# -- inputs -------------------------------------------------------------------------
+
+def last_metrics(run_dir: Path, tail_bytes: int = 16384) -> dict[str, Any] | None:
+    """The last complete line of ``run_dir/metrics.jsonl`` (PhysAE: stage, epoch, ...), or None."""
+    path = run_dir / METRICS_FILE
+    try:
+        with path.open("rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(max(0, size - tail_bytes))
+            lines = handle.read().split(b"\n")
+    except OSError:
+        return None
+    for raw in reversed(lines[:-1] if lines and lines[-1] else lines):
+        if raw.strip():
+            try:
+                record = json.loads(raw)
+            except ValueError:
+                return None
+            return record if isinstance(record, dict) else None
+    return None
+
+
+@dataclass
+class Inputs:
+    """Everything :func:`build` needs, gathered by :func:`collect`."""
+
+    journal: StudyJournal
+    worker_attrs: dict[str, dict[int, Any]]
+    metrics: dict[int, dict[str, Any]]
+    slurm: SlurmInfo
+    max_trials: int
+    stale_seconds: float
+    now: float
+    read_seconds: float
+
+
+def collect(settings: "Settings", now: float | None = None, slurm: bool = True) -> Inputs:
+    """Read the journal, the running trials' metrics and (when recorded) the SLURM queue."""
+    started = time.perf_counter()
+    journal = open_view(settings)
+    attrs = journal.user_attr_values(WORKER_KEYS)
+    latest = sorted(latest_trials(attrs["worker"]).values())[-MAX_HOST_LOOKUPS:]
+    journal.decode(_numbers_to_decode(journal) + latest)  # one scan for all of them
+    attrs["host"] = {n: journal.trials[n].user_attrs["host"] for n in latest if "host" in journal.trials[n].user_attrs}
+    read_seconds = time.perf_counter() - started
+    metrics: dict[int, dict[str, Any]] = {}
+    for trial in journal.trials:
+        if trial.state == "RUNNING" and isinstance(trial.user_attrs.get("run_dir"), str):
+            record = last_metrics(Path(trial.user_attrs["run_dir"]))
+            if record is not None:
+                metrics[trial.number] = record
+    info = SlurmInfo(False, "not asked")
+    if slurm:
+        ids = study_job_ids(attrs)
+        if shutil.which("squeue") is not None:
+            ids = list(dict.fromkeys([*ids, *recorded_job_ids(settings)]))
+        info = squeue(ids)
+    return Inputs(journal, attrs, metrics, info, settings.max_trials, settings.stale_seconds,
+                  time.time() if now is None else now, read_seconds)
+
+
+def latest_trials(workers: Mapping[int, Any]) -> dict[str, int]:
+    """Worker id -> the number of its latest trial."""
+    latest: dict[str, int] = {}
+    for number, worker in workers.items():
+        if number > latest.get(str(worker), -1):
+            latest[str(worker)] = number
+    return latest
+
+
+def open_view(settings: "Settings") -> StudyJournal:
+    """The study: its journal file read directly, or (``HPO_STORAGE`` set) an RDB read
+    through Optuna, every trial decoded."""
+    if not settings.storage:
+        return StudyJournal.read(settings.journal_path, settings.study_name)
+    import warnings
+
+    import optuna
+
+    from hpo.errors import UsageError
+    from hpo.storage import open_settings_storage
+
+    with warnings.catch_warnings():  # Optuna flags RDB heartbeats as experimental on every open
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = open_settings_storage(settings)  # with the workers' heartbeat settings
+    try:
+        study = optuna.load_study(study_name=settings.study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in storage.get_all_studies()]
+        raise UsageError(f"STUDY_NAME={settings.study_name!r}: no such study in {settings.storage_label}; "
+                         f"existing: {', '.join(map(repr, names)) or 'none'}") from None
+    stale = frozenset(storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
+    return StudyJournal.from_study(study, settings.storage_label, stale)
+
+
+def _numbers_to_decode(journal: StudyJournal) -> list[int]:
+    numbers = [t.number for t in journal.trials if t.state == "RUNNING"]
+    best = journal.best_trial()
+    if best is not None:
+        numbers.append(best.number)
+    elif len(journal.study.directions) > 1:
+        numbers += [t.number for t in pareto_front(journal.trials, journal.study.directions)]
+    return numbers
+
+
+# -- the report (pure) --------------------------------------------------------------
+
+def build(inputs: Inputs) -> dict[str, Any]:
+    """The status as a JSON-able dict (the ``hpo status --json`` schema, see docs/watch.md)."""
+    journal, now = inputs.journal, inputs.now
+    trials = journal.trials
+    states = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+    for t in trials:
+        states[t.state] += 1
+    finished = states["COMPLETE"] + states["PRUNED"]  # what MAX_TRIALS counts
+    rate, window = throughput(trials, now)
+    remaining = max(0, inputs.max_trials - finished)
+    eta = 0.0 if remaining == 0 else (remaining / rate if rate else None)
+    running = [_running_row(t, inputs) for t in trials if t.state == "RUNNING"]
+    return {
+        "study": journal.study.name,
+        "storage": journal.label,
+        "journal_bytes": journal.size,
+        "read_seconds": round(inputs.read_seconds, 4),
+        "generated_at": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"),
+        "directions": [d.lower() for d in journal.study.directions],
+        "metric_names": journal.study.metric_names,
+        "n_trials": len(trials),
+        "states": states,
+        "finished": finished,
+        "max_trials": inputs.max_trials,
+        "throughput_per_hour": None if rate is None else round(rate * 3600, 3),
+        "throughput_window_s": None if window is None else round(window, 1),
+        "eta_seconds": None if eta is None else round(eta, 1),
+        "best": _best(journal),
+        "pareto": _pareto(journal),
+        "running": running,
+        "zombies": [r["number"] for r in running if r["zombie"]],
+        "stale_seconds": inputs.stale_seconds,
+        "workers": workers_summary(trials, inputs.worker_attrs),
+        "slurm": {"available": inputs.slurm.available, "note": inputs.slurm.note,
+                  "jobs": [asdict(j) for j in inputs.slurm.jobs]},
+    }
+
+
+def throughput(trials: Sequence[TrialRecord], now: float) -> tuple[float | None, float | None]:
+    """Finished (COMPLETE or PRUNED) trials per second over the last hour, or since the
+    first trial started when that is more recent; ``(None, None)`` before any start."""
+    starts = [t.start_iso for t in trials if t.start_iso]
+    if not starts:
+        return None, None
+    if all(_is_utc_micro(s) for s in starts):
+        first = datetime.fromisoformat(min(starts)).timestamp()  # same format: text order is time order
+    else:
+        first = min(datetime.fromisoformat(s).timestamp() for s in starts)
+    window = min(THROUGHPUT_WINDOW_S, max(now - first, 1e-9))
+    done = sum(1 for t in trials if t.state in ("COMPLETE", "PRUNED") and t.complete_iso
+               and now - _timestamp(t.complete_iso) <= window)
+    return done / window, window
+
+
+def _is_utc_micro(iso: str) -> bool:
+    """Optuna's own format: ``YYYY-MM-DDTHH:MM:SS.ffffff+00:00``."""
+    return len(iso) == 32 and iso.endswith("+00:00")
+
+
+def _timestamp(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def _best(journal: StudyJournal) -> dict[str, Any] | None:
+    best = journal.best_trial()
+    if best is None:
+        return None
+    return {"number": best.number, "value": best.values[0] if best.values else None, "params": best.params,
+            "duration_s": best.duration_s, "worker": best.user_attrs.get("worker")}
+
+
+def _pareto(journal: StudyJournal) -> list[dict[str, Any]] | None:
+    if len(journal.study.directions) < 2:
+        return None
+    return [{"number": t.number, "values": t.values, "params": t.params}
+            for t in pareto_front(journal.trials, journal.study.directions)]
+
+
+def _running_row(trial: TrialRecord, inputs: Inputs) -> dict[str, Any]:
+    now, attrs = inputs.now, trial.user_attrs
+    started = trial.started_at
+    beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+    if isinstance(beat, (int, float)):
+        beat_time: float | None = float(beat)
+    else:  # no beat yet: the journal reaper counts from the start; an RDB's beats are not trial attributes
+        beat_time = started if inputs.journal.stale_trial_ids is None else None
+    age = None if beat_time is None else now - beat_time
+    step = max(trial.intermediate) if trial.intermediate else None
+    metrics = inputs.metrics.get(trial.number, {})
+    return {
+        "number": trial.number,
+        "worker": attrs.get("worker"),
+        "host": attrs.get("host"),
+        "gpu": attrs.get("gpu"),
+        "stage": metrics.get("stage"),
+        "epoch": metrics.get("epoch"),
+        "step": step,
+        "last_metric": None if step is None else trial.intermediate[step],
+        "elapsed_s": None if started is None else round(now - started, 1),
+        "heartbeat_age_s": None if age is None else round(age, 1),
+        # The reaper's rule (hpo.recovery.is_lost), without the pid check it can only do on the same host;
+        # an RDB keeps heartbeats in its own table and gives its verdict.
+        "zombie": (trial.trial_id in inputs.journal.stale_trial_ids if inputs.journal.stale_trial_ids is not None
+                   else age is not None and age > inputs.stale_seconds),
+    }
+
+
+def workers_summary(trials: Sequence[TrialRecord], attrs: Mapping[str, Mapping[int, Any]]) -> list[dict[str, Any]]:
+    """Per worker id: trials by state, the running ones, its host (``attrs["host"]`` of its
+    latest trial) and the last time it started or finished a trial (UTC)."""
+    by_worker: dict[str, list[int]] = {}
+    for number, worker in attrs.get("worker", {}).items():
+        if number < len(trials):
+            by_worker.setdefault(str(worker), []).append(number)
+    hosts = attrs.get("host", {})
+    out = []
+    for worker in sorted(by_worker):
+        numbers = sorted(by_worker[worker])
+        counts = Counter(trials[n].state for n in numbers)
+        # ISO strings in UTC compare in time order.
+        last = max((trials[n].complete_iso or trials[n].start_iso or "" for n in numbers), default="")
+        out.append({
+            "worker": worker,
+            "host": hosts.get(numbers[-1]),
+            "trials": len(numbers),
+            "complete": counts["COMPLETE"],
+            "pruned": counts["PRUNED"],
+            "fail": counts["FAIL"],
+            "running": [n for n in numbers if trials[n].state == "RUNNING"] if counts["RUNNING"] else [],
+            "last_active": datetime.fromisoformat(last).astimezone(timezone.utc).isoformat(timespec="seconds")
+            if last else None,
+        })
+    return out
+
+
+# -- rendering (pure) ----------------------------------------------------------------
+
+def human_seconds(seconds: float | None) -> str:
+    """``95`` -> ``1m35s``, ``0.35`` -> ``0.3s``, ``None`` -> ``-``."""
+    if seconds is None:
+        return "-"
+    if seconds < 9.95:
+        return f"{max(0.0, seconds):.1f}s"
+    seconds = int(round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _num(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def render(status: Mapping[str, Any]) -> "RenderableType":
+    """Rich tables for the terminal, from :func:`build`'s dict."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = [_header(status)]
+    if status["best"] is not None:
+        best = status["best"]
+        parts.append(Text(f"best trial {best['number']}: value {_num(best['value'])} "
+                          f"(worker {_num(best['worker'])}, {human_seconds(best['duration_s'])})", style="bold"))
+        parts.append(_params_table(best["params"]))
+    if status["pareto"]:
+        table = Table(title=f"Pareto front ({len(status['pareto'])} trials)", title_justify="left")
+        names = status["metric_names"] or [f"objective {i}" for i in range(len(status["directions"]))]
+        for column in ("trial", *names):
+            table.add_column(column, justify="right", overflow="fold")
+        for row in status["pareto"][:20]:
+            table.add_row(str(row["number"]), *(_num(v) for v in row["values"]))
+        parts.append(table)
+    if status["running"]:
+        table = Table(title="running trials", title_justify="left")
+        for column in ("trial", "worker", "host", "GPU", "stage", "epoch", "step", "elapsed", "last metric",
+                       "heartbeat"):
+            table.add_column(column, overflow="fold")  # fold, never cut: ids and paths stay whole
+        for r in status["running"]:
+            beat = Text(human_seconds(r["heartbeat_age_s"]), style="bold red" if r["zombie"] else "")
+            table.add_row(str(r["number"]), _num(r["worker"]), _num(r["host"]), _num(r["gpu"]), _num(r["stage"]),
+                          _num(r["epoch"]), _num(r["step"]), human_seconds(r["elapsed_s"]), _num(r["last_metric"]),
+                          beat)
+        parts.append(table)
+    if status["zombies"]:
+        parts.append(Text(f"zombies (RUNNING, heartbeat older than {status['stale_seconds']:g}s): "
+                          f"{', '.join(map(str, status['zombies']))}; the next worker to start or finish a trial "
+                          "fails and retries them",
+                          style="bold red"))
+    if status["workers"]:
+        table = Table(title="workers", title_justify="left")
+        for column in ("worker", "host", "trials", "complete", "pruned", "fail", "running", "last active (UTC)"):
+            table.add_column(column, overflow="fold")  # fold, never cut: ids and paths stay whole
+        for w in status["workers"]:
+            table.add_row(w["worker"], _num(w["host"]), str(w["trials"]), str(w["complete"]), str(w["pruned"]),
+                          str(w["fail"]), ", ".join(map(str, w["running"])) or "-", _num(w["last_active"]))
+        parts.append(table)
+    parts.append(_slurm_part(status["slurm"]))
+    return Group(*parts)
+
+
+def _header(status: Mapping[str, Any]) -> Any:
+    from rich.text import Text
+
+    s = status["states"]
+    if status["finished"] >= status["max_trials"]:
+        eta = "done"
+    elif status["eta_seconds"] is None:
+        eta = "unknown (no trial finished lately)"
+    else:
+        eta = human_seconds(status["eta_seconds"])
+    rate = status["throughput_per_hour"]
+    lines = [
+        f"study {status['study']} ({', '.join(status['directions'])})  storage {status['storage']} "
+        f"({status['journal_bytes'] / 1e6:.1f} MB, read in {status['read_seconds']:.2f}s)",
+        f"finished {status['finished']}/{status['max_trials']} (COMPLETE {s['COMPLETE']}, PRUNED {s['PRUNED']})  "
+        f"FAIL {s['FAIL']}  RUNNING {s['RUNNING']}  WAITING {s['WAITING']}  total {status['n_trials']}",
+        f"throughput {'-' if rate is None else f'{rate:.3g}'} trials/h over the last "
+        f"{human_seconds(status['throughput_window_s'])}  ETA {eta}",
+    ]
+    return Text("\n".join(lines))
+
+
+def _params_table(params: Mapping[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("parameter", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
+    for name, value in params.items():
+        table.add_row(name, _num(value))
+    return table
+
+
+def _slurm_part(slurm: Mapping[str, Any]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    if not slurm["jobs"]:
+        return Text(f"SLURM: {slurm['note']}", style="dim")
+    table = Table(title="SLURM jobs", title_justify="left")
+    for column in ("job", "state", "name", "elapsed", "nodes", "nodelist (reason)"):
+        table.add_column(column, overflow="fold")
+    for job in slurm["jobs"]:
+        table.add_row(job["job_id"], job["state"], job["name"], job["elapsed"], job["nodes"], job["reason"])
+    return table
+
+
+def counts_line(status: Mapping[str, Any]) -> str:
+    """One line for logs and tests: ``12/100 finished, 2 running, 0 failed, best 0.01``."""
+    best = status["best"]["value"] if status["best"] else None
+    return (f"{status['finished']}/{status['max_trials']} finished, {status['states']['RUNNING']} running, "
+            f"{status['states']['FAIL']} failed, best {_num(best)}")
+
+
+__all__ = ["SlurmInfo", "SlurmJob", "build", "collect", "open_view", "parse_squeue", "render",
+           "squeue", "study_job_ids", "throughput", "workers_summary"]

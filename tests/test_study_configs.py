@@ -1,0 +1,232 @@
+"""Any objective, one YAML: the examples end to end, storages, stored configs, budgets, refine."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import optuna
+import pytest
+import yaml
+
+from conftest import REPO, clean_env, load_study, run_hpo
+
+EXAMPLES = REPO / "configs/examples"
+TINY_PHYSAE = {"N_TRAIN": "256", "N_VAL": "64", "N_POINTS": "64", "BATCH_SIZE": "64",
+               "STAGEA_EPOCHS": "1", "STAGEB1_EPOCHS": "1", "STAGEB2_EPOCHS": "1"}
+
+
+def finished(study: optuna.Study) -> int:
+    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials)
+
+
+@pytest.mark.parametrize(
+    ("name", "study", "env", "n_values"),
+    [
+        ("codes", "codes_surrogate", {"MAX_TRIALS": "4", "N_TRAIN": "300", "N_VAL": "100"}, 2),
+        ("gad", "gad_toy", {"MAX_TRIALS": "6"}, 1),
+        ("llc", "llc_sgld", {"MAX_TRIALS": "4", "HPO_TRIAL_TIMEOUT_SECONDS": "1"}, 1),
+        ("physae_transfer", "physae_transfer", {**TINY_PHYSAE, "MAX_TRIALS": "3"}, 1),
+        ("physae_pareto", "physae_pareto", {**TINY_PHYSAE, "MAX_TRIALS": "3"}, 2),
+    ],
+)
+def test_example_runs_with_two_workers(tmp_path: Path, name: str, study: str, env: dict, n_values: int) -> None:
+    result = run_hpo(["run", "--workers", "2", "--config", str(EXAMPLES / f"{name}.yaml")], tmp_path,
+                     clean_env(OMP_NUM_THREADS="1", **env))
+    assert result.returncode == 0, result.stderr
+    s = load_study(tmp_path / "optuna_journal" / f"{study}.journal", study)
+    assert finished(s) == int(env["MAX_TRIALS"])
+    assert all(len(t.values) == n_values for t in s.trials if t.state.name == "COMPLETE")
+    assert (tmp_path / "optuna_runs" / study / "study_config.yaml").read_text() == (EXAMPLES / f"{name}.yaml").read_text()
+    launch = json.loads((tmp_path / "optuna_runs" / study / "provenance.jsonl").read_text().splitlines()[0])
+    assert launch["launcher"] == "hpo run" and "optuna" in launch["versions"]
+    assert launch["overrides"]["max_trials"] == {"value": env["MAX_TRIALS"], "source": "env:MAX_TRIALS"}
+
+
+def test_gad_maximises_and_transfer_uses_config_weights(tmp_path: Path) -> None:
+    assert load_study_direction(EXAMPLES / "gad.yaml") == ["maximize"]
+    cfg = yaml.safe_load((EXAMPLES / "physae_transfer.yaml").read_text())
+    assert cfg["objective_args"]["weights"] == {"A": 0.1, "B1": 0.4, "B2": 1.5}
+
+
+def load_study_direction(path: Path) -> list[str]:
+    from hpo.config import load_config
+
+    return list(load_config(path).directions)
+
+
+def test_conditional_parameters_end_to_end(toy, tmp_path: Path) -> None:
+    cwd, env = toy("conditional")
+    Path(env["HPO_CONFIG"]).write_text(
+        "study_name: toy\nobjective: objectives:conditional\nspace:\n"
+        "  x: {type: float, low: -1, high: 1}\n"
+        "  optimizer: {type: categorical, choices: [adam, sgd]}\n"
+        "  momentum: {type: float, low: 0.0, high: 0.99, when: {optimizer: sgd}}\n")
+    result = run_hpo(["run", "--workers", "2"], cwd, {**env, "MAX_TRIALS": "40", "OPTUNA_SAMPLER": "random",
+                                                      "OPTUNA_PRUNER": "none"})
+    assert result.returncode == 0, result.stderr
+    trials = load_study(cwd / "optuna_journal/toy.journal", "toy").trials
+    assert len(trials) == 40
+    kinds = Counter(t.params["optimizer"] for t in trials)
+    assert kinds["sgd"] >= 5 and kinds["adam"] >= 5
+    for t in trials:
+        assert ("momentum" in t.params) == (t.params["optimizer"] == "sgd")
+
+
+def test_changed_config_is_refused_then_reused_or_overwritten(toy) -> None:
+    cwd, env = toy()
+    config = Path(env["HPO_CONFIG"])
+    assert run_hpo(["run"], cwd, {**env, "MAX_TRIALS": "2"}).returncode == 0
+    original = config.read_text()
+    config.write_text(original.replace("high: 5", "high: 4"))
+    refused = run_hpo(["run"], cwd, {**env, "MAX_TRIALS": "3"})
+    assert refused.returncode == 2
+    assert "--reuse-stored" in refused.stderr and "-  x: {type: float, low: -5, high: 5}" in refused.stderr
+    assert "+  x: {type: float, low: -5, high: 4}" in refused.stderr
+    assert len(load_study(cwd / "optuna_journal/toy.journal", "toy").trials) == 2  # nothing ran
+
+    reused = run_hpo(["run", "--reuse-stored"], cwd, {**env, "MAX_TRIALS": "3"})
+    assert reused.returncode == 0, reused.stderr
+    stored = cwd / "optuna_runs/toy/study_config.yaml"
+    assert stored.read_text() == original
+
+    over = run_hpo(["run", "--overwrite"], cwd, {**env, "MAX_TRIALS": "4"})
+    assert over.returncode == 0, over.stderr
+    assert stored.read_text() == config.read_text()
+    backups = list(stored.parent.glob("study_config.yaml.bak-*"))
+    assert len(backups) == 1 and backups[0].read_text() == original
+    assert len(load_study(cwd / "optuna_journal/toy.journal", "toy").trials) == 4
+
+
+def test_per_trial_time_budget_and_time_pruning(toy) -> None:
+    cwd, env = toy("slow_when_high")
+    # x = 4 takes 5 s; the budget of 1.5 s stops it.
+    Path(env["HPO_CONFIG"]).write_text(
+        "study_name: toy\nobjective: objectives:slow_when_high\nspace:\n  x: {type: float, low: 0, high: 5}\n"
+        "enqueue:\n  - {x: 4.0}\n")
+    result = run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "1", "OPTUNA_PRUNER": "none",
+                                       "HPO_TRIAL_TIMEOUT_SECONDS": "1.5"})
+    assert result.returncode == 0, result.stderr
+    trial = load_study(cwd / "optuna_journal/toy.journal", "toy").trials[0]
+    assert trial.state.name == "PRUNED"
+    assert trial.user_attrs["reason"].startswith("trial time budget exceeded")
+
+    # Time pruning: after 3 fast completed trials, a slow one is stopped at mean + std.
+    Path(env["HPO_CONFIG"]).write_text(
+        "study_name: toy2\nobjective: objectives:slow_when_high\nspace:\n  x: {type: float, low: 0, high: 5}\n"
+        "enqueue:\n  - {x: 1.0}\n  - {x: 2.0}\n  - {x: 0.5}\n  - {x: 4.5}\n")
+    result = run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "4", "OPTUNA_PRUNER": "none",
+                                       "HPO_TIME_PRUNING_WARMUP": "3"})
+    assert result.returncode == 0, result.stderr
+    trials = load_study(cwd / "optuna_journal/toy2.journal", "toy2").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"]
+    assert trials[3].user_attrs["reason"].startswith("time-pruned")
+    assert (trials[3].datetime_complete - trials[3].datetime_start).total_seconds() < 3
+
+
+def test_refine_narrows_ranges_and_starts_from_the_best(tmp_path: Path) -> None:
+    env = clean_env(MAX_TRIALS="12", OPTUNA_SAMPLER="random")
+    config = str(EXAMPLES / "gad.yaml")
+    assert run_hpo(["run", "--workers", "2", "--config", config], tmp_path, env).returncode == 0
+    source = load_study(tmp_path / "optuna_journal/gad_toy.journal", "gad_toy")
+    best = source.best_trial
+    refine = run_hpo(["refine", "--from", "gad_toy", "--top", "1", "--config", config], tmp_path, clean_env())
+    assert refine.returncode == 0, refine.stderr
+    summary = yaml.safe_load((tmp_path / "optuna_runs/gad_toy_fine/fine_summary.yaml").read_text())
+    assert summary["max_trials"] == 110  # max(10 x 11 tuned parameters, 10)
+    for name, ranges in summary["ranges"].items():
+        (old_lo, old_hi), (new_lo, new_hi) = ranges["old"], ranges["new"]
+        assert old_lo <= new_lo <= best.params[name] <= new_hi <= old_hi
+        assert (new_lo, new_hi) != (old_lo, old_hi) or name in ("plateau_patience", "escape_window")
+    new_config = tmp_path / "optuna_runs/gad_toy_fine/study_config.yaml"
+    run = run_hpo(["run", "--config", str(new_config)], tmp_path, clean_env(MAX_TRIALS="2"))
+    assert run.returncode == 0, run.stderr
+    fine = load_study(tmp_path / "optuna_journal/gad_toy_fine.journal", "gad_toy_fine")
+    assert fine.trials[0].params == best.params and fine.trials[0].value == pytest.approx(best.value)
+
+
+def test_enqueue_from_file_and_from_study(toy) -> None:
+    cwd, env = toy()
+    (cwd / "best.json").write_text(json.dumps({"best_value": 0.0, "best_params": {"x": 1.25}}))
+    assert run_hpo(["enqueue", "best.json"], cwd, env).returncode == 0
+    assert run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "1"}).returncode == 0
+    assert load_study(cwd / "optuna_journal/toy.journal", "toy").trials[0].params == {"x": 1.25}
+    (cwd / "bad.yaml").write_text("x: 9\n")
+    bad = run_hpo(["enqueue", "bad.yaml"], cwd, env)
+    assert bad.returncode == 2 and "x=9 is outside its range" in bad.stderr
+    other = run_hpo(["enqueue", "--from-study", "nope"], cwd, env)
+    assert other.returncode == 2 and "no such study" in other.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("objective: objectives:quadratic\nspace:\n  x: {type: float, low: 3, high: 1}\n", "space.x: low (3.0) is greater than high (1.0)"),
+        ("objective: objectives:quadratic\nspace:\n  x: {type: float, low: 0, high: 1, log: true}\n", "space.x.low: log scale needs low > 0"),
+        ("objective: objectives:quadratic\nspace:\n  c: {type: categorical, choices: []}\n", "space.c.choices: must be a non-empty list"),
+        ("objective: objectives:quadratic\nspce: {}\n", "spce: unknown key"),
+        ("objective: objectives:nothere\nspace:\n  x: {type: float, low: 0, high: 1}\n", "objective: 'objectives' has no function 'nothere'"),
+        ("objective: objectives:quadratic\nsampler_args: {tpe: {popsize: 3}}\nspace:\n  x: {type: float, low: 0, high: 1}\n", "sampler_args.tpe.popsize: not an argument of optuna.samplers.TPESampler"),
+        ("objective: objectives:quadratic\nsettings: {storage: 'redis://x'}\nspace:\n  x: {type: float, low: 0, high: 1}\n", "settings.storage='redis://x' is not a storage"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key_path(toy, text: str, message: str) -> None:
+    cwd, env = toy()
+    Path(env["HPO_CONFIG"]).write_text(text)
+    before = sorted(p.name for p in cwd.iterdir())
+    result = run_hpo(["run", "--workers", "2"], cwd, env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "toy.yaml" in result.stderr
+    assert sorted(p.name for p in cwd.iterdir()) == before
+
+
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A real PostgreSQL server on loopback, started for the test and stopped after."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    problem = None if bins else "PostgreSQL is not installed (apt-get install postgresql)"
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        problem = problem or "psycopg2 is not installed"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    bin_dir = bins[-1]
+    # Not under pytest's tmp dir: the server runs as the postgres user, who cannot enter root's 0700 folders.
+    root = Path(tempfile.mkdtemp(prefix="hpo-pg-"))
+    data = root / "data"
+    as_pg = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(root, "postgres")
+        as_pg = ["runuser", "-u", "postgres", "--"]
+    port = "55432"
+    subprocess.run([*as_pg, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "hpo"], check=True,
+                   capture_output=True)
+    subprocess.run([*as_pg, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data.parent / "log"),
+                    "-o", f"-h 127.0.0.1 -p {port} -k {data.parent}", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([*as_pg, str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", port, "-U", "hpo", "optuna"],
+                       check=True, capture_output=True)
+        yield f"postgresql+psycopg2://hpo@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run([*as_pg, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_postgresql_study_with_two_workers(toy, postgres: str) -> None:
+    cwd, env = toy()
+    result = run_hpo(["run", "--workers", "2"], cwd, {**env, "HPO_STORAGE": postgres, "MAX_TRIALS": "10",
+                                                      "OPTUNA_PRUNER": "none"})
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="toy", storage=postgres)
+    assert Counter(t.state.name for t in study.trials) == Counter({"COMPLETE": 10})
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    assert not (cwd / "optuna_journal/toy.journal").exists()
