@@ -40,7 +40,7 @@ def _inference_us_per_sample(params: dict[str, Any], ctx: "TrialContext") -> flo
             if ctx.device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            predict(encoder, refiner, data.val_signal, data.grid, float(params["B2.delta_scale"]),
+            predict(encoder, refiner, data.val_signal, data.physics, float(params["B2.delta_scale"]),
                     int(params["B2.refine_steps"]))
             if ctx.device.startswith("cuda"):
                 torch.cuda.synchronize()

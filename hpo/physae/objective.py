@@ -1,0 +1,31 @@
+"""The PhysAE objective named in ``configs/physae.yaml``: ``hpo.physae.objective:objective``."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from hpo.physae.data import clear_dataset_cache
+from hpo.physae.train import train
+
+if TYPE_CHECKING:
+    from hpo.objective import TrialContext
+
+__all__ = ["clear_dataset_cache", "objective"]
+
+_logger = logging.getLogger(__name__)
+
+
+def objective(params: dict[str, Any], ctx: TrialContext) -> float:
+    """Train PhysAE through stages A, B1 and B2 and return the value to minimise.
+
+    ``params`` must hold the twelve ``A.*``/``B1.*``/``B2.*`` parameters (sampled
+    merged with fixed ones). Returns the validation RMSE of the normalised
+    physical parameters after refinement at the end of B2. Writes only inside
+    ``ctx.run_dir`` (see :mod:`hpo.physae.train` for the files). Raises
+    :class:`hpo.trial_errors.Diverged` (-> PRUNED) on a non-finite loss,
+    ``optuna.TrialPruned`` when the pruner stops it and
+    :class:`hpo.objective.TrialStopped` on a stop request; every other exception,
+    out of memory included, is left to the worker's outcome policy.
+    """
+    return train(params, ctx)
