@@ -37,3 +37,18 @@ def slow_when_high(params: dict[str, Any], ctx: TrialContext) -> float:
         time.sleep(1.0 if x > 3 else 0.05)
         ctx.report(step, abs(x))
     return abs(x)
+
+
+def oom_or_diverge(params: dict[str, Any], ctx: TrialContext) -> float:
+    """x < -2: CUDA out of memory (a real torch exception); x > 2: a non-finite loss."""
+    import torch
+
+    from hpo.trial_errors import Diverged
+
+    x = params["x"]
+    ctx.report(1, abs(x))
+    if x < -2:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    if x > 2:
+        raise Diverged("diverged at B1 epoch 3")
+    return abs(x)
