@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -103,8 +104,8 @@ def test_seed_000_command_line(slurm: None, project: Path) -> None:
     assert sacct_states(job)[job].startswith("COMPLETED"), sacct_states(job)
     log = (project / "logs" / f"hpo-optuna_{job}.log").read_text()
     assert "STUDY_NAME=a\\ b\\'c" in log  # printed with %q: copy-pasteable
-    assert "N_TRAIN                256                      env:N_TRAIN" in log
-    assert "STAGEB1_EPOCHS         2" in log
+    assert re.search(r"^N_TRAIN +256 +env:N_TRAIN$", log, re.M)  # hpo config: value and its source
+    assert re.search(r"^STAGEB1_EPOCHS +2 +env:STAGEB1_EPOCHS$", log, re.M)
     check_physae_study(project, "a b'c", max_trials=4, n_workers=2)
 
 
@@ -179,3 +180,39 @@ def test_rendered_sbatch_matches_golden_file() -> None:
     if os.environ.get("HPO_UPDATE_GOLDEN"):
         golden.write_text(text)
     assert text == golden.read_text()
+
+
+def test_submitit_preemption_requeues_and_resumes(slurm: None, project: Path) -> None:
+    """USR2 (submitit's timeout/preemption signal) mid-epoch: the trial ends FAIL
+    ``preempted``, submitit requeues the task, and the retry resumes from the epoch
+    checkpoint and completes. One requeue: SLURM holds a requeued job ~25 s."""
+    env = clean_env(**{**TINY, "N_TRAIN": "4096", "STAGEA_EPOCHS": "3", "STAGEB1_EPOCHS": "3", "STAGEB2_EPOCHS": "2"},
+                    MAX_TRIALS="1", STUDY_NAME="requeue", OPTUNA_PRUNER="none",
+                    HPO_CONFIG=str(project / "configs/physae.yaml"))
+    first = run_hpo(["submit", "--workers", "1", "--cpus-per-worker", "1", "--mem", "500M", "--time", "10"],
+                    project, env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    job = (project / "optuna_journal/requeue.jobs").read_text().split()[0]
+    deadline = time.monotonic() + 180
+    log = project / "optuna_logs" / f"worker_{job}_0.log"  # a one-task job: worker <job>_<procid>
+    while not (log.is_file() and "B1 epoch 1/3" in log.read_text()):
+        assert time.monotonic() < deadline, "the worker did not reach B1"
+        time.sleep(0.3)
+    subprocess.run(["scancel", "--signal=USR2", job.split("_")[0]], check=True)
+    study_path = project / "optuna_journal/requeue.journal"
+    while True:
+        states = Counter(t.state.name for t in load_study(study_path, "requeue").trials)
+        if states["COMPLETE"] == 1 and states["RUNNING"] == 0:
+            break
+        assert time.monotonic() < deadline + 240, f"no completed retry: {states}"
+        time.sleep(1)
+    trials = load_study(study_path, "requeue").trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[0].user_attrs["reason"] == "preempted" and trials[1].user_attrs["retry_of"] == 0
+    result = json.loads((project / "optuna_runs/requeue/trial_1/result.json").read_text())
+    assert result["resumed_from"] is not None
+    steps = [json.loads(x)["global_step"] for x in
+             (project / "optuna_runs/requeue/trial_1/metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    text = log.read_text()
+    assert "stopped: preempted" in text and text.count("started: study='requeue'") == 2  # the same task, requeued
