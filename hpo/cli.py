@@ -232,7 +232,8 @@ def enqueue_cmd(file: str | None, from_study: str | None, top: int, **flags: Any
     """Put parameter sets (a JSON/YAML FILE, or another study's top trials) first in line."""
     from hpo.errors import UsageError
     from hpo.storage import open_study
-    from hpo.warmstart import check_param_set, read_param_sets, top_trials
+    from hpo.space import check_param_set
+    from hpo.warmstart import read_param_sets, top_trials
 
     settings, config = load(flags)
     if (file is None) == (from_study is None):

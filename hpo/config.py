@@ -28,7 +28,7 @@ import yaml
 from hpo.errors import UsageError
 from hpo.objective import Objective
 from hpo.settings import PRUNERS, SAMPLERS, Settings, config_path, resolve
-from hpo.space import Param, parse_space
+from hpo.space import Param, check_param_set, parse_space
 
 _TOP_KEYS = ("study_name", "objective", "direction", "directions", "settings", "space", "enqueue",
              "sampler_args", "pruner_args", "objective_args")
@@ -85,11 +85,7 @@ def _enqueue(path: Path, raw: Any, space: Mapping[str, Param]) -> tuple[Mapping[
     for i, entry in enumerate(raw):
         if not isinstance(entry, Mapping):
             raise UsageError(f"{path}: enqueue[{i}]: must be a mapping of parameter to value")
-        for name, value in entry.items():
-            if name not in space:
-                raise UsageError(f"{path}: enqueue[{i}].{name}: not a parameter of the space")
-            if not space[name].contains(value):
-                raise UsageError(f"{path}: enqueue[{i}].{name}: {value!r} is outside the parameter's range")
+        check_param_set(space, entry, f"{path}: enqueue[{i}]")
     return tuple(raw)
 
 

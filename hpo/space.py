@@ -129,6 +129,17 @@ def parse_space(source: Path | str, raw: Any) -> dict[str, Param]:
     return params
 
 
+def check_param_set(space: Mapping[str, Param], params: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A warm-start parameter set: names outside the space and values outside their
+    range are refused (exit 2), ``where`` naming the file and entry."""
+    for name, value in params.items():
+        if name not in space:
+            raise UsageError(f"{where}: {name!r} is not a parameter of the space; valid: {', '.join(space)}")
+        if not space[name].contains(value):
+            raise UsageError(f"{where}: {name}={value!r} is outside its range")
+    return dict(params)
+
+
 def active(param: Param, values: Mapping[str, Any]) -> bool:
     """A conditional parameter is active only when every parent has its required value."""
     return all(parent in values and values[parent] == want for parent, want in param.when.items())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -38,44 +39,25 @@ def read_param_sets(path: Path) -> list[dict[str, Any]]:
     return [dict(s) for s in sets]
 
 
-def check_param_set(space: Mapping[str, Param], params: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Refuse names outside the space and values outside their range (exit 2)."""
-    for name, value in params.items():
-        if name not in space:
-            raise UsageError(f"{where}: {name!r} is not a parameter of the space; valid: {', '.join(space)}")
-        if not space[name].contains(value):
-            raise UsageError(f"{where}: {name}={value!r} is outside its range")
-    return dict(params)
-
-
 def top_trials(trials: Sequence[Any], k: int, maximize: bool) -> list[Any]:
     """The ``k`` best COMPLETE single-objective trials, best first."""
     complete = [t for t in trials if t.state.name == "COMPLETE" and t.values and len(t.values) == 1]
     return sorted(complete, key=lambda t: t.values[0], reverse=maximize)[:k]
 
 
-def _narrow(p: Param, seen: list[Any], factor: float, fraction: float) -> dict[str, Any]:
-    """A YAML spec for ``p`` narrowed around the values ``seen`` in the best trials."""
+def _narrow(p: Param, seen: list[Any], factor: float, fraction: float) -> Param:
+    """``p`` narrowed around the values ``seen`` in the best trials."""
     if p.kind == "categorical":
-        kept = [c for c in p.choices if c in seen]
-        return {"type": "categorical", "choices": kept}
+        return replace(p, choices=tuple(c for c in p.choices if c in seen))
     lo, hi = min(seen), max(seen)
     if p.log:
         new_lo, new_hi = max(p.low, lo / factor), min(p.high, hi * factor)
     else:
         pad = fraction * (p.high - p.low)
         new_lo, new_hi = max(p.low, lo - pad), min(p.high, hi + pad)
-    spec: dict[str, Any] = {"type": p.kind}
     if p.kind == "int":
         new_lo, new_hi = int(math.floor(new_lo)), int(math.ceil(new_hi))
-    spec.update(low=new_lo, high=new_hi)
-    if p.log:
-        spec["log"] = True
-    if p.step is not None:
-        spec["step"] = p.step
-    if p.when:
-        spec["when"] = dict(p.when)
-    return spec
+    return replace(p, low=new_lo, high=new_hi)
 
 
 def refine_space(space: Mapping[str, Param], best: Sequence[Mapping[str, Any]], factor: float,
@@ -91,24 +73,29 @@ def refine_space(space: Mapping[str, Param], best: Sequence[Mapping[str, Any]], 
         if not seen:
             new_space[name] = _spec(p)
             continue
-        spec = _narrow(p, seen, factor, fraction)
-        new_space[name] = spec
-        old = list(p.choices) if p.kind == "categorical" else [p.low, p.high]
-        new = spec["choices"] if p.kind == "categorical" else [spec["low"], spec["high"]]
-        summary[name] = {"old": old, "new": new}
-        if not (p.kind == "categorical" and len(spec["choices"]) == 1):
+        narrowed = _narrow(p, seen, factor, fraction)
+        new_space[name] = _spec(narrowed)
+        summary[name] = {"old": _bounds(p), "new": _bounds(narrowed)}
+        if not (p.kind == "categorical" and len(narrowed.choices) == 1):
             tuned += 1
     return new_space, summary, max(10 * tuned, 10)
 
 
+def _bounds(p: Param) -> list[Any]:
+    return list(p.choices) if p.kind == "categorical" else [p.low, p.high]
+
+
 def _spec(p: Param) -> dict[str, Any]:
+    """The YAML spec of ``p`` (the inverse of hpo.space.parse_param)."""
+    spec: dict[str, Any] = {"type": p.kind}
     if p.kind == "categorical":
-        return {"type": "categorical", "choices": list(p.choices), **({"when": dict(p.when)} if p.when else {})}
-    spec: dict[str, Any] = {"type": p.kind, "low": p.low, "high": p.high}
-    if p.log:
-        spec["log"] = True
-    if p.step is not None:
-        spec["step"] = p.step
+        spec["choices"] = list(p.choices)
+    else:
+        spec.update(low=p.low, high=p.high)
+        if p.log:
+            spec["log"] = True
+        if p.step is not None:
+            spec["step"] = p.step
     if p.when:
         spec["when"] = dict(p.when)
     return spec

@@ -51,7 +51,7 @@ BASE = {"objective": "m:f", "space": {"x": {"type": "float", "low": 0, "high": 1
         ({"space": {"x": {"type": "fluat", "low": 0, "high": 1}}}, "space.x.type: 'fluat' is not a parameter type"),
         ({"space": {"y": {"type": "float", "low": 0, "high": 1, "when": {"opt": "sgd"}}}},
          "space.y.when: parent 'opt' must be a parameter declared before it"),
-        ({"enqueue": [{"x": 5}]}, "enqueue[0].x: 5 is outside the parameter's range"),
+        ({"enqueue": [{"x": 5}]}, "enqueue[0]: x=5 is outside its range"),
         ({"settings": {"n_train": 5}, "space": None}, "space: must be a non-empty mapping"),
     ],
 )
