@@ -216,3 +216,20 @@ def test_submitit_preemption_requeues_and_resumes(slurm: None, project: Path) ->
     assert steps == list(range(1, 9))
     text = log.read_text()
     assert "stopped: preempted" in text and text.count("started: study='requeue'") == 2  # the same task, requeued
+
+
+def test_hpo_cancel_cancels_the_study_jobs(slurm: None, project: Path) -> None:
+    (project / "toy.yaml").write_text("objective: objectives:quadratic\nspace:\n  x: {type: float, low: -5, high: 5}\n")
+    env = clean_env(HPO_CONFIG="toy.yaml", STUDY_NAME="cancelled", TOY_STEP_SECONDS="5", MAX_TRIALS="100")
+    submitted = run_hpo(["submit", "--workers", "2", "--cpus-per-worker", "1", "--mem", "200M", "--time", "10"],
+                        project, env, timeout=120)
+    assert submitted.returncode == 0, submitted.stderr
+    jobs = (project / "optuna_journal/cancelled.jobs").read_text().split()
+    cancel = run_hpo(["cancel"], project, env)
+    assert cancel.returncode == 0, cancel.stderr
+    assert "cancelled 2 job(s) of study 'cancelled'" in cancel.stdout
+    deadline = time.monotonic() + 60
+    while subprocess.run(["squeue", "-h", "-j", ",".join(j.split("_")[0] for j in jobs)], capture_output=True,
+                         text=True).stdout.strip():
+        assert time.monotonic() < deadline, "jobs still queued after hpo cancel"
+        time.sleep(0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -194,3 +195,20 @@ def test_resumed_study_with_other_direction_is_refused(toy) -> None:
     assert forced.returncode == 2
     assert "optimises ['minimize'], but" in forced.stderr and "['maximize']" in forced.stderr
     assert len(load_study(cwd / "optuna_journal/toy.journal", "toy").trials) == 1
+
+
+def test_ctrl_c_stops_every_local_worker_cleanly(toy) -> None:
+    """A terminal's Ctrl-C reaches the whole process group: hpo run and its workers."""
+    cwd, env = toy(TOY_STEP_SECONDS="0.5")
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", "--workers", "2"], cwd=cwd,
+                            env={**env, "OPTUNA_PRUNER": "none"}, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+    wait_for(lambda: len(re.findall(r"trial \d+ started", "".join(
+        p.read_text() for p in (cwd / "optuna_logs").glob("worker_*.log")))) >= 2, what="two trials running")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    assert states(study)["RUNNING"] == 0
+    interrupted = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(interrupted) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in interrupted)
