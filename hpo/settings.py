@@ -250,6 +250,13 @@ class Settings:
         return out
 
 
+def without_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without any hpo setting, launcher variable or SLURM variable: what a
+    child process needs so that only what is passed explicitly applies (tests, benchmarks)."""
+    drop = {f.env for f in FIELDS} | {CONFIG_ENV, "HPO_WORKER_RANK", "HPO_SEED_OFFSET"}
+    return {k: v for k, v in env.items() if k not in drop and not k.startswith("SLURM_")}
+
+
 def default_config_path() -> Path:
     """``configs/physae.yaml`` of the current folder, else of the checkout hpo runs from."""
     local = Path("configs/physae.yaml")

@@ -22,10 +22,9 @@ space:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment a user would have: no hpo or SLURM variables, tests importable."""
-    from hpo.settings import CONFIG_ENV, FIELDS
+    from hpo.settings import without_settings
 
-    drop = {f.env for f in FIELDS} | {CONFIG_ENV, "HPO_WORKER_RANK", "HPO_SEED_OFFSET"}
-    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
+    env = without_settings(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env
