@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from conftest import clean_env, load_study, run_hpo
 from test_worker import first_log, start_worker, wait_for
 
@@ -91,3 +93,45 @@ def test_preempted_physae_trial_resumes_from_its_checkpoint(tmp_path: Path) -> N
     log = (tmp_path / "optuna_runs/physae/trial_1/trial.log").read_text()
     assert "A epoch 1/2" not in log  # not trained again
     assert Counter(t.state.name for t in study.trials) == Counter({"FAIL": 1, "COMPLETE": 1})
+
+
+@pytest.mark.parametrize("tail", [b'{"op_code": 5, "worker_id": "x", "tri', b"\0" * 64, b"garbage\n"])
+def test_worker_repairs_a_damaged_tail_and_goes_on(toy, tail: bytes) -> None:
+    cwd, env = toy(TOY_STEP_SECONDS="0.01")
+    env = {**env, "OPTUNA_PRUNER": "none"}
+    assert run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "3"}).returncode == 0
+    journal = cwd / "optuna_journal/toy.journal"
+    clean = journal.read_bytes()
+    with journal.open("ab") as handle:  # a writer that died mid-append
+        handle.write(tail)
+    result = run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "5"})
+    assert result.returncode == 0, result.stderr
+    assert journal.read_bytes().startswith(clean)
+    backups = list(journal.parent.glob("toy.journal.tail-*.bak"))
+    assert len(backups) == 1 and backups[0].read_bytes() == tail
+    study = load_study(journal, "toy")
+    assert Counter(t.state.name for t in study.trials) == Counter({"COMPLETE": 5})
+    doctor = run_hpo(["doctor"], cwd, env)
+    assert doctor.returncode == 0 and "damage: none" in doctor.stdout
+
+
+def test_middle_damage_is_named_and_repaired(toy) -> None:
+    cwd, env = toy(TOY_STEP_SECONDS="0.01")
+    env = {**env, "OPTUNA_PRUNER": "none"}
+    assert run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "4"}).returncode == 0
+    journal = cwd / "optuna_journal/toy.journal"
+    lines = journal.read_bytes().split(b"\n")
+    lines[5] = b"#" * len(lines[5])  # bytes overwritten in the middle
+    journal.write_bytes(b"\n".join(lines))
+    refused = run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "6"})
+    assert refused.returncode == 3
+    assert "byte" in refused.stderr and "hpo repair" in refused.stderr
+    doctor = run_hpo(["doctor"], cwd, env)
+    assert doctor.returncode == 3 and "line 6" in doctor.stdout
+    assert run_hpo(["repair"], cwd, env).returncode == 2  # not without --yes: workers must be stopped
+    repaired = run_hpo(["repair", "--yes"], cwd, env)
+    assert repaired.returncode == 0, repaired.stderr
+    assert run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "6"}).returncode == 0
+    study = load_study(journal, "toy")
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 6
+    assert list(journal.parent.glob("toy.journal.quarantine-*.jsonl"))
