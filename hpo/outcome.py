@@ -12,7 +12,7 @@
 | CUDA/CPU out of memory                    | FAIL     | out of memory              | no      | no           |
 | any other exception                       | FAIL     | ``Type: message``          | no      | no           |
 
-Never ``return float("inf")`` for a failure: it poisons the sampler.
+A failure is never turned into an infinite value: that would poison the sampler.
 Failed trials never count toward ``MAX_TRIALS`` (see :mod:`hpo.storage`).
 """
 

@@ -141,6 +141,7 @@ class Worker:
         self.trials_run = 0
         self.failures_in_a_row = 0
         self.started = clock()
+        self.last_reap = self.started
         self.budget_seconds = self._budget()
 
     def _budget(self) -> float | None:
@@ -159,14 +160,14 @@ class Worker:
         seed = sampler_seed(s, self.identity)
         shared = open_study(s, self.config, seed)
         _logger.info(
-            "worker %s started: study=%r journal=%s device=%s gpu=%s seed=%d max_trials=%d "
+            "worker %s started: study=%r storage=%s device=%s gpu=%s seed=%d max_trials=%d "
             "trials_per_worker=%s budget=%s sampler=%s pruner=%s",
             self.identity.worker_id, s.study_name, s.storage_label, self.device, self.identity.visible_gpus,
             seed, s.max_trials, s.trials_per_worker,
             "unlimited" if self.budget_seconds is None else f"{self.budget_seconds:.0f}s", s.sampler, s.pruner,
         )
         _logger.info("settings: %s", json.dumps(s.as_dict(), sort_keys=True))
-        reap(shared, self.identity.host)
+        self._reap(shared, force=True)
         self.heartbeat = Heartbeat(shared, s.heartbeat_seconds)
         reason = self._loop(shared)
         counts = shared.counts()
@@ -188,20 +189,28 @@ class Worker:
                 return StopReason.MAX_TRIALS
             if trial is None:
                 # Every remaining slot is held by a running trial; one may still fail.
-                reap(shared, self.identity.host)
+                self._reap(shared)
                 self.flag.wait(WAIT_POLL_SECONDS)
                 continue
             result = self._run_trial(shared, trial)
             self.trials_run += 1
+            if result.stop_worker == outcomes.PREEMPTED:
+                return StopReason.PREEMPTED
+            if result.stop_worker == outcomes.INTERRUPTED:
+                return StopReason.INTERRUPTED
             self.failures_in_a_row = self.failures_in_a_row + 1 if result.state == TrialState.FAIL else 0
             if self.failures_in_a_row >= self.settings.max_failures:
                 _logger.error("%d trials failed in a row (HPO_MAX_FAILURES): stopping; see the tracebacks above",
                               self.failures_in_a_row)
                 return StopReason.FAILING
-            if result.stop_worker == outcomes.PREEMPTED:
-                return StopReason.PREEMPTED
-            if result.stop_worker == outcomes.INTERRUPTED:
-                return StopReason.INTERRUPTED
+            self._reap(shared)
+
+    def _reap(self, shared: SharedStudy, force: bool = False) -> None:
+        """Reap lost trials, at most every half ``HPO_STALE_SECONDS`` (30 s by default):
+        a reap may run ``squeue``, which a hundred workers must not hammer."""
+        now = self.clock()
+        if force or now - self.last_reap >= min(30.0, self.settings.stale_seconds / 2):
+            self.last_reap = now
             reap(shared, self.identity.host)
 
     def _run_dir(self, number: int) -> Path:
