@@ -256,6 +256,11 @@ def test_resume_from_stage_checkpoints_only(settings: Settings, completed: Compl
     assert value == completed.value
     assert [r["global_step"] for r in metric_lines(retry_dir)] == list(range(1, TOTAL_EPOCHS + 1))
 
+    shutil.copy(completed.run_dir / "stage_B2.pt", old / "stage_B2.pt")  # all done: only the final evaluation
+    done_dir, recorder = tmp_path / "done", Recorder()
+    assert objective(dict(PARAMS), make_ctx(settings, done_dir, recorder, resume_dir=old)) == completed.value
+    assert [step for step, _ in recorder.reports] == list(range(1, TOTAL_EPOCHS + 1))
+
 
 def test_resume_ignores_checkpoints_of_other_parameters(
     settings: Settings, completed: Completed, tmp_path: Path

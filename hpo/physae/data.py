@@ -99,6 +99,7 @@ class ForwardModel:
         return torch.addcmul(self.low, params, self.span)
 
     def __call__(self, params: torch.Tensor) -> torch.Tensor:
+        """Clean spectra ``(B, n_points)`` for normalised ``params`` ``(B, N_PARAMS)``."""
         phys = self.denormalise(params.float())
         z = (self.grid - phys[:, _POS, None]) / phys[:, _WIDTH, None]
         z2 = z * z
@@ -129,6 +130,8 @@ class SpectraDataset:
         return self.physics.n_points
 
 
+_RENDER_CHUNK = 8192  # rows per forward-model call while generating
+
 DatasetKey = tuple[int, int, int, int, str]
 _CACHE: dict[DatasetKey, SpectraDataset] = {}
 
@@ -138,9 +141,12 @@ def _draw(n: int, n_points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
     gen = torch.Generator(device="cpu").manual_seed(seed)
     # Uniform in the normalised box; the disjoint position windows keep peaks sorted.
     params = torch.rand((n, N_PARAMS), generator=gen, dtype=torch.float32)
-    clean = ForwardModel.on(n_points)(params)
-    noise = NOISE_STD * torch.randn((n, n_points), generator=gen, dtype=torch.float32)
-    return clean + noise, params
+    signal = NOISE_STD * torch.randn((n, n_points), generator=gen, dtype=torch.float32)
+    physics = ForwardModel.on(n_points)
+    # In chunks: the forward model's (rows, 3, n_points) temporaries stay small for any n.
+    for start in range(0, n, _RENDER_CHUNK):
+        signal[start : start + _RENDER_CHUNK] += physics(params[start : start + _RENDER_CHUNK])
+    return signal, params
 
 
 def _warm_up_transcendentals() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from hpo.physae.data import clear_dataset_cache
@@ -12,8 +11,6 @@ if TYPE_CHECKING:
     from hpo.objective import TrialContext
 
 __all__ = ["clear_dataset_cache", "objective"]
-
-_logger = logging.getLogger(__name__)
 
 
 def objective(params: dict[str, Any], ctx: TrialContext) -> float:

@@ -153,6 +153,7 @@ class _Run:
     refiner: Refiner
     timings: Timings
     global_step: int = 0
+    last_metrics: EvalMetrics | None = None  # validation after the latest epoch run here
 
     @property
     def device_type(self) -> str:
@@ -407,6 +408,7 @@ def _run_stage(run: _Run, spec: StageSpec, epochs_done: int, optimizer_state: di
             metrics = evaluate(run.encoder, run.refiner, run.data, spec.delta_scale, spec.refine_steps)
         if not metrics.is_finite():
             raise Diverged(f"diverged at {spec.name} epoch {epoch}")
+        run.last_metrics = metrics
         record = {"stage": spec.name, "epoch": epoch, "global_step": run.global_step, "train_loss": train_loss,
                   **asdict(metrics), "seconds": time.perf_counter() - started}  # fmt: skip
         _end_epoch(run, spec, record, opt)
@@ -487,11 +489,11 @@ def train(params: dict[str, Any], ctx: TrialContext) -> float:
     for index in range(start.stage_index, len(specs)):
         first = index == start.stage_index
         _run_stage(run, specs[index], start.epochs_done if first else 0, start.optimizer if first else None)
-    last = specs[-1]
-    with _measure(run.timings, "eval"):
-        final = evaluate(run.encoder, run.refiner, run.data, last.delta_scale, last.refine_steps)
-    if not final.is_finite():
-        raise Diverged(f"diverged at {last.name} epoch {last.epochs}")
+    final = run.last_metrics
+    if final is None:  # resumed after B2 had ended: nothing ran here yet
+        last = specs[-1]
+        with _measure(run.timings, "eval"):
+            final = evaluate(run.encoder, run.refiner, run.data, last.delta_scale, last.refine_steps)
     run.timings.total = time.perf_counter() - wall_start  # result.json's own write is not counted
     _write_result(run, specs, final, start)
     return final.val_param_error
