@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,19 +21,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_kill_storm_loses_nothing(toy) -> None:
-    cwd, env = toy(TOY_STEP_SECONDS="0.2")
+    cwd, env = toy(TOY_STEP_SECONDS="0.5")  # 1.5 s trials: most kills land mid-trial
     env = {**env, "MAX_TRIALS": "60", "OPTUNA_PRUNER": "none", "HPO_MAX_RETRIES": "3", "OMP_NUM_THREADS": "1"}
     rng = random.Random(7)
     workers = [start_worker(cwd, env) for _ in range(4)]
     kills = 0
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while kills < 20 and time.monotonic() < deadline:
-        time.sleep(rng.uniform(0.5, 1.5))  # a fresh worker needs ~1 s to start its first trial
         i = rng.randrange(len(workers))
-        if workers[i].poll() is None:
-            workers[i].send_signal(signal.SIGKILL)
-            workers[i].wait()
-            kills += 1
+        # Kill a worker only once it runs trials (start-up takes seconds on a loaded machine).
+        log = cwd / "optuna_logs" / f"worker_{socket.gethostname()}_{workers[i].pid}.log"
+        wait_for(lambda: log.is_file() and " started on " in log.read_text(), timeout=60, what="a trial")
+        time.sleep(rng.uniform(0.0, 1.5))
+        assert workers[i].poll() is None, "a worker stopped by itself: the study finished before the storm"
+        workers[i].send_signal(signal.SIGKILL)
+        workers[i].wait()
+        kills += 1
         workers[i] = start_worker(cwd, env)
     for w in workers:
         w.kill()

@@ -124,7 +124,7 @@ def test_time_limit_ends_trials_cleanly(slurm: None, project: Path) -> None:
     env = clean_env(HPO_CONFIG="toy.yaml", STUDY_NAME="limited", TOY_STEP_SECONDS="6", OPTUNA_PRUNER="none",
                     MAX_TRIALS="50", HPO_PYTHON=sys.executable)
     job = sbatch(project, "slurm/bash_optuna.sh",
-                 ["--ntasks=2", "--cpus-per-task=1", "--mem-per-cpu=200M", "--time=1", "--signal=B:USR1@45"], env)
+                 ["--ntasks=2", "--cpus-per-task=1", "--mem-per-cpu=200M", "--time=1", "--signal=B:USR1@30"], env)
     state = sacct_states(job)[job]
     assert not state.startswith(("TIMEOUT", "CANCELLED")), state  # ended by itself, before the kill
     log = (project / "logs" / f"hpo-optuna_{job}.log").read_text()

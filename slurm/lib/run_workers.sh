@@ -38,6 +38,12 @@ else
     PY=python3
 fi
 
+# A warning or preemption signal may come before the workers run: remember it.
+early_signal=""
+trap 'early_signal=USR1' USR1
+trap 'early_signal=TERM' TERM
+trap 'early_signal=INT' INT
+
 echo "== hpo job ${SLURM_JOB_ID:-?}${SLURM_ARRAY_TASK_ID:+ (array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID})} on $(hostname) at $(date -Is): ${SLURM_NTASKS:-1} task(s)"
 for var in N_TRAIN N_VAL N_POINTS STAGEA_EPOCHS STAGEB1_EPOCHS STAGEB2_EPOCHS MAX_TRIALS \
            TRIALS_PER_WORKER TIMEOUT_SECONDS OPTUNA_SEED OPTUNA_SAMPLER OPTUNA_PRUNER \
@@ -48,6 +54,10 @@ echo "== effective settings (hpo config):"
 "$PY" -m hpo config || exit $?   # bad settings stop the job here: exit 2, nothing written
 mkdir -p "$JOURNAL_DIR" && printf '%s\n' "$JOB_ID" >> "$JOURNAL_DIR/$STUDY_NAME.jobs"
 
+if [ -n "$early_signal" ]; then
+    echo "== $(date -Is) got $early_signal before the workers started: not starting them"
+    exit 75
+fi
 # srun starts one worker per task; --gpus-per-task gives each its own GPU.
 srun --kill-on-bad-exit=0 "$PY" -m hpo worker &
 srun_pid=$!
@@ -58,6 +68,8 @@ forward() {
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 trap 'forward INT' INT
+# A signal that came between the check above and these traps is passed on now.
+[ -n "$early_signal" ] && forward "$early_signal"
 
 # `wait` returns early when a trapped signal arrives: keep waiting for srun itself.
 while true; do
