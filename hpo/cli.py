@@ -195,9 +195,14 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
     record_jobs(settings, ids)
     click.echo(f"submitted {len(ids)} worker(s) to study {settings.study_name!r}: {' '.join(ids)}")
     click.echo(follow_commands(settings))
-    if wait:
-        return wait_for_study(shared, jobs)
-    return 0
+    code = wait_for_study(shared, jobs) if wait else 0
+    # submitit's LocalJob cleans up in __del__, which fails at interpreter shutdown
+    # (module globals gone): let it run now.
+    del jobs
+    import gc
+
+    gc.collect()
+    return code
 
 
 @cli.command("cancel")

@@ -212,3 +212,15 @@ def test_ctrl_c_stops_every_local_worker_cleanly(toy) -> None:
     assert states(study)["RUNNING"] == 0
     interrupted = [t for t in study.trials if t.state.name == "FAIL"]
     assert len(interrupted) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in interrupted)
+
+
+def test_submit_local_runs_the_same_workers_through_submitit(toy) -> None:
+    cwd, env = toy()
+    result = run_hpo(["submit", "--local", "--workers", "2", "--wait"], cwd,
+                     {**env, "MAX_TRIALS": "6", "OPTUNA_PRUNER": "none"})
+    assert result.returncode == 0, result.stderr
+    assert "submitted 2 worker(s) to study 'toy'" in result.stdout and "Traceback" not in result.stderr
+    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    assert states(study) == Counter({"COMPLETE": 6})
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    assert list((cwd / "jobs").iterdir())  # submitit's folder
