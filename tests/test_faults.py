@@ -6,8 +6,6 @@ import json
 import random
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
