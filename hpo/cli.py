@@ -253,7 +253,7 @@ def enqueue_cmd(file: str | None, from_study: str | None, top: int, **flags: Any
         raise UsageError("give a FILE of parameter sets or --from-study NAME (one of them)")
     if file is not None:
         sets, origin = read_param_sets(Path(file)), f"file {file}"
-    else:
+    elif from_study is not None:
         best = top_trials(_other_study_trials(settings, from_study), top, config.directions[0] == "maximize")
         sets, origin = [dict(t.params) for t in best], f"study {from_study} (top {top})"
     checked = [check_param_set(config.space, params, f"{origin}[{i}]") for i, params in enumerate(sets)]

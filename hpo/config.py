@@ -119,7 +119,9 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
             if not isinstance(args, Mapping):
                 raise UsageError(f"{path}: {key}.{name}: must be a mapping of argument name to value")
     return StudyConfig(
-        **extra,
+        sampler_args=extra["sampler_args"],
+        pruner_args=extra["pruner_args"],
+        objective_args=extra["objective_args"],
         path=path,
         objective=objective,
         directions=_directions(path, raw),

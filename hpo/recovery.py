@@ -126,9 +126,9 @@ def reap(shared: "SharedStudy", host: str) -> list[int]:
         return []
     reaped: list[int] = []
     with shared.slots():  # one reaper at a time: no trial is retried twice
-        running = {t.number: t for t in shared.index.running()}
+        still_running = {t.number for t in shared.index.running()}
         for trial in candidates:
-            if trial.number not in running:
+            if trial.number not in still_running:
                 continue
             shared.set_user_attrs(trial._trial_id, {"reason": WORKER_LOST})
             shared.study.tell(trial.number, state=TrialState.FAIL)

@@ -22,8 +22,8 @@ def parse_duration(text: str) -> float | None:
     if text.upper() in ("UNLIMITED", "NOT_SET", "INVALID", ""):
         return None
     if re.fullmatch(r"\d+-\d+", text):  # days-hours
-        days, hours = text.split("-")
-        return int(days) * 86400 + int(hours) * 3600
+        day_text, hour_text = text.split("-")
+        return int(day_text) * 86400 + int(hour_text) * 3600
     match = _DURATION.match(text)
     if not match:
         raise SchedulerError(f"cannot parse SLURM duration {text!r}")

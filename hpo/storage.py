@@ -304,7 +304,7 @@ def open_study(
     study = optuna.create_study(
         study_name=settings.study_name,
         storage=storage,
-        directions=list(config.directions),
+        directions=[optuna.study.StudyDirection[d.upper()] for d in config.directions],
         sampler=make_sampler(settings, seed, config.sampler_args),
         pruner=make_pruner(settings, config.pruner_args),
         load_if_exists=True,

@@ -50,11 +50,12 @@ def _narrow(p: Param, seen: list[Any], factor: float, fraction: float) -> Param:
     if p.kind == "categorical":
         return replace(p, choices=tuple(c for c in p.choices if c in seen))
     lo, hi = min(seen), max(seen)
+    low, high = float(p.low or 0), float(p.high or 0)  # set for every numeric parameter
     if p.log:
-        new_lo, new_hi = max(p.low, lo / factor), min(p.high, hi * factor)
+        new_lo, new_hi = max(low, lo / factor), min(high, hi * factor)
     else:
-        pad = fraction * (p.high - p.low)
-        new_lo, new_hi = max(p.low, lo - pad), min(p.high, hi + pad)
+        pad = fraction * (high - low)
+        new_lo, new_hi = max(low, lo - pad), min(high, hi + pad)
     if p.kind == "int":
         new_lo, new_hi = int(math.floor(new_lo)), int(math.ceil(new_hi))
     return replace(p, low=new_lo, high=new_hi)

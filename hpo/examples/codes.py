@@ -34,6 +34,7 @@ def objective(params: dict[str, Any], ctx: "TrialContext") -> tuple[float, float
     width = int(params["hidden_size"])
     act = getattr(nn, params["activation"])
     model = nn.Sequential(nn.Linear(4, width), act(), nn.Linear(width, width), act(), nn.Linear(width, 3))
+    opt: torch.optim.Optimizer
     if params["optimizer"] == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=params["learning_rate"], momentum=params["momentum"])
     else:

@@ -71,7 +71,12 @@ def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapp
         for rank in range(n_workers)
     ]
     # A scheduler's SIGTERM reaches only us: pass it on so workers end trials cleanly.
-    signal.signal(signal.SIGTERM, lambda signum, frame: [p.send_signal(signum) for p in procs if p.poll() is None])
+    def forward(signum: int, frame: object) -> None:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
 
     def interrupt(count: int) -> None:
         # The terminal sent SIGINT to every worker too; a second Ctrl-C stops them at once.
