@@ -9,7 +9,12 @@ PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
 if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+    if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+        # Debian's system Python ships venv separately.
+        rm -rf .venv
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv > /dev/null
+        "$PYTHON" -m venv .venv
+    fi
 fi
 # torch first: a bare "torch" requirement would pull a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "$TORCH_SPEC"
