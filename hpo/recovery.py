@@ -103,12 +103,12 @@ def is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: str,
 
 
 def _live_slurm_jobs() -> set[str] | None:
-    """Job ids (each array task's own id) queued or running, of every user: a study may be shared."""
+    """Ids of the jobs in the queue, or None when squeue cannot tell."""
     from hpo.errors import SchedulerError
-    from hpo.scheduler import run_command
+    from hpo.scheduler import queued_job_ids
 
     try:
-        return set(run_command(["squeue", "-h", "-o", "%A"]).split())
+        return queued_job_ids()
     except SchedulerError as exc:
         _logger.debug("squeue unavailable, judging trials by heartbeat only: %s", exc)
         return None

@@ -71,13 +71,17 @@ def cancel(job_ids: Sequence[str]) -> None:
         run_command(["scancel", *job_ids])
 
 
+def queued_job_ids() -> set[str]:
+    """Ids of every pending or running job of every user (a study may be shared): each
+    job's own id (``%A``, what a task sees as SLURM_JOB_ID), its array id (``%F``) and
+    its display id (``%i``, e.g. ``124_3``). Listing the whole queue, rather than asking
+    ``squeue -j`` about ids, works when every asked job is gone (``-j`` then fails)."""
+    return set(run_command(["squeue", "-h", "-o", "%A %F %i"]).split())
+
+
 def active_jobs(job_ids: Sequence[str]) -> list[str]:
     """The subset of ``job_ids`` (plain or array ids) still pending or running."""
     if not job_ids:
         return []
-    out = run_command(["squeue", "-h", "-o", "%i %F", "-j", ",".join(sorted({j.split("_")[0] for j in job_ids}))])
-    alive: set[str] = set()
-    for line in out.splitlines():
-        parts = line.split()
-        alive.update(parts)
-    return [j for j in job_ids if j in alive or j.split("_")[0] in alive]
+    queued = queued_job_ids()
+    return [j for j in job_ids if j in queued or j.split("_")[0] in queued]

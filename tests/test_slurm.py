@@ -233,3 +233,6 @@ def test_hpo_cancel_cancels_the_study_jobs(slurm: None, project: Path) -> None:
                          text=True).stdout.strip():
         assert time.monotonic() < deadline, "jobs still queued after hpo cancel"
         time.sleep(0.5)
+    again = run_hpo(["cancel"], project, env)  # every job gone: squeue -j would fail here
+    assert again.returncode == 0, again.stderr
+    assert "cancelled 0 job(s)" in again.stdout
