@@ -177,7 +177,8 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
     else:
         settings, config = launch(flags, "hpo submit")
     from hpo.launch.submit import SubmitOptions, describe, submit
-    from hpo.launch.watch import follow_commands, record_jobs, wait_for_study
+    from hpo.launch.watch import follow_commands, wait_for_study
+    from hpo.scheduler import record_jobs
     from hpo.storage import open_study
 
     opts = SubmitOptions(workers=n_workers, partition=partition, time_minutes=time_minutes,
@@ -192,7 +193,7 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
     seed_offset = 10_000 * sum(1 for t in shared.trials() if t.state.is_finished())
     jobs = submit(opts, settings.to_env(), seed_offset, Path.cwd(), local)
     ids = [job.job_id for job in jobs]
-    record_jobs(settings, ids)
+    record_jobs(settings.jobs_path, ids)
     click.echo(f"submitted {len(ids)} worker(s) to study {settings.study_name!r}: {' '.join(ids)}")
     click.echo(follow_commands(settings))
     code = wait_for_study(shared, jobs) if wait else 0
@@ -209,11 +210,10 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
 @settings_options
 def cancel_cmd(**flags: Any) -> int:
     """Cancel the study's SLURM jobs (those recorded by hpo submit and the sbatch scripts)."""
-    from hpo.launch.watch import recorded_jobs
-    from hpo.scheduler import active_jobs, cancel
+    from hpo.scheduler import active_jobs, cancel, recorded_jobs
 
     settings, _ = load(flags)
-    jobs = active_jobs(recorded_jobs(settings))
+    jobs = active_jobs(recorded_jobs(settings.jobs_path))
     cancel(jobs)
     click.echo(f"cancelled {len(jobs)} job(s) of study {settings.study_name!r}: {' '.join(jobs) or '-'}")
     return 0
@@ -276,6 +276,8 @@ def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: A
     """Create a study narrowed around the best trials of another (CODES's fine stage)."""
     import dataclasses
 
+    import yaml
+
     from hpo.config import load_config, parse_config
     from hpo.errors import UsageError
     from hpo.provenance import stored_config_path
@@ -300,7 +302,7 @@ def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: A
     if path.exists():
         raise UsageError(f"study {new_name!r} already has a config ({path}); choose another STUDY_NAME")
     text = refined_config(source_config.text, new_name, new_space, budget, best[0].params)
-    new_config = dataclasses.replace(parse_config(path, yaml_load(text)), text=text)
+    new_config = dataclasses.replace(parse_config(path, yaml.safe_load(text)), text=text)
     write_bytes_atomic(path, text.encode())
     write_bytes_atomic(path.with_name("fine_summary.yaml"), dumps_summary(source, summary, budget, best[0].params).encode())
     open_study(dataclasses.replace(new_settings, config=path), new_config)  # creates it, best trial enqueued first
@@ -308,12 +310,6 @@ def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: A
                f"{source!r}; budget {budget} trials; ranges in {path.with_name('fine_summary.yaml')}")
     click.echo(f"run it: hpo run --config {path}")
     return 0
-
-
-def yaml_load(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)
 
 
 @cli.command("doctor")

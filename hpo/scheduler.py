@@ -6,6 +6,7 @@ import logging
 import re
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Sequence
 
 from hpo.errors import SchedulerError
@@ -69,6 +70,20 @@ def time_left(job_id: str) -> float | None:
 def cancel(job_ids: Sequence[str]) -> None:
     if job_ids:
         run_command(["scancel", *job_ids])
+
+
+def record_jobs(path: Path, job_ids: Sequence[str]) -> None:
+    """Append job ids to a study's jobs file (see ``Settings.jobs_path``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.writelines(f"{job_id}\n" for job_id in job_ids)
+
+
+def recorded_jobs(path: Path) -> list[str]:
+    """The job ids in a study's jobs file, first occurrence order; [] when there is none."""
+    if not path.is_file():
+        return []
+    return list(dict.fromkeys(line.strip() for line in path.read_text().splitlines() if line.strip()))
 
 
 def queued_job_ids() -> set[str]:

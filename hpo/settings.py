@@ -223,6 +223,12 @@ class Settings:
         return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.storage)
 
     @property
+    def jobs_path(self) -> Path:
+        """``$JOURNAL_DIR/$STUDY_NAME.jobs``: the study's SLURM job ids, one per line,
+        appended by the sbatch scripts and ``hpo submit``."""
+        return self.journal_dir / f"{self.study_name}.jobs"
+
+    @property
     def study_dir(self) -> Path:
         """``$TRIAL_OUTPUT/$STUDY_NAME``: run directories of this study's trials."""
         return self.trial_output / self.study_name

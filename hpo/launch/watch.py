@@ -5,7 +5,6 @@ from __future__ import annotations
 import shlex
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from hpo.settings import Settings
@@ -89,25 +88,6 @@ def show_progress(shared: SharedStudy, running: Callable[[], bool],
     final = progress(shared, started, finished_at_start).line(max_trials)
     if final != last_line:
         console.print(final)
-
-
-def jobs_file(settings: Settings) -> Path:
-    """``$JOURNAL_DIR/$STUDY_NAME.jobs``: SLURM job ids of the study, one per line."""
-    return settings.journal_dir / f"{settings.study_name}.jobs"
-
-
-def record_jobs(settings: Settings, job_ids: Sequence[str]) -> None:
-    path = jobs_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        handle.writelines(f"{job_id}\n" for job_id in job_ids)
-
-
-def recorded_jobs(settings: Settings) -> list[str]:
-    path = jobs_file(settings)
-    if not path.is_file():
-        return []
-    return list(dict.fromkeys(line.strip() for line in path.read_text().splitlines() if line.strip()))
 
 
 def follow_commands(settings: Settings) -> str:

@@ -108,12 +108,9 @@ def squeue(job_ids: Collection[str]) -> SlurmInfo:
 
 def recorded_job_ids(settings: "Settings") -> list[str]:
     """Job ids ``hpo submit`` and the sbatch scripts recorded for the study (pending ones too)."""
-    # hpo.launch.watch.jobs_file's path, checked first: that module imports Optuna (a quarter second).
-    if not (settings.journal_dir / f"{settings.study_name}.jobs").is_file():
-        return []
-    from hpo.launch.watch import recorded_jobs
+    from hpo.scheduler import recorded_jobs
 
-    return recorded_jobs(settings)
+    return recorded_jobs(settings.jobs_path)
 
 
 # -- inputs -------------------------------------------------------------------------
