@@ -291,15 +291,19 @@ EOF
 
 dbd_ok() { sacctmgr -n -P show cluster format=cluster >/dev/null 2>&1; }
 
+start_daemon() { # name restart_flag: (re)start a SLURM daemon, reusing a running one
+  local name=$1 pid
+  if pid=$("${name}_pid"); then
+    if [[ $2 == 1 ]]; then stop_pid "$name" "$pid"; else log "$name already running (pid $pid)"; fi
+  fi
+  if ! "${name}_pid" >/dev/null; then
+    log "starting $name"
+    "$name" </dev/null >/dev/null 2>&1 || die "$name failed to start (see $LOG_DIR/$name.log)"
+  fi
+}
+
 start_slurmdbd() { # restart_flag
-  local pid
-  if pid=$(slurmdbd_pid); then
-    if [[ $1 == 1 ]]; then stop_pid slurmdbd "$pid"; else log "slurmdbd already running (pid $pid)"; fi
-  fi
-  if ! slurmdbd_pid >/dev/null; then
-    log "starting slurmdbd"
-    slurmdbd </dev/null >/dev/null 2>&1 || die "slurmdbd failed to start (see $LOG_DIR/slurmdbd.log)"
-  fi
+  start_daemon slurmdbd "$1"
   wait_for 60 slurmdbd dbd_ok || die "slurmdbd not answering after 60s (see $LOG_DIR/slurmdbd.log)"
   if ! sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx "$CLUSTER_NAME"; then
     log "registering cluster $CLUSTER_NAME in slurmdbd"
@@ -313,26 +317,12 @@ start_slurmdbd() { # restart_flag
 ctld_ok() { scontrol ping 2>/dev/null | grep -q 'is UP'; }
 
 start_slurmctld() { # restart_flag
-  local pid
-  if pid=$(slurmctld_pid); then
-    if [[ $1 == 1 ]]; then stop_pid slurmctld "$pid"; else log "slurmctld already running (pid $pid)"; fi
-  fi
-  if ! slurmctld_pid >/dev/null; then
-    log "starting slurmctld"
-    slurmctld </dev/null >/dev/null 2>&1 || die "slurmctld failed to start (see $LOG_DIR/slurmctld.log)"
-  fi
+  start_daemon slurmctld "$1"
   wait_for 60 slurmctld ctld_ok || die "slurmctld not answering after 60s (see $LOG_DIR/slurmctld.log)"
 }
 
 start_slurmd() { # restart_flag
-  local pid
-  if pid=$(slurmd_pid); then
-    if [[ $1 == 1 ]]; then stop_pid slurmd "$pid"; else log "slurmd already running (pid $pid)"; fi
-  fi
-  if ! slurmd_pid >/dev/null; then
-    log "starting slurmd"
-    slurmd </dev/null >/dev/null 2>&1 || die "slurmd failed to start (see $LOG_DIR/slurmd.log)"
-  fi
+  start_daemon slurmd "$1"
 }
 
 node_state() { sinfo -h -n "$NODE_NAME" -o %T 2>/dev/null | head -n1; }
