@@ -134,19 +134,14 @@ def verify(path: Path, n_trials: int, exact: bool) -> None:
 
 
 def cli_command() -> list[str]:
-    """``python -m hpo status --json`` once hpo.cli registers the watch commands."""
-    from hpo.cli import cli
-
-    if "status" in cli.commands:
-        return [sys.executable, "-m", "hpo", "status", "--json"]
-    return [sys.executable, "-c", "from hpo.cli import cli, main; from hpo.watch.commands import register; "
-            "register(cli); main()", "status", "--json"]
+    """``python -m hpo status --json``."""
+    return [sys.executable, "-m", "hpo", "status", "--json"]
 
 
 def measure(folder: Path, n_trials: int, shape: str, repeat: int) -> dict[str, Any]:
     import optuna
 
-    from hpo.cli import load
+    from hpo.config import load_all
     from hpo.watch import status
 
     path = folder / f"{STUDY}.journal"
@@ -154,7 +149,7 @@ def measure(folder: Path, n_trials: int, shape: str, repeat: int) -> dict[str, A
     verify(path, n_trials, exact=n_trials <= 1000)
     flags = {"journal_dir": str(folder), "study_name": STUDY, "max_trials": str(n_trials + 100),
              "config": str(REPO / "configs" / "physae.yaml")}
-    settings, _ = load(flags)
+    settings, _ = load_all(flags, os.environ)
     report = status.build(status.collect(settings, slurm=False))
     if report["n_trials"] != n_trials:
         raise SystemExit(f"status counts {report['n_trials']} trials, expected {n_trials}")

@@ -27,14 +27,10 @@ from hpo.settings import FIELDS
 from hpo.watch import export as ex
 from hpo.watch import logs as wl
 from hpo.watch import status as st
-from hpo.watch.commands import forward_line, register
+from hpo.watch.dashboard import forward_line
 from hpo.watch.journal import StudyJournal, TrialRecord, read_trials
 
-register(cli)
-
-# The watch commands registered on the hpo group, whether or not hpo.cli does it yet.
-WATCH_CLI = [sys.executable, "-c",
-             "from hpo.cli import cli, main; from hpo.watch.commands import register; register(cli); main()"]
+WATCH_CLI = [sys.executable, "-m", "hpo"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 SINGLE_CONFIG = """\

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 from hpo.config import StudyConfig
 from hpo.logs import quiet_optuna
 from hpo.settings import Settings
-from hpo.launch.watch import show_progress
+from hpo.launch.progress import show_progress
 from hpo.storage import open_study
 
 _logger = logging.getLogger(__name__)

@@ -11,7 +11,9 @@ Modules:
 - :mod:`hpo.watch.export`: best parameters, CSV, parquet and JSON exports;
 - :mod:`hpo.watch.plots`: PNG figures (matplotlib, Agg);
 - :mod:`hpo.watch.report`: one self-contained HTML page;
-- :mod:`hpo.watch.commands`: the click commands.
+- :mod:`hpo.watch.dashboard`: optuna-dashboard on the study's storage.
+
+Plain functions only: the click commands that call them are in :mod:`hpo.cli.watch`.
 
 Nothing is imported here so that ``hpo --help`` stays fast.
 """

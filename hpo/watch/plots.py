@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from hpo.watch.journal import StudyJournal
+
 _logger = logging.getLogger(__name__)
 
 STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#ff7f0e", "FAIL": "#d62728", "RUNNING": "#7f7f7f",
@@ -497,6 +499,13 @@ def make_figures(trials: Sequence[TrialRecord], ctx: PlotContext) -> dict[str, b
         except Skip as reason:
             out[name] = str(reason)
     return out
+
+
+def study_figures(journal: "StudyJournal", objective: str | None) -> dict[str, bytes | str]:
+    """Every figure of the study (see :func:`make_figures`); ``objective`` picks the axis labels."""
+    journal.decode()
+    ctx = make_context(journal.study.name, journal.study.directions, journal.study.metric_names, objective)
+    return make_figures(journal.trials, ctx)
 
 
 def write_figures(figures: dict[str, bytes | str], out_dir: Path) -> tuple[list[Path], dict[str, str]]:

@@ -2,7 +2,7 @@
 
 Figures are embedded as base64 PNG (``<img src="data:image/png;base64,...">``),
 tables are inline, the style sheet is inline: no external asset, no script.
-:func:`render_html` is pure: the command gathers its inputs.
+:func:`render_html` is pure; :func:`study_page` gathers its inputs from the study.
 """
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ from __future__ import annotations
 import base64
 import html
 import logging
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from hpo.watch.status import human_seconds
+
+if TYPE_CHECKING:
+    from hpo.settings import Settings
 
 _logger = logging.getLogger(__name__)
 
@@ -144,3 +147,20 @@ def render_html(status: Mapping[str, Any], best: Mapping[str, Any], top_columns:
         parts.append(table(["figure", "why"], skipped))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def study_page(settings: "Settings", objective: str | None, top: int) -> str:
+    """The page of the study ``settings`` select (reads its journal, logs and, for
+    status, squeue); ``objective`` picks the axis labels, ``top`` the rows of the table."""
+    from hpo.watch import status
+    from hpo.watch.export import best_report, columns, top_trials, trial_rows
+    from hpo.watch.plots import study_figures
+
+    inputs = status.collect(settings)
+    journal = inputs.journal
+    state = status.build(inputs)
+    figures = study_figures(journal, objective)  # decodes every trial
+    best = best_report(journal, settings.as_dict())
+    n = len(journal.study.directions)
+    rows = trial_rows(top_trials(journal.trials, journal.study.directions, top), n)
+    return render_html(state, best, columns(journal.trials, n), rows, figures)

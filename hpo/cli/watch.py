@@ -1,4 +1,5 @@
-"""The click commands that watch and harvest a study; :func:`register` adds them to ``hpo``.
+"""``hpo status``, ``logs``, ``best``, ``export``, ``plot``, ``report``, ``dashboard``:
+watch and harvest a study. The work is done by :mod:`hpo.watch`; here are the flags.
 
 Each takes the settings options of every ``hpo`` command, so ``STUDY_NAME``,
 ``JOURNAL_DIR``, ``LOG_DIR``, ``TRIAL_OUTPUT``, ``HPO_CONFIG`` (or their flags)
@@ -9,30 +10,21 @@ commands so that ``hpo --help`` stays fast.
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from hpo.cli import load, settings_options
+from hpo.cli._options import load, settings_options
 from hpo.errors import UsageError
 
 if TYPE_CHECKING:
     from hpo.settings import Settings
-    from hpo.watch.journal import StudyJournal
-
-_logger = logging.getLogger(__name__)
+    from hpo.watch.logs import Line
 
 RESULTS_DIR = Path("results")
 SOURCE_COLORS = ("cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green", "bright_magenta")
-
-
-def _journal(settings: "Settings") -> "StudyJournal":
-    from hpo.watch.status import open_view
-
-    return open_view(settings)
 
 
 def _results_dir(settings: "Settings", out: str | None) -> Path:
@@ -73,7 +65,7 @@ def status_cmd(watch: bool, interval: float, as_json: bool, no_slurm: bool, **fl
         return _repeat(lambda: live.update(status.render(snapshot()), refresh=True), True, interval, first=False)
 
 
-def _repeat(action: Any, watch: bool, interval: float, first: bool = True) -> int:
+def _repeat(action: Callable[[], object], watch: bool, interval: float, first: bool = True) -> int:
     """Run ``action`` once, or every ``interval`` seconds until Ctrl-C (exit 0)."""
     try:
         if first:
@@ -137,7 +129,7 @@ def logs_cmd(follow: bool, worker: str | None, trial: int | None, n_lines: int |
     return 0
 
 
-def _print_lines(lines: list[Any], width: int, prefix: bool) -> None:
+def _print_lines(lines: list["Line"], width: int, prefix: bool) -> None:
     from hpo.watch.logs import format_line
 
     if not lines:
@@ -164,9 +156,10 @@ def best_cmd(fmt: str, **flags: Any) -> int:
     import yaml
 
     from hpo.watch.export import best_report
+    from hpo.watch.status import open_view
 
     settings, _ = load(flags)
-    report = best_report(_journal(settings), settings.as_dict())
+    report = best_report(open_view(settings), settings.as_dict())
     if fmt == "json":
         click.echo(json.dumps(report, indent=2, default=str))
     else:
@@ -185,34 +178,27 @@ def best_cmd(fmt: str, **flags: Any) -> int:
 def export_cmd(out: str | None, top: int, **flags: Any) -> int:
     """best_params.json, all_trials.csv, top_<K>_trials.csv, trials.parquet and hpo_results.json."""
     from hpo.watch.export import export
+    from hpo.watch.status import open_view
 
     settings, _ = load(flags)
-    for path in export(_journal(settings), _results_dir(settings, out), top):
+    for path in export(open_view(settings), _results_dir(settings, out), top):
         click.echo(str(path))
     return 0
 
 
 # -- plot -----------------------------------------------------------------------------------
 
-def _figures(objective: str | None, journal: "StudyJournal") -> dict[str, bytes | str]:
-    """Every figure (PNG bytes) or why it was skipped; ``objective`` picks the axis labels."""
-    from hpo.watch.plots import make_context, make_figures
-
-    journal.decode()
-    ctx = make_context(journal.study.name, journal.study.directions, journal.study.metric_names, objective)
-    return make_figures(journal.trials, ctx)
-
-
 @click.command("plot")
 @settings_options
 @click.option("--out", "out", default=None, metavar="DIR", help="output folder [default: results/<study>/figures]")
 def plot_cmd(out: str | None, **flags: Any) -> int:
     """The study's figures as PNG files (no display or browser needed)."""
-    from hpo.watch.plots import write_figures
+    from hpo.watch.plots import study_figures, write_figures
+    from hpo.watch.status import open_view
 
     settings, config = load(flags)
     out_dir = Path(out) if out else _results_dir(settings, None) / "figures"
-    written, skipped = write_figures(_figures(config.objective, _journal(settings)), out_dir)
+    written, skipped = write_figures(study_figures(open_view(settings), config.objective), out_dir)
     for path in written:
         click.echo(str(path))
     for name, reason in skipped.items():
@@ -230,19 +216,10 @@ def plot_cmd(out: str | None, **flags: Any) -> int:
 def report_cmd(out: str | None, top: int, **flags: Any) -> int:
     """One self-contained HTML page: status, best trial, top trials and every figure."""
     from hpo.util import write_bytes_atomic
-    from hpo.watch import status
-    from hpo.watch.export import best_report, columns, top_trials, trial_rows
-    from hpo.watch.report import render_html
+    from hpo.watch.report import study_page
 
     settings, config = load(flags)
-    inputs = status.collect(settings)
-    journal = inputs.journal
-    state = status.build(inputs)
-    figures = _figures(config.objective, journal)  # decodes every trial
-    best = best_report(journal, settings.as_dict())
-    n = len(journal.study.directions)
-    rows = trial_rows(top_trials(journal.trials, journal.study.directions, top), n)
-    page = render_html(state, best, columns(journal.trials, n), rows, figures)
+    page = study_page(settings, config.objective, top)
     path = Path(out) if out else _results_dir(settings, None) / "report.html"
     write_bytes_atomic(path, page.encode("utf-8"))
     click.echo(str(path))
@@ -250,11 +227,6 @@ def report_cmd(out: str | None, top: int, **flags: Any) -> int:
 
 
 # -- dashboard ---------------------------------------------------------------------------------
-
-def forward_line(port: int, user: str, host: str) -> str:
-    """The ssh command a laptop runs to reach a dashboard bound to 127.0.0.1 here."""
-    return f"ssh -N -L {port}:127.0.0.1:{port} {user}@{host}"
-
 
 @click.command("dashboard")
 @settings_options
@@ -266,31 +238,19 @@ def dashboard_cmd(port: int, bind: str, **flags: Any) -> int:
     import getpass
     import socket
 
+    from hpo.watch.dashboard import LOCAL_HOSTS, forward_line, serve
+    from hpo.watch.status import open_view
+
     settings, _ = load(flags)
-    _journal(settings)  # a missing journal or study fails here, with the valid names
-    from optuna_dashboard import run_server
-
-    from hpo.storage import open_settings_storage
-
+    open_view(settings)  # a missing journal or study fails here, with the valid names
     click.echo(f"optuna-dashboard for study {settings.study_name!r} ({settings.storage_label}) "
                f"on http://{bind}:{port}/", err=True)
-    if bind in ("127.0.0.1", "localhost", "::1"):
+    if bind in LOCAL_HOSTS:
         click.echo(f"from a laptop: {forward_line(port, getpass.getuser(), socket.getfqdn())}  "
                    f"then open http://127.0.0.1:{port}/", err=True)
-    try:
-        # The workers' storage and lock: the dashboard may write (notes), like a worker.
-        run_server(open_settings_storage(settings), host=bind, port=port)
-    except KeyboardInterrupt:
-        pass
-    except OSError as exc:
-        raise UsageError(f"--port {port} / --host {bind}: cannot listen: {exc}") from None
+    serve(settings, bind, port)
     return 0
 
 
 COMMANDS = (status_cmd, logs_cmd, best_cmd, export_cmd, plot_cmd, report_cmd, dashboard_cmd)
 
-
-def register(group: click.Group) -> None:
-    """Add the watch commands to the ``hpo`` group."""
-    for command in COMMANDS:
-        group.add_command(command)

@@ -1,0 +1,29 @@
+"""What every ``hpo`` command shares: the settings flags and how flags become settings."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import click
+
+from hpo.config import StudyConfig, load_all
+from hpo.settings import FIELDS, Settings
+
+Command = Callable[..., Any]
+
+
+def settings_options(func: Command) -> Command:
+    """One ``--flag`` per setting, from the same table as the environment variables."""
+    for f in reversed(FIELDS):
+        func = click.option(
+            "--" + f.name.replace("_", "-"), f.name, default=None, metavar=f.env,
+            help=f"{f.help} [env {f.env}; default {f.default}]",
+        )(func)
+    return click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
+                        help="study config YAML [env HPO_CONFIG; default configs/physae.yaml]")(func)
+
+
+def load(flags: dict[str, Any]) -> tuple[Settings, StudyConfig]:
+    """Resolve settings and the study config from flags, environment and file."""
+    return load_all(flags, os.environ)

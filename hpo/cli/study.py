@@ -1,0 +1,126 @@
+"""``hpo config``, ``enqueue``, ``refine``: the study's settings, queue and search space."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpo.cli._options import load, settings_options
+from hpo.settings import FIELDS, Settings
+
+
+@click.command("config")
+@settings_options
+def config_cmd(**flags: Any) -> None:
+    """Print the effective settings and where each value came from."""
+    settings, config = load(flags)
+    click.echo(f"# study config: {config.path} ({settings.sources['config']})")
+    click.echo(f"# storage: {settings.storage_label}")
+    width = max(len(f.env) for f in FIELDS)
+    for f in FIELDS:
+        value = getattr(settings, f.name)
+        shown = "(unset)" if value is None else str(value)
+        click.echo(f"{f.env:<{width}}  {shown:<24} {settings.sources[f.name]}")
+    fixed = settings.fixed_params()
+    click.echo(f"# fixed parameters: {fixed or 'none'}; sampled: "
+               f"{', '.join(n for n in config.space if n not in fixed)}")
+
+
+def _other_study_trials(settings: Settings, name: str) -> list[Any]:
+    """Trials of another study in the same storage (read-only)."""
+    import dataclasses
+
+    import optuna
+
+    from hpo.errors import UsageError
+    from hpo.storage import open_settings_storage
+
+    storage = open_settings_storage(dataclasses.replace(settings, study_name=name))
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name not in names:
+        raise UsageError(f"--from-study {name!r}: no such study in {settings.storage_label if settings.storage else settings.journal_dir}; "
+                         f"existing: {', '.join(names) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+
+
+@click.command("enqueue")
+@settings_options
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.option("--from-study", default=None, help="take the best trials of this study (same storage)")
+@click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="how many, with --from-study")
+def enqueue_cmd(file: str | None, from_study: str | None, top: int, **flags: Any) -> int:
+    """Put parameter sets (a JSON/YAML FILE, or another study's top trials) first in line."""
+    from hpo.errors import UsageError
+    from hpo.storage import open_study
+    from hpo.space import check_param_set
+    from hpo.warmstart import read_param_sets, top_trials
+
+    settings, config = load(flags)
+    if (file is None) == (from_study is None):
+        raise UsageError("give a FILE of parameter sets or --from-study NAME (one of them)")
+    if file is not None:
+        sets, origin = read_param_sets(Path(file)), f"file {file}"
+    elif from_study is not None:
+        best = top_trials(_other_study_trials(settings, from_study), top, config.directions[0] == "maximize")
+        sets, origin = [dict(t.params) for t in best], f"study {from_study} (top {top})"
+    checked = [check_param_set(config.space, params, f"{origin}[{i}]") for i, params in enumerate(sets)]
+    shared = open_study(settings, config)
+    for params in checked:
+        shared.study.enqueue_trial(params, user_attrs={"origin": f"enqueued from {origin}"})
+    click.echo(f"enqueued {len(checked)} trial(s) from {origin} into study {settings.study_name!r}")
+    return 0
+
+
+@click.command("refine")
+@settings_options
+@click.option("--from", "source", required=True, help="the finished study to refine around")
+@click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="best trials the ranges cover")
+@click.option("--factor", type=click.FloatRange(1.0, min_open=True), default=2.0, show_default=True,
+              help="log-scale parameters: [min/factor, max*factor] of the best trials")
+@click.option("--fraction", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
+              help="other parameters: padded by this fraction of their range")
+def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: Any) -> int:
+    """Create a study narrowed around the best trials of another (CODES's fine stage)."""
+    import dataclasses
+
+    import yaml
+
+    from hpo.config import load_config, parse_config
+    from hpo.errors import UsageError
+    from hpo.provenance import stored_config_path
+    from hpo.storage import open_study
+    from hpo.util import write_bytes_atomic
+    from hpo.warmstart import dumps_summary, refine_space, refined_config, top_trials
+
+    settings, config = load(flags)
+    new_name = settings.study_name if settings.sources["study_name"] == "flag" or \
+        settings.sources["study_name"].startswith("env:") else f"{source}_fine"
+    if new_name == source:
+        raise UsageError(f"STUDY_NAME={new_name!r} is the study refined from; give the new study another name")
+    source_settings = dataclasses.replace(settings, study_name=source)
+    stored = stored_config_path(source_settings)
+    source_config = load_config(stored) if stored.is_file() else config
+    best = top_trials(_other_study_trials(settings, source), top, source_config.directions[0] == "maximize")
+    if not best:
+        raise UsageError(f"--from {source!r}: the study has no complete single-objective trial to refine around")
+    new_space, summary, budget = refine_space(source_config.space, [t.params for t in best], factor, fraction)
+    new_settings = dataclasses.replace(settings, study_name=new_name, max_trials=budget)
+    path = stored_config_path(new_settings)
+    if path.exists():
+        raise UsageError(f"study {new_name!r} already has a config ({path}); choose another STUDY_NAME")
+    text = refined_config(source_config.text, new_name, new_space, budget, best[0].params)
+    new_config = dataclasses.replace(parse_config(path, yaml.safe_load(text)), text=text)
+    write_bytes_atomic(path, text.encode())
+    write_bytes_atomic(path.with_name("fine_summary.yaml"), dumps_summary(source, summary, budget, best[0].params).encode())
+    open_study(dataclasses.replace(new_settings, config=path), new_config)  # creates it, best trial enqueued first
+    click.echo(f"study {new_name!r}: {len(summary)} parameter(s) narrowed around the top {len(best)} trial(s) of "
+               f"{source!r}; budget {budget} trials; ranges in {path.with_name('fine_summary.yaml')}")
+    click.echo(f"run it: hpo run --config {path}")
+    return 0
+
+
+
+
+COMMANDS = (config_cmd, enqueue_cmd, refine_cmd)
