@@ -27,7 +27,7 @@ DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 Parser = Callable[[str, Any], Any]
 
 
-def _int_in(low: int, high: int) -> Parser:
+def _int_in(low: int, high: int) -> Callable[[str, Any], int]:
     def parse(name: str, raw: Any) -> int:
         text = str(raw).strip()
         try:

@@ -47,7 +47,7 @@ class Param:
         if self.kind == "categorical":
             return value in self.choices
         try:
-            return self.low <= value <= self.high  # type: ignore[operator]
+            return bool(self.low <= value <= self.high)
         except TypeError:
             return False
 

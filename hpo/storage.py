@@ -123,12 +123,15 @@ def _construct(module: Any, table: dict[str, tuple[str, dict[str, Any]]], name: 
 
 def make_sampler(settings: "Settings", seed: int | None, args: Mapping[str, Mapping[str, Any]] | None = None
                  ) -> optuna.samplers.BaseSampler:
-    return _construct(optuna.samplers, _SAMPLERS, settings.sampler, args or {}, "sampler_args", seed=seed)
+    sampler: optuna.samplers.BaseSampler = _construct(optuna.samplers, _SAMPLERS, settings.sampler, args or {},
+                                                      "sampler_args", seed=seed)
+    return sampler
 
 
 def make_pruner(settings: "Settings", args: Mapping[str, Mapping[str, Any]] | None = None
                 ) -> optuna.pruners.BasePruner:
-    return _construct(optuna.pruners, _PRUNERS, settings.pruner, args or {}, "pruner_args")
+    pruner: optuna.pruners.BasePruner = _construct(optuna.pruners, _PRUNERS, settings.pruner, args or {}, "pruner_args")
+    return pruner
 
 
 class TrialIndex:

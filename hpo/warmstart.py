@@ -116,5 +116,6 @@ def refined_config(source_text: str, new_name: str, new_space: dict[str, Any], b
 
 
 def dumps_summary(source: str, summary: dict[str, Any], budget: int, best: Mapping[str, Any]) -> str:
-    return yaml.safe_dump({"from_study": source, "max_trials": budget, "best_params": json.loads(json.dumps(best)),
-                           "ranges": summary}, sort_keys=False)
+    text: str = yaml.safe_dump({"from_study": source, "max_trials": budget,
+                                "best_params": json.loads(json.dumps(best)), "ranges": summary}, sort_keys=False)
+    return text

@@ -6,6 +6,7 @@ import pkgutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
 
 import hpo
 import hpo.watch
@@ -21,12 +22,11 @@ def _python(code: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-def _modules(package: object, prefix: str) -> list[str]:
+def _modules(package: ModuleType, prefix: str) -> list[str]:
     """Every module under ``package``; walk_packages skips a package that fails to import
     (reported through ``onerror``), so those are kept too, to fail the import below."""
     broken: list[str] = []
-    names = [m.name for m in pkgutil.walk_packages(package.__path__, prefix,  # type: ignore[attr-defined]
-                                                   onerror=broken.append)]
+    names = [m.name for m in pkgutil.walk_packages(package.__path__, prefix, onerror=broken.append)]
     return names + [name for name in broken if name not in names]
 
 

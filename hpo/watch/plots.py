@@ -490,7 +490,7 @@ def make_figures(trials: Sequence[TrialRecord], ctx: PlotContext) -> dict[str, b
         ranked = importances(trials, ctx)
     except Skip:
         pass
-    order = sorted(ranked, key=lambda n: -ranked[n]) if ranked else None  # type: ignore[index]
+    order = sorted(ranked, key=lambda n: -ranked[n]) if ranked else None
     extra: dict[str, tuple[Any, ...]] = {"parallel_coordinate": (order,), "contour": (order,),
                                          "param_importances": (ranked,)}
     for name, draw in FIGURES.items():
