@@ -27,9 +27,11 @@ def settings_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """One ``--flag`` per setting, from the same table as the environment variables."""
     for f in reversed(FIELDS):
         func = click.option(
-            "--" + f.name.replace("_", "-"), f.name, default=None, metavar=f.env,
+            f.flag, f.name, default=None, metavar=f.env,
             help=f"{f.help} [env {f.env}; default {f.default}]",
         )(func)
+    func = click.option("--arg", "args", multiple=True, metavar="NAME=VALUE",
+                        help="a setting of the objective (see `hpo config`), e.g. --arg n_train=2000")(func)
     return click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
                         help="study config YAML [env HPO_CONFIG; default configs/physae.yaml]")(func)
 
@@ -96,16 +98,27 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 @cli.command("config")
 @settings_options
-def config_cmd(**flags: Any) -> None:
+@click.option("--record-job", "record_job", default=None, metavar="JOB_ID",
+              help="append JOB_ID to the study's jobs file (what the sbatch scripts call) and print nothing else")
+def config_cmd(record_job: str | None, **flags: Any) -> None:
     """Print the effective settings and where each value came from."""
     settings, config = load(flags)
+    if record_job is not None:
+        from hpo.scheduler import record_jobs
+
+        record_jobs(settings.jobs_path, [record_job])
+        return
     click.echo(f"# study config: {config.path} ({settings.sources['config']})")
     click.echo(f"# storage: {settings.storage_label}")
-    width = max(len(f.env) for f in FIELDS)
-    for f in FIELDS:
-        value = getattr(settings, f.name)
-        shown = "(unset)" if value is None else str(value)
-        click.echo(f"{f.env:<{width}}  {shown:<24} {settings.sources[f.name]}")
+    width = max(len(f.env) for f in settings.fields())
+    for heading, table in (("", FIELDS), (f"# the objective's own settings ({config.objective.partition(':')[0]}"
+                                          ".SETTINGS; flag: --arg NAME=VALUE)", settings.objective_fields)):
+        if heading and table:
+            click.echo(heading)
+        for f in table:
+            value = settings.value(f)
+            shown = "(unset)" if value is None else str(value)
+            click.echo(f"{f.env:<{width}}  {shown:<24} {settings.sources[f.name]}")
     fixed = settings.fixed_params()
     click.echo(f"# fixed parameters: {fixed or 'none'}; sampled: "
                f"{', '.join(n for n in config.space if n not in fixed)}")

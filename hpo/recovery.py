@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -45,13 +45,16 @@ class Heartbeat:
     def __init__(self, shared: "SharedStudy", period: float) -> None:
         self._shared, self._period = shared, period
         self._trial_id: int | None = None
+        self._on_taken: Callable[[], None] = lambda: None
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
         self._thread.start()
 
     @contextlib.contextmanager
-    def watching(self, trial_id: int) -> Iterator[None]:
-        self._trial_id = trial_id
+    def watching(self, trial_id: int, on_taken: Callable[[], None] = lambda: None) -> Iterator[None]:
+        """Keep ``trial_id`` alive; call ``on_taken`` (once) if the journal shows that
+        another worker ended it, e.g. after this process was stopped past the stale age."""
+        self._trial_id, self._on_taken = trial_id, on_taken
         try:
             yield
         finally:
@@ -63,6 +66,12 @@ class Heartbeat:
             if trial_id is None:
                 continue
             try:
+                if self._shared.is_finished(trial_id):
+                    # Reaped while we were stalled: beat no more (a heartbeat would be a
+                    # record Optuna's replay ignores); the runner stops the trial.
+                    self._trial_id = None
+                    self._on_taken()
+                    continue
                 storage = self._shared.storage
                 if self._shared.is_journal:
                     storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())

@@ -221,6 +221,14 @@ class SharedStudy:
     def counts(self) -> Counter[TrialState]:
         return self.index.counts()
 
+    def frozen(self, trial_id: int) -> optuna.trial.FrozenTrial:
+        """The trial as the storage holds it now (re-read from the journal)."""
+        return self.storage.get_trial(trial_id)
+
+    def is_finished(self, trial_id: int) -> bool:
+        """Whether the journal already holds this trial's end (e.g. it was reaped)."""
+        return self.frozen(trial_id).state.is_finished()
+
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Several user attributes, one journal record each (Optuna's replay accepts
         one key per record, so they cannot be batched without breaking readers)."""

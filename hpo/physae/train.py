@@ -216,7 +216,7 @@ def _make_optimizer(spec: StageSpec, encoder: Encoder, refiner: Refiner, device_
 def _train_epoch(run: _Run, spec: StageSpec, opt: torch.optim.Optimizer) -> float:
     """One pass over the shuffled training set; returns the mean loss (one host sync)."""
     data, n = run.data, run.data.train_signal.shape[0]
-    batch = run.ctx.settings.batch_size
+    batch = run.ctx.options["batch_size"]
     gen = torch.Generator(device="cpu").manual_seed(_epoch_seed(run.ctx.settings.train_seed, run.global_step))
     order = torch.randperm(n, generator=gen).to(data.train_signal.device)
     scale = run.encoder.norm.scale
@@ -442,8 +442,8 @@ def _end_epoch(run: _Run, spec: StageSpec, record: dict[str, Any], opt: torch.op
 def _prepare(params: dict[str, Any], ctx: TrialContext) -> tuple[_Run, tuple[StageSpec, ...]]:
     """Validate parameters, fetch the (cached) dataset and build fresh models."""
     canonical = canonical_params(params)
-    settings = ctx.settings
-    key = (settings.n_train, settings.n_val, settings.n_points, settings.data_seed, ctx.device)
+    settings, o = ctx.settings, ctx.options
+    key = (o["n_train"], o["n_val"], o["n_points"], settings.data_seed, ctx.device)
     timings = Timings(data_cached=is_cached(*key))
     with _measure(timings, "data"):
         data = get_dataset(*key)

@@ -166,7 +166,7 @@ def best_cmd(fmt: str, **flags: Any) -> int:
     from hpo.watch.export import best_report
 
     settings, _ = load(flags)
-    report = best_report(_journal(settings), settings.as_dict())
+    report = best_report(_journal(settings), settings.as_dict(), settings.objective_fields)
     if fmt == "json":
         click.echo(json.dumps(report, indent=2, default=str))
     else:
@@ -239,7 +239,7 @@ def report_cmd(out: str | None, top: int, **flags: Any) -> int:
     journal = inputs.journal
     state = status.build(inputs)
     figures = _figures(config.objective, journal)  # decodes every trial
-    best = best_report(journal, settings.as_dict())
+    best = best_report(journal, settings.as_dict(), settings.objective_fields)
     n = len(journal.study.directions)
     rows = trial_rows(top_trials(journal.trials, journal.study.directions, top), n)
     page = render_html(state, best, columns(journal.trials, n), rows, figures)

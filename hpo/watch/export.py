@@ -23,15 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from hpo.settings import Field
 from hpo.util import write_json_atomic
 from hpo.watch.journal import StudyJournal, TrialRecord
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_TOP = 20
-# Budgets the environment can fix (the inverse of Settings.fixed_params).
-BUDGET_ENV = {"A.epochs": "STAGEA_EPOCHS", "B1.epochs": "STAGEB1_EPOCHS", "B2.epochs": "STAGEB2_EPOCHS"}
-DATA_ENV = {"n_train": "N_TRAIN", "n_val": "N_VAL", "n_points": "N_POINTS"}
 ENQUEUE_NOTE = ("to train with them: `hpo export` writes results/<study>/best_params.json; then "
                 "`hpo enqueue results/<study>/best_params.json --study-name <new>` and run the env line with "
                 "`hpo run --workers 1 --max-trials 1 --study-name <new>` (the run directory keeps the checkpoints)")
@@ -98,18 +96,21 @@ def choose_best(journal: StudyJournal) -> Best:
     return Best(knee_point(front, directions), tuple(front))
 
 
-def budget_env(trial: TrialRecord, data_settings: Mapping[str, Any]) -> dict[str, str]:
-    """Environment variables that reproduce a trial's budgets: stage epochs from its
-    parameters (sampled, else fixed by the environment when it ran) and data sizes."""
+def budget_env(trial: TrialRecord, fields: Sequence[Field], ran_with: Mapping[str, Any]) -> dict[str, str]:
+    """Environment variables that reproduce a trial's budgets, from the objective's own
+    settings (``fields``, its module's SETTINGS): first those that fix a parameter (e.g.
+    PhysAE's stage epochs), from the trial's parameters, sampled or fixed when it ran;
+    then the others as the trial ran with them (``ran_with``: its settings.json)."""
     fixed = trial.user_attrs.get("fixed_params") or {}
     env: dict[str, str] = {}
-    for param, variable in BUDGET_ENV.items():
-        value = trial.params.get(param, fixed.get(param) if isinstance(fixed, dict) else None)
-        if value is not None:
-            env[variable] = str(value)
-    for key, variable in DATA_ENV.items():
-        if data_settings.get(key) is not None:
-            env[variable] = str(data_settings[key])
+    for f in fields:
+        if f.fixes is not None:
+            value = trial.params.get(f.fixes, fixed.get(f.fixes) if isinstance(fixed, dict) else None)
+            if value is not None:
+                env[f.env] = str(value)
+    for f in fields:
+        if f.fixes is None and ran_with.get(f.name) is not None:
+            env[f.env] = str(ran_with[f.name])
     return env
 
 
@@ -125,8 +126,9 @@ def run_settings(trial: TrialRecord) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def best_report(journal: StudyJournal, current_settings: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``hpo best`` prints (as YAML or JSON)."""
+def best_report(journal: StudyJournal, current_settings: Mapping[str, Any],
+                fields: Sequence[Field] = ()) -> dict[str, Any]:
+    """What ``hpo best`` prints (as YAML or JSON); ``fields``: the objective's settings."""
     best = choose_best(journal)
     directions = [d.lower() for d in journal.study.directions]
     out: dict[str, Any] = {"study": journal.study.name, "directions": directions}
@@ -136,7 +138,7 @@ def best_report(journal: StudyJournal, current_settings: Mapping[str, Any]) -> d
         return out
     trial = best.trial
     ran_with = run_settings(trial)
-    env = budget_env(trial, ran_with or current_settings)
+    env = budget_env(trial, fields, ran_with or current_settings)
     if best.front:
         out["pareto"] = [{"number": t.number, "values": t.values, "params": t.params} for t in best.front]
         out["knee"] = "closest to the utopia point, objectives scaled to [0, 1] over the Pareto set"
