@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Callable, Iterator
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.util import process_alive
+
 if TYPE_CHECKING:
     from hpo.storage import SharedStudy
 
@@ -81,16 +83,6 @@ class Heartbeat:
                 _logger.debug("heartbeat of trial id %d not written", trial_id, exc_info=True)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: str,
             live_jobs: set[str] | None = None, stale_ids: set[int] | None = None) -> bool:
     """A RUNNING trial whose worker is gone: stale heartbeat, dead pid on this host, or
@@ -98,7 +90,7 @@ def is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: str,
     ``stale_ids``: an RDB storage's own verdict on heartbeats (None for the journal)."""
     attrs = trial.user_attrs
     if attrs.get("host") == host and isinstance(attrs.get("pid"), int) and attrs["pid"] != os.getpid():
-        if not _process_alive(attrs["pid"]):
+        if not process_alive(attrs["pid"]):
             return True
     job = attrs.get("slurm_job_id")
     if live_jobs is not None and job is not None and str(job) not in live_jobs:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from hpo.settings import Field, int_in
+from hpo.api import Field, int_in
 
 if TYPE_CHECKING:
     from hpo.objective import TrialContext

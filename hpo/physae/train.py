@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +51,7 @@ import torch
 from hpo.physae.data import N_PARAMS, SpectraDataset, get_dataset, is_cached
 from hpo.physae.model import Encoder, Prediction, Refiner, build_models, predict
 from hpo.trial_errors import Diverged
+from hpo.util import write_atomic, write_bytes_atomic
 
 if TYPE_CHECKING:
     from hpo.objective import TrialContext
@@ -258,23 +258,13 @@ def evaluate(
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file beside ``path``, fsync, then rename over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` (a state dict, never a pickled object graph of ours) through the one
+    atomic writer: a reader, such as a retry resuming from here, sees whole files only."""
+    write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 def atomic_write_text(text: str, path: Path) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync, then rename over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
