@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hpo.util import write_json_atomic
-from hpo.watch.journal import StudyJournal, TrialRecord
+from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
 
 _logger = logging.getLogger(__name__)
 
@@ -41,23 +41,6 @@ ENQUEUE_NOTE = ("to train with them: `hpo export` writes results/<study>/best_pa
 
 def _signs(directions: Sequence[str]) -> list[int]:
     return [-1 if d.upper() == "MAXIMIZE" else 1 for d in directions]
-
-
-def pareto_front(trials: Sequence[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
-    """COMPLETE trials that no other COMPLETE trial dominates, in number order
-    (``study.best_trials`` without constraints; equal points are all kept)."""
-    signs = _signs(directions)
-    points = sorted(
-        ((tuple(s * v for s, v in zip(signs, t.values)), t) for t in trials if t.state == "COMPLETE" and t.values),
-        key=lambda p: p[0],
-    )
-    front: list[tuple[tuple[float, ...], TrialRecord]] = []
-    for key, trial in points:
-        # Sorted lexicographically, only an earlier point can dominate; and whatever
-        # dominates it is dominated by (or is) a front point, so the front suffices.
-        if not any(all(f <= k for f, k in zip(other, key)) and other != key for other, _ in front):
-            front.append((key, trial))
-    return sorted((t for _, t in front), key=lambda t: t.number)
 
 
 def knee_point(front: Sequence[TrialRecord], directions: Sequence[str]) -> TrialRecord | None:
