@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -27,8 +28,20 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
         raise
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON can hold it: NaN and infinities become null (JSON has
+    neither). The one rule for every JSON hpo prints or writes (docs/watch.md)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def _dumps(payload: Any) -> bytes:
-    return (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode()
+    return (json.dumps(json_safe(payload), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n").encode()
 
 
 def write_json_atomic(path: Path, payload: Any, durable: bool = True) -> None:

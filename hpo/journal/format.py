@@ -50,7 +50,7 @@ def newer_format_message(path: str | os.PathLike[str], op: Any, offset: int) -> 
 
     return (f"{os.fspath(path)}: written by a newer Optuna (op code {op} at byte {offset}; optuna "
             f"{optuna.__version__} knows {min(KNOWN_OPS)}-{max(KNOWN_OPS)}); upgrade optuna. "
-            "The journal is not damaged: do not repair it.")
+            "This is no damage: do not `hpo repair` it.")
 
 
 def damage_error(path: str | os.PathLike[str], offset: int, line: int | None, reason: str,

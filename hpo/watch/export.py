@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from hpo.util import write_json_atomic
+from hpo.util import json_safe, write_json_atomic
 from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
 
 _logger = logging.getLogger(__name__)
@@ -109,14 +109,14 @@ def run_settings(trial: TrialRecord) -> dict[str, Any] | None:
 
 
 def best_report(journal: StudyJournal, current_settings: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``hpo best`` prints (as YAML or JSON)."""
+    """What ``hpo best`` prints (as YAML or JSON): strict JSON values (non-finite -> null)."""
     best = choose_best(journal)
     directions = [d.lower() for d in journal.study.directions]
     out: dict[str, Any] = {"study": journal.study.name, "directions": directions}
     if best.trial is None:
         out["best_trial_number"] = None
         out["note"] = "no COMPLETE trial yet"
-        return out
+        return json_safe(out)  # type: ignore[no-any-return]
     trial = best.trial
     ran_with = run_settings(trial)
     env = budget_env(trial, ran_with or current_settings)
@@ -218,17 +218,6 @@ def hpo_results_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
     }
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities are not JSON: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _parquet_safe(frame: Any) -> Any:
     """Parquet columns hold one type: a column mixing types (a categorical parameter
     with choices 1 and "a") is written as text."""
@@ -254,10 +243,10 @@ def export(journal: StudyJournal, out_dir: Path, top: int = DEFAULT_TOP) -> list
     top_frame = pd.DataFrame(trial_rows(top_trials(journal.trials, journal.study.directions, top), n), columns=cols)
     paths = [out_dir / "best_params.json", out_dir / "all_trials.csv", out_dir / f"top_{top}_trials.csv",
              out_dir / "trials.parquet", out_dir / "hpo_results.json"]
-    write_json_atomic(paths[0], _json_safe(best_params_json(journal, best)))
+    write_json_atomic(paths[0], best_params_json(journal, best))
     frame.to_csv(paths[1], index=False)
     top_frame.to_csv(paths[2], index=False)
     _parquet_safe(frame).to_parquet(paths[3], index=False)
-    write_json_atomic(paths[4], _json_safe(hpo_results_json(journal, best)))
+    write_json_atomic(paths[4], hpo_results_json(journal, best))
     _logger.info("exported %d trials of %s to %s", len(frame), journal.study.name, out_dir)
     return paths

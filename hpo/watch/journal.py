@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Collection, Iterable, Iterator, Protocol
+from typing import Any, Collection, Iterable, Iterator, Protocol, Sequence
 
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
@@ -635,7 +635,7 @@ class StudyJournal:
         return pareto_front(self.trials, self.study.directions)
 
 
-def pareto_front(trials: Iterable[TrialRecord], directions: list[str]) -> list[TrialRecord]:
+def pareto_front(trials: Iterable[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
     """COMPLETE trials no other dominates, in number order, by Optuna's own rule
     (``study.best_trials``): only feasible ones when any trial has constraints;
     equal points are all kept."""
