@@ -72,8 +72,10 @@ _STRUCTURAL_RE = re.compile(rb'\n(\{"op_code":' + _codes(_STRUCTURAL_OPS) + rb',
 _DETAIL_CODES = _codes(_DETAIL_OPS)
 _HEAD_RE = re.compile(rb'\{"op_code":(' + _DETAIL_CODES[3:-1] + rb'),' + _WORKER[:-1])  # a detail line up to its worker id
 _DETAIL_LINE_RE = re.compile(rb'\n(\{"op_code":(' + _DETAIL_CODES[3:-1] + rb'),' + _WORKER + rb'"trial_id":(\d+),[^\n]*)')
-_PARAM_DIST_RE = re.compile(rb'"param_name":("(?:[^"\\\n]|\\.)*"),"param_value_internal":[^,\n]*,'
-                            rb'"distribution":("(?:[^"\\\n]|\\.)*")\}\n')
+# A SET_TRIAL_PARAM line's name (without escapes) and distribution; [^\n]* is the fast repeat.
+_PARAM_DIST_RE = re.compile(rb'\n\{"op_code":' + str(int(Op.SET_TRIAL_PARAM)).encode() + rb',' + _WORKER
+                            + rb'"trial_id":\d+,"param_name":("[^"\\\n]*"),"param_value_internal":[^,\n]*,'
+                            rb'"distribution":("[^\n]*")\}(?=\n)')
 # Trials asked for by id in one pattern up to this many; beyond, scan all detail lines and filter.
 _MAX_ALTERNATION = 256
 
@@ -310,8 +312,9 @@ Detail = tuple[int, int, int, dict[str, Any]]  # offset, op code, trial id, deco
 class _DetailSource(Protocol):
     def details(self, trial_ids: Collection[int] | None) -> list[Detail]: ...
 
-    def param_distributions(self) -> set[tuple[str, str]]:
-        """``(parameter name, distribution JSON)`` of every SET_TRIAL_PARAM line."""
+    def param_distributions(self) -> set[tuple[str, str]] | None:
+        """``(parameter name, distribution JSON)`` of every SET_TRIAL_PARAM line;
+        None when some line could not be read this way."""
         ...
 
     def user_attrs(self, keys: Collection[str]) -> list[tuple[int, int, str, Any]]:
@@ -381,9 +384,11 @@ class _RegexSource:
             found = [f for f in found if f[2] in wanted]
         return self._decoded(found)
 
-    def param_distributions(self) -> set[tuple[str, str]]:
-        # Matches inside attribute values only add pairs: at worst a slower exact decode.
-        return {(json.loads(n), json.loads(d)) for n, d in set(_PARAM_DIST_RE.findall(self.text))}
+    def param_distributions(self) -> set[tuple[str, str]] | None:
+        found = _PARAM_DIST_RE.findall(self.text)
+        if len(found) != self.text.count(b'\n{"op_code":%d,' % Op.SET_TRIAL_PARAM):
+            return None  # a name with escapes, or another layout: decode the whole study (exact)
+        return {(json.loads(n), json.loads(d)) for n, d in set(found)}
 
     def user_attrs(self, keys: Collection[str]) -> list[tuple[int, int, str, Any]]:
         names = {json.dumps(k).encode(): k for k in keys}
@@ -418,7 +423,7 @@ class _ParsedSource:
         wanted = set(trial_ids)
         return [d for d in self.lines if d[2] in wanted]
 
-    def param_distributions(self) -> set[tuple[str, str]]:
+    def param_distributions(self) -> set[tuple[str, str]] | None:
         return {(d[3]["param_name"], d[3]["distribution"]) for d in self.lines if d[1] == Op.SET_TRIAL_PARAM}
 
     def user_attrs(self, keys: Collection[str]) -> list[tuple[int, int, str, Any]]:
@@ -566,6 +571,8 @@ class StudyJournal:
         usual case) that always holds, and replaying only some trials is exact.
         """
         pairs = self._source.param_distributions()
+        if pairs is None:
+            return True
         for _, log in self._replay.create_logs:
             pairs.update(log.get("distributions", {}).items())
         names = [name for name, _ in pairs]
