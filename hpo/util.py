@@ -4,6 +4,7 @@ the one atomic file writer and the one "is this process alive" check."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from pathlib import Path
@@ -45,8 +46,20 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON can hold it: NaN and infinities become null (JSON has
+    neither). The one rule for every JSON hpo prints or writes (docs/watch.md)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def _dumps(payload: Any) -> bytes:
-    return (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode()
+    return (json.dumps(json_safe(payload), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n").encode()
 
 
 def write_json_atomic(path: Path, payload: Any, durable: bool = True) -> None:

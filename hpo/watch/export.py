@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hpo.settings import Field
-from hpo.util import write_json_atomic
-from hpo.watch.journal import StudyJournal, TrialRecord
+from hpo.util import json_safe, write_json_atomic
+from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
 
 _logger = logging.getLogger(__name__)
 
@@ -39,23 +39,6 @@ ENQUEUE_NOTE = ("to train with them: `hpo export` writes results/<study>/best_pa
 
 def _signs(directions: Sequence[str]) -> list[int]:
     return [-1 if d.upper() == "MAXIMIZE" else 1 for d in directions]
-
-
-def pareto_front(trials: Sequence[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
-    """COMPLETE trials that no other COMPLETE trial dominates, in number order
-    (``study.best_trials`` without constraints; equal points are all kept)."""
-    signs = _signs(directions)
-    points = sorted(
-        ((tuple(s * v for s, v in zip(signs, t.values)), t) for t in trials if t.state == "COMPLETE" and t.values),
-        key=lambda p: p[0],
-    )
-    front: list[tuple[tuple[float, ...], TrialRecord]] = []
-    for key, trial in points:
-        # Sorted lexicographically, only an earlier point can dominate; and whatever
-        # dominates it is dominated by (or is) a front point, so the front suffices.
-        if not any(all(f <= k for f, k in zip(other, key)) and other != key for other, _ in front):
-            front.append((key, trial))
-    return sorted((t for _, t in front), key=lambda t: t.number)
 
 
 def knee_point(front: Sequence[TrialRecord], directions: Sequence[str]) -> TrialRecord | None:
@@ -128,14 +111,15 @@ def run_settings(trial: TrialRecord) -> dict[str, Any] | None:
 
 def best_report(journal: StudyJournal, current_settings: Mapping[str, Any],
                 fields: Sequence[Field] = ()) -> dict[str, Any]:
-    """What ``hpo best`` prints (as YAML or JSON); ``fields``: the objective's settings."""
+    """What ``hpo best`` prints (as YAML or JSON): strict JSON values (non-finite -> null);
+    ``fields``: the objective's own settings, for the environment line of its budgets."""
     best = choose_best(journal)
     directions = [d.lower() for d in journal.study.directions]
     out: dict[str, Any] = {"study": journal.study.name, "directions": directions}
     if best.trial is None:
         out["best_trial_number"] = None
         out["note"] = "no COMPLETE trial yet"
-        return out
+        return json_safe(out)  # type: ignore[no-any-return]
     trial = best.trial
     ran_with = run_settings(trial)
     env = budget_env(trial, fields, ran_with or current_settings)
@@ -237,17 +221,6 @@ def hpo_results_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
     }
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities are not JSON: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _parquet_safe(frame: Any) -> Any:
     """Parquet columns hold one type: a column mixing types (a categorical parameter
     with choices 1 and "a") is written as text."""
@@ -273,10 +246,10 @@ def export(journal: StudyJournal, out_dir: Path, top: int = DEFAULT_TOP) -> list
     top_frame = pd.DataFrame(trial_rows(top_trials(journal.trials, journal.study.directions, top), n), columns=cols)
     paths = [out_dir / "best_params.json", out_dir / "all_trials.csv", out_dir / f"top_{top}_trials.csv",
              out_dir / "trials.parquet", out_dir / "hpo_results.json"]
-    write_json_atomic(paths[0], _json_safe(best_params_json(journal, best)))
+    write_json_atomic(paths[0], best_params_json(journal, best))
     frame.to_csv(paths[1], index=False)
     top_frame.to_csv(paths[2], index=False)
     _parquet_safe(frame).to_parquet(paths[3], index=False)
-    write_json_atomic(paths[4], _json_safe(hpo_results_json(journal, best)))
+    write_json_atomic(paths[4], hpo_results_json(journal, best))
     _logger.info("exported %d trials of %s to %s", len(frame), journal.study.name, out_dir)
     return paths

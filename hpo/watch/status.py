@@ -5,8 +5,8 @@
 :func:`render` turns that dict into rich tables (pure). ``squeue`` runs through
 :func:`hpo.scheduler.run_command`, the project's one runner of SLURM commands.
 
-Fast on big studies: the journal is read with :mod:`hpo.watch.journal` (no Optuna
-import), and only the running and best trials are decoded in full. A study in an
+Fast on big studies: the journal is read with :mod:`hpo.watch.journal`, and only
+the running and best trials are decoded in full (by Optuna's own replay). A study in an
 RDB (``HPO_STORAGE``) is read through Optuna instead (:func:`open_view`).
 """
 
@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
-from hpo.watch.export import pareto_front
-from hpo.watch.journal import StudyJournal, TrialRecord
+from hpo.util import json_safe
+from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -221,7 +221,8 @@ def _numbers_to_decode(journal: StudyJournal) -> list[int]:
 # -- the report (pure) --------------------------------------------------------------
 
 def build(inputs: Inputs) -> dict[str, Any]:
-    """The status as a JSON-able dict (the ``hpo status --json`` schema, see docs/watch.md)."""
+    """The status as a strict-JSON dict (the ``hpo status --json`` schema, see docs/watch.md;
+    non-finite values are null)."""
     journal, now = inputs.journal, inputs.now
     trials = journal.trials
     states = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
@@ -232,7 +233,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
     remaining = max(0, inputs.max_trials - finished)
     eta = 0.0 if remaining == 0 else (remaining / rate if rate else None)
     running = [_running_row(t, inputs) for t in trials if t.state == "RUNNING"]
-    return {
+    return json_safe({  # type: ignore[no-any-return]
         "study": journal.study.name,
         "storage": journal.label,
         "journal_bytes": journal.size,
@@ -255,7 +256,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
         "workers": workers_summary(trials, inputs.worker_attrs),
         "slurm": {"available": inputs.slurm.available, "note": inputs.slurm.note,
                   "jobs": [asdict(j) for j in inputs.slurm.jobs]},
-    }
+    })
 
 
 def throughput(trials: Sequence[TrialRecord], now: float) -> tuple[float | None, float | None]:
