@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 ObjectiveValue = Union[float, Sequence[float]]
 
+# Per-epoch metrics of a trial, one JSON object a line, in its run directory; ``hpo
+# status`` shows the last line's ``stage`` and ``epoch`` of each running trial.
+METRICS_FILE = "metrics.jsonl"
+
 
 class TrialStopped(Exception):
     """Raised by an objective (through :meth:`TrialContext.check_stop`) when the

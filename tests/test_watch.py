@@ -24,6 +24,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from hpo.cli import cli
 from hpo.errors import HpoError, SchedulerError, StorageError
 from hpo.physae.settings import SETTINGS as PHYSAE
+from hpo.scheduler import parse_queue
 from hpo.settings import FIELDS
 from hpo.watch import export as ex
 from hpo.watch import logs as wl
@@ -310,8 +311,9 @@ def test_status_watch_prints_refreshes(single: Study) -> None:
 
 
 def test_squeue_parsing_and_job_ids() -> None:
-    text = "123_[4-9%2]|PENDING|hpo-optuna|0:00|1|(JobArrayTaskLimit)\n123_1|RUNNING|hpo-optuna|5:02|1|gpu-07\n\n"
-    jobs = st.parse_squeue(text)
+    text = ("123|123|123_[4-9%2]|PENDING|hpo-optuna|0:00|1|(JobArrayTaskLimit)\n"
+            "125|123|123_1|RUNNING|hpo-optuna|5:02|1|gpu-07\n\n")
+    jobs = parse_queue(text)
     assert [(j.job_id, j.state, j.reason) for j in jobs] == [
         ("123_[4-9%2]", "PENDING", "(JobArrayTaskLimit)"), ("123_1", "RUNNING", "gpu-07")]
     attrs = {"slurm_job_id": {0: "124", 1: "125", 2: "200"}, "slurm_array_job_id": {0: "123", 1: "123"}}
@@ -322,15 +324,20 @@ def test_squeue_parsing_and_job_ids() -> None:
 def test_squeue_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     import hpo.scheduler
 
-    def gone(args: list[str], timeout: float) -> str:
-        raise SchedulerError(f"{' '.join(args)} failed (1): slurm_load_jobs error: Invalid job id specified")
-
+    # Every job of the study has left the queue: other users' jobs remain.
     monkeypatch.setattr(st.shutil, "which", lambda name: "/usr/bin/squeue")
-    monkeypatch.setattr(hpo.scheduler, "run_command", gone)
+    monkeypatch.setattr(hpo.scheduler, "run_command", lambda args, timeout: "99|99|99|RUNNING|other|1:00|1|gpu-01\n")
     info = st.squeue(["123"])
     assert info.available and info.jobs == () and "none of the study's jobs" in info.note
-    monkeypatch.setattr(hpo.scheduler, "run_command", lambda args, timeout: "123_1|RUNNING|hpo|1:00|1|gpu-07\n")
+    monkeypatch.setattr(hpo.scheduler, "run_command",
+                        lambda args, timeout: "125|123|123_1|RUNNING|hpo|1:00|1|gpu-07\n99|99|99|RUNNING|x|1:00|1|g\n")
     assert [j.job_id for j in st.squeue(["123"]).jobs] == ["123_1"]
+
+    def broken(args: list[str], timeout: float) -> str:
+        raise SchedulerError(f"{' '.join(args)} failed (1): slurm_load_jobs error: Unable to contact slurm controller")
+
+    monkeypatch.setattr(hpo.scheduler, "run_command", broken)
+    assert not st.squeue(["123"]).available
 
 
 def test_squeue_absent_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:

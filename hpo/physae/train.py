@@ -50,6 +50,7 @@ import torch
 
 from hpo.physae.data import N_PARAMS, SpectraDataset, get_dataset, is_cached
 from hpo.physae.model import Encoder, Prediction, Refiner, build_models, predict
+from hpo.objective import METRICS_FILE
 from hpo.trial_errors import Diverged
 from hpo.util import write_atomic, write_bytes_atomic
 
@@ -71,7 +72,6 @@ STAGE_A_DELTA_SCALE = 0.1
 STAGE_A_REFINE_STEPS = 1
 RECON_WEIGHT = 0.05  # small: the supervised term leads; see docs/physae.md
 EVAL_BATCH = 8192
-METRICS_FILE = "metrics.jsonl"
 RESUME_FILE = "resume.pt"
 RESULT_FILE = "result.json"
 _RESUME_FORMAT = 1
