@@ -110,6 +110,7 @@ def config_cmd(record_job: str | None, **flags: Any) -> None:
         return
     click.echo(f"# study config: {config.path} ({settings.sources['config']})")
     click.echo(f"# storage: {settings.storage_label}")
+    click.echo(f"# from the environment: {settings.env_line() or 'nothing'}")
     width = max(len(f.env) for f in settings.fields())
     for heading, table in (("", FIELDS), (f"# the objective's own settings ({config.objective.partition(':')[0]}"
                                           ".SETTINGS; flag: --arg NAME=VALUE)", settings.objective_fields)):

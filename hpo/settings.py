@@ -260,6 +260,12 @@ class Settings:
             env[f.env] = "" if value is None else str(value)
         return env
 
+    def env_line(self) -> str:
+        """``VAR=value ...`` of every value taken from the environment, quoted as bash's
+        ``printf %q`` does: what reproduces this run when pasted before a command."""
+        return " ".join(f"{f.env}={shell_word(str(self.value(f)))}" for f in self.fields()
+                        if self.sources.get(f.name, "").startswith("env:"))
+
     def as_dict(self) -> dict[str, Any]:
         """Every setting by name (the objective's beside hpo's), as ``settings.json`` records it."""
         out: dict[str, Any] = {}
@@ -270,6 +276,11 @@ class Settings:
             out[f.name] = str(value) if isinstance(value, Path) else value
         out.update(self.objective)
         return out
+
+
+def shell_word(text: str) -> str:
+    """``text`` as one shell word, every special character backslash-escaped (bash's ``%q``)."""
+    return re.sub(r"([^A-Za-z0-9_./:=+,@%^-])", r"\\\1", text) if text else "''"
 
 
 def without_settings(env: Mapping[str, str], objective_fields: tuple[Field, ...] = ()) -> dict[str, str]:
