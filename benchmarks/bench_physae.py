@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 import torch
 
 from hpo.objective import TrialContext
+from hpo.physae.settings import SETTINGS
 from hpo.physae.data import clear_dataset_cache
 from hpo.physae.objective import objective
 from hpo.physae.train import RESULT_FILE, STAGES
@@ -75,14 +76,15 @@ def devices(choice: str) -> list[str]:
 
 
 def settings_for(env: dict[str, str]) -> Settings:
-    return resolve(flags={}, env=env, config_settings={}, config=REPO / "configs" / "physae.yaml")
+    return resolve(flags={}, env=env, config_settings={}, config=REPO / "configs" / "physae.yaml",
+                   objective_fields=SETTINGS)
 
 
 def run_trial(settings: Settings, epochs: tuple[int, int, int], device: str) -> tuple[float, float, dict[str, Any]]:
     """One objective call; returns (objective value, wall seconds, timings)."""
     params = {**EXAMPLE, "A.epochs": epochs[0], "B1.epochs": epochs[1], "B2.epochs": epochs[2]}
     with tempfile.TemporaryDirectory(prefix="bench_physae_") as tmp:
-        ctx = TrialContext(number=0, params=params, fixed={}, settings=settings, run_dir=Path(tmp), device=device,
+        ctx = TrialContext(number=0, params=params, fixed={}, settings=settings, run_dir=Path(tmp), device=device, options=settings.objective,
                            logger=logging.getLogger("bench_physae"))  # fmt: skip
         start = time.perf_counter()
         value = objective(params, ctx)

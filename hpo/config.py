@@ -10,7 +10,10 @@ Keys (unknown ones are refused)::
     enqueue: [{param: value, ...}, ...]      # warm-start trials of a new study
     sampler_args: {tpe: {n_startup_trials: 10}}   # per sampler: used when OPTUNA_SAMPLER is that one
     pruner_args: {hyperband: {min_resource: 1}}   # per pruner, likewise
-    objective_args: {...}                    # handed to the objective as ctx.options
+    objective_args: {...}                    # fixed knobs, handed to the objective in ctx.options
+
+The objective's module may declare its own settings as ``SETTINGS`` (see
+:mod:`hpo.settings`); the config's ``settings:`` section then also holds their values.
 
 Storage, budgets, per-trial time budget and time-based pruning are settings
 (``storage``, ``max_trials``, ``trial_timeout_seconds``, ``time_pruning_warmup`` ...).
@@ -19,6 +22,7 @@ Storage, budgets, per-trial time budget and time-based pruning are settings
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,8 +31,10 @@ import yaml
 
 from hpo.errors import UsageError
 from hpo.objective import Objective
-from hpo.settings import PRUNERS, SAMPLERS, Settings, config_path, resolve
+from hpo.settings import PRUNERS, SAMPLERS, Field, Settings, config_path, parse_args, resolve
 from hpo.space import Param, check_param_set, parse_space
+
+_logger = logging.getLogger(__name__)
 
 _TOP_KEYS = ("study_name", "objective", "direction", "directions", "settings", "space", "enqueue",
              "sampler_args", "pruner_args", "objective_args")
@@ -48,14 +54,40 @@ class StudyConfig:
     objective_args: Mapping[str, Any] = field(default_factory=dict)
     text: str = ""  # the file as read, for the study's stored copy
 
+    def _module(self) -> Any:
+        module_name = self.objective.partition(":")[0]
+        try:
+            return importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UsageError(f"{self.path}: objective: cannot import {module_name!r}: {exc}") from None
+
+    def objective_fields(self) -> tuple[Field, ...]:
+        """The objective module's own settings (its ``SETTINGS``; none when absent).
+
+        Importing the module must stay cheap: an objective imports torch and the
+        like inside its function, as :mod:`hpo.physae.objective` does. A module that
+        cannot be imported here (``hpo status`` on a login node without the objective's
+        packages) has no settings to show; launchers refuse it (``check_runnable``)."""
+        try:
+            module = self._module()
+        except UsageError as exc:
+            _logger.debug("%s", exc)
+            return ()
+        declared = getattr(module, "SETTINGS", ())
+        if not isinstance(declared, tuple) or not all(isinstance(f, Field) for f in declared):
+            raise UsageError(f"{self.path}: objective: {self.objective.partition(':')[0]}.SETTINGS must be a "
+                             "tuple of hpo.settings.Field")
+        taken = sorted(set(self.objective_args) & {f.name for f in declared})
+        if taken:
+            env = next(f.env for f in declared if f.name == taken[0])
+            raise UsageError(f"{self.path}: objective_args.{taken[0]} is a setting of the objective; "
+                             f"valid: settings.{taken[0]} in the config, {env}=... or --arg {taken[0]}=...")
+        return declared
+
     def load_objective(self) -> Objective:
         """Import the objective function named in the config."""
         module_name, _, func_name = self.objective.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UsageError(f"{self.path}: objective: cannot import {module_name!r}: {exc}") from None
-        func = getattr(module, func_name, None)
+        func = getattr(self._module(), func_name, None)
         if not callable(func):
             raise UsageError(f"{self.path}: objective: {module_name!r} has no function {func_name!r}")
         return func  # type: ignore[no-any-return]
@@ -144,7 +176,10 @@ def load_config(path: Path) -> StudyConfig:
 
 
 def load_all(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Settings, StudyConfig]:
-    """Settings and study config from flags, an environment mapping and the config file."""
+    """Settings and study config from flags (``args``: the ``--arg NAME=VALUE`` pairs),
+    an environment mapping and the config file."""
     path, source = config_path(flags, env)
     config = load_config(path)
-    return resolve(flags, env, config.settings, path, source), config
+    fields = config.objective_fields()
+    args = parse_args(tuple(flags.get("args") or ()), fields)
+    return resolve(flags, env, config.settings, path, source, fields, args), config

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 ObjectiveValue = Union[float, Sequence[float]]
 
+# Per-epoch metrics of a trial, one JSON object a line, in its run directory; ``hpo
+# status`` shows the last line's ``stage`` and ``epoch`` of each running trial.
+METRICS_FILE = "metrics.jsonl"
+
 
 class TrialStopped(Exception):
     """Raised by an objective (through :meth:`TrialContext.check_stop`) when the
@@ -31,6 +35,16 @@ class TrialStopped(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class TrialTaken(TrialStopped):
+    """Raised through :meth:`TrialContext.report` and :meth:`TrialContext.check_stop`
+    when this worker's trial was already ended by another worker: it stalled past
+    ``HPO_STALE_SECONDS`` and was reaped and retried meanwhile. An objective must let
+    it through, and write nothing more into ``run_dir`` (see :mod:`hpo.outcome`)."""
+
+    def __init__(self) -> None:
+        super().__init__("taken")
 
 
 class Objective(Protocol):
@@ -61,16 +75,21 @@ class TrialContext:
     device: str  # "cpu", "cuda", "cuda:0" ...
     logger: logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
     resume_dir: Path | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)  # the config's objective_args
-    # Set by the worker; the objective only calls report()/check_stop().
+    # The objective's own knobs: its declared settings (module SETTINGS, resolved from
+    # default < config settings: < environment < --arg) and the config's objective_args.
+    options: Mapping[str, Any] = field(default_factory=dict)
+    # Set by the trial runner (hpo.trial); the objective only calls report()/check_stop().
     _report: Callable[[int, float], None] = field(default=lambda step, value: None, repr=False)
+    _check_taken: Callable[[], None] = field(default=lambda: None, repr=False)
     _stop_reason: Callable[[], str | None] = field(default=lambda: None, repr=False)
     _time_left: Callable[[], float | None] = field(default=lambda: None, repr=False)
     _check_time: Callable[[], None] = field(default=lambda: None, repr=False)
 
     def report(self, step: int, value: float) -> None:
         """Record an intermediate value; raises ``optuna.TrialPruned`` to prune (by the
-        pruner, or when the trial is past its time budget or the time-pruning limit)."""
+        pruner, or when the trial is past its time budget or the time-pruning limit).
+        Raises :class:`TrialTaken` when another worker already ended this trial."""
+        self._check_taken()
         self._report(step, value)
         self._check_time()
 
@@ -85,8 +104,10 @@ class TrialContext:
         return self._time_left()
 
     def check_stop(self) -> None:
-        """Raise :class:`TrialStopped` if the worker was asked to stop, or
-        ``optuna.TrialPruned`` if the trial is past its time budget."""
+        """Raise :class:`TrialStopped` if the worker was asked to stop (:class:`TrialTaken`
+        if another worker already ended this trial), or ``optuna.TrialPruned`` if the
+        trial is past its time budget."""
+        self._check_taken()
         reason = self._stop_reason()
         if reason is not None:
             raise TrialStopped(reason)

@@ -11,6 +11,15 @@
 | ``TrialStopped("interrupted")``, Ctrl-C   | FAIL     | interrupted                | no      | yes          |
 | CUDA/CPU out of memory                    | FAIL     | out of memory              | no      | no           |
 | any other exception                       | FAIL     | ``Type: message``          | no      | no           |
+| ``TrialTaken`` or Optuna's                | (none)   | taken                      | no      | no           |
+| ``UpdateFinishedTrialError``: another     |          |                            |         |              |
+| worker (the reaper) already finished it   |          |                            |         |              |
+
+The last row is a worker that stalled (SIGSTOP, swap, a filesystem pause) past
+``HPO_STALE_SECONDS``: meanwhile its trial was failed ``worker lost`` and retried.
+It learns so at its next heartbeat, report or epoch boundary, and then records
+nothing: no ``tell``, no ``trial.json``, nothing more in the run directory
+(``record=False``); the journal already holds the trial's end and its retry.
 
 A failure is never turned into an infinite value: that would poison the sampler.
 Failed trials never count toward ``MAX_TRIALS`` (see :mod:`hpo.storage`).
@@ -25,13 +34,15 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from hpo.objective import TrialStopped
+from hpo.objective import TrialStopped, TrialTaken
 
 PREEMPTED = "preempted"
 INTERRUPTED = "interrupted"
 OUT_OF_MEMORY = "out of memory"
+TAKEN = "finished by another worker"
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,8 @@ class Outcome:
     retry: bool = False  # enqueue a new trial with the same parameters
     stop_worker: str | None = None  # why the worker must stop after this trial
     show_traceback: bool = False
+    # False: another worker already ended this trial in the journal; record nothing.
+    record: bool = True
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -76,6 +89,8 @@ def from_exception(exc: BaseException, last_step: int | None) -> Outcome:
     if isinstance(exc, optuna.TrialPruned):
         reason = str(exc) or (f"pruned at step {last_step}" if last_step is not None else "pruned")
         return Outcome(TrialState.PRUNED, reason=reason)
+    if isinstance(exc, (TrialTaken, UpdateFinishedTrialError)):
+        return Outcome(TrialState.FAIL, reason=TAKEN, record=False)
     if isinstance(exc, TrialStopped):
         return Outcome(TrialState.FAIL, reason=exc.reason, retry=exc.reason == PREEMPTED, stop_worker=exc.reason)
     if isinstance(exc, SystemExit):

@@ -100,9 +100,9 @@ def record_launch(settings: Settings, config: StudyConfig, launcher: str) -> dic
         "launcher": launcher,
         "host": socket.gethostname(),
         "config": str(config.path),
-        "overrides": {name: {"value": str(getattr(settings, name)), "source": source}
-                      for name, source in settings.sources.items()
-                      if source == "flag" or source.startswith("env:")},
+        "overrides": {f.name: {"value": str(settings.value(f)), "source": settings.sources[f.name]}
+                      for f in settings.fields()
+                      if settings.sources[f.name] == "flag" or settings.sources[f.name].startswith("env:")},
         "versions": _versions(),
         "git_commit": _git_commit(config.path.resolve().parent),
     }

@@ -21,9 +21,11 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, Mapping
 
 from optuna.trial import FrozenTrial, TrialState
+
+from hpo.util import process_alive
 
 if TYPE_CHECKING:
     from hpo.storage import SharedStudy
@@ -45,13 +47,16 @@ class Heartbeat:
     def __init__(self, shared: "SharedStudy", period: float) -> None:
         self._shared, self._period = shared, period
         self._trial_id: int | None = None
+        self._on_taken: Callable[[], None] = lambda: None
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
         self._thread.start()
 
     @contextlib.contextmanager
-    def watching(self, trial_id: int) -> Iterator[None]:
-        self._trial_id = trial_id
+    def watching(self, trial_id: int, on_taken: Callable[[], None] = lambda: None) -> Iterator[None]:
+        """Keep ``trial_id`` alive; call ``on_taken`` (once) if the journal shows that
+        another worker ended it, e.g. after this process was stopped past the stale age."""
+        self._trial_id, self._on_taken = trial_id, on_taken
         try:
             yield
         finally:
@@ -63,6 +68,12 @@ class Heartbeat:
             if trial_id is None:
                 continue
             try:
+                if self._shared.is_finished(trial_id):
+                    # Reaped while we were stalled: beat no more (a heartbeat would be a
+                    # record Optuna's replay ignores); the runner stops the trial.
+                    self._trial_id = None
+                    self._on_taken()
+                    continue
                 storage = self._shared.storage
                 if self._shared.is_journal:
                     storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
@@ -72,34 +83,38 @@ class Heartbeat:
                 _logger.debug("heartbeat of trial id %d not written", trial_id, exc_info=True)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def last_beat(system_attrs: Mapping[str, Any], started: float | None) -> float | None:
+    """When a running trial last showed life: its heartbeat, else its start."""
+    beat = system_attrs.get(HEARTBEAT_ATTR)
+    return float(beat) if isinstance(beat, (int, float)) else started
 
 
-def is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: str,
-            live_jobs: set[str] | None = None, stale_ids: set[int] | None = None) -> bool:
-    """A RUNNING trial whose worker is gone: stale heartbeat, dead pid on this host, or
-    a SLURM job no longer in the queue (``live_jobs``: None when squeue is unavailable).
-    ``stale_ids``: an RDB storage's own verdict on heartbeats (None for the journal)."""
-    attrs = trial.user_attrs
-    if attrs.get("host") == host and isinstance(attrs.get("pid"), int) and attrs["pid"] != os.getpid():
-        if not _process_alive(attrs["pid"]):
+def is_lost(user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any], trial_id: int,
+            started: float | None, now: float, stale_seconds: float, host: str | None = None,
+            live_jobs: set[str] | None = None, stale_ids: AbstractSet[int] | None = None) -> bool:
+    """The one rule for "this RUNNING trial's worker is gone" (the reaper acts on it,
+    ``hpo status`` shows it as a zombie): a dead pid on this ``host`` (None: not
+    checked), a SLURM job no longer in the queue (``live_jobs``: None when unknown), or
+    a stale heartbeat: an RDB storage's own verdict (``stale_ids``), else the
+    journal's ``hpo:heartbeat`` (or the start) older than ``stale_seconds``."""
+    pid = user_attrs.get("pid")
+    if host is not None and user_attrs.get("host") == host and isinstance(pid, int) and pid != os.getpid():
+        if not process_alive(pid):
             return True
-    job = attrs.get("slurm_job_id")
+    job = user_attrs.get("slurm_job_id")
     if live_jobs is not None and job is not None and str(job) not in live_jobs:
         return True
     if stale_ids is not None:
-        return trial._trial_id in stale_ids
-    beat = trial.system_attrs.get(HEARTBEAT_ATTR)
-    if beat is None:
-        beat = trial.datetime_start.timestamp() if trial.datetime_start else now
-    return now - float(beat) > stale_seconds
+        return trial_id in stale_ids
+    beat = last_beat(system_attrs, started)
+    return now - (now if beat is None else beat) > stale_seconds
+
+
+def _frozen_is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: str,
+                    live_jobs: set[str] | None, stale_ids: set[int] | None) -> bool:
+    started = trial.datetime_start.timestamp() if trial.datetime_start else None
+    return is_lost(trial.user_attrs, trial.system_attrs, trial._trial_id, started, now, stale_seconds, host,
+                   live_jobs, stale_ids)
 
 
 def _live_slurm_jobs() -> set[str] | None:
@@ -121,7 +136,7 @@ def reap(shared: "SharedStudy", host: str) -> list[int]:
     running = shared.index.running()
     live = _live_slurm_jobs() if any("slurm_job_id" in t.user_attrs for t in running) else None
     stale_ids = None if shared.is_journal else set(shared.storage._get_stale_trial_ids(shared.study_id))  # type: ignore[attr-defined]
-    candidates = [t for t in running if is_lost(t, now, settings.stale_seconds, host, live, stale_ids)]
+    candidates = [t for t in running if _frozen_is_lost(t, now, settings.stale_seconds, host, live, stale_ids)]
     if not candidates:
         return []
     reaped: list[int] = []

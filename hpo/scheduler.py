@@ -6,8 +6,9 @@ import logging
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 from hpo.errors import SchedulerError
 
@@ -86,12 +87,56 @@ def recorded_jobs(path: Path) -> list[str]:
     return list(dict.fromkeys(line.strip() for line in path.read_text().splitlines() if line.strip()))
 
 
+# The one listing of the queue: every job of every user (a study may be shared).
+# Listing the whole queue, rather than asking ``squeue -j`` about ids, works when
+# every asked job is gone (``-j`` then fails with "Invalid job id specified").
+QUEUE_FORMAT = "%A|%F|%i|%T|%j|%M|%D|%R"
+QUEUE_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    job_id: str  # %i, as squeue shows it: 123, 124_3, 124_[4-9%2]
+    state: str
+    name: str
+    elapsed: str
+    nodes: str
+    reason: str  # NODELIST(REASON): nodes when running, the reason when pending
+    own_id: str = ""  # %A: what a task sees as SLURM_JOB_ID
+    array_id: str = ""  # %F: the array's job id (= own id outside arrays)
+
+    @property
+    def ids(self) -> set[str]:
+        return {i for i in (self.job_id, self.own_id, self.array_id) if i}
+
+
+def parse_queue(text: str) -> list[SlurmJob]:
+    """Rows of ``squeue --noheader --format=%A|%F|%i|%T|%j|%M|%D|%R`` (blank lines skipped)."""
+    jobs = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split("|", 7)]
+        fields += [""] * (8 - len(fields))
+        own, array, display, state, name, elapsed, nodes, reason = fields
+        jobs.append(SlurmJob(display, state, name, elapsed, nodes, reason, own, array))
+    return jobs
+
+
+def list_queue() -> list[SlurmJob]:
+    """Every pending or running job (see :data:`QUEUE_FORMAT`)."""
+    return parse_queue(run_command(["squeue", "--noheader", f"--format={QUEUE_FORMAT}"], QUEUE_TIMEOUT_S))
+
+
+def jobs_of(queue: Sequence[SlurmJob], job_ids: Collection[str]) -> list[SlurmJob]:
+    """The jobs of ``queue`` that are, or belong to (array tasks), one of ``job_ids``."""
+    wanted = set(job_ids)
+    return [job for job in queue if job.ids & wanted]
+
+
 def queued_job_ids() -> set[str]:
-    """Ids of every pending or running job of every user (a study may be shared): each
-    job's own id (``%A``, what a task sees as SLURM_JOB_ID), its array id (``%F``) and
-    its display id (``%i``, e.g. ``124_3``). Listing the whole queue, rather than asking
-    ``squeue -j`` about ids, works when every asked job is gone (``-j`` then fails)."""
-    return set(run_command(["squeue", "-h", "-o", "%A %F %i"]).split())
+    """Ids of every pending or running job: each job's own id, array id and display id."""
+    return {i for job in list_queue() for i in job.ids}
 
 
 def active_jobs(job_ids: Sequence[str]) -> list[str]:

@@ -3,9 +3,20 @@
 Precedence, resolved in :func:`resolve` and nowhere else:
 built-in defaults < the study config's ``settings:`` section < environment < CLI flags.
 
-Every field is declared once in :data:`FIELDS` (its environment variable, parser,
-default and help); the CLI builds its flags from the same table, ``hpo config``
-prints it, and launchers pass resolved settings to workers with :meth:`Settings.to_env`.
+Two tables, one mechanism:
+
+- :data:`FIELDS`: hpo's own settings (budgets, sampler, folders, recovery), the
+  same for every objective;
+- an objective's own settings, declared by the objective's module as
+  ``SETTINGS: tuple[Field, ...]`` (PhysAE's sizes, batch size and stage epochs live
+  in :mod:`hpo.physae.settings`). They resolve with the same precedence and
+  validation, reach the objective as ``ctx.options`` and are set on the command line
+  with ``--arg NAME=VALUE``. A field with ``fixes="A.epochs"`` fixes that search-space
+  parameter when set (instead of sampling it): the generic layer knows no stage names.
+
+Every field is declared once (its environment variable, parser, default and help);
+the CLI builds its flags from the same table, ``hpo config`` prints it, and
+launchers pass resolved settings to workers with :meth:`Settings.to_env`.
 Nothing below this module reads ``os.environ`` for these values.
 """
 
@@ -27,7 +38,7 @@ DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 Parser = Callable[[str, Any], Any]
 
 
-def _int_in(low: int, high: int) -> Callable[[str, Any], int]:
+def int_in(low: int, high: int) -> Callable[[str, Any], int]:
     def parse(name: str, raw: Any) -> int:
         text = str(raw).strip()
         try:
@@ -41,7 +52,7 @@ def _int_in(low: int, high: int) -> Callable[[str, Any], int]:
     return parse
 
 
-def _optional(inner: Parser) -> Parser:
+def optional(inner: Parser) -> Parser:
     def parse(name: str, raw: Any) -> Any:
         if raw is None or str(raw).strip().lower() in ("", "none", "unlimited"):
             return None
@@ -50,7 +61,7 @@ def _optional(inner: Parser) -> Parser:
     return parse
 
 
-def _positive_float(name: str, raw: Any) -> float:
+def positive_float(name: str, raw: Any) -> float:
     try:
         value = float(str(raw).strip())
     except ValueError:
@@ -60,7 +71,7 @@ def _positive_float(name: str, raw: Any) -> float:
     return value
 
 
-def _choice(choices: tuple[str, ...]) -> Parser:
+def choice(choices: tuple[str, ...]) -> Parser:
     def parse(name: str, raw: Any) -> str:
         value = str(raw).strip().lower()
         if value not in choices:
@@ -121,7 +132,7 @@ def _storage_url(name: str, raw: Any) -> str:
 
 
 def _non_negative_int(name: str, raw: Any) -> int:
-    return _int_in(0, 1_000_000)(name, raw)
+    return int_in(0, 1_000_000)(name, raw)
 
 
 def _config_path(name: str, raw: Any) -> Path:
@@ -138,36 +149,35 @@ class Field:
     parse: Parser
     default: Any
     help: str
+    # A search-space parameter this setting fixes when set (None: sampled as usual).
+    fixes: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("n_train", "N_TRAIN", _int_in(1, 10_000_000), 50000, "training samples"),
-    Field("n_val", "N_VAL", _int_in(1, 1_000_000), 4000, "validation samples"),
-    Field("n_points", "N_POINTS", _int_in(16, 65536), 256, "points per spectrum"),
-    Field("stagea_epochs", "STAGEA_EPOCHS", _optional(_int_in(1, 10000)), None, "fix Stage A epochs (else sampled)"),
-    Field("stageb1_epochs", "STAGEB1_EPOCHS", _optional(_int_in(1, 10000)), None, "fix Stage B1 epochs (else sampled)"),
-    Field("stageb2_epochs", "STAGEB2_EPOCHS", _optional(_int_in(1, 10000)), None, "fix Stage B2 epochs (else sampled)"),
-    Field("batch_size", "BATCH_SIZE", _int_in(1, 1_000_000), 512, "training batch size"),
-    Field("max_trials", "MAX_TRIALS", _int_in(1, 10_000_000), 100, "study-wide finished trials (COMPLETE+PRUNED)"),
-    Field("trials_per_worker", "TRIALS_PER_WORKER", _optional(_int_in(1, 10_000_000)), None, "cap per worker"),
-    Field("timeout_seconds", "TIMEOUT_SECONDS", _optional(_positive_float), None, "a worker's wall-time budget"),
-    Field("optuna_seed", "OPTUNA_SEED", _int_in(0, 2**31 - 1), 42, "base sampler seed (+ worker rank)"),
-    Field("sampler", "OPTUNA_SAMPLER", _choice(SAMPLERS), "tpe", "sampler"),
-    Field("pruner", "OPTUNA_PRUNER", _choice(PRUNERS), "hyperband", "pruner"),
+    Field("max_trials", "MAX_TRIALS", int_in(1, 10_000_000), 100, "study-wide finished trials (COMPLETE+PRUNED)"),
+    Field("trials_per_worker", "TRIALS_PER_WORKER", optional(int_in(1, 10_000_000)), None, "cap per worker"),
+    Field("timeout_seconds", "TIMEOUT_SECONDS", optional(positive_float), None, "a worker's wall-time budget"),
+    Field("optuna_seed", "OPTUNA_SEED", int_in(0, 2**31 - 1), 42, "base sampler seed (+ worker rank)"),
+    Field("sampler", "OPTUNA_SAMPLER", choice(SAMPLERS), "tpe", "sampler"),
+    Field("pruner", "OPTUNA_PRUNER", choice(PRUNERS), "hyperband", "pruner"),
     Field("journal_dir", "JOURNAL_DIR", _directory, Path("optuna_journal"), "journal folder (shared filesystem)"),
     Field("study_name", "STUDY_NAME", _study_name, "physae", "study name"),
     Field("log_dir", "LOG_DIR", _directory, Path("optuna_logs"), "worker logs"),
     Field("trial_output", "TRIAL_OUTPUT", _directory, Path("optuna_runs"), "per-trial run directories"),
     Field("device", "HPO_DEVICE", _device, "auto", f"training device: {DEVICES_HELP}"),
-    Field("data_seed", "DATA_SEED", _int_in(0, 2**31 - 1), 0, "seed of the generated dataset"),
-    Field("train_seed", "TRAIN_SEED", _int_in(0, 2**31 - 1), 0, "seed of weight init and batch order"),
-    Field("max_retries", "HPO_MAX_RETRIES", _int_in(0, 100), 2, "retries of a lost or preempted trial"),
-    Field("heartbeat_seconds", "HPO_HEARTBEAT_SECONDS", _positive_float, 10.0, "heartbeat period of running trials"),
-    Field("stale_seconds", "HPO_STALE_SECONDS", _positive_float, 60.0, "heartbeat age after which a trial is lost"),
-    Field("max_failures", "HPO_MAX_FAILURES", _int_in(1, 1_000_000), 10,
+    Field("data_seed", "DATA_SEED", int_in(0, 2**31 - 1), 0, "seed of the generated dataset"),
+    Field("train_seed", "TRAIN_SEED", int_in(0, 2**31 - 1), 0, "seed of weight init and batch order"),
+    Field("max_retries", "HPO_MAX_RETRIES", int_in(0, 100), 2, "retries of a lost or preempted trial"),
+    Field("heartbeat_seconds", "HPO_HEARTBEAT_SECONDS", positive_float, 10.0, "heartbeat period of running trials"),
+    Field("stale_seconds", "HPO_STALE_SECONDS", positive_float, 60.0, "heartbeat age after which a trial is lost"),
+    Field("max_failures", "HPO_MAX_FAILURES", int_in(1, 1_000_000), 10,
           "a worker stops after this many failed trials in a row (a broken objective)"),
     Field("storage", "HPO_STORAGE", _storage_url, "", "'' = the journal file; or sqlite:///… / postgresql://…"),
-    Field("trial_timeout_seconds", "HPO_TRIAL_TIMEOUT_SECONDS", _optional(_positive_float), None,
+    Field("trial_timeout_seconds", "HPO_TRIAL_TIMEOUT_SECONDS", optional(positive_float), None,
           "per-trial time budget; a trial past it is stopped (PRUNED)"),
     Field("time_pruning_warmup", "HPO_TIME_PRUNING_WARMUP", _non_negative_int, 0,
           "0 = off; else after W completed trials, stop trials slower than mean + std"),
@@ -180,13 +190,6 @@ CONFIG_ENV = "HPO_CONFIG"
 class Settings:
     """Effective settings of a worker or launcher. Build with :func:`resolve`."""
 
-    n_train: int
-    n_val: int
-    n_points: int
-    stagea_epochs: int | None
-    stageb1_epochs: int | None
-    stageb2_epochs: int | None
-    batch_size: int
     max_trials: int
     trials_per_worker: int | None
     timeout_seconds: float | None
@@ -208,6 +211,9 @@ class Settings:
     trial_timeout_seconds: float | None
     time_pruning_warmup: int
     config: Path
+    # The objective's own settings (its module's SETTINGS), resolved like the above.
+    objective: Mapping[str, Any] = field(default_factory=dict)
+    objective_fields: tuple[Field, ...] = field(default=(), compare=False, repr=False)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -233,33 +239,57 @@ class Settings:
         """``$TRIAL_OUTPUT/$STUDY_NAME``: run directories of this study's trials."""
         return self.trial_output / self.study_name
 
-    def fixed_params(self) -> dict[str, int]:
-        """Parameters fixed by the environment instead of sampled (PhysAE stage epochs)."""
-        pairs = (("A.epochs", self.stagea_epochs), ("B1.epochs", self.stageb1_epochs), ("B2.epochs", self.stageb2_epochs))
-        return {name: value for name, value in pairs if value is not None}
+    def fixed_params(self) -> dict[str, Any]:
+        """Search-space parameters fixed by a setting instead of sampled (the objective's
+        fields declared with ``fixes=``, e.g. PhysAE's ``STAGEA_EPOCHS`` -> ``A.epochs``)."""
+        return {f.fixes: self.objective[f.name] for f in self.objective_fields
+                if f.fixes is not None and self.objective.get(f.name) is not None}
+
+    def fields(self) -> tuple[Field, ...]:
+        """hpo's own fields, then the objective's."""
+        return FIELDS + self.objective_fields
+
+    def value(self, f: Field) -> Any:
+        return self.objective[f.name] if f in self.objective_fields else getattr(self, f.name)
 
     def to_env(self) -> dict[str, str]:
         """Environment that makes a child process resolve exactly these settings."""
         env = {CONFIG_ENV: str(self.config)}
-        for f in FIELDS:
-            value = getattr(self, f.name)
+        for f in self.fields():
+            value = self.value(f)
             env[f.env] = "" if value is None else str(value)
         return env
 
+    def env_line(self) -> str:
+        """``VAR=value ...`` of every value taken from the environment, quoted as bash's
+        ``printf %q`` does: what reproduces this run when pasted before a command."""
+        return " ".join(f"{f.env}={shell_word(str(self.value(f)))}" for f in self.fields()
+                        if self.sources.get(f.name, "").startswith("env:"))
+
     def as_dict(self) -> dict[str, Any]:
+        """Every setting by name (the objective's beside hpo's), as ``settings.json`` records it."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name == "sources":
+            if f.name in ("sources", "objective", "objective_fields"):
                 continue
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, Path) else value
+        out.update(self.objective)
         return out
 
 
-def without_settings(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` without any hpo setting, launcher variable or SLURM variable: what a
-    child process needs so that only what is passed explicitly applies (tests, benchmarks)."""
-    drop = {f.env for f in FIELDS} | {CONFIG_ENV, "HPO_WORKER_RANK", "HPO_SEED_OFFSET"}
+def shell_word(text: str) -> str:
+    """``text`` as one shell word, every special character backslash-escaped (bash's ``%q``)."""
+    return re.sub(r"([^A-Za-z0-9_./:=+,@%^-])", r"\\\1", text) if text else "''"
+
+
+def without_settings(env: Mapping[str, str], objective_fields: tuple[Field, ...] = ()) -> dict[str, str]:
+    """``env`` without any hpo setting (and those of ``objective_fields``; PhysAE's by
+    default), launcher variable or SLURM variable: what a child process needs so that
+    only what is passed explicitly applies (tests, benchmarks)."""
+    if not objective_fields:
+        from hpo.physae.settings import SETTINGS as objective_fields
+    drop = {f.env for f in FIELDS + objective_fields} | {CONFIG_ENV, "HPO_WORKER_RANK", "HPO_SEED_OFFSET"}
     return {k: v for k, v in env.items() if k not in drop and not k.startswith("SLURM_")}
 
 
@@ -280,28 +310,33 @@ def config_path(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Path,
     return _config_path("default config", default_config_path()), "default"
 
 
-def resolve(
-    flags: Mapping[str, Any],
-    env: Mapping[str, str],
-    config_settings: Mapping[str, Any],
-    config: Path,
-    config_source: str = "default",
-) -> Settings:
-    """Merge the four layers; validate every value; touch nothing on disk.
+# A trial is judged lost when its heartbeat is this many periods old, at the least:
+# fewer lets one late write (a busy filesystem, a GC pause) kill a healthy trial.
+MIN_STALE_HEARTBEATS = 3
 
-    ``flags`` maps field names to CLI values (None = not given); ``env`` is the
-    process environment; ``config_settings`` is the config's ``settings:`` section.
-    """
-    unknown = sorted(set(config_settings) - set(FIELD_BY_NAME))
-    if unknown:
-        raise UsageError(
-            f"{config}: settings.{unknown[0]} is not a setting; valid: {', '.join(FIELD_BY_NAME)}"
-        )
+
+def parse_args(pairs: tuple[str, ...] | list[str], fields_: tuple[Field, ...]) -> dict[str, str]:
+    """``--arg NAME=VALUE`` flags (NAME: a field name or its variable) -> {field name: raw}."""
+    by_key = {f.name: f for f in fields_} | {f.env: f for f in fields_}
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key.strip() not in by_key:
+            valid = ", ".join(f.name for f in fields_) or "none (this objective declares no settings)"
+            raise UsageError(f"--arg {pair!r} is not NAME=VALUE with a setting of the objective; valid names: {valid}")
+        out[by_key[key.strip()].name] = raw
+    return out
+
+
+def _resolve_fields(
+    fields_: tuple[Field, ...], flags: Mapping[str, Any], env: Mapping[str, str],
+    config_settings: Mapping[str, Any], config: Path, flag_label: Callable[[Field], str],
+) -> tuple[dict[str, Any], dict[str, str]]:
     values: dict[str, Any] = {}
-    sources: dict[str, str] = {"config": config_source}
-    for f in FIELDS:
+    sources: dict[str, str] = {}
+    for f in fields_:
         if flags.get(f.name) is not None:
-            raw, label, source = flags[f.name], "--" + f.name.replace("_", "-"), "flag"
+            raw, label, source = flags[f.name], flag_label(f), "flag"
         elif f.env in env and env[f.env] != "":
             raw, label, source = env[f.env], f.env, f"env:{f.env}"
         elif f.name in config_settings:
@@ -310,7 +345,46 @@ def resolve(
             values[f.name], sources[f.name] = f.default, "default"
             continue
         values[f.name], sources[f.name] = f.parse(label, raw), source
-    return Settings(**values, config=config, sources=sources)
+    return values, sources
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    config_settings: Mapping[str, Any],
+    config: Path,
+    config_source: str = "default",
+    objective_fields: tuple[Field, ...] = (),
+    args: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the four layers; validate every value; touch nothing on disk.
+
+    ``flags`` maps hpo's field names to CLI values (None = not given); ``args`` maps
+    the objective's field names to ``--arg`` values; ``env`` is the process
+    environment; ``config_settings`` is the config's ``settings:`` section, which may
+    hold both kinds. ``objective_fields`` is the objective module's ``SETTINGS``.
+    """
+    known = [f.name for f in FIELDS + objective_fields]
+    unknown = sorted(set(config_settings) - set(known))
+    if unknown:
+        raise UsageError(f"{config}: settings.{unknown[0]} is not a setting; valid: {', '.join(known)}")
+    values, sources = _resolve_fields(FIELDS, flags, env, config_settings, config, lambda f: f.flag)
+    objective, objective_sources = _resolve_fields(objective_fields, args or {}, env, config_settings, config,
+                                                   lambda f: f"--arg {f.name}")
+    _check_recovery(values, sources)
+    return Settings(**values, config=config, objective=objective, objective_fields=objective_fields,
+                    sources={"config": config_source, **sources, **objective_sources})
+
+
+def _check_recovery(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """Settings that parse one by one but cannot work together."""
+    heartbeat, stale = values["heartbeat_seconds"], values["stale_seconds"]
+    if stale < MIN_STALE_HEARTBEATS * heartbeat:
+        raise UsageError(
+            f"HPO_STALE_SECONDS={stale:g} ({sources['stale_seconds']}) is below {MIN_STALE_HEARTBEATS} x "
+            f"HPO_HEARTBEAT_SECONDS={heartbeat:g} ({sources['heartbeat_seconds']}): a trial would be judged lost "
+            f"while its worker is alive; valid: HPO_STALE_SECONDS >= {MIN_STALE_HEARTBEATS * heartbeat:g}"
+        )
 
 
 @dataclass(frozen=True)
@@ -353,7 +427,7 @@ class WorkerIdentity:
             slurm_array_task_id=array_task,
             slurm_procid=procid,
             visible_gpus=env.get("CUDA_VISIBLE_DEVICES"),
-            seed_offset=_int_in(0, 2**62)("HPO_SEED_OFFSET", env.get("HPO_SEED_OFFSET") or 0),
+            seed_offset=int_in(0, 2**62)("HPO_SEED_OFFSET", env.get("HPO_SEED_OFFSET") or 0),
         )
 
     def attrs(self) -> dict[str, Any]:

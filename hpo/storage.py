@@ -18,18 +18,41 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import optuna
 from optuna.storages import JournalStorage
+
+# Optuna internals, all in this module (pinned to Optuna 5.0): the journal's op codes
+# (hpo.journal.format reads them, never restates them), constraints and the Pareto rule.
+from optuna.storages.journal._storage import JournalOperation as JournalOperation  # hpo.journal.format's op codes
+from optuna.study._constrained_optimization import _get_constraints_from_system_attrs
+from optuna.study._multi_objective import _is_pareto_front, _normalize_value
 from optuna.trial import TrialState
 
 from hpo.errors import StorageError, StudyMismatch, UsageError
 from hpo.journal.lock import OwnerLock
 from hpo.logs import quiet_optuna
-from hpo.journal.repair import GuardedFileBackend, repair_tail
 
 if TYPE_CHECKING:
     from hpo.config import StudyConfig
     from hpo.settings import Settings
 
 _logger = logging.getLogger(__name__)
+
+# -- the Optuna internals the journal reader relies on (Optuna 5.0), all here -----------
+
+
+def constraints_of(system_attrs: Mapping[str, Any]) -> dict[str, float]:
+    """A trial's constraint values as ``FrozenTrial.constraints`` reads them from its system attributes."""
+    return _get_constraints_from_system_attrs(dict(system_attrs))
+
+
+def on_pareto_front(values: Sequence[Sequence[float]], directions: Sequence[str]) -> list[bool]:
+    """Which of these objective vectors ``study.best_trials`` keeps (directions by name)."""
+    if not values:
+        return []
+    import numpy as np
+
+    dirs = [optuna.study.StudyDirection[d.upper()] for d in directions]
+    loss = np.asarray([[_normalize_value(v, d) for v, d in zip(vs, dirs)] for vs in values], dtype=float)
+    return [bool(x) for x in _is_pareto_front(loss, assume_unique_lexsorted=False)]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WARM_START_ATTR = "hpo:warm_started"
@@ -54,6 +77,9 @@ def open_storage(journal_path: Path) -> JournalStorage:
     """The journal, its torn/NUL/garbage tail (a writer that died mid-append) cut
     first, and guarded against one at every append. Damage in the middle raises
     StorageError naming the byte offset (then: ``hpo doctor`` / ``hpo repair``)."""
+    # Imported here: hpo.journal imports this module's Optuna internals (below).
+    from hpo.journal.repair import GuardedFileBackend, repair_tail
+
     journal_path.parent.mkdir(parents=True, exist_ok=True)
     lock = make_lock(journal_path)
     # The quick tail check reads only the end of the file; the full scan (as slow as
@@ -223,6 +249,14 @@ class SharedStudy:
 
     def counts(self) -> Counter[TrialState]:
         return self.index.counts()
+
+    def frozen(self, trial_id: int) -> optuna.trial.FrozenTrial:
+        """The trial as the storage holds it now (re-read from the journal)."""
+        return self.storage.get_trial(trial_id)
+
+    def is_finished(self, trial_id: int) -> bool:
+        """Whether the journal already holds this trial's end (e.g. it was reaped)."""
+        return self.frozen(trial_id).state.is_finished()
 
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Several user attributes, one journal record each (Optuna's replay accepts

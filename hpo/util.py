@@ -1,23 +1,27 @@
-"""Small file helpers shared by the worker and the reports."""
+"""Small helpers shared by the worker, the trial runner, the objectives and the reports:
+the one atomic file writer and the one "is this process alive" check."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 
-def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
-    """Write, fsync (when ``durable``), then rename: readers see the old file or the
-    new one, never half; with ``durable`` the new one also survives a power cut."""
+def write_atomic(path: Path, write: Callable[[IO[bytes]], Any], durable: bool = True) -> None:
+    """``write(handle)`` into a temporary file beside ``path``, fsync it (when ``durable``),
+    then rename it over ``path``: readers see the old file or the new one, never half;
+    with ``durable`` the new one also survives a power cut. Checkpoints
+    (``torch.save``) and JSON records go through here alike."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # A name unique to this process and thread: cheaper than mkstemp's random retries.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            write(handle)
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
@@ -27,8 +31,35 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
         raise
 
 
+def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    write_atomic(path, lambda handle: handle.write(data), durable)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` names a live process on this host (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` as strict JSON can hold it: NaN and infinities become null (JSON has
+    neither). The one rule for every JSON hpo prints or writes (docs/watch.md)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def _dumps(payload: Any) -> bytes:
-    return (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode()
+    return (json.dumps(json_safe(payload), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n").encode()
 
 
 def write_json_atomic(path: Path, payload: Any, durable: bool = True) -> None:

@@ -1,5 +1,8 @@
 """One worker: run trials of one study until a budget, a deadline or a signal says stop.
 
+The worker owns the loop, its stop reasons, the wall-time budget and the reaping
+cadence; each trial is run by :class:`hpo.trial.TrialRunner`.
+
 What ``hpo worker`` runs, in the current process, whoever launched it (``srun``,
 a job-array task, submitit, or ``hpo run``). The loop, with every stop reason:
 
@@ -22,24 +25,20 @@ import signal
 import socket
 import statistics
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, Mapping
 
-import optuna
 from optuna.trial import TrialState
 
 from hpo import outcome as outcomes
 from hpo.config import StudyConfig
-from hpo.logs import trial_logging
-from hpo.objective import Objective, TrialContext
-from hpo.recovery import Heartbeat, enqueue_retry, reap
+from hpo.objective import Objective
+from hpo.recovery import Heartbeat, reap
 from hpo.settings import Settings, WorkerIdentity
-from hpo.space import suggest
 from hpo.storage import SharedStudy, open_study
-from hpo.util import write_json, write_json_atomic
+from hpo.trial import TrialRunner
 
 _logger = logging.getLogger(__name__)
 
@@ -168,8 +167,9 @@ class Worker:
         )
         _logger.info("settings: %s", json.dumps(s.as_dict(), sort_keys=True))
         self._reap(shared, force=True)
-        self.heartbeat = Heartbeat(shared, s.heartbeat_seconds)
-        reason = self._loop(shared)
+        runner = TrialRunner(shared, s, self.config, self.identity, self.device, self.objective,
+                             Heartbeat(shared, s.heartbeat_seconds))
+        reason = self._loop(shared, runner)
         counts = shared.counts()
         _logger.info(
             "worker %s stopped: %s (ran %d trial(s) in %.1fs; study: %d complete, %d pruned, %d fail, %d running)",
@@ -179,12 +179,12 @@ class Worker:
         )
         return reason
 
-    def _loop(self, shared: SharedStudy) -> StopReason:
+    def _loop(self, shared: SharedStudy, runner: TrialRunner) -> StopReason:
         while True:
             reason = self._stop_before_next(shared)
             if reason is not None:
                 return reason
-            trial, done = shared.ask_within_budget(self._trial_attrs)
+            trial, done = shared.ask_within_budget(runner.attrs)
             if done:
                 return StopReason.MAX_TRIALS
             if trial is None:
@@ -192,13 +192,15 @@ class Worker:
                 self._reap(shared)
                 self.flag.wait(WAIT_POLL_SECONDS)
                 continue
-            result = self._run_trial(shared, trial)
+            result = runner.run(trial, lambda: self.flag.reason)
             self.trials_run += 1
             if result.stop_worker == outcomes.PREEMPTED:
                 return StopReason.PREEMPTED
             if result.stop_worker == outcomes.INTERRUPTED:
                 return StopReason.INTERRUPTED
-            self.failures_in_a_row = self.failures_in_a_row + 1 if result.state == TrialState.FAIL else 0
+            # A trial another worker ended (this one stalled) says nothing about the objective.
+            if result.record:
+                self.failures_in_a_row = self.failures_in_a_row + 1 if result.state == TrialState.FAIL else 0
             if self.failures_in_a_row >= self.settings.max_failures:
                 _logger.error("%d trials failed in a row (HPO_MAX_FAILURES): stopping; see the tracebacks above",
                               self.failures_in_a_row)
@@ -212,14 +214,6 @@ class Worker:
         if force or now - self.last_reap >= min(30.0, self.settings.stale_seconds / 2):
             self.last_reap = now
             reap(shared, self.identity.host)
-
-    def _run_dir(self, number: int) -> Path:
-        return self.settings.study_dir / f"trial_{number}"
-
-    def _trial_attrs(self, number: int) -> dict[str, Any]:
-        """User attributes that link a trial to its worker and run directory."""
-        return {**self.identity.attrs(), "run_dir": str(self._run_dir(number).resolve()),
-                "fixed_params": self.settings.fixed_params()}
 
     def _stop_before_next(self, shared: SharedStudy) -> StopReason | None:
         if self.flag.reason == outcomes.PREEMPTED:
@@ -245,92 +239,6 @@ class Worker:
         shared.index.refresh()
         durations = shared.index.complete_seconds
         return statistics.median(durations) if durations else 0.0
-
-    # -- one trial --------------------------------------------------------
-    def _run_trial(self, shared: SharedStudy, trial: optuna.Trial) -> outcomes.Outcome:
-        s = self.settings
-        run_dir = self._run_dir(trial.number)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with trial_logging(trial.number, run_dir / "trial.log"):
-            fixed = s.fixed_params()
-            resume_from = trial.user_attrs.get("resume_from")
-            start = time.time()
-            limit = s.trial_timeout_seconds
-            if s.time_pruning_warmup:
-                shared.index.refresh()  # the durations time-pruning compares against, once per trial
-            last_step: list[int] = []
-            try:
-                params = suggest(trial, self.config.space, fixed)
-                # Plain writes: they restate what the journal holds, in a fresh directory.
-                write_json(run_dir / "params.json", {"params": params, "sampled": trial.params, "fixed": fixed})
-                write_json(run_dir / "settings.json", s.as_dict())
-                _logger.info("trial %d started on %s: %s%s", trial.number, self.device, json.dumps(params),
-                             f" (retry of trial {trial.user_attrs.get('retry_of')})" if "retry_of" in trial.user_attrs else "")
-                ctx = TrialContext(
-                    number=trial.number, params=params, fixed=fixed, settings=s, run_dir=run_dir,
-                    device=self.device, logger=logging.getLogger("hpo.trial"),
-                    resume_dir=Path(resume_from) if resume_from else None,
-                    _report=lambda step, value: self._report(trial, step, value, last_step),
-                    _stop_reason=lambda: self.flag.reason,
-                    _time_left=lambda: None if limit is None else limit - (time.time() - start),
-                    _check_time=lambda: self._check_time(shared, start, limit),
-                    options=self.config.objective_args,
-                )
-                with self.heartbeat.watching(trial._trial_id):
-                    value = self.objective(params, ctx)
-                result = outcomes.from_value(value, len(self.config.directions))
-            except BaseException as exc:  # noqa: BLE001 - the policy table decides, see hpo.outcome
-                result = outcomes.from_exception(exc, last_step[-1] if last_step else None)
-                if result.show_traceback:
-                    _logger.error("trial %d raised:\n%s", trial.number, traceback.format_exc().rstrip())
-            self._finish(shared, trial, result, time.time() - start, run_dir)
-        return result
-
-    def _report(self, trial: optuna.Trial, step: int, value: float, last_step: list[int]) -> None:
-        last_step.append(step)
-        if len(self.config.directions) > 1:
-            return  # Optuna cannot prune multi-objective trials
-        trial.report(value, step)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step} (value {value:.6g})")
-
-    def _check_time(self, shared: SharedStudy, start: float, limit: float | None) -> None:
-        """Per-trial time budget (seed 003) and time-based pruning (CODES): both end the
-        trial PRUNED with the reason, so its slot is refilled and the sampler learns."""
-        elapsed = time.time() - start
-        if limit is not None and elapsed > limit:
-            raise optuna.TrialPruned(f"trial time budget exceeded ({elapsed:.1f}s > {limit:g}s)")
-        warmup = self.settings.time_pruning_warmup
-        if warmup:
-            durations = shared.index.complete_seconds
-            if len(durations) >= warmup:
-                cap = statistics.mean(durations) + (statistics.pstdev(durations) if len(durations) > 1 else 0.0)
-                if elapsed > cap:
-                    raise optuna.TrialPruned(
-                        f"time-pruned: {elapsed:.1f}s > mean + std of {len(durations)} completed trials ({cap:.1f}s)")
-
-    def _finish(self, shared: SharedStudy, trial: optuna.Trial, result: outcomes.Outcome,
-                seconds: float, run_dir: Path) -> None:
-        if result.reason is not None:
-            trial.set_user_attr("reason", result.reason)
-        if result.state == TrialState.COMPLETE:
-            shared.study.tell(trial, list(result.values or ()))
-        else:
-            shared.study.tell(trial, state=result.state)
-        # Atomic but not fsynced: it survives the process (the journal is the durable record).
-        write_json_atomic(run_dir / "trial.json", durable=False, payload={
-            "number": trial.number, "state": result.state.name, "values": result.values,
-            "reason": result.reason, "seconds": round(seconds, 3), "worker": self.identity.worker_id,
-        })
-        _logger.info(
-            "trial %d finished: %s%s in %.1fs%s", trial.number, result.state.name,
-            f" value={result.values[0]:.6g}" if result.values and len(result.values) == 1 else
-            (f" values={list(result.values)}" if result.values else ""),
-            seconds, f" reason={result.reason!r}" if result.reason else "",
-        )
-        if result.retry:
-            frozen = shared.study._storage.get_trial(trial._trial_id)
-            enqueue_retry(shared, frozen, result.reason or "retry")
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)

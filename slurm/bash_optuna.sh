@@ -4,9 +4,10 @@
 #   N_TRAIN=50000 N_VAL=4000 N_POINTS=256 STAGEA_EPOCHS=24 STAGEB1_EPOCHS=12 STAGEB2_EPOCHS=18 \
 #       sbatch slurm/bash_optuna.sh
 #
-# Submit from the repository root (paths below are relative to it). Every variable is
-# read as ${VAR:-default}, printed at the top of the job log and passed to the workers
-# unchanged: nothing is ever eval'ed. Override #SBATCH lines on the command line, e.g.
+# Submit from the repository root (paths below are relative to it). The variables you
+# export reach the workers unchanged (nothing is ever eval'ed); defaults and the study
+# config's settings are hpo's, and the job log starts with `hpo config`: each value
+# and where it came from. Override #SBATCH lines on the command line, e.g.
 # `sbatch --ntasks=8 --time=12:00:00 --partition=gpu slurm/bash_optuna.sh`.
 #SBATCH --job-name=hpo-optuna
 #SBATCH --output=logs/%x_%j.log

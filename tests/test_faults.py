@@ -137,3 +137,51 @@ def test_middle_damage_is_named_and_repaired(toy) -> None:
     study = load_study(journal, "toy")
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 6
     assert list(journal.parent.glob("toy.journal.quarantine-*.jsonl"))
+
+
+def journal_records(journal: Path) -> list[dict]:
+    return [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+
+
+def test_stalled_worker_learns_its_trial_was_reaped_and_goes_on(toy) -> None:
+    """SIGSTOP a worker mid-trial past HPO_STALE_SECONDS; another process reaps and
+    retries its trial; on SIGCONT the worker does not crash, records nothing more for
+    that trial (journal, run directory), logs one WARNING naming the retry, and goes on."""
+    cwd, env = toy(TOY_STEP_SECONDS="1.0")  # 3 s trials: the stop lands mid-trial
+    env = {**env, "MAX_TRIALS": "4", "OPTUNA_PRUNER": "none", "OPTUNA_SAMPLER": "random",
+           "HPO_HEARTBEAT_SECONDS": "1", "HPO_STALE_SECONDS": "3"}
+    proc = start_worker(cwd, env)
+    wait_for(lambda: "trial 0 started" in first_log(cwd), what="trial 0 to start")
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(4.5)  # past HPO_STALE_SECONDS: its heartbeat is stale
+        reaped = run_hpo(["reap"], cwd, env)
+        assert reaped.returncode == 0 and "0" in reaped.stdout, reaped.stdout + reaped.stderr
+        journal = cwd / "optuna_journal/toy.journal"
+        at_reap = len(journal_records(journal))
+        run_dir = cwd / "optuna_runs/toy/trial_0"
+        files_at_reap = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "UpdateFinishedTrialError" not in first_log(cwd)
+
+    log = first_log(cwd)
+    warnings = [line for line in log.splitlines() if " WARNING " in line and "trial 0 was ended by another worker" in line]
+    assert len(warnings) == 1, log
+    study = load_study(journal, "toy")
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == 0)
+    assert f"its retry is trial {retry.number}" in warnings[0]
+    # Nothing more about trial 0 in the journal after the reap; its run directory untouched.
+    trial0_id = study.trials[0]._trial_id
+    later = journal_records(journal)[at_reap:]
+    assert not [r for r in later if r.get("trial_id") == trial0_id], later
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == files_at_reap
+    assert not (run_dir / "trial.json").exists()
+    # The trial stays FAIL "worker lost"; the study ends at exactly MAX_TRIALS, none RUNNING.
+    assert (study.trials[0].state.name, study.trials[0].user_attrs["reason"]) == ("FAIL", "worker lost")
+    states = Counter(t.state.name for t in study.trials)
+    assert states["COMPLETE"] == 4 and states["RUNNING"] == 0, states
+    assert retry.state.name == "COMPLETE"

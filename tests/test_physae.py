@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from hpo.objective import TrialContext, TrialStopped
+from hpo.physae.settings import SETTINGS
 from hpo.physae import data as D
 from hpo.physae import model as M
 from hpo.physae import train as T
@@ -62,7 +63,8 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def settings() -> Settings:
-    return resolve(flags={}, env=TINY_ENV, config_settings={}, config=ROOT / "configs" / "physae.yaml")
+    return resolve(flags={}, env=TINY_ENV, config_settings={}, config=ROOT / "configs" / "physae.yaml",
+                   objective_fields=SETTINGS)
 
 
 def make_ctx(settings: Settings, run_dir: Path, recorder: Recorder, resume_dir: Path | None = None,
@@ -71,7 +73,7 @@ def make_ctx(settings: Settings, run_dir: Path, recorder: Recorder, resume_dir: 
     return TrialContext(
         number=0, params=params or PARAMS, fixed={}, settings=settings, run_dir=run_dir, device="cpu",
         logger=logging.getLogger("test_physae"), resume_dir=resume_dir,
-        _report=recorder.report, _stop_reason=recorder.stop_reason,
+        options=settings.objective, _report=recorder.report, _stop_reason=recorder.stop_reason,
     )  # fmt: skip
 
 
@@ -130,7 +132,8 @@ def test_labels_are_normalised_sorted_and_render_the_spectra() -> None:
 
 
 def test_model_learns_well_below_untrained(settings: Settings, completed: Completed) -> None:
-    data = D.get_dataset(settings.n_train, settings.n_val, settings.n_points, settings.data_seed, "cpu")
+    o = settings.objective
+    data = D.get_dataset(o["n_train"], o["n_val"], o["n_points"], settings.data_seed, "cpu")
     encoder, refiner = M.build_models(data.train_signal, settings.train_seed, "cpu")
     untrained = T.evaluate(encoder, refiner, data, PARAMS["B2.delta_scale"], PARAMS["B2.refine_steps"])
     mean_guess = data.train_params.mean(dim=0)

@@ -6,21 +6,28 @@ from pathlib import Path
 
 import pytest
 
+from hpo.config import load_all
 from hpo.errors import UsageError
-from hpo.settings import FIELDS, WorkerIdentity, resolve
+from hpo.physae.settings import SETTINGS as PHYSAE
+from hpo.settings import FIELDS, Settings, WorkerIdentity, parse_args, resolve
 
 CONFIG = Path("configs/physae.yaml")
 
 
 def settings(env: dict[str, str] | None = None, flags: dict[str, object] | None = None,
-             config: dict[str, object] | None = None):
-    return resolve(flags or {}, env or {}, config or {}, CONFIG)
+             config: dict[str, object] | None = None, args: dict[str, str] | None = None) -> Settings:
+    return resolve(flags or {}, env or {}, config or {}, CONFIG, objective_fields=PHYSAE, args=args)
+
+
+def o(s: Settings, *names: str) -> tuple[object, ...]:
+    """PhysAE's own settings, as the objective gets them (ctx.options)."""
+    return tuple(s.objective[n] for n in names)
 
 
 def test_defaults_match_seed_000() -> None:
     s = settings()
-    assert (s.n_train, s.n_val, s.n_points) == (50000, 4000, 256)
-    assert (s.stagea_epochs, s.stageb1_epochs, s.stageb2_epochs) == (None, None, None)
+    assert o(s, "n_train", "n_val", "n_points") == (50000, 4000, 256)
+    assert o(s, "stagea_epochs", "stageb1_epochs", "stageb2_epochs") == (None, None, None)
     assert (s.sampler, s.pruner, s.optuna_seed) == ("tpe", "hyperband", 42)
     assert s.journal_path == Path("optuna_journal/physae.journal")
     assert s.log_dir == Path("optuna_logs") and s.trial_output == Path("optuna_runs")
@@ -29,9 +36,9 @@ def test_defaults_match_seed_000() -> None:
 
 def test_precedence_default_config_env_flag() -> None:
     s = settings(env={"N_VAL": "300", "N_POINTS": "128"},
-                 flags={"n_points": "64"},
+                 args={"n_points": "64"},
                  config={"n_train": 1000, "n_val": 999})
-    assert (s.n_train, s.n_val, s.n_points, s.batch_size) == (1000, 300, 64, 512)
+    assert o(s, "n_train", "n_val", "n_points", "batch_size") == (1000, 300, 64, 512)
     assert s.sources["n_train"].startswith("config:")
     assert s.sources["n_val"] == "env:N_VAL"
     assert s.sources["n_points"] == "flag"
@@ -45,7 +52,7 @@ def test_stage_epochs_become_fixed_parameters() -> None:
 
 def test_to_env_round_trips() -> None:
     s = settings(env={"STAGEA_EPOCHS": "3", "STUDY_NAME": "a b'c", "TIMEOUT_SECONDS": "12.5"})
-    again = resolve({}, s.to_env(), {}, CONFIG)
+    again = resolve({}, s.to_env(), {}, CONFIG, objective_fields=PHYSAE)
     assert again == s
 
 
@@ -102,6 +109,40 @@ def test_flag_error_names_the_flag() -> None:
 def test_every_field_has_distinct_env_var() -> None:
     envs = [f.env for f in FIELDS]
     assert len(envs) == len(set(envs))
+
+
+def test_generic_settings_know_no_objective() -> None:
+    """PhysAE's settings are declared by its package: the generic table has no stage names."""
+    assert not {f.name for f in FIELDS} & {f.name for f in PHYSAE}
+    assert all(f.fixes is None for f in FIELDS)
+    plain = resolve({}, {"N_TRAIN": "12", "STAGEA_EPOCHS": "3"}, {}, CONFIG)
+    assert plain.objective == {} and plain.fixed_params() == {}
+
+
+def test_objective_settings_come_from_the_config_objective(tmp_path: Path) -> None:
+    s, config = load_all({"args": ("N_VAL=300", "batch_size=64")}, {"N_TRAIN": "1000", "HPO_CONFIG": str(CONFIG)})
+    assert o(s, "n_train", "n_val", "batch_size") == (1000, 300, 64)
+    assert (s.sources["n_train"], s.sources["n_val"], s.sources["n_points"]) == ("env:N_TRAIN", "flag", "config:"
+                                                                                 + str(CONFIG))
+    assert s.as_dict()["n_train"] == 1000 and s.to_env()["N_VAL"] == "300"
+
+
+def test_bad_arg_names_the_valid_settings() -> None:
+    with pytest.raises(UsageError, match=r"--arg 'n_trian=5' .* valid names: n_train, n_val"):
+        parse_args(["n_trian=5"], PHYSAE)
+    with pytest.raises(UsageError, match=r"^--arg n_val='x' is not an integer"):
+        settings(args={"n_val": "x"})
+
+
+@pytest.mark.parametrize(("env", "bad"), [
+    ({"HPO_STALE_SECONDS": "20"}, "HPO_STALE_SECONDS=20 (env:HPO_STALE_SECONDS) is below 3 x HPO_HEARTBEAT_SECONDS=10"),
+    ({"HPO_HEARTBEAT_SECONDS": "30"}, "HPO_STALE_SECONDS=60 (default) is below 3 x HPO_HEARTBEAT_SECONDS=30"),
+])
+def test_stale_age_must_cover_three_heartbeats(env: dict[str, str], bad: str) -> None:
+    with pytest.raises(UsageError) as err:
+        settings(env=env)
+    assert str(err.value).startswith(bad) and "valid: HPO_STALE_SECONDS >= " in str(err.value)
+    assert settings(env={"HPO_HEARTBEAT_SECONDS": "2", "HPO_STALE_SECONDS": "6"}).stale_seconds == 6
 
 
 def test_worker_identity_from_slurm_and_local() -> None:

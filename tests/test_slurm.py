@@ -109,6 +109,28 @@ def test_seed_000_command_line(slurm: None, project: Path) -> None:
     check_physae_study(project, "a b'c", max_trials=4, n_workers=2)
 
 
+def test_sbatch_with_only_hpo_config_runs_the_configs_study(slurm: None, project: Path) -> None:
+    """The config's study_name and settings hold under sbatch: the script sets no defaults."""
+    (project / "mine.yaml").write_text(
+        "study_name: mine\nobjective: objectives:quadratic\n"
+        "settings: {max_trials: 5, sampler: random, pruner: none}\n"
+        "space:\n  x: {type: float, low: -5, high: 5}\n")
+    env = clean_env(HPO_CONFIG="mine.yaml", HPO_PYTHON=sys.executable)
+    job = sbatch(project, "slurm/bash_optuna.sh", ["--ntasks=2", *SMALL_TASKS], env)
+    assert sacct_states(job)[job].startswith("COMPLETED"), sacct_states(job)
+    log = (project / "logs" / f"hpo-optuna_{job}.log").read_text()
+    for var, value in (("STUDY_NAME", "mine"), ("MAX_TRIALS", "5"), ("OPTUNA_SAMPLER", "random"),
+                       ("OPTUNA_PRUNER", "none")):
+        assert re.search(rf"^{var} +{value} +config:mine.yaml$", log, re.M), log
+    assert "# from the environment: HPO_CONFIG" not in log  # HPO_CONFIG is the config's path, not a setting
+    names = {p.name for p in (project / "optuna_journal").iterdir()}
+    assert {"mine.journal", "mine.jobs"} <= names and not [n for n in names if n.startswith("physae")], names
+    study = load_study(project / "optuna_journal/mine.journal", "mine")
+    states = Counter(t.state.name for t in study.trials)
+    assert states["COMPLETE"] == 5 and states["RUNNING"] == 0, states
+    assert (project / "optuna_journal/mine.jobs").read_text().split() == [job]
+
+
 def test_array_template(slurm: None, project: Path) -> None:
     env = clean_env(**TINY, MAX_TRIALS="5", STUDY_NAME="arr", OPTUNA_PRUNER="none", HPO_PYTHON=sys.executable)
     job = sbatch(project, "slurm/bash_optuna_array.sh", ["--array=0-2", *SMALL_TASKS], env)

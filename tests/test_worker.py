@@ -166,7 +166,9 @@ def test_killed_worker_trial_is_reaped_and_retried(toy) -> None:
     ("env_patch", "message"),
     [
         ({"MAX_TRIALS": "-1"}, "MAX_TRIALS='-1' is out of range"),
-        ({"N_TRAIN": "lots"}, "N_TRAIN='lots' is not an integer"),
+        # N_TRAIN is PhysAE's own setting (hpo.physae.settings): checked under its config.
+        ({"N_TRAIN": "lots", "HPO_CONFIG": str(Path(__file__).resolve().parent.parent / "configs/physae.yaml")},
+         "N_TRAIN='lots' is not an integer"),
         ({"OPTUNA_SAMPLER": "grid"}, "OPTUNA_SAMPLER='grid' is not valid; valid: tpe, random"),
         ({"STUDY_NAME": "../escape"}, "STUDY_NAME='../escape' is not a valid study name"),
         ({"TRIAL_OUTPUT": "/etc/hostname/runs"}, "TRIAL_OUTPUT='/etc/hostname/runs' is not usable"),

@@ -17,9 +17,11 @@ def settings_options(func: Command) -> Command:
     """One ``--flag`` per setting, from the same table as the environment variables."""
     for f in reversed(FIELDS):
         func = click.option(
-            "--" + f.name.replace("_", "-"), f.name, default=None, metavar=f.env,
+            f.flag, f.name, default=None, metavar=f.env,
             help=f"{f.help} [env {f.env}; default {f.default}]",
         )(func)
+    func = click.option("--arg", "args", multiple=True, metavar="NAME=VALUE",
+                        help="a setting of the objective (see `hpo config`), e.g. --arg n_train=2000")(func)
     return click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
                         help="study config YAML [env HPO_CONFIG; default configs/physae.yaml]")(func)
 

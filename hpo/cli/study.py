@@ -13,16 +13,28 @@ from hpo.settings import FIELDS, Settings
 
 @click.command("config")
 @settings_options
-def config_cmd(**flags: Any) -> None:
+@click.option("--record-job", "record_job", default=None, metavar="JOB_ID",
+              help="append JOB_ID to the study's jobs file (what the sbatch scripts call) and print nothing else")
+def config_cmd(record_job: str | None, **flags: Any) -> None:
     """Print the effective settings and where each value came from."""
     settings, config = load(flags)
+    if record_job is not None:
+        from hpo.scheduler import record_jobs
+
+        record_jobs(settings.jobs_path, [record_job])
+        return
     click.echo(f"# study config: {config.path} ({settings.sources['config']})")
     click.echo(f"# storage: {settings.storage_label}")
-    width = max(len(f.env) for f in FIELDS)
-    for f in FIELDS:
-        value = getattr(settings, f.name)
-        shown = "(unset)" if value is None else str(value)
-        click.echo(f"{f.env:<{width}}  {shown:<24} {settings.sources[f.name]}")
+    click.echo(f"# from the environment: {settings.env_line() or 'nothing'}")
+    width = max(len(f.env) for f in settings.fields())
+    for heading, table in (("", FIELDS), (f"# the objective's own settings ({config.objective.partition(':')[0]}"
+                                          ".SETTINGS; flag: --arg NAME=VALUE)", settings.objective_fields)):
+        if heading and table:
+            click.echo(heading)
+        for f in table:
+            value = settings.value(f)
+            shown = "(unset)" if value is None else str(value)
+            click.echo(f"{f.env:<{width}}  {shown:<24} {settings.sources[f.name]}")
     fixed = settings.fixed_params()
     click.echo(f"# fixed parameters: {fixed or 'none'}; sampled: "
                f"{', '.join(n for n in config.space if n not in fixed)}")

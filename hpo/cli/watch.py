@@ -159,7 +159,7 @@ def best_cmd(fmt: str, **flags: Any) -> int:
     from hpo.watch.status import open_view
 
     settings, _ = load(flags)
-    report = best_report(open_view(settings), settings.as_dict())
+    report = best_report(open_view(settings), settings.as_dict(), settings.objective_fields)
     if fmt == "json":
         click.echo(json.dumps(report, indent=2, default=str))
     else:

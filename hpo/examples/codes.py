@@ -7,8 +7,17 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from hpo.api import Field, int_in
+
 if TYPE_CHECKING:
     from hpo.objective import TrialContext
+
+# This objective's own settings (N_TRAIN=..., --arg batch_size=..., or the config's settings:).
+SETTINGS: tuple[Field, ...] = (
+    Field("n_train", "N_TRAIN", int_in(1, 10_000_000), 50000, "training samples"),
+    Field("n_val", "N_VAL", int_in(1, 1_000_000), 4000, "validation samples"),
+    Field("batch_size", "BATCH_SIZE", int_in(1, 1_000_000), 512, "training batch size"),
+)
 
 ACTIVATIONS = ("ReLU", "LeakyReLU", "Tanh", "GELU", "Softplus")
 
@@ -29,8 +38,8 @@ def objective(params: dict[str, Any], ctx: "TrialContext") -> tuple[float, float
     from torch import nn
 
     torch.manual_seed(ctx.settings.train_seed)
-    x, y = _data(ctx.settings.n_train, ctx.settings.data_seed)
-    xv, yv = _data(ctx.settings.n_val, ctx.settings.data_seed + 1)
+    x, y = _data(ctx.options["n_train"], ctx.settings.data_seed)
+    xv, yv = _data(ctx.options["n_val"], ctx.settings.data_seed + 1)
     width = int(params["hidden_size"])
     act = getattr(nn, params["activation"])
     model = nn.Sequential(nn.Linear(4, width), act(), nn.Linear(width, width), act(), nn.Linear(width, 3))
@@ -40,7 +49,7 @@ def objective(params: dict[str, Any], ctx: "TrialContext") -> tuple[float, float
     else:
         opt = torch.optim.Adam(model.parameters(), lr=params["learning_rate"])
     epochs = int(ctx.options.get("epochs", 20))
-    batch = ctx.settings.batch_size
+    batch = ctx.options["batch_size"]
     for epoch in range(1, epochs + 1):
         perm = torch.randperm(len(x))
         for i in range(0, len(x), batch):

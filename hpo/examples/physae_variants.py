@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from hpo.physae.objective import objective as physae
+from hpo.physae.settings import SETTINGS
 
 if TYPE_CHECKING:
     from hpo.objective import TrialContext
@@ -27,8 +28,8 @@ def _inference_us_per_sample(params: dict[str, Any], ctx: "TrialContext") -> flo
     from hpo.physae.data import get_dataset
     from hpo.physae.model import build_models, predict
 
-    s = ctx.settings
-    data = get_dataset(s.n_train, s.n_val, s.n_points, s.data_seed, ctx.device)
+    s, o = ctx.settings, ctx.options
+    data = get_dataset(o["n_train"], o["n_val"], o["n_points"], s.data_seed, ctx.device)
     encoder, refiner = build_models(data.train_signal, s.train_seed, ctx.device)
     state = torch.load(ctx.run_dir / "stage_B2.pt", map_location=ctx.device, weights_only=True)
     encoder.load_state_dict(state["encoder"])

@@ -12,18 +12,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from optuna.storages.journal._storage import JournalOperation as Op
 from optuna.trial import TrialState
 
-from hpo.journal._records import (
-    CHECKS,
-    RECORD_START,
-    bad_time,
-    preview_bytes,
-    read_line,
-    replay_problem,
-    split_lines,
-)
+from hpo.journal._records import CHECKS, bad_time, replay_problem
+from hpo.journal.format import RECORD_START, NewerFormatError, Op, preview_bytes, read_line, split_lines, unknown_op
 
 REPAIR_WORKER = "hpo-repair"  # worker_id of records that repair writes
 REPAIRED_ATTR = "hpo:repaired"  # system attribute of a trial that repair restored
@@ -84,12 +76,16 @@ def _guess_op(data: bytes) -> int | None:
     return None
 
 
-def _entries(data: bytes) -> list[_Entry]:
-    """Every record and every damaged piece of the journal, in file order."""
+def _entries(path: str, data: bytes) -> list[_Entry]:
+    """Every record and every damaged piece of the journal, in file order.
+
+    Raises NewerFormatError at a record whose op code Optuna does not know: not damage."""
     out: list[_Entry] = []
     offset = 0
     for line_no, line in enumerate(split_lines(data), start=1):
         log, why = read_line(line)
+        if log is not None and unknown_op(log) is not None:
+            raise NewerFormatError(path, log["op_code"], offset)
         if log is not None:
             why = replay_problem(log)
             if why is None:
@@ -366,7 +362,7 @@ def _what(e: _Entry) -> str:
 
 def make_plan(path: str, data: bytes) -> Plan:
     """Decide the rewritten journal and a finding for every change."""
-    seq = _entries(data)
+    seq = _entries(path, data)
     chosen = _decide(seq)
     items, changes = _assemble(seq, chosen, set(_dangling(_logs(seq, chosen))))
     # "tail" as scan() says: after the last line Optuna's reader can read whole.

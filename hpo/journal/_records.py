@@ -1,41 +1,22 @@
-"""What Optuna 5.0 needs from a journal record, and how to tell a line that has it.
+"""What Optuna 5.0's replay needs from a readable journal record.
 
-Mirrors ``JournalFileBackend.read_logs`` (a line must end with a newline and be
-JSON) and ``JournalStorageReplayResult._apply_*`` in
-``optuna/storages/journal/_storage.py`` (the keys and types each op reads).
+Mirrors ``JournalStorageReplayResult._apply_*`` in
+``optuna/storages/journal/_storage.py`` (the keys and types each op reads), so
+that repair can tell such a record from a sound one without replaying the file.
+Reading lines is :mod:`hpo.journal.format`'s.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from optuna.distributions import BaseDistribution, json_to_distribution
-from optuna.storages.journal._storage import JournalOperation as Op
 from optuna.trial import TrialState
 
-RECORD_START = b'{"op_code":'  # how Optuna begins every record (json.dumps, op_code first)
-
-
-def read_line(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """Optuna's reader's view of one line: ``(record, None)`` or ``(None, why unreadable)``."""
-    if b"\0" in line:
-        return None, "NUL bytes (data that never reached the disk)"
-    if not line.endswith(b"\n"):
-        return None, "torn record at the end of the file (no end of line: a writer died mid-append)"
-    if not line.startswith(b"{") and not line[:1].isspace():  # cheap, and garbage can be long
-        return None, "not an Optuna record (not a JSON object)"
-    try:
-        log = json.loads(line)
-    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError alike
-        return None, f"not JSON ({err})"
-    if not isinstance(log, dict) or type(log.get("op_code")) is not int:
-        return None, "not an Optuna record (no integer op_code)"
-    return log, None
-
+from hpo.journal.format import Op
 
 @functools.lru_cache(maxsize=1024)
 def _distribution(text: str) -> BaseDistribution:
@@ -165,22 +146,9 @@ def replay_problem(log: dict[str, Any]) -> str | None:
     """Why Optuna 5.0's replay (``JournalStorageReplayResult._apply_*``) would fail on a
     readable record, or None when it would not. Mirrors the keys and types it reads."""
     check = CHECKS.get(log["op_code"])
-    if check is None:
+    if check is None:  # callers raise NewerFormatError first; kept so that this never says "fine"
         return f"unknown op_code {log['op_code']}"
     if log["op_code"] != Op.DISCARD_TRIALS and not isinstance(log.get("worker_id"), str):
         return "'worker_id' missing"
     problem = check(log)
     return f"Optuna cannot replay it: {problem}" if problem else None
-
-
-def split_lines(data: bytes) -> list[bytes]:
-    """Split on b"\\n" only (bytes.splitlines also splits on \\r and others)."""
-    parts = data.split(b"\n")
-    lines = [p + b"\n" for p in parts[:-1]]
-    return lines + ([parts[-1]] if parts[-1] else [])
-
-
-def preview_bytes(data: bytes, width: int = 60) -> str:
-    """The start of ``data``, printable."""
-    text = repr(data[:width])[2:-1]
-    return text + ("..." if len(data) > width else "")

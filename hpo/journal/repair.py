@@ -54,7 +54,8 @@ from hpo.journal._plan import (
     make_plan,
     render_findings,
 )
-from hpo.journal._records import preview_bytes, read_line, replay_problem, split_lines
+from hpo.journal._records import replay_problem
+from hpo.journal.format import NewerFormatError, damage_error, preview_bytes, read_line, split_lines, unknown_op
 from hpo.journal.lock import holder
 
 _logger = logging.getLogger(__name__)
@@ -139,6 +140,8 @@ def _scan(path: str, start: int, first_line: int) -> ScanResult:
                 middle_lines += pending_lines
                 pending, pending_lines = [], 0
                 valid_end, valid_lines = offset + len(line), line_no
+                if unknown_op(log) is not None:
+                    raise NewerFormatError(path, log["op_code"], offset)
                 why = replay_problem(log)
                 if why:
                     middle_lines += 1
@@ -167,12 +170,7 @@ def _merge_tail(pending: list[Damage], lines: int, size: int) -> Damage | None:
 def _middle_error(result: ScanResult) -> StorageError:
     first = result.middle[0]
     more = f"; {result.middle_lines - 1} more damaged line(s) after it" if result.middle_lines > 1 else ""
-    return StorageError(
-        f"{result.path}: damaged journal record at byte {first.offset} (line {first.line}): "
-        f"{first.reason}{more}. Optuna cannot load this journal as it is. Run `hpo doctor` to see "
-        f"which trials are affected, then stop every worker and run `hpo repair` to quarantine "
-        f"the damage (a full backup is kept)."
-    )
+    return damage_error(result.path, first.offset, first.line, first.reason, more)
 
 
 # ---------------------------------------------------------------------------------------
@@ -573,7 +571,9 @@ def repair(path: str | os.PathLike[str], lock: BaseJournalFileLock) -> RepairRes
 
     Raises :class:`~hpo.errors.UsageError` for a missing file and
     :class:`~hpo.errors.StorageError` if the rewritten journal does not load
-    (then nothing is changed).
+    (then nothing is changed), if plain Optuna loads the journal while hpo finds
+    damage before its last line (hpo would quarantine records Optuna uses), and
+    (:class:`~hpo.journal.format.NewerFormatError`) if a newer Optuna wrote it.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -585,6 +585,12 @@ def repair(path: str | os.PathLike[str], lock: BaseJournalFileLock) -> RepairRes
         if not plan.findings:
             studies, trials = _load_counts(path)
             return RepairResult(path, False, None, None, (), (), studies, trials)
+        middle = [f for f in plan.findings if f.where == "middle"]
+        if middle and _optuna_error(path) is None:
+            raise StorageError(
+                f"{path}: Optuna loads this journal as it is, yet hpo finds {len(middle)} record(s) it "
+                f"could not replay (first at byte {middle[0].offset}: {middle[0].reason}); hpo's check is "
+                "wrong here, so nothing was rewritten. Please report it.")
         return _rewrite(plan, data)
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from hpo.physae.data import clear_dataset_cache
-from hpo.physae.train import train
+from hpo.physae.settings import SETTINGS
 
 if TYPE_CHECKING:
     from hpo.objective import TrialContext
 
-__all__ = ["clear_dataset_cache", "objective"]
+# SETTINGS: the objective's own settings, which hpo reads from this module at
+# start-up; torch is imported only when a trial runs.
+__all__ = ["SETTINGS", "objective"]
 
 
 def objective(params: dict[str, Any], ctx: TrialContext) -> float:
@@ -25,4 +26,6 @@ def objective(params: dict[str, Any], ctx: TrialContext) -> float:
     :class:`hpo.objective.TrialStopped` on a stop request; every other exception,
     out of memory included, is left to the worker's outcome policy.
     """
+    from hpo.physae.train import train
+
     return train(params, ctx)

@@ -39,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,7 +50,9 @@ import torch
 
 from hpo.physae.data import N_PARAMS, SpectraDataset, get_dataset, is_cached
 from hpo.physae.model import Encoder, Prediction, Refiner, build_models, predict
+from hpo.objective import METRICS_FILE
 from hpo.trial_errors import Diverged
+from hpo.util import write_atomic, write_bytes_atomic
 
 if TYPE_CHECKING:
     from hpo.objective import TrialContext
@@ -71,7 +72,6 @@ STAGE_A_DELTA_SCALE = 0.1
 STAGE_A_REFINE_STEPS = 1
 RECON_WEIGHT = 0.05  # small: the supervised term leads; see docs/physae.md
 EVAL_BATCH = 8192
-METRICS_FILE = "metrics.jsonl"
 RESUME_FILE = "resume.pt"
 RESULT_FILE = "result.json"
 _RESUME_FORMAT = 1
@@ -216,7 +216,7 @@ def _make_optimizer(spec: StageSpec, encoder: Encoder, refiner: Refiner, device_
 def _train_epoch(run: _Run, spec: StageSpec, opt: torch.optim.Optimizer) -> float:
     """One pass over the shuffled training set; returns the mean loss (one host sync)."""
     data, n = run.data, run.data.train_signal.shape[0]
-    batch = run.ctx.settings.batch_size
+    batch = run.ctx.options["batch_size"]
     gen = torch.Generator(device="cpu").manual_seed(_epoch_seed(run.ctx.settings.train_seed, run.global_step))
     order = torch.randperm(n, generator=gen).to(data.train_signal.device)
     scale = run.encoder.norm.scale
@@ -258,23 +258,13 @@ def evaluate(
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file beside ``path``, fsync, then rename over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` (a state dict, never a pickled object graph of ours) through the one
+    atomic writer: a reader, such as a retry resuming from here, sees whole files only."""
+    write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 def atomic_write_text(text: str, path: Path) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync, then rename over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def _append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
@@ -442,8 +432,8 @@ def _end_epoch(run: _Run, spec: StageSpec, record: dict[str, Any], opt: torch.op
 def _prepare(params: dict[str, Any], ctx: TrialContext) -> tuple[_Run, tuple[StageSpec, ...]]:
     """Validate parameters, fetch the (cached) dataset and build fresh models."""
     canonical = canonical_params(params)
-    settings = ctx.settings
-    key = (settings.n_train, settings.n_val, settings.n_points, settings.data_seed, ctx.device)
+    settings, o = ctx.settings, ctx.options
+    key = (o["n_train"], o["n_val"], o["n_points"], settings.data_seed, ctx.device)
     timings = Timings(data_cached=is_cached(*key))
     with _measure(timings, "data"):
         data = get_dataset(*key)

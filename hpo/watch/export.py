@@ -23,15 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from hpo.util import write_json_atomic
-from hpo.watch.journal import StudyJournal, TrialRecord
+from hpo.settings import Field
+from hpo.util import json_safe, write_json_atomic
+from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_TOP = 20
-# Budgets the environment can fix (the inverse of Settings.fixed_params).
-BUDGET_ENV = {"A.epochs": "STAGEA_EPOCHS", "B1.epochs": "STAGEB1_EPOCHS", "B2.epochs": "STAGEB2_EPOCHS"}
-DATA_ENV = {"n_train": "N_TRAIN", "n_val": "N_VAL", "n_points": "N_POINTS"}
 ENQUEUE_NOTE = ("to train with them: `hpo export` writes results/<study>/best_params.json; then "
                 "`hpo enqueue results/<study>/best_params.json --study-name <new>` and run the env line with "
                 "`hpo run --workers 1 --max-trials 1 --study-name <new>` (the run directory keeps the checkpoints)")
@@ -41,23 +39,6 @@ ENQUEUE_NOTE = ("to train with them: `hpo export` writes results/<study>/best_pa
 
 def _signs(directions: Sequence[str]) -> list[int]:
     return [-1 if d.upper() == "MAXIMIZE" else 1 for d in directions]
-
-
-def pareto_front(trials: Sequence[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
-    """COMPLETE trials that no other COMPLETE trial dominates, in number order
-    (``study.best_trials`` without constraints; equal points are all kept)."""
-    signs = _signs(directions)
-    points = sorted(
-        ((tuple(s * v for s, v in zip(signs, t.values)), t) for t in trials if t.state == "COMPLETE" and t.values),
-        key=lambda p: p[0],
-    )
-    front: list[tuple[tuple[float, ...], TrialRecord]] = []
-    for key, trial in points:
-        # Sorted lexicographically, only an earlier point can dominate; and whatever
-        # dominates it is dominated by (or is) a front point, so the front suffices.
-        if not any(all(f <= k for f, k in zip(other, key)) and other != key for other, _ in front):
-            front.append((key, trial))
-    return sorted((t for _, t in front), key=lambda t: t.number)
 
 
 def knee_point(front: Sequence[TrialRecord], directions: Sequence[str]) -> TrialRecord | None:
@@ -98,18 +79,21 @@ def choose_best(journal: StudyJournal) -> Best:
     return Best(knee_point(front, directions), tuple(front))
 
 
-def budget_env(trial: TrialRecord, data_settings: Mapping[str, Any]) -> dict[str, str]:
-    """Environment variables that reproduce a trial's budgets: stage epochs from its
-    parameters (sampled, else fixed by the environment when it ran) and data sizes."""
+def budget_env(trial: TrialRecord, fields: Sequence[Field], ran_with: Mapping[str, Any]) -> dict[str, str]:
+    """Environment variables that reproduce a trial's budgets, from the objective's own
+    settings (``fields``, its module's SETTINGS): first those that fix a parameter (e.g.
+    PhysAE's stage epochs), from the trial's parameters, sampled or fixed when it ran;
+    then the others as the trial ran with them (``ran_with``: its settings.json)."""
     fixed = trial.user_attrs.get("fixed_params") or {}
     env: dict[str, str] = {}
-    for param, variable in BUDGET_ENV.items():
-        value = trial.params.get(param, fixed.get(param) if isinstance(fixed, dict) else None)
-        if value is not None:
-            env[variable] = str(value)
-    for key, variable in DATA_ENV.items():
-        if data_settings.get(key) is not None:
-            env[variable] = str(data_settings[key])
+    for f in fields:
+        if f.fixes is not None:
+            value = trial.params.get(f.fixes, fixed.get(f.fixes) if isinstance(fixed, dict) else None)
+            if value is not None:
+                env[f.env] = str(value)
+    for f in fields:
+        if f.fixes is None and ran_with.get(f.name) is not None:
+            env[f.env] = str(ran_with[f.name])
     return env
 
 
@@ -125,18 +109,20 @@ def run_settings(trial: TrialRecord) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def best_report(journal: StudyJournal, current_settings: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``hpo best`` prints (as YAML or JSON)."""
+def best_report(journal: StudyJournal, current_settings: Mapping[str, Any],
+                fields: Sequence[Field] = ()) -> dict[str, Any]:
+    """What ``hpo best`` prints (as YAML or JSON): strict JSON values (non-finite -> null);
+    ``fields``: the objective's own settings, for the environment line of its budgets."""
     best = choose_best(journal)
     directions = [d.lower() for d in journal.study.directions]
     out: dict[str, Any] = {"study": journal.study.name, "directions": directions}
     if best.trial is None:
         out["best_trial_number"] = None
         out["note"] = "no COMPLETE trial yet"
-        return out
+        return json_safe(out)  # type: ignore[no-any-return]
     trial = best.trial
     ran_with = run_settings(trial)
-    env = budget_env(trial, ran_with or current_settings)
+    env = budget_env(trial, fields, ran_with or current_settings)
     if best.front:
         out["pareto"] = [{"number": t.number, "values": t.values, "params": t.params} for t in best.front]
         out["knee"] = "closest to the utopia point, objectives scaled to [0, 1] over the Pareto set"
@@ -235,17 +221,6 @@ def hpo_results_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
     }
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities are not JSON: write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _parquet_safe(frame: Any) -> Any:
     """Parquet columns hold one type: a column mixing types (a categorical parameter
     with choices 1 and "a") is written as text."""
@@ -271,10 +246,10 @@ def export(journal: StudyJournal, out_dir: Path, top: int = DEFAULT_TOP) -> list
     top_frame = pd.DataFrame(trial_rows(top_trials(journal.trials, journal.study.directions, top), n), columns=cols)
     paths = [out_dir / "best_params.json", out_dir / "all_trials.csv", out_dir / f"top_{top}_trials.csv",
              out_dir / "trials.parquet", out_dir / "hpo_results.json"]
-    write_json_atomic(paths[0], _json_safe(best_params_json(journal, best)))
+    write_json_atomic(paths[0], best_params_json(journal, best))
     frame.to_csv(paths[1], index=False)
     top_frame.to_csv(paths[2], index=False)
     _parquet_safe(frame).to_parquet(paths[3], index=False)
-    write_json_atomic(paths[4], _json_safe(hpo_results_json(journal, best)))
+    write_json_atomic(paths[4], hpo_results_json(journal, best))
     _logger.info("exported %d trials of %s to %s", len(frame), journal.study.name, out_dir)
     return paths

@@ -5,85 +5,77 @@ Optuna's storage: seconds for a study of 20,000 trials. ``hpo status`` needs a
 few numbers per trial and the details of a handful, so :class:`StudyJournal`
 reads in two steps:
 
-1. *Structural* operations (studies, ``CREATE_TRIAL``, ``SET_TRIAL_STATE_VALUES``)
-   are found with one regular-expression scan of the bytes, parsed with one
-   ``json.loads`` call and replayed in order: every trial's number, state,
-   values and times, and the byte offsets where it was created and finished.
-2. *Detail* operations (parameters, intermediate values, user and system
-   attributes: most of the lines) are decoded only for the trials asked for
-   (:meth:`StudyJournal.decode`), or for a few user attributes across all
-   trials (:meth:`StudyJournal.user_attr_values`).
-
-A detail line counts only if its trial existed and was unfinished at that point
-of the file, which the offsets from step 1 tell without replaying the file in
-order. The replay rules are those of ``JournalStorageReplayResult`` in
-``optuna/storages/journal/_storage.py`` (Optuna 5.0), including:
-
-- trial ids count ``CREATE_TRIAL`` lines of every study (not deleted at the
-  time) in file order; numbers count them per study;
-- ``CREATE_TRIAL`` may carry a template (state, values, params, attributes,
-  intermediate values, times), as ``enqueue_trial`` and ``add_trial`` write;
-- ``SET_TRIAL_STATE_VALUES`` to RUNNING on a RUNNING trial is ignored (two
-  workers popping one WAITING trial: the first wins) and sets ``datetime_start``;
-- any operation on a finished trial, or on a trial not yet created, is ignored;
-- a parameter whose distribution is incompatible with that of the first trial
-  (by number) holding the same name is ignored (Optuna raises in the writer only);
-- ``DISCARD_TRIALS`` is ignored; an unknown operation is an error.
+1. *Structural* records (studies, ``CREATE_TRIAL``, ``SET_TRIAL_STATE_VALUES``
+   and the constraint system attributes) are found with one regular-expression
+   scan of the bytes, parsed with one ``json.loads`` call and indexed in order:
+   every trial's id, number, state, values, times and constraints, and the byte
+   offsets where it was created and finished. This index follows the rules of
+   ``JournalStorageReplayResult`` (``optuna/storages/journal/_storage.py``) for
+   those records only; the differential tests hold it to ``optuna.load_study``.
+2. The trials asked for (:meth:`StudyJournal.decode`) are replayed by Optuna
+   itself (:func:`hpo.journal.format.replay`): their records only, renumbered,
+   so parameters, distributions, attributes and intermediate values are Optuna's
+   by construction. When one parameter name appears with different distributions
+   (Optuna then checks compatibility against other trials) every trial of the
+   study is replayed. A few user attributes of every trial
+   (:meth:`StudyJournal.user_attr_values`) are read without decoding anything else.
 
 Fast-path layout assumption: the lines of ``JournalFileBackend.append_logs``
 (compact ``json.dumps``; keys ``op_code``, ``worker_id``, then ``trial_id`` for
 trial operations). A file with any other line is read line by line instead
-(same result, slower). As in Optuna, a torn or unparsable last line is ignored,
-and an unparsable line followed by others is a :class:`~hpo.errors.StorageError`.
+(same result, slower). As in Optuna, a torn or unparsable last line is ignored;
+an unparsable line followed by others is a :class:`~hpo.errors.StorageError`
+naming its byte offset, and an op code Optuna does not know is a
+:class:`~hpo.journal.format.NewerFormatError` (see :mod:`hpo.journal.format`).
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Collection, Iterable, Iterator, Protocol
+from typing import Any, Collection, Iterable, Iterator, Protocol, Sequence
+
+from optuna.study import StudyDirection
+from optuna.trial import TrialState
 
 from hpo.errors import StorageError, UsageError
+from hpo.journal.format import RECORD_START, Entry, Op, parse_lines, read_complete, replay
+from hpo.storage import constraints_of, on_pareto_front
 
 _logger = logging.getLogger(__name__)
 
-
-class Op(enum.IntEnum):
-    """Optuna's ``JournalOperation`` codes (Optuna 5.0)."""
-
-    CREATE_STUDY = 0
-    DELETE_STUDY = 1
-    SET_STUDY_USER_ATTR = 2
-    SET_STUDY_SYSTEM_ATTR = 3
-    CREATE_TRIAL = 4
-    SET_TRIAL_PARAM = 5
-    SET_TRIAL_STATE_VALUES = 6
-    SET_TRIAL_INTERMEDIATE_VALUE = 7
-    SET_TRIAL_USER_ATTR = 8
-    SET_TRIAL_SYSTEM_ATTR = 9
-    DISCARD_TRIALS = 10
-
-
-STATES = ("RUNNING", "COMPLETE", "PRUNED", "FAIL", "WAITING")  # TrialState values 0..4
-FINISHED_STATES = frozenset({"COMPLETE", "PRUNED", "FAIL"})  # TrialState.is_finished()
-DIRECTIONS = ("NOT_SET", "MINIMIZE", "MAXIMIZE")  # StudyDirection values 0..2
+STATES = tuple(s.name for s in sorted(TrialState, key=lambda s: s.value))
+FINISHED_STATES = frozenset(s.name for s in TrialState if s.is_finished())
+DIRECTIONS = tuple(d.name for d in sorted(StudyDirection, key=lambda d: d.value))
 METRIC_NAMES_ATTR = "study:metric_names"  # where Study.set_metric_names stores them
+CONSTRAINTS_ATTR = "constraints"  # system attributes named constraints or constraints:<key> (FrozenTrial.constraints)
+_READER = "hpo-reader"  # worker id of the records the reader makes up for Optuna's replay
 
 _DETAIL_OPS = (Op.SET_TRIAL_PARAM, Op.SET_TRIAL_INTERMEDIATE_VALUE, Op.SET_TRIAL_USER_ATTR, Op.SET_TRIAL_SYSTEM_ATTR)
 _STRUCTURAL_OPS = frozenset(set(Op) - set(_DETAIL_OPS))
-# A line that does not start with a known operation code (0-10) in Optuna's compact layout.
-_OTHER_LINE_RE = re.compile(rb'\n(?!\{"op_code":(?:[0-9]|10),"worker_id":")')
-_STRUCTURAL_RE = re.compile(rb'\n(\{"op_code":(?:[0-4]|6|10),[^\n]*)')
+
+
+def _codes(ops: Iterable[int]) -> bytes:
+    return b"(?:" + b"|".join(str(int(op)).encode() for op in sorted(ops, reverse=True)) + b")"
+
+
 _WORKER = rb'"worker_id":"[^"\\\n]*",'
-_HEAD_RE = re.compile(rb'\{"op_code":([5789]),"worker_id":"[^"\\\n]*"')  # a detail line up to its worker id
-_USER_ATTR_HEAD_RE = re.compile(rb'\{"op_code":8,"worker_id":"[^"\\\n]*","trial_id":(\d+)')
-_DETAIL_LINE_RE = re.compile(rb'\n(\{"op_code":([5789]),' + _WORKER + rb'"trial_id":(\d+),[^\n]*)')
+# A line that does not start with an operation code Optuna knows, in Optuna's compact layout.
+_OTHER_LINE_RE = re.compile(rb'\n(?!\{"op_code":' + _codes(Op) + rb',"worker_id":")')
+_STRUCTURAL_RE = re.compile(rb'\n(\{"op_code":' + _codes(_STRUCTURAL_OPS) + rb',[^\n]*|\{"op_code":'
+                            + str(int(Op.SET_TRIAL_SYSTEM_ATTR)).encode() + rb',' + _WORKER
+                            + rb'"trial_id":\d+,"system_attr":\{"' + CONSTRAINTS_ATTR.encode() + rb'[":][^\n]*)')
+_DETAIL_CODES = _codes(_DETAIL_OPS)
+_HEAD_RE = re.compile(rb'\{"op_code":(' + _DETAIL_CODES[3:-1] + rb'),' + _WORKER[:-1])  # a detail line up to its worker id
+_DETAIL_LINE_RE = re.compile(rb'\n(\{"op_code":(' + _DETAIL_CODES[3:-1] + rb'),' + _WORKER + rb'"trial_id":(\d+),[^\n]*)')
+# A SET_TRIAL_PARAM line's name (without escapes) and distribution; [^\n]* is the fast repeat.
+_PARAM_DIST_RE = re.compile(rb'\n\{"op_code":' + str(int(Op.SET_TRIAL_PARAM)).encode() + rb',' + _WORKER
+                            + rb'"trial_id":\d+,"param_name":("[^"\\\n]*"),"param_value_internal":[^,\n]*,'
+                            rb'"distribution":("[^\n]*")\}(?=\n)')
 # Trials asked for by id in one pattern up to this many; beyond, scan all detail lines and filter.
 _MAX_ALTERNATION = 256
 
@@ -94,11 +86,11 @@ class TrialRecord:
 
     ``state`` is the ``TrialState`` name. ``params`` hold external values
     (``distribution.to_external_repr``); ``distributions`` :class:`Distribution`
-    objects (``.to_optuna()`` gives Optuna's). Times are kept as the journal's ISO strings (UTC); the
+    objects (``.to_optuna()`` gives Optuna's). Times are kept as ISO strings (UTC); the
     ``datetime_*`` properties convert them exactly as Optuna does (naive local
     time). ``detailed`` is False until :meth:`StudyJournal.decode` filled params,
-    attributes and intermediate values (before, they hold only what
-    ``CREATE_TRIAL`` carried).
+    attributes and intermediate values (before, they hold what ``CREATE_TRIAL``
+    carried, without parameters, and the constraint system attributes).
     """
 
     number: int
@@ -118,6 +110,15 @@ class TrialRecord:
     def value(self) -> float | None:
         """The objective value of a single-objective trial (None otherwise)."""
         return self.values[0] if self.values is not None and len(self.values) == 1 else None
+
+    @property
+    def constraints(self) -> dict[str, float]:
+        """``FrozenTrial.constraints``: feasible when every value is <= 0."""
+        return constraints_of(self.system_attrs) if self.system_attrs else {}
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 0.0 for v in self.constraints.values())
 
     @property
     def finished(self) -> bool:
@@ -167,15 +168,42 @@ class StudyRecord:
         return list(names) if isinstance(names, list) else None
 
 
-# -- step 1: structural replay --------------------------------------------------
+_INT_KINDS = frozenset({"IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution"})
 
-@dataclass
-class _ParamEvent:
-    offset: int
-    trial_id: int
-    name: str
-    dist_json: str
 
+@dataclass(frozen=True, slots=True)
+class Distribution:
+    """A parameter's distribution as plain data (what the plots need), made from Optuna's.
+
+    ``kind`` is the Optuna class name.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] | None = None
+
+    @classmethod
+    def from_optuna(cls, dist: Any) -> "Distribution":
+        choices = getattr(dist, "choices", None)
+        if choices is not None:
+            return cls(type(dist).__name__, choices=tuple(choices))
+        return cls(type(dist).__name__, getattr(dist, "low", None), getattr(dist, "high", None),
+                   getattr(dist, "step", None), bool(getattr(dist, "log", False)))
+
+    def to_optuna(self) -> Any:
+        """The Optuna distribution object."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.choices is not None:
+            return CategoricalDistribution(self.choices)
+        cls = IntDistribution if self.kind in _INT_KINDS else FloatDistribution
+        return cls(self.low, self.high, log=self.log, step=self.step)  # type: ignore[arg-type]
+
+
+# -- step 1: the structural index ----------------------------------------------------
 
 class _Replay:
     """Studies and trials from the structural operations, with their offsets."""
@@ -188,8 +216,8 @@ class _Replay:
         self.created: list[int] = []  # offset of the CREATE_TRIAL
         self.finished: list[int | None] = []  # offset of the operation that finished it
         self.study_trials: dict[int, list[int]] = {}
-        self.template_params: list[_ParamEvent] = []
-        self.codec = _Codec()
+        self.create_logs: list[Entry] = []  # the CREATE_TRIAL of each trial id
+        self.state_logs: dict[int, list[Entry]] = {}  # SET_TRIAL_STATE_VALUES by trial id
 
     def apply(self, offset: int, log: dict[str, Any]) -> None:
         op = log["op_code"]
@@ -207,6 +235,9 @@ class _Replay:
         elif op == 3:
             if log["study_id"] in self.studies:
                 self.studies[log["study_id"]].system_attrs.update(log["system_attr"])
+        elif op == 9:  # only constraints come here (see _STRUCTURAL_RE)
+            if self.accepts(offset, log["trial_id"]):
+                self.trials[log["trial_id"]].system_attrs.update(log["system_attr"])
         elif op != 10:  # DISCARD_TRIALS: "only supported by Rustuna", ignored by Optuna
             raise StorageError(f"unknown journal operation {op!r} at offset {offset}")
 
@@ -228,14 +259,16 @@ class _Replay:
         if len(log) == 4:  # op_code, worker_id, study_id, datetime_start: no template (the usual case)
             record = TrialRecord(len(trials_of_study), tid, "RUNNING", start_iso=log["datetime_start"])
         else:
-            record = self._from_template(offset, len(trials_of_study), tid, log)
+            record = self._from_template(len(trials_of_study), tid, log)
         self.trials.append(record)
+        self.create_logs.append((offset, log))
         self.study_of.append(sid)
         self.created.append(offset)
         self.finished.append(offset if record.state in FINISHED_STATES else None)
         trials_of_study.append(tid)
 
-    def _from_template(self, offset: int, number: int, tid: int, log: dict[str, Any]) -> TrialRecord:
+    @staticmethod
+    def _from_template(number: int, tid: int, log: dict[str, Any]) -> TrialRecord:
         value, values = log.get("value"), log.get("values")
         record = TrialRecord(
             number=number, trial_id=tid, state=STATES[log.get("state", 0)],
@@ -244,15 +277,11 @@ class _Replay:
             intermediate={int(k): v for k, v in log.get("intermediate_values", {}).items()},
             start_iso=log.get("datetime_start"), complete_iso=log.get("datetime_complete"),
         )
-        for name, internal in log.get("params", {}).items():
-            dist_json = log["distributions"][name]
-            record.params[name] = self.codec.external(dist_json, internal)
-            record.distributions[name] = self.codec.distribution(dist_json)
-            self.template_params.append(_ParamEvent(offset, tid, name, dist_json))
         return record
 
     def _set_state(self, offset: int, log: dict[str, Any]) -> None:
         tid = log["trial_id"]
+        self.state_logs.setdefault(tid, []).append((offset, log))  # Optuna's replay judges them again
         if not 0 <= tid < len(self.trials) or self.finished[tid] is not None:
             return
         record, state = self.trials[tid], STATES[log["state"]]
@@ -275,87 +304,6 @@ class _Replay:
         return end is None or offset < end
 
 
-_INT_KINDS = frozenset({"IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution"})
-_STANDARD_KINDS = frozenset({"FloatDistribution", "IntDistribution", "CategoricalDistribution"})
-
-
-@dataclass(frozen=True, slots=True)
-class Distribution:
-    """A parameter's distribution as plain data, equal in meaning to what
-    ``optuna.distributions.json_to_distribution`` builds from the same JSON.
-
-    ``kind`` is the Optuna class name. Decoding the three current kinds here keeps
-    Optuna (a quarter of a second to import) out of ``hpo status``; any other
-    (deprecated or abbreviated) form is decoded by Optuna itself.
-    """
-
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
-    log: bool = False
-    choices: tuple[Any, ...] | None = None
-
-    def to_external(self, internal: float) -> Any:
-        """``to_external_repr``: categorical index -> choice, int -> int, float as is."""
-        if self.choices is not None:
-            return self.choices[int(internal)]
-        return int(internal) if self.kind in _INT_KINDS else internal
-
-    def compatible(self, new: "Distribution") -> bool:
-        """``check_distribution_compatibility(self, new)`` does not raise."""
-        if self.kind != new.kind:
-            return False
-        if self.choices is not None:
-            return self.choices == new.choices
-        return self.log == new.log
-
-    def to_optuna(self) -> Any:
-        """The Optuna distribution object (imports Optuna)."""
-        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-        if self.choices is not None:
-            return CategoricalDistribution(self.choices)
-        cls = IntDistribution if self.kind in _INT_KINDS else FloatDistribution
-        return cls(self.low, self.high, log=self.log, step=self.step)  # type: ignore[arg-type]
-
-
-def parse_distribution(dist_json: str) -> Distribution:
-    """A distribution from the JSON Optuna stores with each parameter."""
-    raw = json.loads(dist_json)
-    kind, attrs = raw.get("name"), raw.get("attributes", {})
-    if kind in _STANDARD_KINDS:
-        if kind == "CategoricalDistribution":
-            return Distribution(kind, choices=tuple(attrs["choices"]))
-        return Distribution(kind, attrs["low"], attrs["high"], attrs.get("step"), bool(attrs.get("log", False)))
-    from optuna.distributions import CategoricalDistribution, json_to_distribution
-
-    dist = json_to_distribution(dist_json)
-    if isinstance(dist, CategoricalDistribution):
-        return Distribution(type(dist).__name__, choices=tuple(dist.choices))
-    return Distribution(type(dist).__name__, getattr(dist, "low", None), getattr(dist, "high", None),
-                        getattr(dist, "step", None), bool(getattr(dist, "log", False)))
-
-
-class _Codec:
-    """Distributions decoded once per distinct JSON string (a study has a handful)."""
-
-    def __init__(self) -> None:
-        self._dists: dict[str, Distribution] = {}
-
-    def distribution(self, dist_json: str) -> Distribution:
-        dist = self._dists.get(dist_json)
-        if dist is None:
-            dist = self._dists[dist_json] = parse_distribution(dist_json)
-        return dist
-
-    def external(self, dist_json: str, internal: float) -> Any:
-        return self.distribution(dist_json).to_external(internal)
-
-    def compatible(self, old_json: str, new_json: str) -> bool:
-        return old_json == new_json or self.distribution(old_json).compatible(self.distribution(new_json))
-
-
 # -- step 2: where detail lines come from -----------------------------------------
 
 Detail = tuple[int, int, int, dict[str, Any]]  # offset, op code, trial id, decoded line
@@ -364,7 +312,10 @@ Detail = tuple[int, int, int, dict[str, Any]]  # offset, op code, trial id, deco
 class _DetailSource(Protocol):
     def details(self, trial_ids: Collection[int] | None) -> list[Detail]: ...
 
-    def params_named(self, name: str) -> Iterator[Detail]: ...
+    def param_distributions(self) -> set[tuple[str, str]] | None:
+        """``(parameter name, distribution JSON)`` of every SET_TRIAL_PARAM line;
+        None when some line could not be read this way."""
+        ...
 
     def user_attrs(self, keys: Collection[str]) -> list[tuple[int, int, str, Any]]:
         """``(offset, trial id, key, raw value)`` of the lines setting these user attributes."""
@@ -386,7 +337,7 @@ def _loads_many(raws: list[bytes | bytearray], offsets: list[int]) -> list[dict[
             try:
                 json.loads(raw)
             except ValueError as exc:
-                raise StorageError(f"damaged journal line at byte {offset}: {exc}") from None
+                raise StorageError(f"damaged journal line at byte {offset}: {exc}; run `hpo doctor`") from None
         raise
 
 
@@ -427,16 +378,17 @@ class _RegexSource:
         if len(found) != sum(self.text.count(b'\n{"op_code":%d,' % op) for op in _DETAIL_OPS):
             # A detail line that is damaged (Optuna refuses the journal) or laid out otherwise:
             # the line-by-line reader raises on the first, reads the second.
-            return _slow_read(bytes(self.text[1:]), self.path, self.torn)[1].details(trial_ids)
+            return _slow_read(self.text, self.path, self.torn)[1].details(trial_ids)
         if trial_ids is not None:
             wanted = set(trial_ids)
             found = [f for f in found if f[2] in wanted]
         return self._decoded(found)
 
-    def params_named(self, name: str) -> Iterator[Detail]:
-        for offset, op, tid, raw in self._find(rb'"param_name":' + re.escape(json.dumps(name).encode()) + b","):
-            if op == Op.SET_TRIAL_PARAM:
-                yield offset, op, tid, json.loads(raw)
+    def param_distributions(self) -> set[tuple[str, str]] | None:
+        found = _PARAM_DIST_RE.findall(self.text)
+        if len(found) != self.text.count(b'\n{"op_code":%d,' % Op.SET_TRIAL_PARAM):
+            return None  # a name with escapes, or another layout: decode the whole study (exact)
+        return {(json.loads(n), json.loads(d)) for n, d in set(found)}
 
     def user_attrs(self, keys: Collection[str]) -> list[tuple[int, int, str, Any]]:
         names = {json.dumps(k).encode(): k for k in keys}
@@ -471,8 +423,8 @@ class _ParsedSource:
         wanted = set(trial_ids)
         return [d for d in self.lines if d[2] in wanted]
 
-    def params_named(self, name: str) -> Iterator[Detail]:
-        return (d for d in self.lines if d[1] == Op.SET_TRIAL_PARAM and d[3]["param_name"] == name)
+    def param_distributions(self) -> set[tuple[str, str]] | None:
+        return {(d[3]["param_name"], d[3]["distribution"]) for d in self.lines if d[1] == Op.SET_TRIAL_PARAM}
 
     def user_attrs(self, keys: Collection[str]) -> list[tuple[int, int, str, Any]]:
         wanted = set(keys)
@@ -487,16 +439,18 @@ class _ParsedSource:
 
 # -- reading a file -----------------------------------------------------------------
 
-Structural = list[tuple[int, dict[str, Any]]]  # (offset, decoded line) in file order
+Structural = list[Entry]  # (offset, decoded line) in file order
 
 
 def _fast_read(text: bytes | bytearray, path: Path, torn: bool) -> tuple[Structural, _RegexSource] | None:
     """Structural lines and a detail source, or None when some line is not in the standard layout.
 
-    ``text``: ``b"\\n"`` + the file's complete lines (see :func:`_read_text`).
+    ``text``: ``b"\\n"`` + the file's complete lines (see :func:`read_complete`).
     """
     if _OTHER_LINE_RE.search(text, 0, len(text) - 1):
         return None  # an unknown operation, another writer's layout, or a damaged line
+    if b"\0" in text or text.count(RECORD_START) != text.count(b"\n") - 1:
+        return None  # NULs, or a torn record glued onto the next one: the line-by-line reader says where
     found = [(m.start(), m.group(1)) for m in _STRUCTURAL_RE.finditer(text)]
     try:
         logs = json.loads(b"[" + b",".join(raw for _, raw in found) + b"]")  # one call: a third of the time
@@ -505,38 +459,22 @@ def _fast_read(text: bytes | bytearray, path: Path, torn: bool) -> tuple[Structu
     return [(offset, log) for (offset, _), log in zip(found, logs)], _RegexSource(text, path, torn)
 
 
-def _slow_read(data: bytes, path: Path, torn: bool) -> tuple[Structural, _ParsedSource]:
-    """Line by line, with Optuna's rules for damaged lines (``JournalFileBackend.read_logs``).
+def _is_structural(log: dict[str, Any]) -> bool:
+    op = log["op_code"]
+    if op == Op.SET_TRIAL_SYSTEM_ATTR:
+        key: str = next(iter(log.get("system_attr") or {"": None}))
+        return key == CONSTRAINTS_ATTR or key.startswith(CONSTRAINTS_ATTR + ":")
+    return op in _STRUCTURAL_OPS
 
-    ``data``: the complete lines; ``torn``: an incomplete line followed them.
-    Offsets are the byte positions where lines start, as in the fast path.
-    """
-    structural: list[tuple[int, dict[str, Any]]] = []
-    details: list[Detail] = []
-    pieces = data.split(b"\n")  # the last piece is b"" or a torn line: never read
-    pending: tuple[int, Exception] | None = None
-    offset = 0
-    for index, raw in enumerate(pieces[:-1]):
-        if pending is not None:
-            raise StorageError(f"{path}: line {pending[0] + 1} is damaged ({pending[1]}); "
-                               "Optuna cannot read this journal either")
-        start, offset = offset, offset + len(raw) + 1
-        try:
-            log = json.loads(raw)
-            op = log["op_code"]
-        except (ValueError, TypeError, KeyError) as exc:
-            pending = (index, exc)
-            continue
-        if op in _DETAIL_OPS:
-            details.append((start, op, log["trial_id"], log))
-        elif op in _STRUCTURAL_OPS:
-            structural.append((start, log))
-        else:
-            raise StorageError(f"{path}: line {index + 1}: unknown journal operation {op!r}")
-    if pending is not None and (pieces[-1] or torn):
-        raise StorageError(f"{path}: line {pending[0] + 1} is damaged ({pending[1]})")
-    if pending is not None:
-        _logger.warning("%s: last line is damaged; ignored, as Optuna does", path)
+
+def _slow_read(text: bytes | bytearray, path: Path, torn: bool) -> tuple[Structural, _ParsedSource]:
+    """Line by line, with Optuna's rules for damaged lines (:func:`hpo.journal.format.parse_lines`)."""
+    entries = parse_lines(bytes(text[1:]), path, torn)
+    try:
+        structural = [e for e in entries if _is_structural(e[1])]
+        details = [(o, log["op_code"], log["trial_id"], log) for o, log in entries if log["op_code"] in _DETAIL_OPS]
+    except (KeyError, TypeError, AttributeError, StopIteration) as exc:
+        raise StorageError(f"{path}: malformed journal operation ({exc!r}); run `hpo doctor`") from None
     return structural, _ParsedSource(details)
 
 
@@ -570,30 +508,31 @@ class StudyJournal:
         storage, sid = study._storage, study._study_id
         record = StudyRecord(sid, study.study_name, [d.name for d in study.directions],
                              dict(storage.get_study_user_attrs(sid)), dict(storage.get_study_system_attrs(sid)))
-        replay = _Replay()
-        trials = [_from_frozen(t, replay.codec) for t in study.get_trials(deepcopy=False)]
-        return cls(Path(label), record, trials, 0, False, replay, _ParsedSource([]), label, stale_trial_ids)
+        trials = [_from_frozen(t) for t in study.get_trials(deepcopy=False)]
+        return cls(Path(label), record, trials, 0, False, _Replay(), _ParsedSource([]), label, stale_trial_ids)
 
     @classmethod
     def read(cls, path: Path, study_name: str) -> "StudyJournal":
         """Read ``study_name`` from the journal at ``path``.
 
         Raises UsageError when the file or the study does not exist, StorageError
-        when the journal is damaged (a bad line followed by others).
+        (exit 3) naming the byte offset and ``hpo doctor`` when the journal is
+        damaged (a bad line followed by others), NewerFormatError when a newer
+        Optuna wrote it.
         """
-        text, torn = _read_text(path, study_name)
+        text, torn = read_complete(path, study_name)
         fast = _fast_read(text, path, torn)
         if fast is not None:
             structural, source = fast
         else:
             _logger.info("%s: not in the standard layout; reading line by line", path)
-            structural, source = _slow_read(bytes(text[1:]), path, torn)  # type: ignore[assignment]
+            structural, source = _slow_read(text, path, torn)  # type: ignore[assignment]
         replay = _Replay()
         try:
             for offset, log in structural:
                 replay.apply(offset, log)
-        except (KeyError, TypeError, IndexError) as exc:
-            raise StorageError(f"{path}: malformed journal operation ({exc!r})") from None
+        except (KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise StorageError(f"{path}: malformed journal operation ({exc!r}); run `hpo doctor`") from None
         study = next((s for s in replay.studies.values() if s.name == study_name), None)
         if study is None:
             names = ", ".join(repr(s.name) for s in replay.studies.values()) or "none"
@@ -604,7 +543,8 @@ class StudyJournal:
     # -- details --------------------------------------------------------------
     def decode(self, numbers: Iterable[int] | None = None) -> "StudyJournal":
         """Fill params, distributions, attributes and intermediate values of the
-        trials with these numbers (every trial when None). Returns self."""
+        trials with these numbers (every trial when None), as Optuna's replay
+        makes them. Returns self."""
         if numbers is None:
             targets = [t for t in self.trials if not t.detailed]
         else:
@@ -612,75 +552,50 @@ class StudyJournal:
             targets = [t for t in targets if not t.detailed]
         if not targets:
             return self
-        sid = self.study.study_id
-        # Template parameters break the "one compatible class per name" shortcut: replay all in order.
-        exact_order = any(self._replay.study_of[e.trial_id] == sid for e in self._replay.template_params)
-        if numbers is None or exact_order:
-            self._decode_all()
-        else:
-            self._decode_some(targets)
+        if len(targets) < len(self.trials) and self._params_ambiguous():
+            targets = [t for t in self.trials if not t.detailed]
+        ids = [t.trial_id for t in targets]
+        lines = self._source.details(None if len(targets) == len(self.trials) else ids)
+        decoded = self._optuna_replay(ids, lines)
+        for record, frozen in zip(targets, decoded):  # in place: callers hold these records
+            new = _from_frozen(frozen, record.number, record.trial_id)
+            for name in TrialRecord.__dataclass_fields__:
+                setattr(record, name, getattr(new, name))
         return self
 
-    def _decode_all(self) -> None:
-        replay, sid = self._replay, self.study.study_id
-        ours = set(replay.study_trials[sid])
-        lines = self._source.details(None)  # every line: a damaged one is an error, as for Optuna
-        events: list[tuple[int, int, Any]] = [(e.offset, 0, e) for e in replay.template_params
-                                              if replay.study_of[e.trial_id] == sid]
-        events += [(d[0], 1, d) for d in lines if d[2] in ours]
-        events.sort(key=lambda e: (e[0], e[1]))
-        holders: dict[str, tuple[int, str]] = {}  # name -> (number, distribution) of the lowest-numbered holder
-        for _, kind, item in events:
-            if kind == 0:
-                self._hold(holders, replay.trials[item.trial_id].number, item.name, item.dist_json)
-                continue
-            offset, op, tid, log = item
-            if not replay.accepts(offset, tid):
-                continue
-            record = replay.trials[tid]
-            if op == Op.SET_TRIAL_PARAM:
-                name, dist_json = log["param_name"], log["distribution"]
-                held = holders.get(name)
-                if held is not None and not replay.codec.compatible(held[1], dist_json):
-                    continue
-                self._hold(holders, record.number, name, dist_json)
-            _apply_detail(record, op, log, replay.codec)
-        for tid in ours:
-            replay.trials[tid].detailed = True
+    def _params_ambiguous(self) -> bool:
+        """Whether one parameter name comes with different distributions in the file.
 
-    @staticmethod
-    def _hold(holders: dict[str, tuple[int, str]], number: int, name: str, dist_json: str) -> None:
-        held = holders.get(name)
-        if held is None or number < held[0]:
-            holders[name] = (number, dist_json)
+        Optuna applies a parameter only when its distribution is compatible with that
+        of the first trial holding the name; with one distribution per name (the
+        usual case) that always holds, and replaying only some trials is exact.
+        """
+        pairs = self._source.param_distributions()
+        if pairs is None:
+            return True
+        for _, log in self._replay.create_logs:
+            pairs.update(log.get("distributions", {}).items())
+        names = [name for name, _ in pairs]
+        return len(names) != len(set(names))
 
-    def _decode_some(self, targets: list[TrialRecord]) -> None:
-        replay = self._replay
-        lines = self._source.details([t.trial_id for t in targets])
-        references: dict[str, str | None] = {}
-        for offset, op, tid, log in lines:
-            if not replay.accepts(offset, tid):
-                continue
-            if op == Op.SET_TRIAL_PARAM:
-                name = log["param_name"]
-                if name not in references:
-                    references[name] = self._first_param(name)
-                reference = references[name]
-                if reference is not None and not replay.codec.compatible(reference, log["distribution"]):
-                    continue
-            _apply_detail(replay.trials[tid], op, log, replay.codec)
-        for record in targets:
-            record.detailed = True
+    def _optuna_replay(self, ids: list[int], lines: list[Detail]) -> list[Any]:
+        """Optuna's FrozenTrials for these trial ids (ascending), from their records only.
 
-    def _first_param(self, name: str) -> str | None:
-        """Distribution of the study's first accepted ``name`` line: with no template
-        parameters, every accepted one is compatible with it (compatibility is an
-        equivalence: same kind, same log flag, same choices)."""
-        replay, sid = self._replay, self.study.study_id
-        for offset, _, tid, log in self._source.params_named(name):
-            if tid < len(replay.study_of) and replay.study_of[tid] == sid and replay.accepts(offset, tid):
-                return str(log["distribution"])
-        return None
+        The records are renumbered (one study, trial ids 0, 1, ...): each trial's
+        content depends on its own records alone, and Optuna replays them.
+        """
+        index, compact = self._replay, {tid: i for i, tid in enumerate(ids)}
+        directions = [StudyDirection[d].value for d in self.study.directions]
+        entries: list[tuple[int, dict[str, Any]]] = []
+        for tid in ids:
+            entries.append(index.create_logs[tid])
+            entries += index.state_logs.get(tid, [])
+        entries += [(d[0], d[3]) for d in lines if d[2] in compact]
+        entries.sort(key=lambda e: e[0])
+        study = {"op_code": int(Op.CREATE_STUDY), "worker_id": _READER, "study_name": self.study.name,
+                 "directions": directions}
+        feed = [(-1, study)] + [(o, _renumbered(log, compact)) for o, log in entries]
+        return replay(self.path, feed).get_all_trials(0, deepcopy=False)
 
     def user_attr_values(self, keys: Collection[str]) -> dict[str, dict[int, Any]]:
         """``{key: {trial number: value}}`` for these user attributes of every trial,
@@ -710,65 +625,55 @@ class StudyJournal:
 
     # -- summaries ----------------------------------------------------------
     def best_trial(self) -> TrialRecord | None:
-        """Optuna's ``study.best_trial`` rule for one objective: the first COMPLETE trial
-        with the lowest (highest when maximising) value; None when none is complete."""
-        complete = [t for t in self.trials if t.state == "COMPLETE" and t.values]
-        if not complete or len(self.study.directions) != 1:
+        """``study.best_trial``: the first COMPLETE trial with the lowest (highest when
+        maximising) value; when that one is infeasible (constraints), the best feasible
+        one. None when there is none, or with several objectives."""
+        if len(self.study.directions) != 1:
             return None
+        complete = [t for t in self.trials if t.state == "COMPLETE" and t.values]
         pick = max if self.study.directions[0] == "MAXIMIZE" else min
-        return pick(complete, key=lambda t: t.values[0])  # type: ignore[index]
+        best = pick(complete, key=lambda t: t.values[0], default=None)  # type: ignore[index]
+        if best is not None and not best.feasible:
+            best = pick((t for t in complete if t.feasible), key=lambda t: t.values[0], default=None)  # type: ignore[index]
+        return best
+
+    def best_trials(self) -> list[TrialRecord]:
+        """``study.best_trials``: the Pareto set, of feasible trials when the study has constraints."""
+        return pareto_front(self.trials, self.study.directions)
 
 
-def _from_frozen(trial: Any, codec: "_Codec") -> TrialRecord:
+def pareto_front(trials: Iterable[TrialRecord], directions: Sequence[str]) -> list[TrialRecord]:
+    """COMPLETE trials no other dominates, in number order, by Optuna's own rule
+    (``study.best_trials``): only feasible ones when any trial has constraints;
+    equal points are all kept."""
+    trials = list(trials)
+    constrained = any(t.constraints for t in trials)
+    complete = [t for t in trials if t.state == "COMPLETE" and t.values and (not constrained or t.feasible)]
+    front = on_pareto_front([t.values for t in complete], directions)  # type: ignore[misc]
+    return sorted((t for t, keep in zip(complete, front) if keep), key=lambda t: t.number)
+
+
+def _renumbered(log: dict[str, Any], compact: dict[int, int]) -> dict[str, Any]:
+    if "trial_id" in log:
+        return {**log, "trial_id": compact[log["trial_id"]]}
+    return {**log, "study_id": 0}  # CREATE_TRIAL
+
+
+def _from_frozen(trial: Any, number: int | None = None, trial_id: int | None = None) -> TrialRecord:
     """A TrialRecord from Optuna's FrozenTrial (naive local times back to UTC ISO strings)."""
-    from optuna.distributions import distribution_to_json
 
     def iso(moment: datetime | None) -> str | None:
         return None if moment is None else moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
 
     return TrialRecord(
-        number=trial.number, trial_id=trial._trial_id, state=trial.state.name,
+        number=trial.number if number is None else number,
+        trial_id=trial._trial_id if trial_id is None else trial_id, state=trial.state.name,
         values=list(trial.values) if trial.values is not None else None, params=dict(trial.params),
-        distributions={k: codec.distribution(distribution_to_json(d)) for k, d in trial.distributions.items()},
+        distributions={k: Distribution.from_optuna(d) for k, d in trial.distributions.items()},
         user_attrs=dict(trial.user_attrs), system_attrs=dict(trial.system_attrs),
         intermediate=dict(trial.intermediate_values), start_iso=iso(trial.datetime_start),
         complete_iso=iso(trial.datetime_complete), detailed=True,
     )
-
-
-def _apply_detail(record: TrialRecord, op: int, log: dict[str, Any], codec: _Codec) -> None:
-    if op == Op.SET_TRIAL_PARAM:
-        name, dist_json = log["param_name"], log["distribution"]
-        record.params[name] = codec.external(dist_json, log["param_value_internal"])
-        record.distributions[name] = codec.distribution(dist_json)
-    elif op == Op.SET_TRIAL_INTERMEDIATE_VALUE:
-        record.intermediate[log["step"]] = log["intermediate_value"]
-    elif op == Op.SET_TRIAL_USER_ATTR:
-        record.user_attrs.update(log["user_attr"])
-    else:
-        record.system_attrs.update(log["system_attr"])
-
-
-def _read_text(path: Path, study_name: str) -> tuple[bytearray, bool]:
-    """``b"\\n"`` + the file's complete lines, and whether a torn last line (no newline
-    yet) was left out, as Optuna does. Read straight into one buffer: no copy of a big journal."""
-    try:
-        with path.open("rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            text = bytearray(size + 1)
-            text[0] = 10  # "\n": every line, the first too, starts after a newline
-            read = handle.readinto(memoryview(text)[1:]) or 0
-    except FileNotFoundError:
-        raise UsageError(
-            f"no journal {str(path)!r} for STUDY_NAME={study_name!r}; check JOURNAL_DIR and STUDY_NAME "
-            "(or start the study with `hpo run` / `hpo worker`)"
-        ) from None
-    except OSError as exc:
-        raise StorageError(f"cannot read the journal {str(path)!r}: {exc}") from None
-    end = text.rfind(b"\n", 0, read + 1) + 1
-    torn = end < read + 1
-    del text[end:]  # in place: drops the torn tail
-    return text, torn
 
 
 def read_trials(path: Path, study_name: str) -> list[TrialRecord]:

@@ -160,7 +160,7 @@ def study_page(settings: "Settings", objective: str | None, top: int) -> str:
     journal = inputs.journal
     state = status.build(inputs)
     figures = study_figures(journal, objective)  # decodes every trial
-    best = best_report(journal, settings.as_dict())
+    best = best_report(journal, settings.as_dict(), settings.objective_fields)
     n = len(journal.study.directions)
     rows = trial_rows(top_trials(journal.trials, journal.study.directions, top), n)
     return render_html(state, best, columns(journal.trials, n), rows, figures)

@@ -5,8 +5,8 @@
 :func:`render` turns that dict into rich tables (pure). ``squeue`` runs through
 :func:`hpo.scheduler.run_command`, the project's one runner of SLURM commands.
 
-Fast on big studies: the journal is read with :mod:`hpo.watch.journal` (no Optuna
-import), and only the running and best trials are decoded in full. A study in an
+Fast on big studies: the journal is read with :mod:`hpo.watch.journal`, and only
+the running and best trials are decoded in full (by Optuna's own replay). A study in an
 RDB (``HPO_STORAGE``) is read through Optuna instead (:func:`open_view`).
 """
 
@@ -22,8 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
-from hpo.watch.export import pareto_front
-from hpo.watch.journal import StudyJournal, TrialRecord
+from hpo.objective import METRICS_FILE
+from hpo.recovery import HEARTBEAT_ATTR, is_lost, last_beat
+from hpo.scheduler import SlurmJob
+from hpo.util import json_safe
+from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -32,24 +35,10 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-HEARTBEAT_ATTR = "hpo:heartbeat"  # the same as hpo.recovery.HEARTBEAT_ATTR (that module imports Optuna)
 SLURM_KEYS = ("slurm_array_job_id", "slurm_job_id")
 WORKER_KEYS = ("worker", *SLURM_KEYS)  # read for every trial; the host only for each worker's latest
 MAX_HOST_LOOKUPS = 256  # workers (the most recent) whose host is looked up
 THROUGHPUT_WINDOW_S = 3600.0  # throughput is measured over the last hour (or since the first start)
-SQUEUE_FORMAT = "%i|%T|%j|%M|%D|%R"
-SQUEUE_TIMEOUT_S = 10.0
-METRICS_FILE = "metrics.jsonl"  # hpo.physae.train.METRICS_FILE; its last line tells stage and epoch
-
-
-@dataclass(frozen=True)
-class SlurmJob:
-    job_id: str
-    state: str
-    name: str
-    elapsed: str
-    nodes: str
-    reason: str  # NODELIST(REASON): nodes when running, the reason when pending
 
 
 @dataclass(frozen=True)
@@ -60,18 +49,6 @@ class SlurmInfo:
 
 
 # -- SLURM --------------------------------------------------------------------------
-
-def parse_squeue(text: str) -> list[SlurmJob]:
-    """Rows of ``squeue --noheader --format=%i|%T|%j|%M|%D|%R`` (blank lines skipped)."""
-    jobs = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        fields = line.split("|", 5)
-        fields += [""] * (6 - len(fields))
-        jobs.append(SlurmJob(*(f.strip() for f in fields)))
-    return jobs
-
 
 def study_job_ids(attrs: Mapping[str, Mapping[int, Any]]) -> list[str]:
     """SLURM job ids recorded by the study's trials: the array job id when there is
@@ -85,23 +62,19 @@ def study_job_ids(attrs: Mapping[str, Mapping[int, Any]]) -> list[str]:
 
 
 def squeue(job_ids: Collection[str]) -> SlurmInfo:
-    """The study's jobs still known to SLURM; quiet when there are none or no ``squeue``."""
+    """The study's jobs still known to SLURM (from the one queue listing in
+    :mod:`hpo.scheduler`); quiet when there are none or no ``squeue``."""
     if not job_ids:
         return SlurmInfo(False, "no SLURM job recorded for the study")
     if shutil.which("squeue") is None:
         return SlurmInfo(False, "squeue not found on this machine")
     from hpo.errors import SchedulerError
-    from hpo.scheduler import run_command
+    from hpo.scheduler import jobs_of, list_queue
 
     try:
-        out = run_command(["squeue", "--noheader", f"--jobs={','.join(job_ids)}", f"--format={SQUEUE_FORMAT}"],
-                          SQUEUE_TIMEOUT_S)
+        jobs = jobs_of(list_queue(), job_ids)
     except SchedulerError as exc:
-        # squeue fails with "Invalid job id specified" once every listed job has left the queue.
-        if "invalid job id" in str(exc).lower():
-            return SlurmInfo(True, "none of the study's jobs is queued or running")
         return SlurmInfo(False, f"squeue: {exc}")
-    jobs = parse_squeue(out)
     note = f"{len(jobs)} job(s) in the queue" if jobs else "none of the study's jobs is queued or running"
     return SlurmInfo(True, note, tuple(jobs))
 
@@ -221,7 +194,8 @@ def _numbers_to_decode(journal: StudyJournal) -> list[int]:
 # -- the report (pure) --------------------------------------------------------------
 
 def build(inputs: Inputs) -> dict[str, Any]:
-    """The status as a JSON-able dict (the ``hpo status --json`` schema, see docs/watch.md)."""
+    """The status as a strict-JSON dict (the ``hpo status --json`` schema, see docs/watch.md;
+    non-finite values are null)."""
     journal, now = inputs.journal, inputs.now
     trials = journal.trials
     states = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
@@ -232,7 +206,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
     remaining = max(0, inputs.max_trials - finished)
     eta = 0.0 if remaining == 0 else (remaining / rate if rate else None)
     running = [_running_row(t, inputs) for t in trials if t.state == "RUNNING"]
-    return {
+    return json_safe({  # type: ignore[no-any-return]
         "study": journal.study.name,
         "storage": journal.label,
         "journal_bytes": journal.size,
@@ -255,7 +229,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
         "workers": workers_summary(trials, inputs.worker_attrs),
         "slurm": {"available": inputs.slurm.available, "note": inputs.slurm.note,
                   "jobs": [asdict(j) for j in inputs.slurm.jobs]},
-    }
+    })
 
 
 def throughput(trials: Sequence[TrialRecord], now: float) -> tuple[float | None, float | None]:
@@ -301,11 +275,9 @@ def _pareto(journal: StudyJournal) -> list[dict[str, Any]] | None:
 def _running_row(trial: TrialRecord, inputs: Inputs) -> dict[str, Any]:
     now, attrs = inputs.now, trial.user_attrs
     started = trial.started_at
-    beat = trial.system_attrs.get(HEARTBEAT_ATTR)
-    if isinstance(beat, (int, float)):
-        beat_time: float | None = float(beat)
-    else:  # no beat yet: the journal reaper counts from the start; an RDB's beats are not trial attributes
-        beat_time = started if inputs.journal.stale_trial_ids is None else None
+    stale_ids = inputs.journal.stale_trial_ids
+    # An RDB keeps heartbeats in its own table (and gives its verdict): no age to show.
+    beat_time = last_beat(trial.system_attrs, started) if stale_ids is None else None
     age = None if beat_time is None else now - beat_time
     step = max(trial.intermediate) if trial.intermediate else None
     metrics = inputs.metrics.get(trial.number, {})
@@ -320,10 +292,9 @@ def _running_row(trial: TrialRecord, inputs: Inputs) -> dict[str, Any]:
         "last_metric": None if step is None else trial.intermediate[step],
         "elapsed_s": None if started is None else round(now - started, 1),
         "heartbeat_age_s": None if age is None else round(age, 1),
-        # The reaper's rule (hpo.recovery.is_lost), without the pid check it can only do on the same host;
-        # an RDB keeps heartbeats in its own table and gives its verdict.
-        "zombie": (trial.trial_id in inputs.journal.stale_trial_ids if inputs.journal.stale_trial_ids is not None
-                   else age is not None and age > inputs.stale_seconds),
+        # The reaper's rule, without the pid check it can only do on the worker's host.
+        "zombie": is_lost(attrs, trial.system_attrs, trial.trial_id, started, now, inputs.stale_seconds,
+                          stale_ids=stale_ids),
     }
 
 
@@ -484,5 +455,5 @@ def counts_line(status: Mapping[str, Any]) -> str:
             f"{status['states']['FAIL']} failed, best {_num(best)}")
 
 
-__all__ = ["SlurmInfo", "SlurmJob", "build", "collect", "open_view", "parse_squeue", "render",
+__all__ = ["HEARTBEAT_ATTR", "SlurmInfo", "build", "collect", "open_view", "render",
            "squeue", "study_job_ids", "throughput", "workers_summary"]

@@ -4,24 +4,10 @@
 # with the workers' status (75 = a worker was preempted and its trial will be retried).
 
 
-# --- settings (seed 000's variables; empty = hpo's default or the config's) ---
-export N_TRAIN="${N_TRAIN:-50000}"
-export N_VAL="${N_VAL:-4000}"
-export N_POINTS="${N_POINTS:-256}"
-export STAGEA_EPOCHS="${STAGEA_EPOCHS:-}"
-export STAGEB1_EPOCHS="${STAGEB1_EPOCHS:-}"
-export STAGEB2_EPOCHS="${STAGEB2_EPOCHS:-}"
-export MAX_TRIALS="${MAX_TRIALS:-100}"
-export TRIALS_PER_WORKER="${TRIALS_PER_WORKER:-}"
-export TIMEOUT_SECONDS="${TIMEOUT_SECONDS:-}"
-export OPTUNA_SEED="${OPTUNA_SEED:-42}"
-export OPTUNA_SAMPLER="${OPTUNA_SAMPLER:-tpe}"
-export OPTUNA_PRUNER="${OPTUNA_PRUNER:-hyperband}"
-export JOURNAL_DIR="${JOURNAL_DIR:-optuna_journal}"
-export STUDY_NAME="${STUDY_NAME:-physae}"
-export LOG_DIR="${LOG_DIR:-optuna_logs}"
-export TRIAL_OUTPUT="${TRIAL_OUTPUT:-optuna_runs}"
-export HPO_CONFIG="${HPO_CONFIG:-configs/physae.yaml}"
+# --- settings: nothing is exported here but what the launcher needs. Every hpo
+# setting the user exported (N_TRAIN=... sbatch ...) reaches the workers as is;
+# the defaults, and the study config's settings, live in hpo alone (`hpo config`
+# below prints each value and where it came from).
 # A new job samples anew: workers seed OPTUNA_SEED + HPO_SEED_OFFSET + task rank.
 JOB_ID="${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-0}}"
 export HPO_SEED_OFFSET="${HPO_SEED_OFFSET:-$(( JOB_ID % 100000 * 1000 ))}"
@@ -45,14 +31,11 @@ trap 'early_signal=TERM' TERM
 trap 'early_signal=INT' INT
 
 echo "== hpo job ${SLURM_JOB_ID:-?}${SLURM_ARRAY_TASK_ID:+ (array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID})} on $(hostname) at $(date -Is): ${SLURM_NTASKS:-1} task(s)"
-for var in N_TRAIN N_VAL N_POINTS STAGEA_EPOCHS STAGEB1_EPOCHS STAGEB2_EPOCHS MAX_TRIALS \
-           TRIALS_PER_WORKER TIMEOUT_SECONDS OPTUNA_SEED OPTUNA_SAMPLER OPTUNA_PRUNER \
-           JOURNAL_DIR STUDY_NAME LOG_DIR TRIAL_OUTPUT HPO_CONFIG HPO_SEED_OFFSET; do
-    printf '%s=%q\n' "$var" "${!var}"
-done
+echo "HPO_SEED_OFFSET=$HPO_SEED_OFFSET"
 echo "== effective settings (hpo config):"
 "$PY" -m hpo config || exit $?   # bad settings stop the job here: exit 2, nothing written
-mkdir -p "$JOURNAL_DIR" && printf '%s\n' "$JOB_ID" >> "$JOURNAL_DIR/$STUDY_NAME.jobs"
+# The study's jobs file (hpo cancel, hpo status, the reaper): its path is hpo's to know.
+"$PY" -m hpo config --record-job "$JOB_ID" || exit $?
 
 if [ -n "$early_signal" ]; then
     echo "== $(date -Is) got $early_signal before the workers started: not starting them"

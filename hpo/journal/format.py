@@ -1,0 +1,193 @@
+"""The Optuna journal file format, in one place: op codes, lines, damage, replay.
+
+- **Op codes** are Optuna's own ``JournalOperation`` (imported through
+  :mod:`hpo.storage`, never restated): :data:`Op`, :data:`KNOWN_OPS`.
+- **Lines**, as ``JournalFileBackend.read_logs`` takes them: a record is one
+  JSON object ending with ``\\n``; :func:`read_complete` reads the complete
+  lines and says whether a torn last line was left out; :func:`read_line`
+  says why a line is not a record.
+- **Damage versus a newer format**: unreadable bytes followed by other lines
+  are damage (:func:`damage_error`: exit 3, names the byte offset and
+  ``hpo doctor``); an op code Optuna here does not know is a journal written by
+  a newer Optuna (:class:`NewerFormatError`), never damage.
+- **The replay**: :func:`replay` runs Optuna's own ``JournalStorage`` replay
+  over records chosen by the caller (an in-memory, read-only backend), so what
+  hpo shows of a trial is what ``optuna.load_study`` shows, by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from optuna.storages import JournalStorage
+from optuna.storages.journal import BaseJournalBackend
+
+from hpo.errors import StorageError, UsageError
+from hpo.storage import JournalOperation
+
+Op = JournalOperation
+
+KNOWN_OPS = frozenset(int(op) for op in Op)
+RECORD_START = b'{"op_code":'  # how Optuna begins every record (json.dumps, op_code first)
+DOCTOR_HINT = ("Run `hpo doctor` to see which trials are affected, then stop every worker and run "
+               "`hpo repair` to quarantine the damage (a full backup is kept).")
+
+Entry = tuple[int, dict[str, Any]]  # (byte offset of the line, decoded record), in file order
+
+
+class NewerFormatError(StorageError):
+    """The journal holds an op code this Optuna does not know: a newer Optuna wrote it."""
+
+    def __init__(self, path: str | os.PathLike[str], op: Any, offset: int) -> None:
+        super().__init__(newer_format_message(path, op, offset))
+        self.op, self.offset = op, offset
+
+
+def newer_format_message(path: str | os.PathLike[str], op: Any, offset: int) -> str:
+    import optuna
+
+    return (f"{os.fspath(path)}: written by a newer Optuna (op code {op} at byte {offset}; optuna "
+            f"{optuna.__version__} knows {min(KNOWN_OPS)}-{max(KNOWN_OPS)}); upgrade optuna. "
+            "This is no damage: do not `hpo repair` it.")
+
+
+def damage_error(path: str | os.PathLike[str], offset: int, line: int | None, reason: str,
+                 more: str = "") -> StorageError:
+    """The error for damage before the last line (Optuna refuses such a journal)."""
+    where = f"byte {offset}" + (f" (line {line})" if line is not None else "")
+    return StorageError(f"{os.fspath(path)}: damaged journal record at {where}: {reason}{more}. "
+                        f"Optuna cannot load this journal as it is. {DOCTOR_HINT}")
+
+
+def unknown_op(log: dict[str, Any]) -> Any | None:
+    """The op code of a record when it is not one Optuna knows (None when known)."""
+    op = log.get("op_code")
+    return None if type(op) is int and op in KNOWN_OPS else op
+
+
+# -- lines --------------------------------------------------------------------------------
+
+def read_line(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """Optuna's reader's view of one line: ``(record, None)`` or ``(None, why unreadable)``."""
+    if b"\0" in line:
+        return None, "NUL bytes (data that never reached the disk)"
+    if not line.endswith(b"\n"):
+        return None, "torn record at the end of the file (no end of line: a writer died mid-append)"
+    if not line.startswith(b"{") and not line[:1].isspace():  # cheap, and garbage can be long
+        return None, "not an Optuna record (not a JSON object)"
+    try:
+        log = json.loads(line)
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError alike
+        return None, f"not JSON ({err})"
+    if not isinstance(log, dict) or type(log.get("op_code")) is not int:
+        return None, "not an Optuna record (no integer op_code)"
+    return log, None
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """Split on b"\\n" only (bytes.splitlines also splits on \\r and others)."""
+    parts = data.split(b"\n")
+    lines = [p + b"\n" for p in parts[:-1]]
+    return lines + ([parts[-1]] if parts[-1] else [])
+
+
+def preview_bytes(data: bytes, width: int = 60) -> str:
+    """The start of ``data``, printable."""
+    text = repr(data[:width])[2:-1]
+    return text + ("..." if len(data) > width else "")
+
+
+def read_complete(path: Path, study_name: str) -> tuple[bytearray, bool]:
+    """``b"\\n"`` + the file's complete lines, and whether a torn last line (no newline
+    yet) was left out, as Optuna does. Read straight into one buffer: no copy of a big journal.
+
+    The leading newline makes every line, the first too, start after a newline: a
+    line's byte offset in the file is the index of that newline in the buffer.
+    """
+    try:
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            text = bytearray(size + 1)
+            text[0] = 10
+            read = handle.readinto(memoryview(text)[1:]) or 0
+    except FileNotFoundError:
+        raise UsageError(
+            f"no journal {str(path)!r} for STUDY_NAME={study_name!r}; check JOURNAL_DIR and STUDY_NAME "
+            "(or start the study with `hpo run` / `hpo worker`)"
+        ) from None
+    except OSError as exc:
+        raise StorageError(f"cannot read the journal {str(path)!r}: {exc}") from None
+    end = text.rfind(b"\n", 0, read + 1) + 1
+    torn = end < read + 1
+    del text[end:]  # in place: drops the torn tail
+    return text, torn
+
+
+def parse_lines(data: bytes, path: Path, torn: bool) -> list[Entry]:
+    """Every record of ``data`` (complete lines) with its byte offset, line by line.
+
+    Optuna's rules (``JournalFileBackend.read_logs``): an unreadable last line is
+    ignored; an unreadable line followed by anything (another line, or a torn
+    tail: ``torn``) is damage, raised by :func:`damage_error`. An unknown op code
+    raises :class:`NewerFormatError`.
+    """
+    out: list[Entry] = []
+    pending: tuple[int, int, str] | None = None
+    offset = 0
+    for index, raw in enumerate(data.split(b"\n")[:-1]):
+        if pending is not None:
+            raise damage_error(path, *pending)
+        log, why = read_line(raw + b"\n")
+        if log is None:
+            pending = (offset, index + 1, why or "")
+        elif unknown_op(log) is not None:
+            raise NewerFormatError(path, log["op_code"], offset)
+        else:
+            out.append((offset, log))
+        offset += len(raw) + 1
+    if pending is not None and torn:
+        raise damage_error(path, *pending)
+    return out
+
+
+# -- the replay -----------------------------------------------------------------------------
+
+class _Feed(BaseJournalBackend):
+    """Read-only backend handing Optuna's replay the records we chose; remembers the
+    offset of the record being applied, to name it when the replay fails."""
+
+    def __init__(self, entries: Sequence[Entry]) -> None:
+        self._entries = entries
+        self.offset: int | None = None
+
+    def read_logs(self, log_number_from: int) -> Iterator[dict[str, Any]]:
+        for offset, log in self._entries[log_number_from:]:
+            self.offset = offset
+            yield log
+        self.offset = None
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        raise StorageError("a journal replayed by hpo is read-only")
+
+
+def replay(path: str | os.PathLike[str], entries: Sequence[Entry]) -> JournalStorage:
+    """Optuna's ``JournalStorage`` holding what Optuna's own replay makes of ``entries``
+    (in file order). Read it with its public methods (``get_all_studies``,
+    ``get_all_trials(study_id, deepcopy=False)``).
+
+    Raises :class:`NewerFormatError` for an unknown op code and a StorageError naming
+    the byte offset for a record Optuna cannot replay (``optuna.load_study`` fails there too).
+    """
+    feed = _Feed(entries)
+    try:
+        return JournalStorage(feed)
+    except Exception as exc:  # the replay raises bare KeyError/TypeError/AssertionError on bad records
+        offset = feed.offset if feed.offset is not None else -1
+        log = next((log for o, log in entries if o == offset), {})
+        if unknown_op(log) is not None:
+            raise NewerFormatError(path, log.get("op_code"), offset) from None
+        raise damage_error(path, offset, None, f"Optuna cannot replay it ({type(exc).__name__}: {exc})") from None

@@ -1,0 +1,202 @@
+"""One trial, from ``ask`` to ``tell``: the trial runner.
+
+:class:`TrialRunner` owns everything about a single trial that the worker's loop
+(:mod:`hpo.worker`) does not need to know: its run directory and the files in it,
+the :class:`~hpo.objective.TrialContext` handed to the objective, pruning reports,
+the per-trial time budget and time-based pruning, the heartbeat, turning the
+result into a state through the policy table (:mod:`hpo.outcome`), ``tell``, and
+the retry of a preempted trial.
+
+A trial that another worker already ended (this worker stalled past
+``HPO_STALE_SECONDS`` and was reaped) is a row of that table: the runner learns it
+at the next heartbeat, report or epoch boundary, records nothing more (no
+``tell``, no files) and logs one WARNING naming the trial and its retry.
+
+Run directories and retries: a retry reads its lost trial's directory once, at
+its start, and copies what it resumes from into its own directory; it never reads
+the old one again. Checkpoints are written to a temporary name and renamed into
+place, so a reader only ever sees whole files, and a worker that learns that its
+trial was taken writes nothing more there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo import outcome as outcomes
+from hpo.logs import trial_logging
+from hpo.objective import Objective, TrialContext, TrialTaken
+from hpo.recovery import Heartbeat, enqueue_retry
+from hpo.space import suggest
+from hpo.util import write_json, write_json_atomic
+
+if TYPE_CHECKING:
+    from hpo.config import StudyConfig
+    from hpo.settings import Settings, WorkerIdentity
+    from hpo.storage import SharedStudy
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Active:
+    """The trial in flight: what the context's hooks read and write."""
+
+    trial: optuna.Trial
+    start: float
+    limit: float | None
+    stop_reason: Any  # () -> str | None, the worker's stop flag
+    last_step: list[int] = field(default_factory=list)
+    taken: bool = False  # set by the heartbeat thread when another worker ended the trial
+
+
+class TrialRunner:
+    """Runs one trial at a time for a worker; see the module docstring."""
+
+    def __init__(self, shared: "SharedStudy", settings: "Settings", config: "StudyConfig",
+                 identity: "WorkerIdentity", device: str, objective: Objective, heartbeat: Heartbeat) -> None:
+        self.shared, self.settings, self.config = shared, settings, config
+        self.identity, self.device, self.objective = identity, device, objective
+        self.heartbeat = heartbeat
+
+    def run_dir(self, number: int) -> Path:
+        return self.settings.study_dir / f"trial_{number}"
+
+    def attrs(self, number: int) -> dict[str, Any]:
+        """User attributes that link a trial to its worker and run directory (written
+        with the trial's creation, see :meth:`hpo.storage.SharedStudy.ask_within_budget`)."""
+        return {**self.identity.attrs(), "run_dir": str(self.run_dir(number).resolve()),
+                "fixed_params": self.settings.fixed_params()}
+
+    # -- one trial --------------------------------------------------------
+    def run(self, trial: optuna.Trial, stop_reason: Any) -> outcomes.Outcome:
+        """Run ``trial`` to its end; ``stop_reason()`` is the worker's stop flag."""
+        s = self.settings
+        run_dir = self.run_dir(trial.number)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        active = _Active(trial, time.time(), s.trial_timeout_seconds, stop_reason)
+        with trial_logging(trial.number, run_dir / "trial.log"):
+            if s.time_pruning_warmup:
+                self.shared.index.refresh()  # the durations time-pruning compares against, once per trial
+            try:
+                value = self._call_objective(active, run_dir)
+                result = outcomes.from_value(value, len(self.config.directions))
+            except BaseException as exc:  # noqa: BLE001 - the policy table decides, see hpo.outcome
+                result = outcomes.from_exception(exc, active.last_step[-1] if active.last_step else None)
+                if result.show_traceback:
+                    _logger.error("trial %d raised:\n%s", trial.number, traceback.format_exc().rstrip())
+            if result.record:
+                result = self._finish(active, result, run_dir)
+        if not result.record:
+            self._log_taken(trial)  # outside trial_logging: nothing more goes into the run directory
+        return result
+
+    def _call_objective(self, active: _Active, run_dir: Path) -> Any:
+        trial, s = active.trial, self.settings
+        fixed = s.fixed_params()
+        resume_from = trial.user_attrs.get("resume_from")
+        params = suggest(trial, self.config.space, fixed)
+        # Plain writes: they restate what the journal holds, in a fresh directory.
+        write_json(run_dir / "params.json", {"params": params, "sampled": trial.params, "fixed": fixed})
+        write_json(run_dir / "settings.json", s.as_dict())
+        retry_of = trial.user_attrs.get("retry_of")
+        _logger.info("trial %d started on %s: %s%s", trial.number, self.device, json.dumps(params),
+                     f" (retry of trial {retry_of})" if retry_of is not None else "")
+        ctx = TrialContext(
+            number=trial.number, params=params, fixed=fixed, settings=s, run_dir=run_dir,
+            device=self.device, logger=logging.getLogger("hpo.trial"),
+            resume_dir=Path(resume_from) if resume_from else None,
+            options={**self.config.objective_args, **s.objective},
+            _report=lambda step, value: self._report(active, step, value),
+            _check_taken=lambda: self._check_taken(active),
+            _stop_reason=active.stop_reason,
+            _time_left=lambda: None if active.limit is None else active.limit - (time.time() - active.start),
+            _check_time=lambda: self._check_time(active),
+        )
+        with self.heartbeat.watching(trial._trial_id, on_taken=lambda: setattr(active, "taken", True)):
+            return self.objective(params, ctx)
+
+    # -- hooks of the context ---------------------------------------------
+    def _report(self, active: _Active, step: int, value: float) -> None:
+        active.last_step.append(step)
+        if len(self.config.directions) > 1:
+            return  # Optuna cannot prune multi-objective trials
+        active.trial.report(value, step)  # UpdateFinishedTrialError when taken: a row of hpo.outcome
+        if active.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (value {value:.6g})")
+
+    def _check_taken(self, active: _Active) -> None:
+        """Raise :class:`TrialTaken` once the trial is known to be ended by another worker:
+        from the heartbeat thread's verdict, else from the journal itself."""
+        if active.taken or self.shared.is_finished(active.trial._trial_id):
+            active.taken = True
+            raise TrialTaken()
+
+    def _check_time(self, active: _Active) -> None:
+        """Per-trial time budget (seed 003) and time-based pruning (CODES): both end the
+        trial PRUNED with the reason, so its slot is refilled and the sampler learns."""
+        elapsed = time.time() - active.start
+        limit = active.limit
+        if limit is not None and elapsed > limit:
+            raise optuna.TrialPruned(f"trial time budget exceeded ({elapsed:.1f}s > {limit:g}s)")
+        warmup = self.settings.time_pruning_warmup
+        if warmup:
+            durations = self.shared.index.complete_seconds
+            if len(durations) >= warmup:
+                cap = statistics.mean(durations) + (statistics.pstdev(durations) if len(durations) > 1 else 0.0)
+                if elapsed > cap:
+                    raise optuna.TrialPruned(
+                        f"time-pruned: {elapsed:.1f}s > mean + std of {len(durations)} completed trials ({cap:.1f}s)")
+
+    # -- the end ------------------------------------------------------------
+    def _finish(self, active: _Active, result: outcomes.Outcome, run_dir: Path) -> outcomes.Outcome:
+        """``tell`` the result, then write ``trial.json``, log the end and retry if asked.
+        Returns the outcome that holds: a trial taken meanwhile is not recorded."""
+        trial = active.trial
+        try:
+            if result.reason is not None:
+                trial.set_user_attr("reason", result.reason)
+            if result.state == TrialState.COMPLETE:
+                self.shared.study.tell(trial, list(result.values or ()))
+            else:
+                self.shared.study.tell(trial, state=result.state)
+        except BaseException as exc:  # noqa: BLE001 - the policy table decides (a taken trial)
+            taken = outcomes.from_exception(exc, None)
+            if taken.record:
+                raise
+            return taken
+        seconds = time.time() - active.start
+        # Atomic but not fsynced: it survives the process (the journal is the durable record).
+        write_json_atomic(run_dir / "trial.json", durable=False, payload={
+            "number": trial.number, "state": result.state.name, "values": result.values,
+            "reason": result.reason, "seconds": round(seconds, 3), "worker": self.identity.worker_id,
+        })
+        _logger.info(
+            "trial %d finished: %s%s in %.1fs%s", trial.number, result.state.name,
+            f" value={result.values[0]:.6g}" if result.values and len(result.values) == 1 else
+            (f" values={list(result.values)}" if result.values else ""),
+            seconds, f" reason={result.reason!r}" if result.reason else "",
+        )
+        if result.retry:
+            enqueue_retry(self.shared, self.shared.frozen(trial._trial_id), result.reason or "retry")
+        return result
+
+    def _log_taken(self, trial: optuna.Trial) -> None:
+        frozen = self.shared.frozen(trial._trial_id)
+        retries = [t.number for t in self.shared.trials() if t.user_attrs.get("retry_of") == trial.number]
+        _logger.warning(
+            "trial %d was ended by another worker while this one was stalled (%s, reason %r); %s; "
+            "this worker records nothing more for it and goes on",
+            trial.number, frozen.state.name, frozen.user_attrs.get("reason"),
+            f"its retry is trial {retries[0]}" if retries else "it was not retried",
+        )
