@@ -55,11 +55,12 @@ from hpo.journal._plan import (
     render_findings,
 )
 from hpo.journal._records import preview_bytes, read_line, replay_problem, split_lines
-from hpo.journal.lock import holder
+from hpo.journal.lock import LockLost, OwnerLock, describe_holder, holder
 
 _logger = logging.getLogger(__name__)
 
 _TAIL_PROBE = 4096
+_RETRIES_AFTER_FENCE = 3
 _MAX_LISTED = 1000  # damaged lines a scan lists (it counts them all)
 # Online cuts stop here: a torn record or a NUL run left by NFS is far smaller,
 # and more unreadable bytes than this means the file is not what we think.
@@ -369,15 +370,39 @@ class GuardedFileBackend(JournalFileBackend):
     """
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        with get_lock_file(self._lock):
-            cut = _cut_unreadable_tail(self._file_path)
-            if cut is not None:
-                _logger.warning("%s", cut.message())
-            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
-            with open(self._file_path, "ab") as f:
-                f.write(text.encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
+        """Append ``logs`` under the lock. With an :class:`OwnerLock`, a fence just
+        before the write makes a holder that lost the lock while stalled take it
+        again instead of writing (see "Fencing" in :mod:`hpo.journal.lock`);
+        raises :class:`~hpo.journal.lock.LockLost` after a few such losses in a row."""
+        data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
+        for _ in range(_RETRIES_AFTER_FENCE):
+            with get_lock_file(self._lock):
+                if isinstance(self._lock, OwnerLock):
+                    try:
+                        self._lock.fence()
+                    except LockLost as lost:
+                        _logger.warning("not appending: %s; taking the lock again", lost)
+                        continue
+                cut = _cut_unreadable_tail(self._file_path)
+                if cut is not None:
+                    _logger.warning("%s", cut.message())
+                _append(self._file_path, data)
+                return
+        raise LockLost(f"{self._file_path}: the lock was lost {_RETRIES_AFTER_FENCE} times in a row "
+                       "before the append; nothing was written")
+
+
+def _append(path: str, data: bytes) -> None:
+    """Append ``data`` with as few ``write`` calls as the kernel allows (one, on
+    every filesystem we measured), then fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------
@@ -491,9 +516,7 @@ class Report:
         fs = self.filesystem
         lines.append(f"filesystem: {fs.fstype} mounted at {fs.mount_point}" if fs else "filesystem: unknown")
         for name, info in self.locks.items():
-            lines.append(f"{name} lock: " + ("free" if info is None else
-                         f"held by pid {info.get('pid', '?')} on {info.get('host', '?')} "
-                         f"(refreshed {info['age_seconds']:.0f} s ago, alive: {info['alive']})"))
+            lines.append(f"{name} lock: {describe_holder(info)}")
         lines.append("Optuna loads it: " + ("yes" if self.optuna_error is None else f"NO ({self.optuna_error})"))
         lines += [f"WARNING: {w}" for w in self.warnings]
         if not self.findings:
