@@ -377,32 +377,43 @@ class GuardedFileBackend(JournalFileBackend):
         data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
         for _ in range(_RETRIES_AFTER_FENCE):
             with get_lock_file(self._lock):
-                if isinstance(self._lock, OwnerLock):
-                    try:
-                        self._lock.fence()
-                    except LockLost as lost:
-                        _logger.warning("not appending: %s; taking the lock again", lost)
-                        continue
+                if not _fence_holds(self._lock):
+                    continue
                 cut = _cut_unreadable_tail(self._file_path)
                 if cut is not None:
                     _logger.warning("%s", cut.message())
-                _append(self._file_path, data)
+                fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+                try:
+                    # Again, without I/O: the window left is the write itself.
+                    if not _fence_holds(self._lock, read_lock_file=False):
+                        continue
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 return
         raise LockLost(f"{self._file_path}: the lock was lost {_RETRIES_AFTER_FENCE} times in a row "
                        "before the append; nothing was written")
 
 
-def _append(path: str, data: bytes) -> None:
-    """Append ``data`` with as few ``write`` calls as the kernel allows (one, on
-    every filesystem we measured), then fsync."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+def _fence_holds(lock: BaseJournalFileLock, read_lock_file: bool = True) -> bool:
+    """False (logged) when an OwnerLock's fence finds our hold lost; True for other locks."""
+    if not isinstance(lock, OwnerLock):
+        return True
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        lock.fence(read_lock_file)
+    except LockLost as lost:
+        _logger.warning("not appending: %s; taking the lock again", lost)
+        return False
+    return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``data`` at the end of ``fd`` (opened O_APPEND): one ``write`` call on every
+    filesystem we measured; more only if the kernel writes less."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 # ---------------------------------------------------------------------------------------
