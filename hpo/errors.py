@@ -33,3 +33,8 @@ class SchedulerError(HpoError):
     """A scheduler command (sbatch, squeue, scancel ...) failed or was missing."""
 
     exit_code = 4
+
+
+class LockWaitAborted(HpoError):
+    """A wait for a lock ended because the process was asked to stop (a signal set
+    the worker's stop flag); the worker turns it into its stop reason."""

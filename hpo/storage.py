@@ -61,19 +61,20 @@ WARM_START_ATTR = "hpo:warm_started"
 LOCK_GRACE_SECONDS = 10
 
 
-def make_lock(path: Path) -> OwnerLock:
+def make_lock(path: Path, should_stop: Callable[[], bool] | None = None) -> OwnerLock:
     """The lock for a file on a shared filesystem (the journal, and our slot file).
 
     ``O_CREAT|O_EXCL`` is atomic on NFSv3+ (any cluster filesystem today), while
     ``fcntl``/``flock`` locks are broken on many NFS setups. Unlike Optuna's own
     locks, it records its owner: a dead holder on this host is broken at once, a
     live one (even stopped) never, one on another host after LOCK_GRACE_SECONDS
-    without refresh; only the owner releases it (see hpo.journal.lock).
+    without refresh; only the owner releases it (see hpo.journal.lock). A wait
+    raises LockWaitAborted as soon as ``should_stop()`` is true.
     """
-    return OwnerLock(str(path), grace_seconds=LOCK_GRACE_SECONDS)
+    return OwnerLock(str(path), grace_seconds=LOCK_GRACE_SECONDS, should_stop=should_stop)
 
 
-def open_storage(journal_path: Path) -> JournalStorage:
+def open_storage(journal_path: Path, should_stop: Callable[[], bool] | None = None) -> JournalStorage:
     """The journal, its torn/NUL/garbage tail (a writer that died mid-append) cut
     first, and guarded against one at every append. Damage in the middle raises
     StorageError naming the byte offset (then: ``hpo doctor`` / ``hpo repair``)."""
@@ -81,7 +82,7 @@ def open_storage(journal_path: Path) -> JournalStorage:
     from hpo.journal.repair import GuardedFileBackend, repair_tail
 
     journal_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = make_lock(journal_path)
+    lock = make_lock(journal_path, should_stop)
     # The quick tail check reads only the end of the file; the full scan (as slow as
     # Optuna's own replay) runs only when the replay fails, to name the damage.
     cut = repair_tail(journal_path, lock, check_middle=False)
@@ -95,12 +96,13 @@ def open_storage(journal_path: Path) -> JournalStorage:
                            "run `hpo doctor` to see why") from exc
 
 
-def open_settings_storage(settings: "Settings") -> optuna.storages.BaseStorage:
+def open_settings_storage(settings: "Settings", should_stop: Callable[[], bool] | None = None
+                          ) -> optuna.storages.BaseStorage:
     """The journal file by default; an RDB (``HPO_STORAGE=sqlite:///…``/``postgresql://…``)
     when asked, with Optuna's own heartbeat table: the reaper (hpo.recovery) takes its
     stale verdicts, fails those trials ``worker lost`` and retries them like on the journal."""
     if not settings.storage:
-        return open_storage(settings.journal_path)
+        return open_storage(settings.journal_path, should_stop)
     return optuna.storages.RDBStorage(
         settings.storage,
         heartbeat_interval=max(1, int(settings.heartbeat_seconds)),
@@ -324,14 +326,18 @@ def open_study(
     config: "StudyConfig",
     seed: int | None = None,
     create: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SharedStudy:
     """Create or load the study; refuse a study that holds other directions.
+
+    ``should_stop``: polled by every wait for the journal and slot locks (see
+    :func:`make_lock`), so a worker told to stop never hangs on a lock.
 
     A new study gets the config's warm-start trials enqueued exactly once, even
     when many workers start at the same moment.
     """
     quiet_optuna()  # its INFO lines ("Using an existing study ...") repeat for every process
-    storage = open_settings_storage(settings)
+    storage = open_settings_storage(settings, should_stop)
     names = [s.study_name for s in storage.get_all_studies()]
     if settings.study_name not in names and not create:
         raise UsageError(
@@ -355,7 +361,7 @@ def open_study(
         )
     # The slot lock lives in JOURNAL_DIR with any storage: it must be shared by all workers.
     settings.journal_dir.mkdir(parents=True, exist_ok=True)
-    shared = SharedStudy(study, settings, make_lock(Path(f"{settings.journal_path}.slots")),
+    shared = SharedStudy(study, settings, make_lock(Path(f"{settings.journal_path}.slots"), should_stop),
                          TrialIndex(storage, study._study_id))
     if config.enqueue:
         with shared.slots():

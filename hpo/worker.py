@@ -34,6 +34,7 @@ from optuna.trial import TrialState
 
 from hpo import outcome as outcomes
 from hpo.config import StudyConfig
+from hpo.errors import LockWaitAborted
 from hpo.objective import Objective
 from hpo.recovery import Heartbeat, reap
 from hpo.settings import Settings, WorkerIdentity
@@ -155,9 +156,19 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> StopReason:
+        try:
+            return self._run()
+        except LockWaitAborted as exc:
+            # A signal came while we waited for a lock (held by a stalled node or a
+            # stale foreign lock): stop as the signal asks, without the write.
+            reason = StopReason.INTERRUPTED if self.flag.reason == outcomes.INTERRUPTED else StopReason.PREEMPTED
+            _logger.warning("worker %s stopped: %s (%s)", self.identity.worker_id, reason.label, exc)
+            return reason
+
+    def _run(self) -> StopReason:
         s = self.settings
         seed = sampler_seed(s, self.identity)
-        shared = open_study(s, self.config, seed)
+        shared = open_study(s, self.config, seed, should_stop=lambda: self.flag.reason is not None)
         _logger.info(
             "worker %s started: study=%r storage=%s device=%s gpu=%s seed=%d max_trials=%d "
             "trials_per_worker=%s budget=%s sampler=%s pruner=%s",

@@ -5,6 +5,7 @@ Timings measured here are printed (``pytest -s``) and quoted in docs/faults.md.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -20,8 +21,11 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from hpo.journal.lock import LockTimeout, OwnerLock, holder
-from hpo.journal.repair import scan
+from conftest import load_study
+from hpo.errors import LockWaitAborted
+from hpo.journal import lock as lock_module
+from hpo.journal.lock import LockTimeout, OwnerLock, describe_lock, holder
+from hpo.journal.repair import doctor, scan
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)  # every test here runs real processes: bound each one
@@ -265,3 +269,204 @@ def test_holder_reports_a_dead_owner_on_this_host(tmp_path: Path) -> None:
         {"host": socket.gethostname(), "pid": dead_pid, "token": "t", "acquired_at": "x"}))
     info = holder(str(path))
     assert info is not None and info["alive"] is False and info["pid"] == dead_pid
+
+
+def _plant_foreign(path: Path, kind: str) -> Path:
+    """A lock left by plain Optuna: its symlink lock (to the journal path as given,
+    relative or absolute) or its open lock (an empty file)."""
+    lock_file = Path(str(path) + ".lock")
+    if kind == "symlink-relative":
+        os.symlink(os.path.join(path.parent.name, path.name), lock_file)  # dangles from the lock's folder
+    elif kind == "symlink-absolute":
+        path.write_text("")
+        os.symlink(str(path), lock_file)
+    else:
+        lock_file.write_text("")
+    return lock_file
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("kind", ["symlink-relative", "symlink-absolute", "empty-file"])
+def test_foreign_lock_of_plain_optuna_is_broken_after_grace_without_spinning(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "j.journal"
+    lock_file = _plant_foreign(path, kind)
+    described = describe_lock(str(path))
+    assert described.startswith("FOREIGN: ") and ("JournalFileSymlinkLock" in described) == kind.startswith("symlink")
+    if kind == "symlink-relative":
+        assert "dangling" in described
+    start, cpu = time.monotonic(), time.process_time()
+    with OwnerLock(str(path), grace_seconds=2, refresh_seconds=0.5):
+        took, used = time.monotonic() - start, time.process_time() - cpu
+        assert holder(str(path))["kind"] == "hpo"  # type: ignore[index]
+    print(f"\n{kind}: broken after {took:.2f} s (grace 2 s), {used:.3f} s CPU while waiting")
+    assert took >= 2.0 and used < 0.5  # it slept between looks: no spin
+    assert not os.path.lexists(lock_file)
+    if kind == "symlink-absolute":
+        assert path.exists()  # the link was removed, never the journal it points to
+
+
+def test_doctor_names_a_foreign_lock(tmp_path: Path) -> None:
+    path = tmp_path / "j.journal"
+    optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path))))
+    _plant_foreign(path, "symlink-relative")
+    text = doctor(path).render()
+    assert "journal lock: FOREIGN: Optuna JournalFileSymlinkLock, a symlink to 'tmp" not in text  # named, not guessed
+    assert "journal lock: FOREIGN: Optuna JournalFileSymlinkLock" in text and "dangling" in text
+    assert "slots lock: free" in text
+
+
+def test_plain_optuna_writers_and_owner_lock_exclude_each_other(tmp_path: Path) -> None:
+    from optuna.storages.journal import JournalFileOpenLock, JournalFileSymlinkLock
+
+    path = str(tmp_path / "j.journal")
+    for theirs in (JournalFileSymlinkLock(path, grace_period=None), JournalFileOpenLock(path, grace_period=None)):
+        ours = OwnerLock(path, grace_seconds=30)
+        with ours:
+            got = threading.Event()
+            other = threading.Thread(target=lambda: (theirs.acquire(), got.set()), daemon=True)
+            other.start()
+            assert not got.wait(0.5)  # plain Optuna waits while we hold it
+        assert got.wait(5)
+        with pytest.raises(LockTimeout, match="FOREIGN"):
+            ours.acquire(timeout=0.5)  # and we wait while it holds a fresh one
+        theirs.release()
+        ours.acquire(timeout=5)
+        ours.release()
+
+
+def test_a_wait_ends_when_should_stop_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    _plant_foreign(path, "empty-file")
+    asked = threading.Event()
+    threading.Timer(0.5, asked.set).start()
+    lock = OwnerLock(str(path), grace_seconds=30, should_stop=asked.is_set)
+    with pytest.raises(LockWaitAborted, match="asked to stop"):
+        lock.acquire()
+    # A free lock is still taken once asked to stop: a stopping worker writes its trial's end.
+    free = OwnerLock(str(tmp_path / "k"), should_stop=asked.is_set)
+    with free:
+        # The in-process part too: another thread holds the lock.
+        failed: list[BaseException] = []
+        waiter = threading.Thread(target=lambda: pytest.raises(LockWaitAborted, free.acquire) or failed.append(
+            AssertionError("acquired")))
+        waiter.start()
+        waiter.join(timeout=5)
+        assert not waiter.is_alive() and not failed
+
+
+class _FlakyOs:
+    """``os`` as the lock module sees it, except that the named functions raise
+    ``err`` before doing anything, at random with probability ``rate`` (as NFS and
+    GlusterFS do when another client replaced the file)."""
+
+    def __init__(self, err: int, rate: float, names: tuple[str, ...]) -> None:
+        import random
+
+        self._err, self._rate, self._names = err, rate, names
+        self._random = random.Random(err)
+        self._guard = threading.Lock()
+        self.raised = 0
+
+    def __getattr__(self, name: str) -> object:
+        real = getattr(os, name)
+        if name not in self._names:
+            return real
+
+        def flaky(*args: object, **kwargs: object) -> object:
+            with self._guard:
+                fail = self._random.random() < self._rate
+                self.raised += fail
+            if fail:
+                raise OSError(self._err, os.strerror(self._err))
+            return real(*args, **kwargs)
+
+        return flaky
+
+
+@pytest.mark.parametrize("err", [errno.ESTALE, errno.EIO, errno.ENOENT])
+def test_volatile_errors_on_the_lock_file_never_end_a_holder_or_a_waiter(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    names = ("open", "read", "fstat", "close", "utime", "lstat")
+    if err != errno.ENOENT:  # ENOENT from unlink and rename is the answer, not a hiccup
+        names += ("unlink", "rename")
+    flaky = _FlakyOs(err, 0.2, names)
+    monkeypatch.setattr(lock_module, "os", flaky)
+    path = str(tmp_path / "j")
+    counter = {"n": 0, "inside": 0, "overlap": 0}
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        lock = OwnerLock(path, grace_seconds=1, refresh_seconds=0.05)  # one per thread: exclusion by the file
+        try:
+            for _ in range(50):
+                with lock:
+                    counter["inside"] += 1
+                    counter["overlap"] += counter["inside"] > 1
+                    n = counter["n"]
+                    time.sleep(0.001)  # let the refresher run and fail too
+                    counter["n"] = n + 1
+                    counter["inside"] -= 1
+        except BaseException as exc:  # noqa: BLE001 - collected, asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=50)
+    assert not errors, errors
+    assert counter["n"] == 150 and counter["overlap"] == 0 and flaky.raised > 30
+    monkeypatch.undo()
+    assert holder(path) is None and os.listdir(tmp_path) == []  # no lock, no tomb left behind
+
+
+# A worker whose study is behind a live foreign lock: plain Optuna's symlink lock,
+# relative (dangling from the journal's folder), kept fresh by the test like a
+# holder that is still working.
+@pytest.mark.parametrize(("signum", "label", "code"), [(signal.SIGTERM, "preempted", 75),
+                                                       (signal.SIGINT, "interrupted", 130),
+                                                       (signal.SIGUSR1, "preempted", 75)])
+def test_worker_waiting_for_a_lock_stops_on_a_signal_and_does_not_spin(toy, signum: int, label: str,
+                                                                       code: int) -> None:
+    cwd, env = toy()
+    journal = cwd / "optuna_journal" / "toy.journal"
+    journal.parent.mkdir()
+    lock_file = _plant_foreign(journal, "symlink-relative")
+    stop = threading.Event()
+
+    def keep_fresh() -> None:
+        while not stop.wait(0.3):
+            os.utime(lock_file, follow_symlinks=False)
+
+    toucher = threading.Thread(target=keep_fresh, daemon=True)
+    toucher.start()
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "worker"], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        logs = cwd / "optuna_logs"
+        deadline = time.monotonic() + 30
+        while "waiting" not in "".join(p.read_text() for p in logs.glob("worker_*.log")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the worker never waited for the lock"
+            time.sleep(0.1)
+        cpu = _cpu_seconds(proc.pid)
+        time.sleep(3)
+        used = _cpu_seconds(proc.pid) - cpu
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=5)  # "within a second or two", with room for a loaded machine
+    finally:
+        stop.set()
+        toucher.join()
+        proc.kill()
+        proc.wait()
+    print(f"\nworker waiting 3 s on a foreign lock: {used:.3f} s CPU")
+    assert used < 0.5
+    assert proc.returncode == code, err
+    log = "".join(p.read_text() for p in logs.glob("worker_*.log"))
+    assert f"stopped: {label} (stopped waiting for optuna_journal/toy.journal.lock after" in log
+    assert "FOREIGN: Optuna JournalFileSymlinkLock" in log
+    assert os.path.islink(lock_file)  # a live holder's lock stays
+    assert journal.read_bytes() == b""  # nothing was written past the lock

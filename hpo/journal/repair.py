@@ -56,11 +56,12 @@ from hpo.journal._plan import (
 )
 from hpo.journal._records import replay_problem
 from hpo.journal.format import NewerFormatError, damage_error, preview_bytes, read_line, split_lines, unknown_op
-from hpo.journal.lock import holder
+from hpo.journal.lock import LockLost, OwnerLock, describe_holder, holder
 
 _logger = logging.getLogger(__name__)
 
 _TAIL_PROBE = 4096
+_RETRIES_AFTER_FENCE = 3
 _MAX_LISTED = 1000  # damaged lines a scan lists (it counts them all)
 # Online cuts stop here: a torn record or a NUL run left by NFS is far smaller,
 # and more unreadable bytes than this means the file is not what we think.
@@ -367,15 +368,50 @@ class GuardedFileBackend(JournalFileBackend):
     """
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        with get_lock_file(self._lock):
-            cut = _cut_unreadable_tail(self._file_path)
-            if cut is not None:
-                _logger.warning("%s", cut.message())
-            text = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs)
-            with open(self._file_path, "ab") as f:
-                f.write(text.encode("utf-8"))
-                f.flush()
-                os.fsync(f.fileno())
+        """Append ``logs`` under the lock. With an :class:`OwnerLock`, a fence just
+        before the write makes a holder that lost the lock while stalled take it
+        again instead of writing (see "Fencing" in :mod:`hpo.journal.lock`);
+        raises :class:`~hpo.journal.lock.LockLost` after a few such losses in a row."""
+        data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
+        for _ in range(_RETRIES_AFTER_FENCE):
+            with get_lock_file(self._lock):
+                if not _fence_holds(self._lock):
+                    continue
+                cut = _cut_unreadable_tail(self._file_path)
+                if cut is not None:
+                    _logger.warning("%s", cut.message())
+                fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+                try:
+                    # Again, without I/O: the window left is the write itself.
+                    if not _fence_holds(self._lock, read_lock_file=False):
+                        continue
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                return
+        raise LockLost(f"{self._file_path}: the lock was lost {_RETRIES_AFTER_FENCE} times in a row "
+                       "before the append; nothing was written")
+
+
+def _fence_holds(lock: BaseJournalFileLock, read_lock_file: bool = True) -> bool:
+    """False (logged) when an OwnerLock's fence finds our hold lost; True for other locks."""
+    if not isinstance(lock, OwnerLock):
+        return True
+    try:
+        lock.fence(read_lock_file)
+    except LockLost as lost:
+        _logger.warning("not appending: %s; taking the lock again", lost)
+        return False
+    return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``data`` at the end of ``fd`` (opened O_APPEND): one ``write`` call on every
+    filesystem we measured; more only if the kernel writes less."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 # ---------------------------------------------------------------------------------------
@@ -489,9 +525,7 @@ class Report:
         fs = self.filesystem
         lines.append(f"filesystem: {fs.fstype} mounted at {fs.mount_point}" if fs else "filesystem: unknown")
         for name, info in self.locks.items():
-            lines.append(f"{name} lock: " + ("free" if info is None else
-                         f"held by pid {info.get('pid', '?')} on {info.get('host', '?')} "
-                         f"(refreshed {info['age_seconds']:.0f} s ago, alive: {info['alive']})"))
+            lines.append(f"{name} lock: {describe_holder(info)}")
         lines.append("Optuna loads it: " + ("yes" if self.optuna_error is None else f"NO ({self.optuna_error})"))
         lines += [f"WARNING: {w}" for w in self.warnings]
         if not self.findings:
