@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, Mapping
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.storage import stale_trial_ids, trial_id
 from hpo.util import process_alive
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def is_lost(user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any], tria
 def _frozen_is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: str,
                     live_jobs: set[str] | None, stale_ids: set[int] | None) -> bool:
     started = trial.datetime_start.timestamp() if trial.datetime_start else None
-    return is_lost(trial.user_attrs, trial.system_attrs, trial._trial_id, started, now, stale_seconds, host,
+    return is_lost(trial.user_attrs, trial.system_attrs, trial_id(trial), started, now, stale_seconds, host,
                    live_jobs, stale_ids)
 
 
@@ -135,7 +136,7 @@ def reap(shared: "SharedStudy", host: str) -> list[int]:
     now = time.time()
     running = shared.index.running()
     live = _live_slurm_jobs() if any("slurm_job_id" in t.user_attrs for t in running) else None
-    stale_ids = None if shared.is_journal else set(shared.storage._get_stale_trial_ids(shared.study_id))  # type: ignore[attr-defined]
+    stale_ids = stale_trial_ids(shared.storage, shared.study_id)
     candidates = [t for t in running if _frozen_is_lost(t, now, settings.stale_seconds, host, live, stale_ids)]
     if not candidates:
         return []
@@ -145,7 +146,7 @@ def reap(shared: "SharedStudy", host: str) -> list[int]:
         for trial in candidates:
             if trial.number not in still_running:
                 continue
-            shared.set_user_attrs(trial._trial_id, {"reason": WORKER_LOST})
+            shared.set_user_attrs(trial_id(trial), {"reason": WORKER_LOST})
             shared.study.tell(trial.number, state=TrialState.FAIL)
             reaped.append(trial.number)
             _logger.warning("trial %d: worker %s lost; marked FAIL", trial.number, trial.user_attrs.get("worker"))

@@ -31,6 +31,8 @@ from hpo.journal.lock import OwnerLock
 from hpo.logs import quiet_optuna
 
 if TYPE_CHECKING:
+    from optuna.study._frozen import FrozenStudy
+
     from hpo.config import StudyConfig
     from hpo.settings import Settings
 
@@ -59,6 +61,28 @@ WARM_START_ATTR = "hpo:warm_started"
 # Stale-lock grace period in seconds. Optuna's default is 30 s: a worker killed
 # while holding the lock then freezes every other worker that long.
 LOCK_GRACE_SECONDS = 10
+
+
+def study_id(study: "optuna.Study | FrozenStudy") -> int:
+    """The study's id in its storage (Optuna keeps it private)."""
+    return study._study_id
+
+
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    """The trial's id in its storage (Optuna keeps it private; records name trials by it)."""
+    return trial._trial_id
+
+
+def study_storage(study: optuna.Study) -> optuna.storages.BaseStorage:
+    return study._storage
+
+
+def stale_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> set[int] | None:
+    """Trial ids an RDB storage's own heartbeat table says are lost; None for the journal
+    (its heartbeats are trial attributes, judged by :func:`hpo.recovery.is_lost`)."""
+    if isinstance(storage, JournalStorage):
+        return None
+    return set(storage._get_stale_trial_ids(study_id))  # type: ignore[attr-defined]
 
 
 def make_lock(path: Path, should_stop: Callable[[], bool] | None = None) -> OwnerLock:
@@ -235,11 +259,11 @@ class SharedStudy:
 
     @property
     def study_id(self) -> int:
-        return self.study._study_id
+        return study_id(self.study)
 
     @property
     def storage(self) -> optuna.storages.BaseStorage:
-        return self.study._storage
+        return study_storage(self.study)
 
     @property
     def is_journal(self) -> bool:

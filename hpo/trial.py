@@ -38,6 +38,7 @@ from hpo.logs import trial_logging
 from hpo.objective import Objective, TrialContext, TrialTaken
 from hpo.recovery import Heartbeat, enqueue_retry
 from hpo.space import suggest
+from hpo.storage import trial_id
 from hpo.util import write_json, write_json_atomic
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class TrialRunner:
             _time_left=lambda: None if active.limit is None else active.limit - (time.time() - active.start),
             _check_time=lambda: self._check_time(active),
         )
-        with self.heartbeat.watching(trial._trial_id, on_taken=lambda: setattr(active, "taken", True)):
+        with self.heartbeat.watching(trial_id(trial), on_taken=lambda: setattr(active, "taken", True)):
             return self.objective(params, ctx)
 
     # -- hooks of the context ---------------------------------------------
@@ -138,7 +139,7 @@ class TrialRunner:
     def _check_taken(self, active: _Active) -> None:
         """Raise :class:`TrialTaken` once the trial is known to be ended by another worker:
         from the heartbeat thread's verdict, else from the journal itself."""
-        if active.taken or self.shared.is_finished(active.trial._trial_id):
+        if active.taken or self.shared.is_finished(trial_id(active.trial)):
             active.taken = True
             raise TrialTaken()
 
@@ -188,11 +189,11 @@ class TrialRunner:
             seconds, f" reason={result.reason!r}" if result.reason else "",
         )
         if result.retry:
-            enqueue_retry(self.shared, self.shared.frozen(trial._trial_id), result.reason or "retry")
+            enqueue_retry(self.shared, self.shared.frozen(trial_id(trial)), result.reason or "retry")
         return result
 
     def _log_taken(self, trial: optuna.Trial) -> None:
-        frozen = self.shared.frozen(trial._trial_id)
+        frozen = self.shared.frozen(trial_id(trial))
         retries = [t.number for t in self.shared.trials() if t.user_attrs.get("retry_of") == trial.number]
         _logger.warning(
             "trial %d was ended by another worker while this one was stalled (%s, reason %r); %s; "

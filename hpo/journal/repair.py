@@ -57,6 +57,7 @@ from hpo.journal._plan import (
 from hpo.journal._records import replay_problem
 from hpo.journal.format import NewerFormatError, damage_error, preview_bytes, read_line, split_lines, unknown_op
 from hpo.journal.lock import LockLost, OwnerLock, describe_holder, holder
+from hpo.storage import study_id
 
 _logger = logging.getLogger(__name__)
 
@@ -496,7 +497,7 @@ def _optuna_error(path: str) -> str | None:
     try:
         storage = JournalStorage(JournalFileBackend(path))
         for study in storage.get_all_studies():
-            storage.get_all_trials(study._study_id, deepcopy=False)
+            storage.get_all_trials(study_id(study), deepcopy=False)
     except Exception as err:  # any failure is the answer
         return f"{type(err).__name__}: {err}"
     return None
@@ -658,7 +659,7 @@ def _load_counts(path: str) -> tuple[int, int]:
     """(studies, trials) as Optuna loads ``path``; raises whatever Optuna raises."""
     storage = JournalStorage(JournalFileBackend(path))
     studies = storage.get_all_studies()
-    return len(studies), sum(len(storage.get_all_trials(s._study_id, deepcopy=False)) for s in studies)
+    return len(studies), sum(len(storage.get_all_trials(study_id(s), deepcopy=False)) for s in studies)
 
 
 def _quarantine_lines(quarantined: list[tuple[Finding, bytes]]) -> bytes:

@@ -45,6 +45,7 @@ from optuna.trial import TrialState
 from hpo.errors import StorageError, UsageError
 from hpo.journal.format import RECORD_START, Entry, Op, parse_lines, read_complete, replay
 from hpo.storage import constraints_of, on_pareto_front
+from hpo.storage import trial_id as storage_trial_id
 
 _logger = logging.getLogger(__name__)
 
@@ -505,7 +506,9 @@ class StudyJournal:
     def from_study(cls, study: Any, label: str, stale_trial_ids: frozenset[int] | None = None) -> "StudyJournal":
         """The same view of a study Optuna loaded from any storage (an RDB), every trial decoded.
         ``stale_trial_ids``: trial ids the storage's heartbeat table says are lost."""
-        storage, sid = study._storage, study._study_id
+        from hpo.storage import study_id, study_storage
+
+        storage, sid = study_storage(study), study_id(study)
         record = StudyRecord(sid, study.study_name, [d.name for d in study.directions],
                              dict(storage.get_study_user_attrs(sid)), dict(storage.get_study_system_attrs(sid)))
         trials = [_from_frozen(t) for t in study.get_trials(deepcopy=False)]
@@ -667,7 +670,7 @@ def _from_frozen(trial: Any, number: int | None = None, trial_id: int | None = N
 
     return TrialRecord(
         number=trial.number if number is None else number,
-        trial_id=trial._trial_id if trial_id is None else trial_id, state=trial.state.name,
+        trial_id=storage_trial_id(trial) if trial_id is None else trial_id, state=trial.state.name,
         values=list(trial.values) if trial.values is not None else None, params=dict(trial.params),
         distributions={k: Distribution.from_optuna(d) for k, d in trial.distributions.items()},
         user_attrs=dict(trial.user_attrs), system_attrs=dict(trial.system_attrs),

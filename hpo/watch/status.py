@@ -166,7 +166,7 @@ def open_view(settings: "Settings") -> StudyJournal:
     import optuna
 
     from hpo.errors import UsageError
-    from hpo.storage import open_settings_storage
+    from hpo.storage import open_settings_storage, stale_trial_ids, study_id
 
     with warnings.catch_warnings():  # Optuna flags RDB heartbeats as experimental on every open
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -177,7 +177,7 @@ def open_view(settings: "Settings") -> StudyJournal:
         names = [s.study_name for s in storage.get_all_studies()]
         raise UsageError(f"STUDY_NAME={settings.study_name!r}: no such study in {settings.storage_label}; "
                          f"existing: {', '.join(map(repr, names)) or 'none'}") from None
-    stale = frozenset(storage._get_stale_trial_ids(study._study_id))  # type: ignore[attr-defined]
+    stale = frozenset(stale_trial_ids(storage, study_id(study)) or ())
     return StudyJournal.from_study(study, settings.storage_label, stale)
 
 
