@@ -21,19 +21,21 @@ from optuna.storages import JournalStorage
 
 # Optuna internals, all in this module (pinned to Optuna 5.0): the journal's op codes
 # (hpo.journal.format reads them, never restates them), constraints and the Pareto rule.
+from optuna.storages.journal._file import BaseJournalFileLock as BaseJournalFileLock  # hpo.journal.lock's base
+from optuna.storages.journal._file import get_lock_file as get_lock_file  # GuardedFileBackend's locked section
 from optuna.storages.journal._storage import JournalOperation as JournalOperation  # hpo.journal.format's op codes
 from optuna.study._constrained_optimization import _get_constraints_from_system_attrs
 from optuna.study._multi_objective import _is_pareto_front, _normalize_value
 from optuna.trial import TrialState
 
 from hpo.errors import StorageError, StudyMismatch, UsageError
-from hpo.journal.lock import OwnerLock
 from hpo.logs import quiet_optuna
 
 if TYPE_CHECKING:
     from optuna.study._frozen import FrozenStudy
 
     from hpo.config import StudyConfig
+    from hpo.journal.lock import OwnerLock
     from hpo.settings import Settings
 
 _logger = logging.getLogger(__name__)
@@ -95,6 +97,8 @@ def make_lock(path: Path, should_stop: Callable[[], bool] | None = None) -> Owne
     without refresh; only the owner releases it (see hpo.journal.lock). A wait
     raises LockWaitAborted as soon as ``should_stop()`` is true.
     """
+    from hpo.journal.lock import OwnerLock  # it subclasses Optuna's lock, imported here: no cycle
+
     return OwnerLock(str(path), grace_seconds=LOCK_GRACE_SECONDS, should_stop=should_stop)
 
 

@@ -107,9 +107,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
-from optuna.storages.journal._file import BaseJournalFileLock
-
 from hpo.errors import LockWaitAborted, StorageError
+from hpo.storage import BaseJournalFileLock
 
 _logger = logging.getLogger(__name__)
 

@@ -42,7 +42,6 @@ from typing import Any
 
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import BaseJournalFileLock, get_lock_file
 
 from hpo.errors import StorageError, UsageError
 from hpo.journal._plan import (
@@ -57,7 +56,7 @@ from hpo.journal._plan import (
 from hpo.journal._records import replay_problem
 from hpo.journal.format import NewerFormatError, damage_error, preview_bytes, read_line, split_lines, unknown_op
 from hpo.journal.lock import LockLost, OwnerLock, describe_holder, holder
-from hpo.storage import study_id
+from hpo.storage import BaseJournalFileLock, get_lock_file, study_id
 
 _logger = logging.getLogger(__name__)
 
