@@ -109,6 +109,7 @@ from typing import Any, Callable, TypeVar
 
 from hpo.errors import LockWaitAborted, StorageError
 from hpo.storage import BaseJournalFileLock
+from hpo.util import proc_stat, process_alive
 
 _logger = logging.getLogger(__name__)
 
@@ -263,44 +264,6 @@ def _look_link(path: str) -> _Seen | None:
             return None  # gone, or replaced by a regular file since: the caller looks again
         raise
     return _Seen(st.st_ino, st.st_mtime_ns, b"", link=target)
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks since boot) from /proc, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = text[text.rfind(")") + 2 :].split()
-    try:
-        return fields[0], int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _pid_alive(pid: int, start: int | None) -> bool:
-    """Whether the process that wrote a lock on this host still runs.
-
-    A zombie counts as dead, and so does a pid reused by a process that started
-    at another time than the one recorded.
-    """
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: alive
-    stat = _proc_stat(pid)
-    if stat is None:
-        return True
-    state, started = stat
-    if state == "Z":
-        return False
-    return start is None or start == started
 
 
 def _describe(owner: dict[str, Any] | None) -> str:
@@ -464,7 +427,7 @@ class OwnerLock(BaseJournalFileLock):
         """Our pid and start time, refreshed after a fork."""
         if self._pid != os.getpid():
             self._pid = os.getpid()
-            self._start = (_proc_stat(self._pid) or (None, None))[1]
+            self._start = (proc_stat(self._pid) or (None, None))[1]
             self._refresher = None  # threads do not survive a fork
 
     def _owner_record(self, token: str) -> bytes:
@@ -672,7 +635,7 @@ class OwnerLock(BaseJournalFileLock):
                 with _HELD_GUARD:
                     mine = owner["token"] in _HELD_TOKENS
                 return None if mine else "left by an earlier process with our pid"
-            if _pid_alive(owner["pid"], owner.get("start")):
+            if process_alive(owner["pid"], owner.get("start")):
                 return None
             return f"its holder, pid {owner['pid']} on this host, is gone"
         now = time.monotonic()
@@ -779,7 +742,7 @@ def holder(path: str) -> dict[str, Any] | None:
     info.update(lock_file=lock_file, kind=seen.kind, target=seen.link, alive=None,
                 age_seconds=max(0.0, time.time() - seen.mtime_ns / 1e9))
     if owner is not None and owner["host"] == socket.gethostname():
-        info["alive"] = _pid_alive(owner["pid"], owner.get("start"))
+        info["alive"] = process_alive(owner["pid"], owner.get("start"))
     return info
 
 
