@@ -142,7 +142,7 @@ class Worker:
         self.failures_in_a_row = 0
         self.started = clock()
         self.last_reap = self.started
-        self.budget_seconds = self._budget()
+        self.budget_seconds: float | None = None  # set when the loop starts (it may ask squeue)
 
     def _budget(self) -> float | None:
         """Wall-time budget: ``TIMEOUT_SECONDS``, capped by the SLURM job's time left."""
@@ -167,6 +167,7 @@ class Worker:
 
     def _run(self) -> StopReason:
         s = self.settings
+        self.budget_seconds = self._budget()
         seed = sampler_seed(s, self.identity)
         shared = open_study(s, self.config, seed, should_stop=lambda: self.flag.reason is not None)
         _logger.info(
