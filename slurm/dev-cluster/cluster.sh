@@ -172,8 +172,6 @@ EOF
 SlurmdPidFile=$RUN_DIR/slurmd-%n.pid
 SlurmdSpoolDir=$SLURMD_SPOOL/%n
 SlurmdLogFile=$LOG_DIR/slurmd-%n.log
-# A killed node is marked DOWN after this long without answering.
-SlurmdTimeout=30
 NodeName=$(node_list) NodeHostname=localhost NodeAddr=127.0.0.1 Port=17001-$((17000 + NODES)) CPUs=$NODE_CPUS Sockets=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1 RealMemory=$NODE_MEM_MB Gres=gpu:$NODE_GPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$(node_list) Default=YES MaxTime=INFINITE State=UP
 EOF
