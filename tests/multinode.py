@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 import pytest
@@ -33,6 +34,7 @@ __all__ = [
     "signal_node", "signal_pid", "trial_counts", "wait_until",
 ]
 
+T = TypeVar("T")
 CLUSTER_SH = REPO / "slurm" / "dev-cluster" / "cluster.sh"
 RUN_DIR = Path("/run/slurm")
 GLUSTER_PIDS = Path("/var/run/gluster/vols")
@@ -198,7 +200,7 @@ def trial_counts(study: optuna.Study) -> Counter[str]:
     return counts
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, message: str, poll: float = 0.5) -> object:
+def wait_until(predicate: Callable[[], T | None], timeout: float, message: str, poll: float = 0.5) -> T:
     """Poll ``predicate`` until it returns something truthy (returned), or fail with ``message``."""
     deadline = time.monotonic() + timeout
     while True:
