@@ -590,8 +590,8 @@ cmd_start() {
   prepare_dirs
   previous=$(cat "$NODES_FILE" 2>/dev/null || echo 1)
   if [[ $previous != "$NODES" ]]; then
-    # the node layout changes: the old layout's slurmd(s) go first
-    local wanted=$NODES; NODES=$previous; stop_slurmds; NODES=$wanted
+    # the node layout changes: the old layout's slurmd(s) and client mounts go first
+    local wanted=$NODES; NODES=$previous; stop_slurmds; ((NODES == 1)) || stop_gluster; NODES=$wanted
   fi
   echo "$NODES" >"$NODES_FILE"
   ((NODES == 1)) || start_gluster
