@@ -30,7 +30,7 @@ from conftest import REPO, load_study
 
 __all__ = [
     "MODES", "SHARED", "SHARED_STRICT", "VOLUMES", "brick_pid", "cluster_nodes", "init_pid", "kill_node",
-    "load_study", "node_pids", "on_node", "pause_brick", "require_multinode", "restore_nodes", "run_on",
+    "load_study", "node_pids", "on_node", "proc_state", "pause_brick", "require_multinode", "restore_nodes", "run_on",
     "signal_node", "signal_pid", "trial_counts", "wait_until",
 ]
 
@@ -123,12 +123,13 @@ def kill_node(node: str, timeout: float = 30) -> list[int]:
     returns the pids once all are gone. The node's GlusterFS client (a host process) stays:
     the volume sees the node's processes vanish, their open files and locks released."""
     pids = signal_node(node, signal.SIGKILL)
-    wait_until(lambda: not any(Path(f"/proc/{p}").exists() and _state(p) != "Z" for p in pids), timeout,
+    wait_until(lambda: not any(Path(f"/proc/{p}").exists() and proc_state(p) != "Z" for p in pids), timeout,
                f"processes of node {node} still alive after SIGKILL")
     return pids
 
 
-def _state(pid: int) -> str:
+def proc_state(pid: int) -> str:
+    """The process's state letter (R, S, T stopped, Z zombie, ...); X when it is gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):

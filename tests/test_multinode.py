@@ -22,8 +22,8 @@ import optuna
 import pytest
 
 from conftest import REPO, TOY_CONFIG, clean_env
-from multinode import (MODES, SHARED, VOLUMES, kill_node, load_study, on_node, pause_brick, require_multinode,
-                       restore_nodes, trial_counts, wait_until)
+from multinode import (MODES, SHARED, VOLUMES, kill_node, load_study, node_pids, on_node, pause_brick,
+                       proc_state, require_multinode, restore_nodes, run_on, signal_node, trial_counts, wait_until)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
 
@@ -78,6 +78,35 @@ def _study(root: Path) -> optuna.Study | None:
 
 def _lost(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials if t.state.name == "FAIL" and t.user_attrs.get("reason") == "worker lost"]
+
+
+def test_nodes_are_separate_hosts_with_their_own_clients() -> None:
+    """Each node has its hostname, sees none of another node's processes, and reaches the
+    shared folders through its own GlusterFS client (a device of its own), not the host's."""
+    nodes = require_multinode(3)
+    devices = {"host": {mode: os.stat(path).st_dev for mode, path in MODES.items()}}
+    for node in nodes:
+        other_slurmd = [p for p in node_pids(nodes[0] if node != nodes[0] else nodes[1])
+                        if Path(f"/proc/{p}/comm").read_text().strip() == "slurmd"]
+        script = ("hostname; stat -c %d " + " ".join(str(p) for p in MODES.values())
+                  + "; ls /proc | grep -c '^[0-9]'")
+        out = run_on(node, ["bash", "-c", script]).stdout.split()
+        assert out[0] == node
+        devices[node] = dict(zip(MODES, map(int, out[1:3])))
+        assert int(out[3]) < len(node_pids(node)) + 5  # its own processes only (+ the probe's)
+        assert run_on(node, ["kill", "-0", str(other_slurmd[0])]).returncode != 0
+    seen = [d for per in devices.values() for d in per.values()]
+    assert len(set(seen)) == len(seen), devices  # one client mount per node and mode
+
+
+def test_sigstop_and_sigcont_a_whole_node() -> None:
+    nodes = require_multinode(2)
+    stopped = signal_node(nodes[-1], signal.SIGSTOP)
+    try:
+        wait_until(lambda: all(proc_state(p) in "TX" for p in stopped), 10, "node not stopped", poll=0.1)
+    finally:
+        signal_node(nodes[-1], signal.SIGCONT)
+    wait_until(lambda: not any(proc_state(p) == "T" for p in stopped), 10, "node not resumed", poll=0.1)
 
 
 def test_sbatch_three_nodes_one_study(shared_project: Path) -> None:
