@@ -247,6 +247,7 @@ def _one_budget_run(root: Path, nodes: list[str], seed: int, max_trials: int, li
     return None
 
 
+@pytest.mark.timeout(1200)  # 20 runs of ~5-15 s, and up to two stuck ones of 60 s
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_exact_budget_two_nodes(mode: str) -> None:
     """The 2-node study, repeated: every run ends at exactly MAX_TRIALS finished, 0 RUNNING."""

@@ -44,7 +44,8 @@ DB_USER=slurm
 DB_PASS="${HPO_SLURM_DB_PASS:-hpodev-slurm}"  # localhost-only dev database
 MARKER="# managed by hpo slurm/dev-cluster/cluster.sh"
 
-PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server glusterfs-server glusterfs-client)
+PACKAGES=(slurmctld slurmd slurm-client munge slurmdbd mariadb-server)
+GLUSTER_PACKAGES=(glusterfs-server glusterfs-client)  # only --nodes N > 1 needs them
 
 # Multi-node (--nodes N, N>1). Each node's state: the pid of the `unshare` that
 # holds its namespaces, in $RUN_DIR/hpo-node-<name>.pid (slurmd's own pid file
@@ -124,9 +125,10 @@ stop_pid() { # name pid
   kill -KILL "$pid" 2>/dev/null || true
 }
 
-packages_missing() {
+packages_missing() { # [package...]: default all of them
   local p missing=()
-  for p in "${PACKAGES[@]}"; do
+  (($#)) || set -- "${PACKAGES[@]}" "${GLUSTER_PACKAGES[@]}"
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
       missing+=("$p")
   done
@@ -375,7 +377,7 @@ our_volumes() { echo "$VOLUME" "$VOLUME-strict"; }
 start_glusterd() {
   if glusterd_ok; then log "glusterd already running"; return 0; fi
   log "starting glusterd"
-  glusterd </dev/null >/dev/null 2>&1 || die "glusterd failed to start (see /var/log/glusterfs/glusterd.log)"
+  glusterd -p /run/glusterd.pid </dev/null >/dev/null 2>&1 || die "glusterd failed to start (see /var/log/glusterfs/glusterd.log)"
   wait_for 30 glusterd glusterd_ok || die "glusterd not answering after 30s (see /var/log/glusterfs/glusterd.log)"
   daemon_pid glusterd /run/glusterd.pid >"$GLUSTERD_MARK" || true
 }
@@ -578,14 +580,14 @@ cmd_install() {
   log "installing: $missing"
   apt-get update
   # don't let package postinst scripts try to start services in a container
-  DEBIAN_FRONTEND=noninteractive apt-get install -y "${PACKAGES[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y "${PACKAGES[@]}" "${GLUSTER_PACKAGES[@]}"
   missing=$(packages_missing)
   [[ -z ${missing// /} ]] || die "packages still missing after apt-get: $missing"
 }
 
 cmd_start() {
   local t0=$SECONDS missing previous
-  missing=$(packages_missing)
+  if ((NODES == 1)); then missing=$(packages_missing "${PACKAGES[@]}"); else missing=$(packages_missing); fi
   [[ -z ${missing// /} ]] || die "packages missing ($missing); run '$0 install' first"
   prepare_dirs
   previous=$(cat "$NODES_FILE" 2>/dev/null || echo 1)
