@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up of a fresh machine: a virtual environment in .venv
 # with a CPU build of torch and hpo itself. With --test-services also what the
-# end-to-end tests use (needs root, Debian/Ubuntu): the single-node dev SLURM
-# cluster, PostgreSQL (the RDB storage test) and headless Chromium (the report test).
+# end-to-end tests use (needs root, Debian/Ubuntu): the dev SLURM cluster (3 nodes
+# on a GlusterFS volume), PostgreSQL (the RDB storage test) and headless Chromium (the report test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -29,5 +29,7 @@ if [ "${1:-}" = "--test-services" ]; then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" > /dev/null
     fi
     bash slurm/dev-cluster/cluster.sh install
-    bash slurm/dev-cluster/cluster.sh start
+    # three nodes sharing a GlusterFS volume: the multi-node tests need them, and the
+    # single-node tests run on n1
+    bash slurm/dev-cluster/cluster.sh start --nodes 3
 fi
