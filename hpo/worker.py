@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 
 from hpo import outcome as outcomes
 from hpo.config import StudyConfig
+from hpo.journal.repair import visibility_warning
 from hpo.logs import trial_logging
 from hpo.objective import Objective, TrialContext
 from hpo.recovery import Heartbeat, enqueue_retry, reap
@@ -167,6 +168,9 @@ class Worker:
             "unlimited" if self.budget_seconds is None else f"{self.budget_seconds:.0f}s", s.sampler, s.pruner,
         )
         _logger.info("settings: %s", json.dumps(s.as_dict(), sort_keys=True))
+        lag = None if s.storage else visibility_warning(s.journal_dir, s.stale_seconds)
+        if lag:
+            _logger.warning("%s", lag)
         self._reap(shared, force=True)
         self.heartbeat = Heartbeat(shared, s.heartbeat_seconds)
         reason = self._loop(shared)

@@ -46,6 +46,7 @@ lock look stale. Mounts with ``nocto`` break that guarantee.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -118,7 +119,20 @@ def _look(path: str) -> _Seen | None:
     """Read a lock file, or None when there is none.
 
     ``open`` (not ``stat``) so that NFS revalidates the attributes with the server.
+    ESTALE, or ENOENT from ``read``/``close`` (NFS, GlusterFS: another client removed
+    or replaced the file while we had it open) means the file we looked at is gone:
+    look again, and after three such answers report no lock (the caller retries).
     """
+    for _ in range(3):
+        try:
+            return _look_once(path)
+        except OSError as err:
+            if err.errno not in (errno.ESTALE, errno.ENOENT):
+                raise
+    return None
+
+
+def _look_once(path: str) -> _Seen | None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
