@@ -60,7 +60,7 @@ def run_two_nodes(mount_a: Path, mount_b: Path, max_trials: int = MAX_TRIALS, st
     (mount_a / run).mkdir()
     (mount_a / run / "toy.yaml").write_text(TOY_CONFIG.format(objective="quadratic"))
     procs = []
-    for node, mount in (("node1", mount_a), ("node2", mount_b)):
+    for index, (node, mount) in enumerate((("node1", mount_a), ("node2", mount_b))):
         root = mount / run
         env = clean_env(HPO_CONFIG=str(root / "toy.yaml"), JOURNAL_DIR=str(root / "journal"),
                         LOG_DIR=str(root / "logs"), TRIAL_OUTPUT=str(root / "runs"), STUDY_NAME="toy",
@@ -69,7 +69,7 @@ def run_two_nodes(mount_a: Path, mount_b: Path, max_trials: int = MAX_TRIALS, st
                         HPO_STALE_SECONDS="20", **(extra_env or {}))
         procs.append(subprocess.Popen(
             ["unshare", "--uts", "--pid", "--fork", "--mount-proc", sys.executable,
-             str(TESTS / "fake_node.py"), node, str(workers_per_node)],
+             str(TESTS / "fake_node.py"), node, str(workers_per_node), str(index * workers_per_node)],
             cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=(root / f"{node}.out").open("wb"),
             stderr=subprocess.STDOUT))
     rcs = [p.wait(timeout=300) for p in procs]
@@ -170,6 +170,24 @@ def test_slot_check_sees_a_trial_another_node_just_started() -> None:
         assert (trial, done) == (None, False)
         counts = shared.counts()
         assert (counts[TrialState.COMPLETE], counts[TrialState.RUNNING]) == (2, 1)
+    finally:
+        shutil.rmtree(mount_a / run)
+
+
+def test_doctor_names_a_lagging_mount(tmp_path: Path) -> None:
+    """`hpo doctor` says when the journal's mount shows other nodes' writes late."""
+    from conftest import run_hpo
+
+    mount_a, _ = _mounts("HPO_TEST_SHARED")
+    run = f"hpo-test-{uuid.uuid4().hex[:10]}"
+    (mount_a / run).mkdir()
+    try:
+        _optuna_journal(mount_a / run / "toy.journal", 1)
+        env = clean_env(JOURNAL_DIR=str(mount_a / run), STUDY_NAME="toy")
+        result = run_hpo(["doctor"], cwd=tmp_path, env=env)
+        assert result.returncode == 0, result.stderr
+        assert f"WARNING: {mount_a} (fuse.glusterfs) is GlusterFS" in result.stdout
+        assert "appear here" in result.stdout and "late" in result.stdout
     finally:
         shutil.rmtree(mount_a / run)
 

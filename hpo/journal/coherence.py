@@ -142,9 +142,10 @@ def visibility(fstype: str, mount_point: str, fuse_client_args: Sequence[str] | 
     if fstype == "fuse.glusterfs":
         if fuse_client_args is not None and LAG_FREE_FUSE_OPTION in fuse_client_args:
             return Visibility(True, 0.0, "GlusterFS mounted with attribute-timeout=0 (strict)")
-        how = "default options" if fuse_client_args is not None else "options unknown (client not visible)"
-        return Visibility(True, None if fuse_client_args is None else 1.0,
-                          f"GlusterFS mounted with {how} (weakly coherent)")
+        if fuse_client_args is not None:
+            return Visibility(True, 1.0, "GlusterFS mounted without attribute-timeout=0 (weakly coherent)")
+        return Visibility(True, None, "GlusterFS whose client this process cannot see (weakly coherent "
+                                      "unless mounted with attribute-timeout=0)")
     if fstype.startswith("fuse.") and fstype not in ("fuse.fuse-overlayfs",):
         return Visibility(True, None, f"a FUSE filesystem ({fstype}) of unknown coherence")
     return Visibility(False, 0.0, "coherent for hpo")
