@@ -247,6 +247,45 @@ def test_guarded_backend_with_barrier_reads_like_optuna(tmp_path: Path, monkeypa
     assert len(load_study(path, "toy").trials) == 8
 
 
+def test_journal_survives_estale_and_eio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ESTALE on a read and EIO on an fsync (after the bytes landed) are ridden out:
+    the study goes on, and the record that landed is not written twice."""
+    import errno as errnos
+
+    import optuna
+
+    from hpo.journal import repair as repair_module
+    from hpo.journal.lock import OwnerLock
+
+    path = tmp_path / "j.journal"
+    _optuna_journal(path, 3)
+    storage = optuna.storages.JournalStorage(repair_module.GuardedFileBackend(str(path), lock_obj=OwnerLock(str(path))))
+    study_id = storage.get_study_id_from_name("toy")
+    real_read, real_fsync = repair_module.read_past, os.fsync
+    faults = {"read": 2, "fsync": 1}
+
+    def flaky_read(*args: object, **kwargs: object) -> bytes:
+        if faults["read"]:
+            faults["read"] -= 1
+            raise OSError(errnos.ESTALE, "Stale file handle")
+        return real_read(*args, **kwargs)  # type: ignore[arg-type]
+
+    def flaky_fsync(fd: int) -> None:
+        real_fsync(fd)
+        if faults["fsync"]:
+            faults["fsync"] -= 1
+            raise OSError(errnos.EIO, "Input/output error")
+
+    monkeypatch.setattr(repair_module, "read_past", flaky_read)
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    storage.set_study_user_attr(study_id, "note", "once")  # EIO after landing, then ESTALE twice on the read back
+    monkeypatch.undo()
+    assert faults == {"read": 0, "fsync": 0}
+    assert path.read_bytes().count(b'"note"') == 1
+    assert load_study(path, "toy").user_attrs == {"note": "once"}
+    assert len(load_study(path, "toy").trials) == 3
+
+
 def test_barrier_read_waits_for_its_own_append(caplog: pytest.LogCaptureFixture) -> None:
     from hpo.journal.coherence import read_past
 
