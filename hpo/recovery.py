@@ -142,6 +142,7 @@ def reap(shared: "SharedStudy", host: str) -> list[int]:
         return []
     reaped: list[int] = []
     with shared.slots():  # one reaper at a time: no trial is retried twice
+        shared.sync_view()  # a trial another node just finished or reaped is not reaped again
         still_running = {t.number for t in shared.index.running()}
         for trial in candidates:
             if trial.number not in still_running:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,6 +61,8 @@ def on_pareto_front(values: Sequence[Sequence[float]], directions: Sequence[str]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WARM_START_ATTR = "hpo:warm_started"
+# A study system attribute written only as a read barrier (see SharedStudy.sync_view).
+VIEW_ATTR = "hpo:view"
 # Stale-lock grace period in seconds. Optuna's default is 30 s: a worker killed
 # while holding the lock then freezes every other worker that long.
 LOCK_GRACE_SECONDS = 10
@@ -303,6 +306,27 @@ class SharedStudy:
         finally:
             self.slots_lock.release()
 
+    def sync_view(self) -> bool:
+        """Holding the slot lock: make the next read hold every record any node wrote
+        before now. On a filesystem whose reads lag (GlusterFS FUSE), that takes one
+        append of our own (a ``hpo:view`` study attribute), which the journal backend
+        then reads back (see hpo.journal.coherence); elsewhere reads are fresh and
+        nothing is written. Returns whether a barrier was written."""
+        if not getattr(getattr(self.storage, "_backend", None), "needs_barrier", False):
+            return False
+        self.storage.set_study_system_attr(self.study_id, VIEW_ATTR, time.time())
+        return True
+
+    def _budget_verdict(self) -> tuple[None, bool] | None:
+        """``(None, done)`` when no trial may start now, None when one may (see ask_within_budget)."""
+        counts = self.counts()
+        finished = sum(counts[s] for s in FINISHED)
+        if finished >= self.settings.max_trials:
+            return None, True
+        if finished + counts[TrialState.RUNNING] >= self.settings.max_trials:
+            return None, False
+        return None
+
     def ask_within_budget(self, attrs_for: Callable[[int], dict[str, Any]]) -> tuple[optuna.Trial | None, bool]:
         """Start a trial carrying the user attributes ``attrs_for(number)``, only if it
         fits in ``MAX_TRIALS``.
@@ -311,14 +335,17 @@ class SharedStudy:
         ``(None, False)`` when every remaining slot is taken by a running trial
         (one of them may still fail and free its slot, so the caller waits).
         Failed trials never count: only COMPLETE and PRUNED finish a slot.
+
+        A view that lags can only miss trials created or finished since: "done" and
+        "full" from it stay true (a missed failure just means waiting once more), but
+        "room" must be checked again on a fresh view (sync_view) before a trial starts.
         """
         with self.slots():
-            counts = self.counts()
-            finished = sum(counts[s] for s in FINISHED)
-            if finished >= self.settings.max_trials:
-                return None, True
-            if finished + counts[TrialState.RUNNING] >= self.settings.max_trials:
-                return None, False
+            verdict = self._budget_verdict()
+            if verdict is None and self.sync_view():
+                verdict = self._budget_verdict()
+            if verdict is not None:
+                return verdict
             return self._ask(attrs_for), False
 
     def _ask(self, attrs_for: Callable[[int], dict[str, Any]]) -> optuna.Trial:

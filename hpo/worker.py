@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from hpo import outcome as outcomes
 from hpo.config import StudyConfig
 from hpo.errors import LockWaitAborted
+from hpo.journal.repair import visibility_warning
 from hpo.objective import Objective
 from hpo.recovery import Heartbeat, reap
 from hpo.settings import Settings, WorkerIdentity
@@ -178,6 +179,9 @@ class Worker:
             "unlimited" if self.budget_seconds is None else f"{self.budget_seconds:.0f}s", s.sampler, s.pruner,
         )
         _logger.info("settings: %s", json.dumps(s.as_dict(), sort_keys=True))
+        lag = None if s.storage else visibility_warning(s.journal_dir, s.stale_seconds)
+        if lag:
+            _logger.warning("%s", lag)
         self._reap(shared, force=True)
         runner = TrialRunner(shared, s, self.config, self.identity, self.device, self.objective,
                              Heartbeat(shared, s.heartbeat_seconds))

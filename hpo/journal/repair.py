@@ -35,7 +35,8 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -44,6 +45,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from hpo.errors import StorageError, UsageError
+from hpo.journal.coherence import fuse_client_args, read_past, retry_transient, visibility
 from hpo.journal._plan import (
     REPAIRED_ATTR,
     AffectedTrial,
@@ -293,14 +295,24 @@ def _repair_tail_quick(path: str, lock: BaseJournalFileLock) -> TailRepair | Non
     if _unreadable_tail(path) is None:
         return None
     with _held(lock):
-        return _cut_unreadable_tail(path)
+        return _cut_unreadable_tail(path, SETTLE_SECONDS if needs_read_barrier(path) else 0.0)
 
 
-def _cut_unreadable_tail(path: str) -> TailRepair | None:
-    """Holding the lock: cut what ``_unreadable_tail`` finds, if anything."""
+def _cut_unreadable_tail(path: str, settle: float = 0.0) -> TailRepair | None:
+    """Holding the lock: cut what ``_unreadable_tail`` finds, if anything.
+
+    ``settle`` > 0 (a lagging filesystem): cut only damage that is still there, at
+    the same size, ``settle`` seconds later, so that a stale view of the end of
+    the file, cached here while another node appended, is never cut as torn.
+    """
     damage = _unreadable_tail(path)
     if damage is None:
         return None
+    if settle > 0:
+        size = os.path.getsize(path)
+        time.sleep(settle)
+        if _unreadable_tail(path) != damage or os.path.getsize(path) != size:
+            return _cut_unreadable_tail(path, settle)
     _refuse_large_cut(path, damage[0], os.path.getsize(path) - damage[0], int(damage[0] > 0))
     return _cut(path, damage[0], None, damage[1])
 
@@ -353,13 +365,38 @@ def _unreadable_tail(path: str) -> tuple[int, str] | None:
     return None
 
 
+# How long a torn-looking tail must stay unchanged on a lagging filesystem before it
+# is cut (GlusterFS's default caches answer up to ~1.0 s late; measured).
+SETTLE_SECONDS = 2.0
+
+
+def needs_read_barrier(path: str) -> bool:
+    """Whether reads of the journal at ``path`` may miss other nodes' appends for a while
+    (a FUSE filesystem: see :mod:`hpo.journal.coherence`)."""
+    mount = filesystem_of(os.path.dirname(os.path.abspath(path)))
+    return mount is not None and visibility(mount.fstype, mount.mount_point, None).read_barrier
+
+
 class GuardedFileBackend(JournalFileBackend):
-    """Optuna's file backend that never glues a record onto a torn line.
+    """Optuna's file backend that never glues a record onto a torn line, reads what
+    the server holds, and rides out ESTALE, ENOENT and EIO.
 
     ``append_logs`` takes the lock as Optuna does, then looks at the end of the
     file (a few KiB) and cuts an unreadable tail (saved to
     ``<journal>.tail-<UTC>.bak``, logged as a warning) before appending. The
-    cost is one small read per append. Reading is Optuna's own.
+    cost is one small read per append.
+
+    ``read_logs`` is Optuna's, except that it reads to the end of the file, not to
+    a size taken from ``stat``, and, on a filesystem that shows other nodes' appends
+    late (GlusterFS FUSE: ~1 s), it reads again until it sees this process's last
+    append (``needs_barrier``; see :mod:`hpo.journal.coherence`): a read after
+    an append then holds every record appended before it, on any node. A last
+    line without its newline (an append in progress) is left for the next read,
+    as Optuna does.
+
+    ESTALE, ENOENT and EIO on a read or an append are retried for about 9 s
+    (an append is not repeated when the failed attempt did land), then become a
+    :class:`~hpo.errors.StorageError`.
 
     Caveat: the record of a writer that died mid-append is lost (it was never
     applied by any reader either); a record glued onto a torn one before this
@@ -367,31 +404,85 @@ class GuardedFileBackend(JournalFileBackend):
     such records offline).
     """
 
+    def __init__(self, file_path: str, lock_obj: BaseJournalFileLock | None = None) -> None:
+        self.needs_barrier = needs_read_barrier(file_path)
+        self._own: tuple[int, bytes] | None = None  # server size after our last append, and its bytes
+        super().__init__(file_path, lock_obj)
+
+    def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
+        start = log_number_from if log_number_from in self._log_number_offset else 0
+        offset = self._log_number_offset[start]
+        own, self._own = self._own, None
+        data = retry_transient("reading the journal", self._file_path,
+                               lambda: read_past(self._file_path, offset, own or (0, b"")))
+        last_error: Exception | None = None
+        for log_number, line in enumerate(split_lines(data), start=start):
+            if last_error is not None:
+                raise last_error
+            if not line.endswith(b"\n"):  # an append in progress, or a torn line
+                last_error = ValueError("Invalid log format.")
+                continue
+            self._log_number_offset.setdefault(log_number + 1, self._log_number_offset[log_number] + len(line))
+            if log_number < log_number_from:
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as err:
+                last_error = err
+                del self._log_number_offset[log_number + 1]
+
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
-        """Append ``logs`` under the lock. With an :class:`OwnerLock`, a fence just
-        before the write makes a holder that lost the lock while stalled take it
-        again instead of writing (see "Fencing" in :mod:`hpo.journal.lock`);
-        raises :class:`~hpo.journal.lock.LockLost` after a few such losses in a row."""
+        """Append ``logs`` under the lock, once.
+
+        - With an :class:`OwnerLock`, a fence just before the write makes a holder that
+          lost the lock while stalled take it again instead of writing (see "Fencing" in
+          :mod:`hpo.journal.lock`); :class:`~hpo.journal.lock.LockLost` after a few such
+          losses in a row.
+        - ESTALE, ENOENT and EIO from the shared file are retried (bounded, see
+          :func:`hpo.journal.coherence.retry_transient`); a retry first checks whether
+          the failed attempt's bytes already landed, so no record is written twice.
+        - On a lagging client (FUSE) it notes the server's size right after its own
+          append: the next read waits until it sees that far (the read barrier).
+        """
         data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
         for _ in range(_RETRIES_AFTER_FENCE):
             with get_lock_file(self._lock):
                 if not _fence_holds(self._lock):
                     continue
-                cut = _cut_unreadable_tail(self._file_path)
-                if cut is not None:
-                    _logger.warning("%s", cut.message())
-                fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-                try:
-                    # Again, without I/O: the window left is the write itself.
-                    if not _fence_holds(self._lock, read_lock_file=False):
-                        continue
-                    _write_all(fd, data)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                return
+                tries = [0]
+                if retry_transient("appending to the journal", self._file_path,
+                                   lambda: self._append_once(data, tries)):
+                    return
         raise LockLost(f"{self._file_path}: the lock was lost {_RETRIES_AFTER_FENCE} times in a row "
                        "before the append; nothing was written")
+
+    def _append_once(self, data: bytes, tries: list[int]) -> bool:
+        """One attempt, holding the lock; False when the fence says we lost it just now."""
+        tries[0] += 1
+        if tries[0] > 1 and self._landed(data):
+            return True
+        cut = _cut_unreadable_tail(self._file_path, SETTLE_SECONDS if self.needs_barrier else 0.0)
+        if cut is not None:
+            _logger.warning("%s", cut.message())
+        fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            # Again, without I/O: the window left is the write itself.
+            if not _fence_holds(self._lock, read_lock_file=False):
+                return False
+            _write_all(fd, data)
+            os.fsync(fd)
+            # Right after our own append, even a lagging client knows the server's size.
+            self._own = (os.fstat(fd).st_size, data) if self.needs_barrier else None
+        finally:
+            os.close(fd)
+        return True
+
+    def _landed(self, data: bytes) -> bool:
+        """Holding the lock, after a failed attempt: whether the file already ends with ``data``."""
+        with open(self._file_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - len(data)))
+            return f.read() == data
 
 
 def _fence_holds(lock: BaseJournalFileLock, read_lock_file: bool = True) -> bool:
@@ -486,6 +577,18 @@ def filesystem_warning(mount: Mount | None) -> str | None:
             f"filesystem: fine for workers on this node only; {SHARED_HINT}")
 
 
+def visibility_warning(directory: str | os.PathLike[str], stale_seconds: float | None,
+                       mounts: str = "/proc/mounts", proc: str = "/proc") -> str | None:
+    """A warning when other nodes' writes to ``directory`` reach this node late (see
+    :func:`hpo.journal.coherence.visibility`); None on a coherent filesystem."""
+    mount = filesystem_of(directory, mounts)
+    if mount is None:
+        return None
+    client = fuse_client_args(mount.mount_point, proc) if mount.fstype.startswith("fuse.") else None
+    return visibility(mount.fstype, mount.mount_point, client).warning(mount.mount_point, mount.fstype,
+                                                                       stale_seconds)
+
+
 # ---------------------------------------------------------------------------------------
 # doctor
 # ---------------------------------------------------------------------------------------
@@ -553,7 +656,8 @@ def doctor(path: str | os.PathLike[str], mounts: str = "/proc/mounts") -> Report
         data = f.read()
     plan = make_plan(path, data)
     mount = filesystem_of(os.path.dirname(os.path.abspath(path)), mounts)
-    warnings = tuple(w for w in [filesystem_warning(mount)] if w)
+    directory = os.path.dirname(os.path.abspath(path))
+    warnings = tuple(w for w in [filesystem_warning(mount), visibility_warning(directory, None, mounts)] if w)
     locks = {"journal": holder(path), "slots": holder(f"{path}.slots")}
     return Report(path, plan.size, plan.records, tuple(plan.findings), affected_trials(plan.findings),
                   mount, warnings, _optuna_error(path), locks)
@@ -675,5 +779,6 @@ def _quarantine_lines(quarantined: list[tuple[Finding, bytes]]) -> bytes:
 __all__ = [
     "MAX_TAIL_CUT", "REPAIRED_ATTR", "SHARED_HINT", "AffectedTrial", "Damage", "Finding", "GuardedFileBackend",
     "Mount", "RepairResult", "Report", "ScanResult", "TailRepair", "doctor", "filesystem_of",
-    "filesystem_warning", "repair", "repair_tail", "replay_problem", "scan",
+    "filesystem_warning", "needs_read_barrier", "repair", "repair_tail", "replay_problem", "scan",
+    "visibility_warning",
 ]
