@@ -46,6 +46,18 @@ MODES = {"default": SHARED, "strict": SHARED_STRICT}
 VOLUMES = {"default": _VOLUME, "strict": f"{_VOLUME}-strict"}
 
 
+# Node n1's own client mount of each volume, as the submit host sees it (cluster.sh).
+NODE_MOUNTS = Path("/var/lib/slurm-hpo/gluster/mnt")
+
+
+def client_pair(mode: str) -> tuple[Path, Path] | None:
+    """Two client mounts of ONE volume, both visible here: the submit host's shared
+    folder and node n1's own mount of it (``mode``: default or strict); None when the
+    multi-node cluster does not run."""
+    a, b = MODES[mode], NODE_MOUNTS / "n1" / mode
+    return (a, b) if _is_glusterfs(a) and _is_glusterfs(b) else None
+
+
 def cluster_nodes() -> list[str]:
     """The multi-node cluster's node names (``n1``, ``n2``, ...), or [] when it does not run."""
     try:
