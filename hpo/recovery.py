@@ -43,12 +43,20 @@ class Heartbeat:
     Safe because the journal storage serialises access with its own thread
     lock; signal handlers never touch the storage (they only set a flag).
     The trial's ``datetime_start`` counts as its first heartbeat.
+
+    Like a lock holder's lease, the worker judges its own trial by its own clock:
+    once no beat has been written for half ``HPO_STALE_SECONDS`` (the process was
+    stopped, swapped out, or the filesystem paused) the trial may have been reaped,
+    and :meth:`suspect` says so. Then the trial's state is read on a fresh view of
+    the journal (a read barrier on a lagging filesystem) before anything more is
+    written for it: no record for a reaped trial, even on GlusterFS's default mode.
     """
 
-    def __init__(self, shared: "SharedStudy", period: float) -> None:
-        self._shared, self._period = shared, period
+    def __init__(self, shared: "SharedStudy", period: float, stale_seconds: float) -> None:
+        self._shared, self._period, self._stale = shared, period, stale_seconds
         self._trial_id: int | None = None
         self._on_taken: Callable[[], None] = lambda: None
+        self._confirmed_at = time.monotonic()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
         self._thread.start()
@@ -58,10 +66,15 @@ class Heartbeat:
         """Keep ``trial_id`` alive; call ``on_taken`` (once) if the journal shows that
         another worker ended it, e.g. after this process was stopped past the stale age."""
         self._trial_id, self._on_taken = trial_id, on_taken
+        self._confirmed_at = time.monotonic()
         try:
             yield
         finally:
             self._trial_id = None
+
+    def suspect(self) -> bool:
+        """Whether the trial's last beat is older than half the stale age, by our clock."""
+        return time.monotonic() - self._confirmed_at > self._stale / 2
 
     def _run(self) -> None:
         while not self._wake.wait(self._period):
@@ -69,7 +82,7 @@ class Heartbeat:
             if trial_id is None:
                 continue
             try:
-                if self._shared.is_finished(trial_id):
+                if self._shared.is_finished(trial_id, fresh=self.suspect()):
                     # Reaped while we were stalled: beat no more (a heartbeat would be a
                     # record Optuna's replay ignores); the runner stops the trial.
                     self._trial_id = None
@@ -80,6 +93,7 @@ class Heartbeat:
                     storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
                 else:  # an RDB storage keeps heartbeats in its own table
                     storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
+                self._confirmed_at = time.monotonic()
             except Exception:  # the trial was finished meanwhile: nothing to keep alive
                 _logger.debug("heartbeat of trial id %d not written", trial_id, exc_info=True)
 

@@ -287,8 +287,11 @@ class SharedStudy:
         """The trial as the storage holds it now (re-read from the journal)."""
         return self.storage.get_trial(trial_id)
 
-    def is_finished(self, trial_id: int) -> bool:
-        """Whether the journal already holds this trial's end (e.g. it was reaped)."""
+    def is_finished(self, trial_id: int, fresh: bool = False) -> bool:
+        """Whether the journal already holds this trial's end (e.g. it was reaped);
+        ``fresh``: on a view that holds every node's records (see :meth:`sync_view`)."""
+        if fresh:
+            self.sync_view()
         return self.frozen(trial_id).state.is_finished()
 
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:

@@ -139,7 +139,7 @@ class TrialRunner:
     def _check_taken(self, active: _Active) -> None:
         """Raise :class:`TrialTaken` once the trial is known to be ended by another worker:
         from the heartbeat thread's verdict, else from the journal itself."""
-        if active.taken or self.shared.is_finished(trial_id(active.trial)):
+        if active.taken or self.shared.is_finished(trial_id(active.trial), fresh=self.heartbeat.suspect()):
             active.taken = True
             raise TrialTaken()
 
@@ -165,6 +165,7 @@ class TrialRunner:
         Returns the outcome that holds: a trial taken meanwhile is not recorded."""
         trial = active.trial
         try:
+            self._check_taken(active)  # a stall before the end: nothing is told for a reaped trial
             if result.reason is not None:
                 trial.set_user_attr("reason", result.reason)
             if result.state == TrialState.COMPLETE:

@@ -184,7 +184,7 @@ class Worker:
             _logger.warning("%s", lag)
         self._reap(shared, force=True)
         runner = TrialRunner(shared, s, self.config, self.identity, self.device, self.objective,
-                             Heartbeat(shared, s.heartbeat_seconds))
+                             Heartbeat(shared, s.heartbeat_seconds, s.stale_seconds))
         reason = self._loop(shared, runner)
         counts = shared.counts()
         _logger.info(

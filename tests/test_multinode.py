@@ -23,7 +23,8 @@ import pytest
 
 from conftest import REPO, TOY_CONFIG, clean_env
 from multinode import (MODES, SHARED, VOLUMES, kill_node, load_study, node_pids, on_node, pause_brick,
-                       proc_state, require_multinode, restore_nodes, run_on, signal_node, trial_counts, wait_until)
+                       proc_state, require_multinode, restore_nodes, run_on, signal_node, signal_pid, trial_counts,
+                       wait_until)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multinode]
 
@@ -185,6 +186,81 @@ def test_node_loss_mid_trial(shared_project: Path, node_restorer: None) -> None:
         assert set(doomed) <= retried, (doomed, retried)
     finally:
         _scancel(job)
+
+
+def _worker_pid(node: str) -> int:
+    """Host pid of the node's ``hpo worker`` process."""
+    for pid in node_pids(node):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"hpo" in argv and b"worker" in argv:
+            return pid
+    raise AssertionError(f"no hpo worker on {node}")
+
+
+def _journal_records(journal: Path) -> list[dict[str, object]]:
+    import json
+
+    return [json.loads(line) for line in journal.read_bytes().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("what", ["worker", "node"])
+def test_stall_past_stale_then_resume(shared_project: Path, what: str) -> None:
+    """2b: one worker (or every process of its node) is stopped mid-trial past
+    HPO_STALE_SECONDS; the other nodes reap and retry its trial. On SIGCONT the stopped
+    worker does not crash, writes nothing more for that trial (journal, run directory),
+    logs one WARNING naming the trial and its retry, and goes on; the study ends at exactly
+    MAX_TRIALS with 0 RUNNING."""
+    nodes = require_multinode(3)
+    victim = nodes[2]
+    heartbeat, stale, max_trials = 1, 4, 14
+    env = _study_env(shared_project, MAX_TRIALS=str(max_trials), TOY_STEP_SECONDS="1.0",
+                     HPO_HEARTBEAT_SECONDS=str(heartbeat), HPO_STALE_SECONDS=str(stale))
+    job = _sbatch(shared_project, ["-N", "3", "--ntasks-per-node=1", "--ntasks=3"], env)
+    journal = shared_project / "journal" / f"{STUDY}.journal"
+    try:
+        def victim_running() -> list[optuna.trial.FrozenTrial]:
+            study = _study(shared_project)
+            return [t for t in (study.trials if study else [])
+                    if t.state.name == "RUNNING" and t.user_attrs.get("host") == victim]
+
+        doomed = wait_until(victim_running, 120, f"no trial ever ran on {victim}", poll=0.2)[0]
+        stopped = [_worker_pid(victim)] if what == "worker" else node_pids(victim)
+        for pid in stopped:
+            signal_pid(pid, signal.SIGSTOP)
+        try:
+            def reaped() -> bool:
+                study = _study(shared_project)
+                return study is not None and study.trials[doomed.number].state.name == "FAIL"
+
+            wait_until(reaped, stale + 60, f"trial {doomed.number} of the stopped {what} never reaped", poll=0.2)
+            time.sleep(1.5)  # the submit host's mount sees every record of the reap
+            at_reap = len(_journal_records(journal))
+            run_dir = Path(doomed.user_attrs["run_dir"])
+            files_at_reap = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+        finally:
+            for pid in reversed(stopped):
+                signal_pid(pid, signal.SIGCONT)
+        wait_until(lambda: _squeue_empty(job), 300, f"job {job} still queued")
+    finally:
+        _scancel(job)
+    log = (shared_project / "logs" / f"hpo-optuna_{job}.log").read_text()
+    worker_logs = {p.name: p.read_text() for p in (shared_project / "worker_logs").glob("worker_*.log")}
+    assert not [n for n, text in worker_logs.items() if "Traceback" in text], log[-3000:]
+    warnings = [line for text in worker_logs.values() for line in text.splitlines()
+                if " WARNING " in line and f"trial {doomed.number} was ended by another worker" in line]
+    study = load_study(journal, STUDY)
+    retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == doomed.number)
+    assert len(warnings) == 1 and f"its retry is trial {retry.number}" in warnings[0], warnings
+    later = _journal_records(journal)[at_reap:]
+    assert not [r for r in later if r.get("trial_id") == doomed._trial_id], later
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == files_at_reap
+    counts = trial_counts(study)
+    assert counts["finished"] == max_trials and counts["RUNNING"] == 0, counts
+    assert study.trials[doomed.number].user_attrs["reason"] == "worker lost"
+    assert "workers finished with status 0" in log, log[-3000:]
 
 
 def test_filesystem_pause(shared_project: Path) -> None:
