@@ -226,3 +226,14 @@ def test_submit_local_runs_the_same_workers_through_submitit(toy) -> None:
     assert states(study) == Counter({"COMPLETE": 6})
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2
     assert list((cwd / "jobs").iterdir())  # submitit's folder
+
+
+def test_auto_device_without_a_gpu_driver_is_cpu_without_importing_torch(tmp_path: Path) -> None:
+    from hpo.worker import resolve_device
+
+    assert resolve_device("auto", None, driver_files=(str(tmp_path / "none"),)) == "cpu"
+    assert resolve_device("auto", "") == "cpu" and resolve_device("cuda:1", None) == "cuda:1"
+    probe = subprocess.run([sys.executable, "-c", "import sys; from hpo.worker import resolve_device; "
+                            f"print(resolve_device('auto', None, ({str(tmp_path / 'none')!r},)), 'torch' in sys.modules)"],
+                           capture_output=True, text=True, env={**os.environ})
+    assert probe.stdout.split() == ["cpu", "False"], probe.stderr
