@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import click
 
@@ -26,6 +26,11 @@ def settings_options(func: Command) -> Command:
                         help="study config YAML [env HPO_CONFIG; default configs/physae.yaml]")(func)
 
 
+def environment() -> Mapping[str, str]:
+    """The process environment: read here, at the entry point, and passed down."""
+    return os.environ
+
+
 def load(flags: dict[str, Any]) -> tuple[Settings, StudyConfig]:
     """Resolve settings and the study config from flags, environment and file."""
-    return load_all(flags, os.environ)
+    return load_all(flags, environment())

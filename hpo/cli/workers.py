@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from hpo.cli._options import Command, load, settings_options
+from hpo.cli._options import Command, environment, load, settings_options
 from hpo.config import StudyConfig
 from hpo.settings import Settings
 
@@ -64,7 +64,7 @@ def worker_cmd(quiet: bool, **flags: Any) -> int:
     from hpo.worker import run_worker
 
     settings, config = launch(flags, "hpo worker")
-    reason, log = run_worker(settings, config, os.environ, echo_level="WARNING" if quiet else "INFO")
+    reason, log = run_worker(settings, config, environment(), echo_level="WARNING" if quiet else "INFO")
     if not quiet:
         click.echo(f"worker stopped: {reason.label}; log: {log}", err=True)
     # Every journal append is already fsynced and the logs are flushed below: skip the
@@ -88,7 +88,7 @@ def run_cmd(n_workers: int, **flags: Any) -> int:
     from hpo.launch.local import run_local
 
     settings, config = launch(flags, "hpo run")
-    return run_local(settings, config, n_workers, os.environ)
+    return run_local(settings, config, n_workers, environment())
 
 
 @click.command("submit")
