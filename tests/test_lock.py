@@ -424,6 +424,33 @@ def test_volatile_errors_on_the_lock_file_never_end_a_holder_or_a_waiter(
     assert holder(path) is None and os.listdir(tmp_path) == []  # no lock, no tomb left behind
 
 
+def test_a_false_enoent_on_a_moved_lock_never_leaves_a_lock_or_break_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Left by an earlier process with our pid (a restarted container): broken at once,
+    # through the .break file. The first look at each kind of moved-away file (the
+    # stale lock, the released .break, our released lock) then finds nothing, as a
+    # network filesystem's false ENOENT does. Taken as "gone", the breaker put its
+    # .break back and release put our own lock back: left there forever.
+    path = str(tmp_path / "j")
+    (tmp_path / "j.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                 "token": "0" * 32}))
+    real_look, fooled = lock_module._look, set()
+
+    def look(name: str) -> object:
+        kind = name.rsplit(".", 2)[0] + "." + name.rsplit(".", 1)[1]  # the name without its random part
+        if name.endswith((".stale", ".released")) and kind not in fooled:
+            fooled.add(kind)
+            return None
+        return real_look(name)
+
+    monkeypatch.setattr(lock_module, "_look", look)
+    with OwnerLock(path, grace_seconds=1, refresh_seconds=0.05) as lock:
+        assert holder(path)["token"] == lock._token
+    assert holder(path) is None and os.listdir(tmp_path) == []  # no lock, no .break, no tomb
+    assert fooled == {str(tmp_path / "j.lock.stale"), str(tmp_path / "j.lock.break.released"),
+                      str(tmp_path / "j.lock.released")}  # each moved file was looked at, fooled once
+
+
 # A worker whose study is behind a live foreign lock: plain Optuna's symlink lock,
 # relative (dangling from the journal's folder), kept fresh by the test like a
 # holder that is still working.

@@ -72,7 +72,10 @@ Network filesystems: ``ESTALE``, ``ENOENT`` and ``EIO`` from any call on a lock
 file mean "the lock changed under us" (NFS and GlusterFS raise ESTALE when
 another client removes or replaces a file this one knows by handle): the waiter
 looks again after a short sleep, the holder's refresher skips a beat, release
-retries. None of them ends the process.
+retries. None of them ends the process. A look that finds no file is never taken
+as "gone" where that would leave a file behind: only ``rename`` and the
+exclusive create say whether a lock file exists (a file we renamed to a name
+only we know cannot vanish; see :func:`_look_moved` and :meth:`OwnerLock._create_own`).
 
 Why not ``filelock`` or ``flock``/``fcntl``: on many NFS deployments ``flock``
 is local to one client (or unsupported, or needs a lock daemon that is off),
@@ -240,6 +243,24 @@ def _look(path: str) -> _Seen | None:
         # here when another client replaced the file meanwhile (what we read stands).
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def _look_moved(tomb: str, seconds: float) -> _Seen:
+    """Read a file we have just renamed to ``tomb``, a random name only we know.
+
+    ``rename`` succeeded, so the file exists and nobody else can remove it: a
+    look that finds nothing is a false ENOENT (a network filesystem's race), not
+    an answer. Taking it as "gone" made release put its own lock back (and the
+    breaker its ``.break`` file), a lock no one would ever remove. So it is
+    retried like the other volatile errors, for up to ``seconds``.
+    """
+    def look() -> _Seen:
+        seen = _look(tomb)
+        if seen is None:
+            raise FileNotFoundError(errno.ENOENT, "a file only we know the name of looked gone", tomb)
+        return seen
+
+    return _retry_volatile(look, seconds)
 
 
 def _unlink_quietly(path: str) -> None:
@@ -576,8 +597,8 @@ class OwnerLock(BaseJournalFileLock):
                           "so another process may have written at the same time", path)
             return
         # From here on a retry of the whole release would find the lock gone: retry each step.
-        seen = _retry_volatile(lambda: _look(tomb), self.grace_seconds)
-        owner = seen.owner() if seen else None
+        seen = _look_moved(tomb, self.grace_seconds)
+        owner = seen.owner()
         if owner is not None and owner.get("token") == token:
             _unlink_quietly(tomb)
             return
@@ -612,9 +633,14 @@ class OwnerLock(BaseJournalFileLock):
         except OSError:
             _logger.debug("could not look at %s", self.lock_file, exc_info=True)
             return
-        if seen is None or seen.token() != token:
+        if seen is None:
+            # Possibly a false ENOENT: skip a beat. A real removal is still caught by
+            # fence (LockLost) and by release (the rename finds nothing).
+            _logger.debug("%s looked gone; not refreshed this beat", self.lock_file)
+            return
+        if seen.token() != token:
             _logger.error("%s is no longer ours (now %s): it was broken while held",
-                          self.lock_file, _describe(seen.owner() if seen else None))
+                          self.lock_file, _describe(seen.owner()))
             return
         try:
             os.utime(self.lock_file)
@@ -659,7 +685,7 @@ class OwnerLock(BaseJournalFileLock):
         with _HELD_GUARD:
             _HELD_TOKENS.add(breaker_token)
         try:
-            if not self._try_create(break_file, breaker_token):
+            if not self._create_own(break_file, breaker_token):
                 self._break_breaker(break_file)
                 return False
             try:
@@ -669,6 +695,26 @@ class OwnerLock(BaseJournalFileLock):
         finally:
             with _HELD_GUARD:
                 _HELD_TOKENS.discard(breaker_token)
+
+    def _create_own(self, path: str, token: str) -> bool:
+        """:meth:`_try_create`, with a sure answer: True when ``path`` now carries
+        ``token``, False when another's file is there.
+
+        A create can land and still report a volatile error (NFS writes back at
+        close), and a look can report a false ENOENT: giving up on either left
+        our ``.break`` file behind, with its token no longer held. Only the
+        exclusive create tells "absent" from "exists", so a look that finds
+        nothing creates again. Volatile errors are retried for ``grace_seconds``.
+        """
+        def attempt() -> bool:
+            if self._try_create(path, token):
+                return True
+            seen = _look(path)
+            if seen is None:  # removed just now, or a false ENOENT: ask the create again
+                raise FileNotFoundError(errno.ENOENT, "exists for create, gone for a look", path)
+            return seen.token() == token
+
+        return _retry_volatile(attempt, self.grace_seconds)
 
     def _break_breaker(self, break_file: str) -> None:
         """A breaker that died mid-break leaves ``.break``: break that one directly."""
@@ -694,8 +740,8 @@ class OwnerLock(BaseJournalFileLock):
             os.rename(path, tomb)  # atomic: from here on nobody else can act on it
         except FileNotFoundError:
             return True
-        moved = _retry_volatile(lambda: _look(tomb), self.grace_seconds)
-        if moved is None or moved.identity != judged.identity:
+        moved = _look_moved(tomb, self.grace_seconds)
+        if moved.identity != judged.identity:
             self._put_back(tomb, path)
             return False
         _unlink_quietly(tomb)
