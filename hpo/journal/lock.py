@@ -153,6 +153,9 @@ def _volatile(err: OSError) -> bool:
     return err.errno in _VOLATILE
 
 
+_RELEASE_RETRY_SECONDS = 10.0
+
+
 def _retry_volatile(action: Callable[[], _T], seconds: float) -> _T:
     """``action()``, retried after a short sleep while it raises a volatile error,
     for up to ``seconds``; then the last error is raised."""
@@ -568,7 +571,10 @@ class OwnerLock(BaseJournalFileLock):
         if token is None:  # cannot happen: _depth was 1, so _acquire_file set it
             return
         try:
-            _retry_volatile(lambda: self._remove_own(self.lock_file, token), self.grace_seconds)
+            # Giving up raises out of the journal append that was already written: keep
+            # trying at least _RELEASE_RETRY_SECONDS, however short the grace period.
+            _retry_volatile(lambda: self._remove_own(self.lock_file, token),
+                            max(self.grace_seconds, _RELEASE_RETRY_SECONDS))
         finally:
             with _HELD_GUARD:
                 _HELD_TOKENS.discard(token)
