@@ -402,6 +402,12 @@ ensure_volume() { # volume brick_dir [option value]...
 
 mount_client() { # volume mountpoint [mount options]: one FUSE client process
   local vol=$1 dir=$2 opts=${3:-} out
+  if is_mounted "$dir" && ! stat "$dir" >/dev/null 2>&1; then
+    # its client process was killed (a session that ended, a crash): the mount answers
+    # "Transport endpoint is not connected" and must go before a new client can mount
+    log "dropping the dead mount at $dir"
+    umount -l "$dir" 2>/dev/null || true
+  fi
   mkdir -p "$dir"
   is_mounted "$dir" && return 0
   out=$(mount -t glusterfs ${opts:+-o "$opts"} "$(hostname):/$vol" "$dir" 2>&1) ||
