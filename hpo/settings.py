@@ -17,7 +17,7 @@ Two tables, one mechanism:
 Every field is declared once (its environment variable, parser, default and help);
 the CLI builds its flags from the same table, ``hpo config`` prints it, and
 launchers pass resolved settings to workers with :meth:`Settings.to_env`.
-Nothing below this module reads ``os.environ`` for these values.
+Nothing below this module reads the process environment for these values.
 """
 
 from __future__ import annotations

@@ -87,10 +87,12 @@ def _records_of(journal: Path) -> list[dict[str, object]]:
 WRITE_ONE = """
 import os, sys, optuna
 from optuna.storages import JournalStorage
+import hpo.journal.lock as lock_module
 from hpo.journal.lock import OwnerLock
 from hpo.journal.repair import GuardedFileBackend
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 path, who, grace = sys.argv[1], sys.argv[2], float(sys.argv[3])
+lock_module._TEST_STOP_BEFORE_FENCE[0] = sys.argv[4:] == ["stop-before-fence"]
 lock = OwnerLock(path, grace_seconds=grace, refresh_seconds=grace / 5)
 study = optuna.load_study(study_name="s", storage=JournalStorage(GuardedFileBackend(path, lock_obj=lock)))
 print(os.getpid(), flush=True)
@@ -136,7 +138,7 @@ def test_a_holder_robbed_while_stopped_before_its_fence_does_not_write(two_views
     grace = 2.0
     _make_study(view_a / "j.journal")
     time.sleep(1.5)  # GlusterFS: let the other client see the new journal
-    a = _on_node("node-a", WRITE_ONE, view_a / "j.journal", "A", grace, env={"HPO_TEST_STOP_BEFORE_FENCE": "1"},
+    a = _on_node("node-a", WRITE_ONE, view_a / "j.journal", "A", grace, "stop-before-fence",
                  stderr=subprocess.PIPE)
     b = None
     try:

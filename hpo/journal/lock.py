@@ -127,10 +127,10 @@ _STOP_WAITS_AFTER = 0.5  # see OwnerLock._stop_requested
 _FIRST_NOTICE = 1.0  # a wait this long is logged once at INFO (then WARNING every _WARN_EVERY)
 # "The lock file changed under us": look again (see the module docstring).
 _VOLATILE = frozenset({errno.ENOENT, errno.ESTALE, errno.EIO})
-# TEST ONLY: with HPO_TEST_STOP_BEFORE_FENCE=1 a process SIGSTOPs itself once,
-# holding the lock, just before its first fence: the worst point a test can reach.
-# Read here and nowhere else; never set it in production.
-_TEST_STOP_BEFORE_FENCE = [os.environ.get("HPO_TEST_STOP_BEFORE_FENCE") == "1"]
+# TEST ONLY: a test process sets this to True to SIGSTOP itself once, holding the
+# lock, just before its first fence: the worst point a test can reach
+# (tests/test_lock_nodes.py). Nothing in hpo sets it.
+_TEST_STOP_BEFORE_FENCE = [False]
 
 _T = TypeVar("_T")
 
