@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -74,10 +75,14 @@ def cancel(job_ids: Sequence[str]) -> None:
 
 
 def record_jobs(path: Path, job_ids: Sequence[str]) -> None:
-    """Append job ids to a study's jobs file (see ``Settings.jobs_path``)."""
+    """Append job ids to a study's jobs file (see ``Settings.jobs_path``), in one write,
+    fsynced. Callers hold the file's lock (:func:`hpo.storage.record_study_jobs`):
+    unlocked appends from two GlusterFS clients garble lines."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        handle.writelines(f"{job_id}\n" for job_id in job_ids)
+        handle.write("".join(f"{job_id}\n" for job_id in job_ids))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def recorded_jobs(path: Path) -> list[str]:

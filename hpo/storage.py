@@ -105,6 +105,17 @@ def make_lock(path: Path, should_stop: Callable[[], bool] | None = None) -> Owne
     return OwnerLock(str(path), grace_seconds=LOCK_GRACE_SECONDS, should_stop=should_stop)
 
 
+def record_study_jobs(jobs_path: Path, job_ids: Sequence[str]) -> None:
+    """Append SLURM job ids to the study's jobs file under its own lock: the sbatch
+    scripts (``hpo config --record-job``) and ``hpo submit`` of several nodes may
+    record at the same moment."""
+    from hpo.scheduler import record_jobs
+
+    jobs_path.parent.mkdir(parents=True, exist_ok=True)
+    with make_lock(jobs_path):
+        record_jobs(jobs_path, job_ids)
+
+
 def open_storage(journal_path: Path, should_stop: Callable[[], bool] | None = None) -> JournalStorage:
     """The journal, its torn/NUL/garbage tail (a writer that died mid-append) cut
     first, and guarded against one at every append. Damage in the middle raises

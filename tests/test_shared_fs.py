@@ -258,3 +258,41 @@ def test_visibility_of_mounts() -> None:
     for coherent in ("nfs4", "lustre", "gpfs", "ext4", "fuse.fuse-overlayfs"):
         assert not visibility(coherent, "/x", None).read_barrier
         assert visibility(coherent, "/x", None).warning("/x", coherent, 60) is None
+
+
+RECORD_JOBS = """
+import sys
+from pathlib import Path
+from hpo.storage import record_study_jobs
+path, who = Path(sys.argv[1]), sys.argv[2]
+for i in range(150):
+    record_study_jobs(path, [f"{who}{i:04d}"])
+"""
+
+
+def test_jobs_file_recorded_from_two_clients_at_once_keeps_every_line() -> None:
+    """The .jobs file: two clients appending at the same moment (unlocked appends from two
+    GlusterFS clients garble lines) keep every job id, each on its own line."""
+    import subprocess
+    import sys
+
+    mount_a, mount_b = _mounts("HPO_TEST_SHARED")
+    run = f"hpo-test-{uuid.uuid4().hex[:10]}"
+    (mount_a / run).mkdir()
+    try:
+        deadline = time.monotonic() + 10
+        while not (mount_b / run).is_dir():
+            assert time.monotonic() < deadline, "the other client never saw the folder"
+            time.sleep(0.1)
+        procs = [subprocess.Popen([sys.executable, "-c", RECORD_JOBS, str(mount / run / "toy.jobs"), who],
+                                  env=clean_env(), stderr=subprocess.PIPE, text=True)
+                 for mount, who in ((mount_a, "a"), (mount_b, "b"))]
+        for proc in procs:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+        time.sleep(1.5)  # the last appends reach mount A's view
+        lines = (mount_a / run / "toy.jobs").read_text().splitlines()
+        expected = {f"{who}{i:04d}" for who in "ab" for i in range(150)}
+        assert len(lines) == 300 and set(lines) == expected, [x for x in lines if x not in expected][:5]
+    finally:
+        shutil.rmtree(mount_a / run, ignore_errors=True)

@@ -19,9 +19,9 @@ def config_cmd(record_job: str | None, **flags: Any) -> None:
     """Print the effective settings and where each value came from."""
     settings, config = load(flags)
     if record_job is not None:
-        from hpo.scheduler import record_jobs
+        from hpo.storage import record_study_jobs
 
-        record_jobs(settings.jobs_path, [record_job])
+        record_study_jobs(settings.jobs_path, [record_job])
         return
     click.echo(f"# study config: {config.path} ({settings.sources['config']})")
     click.echo(f"# storage: {settings.storage_label}")

@@ -122,8 +122,7 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
         settings, config = launch(flags, "hpo submit")
     from hpo.launch.submit import SubmitOptions, describe, submit
     from hpo.launch.progress import follow_commands, wait_for_study
-    from hpo.scheduler import record_jobs
-    from hpo.storage import open_study
+    from hpo.storage import open_study, record_study_jobs
 
     opts = SubmitOptions(workers=n_workers, partition=partition, time_minutes=time_minutes,
                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
@@ -137,7 +136,7 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
     seed_offset = 10_000 * sum(1 for t in shared.trials() if t.state.is_finished())
     jobs = submit(opts, settings.to_env(), seed_offset, Path.cwd(), local)
     ids = [job.job_id for job in jobs]
-    record_jobs(settings.jobs_path, ids)
+    record_study_jobs(settings.jobs_path, ids)
     click.echo(f"submitted {len(ids)} worker(s) to study {settings.study_name!r}: {' '.join(ids)}")
     click.echo(follow_commands(settings))
     code = wait_for_study(shared, jobs) if wait else 0
