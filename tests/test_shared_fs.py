@@ -271,8 +271,8 @@ for i in range(150):
 
 
 def test_jobs_file_recorded_from_two_clients_at_once_keeps_every_line() -> None:
-    """The .jobs file: two clients appending at the same moment (unlocked appends from two
-    GlusterFS clients garble lines) keep every job id, each on its own line."""
+    """The .jobs file: two clients recording at the same moment (through the file's lock)
+    keep every job id, each on its own line, once."""
     import subprocess
     import sys
 
