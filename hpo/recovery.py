@@ -62,11 +62,13 @@ class Heartbeat:
         self._thread.start()
 
     @contextlib.contextmanager
-    def watching(self, trial_id: int, on_taken: Callable[[], None] = lambda: None) -> Iterator[None]:
-        """Keep ``trial_id`` alive; call ``on_taken`` (once) if the journal shows that
-        another worker ended it, e.g. after this process was stopped past the stale age."""
+    def watching(self, trial_id: int, started: float,
+                 on_taken: Callable[[], None] = lambda: None) -> Iterator[None]:
+        """Keep ``trial_id`` (created at wall time ``started``) alive; call ``on_taken``
+        (once) if the journal shows that another worker ended it, e.g. after this process
+        was stopped past the stale age. The trial's start counts as its first beat."""
+        self._confirmed_at = time.monotonic() - max(0.0, time.time() - started)
         self._trial_id, self._on_taken = trial_id, on_taken
-        self._confirmed_at = time.monotonic()
         try:
             yield
         finally:

@@ -103,6 +103,15 @@ class TrialRunner:
         return result
 
     def _call_objective(self, active: _Active, run_dir: Path) -> Any:
+        # The heartbeat watches from the trial's creation: a stall between ask and here
+        # (a stopped process) makes it suspect, and nothing is written for a reaped trial.
+        trial = active.trial
+        started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+        with self.heartbeat.watching(trial_id(trial), started, on_taken=lambda: setattr(active, "taken", True)):
+            self._check_taken(active)  # before suggest writes the trial's parameters
+            return self._start_objective(active, run_dir)
+
+    def _start_objective(self, active: _Active, run_dir: Path) -> Any:
         trial, s = active.trial, self.settings
         fixed = s.fixed_params()
         resume_from = trial.user_attrs.get("resume_from")
@@ -124,8 +133,7 @@ class TrialRunner:
             _time_left=lambda: None if active.limit is None else active.limit - (time.time() - active.start),
             _check_time=lambda: self._check_time(active),
         )
-        with self.heartbeat.watching(trial_id(trial), on_taken=lambda: setattr(active, "taken", True)):
-            return self.objective(params, ctx)
+        return self.objective(params, ctx)
 
     # -- hooks of the context ---------------------------------------------
     def _report(self, active: _Active, step: int, value: float) -> None:
