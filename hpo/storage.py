@@ -25,6 +25,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal._file import BaseJournalFileLock as BaseJournalFileLock  # hpo.journal.lock's base
 from optuna.storages.journal._file import get_lock_file as get_lock_file  # GuardedFileBackend's locked section
 from optuna.storages.journal._storage import JournalOperation as JournalOperation  # hpo.journal.format's op codes
+from optuna.storages.journal._storage import JournalStorageReplayResult as JournalStorageReplayResult  # its replay
 from optuna.study._constrained_optimization import _get_constraints_from_system_attrs
 from optuna.study._multi_objective import _is_pareto_front, _normalize_value
 from optuna.trial import TrialState

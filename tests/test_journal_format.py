@@ -154,7 +154,7 @@ def test_repair_refuses_to_rewrite_what_optuna_loads(tmp_path: Path) -> None:
     path = _journal_copy(tmp_path, "plain")
     lines = path.read_bytes().split(b"\n")
     # A record for a trial that does not exist: Optuna's replay skips it before reading
-    # its fields; hpo's record check flags the missing one.
+    # its fields; hpo's plan would drop it (it names a trial never created).
     lines.insert(10, b'{"op_code":8,"worker_id":"w","trial_id":9999}')
     path.write_bytes(b"\n".join(lines))
     before = path.read_bytes()

@@ -1,6 +1,12 @@
 """The offline plan of :func:`hpo.journal.repair.repair`: which records to keep,
 salvage, restore or quarantine so that Optuna loads the journal again with every
 trial id and number as the workers saw them.
+
+Whether Optuna can use a readable record is Optuna's own replay's answer
+(:class:`hpo.journal.format.RecordReplay`), asked in file order and asked again
+of the planned journal until it accepts every record; nothing here restates
+Optuna's rules. ``_Ids`` only counts ids (studies and trials are numbered by
+their creations in file order) to weigh which lost creations to restore.
 """
 
 from __future__ import annotations
@@ -8,14 +14,24 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from datetime import datetime
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from optuna.trial import TrialState
 
-from hpo.journal._records import CHECKS, bad_time, replay_problem
-from hpo.journal.format import RECORD_START, NewerFormatError, Op, preview_bytes, read_line, split_lines, unknown_op
+from hpo.journal.format import (
+    KNOWN_OPS,
+    RECORD_START,
+    NewerFormatError,
+    Op,
+    RecordReplay,
+    preview_bytes,
+    read_line,
+    split_lines,
+    unknown_op,
+)
 
 REPAIR_WORKER = "hpo-repair"  # worker_id of records that repair writes
 REPAIRED_ATTR = "hpo:repaired"  # system attribute of a trial that repair restored
@@ -65,7 +81,7 @@ def _int_in(data: bytes, key: bytes) -> int | None:
 def _guess_op(data: bytes) -> int | None:
     """The op_code of damaged bytes: read at the start, else told by the keys left."""
     m = re.match(rb'\{"op_code":(\d{1,2})[,}]', data)
-    if m and int(m.group(1)) in CHECKS:
+    if m and int(m.group(1)) in KNOWN_OPS:
         return int(m.group(1))
     if b'"trial_id":' in data:
         return _TRIAL_UPDATE
@@ -87,16 +103,40 @@ def _entries(path: str, data: bytes) -> list[_Entry]:
         if log is not None and unknown_op(log) is not None:
             raise NewerFormatError(path, log["op_code"], offset)
         if log is not None:
-            why = replay_problem(log)
-            if why is None:
-                out.append(_Item(log, line[:-1], offset, line_no))
-            else:
-                op = log["op_code"] if log["op_code"] in CHECKS else None
-                out.append(_Lost(line[:-1], offset, line_no, why, op, readable=True))
+            out.append(_Item(log, line[:-1], offset, line_no))
         else:
             out += _pieces(line, offset, line_no, why or "")
         offset += len(line)
+    _judge(out, range(len(out)))
     return out
+
+
+def _judge(seq: list[_Entry], order: Iterable[int], chosen: dict[int, dict[str, Any]] | None = None) -> list[int]:
+    """Replay the records at ``order`` (indices of ``seq``) with Optuna's own replay;
+    each record it fails on becomes a lost entry. Returns those indices.
+
+    A chosen (restored) record that Optuna fails on is no longer chosen, and its
+    entry is a lost one with nothing to restore.
+    """
+    chosen = {} if chosen is None else chosen
+    replay, refused = RecordReplay(), []
+    for i in order:
+        e = seq[i]
+        if isinstance(e, _Lost) and i not in chosen:
+            continue
+        log = e.log if isinstance(e, _Item) else chosen[i]
+        why = replay.apply(log)
+        if why is None:
+            continue
+        refused.append(i)
+        if isinstance(e, _Item):
+            kept = e.origin == KEPT
+            seq[i] = _Lost(e.data, e.offset, e.line, why, log["op_code"] if kept else _guess_op(e.data),
+                           readable=kept)
+        else:
+            chosen.pop(i)
+            seq[i] = _Lost(e.data, e.offset, e.line, e.reason, e.op, readable=e.readable)
+    return refused
 
 
 def _pieces(line: bytes, offset: int, line_no: int, why: str) -> list[_Entry]:
@@ -111,8 +151,7 @@ def _pieces(line: bytes, offset: int, line_no: int, why: str) -> list[_Entry]:
     for k, (a, b) in enumerate(bounds):
         piece = body[a:b]
         log, problem = read_line(piece + b"\n")
-        problem = problem or (replay_problem(log) if log is not None else None)
-        if log is not None and problem is None:
+        if log is not None and unknown_op(log) is None:
             if log["op_code"] in (Op.CREATE_STUDY, Op.CREATE_TRIAL):
                 out.append(_Lost(piece, offset + a, line_no, "creation glued onto a torn record: "
                                  "no reader ever applied it", log["op_code"], log))
@@ -224,7 +263,7 @@ def _placeholder_trial(seq: list[_Entry], i: int, lost: _Lost, ids: _Ids) -> dic
     waiting = _int_in(lost.data, b"state") == TrialState.WAITING.value
     m = re.search(rb'"datetime_start":"([^"]{10,40})"', lost.data)
     when = m.group(1).decode("ascii", "replace") if m else _nearby_time(seq, i)
-    if when is not None and bad_time({"t": when}, "t"):
+    if when is not None and not _iso_time(when):
         when = _nearby_time(seq, i)
     log: dict[str, Any] = {"op_code": int(Op.CREATE_TRIAL), "worker_id": REPAIR_WORKER, "study_id": sid,
                            "datetime_start": None if waiting else when}
@@ -233,6 +272,14 @@ def _placeholder_trial(seq: list[_Entry], i: int, lost: _Lost, ids: _Ids) -> dic
     log["system_attrs"] = {REPAIRED_ATTR: f"creation record lost at byte {lost.offset} (line {lost.line}); "
                                           f"restored by hpo repair; study: {how}"}
     return log
+
+
+def _iso_time(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _placeholder_study(seq: list[_Entry], i: int, lost: _Lost, ids: _Ids) -> dict[str, Any]:
@@ -363,8 +410,13 @@ def _what(e: _Entry) -> str:
 def make_plan(path: str, data: bytes) -> Plan:
     """Decide the rewritten journal and a finding for every change."""
     seq = _entries(path, data)
-    chosen = _decide(seq)
-    items, changes = _assemble(seq, chosen, set(_dangling(_logs(seq, chosen))))
+    while True:  # each pass loses at least one record: it ends
+        chosen = _decide(seq)
+        drop = set(_dangling(_logs(seq, chosen)))
+        kept = [i for i, _ in _logs(seq, chosen) if i not in drop]
+        if not _judge(seq, kept, chosen):  # Optuna takes the planned journal whole
+            break
+    items, changes = _assemble(seq, chosen, drop)
     # "tail" as scan() says: after the last line Optuna's reader can read whole.
     last_readable = max((e.line for e in seq if (isinstance(e, _Item) and e.origin == KEPT)
                          or (isinstance(e, _Lost) and e.readable)), default=0)

@@ -13,6 +13,10 @@
 - **The replay**: :func:`replay` runs Optuna's own ``JournalStorage`` replay
   over records chosen by the caller (an in-memory, read-only backend), so what
   hpo shows of a trial is what ``optuna.load_study`` shows, by construction.
+  :class:`RecordReplay` is the same replay fed one record at a time: ``hpo
+  doctor``, ``hpo repair`` and the damage scan learn from it which record
+  Optuna fails on, in the context of every record before it, instead of
+  restating Optuna's rules.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend
 
 from hpo.errors import StorageError, UsageError
-from hpo.storage import JournalOperation
+from hpo.storage import JournalOperation, JournalStorageReplayResult
 
 Op = JournalOperation
 
@@ -191,3 +195,26 @@ def replay(path: str | os.PathLike[str], entries: Sequence[Entry]) -> JournalSto
         if unknown_op(log) is not None:
             raise NewerFormatError(path, log.get("op_code"), offset) from None
         raise damage_error(path, offset, None, f"Optuna cannot replay it ({type(exc).__name__}: {exc})") from None
+
+
+class RecordReplay:
+    """Optuna's own replay (``JournalStorageReplayResult``, what ``JournalStorage``
+    runs when it loads a journal), fed one record at a time.
+
+    :meth:`apply` says why Optuna fails on a record, or None when it applies it
+    (or skips it, as it skips records naming a trial that is finished or not
+    created yet). Optuna's apply methods build the new trial or study before
+    storing it, so a record it fails on leaves the replay as it was.
+    """
+
+    _WORKER_PREFIX = "hpo-record-replay-"  # no journal record carries it: nothing is "ours"
+
+    def __init__(self) -> None:
+        self._result = JournalStorageReplayResult(self._WORKER_PREFIX)
+
+    def apply(self, log: dict[str, Any]) -> str | None:
+        try:
+            self._result.apply_logs((log,))
+        except Exception as exc:  # the replay raises bare KeyError/TypeError/ValueError/AssertionError
+            return f"Optuna cannot replay it ({type(exc).__name__}: {exc})"
+        return None

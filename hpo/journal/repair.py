@@ -37,7 +37,7 @@ import shutil
 import stat
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -55,8 +55,15 @@ from hpo.journal._plan import (
     make_plan,
     render_findings,
 )
-from hpo.journal._records import replay_problem
-from hpo.journal.format import NewerFormatError, damage_error, preview_bytes, read_line, split_lines, unknown_op
+from hpo.journal.format import (
+    NewerFormatError,
+    RecordReplay,
+    damage_error,
+    preview_bytes,
+    read_line,
+    split_lines,
+    unknown_op,
+)
 from hpo.journal.lock import LockLost, OwnerLock, describe_holder, holder
 from hpo.storage import BaseJournalFileLock, get_lock_file, study_id
 
@@ -104,6 +111,7 @@ class ScanResult:
     tail: Damage | None
     middle: tuple[Damage, ...]  # the first _MAX_LISTED damaged lines
     middle_lines: int = 0  # all damaged lines in the middle
+    replay: RecordReplay | None = field(default=None, compare=False, repr=False)  # state at valid_end
 
     @property
     def clean(self) -> bool:
@@ -113,16 +121,18 @@ class ScanResult:
 def scan(path: str | os.PathLike[str]) -> ScanResult:
     """Classify every line of the journal at ``path``; reads only (no lock needed).
 
-    A line is sound when it ends with a newline, is a JSON object and carries
-    every key Optuna's replay reads for its ``op_code`` (see :func:`replay_problem`).
+    A line is sound when it ends with a newline, is a JSON object and Optuna's
+    own replay applies it after the lines before it (:class:`~hpo.journal.format.RecordReplay`).
     A concurrent append in progress shows up as a torn tail; :func:`repair_tail`
     re-scans under the lock before cutting anything.
     """
     return _scan(os.fspath(path), 0, 0)
 
 
-def _scan(path: str, start: int, first_line: int) -> ScanResult:
-    """Scan from byte ``start`` (a line start, ``first_line`` lines before it)."""
+def _scan(path: str, start: int, first_line: int, replay: RecordReplay | None = None) -> ScanResult:
+    """Scan from byte ``start`` (a line start, ``first_line`` lines before it), going on
+    with ``replay`` (the replay of the lines before ``start``)."""
+    replay = RecordReplay() if replay is None else replay
     records, valid_end, valid_lines = 0, start, first_line
     middle: list[Damage] = []
     middle_lines = 0
@@ -145,7 +155,7 @@ def _scan(path: str, start: int, first_line: int) -> ScanResult:
                 valid_end, valid_lines = offset + len(line), line_no
                 if unknown_op(log) is not None:
                     raise NewerFormatError(path, log["op_code"], offset)
-                why = replay_problem(log)
+                why = replay.apply(log)
                 if why:
                     middle_lines += 1
                     _list(middle, Damage(offset, len(line), line_no, why, preview_bytes(line)))
@@ -153,7 +163,7 @@ def _scan(path: str, start: int, first_line: int) -> ScanResult:
                     records += 1
             offset += len(line)
     tail = _merge_tail(pending, pending_lines, offset)
-    return ScanResult(path, offset, records, valid_end, valid_lines, tail, tuple(middle), middle_lines)
+    return ScanResult(path, offset, records, valid_end, valid_lines, tail, tuple(middle), middle_lines, replay)
 
 
 def _list(listed: list[Damage], damage: Damage) -> None:
@@ -280,7 +290,7 @@ def repair_tail(path: str | os.PathLike[str], lock: BaseJournalFileLock,
         records = first.records
         if os.path.getsize(path) >= first.valid_end:
             # Bytes before valid_end were sound and nobody rewrites them online.
-            again = _scan(path, first.valid_end, first.valid_lines)
+            again = _scan(path, first.valid_end, first.valid_lines, first.replay)
         else:  # shrunk: someone ran a full repair meanwhile
             again, records = scan(path), 0
         if again.middle:
@@ -779,6 +789,6 @@ def _quarantine_lines(quarantined: list[tuple[Finding, bytes]]) -> bytes:
 __all__ = [
     "MAX_TAIL_CUT", "REPAIRED_ATTR", "SHARED_HINT", "AffectedTrial", "Damage", "Finding", "GuardedFileBackend",
     "Mount", "RepairResult", "Report", "ScanResult", "TailRepair", "doctor", "filesystem_of",
-    "filesystem_warning", "needs_read_barrier", "repair", "repair_tail", "replay_problem", "scan",
+    "filesystem_warning", "needs_read_barrier", "repair", "repair_tail", "scan",
     "visibility_warning",
 ]
