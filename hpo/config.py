@@ -11,9 +11,15 @@ Keys (unknown ones are refused)::
     sampler_args: {tpe: {n_startup_trials: 10}}   # per sampler: used when OPTUNA_SAMPLER is that one
     pruner_args: {hyperband: {min_resource: 1}}   # per pruner, likewise
     objective_args: {...}                    # fixed knobs, handed to the objective in ctx.options
+    objective_settings:                      # the objective's own settings, declared here
+      n_steps_per_sample: {type: int, default: 800, low: 1, env: N_STEPS_PER_SAMPLE}
+    metric_names: [error, latency_us]        # names of the objectives (Optuna's set_metric_names)
+    setup: package.module:function           # a stage computed once per study and cached (hpo.setup)
 
 The objective's module may declare its own settings as ``SETTINGS`` (see
-:mod:`hpo.settings`); the config's ``settings:`` section then also holds their values.
+:mod:`hpo.settings`), and the config may declare more under ``objective_settings:``
+(:func:`hpo.settings.declared_field`); both resolve like hpo's own (default < config
+``settings:`` < environment < ``--arg NAME=VALUE``) and reach the objective as ``ctx.options``.
 
 Storage, budgets, per-trial time budget and time-based pruning are settings
 (``storage``, ``max_trials``, ``trial_timeout_seconds``, ``time_pruning_warmup`` ...).
@@ -31,13 +37,23 @@ import yaml
 
 from hpo.errors import UsageError
 from hpo.objective import Objective
-from hpo.settings import PRUNERS, SAMPLERS, Field, Settings, config_path, parse_args, resolve
+from hpo.settings import (
+    PRUNERS,
+    SAMPLERS,
+    Field,
+    Settings,
+    check_declared,
+    config_path,
+    declared_field,
+    parse_args,
+    resolve,
+)
 from hpo.space import Param, check_param_set, parse_space
 
 _logger = logging.getLogger(__name__)
 
 _TOP_KEYS = ("study_name", "objective", "direction", "directions", "settings", "space", "enqueue",
-             "sampler_args", "pruner_args", "objective_args")
+             "sampler_args", "pruner_args", "objective_args", "objective_settings", "metric_names", "setup")
 _DIRECTIONS = ("minimize", "maximize")
 
 
@@ -52,6 +68,9 @@ class StudyConfig:
     sampler_args: Mapping[str, Any] = field(default_factory=dict)
     pruner_args: Mapping[str, Any] = field(default_factory=dict)
     objective_args: Mapping[str, Any] = field(default_factory=dict)
+    declared: tuple[Field, ...] = ()  # objective_settings: the config's own settings
+    metric_names: tuple[str, ...] | None = None
+    setup: str | None = None  # "package.module:function", see hpo.setup
     text: str = ""  # the file as read, for the study's stored copy
 
     def _module(self) -> Any:
@@ -72,17 +91,19 @@ class StudyConfig:
             module = self._module()
         except UsageError as exc:
             _logger.debug("%s", exc)
-            return ()
+            return self.declared
         declared = getattr(module, "SETTINGS", ())
         if not isinstance(declared, tuple) or not all(isinstance(f, Field) for f in declared):
             raise UsageError(f"{self.path}: objective: {self.objective.partition(':')[0]}.SETTINGS must be a "
                              "tuple of hpo.settings.Field")
-        taken = sorted(set(self.objective_args) & {f.name for f in declared})
+        check_declared(str(self.path), self.declared, declared)
+        everything = declared + self.declared
+        taken = sorted(set(self.objective_args) & {f.name for f in everything})
         if taken:
-            env = next(f.env for f in declared if f.name == taken[0])
+            env = next(f.env for f in everything if f.name == taken[0])
             raise UsageError(f"{self.path}: objective_args.{taken[0]} is a setting of the objective; "
                              f"valid: settings.{taken[0]} in the config, {env}=... or --arg {taken[0]}=...")
-        return declared
+        return everything
 
     def load_objective(self) -> Objective:
         """Import the objective function named in the config."""
@@ -121,6 +142,35 @@ def _enqueue(path: Path, raw: Any, space: Mapping[str, Param]) -> tuple[Mapping[
     return tuple(raw)
 
 
+def _declared(path: Path, raw: Any) -> tuple[Field, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"{path}: objective_settings: must be a mapping of setting name to its declaration")
+    out = tuple(declared_field(str(path), name, spec) for name, spec in raw.items())
+    envs = [f.env for f in out]
+    twice = sorted({e for e in envs if envs.count(e) > 1})
+    if twice:
+        raise UsageError(f"{path}: objective_settings: {twice[0]} is the variable of two settings; valid: one each")
+    return out
+
+
+def _metric_names(path: Path, raw: Any, n_objectives: int) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if (not isinstance(raw, list) or len(raw) != n_objectives
+            or not all(isinstance(n, str) and n.strip() for n in raw) or len(set(raw)) != len(raw)):
+        raise UsageError(f"{path}: metric_names: {raw!r} is not valid; valid: a list of {n_objectives} distinct "
+                         "names, one per objective in the order of direction(s)")
+    return tuple(raw)
+
+
+def _function_name(path: Path, key: str, raw: Any) -> str:
+    if not isinstance(raw, str) or ":" not in raw or not all(raw.partition(":")[::2]):
+        raise UsageError(f"{path}: {key}: {raw!r} is not valid; valid: 'package.module:function'")
+    return raw
+
+
 def parse_config(path: Path, raw: Any) -> StudyConfig:
     """Validate a loaded YAML document; pure."""
     if not isinstance(raw, Mapping):
@@ -128,9 +178,7 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
     unknown = sorted(set(raw) - set(_TOP_KEYS))
     if unknown:
         raise UsageError(f"{path}: {unknown[0]}: unknown key; valid: {', '.join(_TOP_KEYS)}")
-    objective = raw.get("objective")
-    if not isinstance(objective, str) or ":" not in objective:
-        raise UsageError(f"{path}: objective: {objective!r} is not valid; valid: 'package.module:function'")
+    objective = _function_name(path, "objective", raw.get("objective"))
     settings = raw.get("settings") or {}
     if not isinstance(settings, Mapping):
         raise UsageError(f"{path}: settings: must be a mapping of setting name to value")
@@ -150,13 +198,17 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
                 raise UsageError(f"{path}: {key}.{name}: not a {key.split('_')[0]}; valid: {', '.join(names)}")
             if not isinstance(args, Mapping):
                 raise UsageError(f"{path}: {key}.{name}: must be a mapping of argument name to value")
+    directions = _directions(path, raw)
     return StudyConfig(
+        declared=_declared(path, raw.get("objective_settings")),
+        metric_names=_metric_names(path, raw.get("metric_names"), len(directions)),
+        setup=None if raw.get("setup") is None else _function_name(path, "setup", raw["setup"]),
         sampler_args=extra["sampler_args"],
         pruner_args=extra["pruner_args"],
         objective_args=extra["objective_args"],
         path=path,
         objective=objective,
-        directions=_directions(path, raw),
+        directions=directions,
         space=space,
         enqueue=_enqueue(path, raw.get("enqueue"), space),
         settings=settings,

@@ -11,7 +11,9 @@ state through :mod:`hpo.outcome`. The objective never touches Optuna directly.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, Union
@@ -24,6 +26,20 @@ ObjectiveValue = Union[float, Sequence[float]]
 # Per-epoch metrics of a trial, one JSON object a line, in its run directory; ``hpo
 # status`` shows the last line's ``stage`` and ``epoch`` of each running trial.
 METRICS_FILE = "metrics.jsonl"
+
+# The user attributes hpo itself writes on a trial (who ran it, where, why it ended, its
+# retry lineage). Everything else a trial carries was set by its objective through
+# TrialContext.set_user_attr: its metrics, exported as ``user_attrs_<key>`` columns.
+HPO_USER_ATTRS = frozenset({
+    "worker", "host", "pid", "gpu", "slurm_job_id", "slurm_array_job_id", "slurm_array_task_id",
+    "slurm_procid", "run_dir", "fixed_params", "reason", "origin", "retry_of", "retry_origin",
+    "retry_count", "retry_reason", "resume_from",
+})
+
+
+def objective_attrs(user_attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The user attributes an objective set (its metrics), without hpo's own."""
+    return {k: v for k, v in user_attrs.items() if k not in HPO_USER_ATTRS}
 
 
 class TrialStopped(Exception):
@@ -78,12 +94,55 @@ class TrialContext:
     # The objective's own knobs: its declared settings (module SETTINGS, resolved from
     # default < config settings: < environment < --arg) and the config's objective_args.
     options: Mapping[str, Any] = field(default_factory=dict)
+    # The study's setup result (config ``setup:``, computed once and cached, see hpo.setup)
+    # and the folder holding any files it wrote; empty / None without a setup.
+    setup: Mapping[str, Any] = field(default_factory=dict)
+    setup_dir: Path | None = None
     # Set by the trial runner (hpo.trial); the objective only calls report()/check_stop().
     _report: Callable[[int, float], None] = field(default=lambda step, value: None, repr=False)
     _check_taken: Callable[[], None] = field(default=lambda: None, repr=False)
     _stop_reason: Callable[[], str | None] = field(default=lambda: None, repr=False)
     _time_left: Callable[[], float | None] = field(default=lambda: None, repr=False)
     _check_time: Callable[[], None] = field(default=lambda: None, repr=False)
+    _set_user_attr: Callable[[str, Any], None] = field(default=lambda key, value: None, repr=False)
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        """Attach a metric (or any JSON value) to this trial, Optuna's ``Trial.set_user_attr``.
+
+        It is stored in the journal with the trial (plain Optuna and optuna-dashboard
+        see it) and reaches ``hpo status``, ``hpo report``, the figures and the exports
+        (``user_attrs_<key>`` columns of ``all_trials.csv``/``trials.parquet``, as in
+        Optuna's ``trials_dataframe``; ``best_<key>`` in ``hpo_results.json``). One
+        journal record per call: set a trial's final metrics once, at its end; per-epoch
+        values go to :meth:`log_metrics`. Raises ``ValueError`` for a key hpo itself
+        uses (``HPO_USER_ATTRS``) and ``TypeError`` for a value that is not JSON.
+        """
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"set_user_attr: key {key!r} is not valid; valid: a non-empty string")
+        if key in HPO_USER_ATTRS:
+            raise ValueError(f"set_user_attr: key {key!r} is hpo's own; valid: any other name "
+                             f"(hpo uses {', '.join(sorted(HPO_USER_ATTRS))})")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"set_user_attr: the value of {key!r} is not JSON ({exc}); valid: numbers, "
+                            "strings, booleans, None, and lists or dicts of them") from None
+        self._check_taken()
+        self._set_user_attr(key, value)
+
+    def log_metrics(self, step: int, **metrics: Any) -> None:
+        """Record one step's metrics (an epoch's losses, say) in ``run_dir/metrics.jsonl``,
+        one JSON line: ``{"step": ..., "time": ..., **metrics}``.
+
+        Not in the journal (no record per epoch): ``hpo status`` shows a running trial's
+        last line, and ``hpo export`` gathers every trial's lines into ``epoch_metrics.csv``
+        and a figure. Raises :class:`TrialTaken` when another worker already ended this
+        trial (nothing is written then).
+        """
+        self._check_taken()
+        line = json.dumps({"step": int(step), "time": round(time.time(), 3), **metrics})
+        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
 
     def report(self, step: int, value: float) -> None:
         """Record an intermediate value; raises ``optuna.TrialPruned`` to prune (by the

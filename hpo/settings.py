@@ -71,6 +71,47 @@ def positive_float(name: str, raw: Any) -> float:
     return value
 
 
+def float_in(low: float | None, high: float | None) -> Parser:
+    """A finite number within ``[low, high]`` (None: unbounded on that side)."""
+    valid = ("a number" + (f" >= {low:g}" if low is not None else "")
+             + (" and" if low is not None and high is not None else "") + (f" <= {high:g}" if high is not None else ""))
+
+    def parse(name: str, raw: Any) -> float:
+        try:
+            value = float(str(raw).strip())
+        except ValueError:
+            raise UsageError(f"{name}={raw!r} is not a number; valid: {valid}") from None
+        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+            raise UsageError(f"{name}={raw!r} is out of range; valid: {valid}")
+        return value
+
+    return parse
+
+
+def one_of(choices: tuple[Any, ...]) -> Parser:
+    """One of ``choices``, compared as text (case-sensitive); returns the choice itself."""
+    def parse(name: str, raw: Any) -> Any:
+        for option in choices:
+            if str(option) == str(raw).strip():
+                return option
+        raise UsageError(f"{name}={raw!r} is not valid; valid: {', '.join(map(str, choices))}")
+
+    return parse
+
+
+def boolean(name: str, raw: Any) -> bool:
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"{name}={raw!r} is not a boolean; valid: true, false, 1, 0, yes, no, on, off")
+
+
+def text(name: str, raw: Any) -> str:
+    return str(raw)
+
+
 def choice(choices: tuple[str, ...]) -> Parser:
     def parse(name: str, raw: Any) -> str:
         value = str(raw).strip().lower()
@@ -151,6 +192,8 @@ class Field:
     help: str
     # A search-space parameter this setting fixes when set (None: sampled as usual).
     fixes: str | None = None
+    # Other environment variables that set it too (a seed's own name: N_TRIALS for MAX_TRIALS).
+    aliases: tuple[str, ...] = ()
 
     @property
     def flag(self) -> str:
@@ -158,7 +201,8 @@ class Field:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("max_trials", "MAX_TRIALS", int_in(1, 10_000_000), 100, "study-wide finished trials (COMPLETE+PRUNED)"),
+    Field("max_trials", "MAX_TRIALS", int_in(1, 10_000_000), 100, "study-wide finished trials (COMPLETE+PRUNED)",
+          aliases=("N_TRIALS",)),
     Field("trials_per_worker", "TRIALS_PER_WORKER", optional(int_in(1, 10_000_000)), None, "cap per worker"),
     Field("timeout_seconds", "TIMEOUT_SECONDS", optional(positive_float), None, "a worker's wall-time budget"),
     Field("optuna_seed", "OPTUNA_SEED", int_in(0, 2**31 - 1), 42, "base sampler seed (+ worker rank)"),
@@ -289,7 +333,8 @@ def without_settings(env: Mapping[str, str], objective_fields: tuple[Field, ...]
     only what is passed explicitly applies (tests, benchmarks)."""
     if not objective_fields:
         from hpo.physae.settings import SETTINGS as objective_fields
-    drop = {f.env for f in FIELDS + objective_fields} | {CONFIG_ENV, "HPO_WORKER_RANK", "HPO_SEED_OFFSET"}
+    drop = ({f.env for f in FIELDS + objective_fields} | {a for f in FIELDS + objective_fields for a in f.aliases}
+            | {CONFIG_ENV, "HPO_WORKER_RANK", "HPO_SEED_OFFSET"})
     return {k: v for k, v in env.items() if k not in drop and not k.startswith("SLURM_")}
 
 
@@ -308,6 +353,73 @@ def config_path(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Path,
     if env.get(CONFIG_ENV):
         return _config_path(CONFIG_ENV, env[CONFIG_ENV]), f"env:{CONFIG_ENV}"
     return _config_path("default config", default_config_path()), "default"
+
+
+_SPEC_KEYS = ("type", "default", "env", "low", "high", "choices", "help")
+_SPEC_TYPES = ("int", "float", "str", "bool", "choice")
+_ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def declared_field(where: str, name: str, spec: Any) -> Field:
+    """A setting declared in a study config's ``objective_settings:`` section::
+
+        n_steps_per_sample: {type: int, default: 800, low: 1, high: 100000, env: N_STEPS_PER_SAMPLE}
+        method: {type: choice, choices: [sgld, hmc], default: sgld}
+
+    ``env`` defaults to the name in capitals. The default is checked like any value."""
+    label = f"{where}: objective_settings.{name}"
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+        raise UsageError(f"{label}: not a valid setting name; valid: lower-case letters, digits and _")
+    if not isinstance(spec, Mapping):
+        raise UsageError(f"{label}: must be a mapping with {', '.join(_SPEC_KEYS)}")
+    unknown = sorted(set(spec) - set(_SPEC_KEYS))
+    if unknown:
+        raise UsageError(f"{label}.{unknown[0]}: unknown key; valid: {', '.join(_SPEC_KEYS)}")
+    kind = spec.get("type")
+    if kind not in _SPEC_TYPES:
+        raise UsageError(f"{label}.type: {kind!r} is not valid; valid: {', '.join(_SPEC_TYPES)}")
+    env = spec.get("env", name.upper())
+    if not isinstance(env, str) or not _ENV_RE.match(env):
+        raise UsageError(f"{label}.env: {env!r} is not an environment variable name; valid: A-Z, 0-9 and _")
+    low, high = spec.get("low"), spec.get("high")
+    for key, bound in (("low", low), ("high", high)):
+        if bound is not None and (kind not in ("int", "float") or isinstance(bound, bool)
+                                  or not isinstance(bound, (int, float))):
+            raise UsageError(f"{label}.{key}: {bound!r} is not valid; valid: a number, for type int or float")
+    parse: Parser
+    if kind == "int":
+        if any(b is not None and b != int(b) for b in (low, high)):
+            raise UsageError(f"{label}: low/high must be integers for type int")
+        parse = int_in(int(low) if low is not None else -(2**63), int(high) if high is not None else 2**63 - 1)
+    elif kind == "float":
+        parse = float_in(low, high)
+    elif kind == "bool":
+        parse = boolean
+    elif kind == "str":
+        parse = text
+    else:
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise UsageError(f"{label}.choices: must be a non-empty list for type choice")
+        parse = one_of(tuple(choices))
+    if "default" not in spec:
+        raise UsageError(f"{label}.default: missing; valid: a value of type {kind}")
+    default = None if spec["default"] is None else parse(f"{label}.default", spec["default"])
+    return Field(name, env, optional(parse) if default is None else parse, default, str(spec.get("help", "")))
+
+
+def check_declared(where: str, declared: tuple[Field, ...], module_fields: tuple[Field, ...]) -> None:
+    """A config's own settings must not take a name or variable already in use."""
+    taken = {f.name: "hpo" for f in FIELDS} | {f.name: "the objective's module" for f in module_fields}
+    taken_env = ({v: "hpo" for f in FIELDS for v in (f.env, *f.aliases)}
+                 | {f.env: "the objective's module" for f in module_fields} | {CONFIG_ENV: "hpo"})
+    for f in declared:
+        if f.name in taken:
+            raise UsageError(f"{where}: objective_settings.{f.name}: already a setting of {taken[f.name]}; "
+                             "valid: another name (set that one under settings:)")
+        if f.env in taken_env:
+            raise UsageError(f"{where}: objective_settings.{f.name}.env: {f.env} is already used by "
+                             f"{taken_env[f.env]}; valid: another variable name")
 
 
 # A trial is judged lost when its heartbeat is this many periods old, at the least:
@@ -335,10 +447,15 @@ def _resolve_fields(
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for f in fields_:
+        set_in_env = [v for v in (f.env, *f.aliases) if env.get(v, "") != ""]
+        if len({env[v] for v in set_in_env}) > 1:
+            raise UsageError(f"{set_in_env[0]}={env[set_in_env[0]]!r} and {set_in_env[1]}={env[set_in_env[1]]!r} "
+                             f"disagree; they set the same thing ({f.name}): valid: set one of them")
         if flags.get(f.name) is not None:
             raw, label, source = flags[f.name], flag_label(f), "flag"
-        elif f.env in env and env[f.env] != "":
-            raw, label, source = env[f.env], f.env, f"env:{f.env}"
+        elif set_in_env:
+            var = set_in_env[0]
+            raw, label, source = env[var], var, f"env:{var}"
         elif f.name in config_settings:
             raw, label, source = config_settings[f.name], f"{config}: settings.{f.name}", f"config:{config}"
         else:

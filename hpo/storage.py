@@ -62,6 +62,8 @@ def on_pareto_front(values: Sequence[Sequence[float]], directions: Sequence[str]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WARM_START_ATTR = "hpo:warm_started"
+BUDGET_ATTR = "hpo:max_trials"  # the study's MAX_TRIALS, as its workers last enforced it (hpo status reads it)
+METRIC_NAMES_ATTR = "study:metric_names"  # where Optuna's Study.set_metric_names stores them
 # A study system attribute written only as a read barrier (see SharedStudy.sync_view).
 VIEW_ATTR = "hpo:view"
 # Stale-lock grace period in seconds. Optuna's default is 30 s: a worker killed
@@ -440,4 +442,16 @@ def open_study(
                     study.enqueue_trial(dict(params), user_attrs={"origin": "warm start"})
                 storage.set_study_system_attr(shared.study_id, WARM_START_ATTR, True)
                 _logger.info("enqueued %d warm-start trial(s) from %s", len(config.enqueue), config.path)
+    _record_study_facts(storage, shared.study_id, settings, config)
     return shared
+
+
+def _record_study_facts(storage: optuna.storages.BaseStorage, sid: int, settings: "Settings",
+                        config: "StudyConfig") -> None:
+    """Store the budget and the metric names with the study, so that ``hpo status``, the
+    figures and optuna-dashboard know them later; a record only when they change."""
+    held = storage.get_study_system_attrs(sid)
+    if held.get(BUDGET_ATTR) != settings.max_trials:
+        storage.set_study_system_attr(sid, BUDGET_ATTR, settings.max_trials)
+    if config.metric_names is not None and held.get(METRIC_NAMES_ATTR) != list(config.metric_names):
+        storage.set_study_system_attr(sid, METRIC_NAMES_ATTR, list(config.metric_names))

@@ -37,6 +37,7 @@ from hpo import outcome as outcomes
 from hpo.logs import trial_logging
 from hpo.objective import Objective, TrialContext, TrialTaken
 from hpo.recovery import Heartbeat, enqueue_retry
+from hpo.setup import options_of
 from hpo.space import suggest
 from hpo.storage import trial_id
 from hpo.util import write_json, write_json_atomic
@@ -44,6 +45,7 @@ from hpo.util import write_json, write_json_atomic
 if TYPE_CHECKING:
     from hpo.config import StudyConfig
     from hpo.settings import Settings, WorkerIdentity
+    from hpo.setup import SetupResult
     from hpo.storage import SharedStudy
 
 _logger = logging.getLogger(__name__)
@@ -65,10 +67,11 @@ class TrialRunner:
     """Runs one trial at a time for a worker; see the module docstring."""
 
     def __init__(self, shared: "SharedStudy", settings: "Settings", config: "StudyConfig",
-                 identity: "WorkerIdentity", device: str, objective: Objective, heartbeat: Heartbeat) -> None:
+                 identity: "WorkerIdentity", device: str, objective: Objective, heartbeat: Heartbeat,
+                 setup: "SetupResult | None" = None) -> None:
         self.shared, self.settings, self.config = shared, settings, config
         self.identity, self.device, self.objective = identity, device, objective
-        self.heartbeat = heartbeat
+        self.heartbeat, self.setup = heartbeat, setup
 
     def run_dir(self, number: int) -> Path:
         return self.settings.study_dir / f"trial_{number}"
@@ -126,12 +129,15 @@ class TrialRunner:
             number=trial.number, params=params, fixed=fixed, settings=s, run_dir=run_dir,
             device=self.device, logger=logging.getLogger("hpo.trial"),
             resume_dir=Path(resume_from) if resume_from else None,
-            options={**self.config.objective_args, **s.objective},
+            options=options_of(s, self.config),
+            setup=self.setup.value if self.setup else {},
+            setup_dir=self.setup.directory if self.setup else None,
             _report=lambda step, value: self._report(active, step, value),
             _check_taken=lambda: self._check_taken(active),
             _stop_reason=active.stop_reason,
             _time_left=lambda: None if active.limit is None else active.limit - (time.time() - active.start),
             _check_time=lambda: self._check_time(active),
+            _set_user_attr=active.trial.set_user_attr,
         )
         return self.objective(params, ctx)
 

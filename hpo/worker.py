@@ -39,6 +39,7 @@ from hpo.journal.repair import visibility_warning
 from hpo.objective import Objective
 from hpo.recovery import Heartbeat, reap
 from hpo.settings import Settings, WorkerIdentity
+from hpo.setup import ensure_setup
 from hpo.storage import SharedStudy, open_study
 from hpo.trial import TrialRunner
 
@@ -179,7 +180,13 @@ class Worker:
         s = self.settings
         self.budget_seconds = self._budget()
         seed = sampler_seed(s, self.identity)
-        shared = open_study(s, self.config, seed, should_stop=lambda: self.flag.reason is not None)
+        stop_asked = lambda: self.flag.reason is not None  # noqa: E731 - polled by every lock wait
+        # Before the study is touched: a setup that fails writes nothing into the journal.
+        setup = ensure_setup(s, self.config, should_stop=stop_asked)
+        if setup is not None:
+            _logger.info("setup %s: %s (key %s)", self.config.setup,
+                         "computed by this worker" if setup.computed_here else "read from the cache", setup.key)
+        shared = open_study(s, self.config, seed, should_stop=stop_asked)
         _logger.info(
             "worker %s started: study=%r storage=%s device=%s gpu=%s seed=%d max_trials=%d "
             "trials_per_worker=%s budget=%s sampler=%s pruner=%s",
@@ -193,7 +200,7 @@ class Worker:
             _logger.warning("%s", lag)
         self._reap(shared, force=True)
         runner = TrialRunner(shared, s, self.config, self.identity, self.device, self.objective,
-                             Heartbeat(shared, s.heartbeat_seconds, s.stale_seconds))
+                             Heartbeat(shared, s.heartbeat_seconds, s.stale_seconds), setup)
         reason = self._loop(shared, runner)
         counts = shared.counts()
         _logger.info(

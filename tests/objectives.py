@@ -52,3 +52,24 @@ def oom_or_diverge(params: dict[str, Any], ctx: TrialContext) -> float:
     if x > 2:
         raise Diverged("diverged at B1 epoch 3")
     return abs(x)
+
+
+def with_setup(params: dict[str, Any], ctx: TrialContext) -> float:
+    """Records what the study's setup handed it, and one metric per step."""
+    ctx.set_user_attr("setup_value", ctx.setup["value"])
+    ctx.set_user_attr("setup_file", (ctx.setup_dir / "table.txt").read_text() if ctx.setup_dir else None)
+    for step in range(1, 3):
+        ctx.log_metrics(step, loss=params["x"] ** 2 / step)
+    return (params["x"] - 1) ** 2
+
+
+def counted_setup(ctx: Any) -> dict[str, Any]:
+    """A setup that counts its runs (one line each in $SETUP_COUNTER), takes $SETUP_SECONDS,
+    and fails when $SETUP_FAIL is set."""
+    with open(os.environ["SETUP_COUNTER"], "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    time.sleep(float(os.environ.get("SETUP_SECONDS", "1")))
+    if os.environ.get("SETUP_FAIL"):
+        raise RuntimeError("reference data missing")
+    (ctx.cache_dir / "table.txt").write_text("42")
+    return {"value": 42 + int(ctx.options.get("offset", 0))}

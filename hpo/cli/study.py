@@ -27,8 +27,12 @@ def config_cmd(record_job: str | None, **flags: Any) -> None:
     click.echo(f"# storage: {settings.storage_label}")
     click.echo(f"# from the environment: {settings.env_line() or 'nothing'}")
     width = max(len(f.env) for f in settings.fields())
-    for heading, table in (("", FIELDS), (f"# the objective's own settings ({config.objective.partition(':')[0]}"
-                                          ".SETTINGS; flag: --arg NAME=VALUE)", settings.objective_fields)):
+    module = tuple(f for f in settings.objective_fields if f not in config.declared)
+    for heading, table in (("", FIELDS),
+                           (f"# the objective's own settings ({config.objective.partition(':')[0]}.SETTINGS; "
+                            "flag: --arg NAME=VALUE)", module),
+                           (f"# the study's own settings ({config.path}: objective_settings; flag: --arg NAME=VALUE)",
+                            config.declared)):
         if heading and table:
             click.echo(heading)
         for f in table:

@@ -69,4 +69,6 @@ def transfer_weighted(params: dict[str, Any], ctx: "TrialContext") -> float:
     missing = sorted(set(weights) - set(last))
     if missing:
         raise ValueError(f"objective_args.weights names stage(s) {missing} that did not run; stages: {sorted(last)}")
+    for stage, error in sorted(last.items()):  # seed 004 keeps each component of its weighted sum
+        ctx.set_user_attr(f"{stage}_val_param_error", error)
     return sum(float(w) * last[stage] for stage, w in weights.items())

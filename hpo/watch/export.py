@@ -5,10 +5,13 @@
 - ``best_params.json``: ``best_value``, ``best_params``, ``n_trials``, ``best_trial_number``
   (the shape of seed 004; with several objectives, the knee point and its values);
 - ``all_trials.csv`` and ``top_<k>_trials.csv``: :data:`BASE_COLUMNS` around one
-  ``params_<name>`` column per parameter (Optuna's ``trials_dataframe`` naming);
+  ``params_<name>`` column per parameter and one ``user_attrs_<key>`` column per
+  metric the objective set (``ctx.set_user_attr``), Optuna's ``trials_dataframe`` naming;
 - ``trials.parquet``: the same table (seed 003);
-- ``hpo_results.json``: ``best_trial``, ``best_score``, ``best_params`` and
-  ``all_trials`` (seed 002's shape).
+- ``hpo_results.json``: ``best_trial``, ``best_score``, ``best_params``, ``best_<key>``
+  for each metric of the best trial, and ``all_trials`` (seed 002's shape);
+- ``epoch_metrics.csv``: every trial's ``metrics.jsonl`` lines (``ctx.log_metrics``,
+  PhysAE's epochs) with the trial's ``number`` first, when any trial wrote one.
 
 Tables are built here as plain rows (pure, tested on literal records); pandas is
 imported only to write CSV and parquet.
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from hpo.objective import METRICS_FILE, objective_attrs
 from hpo.settings import Field
 from hpo.util import json_safe, write_json_atomic
 from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
@@ -130,6 +134,7 @@ def best_report(journal: StudyJournal, current_settings: Mapping[str, Any],
         "best_trial_number": trial.number,
         "best_value": trial.values[0] if trial.values and len(trial.values) == 1 else trial.values,
         "best_params": trial.params,
+        "metrics": objective_attrs(trial.user_attrs),
         "fixed_params": trial.user_attrs.get("fixed_params") or {},
         "run_dir": trial.user_attrs.get("run_dir"),
         "env": env,
@@ -154,15 +159,26 @@ def param_names(trials: Sequence[TrialRecord]) -> list[str]:
     return sorted({name for t in trials for name in t.params})
 
 
+def metric_names(trials: Sequence[TrialRecord]) -> list[str]:
+    """The keys of the user attributes objectives set (their metrics), sorted."""
+    return sorted({key for t in trials for key in objective_attrs(t.user_attrs)})
+
+
 def columns(trials: Sequence[TrialRecord], n_objectives: int) -> list[str]:
-    """number, state, value(s), duration_s, params_<name>..., worker, reason, run_dir."""
+    """number, state, value(s), duration_s, params_<name>..., user_attrs_<key>..., worker, reason, run_dir."""
     return ["number", "state", *value_columns(n_objectives), "duration_s",
-            *(f"params_{n}" for n in param_names(trials)), "worker", "reason", "run_dir"]
+            *(f"params_{n}" for n in param_names(trials)), *(f"user_attrs_{k}" for k in metric_names(trials)),
+            "worker", "reason", "run_dir"]
+
+
+def _cell(value: Any) -> Any:
+    """A user attribute as one table cell: lists and dicts as JSON text."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
 def trial_rows(trials: Sequence[TrialRecord], n_objectives: int) -> list[dict[str, Any]]:
     """One dict per trial with :func:`columns` keys (None where a trial has no value)."""
-    names = param_names(trials)
+    names, keys = param_names(trials), metric_names(trials)
     rows = []
     for t in trials:
         row: dict[str, Any] = {"number": t.number, "state": t.state}
@@ -170,6 +186,7 @@ def trial_rows(trials: Sequence[TrialRecord], n_objectives: int) -> list[dict[st
         row.update(zip(value_columns(n_objectives), values))
         row["duration_s"] = t.duration_s
         row.update({f"params_{n}": t.params.get(n) for n in names})
+        row.update({f"user_attrs_{k}": _cell(t.user_attrs.get(k)) for k in keys})
         row.update({"worker": t.user_attrs.get("worker"), "reason": t.user_attrs.get("reason"),
                     "run_dir": t.user_attrs.get("run_dir")})
         rows.append(row)
@@ -212,13 +229,45 @@ def hpo_results_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
         return t.values[0] if n == 1 else t.values
 
     trial = best.trial
-    return {
+    out: dict[str, Any] = {
         "best_trial": trial.number if trial else None,
         "best_score": score(trial) if trial else None,
         "best_params": trial.params if trial else {},
-        "all_trials": [{"number": t.number, "state": t.state, "score": score(t), "params": t.params}
-                       for t in journal.trials],
     }
+    # Seed 002's best_convergence_rate, best_mean_steps: the best trial's metrics.
+    taken = set(out) | {"all_trials"}
+    out.update({f"best_{k}": v for k, v in objective_attrs(trial.user_attrs if trial else {}).items()
+                if f"best_{k}" not in taken})
+    out["all_trials"] = [_result_row(t, score(t)) for t in journal.trials]
+    return out
+
+
+def _result_row(t: TrialRecord, score: Any) -> dict[str, Any]:
+    row = {"number": t.number, "state": t.state, "score": score, "params": t.params}
+    metrics = objective_attrs(t.user_attrs)
+    return {**row, "user_attrs": metrics} if metrics else row  # seed 002's shape when there are none
+
+
+def epoch_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
+    """Every complete line of every trial's ``metrics.jsonl``, with ``number`` first.
+    A missing or unreadable file (a run directory on another node's disk) is skipped."""
+    rows: list[dict[str, Any]] = []
+    for t in trials:
+        run_dir = t.user_attrs.get("run_dir")
+        if not isinstance(run_dir, str):
+            continue
+        try:
+            text = (Path(run_dir) / METRICS_FILE).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            if isinstance(record, dict):
+                rows.append({"number": t.number, **record})
+    return rows
 
 
 def _parquet_safe(frame: Any) -> Any:
@@ -251,5 +300,9 @@ def export(journal: StudyJournal, out_dir: Path, top: int = DEFAULT_TOP) -> list
     top_frame.to_csv(paths[2], index=False)
     _parquet_safe(frame).to_parquet(paths[3], index=False)
     write_json_atomic(paths[4], hpo_results_json(journal, best))
+    epochs = epoch_rows(journal.trials)
+    if epochs:
+        paths.append(out_dir / "epoch_metrics.csv")
+        pd.DataFrame(epochs).to_csv(paths[-1], index=False)
     _logger.info("exported %d trials of %s to %s", len(frame), journal.study.name, out_dir)
     return paths

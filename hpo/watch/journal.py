@@ -44,7 +44,7 @@ from optuna.trial import TrialState
 
 from hpo.errors import StorageError, UsageError
 from hpo.journal.format import RECORD_START, Entry, Op, parse_lines, read_complete, replay
-from hpo.storage import constraints_of, on_pareto_front
+from hpo.storage import METRIC_NAMES_ATTR, constraints_of, on_pareto_front
 from hpo.storage import trial_id as storage_trial_id
 
 _logger = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ _logger = logging.getLogger(__name__)
 STATES = tuple(s.name for s in sorted(TrialState, key=lambda s: s.value))
 FINISHED_STATES = frozenset(s.name for s in TrialState if s.is_finished())
 DIRECTIONS = tuple(d.name for d in sorted(StudyDirection, key=lambda d: d.value))
-METRIC_NAMES_ATTR = "study:metric_names"  # where Study.set_metric_names stores them
 CONSTRAINTS_ATTR = "constraints"  # system attributes named constraints or constraints:<key> (FrozenTrial.constraints)
 _READER = "hpo-reader"  # worker id of the records the reader makes up for Optuna's replay
 

@@ -461,6 +461,30 @@ def pareto_plot(trials: Sequence[TrialRecord], ctx: PlotContext) -> "Figure":
     return fig
 
 
+def user_metrics(trials: Sequence[TrialRecord], ctx: PlotContext) -> "Figure":
+    """Each numeric metric an objective set (``ctx.set_user_attr``) against the first
+    objective, one panel per metric, over COMPLETE trials."""
+    from hpo.objective import objective_attrs
+
+    complete = _complete(trials)
+    keys = sorted({k for t in complete for k, v in objective_attrs(t.user_attrs).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)})
+    if not keys:
+        raise Skip("no numeric metric set by the objective (ctx.set_user_attr)")
+    keys = keys[:6]
+    fig = _figure(4.0 * len(keys), 4.0)
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        shown = [t for t in complete if isinstance(t.user_attrs.get(key), (int, float))]
+        ax.scatter([t.user_attrs[key] for t in shown], [_value(t) for t in shown], s=14, color="#1f77b4")
+        ax.set_xlabel(key)
+        ax.set_ylabel(ctx.labels[0])
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{ctx.study}: metrics set by the objective")
+    fig.tight_layout()
+    return fig
+
+
 FIGURES: dict[str, Callable[..., "Figure"]] = {
     "optimization_history": optimization_history,
     "param_importances": param_importances,
@@ -470,6 +494,7 @@ FIGURES: dict[str, Callable[..., "Figure"]] = {
     "intermediate_values": intermediate_values,
     "timeline": timeline,
     "pareto_front": pareto_plot,
+    "user_metrics": user_metrics,
 }
 
 

@@ -28,6 +28,7 @@ FIGURE_TITLES = {
     "intermediate_values": "Learning curves",
     "timeline": "Trials per worker over time",
     "pareto_front": "Pareto front",
+    "user_metrics": "Metrics set by the objective",
 }
 
 _CSS = """
@@ -111,6 +112,8 @@ def _best_section(best: Mapping[str, Any]) -> str:
     shown = ", ".join(f"{v:.6g}" for v in value) if isinstance(value, list) else f"{value:.6g}"
     parts = [f"<h2>{title}</h2>", f"<p>trial <b>{best['best_trial_number']}</b>, value <b>{html.escape(shown)}</b></p>",
              table(["parameter", "value"], list(best["best_params"].items()))]
+    if best.get("metrics"):
+        parts.append(table(["metric", "value"], list(best["metrics"].items())))
     if best.get("env_line"):
         parts.append(f"<p>budgets ({html.escape(best['env_source'])}): "
                      f"<code>{html.escape(best['env_line'])}</code></p>")

@@ -22,9 +22,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
-from hpo.objective import METRICS_FILE
+from hpo.objective import METRICS_FILE, objective_attrs
 from hpo.recovery import HEARTBEAT_ATTR, is_lost, last_beat
 from hpo.scheduler import SlurmJob
+from hpo.storage import BUDGET_ATTR
 from hpo.util import json_safe
 from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
 
@@ -143,8 +144,16 @@ def collect(settings: "Settings", now: float | None = None, slurm: bool = True) 
         if shutil.which("squeue") is not None:
             ids = list(dict.fromkeys([*ids, *recorded_job_ids(settings)]))
         info = squeue(ids)
-    return Inputs(journal, attrs, metrics, info, settings.max_trials, settings.stale_seconds,
+    return Inputs(journal, attrs, metrics, info, budget(settings, journal), settings.stale_seconds,
                   time.time() if now is None else now, read_seconds)
+
+
+def budget(settings: "Settings", journal: StudyJournal) -> int:
+    """The study's MAX_TRIALS: one given to this command (flag or environment), else the
+    one its workers enforced and stored with the study, else the config's or the default."""
+    stored = journal.study.system_attrs.get(BUDGET_ATTR)
+    given = settings.sources.get("max_trials", "default").startswith(("flag", "env:"))
+    return stored if isinstance(stored, int) and not given else settings.max_trials
 
 
 def latest_trials(workers: Mapping[int, Any]) -> dict[str, int]:
@@ -262,7 +271,8 @@ def _best(journal: StudyJournal) -> dict[str, Any] | None:
     if best is None:
         return None
     return {"number": best.number, "value": best.values[0] if best.values else None, "params": best.params,
-            "duration_s": best.duration_s, "worker": best.user_attrs.get("worker")}
+            "metrics": objective_attrs(best.user_attrs), "duration_s": best.duration_s,
+            "worker": best.user_attrs.get("worker")}
 
 
 def _pareto(journal: StudyJournal) -> list[dict[str, Any]] | None:
@@ -365,6 +375,8 @@ def render(status: Mapping[str, Any]) -> "RenderableType":
         parts.append(Text(f"best trial {best['number']}: value {_num(best['value'])} "
                           f"(worker {_num(best['worker'])}, {human_seconds(best['duration_s'])})", style="bold"))
         parts.append(_params_table(best["params"]))
+        if best.get("metrics"):
+            parts.append(_params_table(best["metrics"], "metrics"))
     if status["pareto"]:
         table = Table(title=f"Pareto front ({len(status['pareto'])} trials)", title_justify="left")
         names = status["metric_names"] or [f"objective {i}" for i in range(len(status["directions"]))]
@@ -423,11 +435,11 @@ def _header(status: Mapping[str, Any]) -> Any:
     return Text("\n".join(lines))
 
 
-def _params_table(params: Mapping[str, Any]) -> Any:
+def _params_table(params: Mapping[str, Any], what: str = "parameter") -> Any:
     from rich.table import Table
 
     table = Table()
-    table.add_column("parameter", overflow="fold")
+    table.add_column(what, overflow="fold")
     table.add_column("value", justify="right", overflow="fold")
     for name, value in params.items():
         table.add_row(name, _num(value))

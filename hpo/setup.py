@@ -1,0 +1,180 @@
+"""A study's setup stage: computed once, cached by a hash of its inputs, handed to every trial.
+
+Some work is the same for every trial: seed 003 computes its HMC reference once per
+problem, seed 002 pre-screens the hardest samples before the search. A study config
+names such a function::
+
+    setup: mypkg.prepare:reference       # called as reference(ctx: SetupContext) -> dict
+
+It runs before the first trial, once for all workers of all nodes, even when 64 start
+at the same moment:
+
+- **Key**: a SHA-256 of the function's name, the objective's settings and
+  ``objective_args`` (``ctx.options``) and ``DATA_SEED``. Same inputs, same key: a
+  second study, a rerun, or a later worker reuses the result. Change an input and
+  the setup runs again, into a new folder.
+- **Cache**: ``$JOURNAL_DIR/setup-cache/<key>/`` on the shared filesystem:
+  ``result.json`` (what the function returned, JSON: no pickle; written atomically
+  and last, so its presence means done) and any files the function wrote into
+  ``ctx.cache_dir`` (arrays, checkpoints).
+- **Once**: the first worker takes ``<key>.lock`` (hpo's owner lock, the journal's:
+  safe across nodes, broken when its holder dies, refreshed while a long setup runs);
+  the others wait on it, then read the result.
+- **Failure** stops the workers before any trial: the worker that ran it writes
+  ``error.json`` (the exception and traceback) and raises :class:`SetupFailed`; a
+  worker that waited meanwhile, or that starts within :data:`ERROR_HOLD_SECONDS`
+  after it, raises the same error without running it again. A later launch (the bug
+  fixed) runs it again.
+
+Trials get the result as ``ctx.setup`` and the folder as ``ctx.setup_dir``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from hpo.errors import HpoError, UsageError
+from hpo.util import write_json_atomic
+
+if TYPE_CHECKING:
+    from hpo.config import StudyConfig
+    from hpo.settings import Settings
+
+_logger = logging.getLogger(__name__)
+
+CACHE_DIR = "setup-cache"
+ERROR_HOLD_SECONDS = 60.0  # a failure this recent is not retried: workers of one launch fail once
+RESULT_FILE, ERROR_FILE = "result.json", "error.json"
+
+
+class SetupFailed(HpoError):
+    """The study's setup function raised: no trial can run."""
+
+    exit_code = 1
+
+
+@dataclass(frozen=True)
+class SetupContext:
+    """What a setup function gets: the objective's knobs, hpo's settings, and a folder."""
+
+    options: Mapping[str, Any]  # the objective's settings and objective_args, as trials get them
+    settings: "Settings"
+    cache_dir: Path  # write files here; they are kept with the result
+    logger: logging.Logger
+
+
+@dataclass(frozen=True)
+class SetupResult:
+    key: str
+    directory: Path
+    value: Mapping[str, Any]
+    computed_here: bool  # False: read from the cache
+
+
+def options_of(settings: "Settings", config: "StudyConfig") -> dict[str, Any]:
+    """``ctx.options``: the config's ``objective_args`` and the objective's settings."""
+    return {**config.objective_args, **settings.objective}
+
+
+def setup_key(function: str, options: Mapping[str, Any], data_seed: int) -> str:
+    text = json.dumps({"setup": function, "options": options, "data_seed": data_seed}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _load_function(config: "StudyConfig") -> Callable[[SetupContext], Any]:
+    import importlib
+
+    assert config.setup is not None
+    module_name, _, name = config.setup.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UsageError(f"{config.path}: setup: cannot import {module_name!r}: {exc}") from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise UsageError(f"{config.path}: setup: {module_name!r} has no function {name!r}")
+    return function  # type: ignore[no-any-return]
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _failure(config: "StudyConfig", error: Mapping[str, Any], directory: Path) -> SetupFailed:
+    return SetupFailed(f"setup {config.setup} (from {config.path}) failed: {error.get('error')}; no trial was run. "
+                       f"Traceback: {directory / ERROR_FILE}")
+
+
+def ensure_setup(settings: "Settings", config: "StudyConfig",
+                 should_stop: Callable[[], bool] | None = None) -> SetupResult | None:
+    """The study's setup result: from the cache, or computed now (once for every worker).
+
+    Returns None when the config has no ``setup``. Raises :class:`SetupFailed` when the
+    function raised (here or, recently, in another worker), :class:`UsageError` when it
+    cannot be imported or returns something that is not a JSON mapping, and
+    ``LockWaitAborted`` when ``should_stop()`` turns true while another worker runs it.
+    """
+    if config.setup is None:
+        return None
+    from hpo.storage import make_lock  # the journal's lock: cross-node, refreshed while held
+
+    options = options_of(settings, config)
+    key = setup_key(config.setup, options, settings.data_seed)
+    root = settings.journal_dir / CACHE_DIR
+    directory = root / key
+    done = _read(directory / RESULT_FILE)
+    if done is not None:
+        return SetupResult(key, directory, done["result"], computed_here=False)
+    function = _load_function(config)  # a bad name is bad input: before any lock or file
+    root.mkdir(parents=True, exist_ok=True)
+    waited_from = time.time()
+    with make_lock(root / f"{key}.lock", should_stop):
+        done = _read(directory / RESULT_FILE)
+        if done is not None:  # another worker computed it while we waited
+            return SetupResult(key, directory, done["result"], computed_here=False)
+        error = _read(directory / ERROR_FILE)
+        if error is not None and float(error.get("at", 0)) >= waited_from - ERROR_HOLD_SECONDS:
+            raise _failure(config, error, directory)
+        return SetupResult(key, directory, _compute(function, settings, config, options, key, directory), True)
+
+
+def _compute(function: Callable[[SetupContext], Any], settings: "Settings", config: "StudyConfig",
+             options: Mapping[str, Any], key: str, directory: Path) -> Mapping[str, Any]:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / ERROR_FILE).unlink(missing_ok=True)
+    _logger.info("setup %s: computing (key %s, folder %s)", config.setup, key, directory)
+    started = time.time()
+    ctx = SetupContext(options, settings, directory, logging.getLogger("hpo.setup.user"))
+    try:
+        value = function(ctx)
+    except Exception as exc:  # noqa: BLE001 - the user's code: any failure stops the study's workers
+        trace = traceback.format_exc()
+        error = {"at": time.time(), "setup": config.setup, "error": f"{type(exc).__name__}: {exc}",
+                 "traceback": trace}
+        write_json_atomic(directory / ERROR_FILE, error)
+        _logger.error("setup %s failed:\n%s", config.setup, trace.rstrip())
+        raise _failure(config, error, directory) from None
+    try:
+        json.dumps(value, allow_nan=False)
+        if not isinstance(value, Mapping):
+            raise TypeError(f"a {type(value).__name__}")
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{config.path}: setup: {config.setup} returned {exc}; valid: a JSON mapping "
+                         "(write arrays and other files into ctx.cache_dir)") from None
+    seconds = time.time() - started
+    write_json_atomic(directory / RESULT_FILE, {"setup": config.setup, "key": key, "options": options,
+                                                "data_seed": settings.data_seed, "seconds": round(seconds, 3),
+                                                "result": value})
+    _logger.info("setup %s: done in %.1fs, cached in %s", config.setup, seconds, directory)
+    return value

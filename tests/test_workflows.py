@@ -1,0 +1,164 @@
+"""Every seed's workflow (issue 13): metrics objectives attach to trials, settings of their
+own (declared in the module or the config), a setup computed once and cached, metric names
+and the stored budget. Real `hpo run` workers, real journals, plain Optuna to read them."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, clean_env, load_study, run_hpo
+
+EXAMPLES = REPO / "configs/examples"
+
+SETUP_CONFIG = """\
+study_name: prep
+objective: objectives:with_setup
+setup: objectives:counted_setup
+objective_args: {{offset: {offset}}}
+space:
+  x: {{type: float, low: -2, high: 2}}
+"""
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_gad_runs_with_seed_002_variables_and_exports_its_metrics(tmp_path: Path) -> None:
+    env = clean_env(OMP_NUM_THREADS="1", N_TRIALS="4", N_STEPS_PER_SAMPLE="150", N_SAMPLES="6",
+                    DIFFICULTY_THRESHOLD="0.5", HPO_CONFIG=str(EXAMPLES / "gad.yaml"))
+    shown = run_hpo(["config"], tmp_path, env)
+    assert shown.returncode == 0, shown.stderr
+    assert "N_STEPS_PER_SAMPLE" in shown.stdout and "env:N_STEPS_PER_SAMPLE" in shown.stdout
+    assert "env:N_TRIALS" in shown.stdout  # seed 002's name for the budget
+
+    result = run_hpo(["run", "--workers", "2"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    study = load_study(tmp_path / "optuna_journal/gad_toy.journal", "gad_toy")
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 4  # N_TRIALS was honoured (the config says 40)
+    assert all({"convergence_rate", "mean_steps"} <= set(t.user_attrs) for t in done)
+    assert study.metric_names == ["score"]
+    ran = json.loads((Path(done[0].user_attrs["run_dir"]) / "settings.json").read_text())
+    assert (ran["n_steps_per_sample"], ran["n_samples"], ran["difficulty_threshold"]) == (150, 6, 0.5)
+
+    # The pre-screening ran once for both workers: one cached result, 6 of 12 samples kept.
+    (cached,) = (tmp_path / "optuna_journal/setup-cache").glob("*/result.json")
+    kept = json.loads(cached.read_text())["result"]
+    assert kept["pool"] == 12 and len(kept["samples"]) == 6
+    logs = "".join(p.read_text() for p in (tmp_path / "optuna_logs").glob("worker_*.log"))
+    assert logs.count("computed by this worker") == 1 and logs.count("read from the cache") == 1
+
+    exported = run_hpo(["export"], tmp_path, env)
+    assert exported.returncode == 0, exported.stderr
+    out = tmp_path / "results/gad_toy"
+    rows = _rows(out / "all_trials.csv")
+    assert {"user_attrs_convergence_rate", "user_attrs_mean_steps"} <= set(rows[0])
+    assert "user_attrs_worker" not in rows[0]  # hpo's own attributes are not metrics
+    results = json.loads((out / "hpo_results.json").read_text())
+    best = study.best_trial
+    assert results["best_trial"] == best.number
+    assert results["best_convergence_rate"] == best.user_attrs["convergence_rate"]
+    assert results["best_mean_steps"] == best.user_attrs["mean_steps"]
+    status = json.loads(run_hpo(["status", "--json"], tmp_path, env).stdout)
+    assert status["best"]["metrics"] == {"convergence_rate": best.user_attrs["convergence_rate"],
+                                         "mean_steps": best.user_attrs["mean_steps"]}
+
+    # A later `hpo status` without N_TRIALS shows the budget the workers enforced.
+    later = clean_env(HPO_CONFIG=str(EXAMPLES / "gad.yaml"))
+    status = json.loads(run_hpo(["status", "--json"], tmp_path, later).stdout)
+    assert (status["finished"], status["max_trials"], status["eta_seconds"]) == (4, 4, 0.0)
+
+
+@pytest.mark.parametrize(("env", "named", "valid"), [
+    ({"DIFFICULTY_THRESHOLD": "2"}, "DIFFICULTY_THRESHOLD='2'", "valid: a number >= 0.01 and <= 1"),
+    ({"N_STEPS_PER_SAMPLE": "many"}, "N_STEPS_PER_SAMPLE='many'", "valid: an integer"),
+    ({"N_TRIALS": "5", "MAX_TRIALS": "6"}, "disagree", "valid: set one of them"),
+])
+def test_bad_objective_setting_exits_2_and_writes_nothing(tmp_path: Path, env: dict[str, str], named: str,
+                                                           valid: str) -> None:
+    result = run_hpo(["run", "--workers", "1"], tmp_path, clean_env(HPO_CONFIG=str(EXAMPLES / "gad.yaml"), **env))
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr and valid in result.stderr
+    assert not (tmp_path / "optuna_journal").exists() and not (tmp_path / "optuna_runs").exists()
+
+
+def test_config_declares_its_own_settings(tmp_path: Path) -> None:
+    config = str(EXAMPLES / "llc.yaml")
+    shown = run_hpo(["config", "--config", config], tmp_path, clean_env(LLC_MARGIN_SECONDS="0.5"))
+    assert shown.returncode == 0, shown.stderr
+    assert "objective_settings" in shown.stdout
+    line = next(x for x in shown.stdout.splitlines() if x.startswith("LLC_MARGIN_SECONDS"))
+    assert line.split()[1:] == ["0.5", "env:LLC_MARGIN_SECONDS"]
+    bad = run_hpo(["run", "--config", config], tmp_path, clean_env(LLC_MARGIN_SECONDS="-1"))
+    assert bad.returncode == 2 and "LLC_MARGIN_SECONDS='-1'" in bad.stderr and ">= 0" in bad.stderr
+    assert not (tmp_path / "optuna_journal").exists()
+    arg = run_hpo(["config", "--config", config, "--arg", "margin_seconds=0.25"], tmp_path, clean_env())
+    assert next(x for x in arg.stdout.splitlines() if x.startswith("LLC_MARGIN_SECONDS")).split()[1:] == \
+        ["0.25", "flag"]
+
+
+@pytest.mark.parametrize(("declaration", "message"), [
+    ("x: {type: complex, default: 1}", "objective_settings.x.type: 'complex' is not valid"),
+    ("x: {type: int, default: 1, lo: 0}", "objective_settings.x.lo: unknown key"),
+    ("x: {type: int, default: 7, high: 5}", "objective_settings.x.default=7"),
+    ("max_trials: {type: int, default: 1}", "objective_settings.max_trials: already a setting of hpo"),
+    ("x: {type: int, default: 1, env: MAX_TRIALS}", "MAX_TRIALS is already used by hpo"),
+])
+def test_bad_setting_declaration_exits_2(tmp_path: Path, declaration: str, message: str) -> None:
+    (tmp_path / "c.yaml").write_text(SETUP_CONFIG.format(offset=0).replace("setup: objectives:counted_setup\n", "")
+                                     + f"objective_settings:\n  {declaration}\n")
+    result = run_hpo(["config", "--config", str(tmp_path / "c.yaml")], tmp_path, clean_env())
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_setup_runs_once_for_many_workers_and_is_reused(tmp_path: Path) -> None:
+    (tmp_path / "prep.yaml").write_text(SETUP_CONFIG.format(offset=1))
+    counter = tmp_path / "setup_runs.txt"
+    env = clean_env(HPO_CONFIG=str(tmp_path / "prep.yaml"), MAX_TRIALS="6", SETUP_COUNTER=str(counter),
+                    SETUP_SECONDS="1.5")
+    result = run_hpo(["run", "--workers", "3"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert len(counter.read_text().splitlines()) == 1  # three workers started together; it ran once
+    study = load_study(tmp_path / "optuna_journal/prep.journal", "prep")
+    assert len(study.trials) == 6
+    assert {(t.user_attrs["setup_value"], t.user_attrs["setup_file"]) for t in study.trials} == {(43, "42")}
+
+    # The same inputs in a new study: read from the cache, not run again.
+    again = run_hpo(["run", "--workers", "2", "--study-name", "prep2"], tmp_path, env)
+    assert again.returncode == 0, again.stderr
+    assert len(counter.read_text().splitlines()) == 1
+    # Another input: another key, computed again.
+    (tmp_path / "prep.yaml").write_text(SETUP_CONFIG.format(offset=2))
+    third = run_hpo(["run", "--workers", "1", "--study-name", "prep3", "--overwrite"], tmp_path, env)
+    assert third.returncode == 0, third.stderr
+    assert len(counter.read_text().splitlines()) == 2
+    assert {t.user_attrs["setup_value"] for t in load_study(tmp_path / "optuna_journal/prep3.journal",
+                                                             "prep3").trials} == {44}
+
+    # log_metrics lines reach epoch_metrics.csv, set_user_attr values the trial table.
+    assert run_hpo(["export"], tmp_path, env).returncode == 0
+    epochs = _rows(tmp_path / "results/prep/epoch_metrics.csv")
+    assert len(epochs) == 12 and {"number", "step", "loss"} <= set(epochs[0])
+    assert "user_attrs_setup_value" in _rows(tmp_path / "results/prep/all_trials.csv")[0]
+
+
+def test_failing_setup_stops_every_worker_before_any_trial(tmp_path: Path) -> None:
+    (tmp_path / "prep.yaml").write_text(SETUP_CONFIG.format(offset=0))
+    counter = tmp_path / "setup_runs.txt"
+    env = clean_env(HPO_CONFIG=str(tmp_path / "prep.yaml"), MAX_TRIALS="6", SETUP_COUNTER=str(counter),
+                    SETUP_SECONDS="1", SETUP_FAIL="1")
+    result = run_hpo(["run", "--workers", "3"], tmp_path, env)
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "setup objectives:counted_setup" in output and "RuntimeError: reference data missing" in output
+    assert len(counter.read_text().splitlines()) == 1  # the others took the failure, not a second try
+    journal = tmp_path / "optuna_journal/prep.journal"
+    assert not journal.exists() or not load_study(journal, "prep").trials
+    (error,) = (tmp_path / "optuna_journal/setup-cache").glob("*/error.json")
+    assert "reference data missing" in json.loads(error.read_text())["traceback"]
