@@ -15,6 +15,13 @@ Keys (unknown ones are refused)::
       n_steps_per_sample: {type: int, default: 800, low: 1, env: N_STEPS_PER_SAMPLE}
     metric_names: [error, latency_us]        # names of the objectives (Optuna's set_metric_names)
     setup: package.module:function           # a stage computed once per study and cached (hpo.setup)
+    matrix: {problem: [a, b], method: [sgld, sghmc]}   # a sweep: one study per combination,
+    study_name: llc_{problem}_{method}                 #   named from its values
+    matrix_space: {method: {sghmc: {friction: {...}}}} # parameters only some cells have
+
+A sweep (``matrix:``) is one study per combination of values (:func:`cells`), all in
+the same journal folder; each cell's values reach the objective in ``ctx.options``.
+Workers go through the studies in order (:func:`expand`, :class:`hpo.worker.Worker`).
 
 The objective's module may declare its own settings as ``SETTINGS`` (see
 :mod:`hpo.settings`), and the config may declare more under ``objective_settings:``
@@ -28,7 +35,9 @@ Storage, budgets, per-trial time budget and time-based pruning are settings
 from __future__ import annotations
 
 import importlib
+import itertools
 import logging
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -53,7 +62,8 @@ from hpo.space import Param, check_param_set, parse_space
 _logger = logging.getLogger(__name__)
 
 _TOP_KEYS = ("study_name", "objective", "direction", "directions", "settings", "space", "enqueue",
-             "sampler_args", "pruner_args", "objective_args", "objective_settings", "metric_names", "setup")
+             "sampler_args", "pruner_args", "objective_args", "objective_settings", "metric_names", "setup",
+             "matrix", "matrix_space")
 _DIRECTIONS = ("minimize", "maximize")
 
 
@@ -71,6 +81,9 @@ class StudyConfig:
     declared: tuple[Field, ...] = ()  # objective_settings: the config's own settings
     metric_names: tuple[str, ...] | None = None
     setup: str | None = None  # "package.module:function", see hpo.setup
+    # A sweep: (name, values) per matrix variable, and extra parameters per variable and value.
+    matrix: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    matrix_space: Mapping[str, Mapping[str, Mapping[str, Param]]] = field(default_factory=dict)
     text: str = ""  # the file as read, for the study's stored copy
 
     def _module(self) -> Any:
@@ -165,6 +178,107 @@ def _metric_names(path: Path, raw: Any, n_objectives: int) -> tuple[str, ...] | 
     return tuple(raw)
 
 
+_VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _matrix(path: Path, raw: Any, study_name: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping) or not raw:
+        raise UsageError(f"{path}: matrix: must be a mapping of variable name to a list of values")
+    out = []
+    for name, values in raw.items():
+        if not isinstance(name, str) or not _VAR_RE.fullmatch(name):
+            raise UsageError(f"{path}: matrix.{name}: not a valid variable name; valid: letters, digits and _")
+        if (not isinstance(values, list) or not values
+                or not all(isinstance(v, (str, int, float, bool)) for v in values)):
+            raise UsageError(f"{path}: matrix.{name}: must be a non-empty list of strings or numbers")
+        if len({str(v) for v in values}) != len(values):
+            raise UsageError(f"{path}: matrix.{name}: {values!r} repeats a value; valid: distinct values")
+        out.append((name, tuple(values)))
+    missing = [n for n, _ in out if not isinstance(study_name, str) or "{" + n + "}" not in study_name]
+    if missing:
+        raise UsageError(f"{path}: study_name: {study_name!r} must name every matrix variable, e.g. "
+                         f"{'_'.join('{' + n + '}' for n, _ in out)!r}; missing: {', '.join(missing)}")
+    try:
+        study_name.format(**{n: v[0] for n, v in out})
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UsageError(f"{path}: study_name: {study_name!r} is not a valid pattern ({exc}); valid: "
+                         "text with {variable} for each matrix variable") from None
+    return tuple(out)
+
+
+def _matrix_space(path: Path, raw: Any, matrix: tuple[tuple[str, tuple[Any, ...]], ...],
+                  space: Mapping[str, Param]) -> dict[str, dict[str, dict[str, Param]]]:
+    if raw is None:
+        return {}
+    values = {n: {str(v) for v in vs} for n, vs in matrix}
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"{path}: matrix_space: must be a mapping: variable -> value -> parameters")
+    out: dict[str, dict[str, dict[str, Param]]] = {}
+    for name, by_value in raw.items():
+        if name not in values:
+            raise UsageError(f"{path}: matrix_space.{name}: not a matrix variable; valid: {', '.join(values)}")
+        if not isinstance(by_value, Mapping):
+            raise UsageError(f"{path}: matrix_space.{name}: must be a mapping of value to parameters")
+        out[name] = {}
+        for value, spec in by_value.items():
+            if str(value) not in values[name]:
+                raise UsageError(f"{path}: matrix_space.{name}.{value}: not a value of matrix.{name}; "
+                                 f"valid: {', '.join(sorted(values[name]))}")
+            try:
+                extra = parse_space(path, spec) if spec else {}
+            except UsageError as exc:
+                raise UsageError(f"{path}: matrix_space.{name}.{value}: {exc}") from None
+            clash = sorted(set(extra) & set(space))
+            if clash:
+                raise UsageError(f"{path}: matrix_space.{name}.{value}.{clash[0]}: already in space:")
+            out[name][str(value)] = extra
+    return out
+
+
+def cells(config: StudyConfig) -> list[StudyConfig]:
+    """A sweep's studies, in order (the last variable varies fastest): each a plain config
+    whose study name is the pattern filled in, whose space has the cell's extra parameters,
+    and whose ``objective_args`` hold the cell's values. A plain config is its only cell."""
+    if not config.matrix:
+        return [config]
+    names = [n for n, _ in config.matrix]
+    out = []
+    for combo in itertools.product(*(vs for _, vs in config.matrix)):
+        values = dict(zip(names, combo))
+        space = dict(config.space)
+        for name, value in values.items():
+            space.update(config.matrix_space.get(name, {}).get(str(value), {}))
+        out.append(replace(
+            config, matrix=(), matrix_space={}, space=space,
+            objective_args={**config.objective_args, **values},
+            settings={**config.settings, "study_name": str(config.settings["study_name"]).format(**values)},
+        ))
+    return out
+
+
+def study_names(config: StudyConfig) -> list[str]:
+    return [str(c.settings.get("study_name")) for c in cells(config)]
+
+
+def expand(settings: Settings, config: StudyConfig) -> list[tuple[Settings, StudyConfig]]:
+    """The (settings, config) of each study a launch works on: one for a plain config;
+    for a sweep, every cell, or the one ``STUDY_NAME`` selects."""
+    if not config.matrix:
+        return [(settings, config)]
+    pattern = str(config.settings["study_name"])
+    chosen = cells(config)
+    if settings.study_name != pattern:
+        names = study_names(config)
+        if settings.study_name not in names:
+            raise UsageError(f"STUDY_NAME={settings.study_name!r} ({settings.sources.get('study_name')}) is not a "
+                             f"study of the sweep in {config.path}; valid: {pattern!r} (all of them) or one of "
+                             f"{', '.join(names)}")
+        chosen = [c for c in chosen if c.settings["study_name"] == settings.study_name]
+    return [(replace(settings, study_name=str(c.settings["study_name"])), c) for c in chosen]
+
+
 def _function_name(path: Path, key: str, raw: Any) -> str:
     if not isinstance(raw, str) or ":" not in raw or not all(raw.partition(":")[::2]):
         raise UsageError(f"{path}: {key}: {raw!r} is not valid; valid: 'package.module:function'")
@@ -199,7 +313,13 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
             if not isinstance(args, Mapping):
                 raise UsageError(f"{path}: {key}.{name}: must be a mapping of argument name to value")
     directions = _directions(path, raw)
+    matrix = _matrix(path, raw.get("matrix"), settings.get("study_name"))
+    taken = sorted({n for n, _ in matrix} & set(extra["objective_args"]))
+    if taken:
+        raise UsageError(f"{path}: objective_args.{taken[0]}: also a matrix variable; valid: one of the two")
     return StudyConfig(
+        matrix=matrix,
+        matrix_space=_matrix_space(path, raw.get("matrix_space"), matrix, space),
         declared=_declared(path, raw.get("objective_settings")),
         metric_names=_metric_names(path, raw.get("metric_names"), len(directions)),
         setup=None if raw.get("setup") is None else _function_name(path, "setup", raw["setup"]),

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 from optuna.trial import TrialState
 
 from hpo import outcome as outcomes
-from hpo.config import StudyConfig
+from hpo.config import StudyConfig, expand
 from hpo.errors import LockWaitAborted
 from hpo.journal.repair import visibility_warning
 from hpo.objective import Objective
@@ -145,6 +145,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings, self.config, self.identity = settings, config, identity
+        self.cells = expand(settings, config)  # one study, or each study of a sweep (hpo.config)
         self.flag = flag or StopFlag()
         self.clock = clock
         self.objective: Objective = config.load_objective()
@@ -152,7 +153,7 @@ class Worker:
         self.trials_run = 0
         self.failures_in_a_row = 0
         self.started = clock()
-        self.last_reap = self.started
+        self.last_reap: dict[str, float] = {}  # per study: when this worker last reaped it
         self.budget_seconds: float | None = None  # set when the loop starts (it may ask squeue)
 
     def _budget(self) -> float | None:
@@ -177,16 +178,47 @@ class Worker:
             return reason
 
     def _run(self) -> StopReason:
-        s = self.settings
         self.budget_seconds = self._budget()
+        if len(self.cells) > 1:
+            _logger.info("%d studies (%s): this worker works on them in order, and moves to the next one when a "
+                         "study's MAX_TRIALS are finished, or while every remaining trial of it is running",
+                         len(self.cells), ", ".join(c.study_name for c, _ in self.cells))
+        opened: dict[str, tuple[SharedStudy, TrialRunner]] = {}
+        pending = list(self.cells)
+        while pending:
+            ran_before = self.trials_run
+            for cell in list(pending):
+                if cell[0].study_name not in opened:
+                    opened[cell[0].study_name] = self._open(*cell)
+                shared, runner = opened[cell[0].study_name]
+                reason = self._loop(shared, runner, wait=len(pending) == 1)
+                if reason is None:
+                    continue  # every slot of this study is held by a running trial: another one meanwhile
+                if reason != StopReason.MAX_TRIALS or len(self.cells) == 1:
+                    self._log_stop(shared, reason)
+                    if reason != StopReason.MAX_TRIALS:
+                        return reason
+                else:
+                    _logger.info("study %r: MAX_TRIALS=%d finished", shared.settings.study_name,
+                                 shared.settings.max_trials)
+                pending.remove(cell)
+            if pending and self.trials_run == ran_before:
+                self.flag.wait(WAIT_POLL_SECONDS)  # all of them full: wait as one study would
+        if len(self.cells) > 1:
+            _logger.info("worker %s stopped: %s (ran %d trial(s) in %.1fs over %d studies)", self.identity.worker_id,
+                         StopReason.MAX_TRIALS.label, self.trials_run, self.clock() - self.started, len(self.cells))
+        return StopReason.MAX_TRIALS
+
+    def _open(self, s: Settings, config: StudyConfig) -> tuple[SharedStudy, TrialRunner]:
+        """Set up and open one study: its setup (once for all workers), the study, a first reap."""
         seed = sampler_seed(s, self.identity)
         stop_asked = lambda: self.flag.reason is not None  # noqa: E731 - polled by every lock wait
         # Before the study is touched: a setup that fails writes nothing into the journal.
-        setup = ensure_setup(s, self.config, should_stop=stop_asked)
+        setup = ensure_setup(s, config, should_stop=stop_asked)
         if setup is not None:
-            _logger.info("setup %s: %s (key %s)", self.config.setup,
+            _logger.info("setup %s: %s (key %s)", config.setup,
                          "computed by this worker" if setup.computed_here else "read from the cache", setup.key)
-        shared = open_study(s, self.config, seed, should_stop=stop_asked)
+        shared = open_study(s, config, seed, should_stop=stop_asked)
         _logger.info(
             "worker %s started: study=%r storage=%s device=%s gpu=%s seed=%d max_trials=%d "
             "trials_per_worker=%s budget=%s sampler=%s pruner=%s",
@@ -199,9 +231,11 @@ class Worker:
         if lag:
             _logger.warning("%s", lag)
         self._reap(shared, force=True)
-        runner = TrialRunner(shared, s, self.config, self.identity, self.device, self.objective,
+        runner = TrialRunner(shared, s, config, self.identity, self.device, self.objective,
                              Heartbeat(shared, s.heartbeat_seconds, s.stale_seconds), setup)
-        reason = self._loop(shared, runner)
+        return shared, runner
+
+    def _log_stop(self, shared: SharedStudy, reason: StopReason) -> None:
         counts = shared.counts()
         _logger.info(
             "worker %s stopped: %s (ran %d trial(s) in %.1fs; study: %d complete, %d pruned, %d fail, %d running)",
@@ -209,9 +243,10 @@ class Worker:
             counts[TrialState.COMPLETE], counts[TrialState.PRUNED], counts[TrialState.FAIL],
             counts[TrialState.RUNNING],
         )
-        return reason
 
-    def _loop(self, shared: SharedStudy, runner: TrialRunner) -> StopReason:
+    def _loop(self, shared: SharedStudy, runner: TrialRunner, wait: bool = True) -> StopReason | None:
+        """Run trials of one study until a stop reason; None (``wait`` false) when every
+        remaining slot of it is held by a running trial."""
         while True:
             reason = self._stop_before_next(shared)
             if reason is not None:
@@ -222,6 +257,8 @@ class Worker:
             if trial is None:
                 # Every remaining slot is held by a running trial; one may still fail.
                 self._reap(shared)
+                if not wait:
+                    return None
                 self.flag.wait(WAIT_POLL_SECONDS)
                 continue
             result = runner.run(trial, lambda: self.flag.reason)
@@ -242,9 +279,9 @@ class Worker:
     def _reap(self, shared: SharedStudy, force: bool = False) -> None:
         """Reap lost trials, at most every half ``HPO_STALE_SECONDS`` (30 s by default):
         a reap may run ``squeue``, which a hundred workers must not hammer."""
-        now = self.clock()
-        if force or now - self.last_reap >= min(30.0, self.settings.stale_seconds / 2):
-            self.last_reap = now
+        now, name = self.clock(), shared.settings.study_name
+        if force or now - self.last_reap.get(name, self.started) >= min(30.0, self.settings.stale_seconds / 2):
+            self.last_reap[name] = now
             reap(shared, self.identity.host)
 
     def _stop_before_next(self, shared: SharedStudy) -> StopReason | None:

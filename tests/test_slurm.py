@@ -131,6 +131,20 @@ def test_sbatch_with_only_hpo_config_runs_the_configs_study(slurm: None, project
     assert (project / "optuna_journal/mine.jobs").read_text().split() == [job]
 
 
+def test_sbatch_works_through_every_study_of_a_sweep(slurm: None, project: Path) -> None:
+    """One job, a sweep config: each study gets its trials and the job in its jobs file."""
+    env = clean_env(HPO_CONFIG="configs/examples/llc_grid.yaml", MAX_TRIALS="2", HPO_TRIAL_TIMEOUT_SECONDS="0.3",
+                    HPO_PYTHON=sys.executable)
+    job = sbatch(project, "slurm/bash_optuna.sh", ["--ntasks=2", *SMALL_TASKS], env)
+    assert sacct_states(job)[job].startswith("COMPLETED"), sacct_states(job)
+    log = (project / "logs" / f"hpo-optuna_{job}.log").read_text()
+    assert "a sweep of 4 studies" in log
+    for name in ("llc_narrow_sgld", "llc_narrow_sghmc", "llc_wide_sgld", "llc_wide_sghmc"):
+        study = load_study(project / f"optuna_journal/{name}.journal", name)
+        assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 2, name
+        assert (project / f"optuna_journal/{name}.jobs").read_text().split() == [job]
+
+
 def test_array_template(slurm: None, project: Path) -> None:
     env = clean_env(**TINY, MAX_TRIALS="5", STUDY_NAME="arr", OPTUNA_PRUNER="none", HPO_PYTHON=sys.executable)
     job = sbatch(project, "slurm/bash_optuna_array.sh", ["--array=0-2", *SMALL_TASKS], env)

@@ -162,3 +162,53 @@ def test_failing_setup_stops_every_worker_before_any_trial(tmp_path: Path) -> No
     assert not journal.exists() or not load_study(journal, "prep").trials
     (error,) = (tmp_path / "optuna_journal/setup-cache").glob("*/error.json")
     assert "reference data missing" in json.loads(error.read_text())["traceback"]
+
+
+def test_sweep_runs_every_study_with_its_own_space_and_one_command(tmp_path: Path) -> None:
+    config = str(EXAMPLES / "llc_grid.yaml")
+    env = clean_env(HPO_CONFIG=config, MAX_TRIALS="2", HPO_TRIAL_TIMEOUT_SECONDS="0.4")
+    names = ["llc_narrow_sgld", "llc_narrow_sghmc", "llc_wide_sgld", "llc_wide_sghmc"]
+    result = run_hpo(["run", "--workers", "2"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert "every worker works on the studies in order" in result.stderr
+    for name in names:
+        study = load_study(tmp_path / f"optuna_journal/{name}.journal", name)
+        assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials) == 2, name
+        has_friction = {"friction" in t.params for t in study.trials}
+        assert has_friction == {name.endswith("sghmc")}, name  # the method's own space
+        refs = {t.user_attrs.get("llc_ref") for t in study.trials if t.state.name == "COMPLETE"}
+        assert all(abs(r - (1.5 if "narrow" in name else -0.5)) < 1e-6 for r in refs), name  # the cell's setup
+    assert len(list((tmp_path / "optuna_journal/setup-cache").glob("*/result.json"))) == 4  # once per cell
+
+    status = json.loads(run_hpo(["status", "--json", "--no-slurm"], tmp_path, env).stdout)
+    assert [s["study"] for s in status["studies"]] == names
+    assert [(r["study"], r["problem"], r["method"], r["finished"]) for r in status["combined"]] == [
+        (n, n.split("_")[1], n.split("_")[2], 2) for n in names]
+    exported = run_hpo(["export"], tmp_path, env)
+    assert exported.returncode == 0, exported.stderr
+    assert [r["study"] for r in _rows(tmp_path / "results/llc_grid_sweep.csv")] == names
+    assert all((tmp_path / "results" / n / "all_trials.csv").is_file() for n in names)
+
+    one = run_hpo(["best"], tmp_path, env)
+    assert one.returncode == 2 and "a sweep of 4 studies" in one.stderr and "llc_wide_sghmc" in one.stderr
+    chosen = run_hpo(["best", "--study-name", "llc_wide_sghmc"], tmp_path, env)
+    assert chosen.returncode == 0 and "friction" in chosen.stdout, chosen.stderr
+    bad = run_hpo(["status", "--study-name", "llc_wide"], tmp_path, env)
+    assert bad.returncode == 2 and "STUDY_NAME='llc_wide'" in bad.stderr and "llc_narrow_sgld" in bad.stderr
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    ({"study_name": "llc_{problem}"}, "study_name: 'llc_{problem}' must name every matrix variable"),
+    ({"matrix": {"problem": []}}, "matrix.problem: must be a non-empty list"),
+    ({"matrix_space": {"solver": {}}}, "matrix_space.solver: not a matrix variable"),
+    ({"matrix_space": {"method": {"hmc": {}}}}, "matrix_space.method.hmc: not a value of matrix.method"),
+])
+def test_bad_sweep_exits_2(tmp_path: Path, edit: dict, message: str) -> None:
+    import yaml
+
+    raw = yaml.safe_load((EXAMPLES / "llc_grid.yaml").read_text())
+    for key, value in edit.items():
+        raw[key] = value if key != "matrix" else {**raw["matrix"], **value}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(raw))
+    result = run_hpo(["config", "--config", str(tmp_path / "grid.yaml")], tmp_path, clean_env())
+    assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping
 
 import click
 
-from hpo.config import StudyConfig, load_all
+from hpo.config import StudyConfig, expand, load_all, study_names
 from hpo.settings import FIELDS, Settings
 
 Command = Callable[..., Any]
@@ -32,5 +32,19 @@ def environment() -> Mapping[str, str]:
 
 
 def load(flags: dict[str, Any]) -> tuple[Settings, StudyConfig]:
-    """Resolve settings and the study config from flags, environment and file."""
-    return load_all(flags, environment())
+    """Resolve settings and the study config from flags, environment and file: one study
+    (of a sweep, the one ``STUDY_NAME`` names; else exit 2 naming them)."""
+    from hpo.errors import UsageError
+
+    settings, config = load_all(flags, environment())
+    studies = expand(settings, config)
+    if len(studies) > 1:
+        raise UsageError(f"{config.path} is a sweep of {len(studies)} studies; this command takes one: give "
+                         f"--study-name (STUDY_NAME); valid: {', '.join(study_names(config))}")
+    return studies[0]
+
+
+def load_sweep(flags: dict[str, Any]) -> tuple[Settings, StudyConfig, list[tuple[Settings, StudyConfig]]]:
+    """Settings and config as resolved, and each study they select (several for a sweep)."""
+    settings, config = load_all(flags, environment())
+    return settings, config, expand(settings, config)

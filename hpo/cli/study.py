@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from hpo.cli._options import load, settings_options
+from hpo.cli._options import load, load_sweep, settings_options
 from hpo.settings import FIELDS, Settings
 
 
@@ -17,13 +17,22 @@ from hpo.settings import FIELDS, Settings
               help="append JOB_ID to the study's jobs file (what the sbatch scripts call) and print nothing else")
 def config_cmd(record_job: str | None, **flags: Any) -> None:
     """Print the effective settings and where each value came from."""
-    settings, config = load(flags)
+    settings, config, studies = load_sweep(flags)
     if record_job is not None:
         from hpo.storage import record_study_jobs
 
-        record_study_jobs(settings.jobs_path, [record_job])
+        for cell_settings, _ in studies:  # a sweep's job works on each of its studies
+            record_study_jobs(cell_settings.jobs_path, [record_job])
         return
     click.echo(f"# study config: {config.path} ({settings.sources['config']})")
+    if config.matrix:
+        click.echo(f"# a sweep of {len(studies)} studies ({' x '.join(n for n, _ in config.matrix)}): "
+                   f"{', '.join(s.study_name for s, _ in studies)}")
+        click.echo("# every worker works on them in order, moving to the next study when one's MAX_TRIALS "
+                   "are finished (or while all its remaining trials are running)")
+        settings, config = studies[0]
+        click.echo(f"# first study's settings below ({settings.study_name}); cells differ by name, "
+                   "objective_args and matrix_space")
     click.echo(f"# storage: {settings.storage_label}")
     click.echo(f"# from the environment: {settings.env_line() or 'nothing'}")
     width = max(len(f.env) for f in settings.fields())

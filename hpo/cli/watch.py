@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from hpo.cli._options import load, settings_options
+from hpo.cli._options import load, load_sweep, settings_options
 from hpo.errors import UsageError
 
 if TYPE_CHECKING:
@@ -44,10 +44,25 @@ def status_cmd(watch: bool, interval: float, as_json: bool, no_slurm: bool, **fl
     """One screen: trials by state, progress and ETA, best trial, running trials, workers, zombies, SLURM jobs."""
     from hpo.watch import status
 
-    settings, _ = load(flags)
+    _, config, studies = load_sweep(flags)
+    values = [{n: c.objective_args[n] for n, _ in config.matrix} for _, c in studies]
 
     def snapshot() -> dict[str, Any]:
-        return status.build(status.collect(settings, slurm=not no_slurm))
+        states = [status.build(status.collect(s, slurm=not no_slurm)) for s, _ in studies]
+        if len(states) == 1:
+            return states[0]
+        return {"sweep": str(config.path), "studies": states, "combined": status.combined_rows(states, values)}
+
+    def render(state: dict[str, Any]) -> Any:
+        if "sweep" not in state:
+            return status.render(state)
+        from rich.console import Group
+        from rich.rule import Rule
+
+        parts: list[Any] = []
+        for one in state["studies"]:
+            parts += [Rule(one["study"]), status.render(one)]
+        return Group(*parts, Rule("sweep"), status.render_combined(state["combined"]))
 
     if as_json:
         return _repeat(lambda: click.echo(json.dumps(snapshot())), watch, interval)
@@ -57,12 +72,12 @@ def status_cmd(watch: bool, interval: float, as_json: bool, no_slurm: bool, **fl
     if not console.is_terminal:
         console = Console(width=200)  # piped or redirected: wide lines rather than folded tables
     if not watch:
-        console.print(status.render(snapshot()))
+        console.print(render(snapshot()))
         return 0
     from rich.live import Live
 
-    with Live(status.render(snapshot()), console=console, auto_refresh=False, screen=False) as live:
-        return _repeat(lambda: live.update(status.render(snapshot()), refresh=True), True, interval, first=False)
+    with Live(render(snapshot()), console=console, auto_refresh=False, screen=False) as live:
+        return _repeat(lambda: live.update(render(snapshot()), refresh=True), True, interval, first=False)
 
 
 def _repeat(action: Callable[[], object], watch: bool, interval: float, first: bool = True) -> int:
@@ -180,8 +195,22 @@ def export_cmd(out: str | None, top: int, **flags: Any) -> int:
     from hpo.watch.export import export
     from hpo.watch.status import open_view
 
-    settings, _ = load(flags)
-    for path in export(open_view(settings), _results_dir(settings, out), top):
+    _, config, studies = load_sweep(flags)
+    for settings, _ in studies:  # a sweep: each study into its own folder, then one combined table
+        folder = (Path(out) / settings.study_name if len(studies) > 1 else Path(out)) if out else None
+        for path in export(open_view(settings), _results_dir(settings, str(folder) if folder else None), top):
+            click.echo(str(path))
+    if len(studies) > 1:
+        import pandas as pd
+
+        from hpo.watch import status
+
+        states = [status.build(status.collect(s, slurm=False)) for s, _ in studies]
+        rows = status.combined_rows(states, [{n: c.objective_args[n] for n, _ in config.matrix} for _, c in studies])
+        table = Path(out) if out else RESULTS_DIR
+        table.mkdir(parents=True, exist_ok=True)
+        path = table / f"{config.path.stem}_sweep.csv"
+        pd.DataFrame([{**r, "best_params": json.dumps(r["best_params"])} for r in rows]).to_csv(path, index=False)
         click.echo(str(path))
     return 0
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from hpo.cli._options import Command, environment, load, settings_options
+from hpo.cli._options import Command, environment, load, load_sweep, settings_options
 from hpo.config import StudyConfig
 from hpo.settings import Settings
 
@@ -45,14 +45,15 @@ def launch(flags: dict[str, Any], launcher: str) -> tuple[Settings, StudyConfig]
     reuse, overwrite = flags.pop("reuse_stored"), flags.pop("overwrite")
     if reuse and overwrite:
         raise UsageError("--reuse-stored and --overwrite exclude each other; give one")
-    settings, config = load(flags)
+    settings, config, studies = load_sweep(flags)
     check_runnable(settings, config)
     mode = ConfigMode.REUSE_STORED if reuse else ConfigMode.OVERWRITE if overwrite else ConfigMode.CHECK
-    used = reconcile(settings, config, mode)
-    if used.path != config.path:
-        settings = dataclasses.replace(settings, config=used.path)
-    record_launch(settings, used, launcher)
-    return settings, used
+    for number, (cell_settings, cell_config) in enumerate(studies):  # a sweep: every study it selects
+        used = reconcile(cell_settings, cell_config, mode)
+        record_launch(cell_settings, used, launcher)
+        if number == 0 and used.path != config.path:  # the stored copy, loaded whole (a sweep too)
+            settings, config = dataclasses.replace(settings, config=used.path), used
+    return settings, config
 
 
 @click.command("worker")
@@ -117,7 +118,7 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
     import json
 
     if dry_run:
-        settings, config = load({k: v for k, v in flags.items() if k not in ("reuse_stored", "overwrite")})
+        settings, config, _ = load_sweep({k: v for k, v in flags.items() if k not in ("reuse_stored", "overwrite")})
     else:
         settings, config = launch(flags, "hpo submit")
     from hpo.launch.submit import SubmitOptions, describe, submit
@@ -127,19 +128,28 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
     opts = SubmitOptions(workers=n_workers, partition=partition, time_minutes=time_minutes,
                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
                          account=account, qos=qos, constraint=constraint, exclude=exclude,
-                         job_name=f"hpo-{settings.study_name}")
+                         job_name="hpo-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in settings.study_name))
     if dry_run:
         click.echo(json.dumps({"study": settings.study_name, "storage": settings.storage_label,
                                "submit": describe(opts), "worker_env": settings.to_env()}, indent=2))
         return 0
-    shared = open_study(settings, config)
-    seed_offset = 10_000 * sum(1 for t in shared.trials() if t.state.is_finished())
+    from hpo.config import expand
+
+    cells = expand(settings, config)
+    studies = [open_study(s, c) for s, c in cells]
+    seed_offset = 10_000 * sum(1 for shared in studies for t in shared.trials() if t.state.is_finished())
     jobs = submit(opts, settings.to_env(), seed_offset, Path.cwd(), local)
     ids = [job.job_id for job in jobs]
-    record_study_jobs(settings.jobs_path, ids)
-    click.echo(f"submitted {len(ids)} worker(s) to study {settings.study_name!r}: {' '.join(ids)}")
-    click.echo(follow_commands(settings))
-    code = wait_for_study(shared, jobs) if wait else 0
+    for cell_settings, _ in cells:
+        record_study_jobs(cell_settings.jobs_path, ids)
+    names = ", ".join(repr(s.study_name) for s, _ in cells)
+    click.echo(f"submitted {len(ids)} worker(s) to {'studies' if len(cells) > 1 else 'study'} {names}: "
+               f"{' '.join(ids)}")
+    if len(cells) > 1:
+        click.echo("every worker works on the studies in order, moving to the next one when a study's "
+                   "MAX_TRIALS are finished (or while all its remaining trials are running)")
+    click.echo(follow_commands(cells[0][0]))
+    code = wait_for_study(studies, jobs) if wait else 0
     # submitit's LocalJob cleans up in __del__, which fails at interpreter shutdown
     # (module globals gone): let it run now.
     del jobs

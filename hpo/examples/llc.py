@@ -23,22 +23,33 @@ if TYPE_CHECKING:
     from hpo.setup import SetupContext
 
 CENTRE = 1.5  # the mode of the target below: its posterior mean, which reference() recovers
+# Seed 003's grid (configs/examples/llc_grid.yaml): each problem moves the target.
+PROBLEMS = {"narrow": (1.5, 0.5), "wide": (-0.5, 2.0)}  # problem -> (centre, width scale)
+
+
+def _problem(options: Any) -> tuple[float, float]:
+    return PROBLEMS.get(str(options.get("problem")), (CENTRE, 1.0))
 
 
 def reference(ctx: "SetupContext") -> dict[str, Any]:
-    """The posterior mean by quadrature (the seed's HMC reference, done once)."""
-    width = float(ctx.options.get("reference_width", 1.0))
-    grid = [CENTRE - 10 * width + i * (20 * width / 200_000) for i in range(200_001)]
-    weights = [math.exp(-0.5 * ((x - CENTRE) / width) ** 2) for x in grid]
+    """The posterior mean by quadrature (the seed's HMC reference, done once per problem)."""
+    centre, scale = _problem(ctx.options)
+    width = float(ctx.options.get("reference_width", 1.0)) * scale
+    grid = [centre - 10 * width + i * (20 * width / 200_000) for i in range(200_001)]
+    weights = [math.exp(-0.5 * ((x - centre) / width) ** 2) for x in grid]
     return {"llc_ref": sum(x * w for x, w in zip(grid, weights)) / sum(weights), "points": len(grid)}
 
 
 def objective(params: dict[str, Any], ctx: "TrialContext") -> float:
     started = time.perf_counter()
-    ref = float(ctx.setup.get("llc_ref", CENTRE))
+    centre, scale = _problem(ctx.options)
+    ref = float(ctx.setup.get("llc_ref", centre))
     rng = random.Random(ctx.settings.train_seed)
     lr, noise, burn = params["lr"], params["noise_scale"], int(params["burn_in"])
-    theta, total, count, step = 0.0, 0.0, 0, 0
+    width = params["prior_width"] * scale
+    # SGHMC (seed 003's second method) carries a momentum damped by ``friction``; SGLD has none.
+    friction = float(params["friction"]) if ctx.options.get("method") == "sghmc" else 1.0
+    theta, velocity, total, count, step = 0.0, 0.0, 0.0, 0, 0
     margin = float(ctx.options.get("margin_seconds", 0.2))
     while True:
         left = ctx.time_left()
@@ -46,8 +57,9 @@ def objective(params: dict[str, Any], ctx: "TrialContext") -> float:
             break
         for _ in range(200):
             step += 1
-            grad = (theta - CENTRE) / params["prior_width"] ** 2  # -d log p / d theta
-            theta += -lr * grad + noise * math.sqrt(2 * lr) * rng.gauss(0, 1)
+            grad = (theta - centre) / width ** 2  # -d log p / d theta
+            velocity = (1 - friction) * velocity - lr * grad + noise * math.sqrt(2 * lr * friction) * rng.gauss(0, 1)
+            theta += velocity
             if step > burn:
                 total, count = total + theta, count + 1
         if left is None and step >= 20000:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from typing import Mapping, Sequence
 
-from hpo.config import StudyConfig
+from hpo.config import StudyConfig, expand
 from hpo.logs import quiet_optuna
 from hpo.settings import Settings
 from hpo.launch.progress import show_progress
@@ -56,14 +56,19 @@ def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapp
 
     console = Console(stderr=True, soft_wrap=True)
     quiet_optuna()
-    shared = open_study(settings, config)  # creates it and its warm start once, before the workers race
+    # Creates each study and its warm start once, before the workers race.
+    studies = [open_study(s, c) for s, c in expand(settings, config)]
     gpus = visible_gpus(settings, env)
-    console.print(f"study [bold]{settings.study_name}[/] in {settings.storage_label}: "
+    names = ", ".join(s.settings.study_name for s in studies)
+    console.print(f"{'studies' if len(studies) > 1 else 'study'} [bold]{names}[/] in {settings.journal_dir}: "
                   f"{n_workers} worker(s) on {', '.join('GPU ' + g for g in gpus) if gpus else 'CPU'}")
+    if len(studies) > 1:
+        console.print("every worker works on the studies in order, moving to the next one when a study's "
+                      "MAX_TRIALS are finished (or while all its remaining trials are running)")
     console.print(f"worker logs: {settings.log_dir}/worker_*.log  (follow: tail -f {settings.log_dir}/worker_*.log)")
-    console.print(f"run directories: {settings.study_dir}/trial_<number>/")
+    console.print(f"run directories: {settings.trial_output}/<study>/trial_<number>/")
     # A resumed study gets new seeds (see hpo.worker.sampler_seed); a fresh one OPTUNA_SEED + rank.
-    seed_offset = 10_000 * sum(1 for t in shared.trials() if t.state.is_finished())
+    seed_offset = 10_000 * sum(1 for shared in studies for t in shared.trials() if t.state.is_finished())
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     procs = [
         subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--quiet"],
@@ -87,7 +92,7 @@ def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapp
         interrupted.append(count)
 
     interrupted: list[int] = []
-    show_progress(shared, lambda: any(p.poll() is None for p in procs), interrupt)
+    show_progress(studies, lambda: any(p.poll() is None for p in procs), interrupt)
     codes = [p.returncode for p in procs]
     if interrupted or 130 in codes:
         return 130

@@ -51,9 +51,9 @@ def progress(shared: SharedStudy, started: float, finished_at_start: int) -> Pro
                     sum(t.state.name == "FAIL" for t in trials), best, eta)
 
 
-def show_progress(shared: SharedStudy, running: Callable[[], bool],
+def show_progress(studies: Sequence[SharedStudy], running: Callable[[], bool],
                   on_interrupt: Callable[[int], None] = lambda count: None) -> None:
-    """A live bar (or, off a terminal, a line per change) until ``running()`` is false.
+    """A live bar per study (or, off a terminal, a line per change) until ``running()`` is false.
 
     Ctrl-C calls ``on_interrupt(n)`` with the count of interrupts so far and keeps
     following, so workers can end their trials while we watch.
@@ -62,32 +62,34 @@ def show_progress(shared: SharedStudy, running: Callable[[], bool],
     from rich.progress import BarColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True, soft_wrap=True)
-    max_trials = shared.settings.max_trials
     started = time.monotonic()
-    finished_at_start = sum(1 for t in shared.trials() if t.state in FINISHED)
+    at_start = [sum(1 for t in shared.trials() if t.state in FINISHED) for shared in studies]
     bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
               disable=not console.is_terminal)
-    last_line, interrupts = "", 0
+    prefix = (lambda shared: f"{shared.settings.study_name}: ") if len(studies) > 1 else (lambda shared: "")
+    last_lines, interrupts = ["" for _ in studies], 0
     with bar:
-        task = bar.add_task(shared.settings.study_name, total=max_trials, info="")
+        tasks = [bar.add_task(s.settings.study_name, total=s.settings.max_trials, info="") for s in studies]
         while running():
             try:
                 time.sleep(POLL_SECONDS)
-                state = progress(shared, started, finished_at_start)
-                line = state.line(max_trials)
-                bar.update(task, completed=state.finished, info=line.split(", ", 1)[1])
-                # Off a terminal, print a line when counts or best change (not the ETA alone).
-                if not console.is_terminal and line.rsplit(", ETA", 1)[0] != last_line.rsplit(", ETA", 1)[0]:
-                    console.print(line)
-                    last_line = line
+                for i, shared in enumerate(studies):
+                    state = progress(shared, started, at_start[i])
+                    line = prefix(shared) + state.line(shared.settings.max_trials)
+                    bar.update(tasks[i], completed=state.finished, info=line.split(", ", 1)[1])
+                    # Off a terminal, print a line when counts or best change (not the ETA alone).
+                    if not console.is_terminal and line.rsplit(", ETA", 1)[0] != last_lines[i].rsplit(", ETA", 1)[0]:
+                        console.print(line)
+                        last_lines[i] = line
             except KeyboardInterrupt:
                 interrupts += 1
                 on_interrupt(interrupts)
                 console.print("interrupt: workers are ending their trials (Ctrl-C again to stop at once)")
-    final = progress(shared, started, finished_at_start).line(max_trials)
-    if final != last_line:
-        console.print(final)
+    for i, shared in enumerate(studies):
+        final = prefix(shared) + progress(shared, started, at_start[i]).line(shared.settings.max_trials)
+        if final != last_lines[i]:
+            console.print(final)
 
 
 def follow_commands(settings: Settings) -> str:
@@ -99,8 +101,8 @@ def follow_commands(settings: Settings) -> str:
     ])
 
 
-def wait_for_study(shared: SharedStudy, jobs: "Sequence[submitit.Job[str]]") -> int:
-    """Follow the study until every job is done; 0 when the study has its trials."""
-    show_progress(shared, lambda: any(not job.done() for job in jobs))
-    finished = sum(1 for t in shared.trials() if t.state in FINISHED)
-    return 0 if finished >= shared.settings.max_trials else 1
+def wait_for_study(studies: Sequence[SharedStudy], jobs: "Sequence[submitit.Job[str]]") -> int:
+    """Follow the studies until every job is done; 0 when each study has its trials."""
+    show_progress(studies, lambda: any(not job.done() for job in jobs))
+    done = [sum(1 for t in s.trials() if t.state in FINISHED) >= s.settings.max_trials for s in studies]
+    return 0 if all(done) else 1

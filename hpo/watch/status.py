@@ -469,3 +469,32 @@ def counts_line(status: Mapping[str, Any]) -> str:
 
 __all__ = ["HEARTBEAT_ATTR", "SlurmInfo", "build", "collect", "open_view", "render",
            "squeue", "study_job_ids", "throughput", "workers_summary"]
+
+
+# -- a sweep: several studies, one table ---------------------------------------------------
+
+def combined_rows(statuses: Sequence[Mapping[str, Any]], values: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per study of a sweep: its matrix values, progress and best (pure)."""
+    rows = []
+    for status, cell in zip(statuses, values):
+        best = status["best"]
+        rows.append({"study": status["study"], **cell, "finished": status["finished"],
+                     "max_trials": status["max_trials"], "running": status["states"]["RUNNING"],
+                     "fail": status["states"]["FAIL"],
+                     "best_trial": best["number"] if best else None,
+                     "best_value": best["value"] if best else None,
+                     "pareto_size": len(status["pareto"]) if status["pareto"] else None,
+                     "best_params": best["params"] if best else None})
+    return rows
+
+
+def render_combined(rows: Sequence[Mapping[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"sweep: {len(rows)} studies", title_justify="left")
+    columns = [c for c in rows[0] if c != "best_params"] if rows else []
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_num(row[c]) for c in columns))
+    return table
