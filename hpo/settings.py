@@ -33,6 +33,7 @@ from hpo.errors import UsageError
 
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "nsga2")
 PRUNERS = ("hyperband", "median", "sha", "percentile", "wilcoxon", "none")
+BUDGET_COUNTS = ("finished", "complete")
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 
 Parser = Callable[[str, Any], Any]
@@ -225,6 +226,12 @@ FIELDS: tuple[Field, ...] = (
           "per-trial time budget; a trial past it is stopped (PRUNED)"),
     Field("time_pruning_warmup", "HPO_TIME_PRUNING_WARMUP", _non_negative_int, 0,
           "0 = off; else after W completed trials, stop trials slower than mean + std"),
+    Field("budget_counts", "HPO_BUDGET_COUNTS", choice(BUDGET_COUNTS), "finished",
+          "what MAX_TRIALS counts: finished (COMPLETE + PRUNED) or complete (CODES: valid trials only)"),
+    Field("retry_interrupted", "HPO_RETRY_INTERRUPTED", boolean, False,
+          "retry a trial ended by Ctrl-C/SIGINT like a preempted one (a lost warm start runs again)"),
+    Field("export_at_end", "HPO_EXPORT_AT_END", boolean, True,
+          "when the study has its trials, write results/<study>/ (exports and figures) in the background"),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 CONFIG_ENV = "HPO_CONFIG"
@@ -254,11 +261,19 @@ class Settings:
     storage: str
     trial_timeout_seconds: float | None
     time_pruning_warmup: int
+    budget_counts: str
+    retry_interrupted: bool
+    export_at_end: bool
     config: Path
     # The objective's own settings (its module's SETTINGS), resolved like the above.
     objective: Mapping[str, Any] = field(default_factory=dict)
     objective_fields: tuple[Field, ...] = field(default=(), compare=False, repr=False)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def counted_states(self) -> frozenset[str]:
+        """The trial states ``MAX_TRIALS`` counts (``HPO_BUDGET_COUNTS``)."""
+        return frozenset({"COMPLETE"} if self.budget_counts == "complete" else {"COMPLETE", "PRUNED"})
 
     @property
     def journal_path(self) -> Path:

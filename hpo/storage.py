@@ -60,9 +60,9 @@ def on_pareto_front(values: Sequence[Sequence[float]], directions: Sequence[str]
     loss = np.asarray([[_normalize_value(v, d) for v, d in zip(vs, dirs)] for vs in values], dtype=float)
     return [bool(x) for x in _is_pareto_front(loss, assume_unique_lexsorted=False)]
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WARM_START_ATTR = "hpo:warm_started"
 BUDGET_ATTR = "hpo:max_trials"  # the study's MAX_TRIALS, as its workers last enforced it (hpo status reads it)
+BUDGET_COUNTS_ATTR = "hpo:budget_counts"  # and what it counts (HPO_BUDGET_COUNTS), when not the default
 METRIC_NAMES_ATTR = "study:metric_names"  # where Optuna's Study.set_metric_names stores them
 # A study system attribute written only as a read barrier (see SharedStudy.sync_view).
 VIEW_ATTR = "hpo:view"
@@ -337,7 +337,7 @@ class SharedStudy:
     def _budget_verdict(self) -> tuple[None, bool] | None:
         """``(None, done)`` when no trial may start now, None when one may (see ask_within_budget)."""
         counts = self.counts()
-        finished = sum(counts[s] for s in FINISHED)
+        finished = sum(n for state, n in counts.items() if state.name in self.settings.counted_states)
         if finished >= self.settings.max_trials:
             return None, True
         if finished + counts[TrialState.RUNNING] >= self.settings.max_trials:
@@ -453,5 +453,7 @@ def _record_study_facts(storage: optuna.storages.BaseStorage, sid: int, settings
     held = storage.get_study_system_attrs(sid)
     if held.get(BUDGET_ATTR) != settings.max_trials:
         storage.set_study_system_attr(sid, BUDGET_ATTR, settings.max_trials)
+    if held.get(BUDGET_COUNTS_ATTR, "finished") != settings.budget_counts:
+        storage.set_study_system_attr(sid, BUDGET_COUNTS_ATTR, settings.budget_counts)
     if config.metric_names is not None and held.get(METRIC_NAMES_ATTR) != list(config.metric_names):
         storage.set_study_system_attr(sid, METRIC_NAMES_ATTR, list(config.metric_names))

@@ -21,6 +21,7 @@ trial was taken writes nothing more there.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import statistics
@@ -97,6 +98,8 @@ class TrialRunner:
                 result = outcomes.from_value(value, len(self.config.directions))
             except BaseException as exc:  # noqa: BLE001 - the policy table decides, see hpo.outcome
                 result = outcomes.from_exception(exc, active.last_step[-1] if active.last_step else None)
+                if result.reason == outcomes.INTERRUPTED and s.retry_interrupted:
+                    result = dataclasses.replace(result, retry=True)  # HPO_RETRY_INTERRUPTED: as if preempted
                 if result.show_traceback:
                     _logger.error("trial %d raised:\n%s", trial.number, traceback.format_exc().rstrip())
             if result.record:

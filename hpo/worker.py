@@ -194,6 +194,8 @@ class Worker:
                 reason = self._loop(shared, runner, wait=len(pending) == 1)
                 if reason is None:
                     continue  # every slot of this study is held by a running trial: another one meanwhile
+                if reason == StopReason.MAX_TRIALS and shared.settings.export_at_end:
+                    export_at_end(shared)
                 if reason != StopReason.MAX_TRIALS or len(self.cells) == 1:
                     self._log_stop(shared, reason)
                     if reason != StopReason.MAX_TRIALS:
@@ -311,6 +313,48 @@ class Worker:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+RESULTS_DIR = Path("results")  # as `hpo export` and `hpo plot` write by default
+EXPORT_TIMEOUT_SECONDS = 900
+
+
+def export_at_end(shared: SharedStudy) -> Path | None:
+    """Write ``results/<study>/`` (``hpo export``, then ``hpo plot``) once the study has its trials.
+
+    Every worker that sees the study done calls this; the first to create the marker
+    ``results/<study>/.exported-<finished>`` (``O_EXCL``: one winner, on a shared folder
+    too) runs both commands in a child process, after its own last trial, so no other
+    worker waits and a failure there cannot break the worker (it logs a WARNING naming
+    ``export.log``). More trials later (a higher ``MAX_TRIALS``) export again.
+    Returns the log of the export this worker ran, or None.
+    """
+    import subprocess
+    import sys
+
+    s = shared.settings
+    finished = sum(n for state, n in shared.counts().items() if state.name in s.counted_states)
+    folder = RESULTS_DIR / s.study_name
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(folder / f".exported-{finished}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return None  # another worker does it
+    log = folder / "export.log"
+    env = {**os.environ, **s.to_env()}
+    _logger.info("study %r has its %d trials: writing %s (exports and figures; log %s)", s.study_name, finished,
+                 folder, log)
+    with log.open("ab") as out:
+        for command in (["export"], ["plot"]):
+            try:
+                done = subprocess.run([sys.executable, "-m", "hpo", *command], env=env, stdout=out, stderr=out,
+                                      stdin=subprocess.DEVNULL, timeout=EXPORT_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                _logger.warning("hpo %s for study %r took over %ds; see %s", command[0], s.study_name,
+                                EXPORT_TIMEOUT_SECONDS, log)
+                continue
+            if done.returncode != 0:
+                _logger.warning("hpo %s for study %r failed (exit %d); see %s", command[0], s.study_name,
+                                done.returncode, log)
+    return log
 
 
 def run_worker(

@@ -20,11 +20,18 @@ space:
 """
 
 
+# Exports and figures at the end of a study (HPO_EXPORT_AT_END, on by default) are tested
+# in test_workflows.py; elsewhere they would only add seconds to every finished study.
+os.environ.setdefault("HPO_EXPORT_AT_END", "0")
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment a user would have: no hpo or SLURM variables, tests importable."""
+    """The environment a user would have: no hpo or SLURM variables, tests importable
+    (and HPO_EXPORT_AT_END=0 unless given, see above)."""
     from hpo.settings import without_settings
 
     env = without_settings(os.environ)
+    env["HPO_EXPORT_AT_END"] = "0"
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_study, run_hpo
+from conftest import clean_env, load_study, run_hpo
 
 
 def states(study) -> Counter:
@@ -140,6 +140,34 @@ def test_signal_ends_trial_cleanly(toy, signum: int, reason: str, code: int) -> 
         assert done.returncode == 0, done.stderr
         retry = load_study(cwd / "optuna_journal/toy.journal", "toy").trials[1]
         assert retry.state.name == "COMPLETE" and retry.params == trial0.params
+
+
+def test_interrupted_trial_is_retried_when_asked(toy) -> None:
+    """HPO_RETRY_INTERRUPTED=1: Ctrl-C loses no trial (a warm start included): it is retried."""
+    cwd, env = toy(TOY_STEP_SECONDS="0.5", HPO_RETRY_INTERRUPTED="1")
+    proc = start_worker(cwd, {**env, "OPTUNA_PRUNER": "none"})
+    wait_for(lambda: "trial 0 started" in first_log(cwd), what="trial 0 to start")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    trial0 = study.trials[0]
+    assert trial0.state.name == "FAIL" and trial0.user_attrs["reason"] == "interrupted"
+    waiting = [t for t in study.trials if t.state.name == "WAITING"]
+    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == 0
+    assert waiting[0].system_attrs["fixed_params"] == trial0.params
+
+
+def test_budget_can_count_complete_trials_only(toy) -> None:
+    """HPO_BUDGET_COUNTS=complete (CODES): pruned trials do not use up MAX_TRIALS."""
+    cwd, env = toy("slow_when_high", MAX_TRIALS="4", HPO_BUDGET_COUNTS="complete", OPTUNA_PRUNER="none",
+                   HPO_TRIAL_TIMEOUT_SECONDS="0.5", OPTUNA_SAMPLER="random")
+    result = run_hpo(["run", "--workers", "2"], cwd, env)
+    assert result.returncode == 0, result.stderr
+    counts = states(load_study(cwd / "optuna_journal/toy.journal", "toy"))
+    assert counts["COMPLETE"] == 4 and counts["PRUNED"] >= 1, counts  # x > 3 runs past its time budget
+    status = json.loads(run_hpo(["status", "--json", "--no-slurm"], cwd, clean_env(HPO_CONFIG=env["HPO_CONFIG"])).stdout)
+    assert (status["finished"], status["max_trials"]) == (4, 4)  # as the workers counted, stored with the study
 
 
 def test_killed_worker_trial_is_reaped_and_retried(toy) -> None:

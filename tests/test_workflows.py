@@ -121,10 +121,15 @@ def test_setup_runs_once_for_many_workers_and_is_reused(tmp_path: Path) -> None:
     (tmp_path / "prep.yaml").write_text(SETUP_CONFIG.format(offset=1))
     counter = tmp_path / "setup_runs.txt"
     env = clean_env(HPO_CONFIG=str(tmp_path / "prep.yaml"), MAX_TRIALS="6", SETUP_COUNTER=str(counter),
-                    SETUP_SECONDS="1.5")
+                    SETUP_SECONDS="1.5", HPO_EXPORT_AT_END="1")
     result = run_hpo(["run", "--workers", "3"], tmp_path, env)
     assert result.returncode == 0, result.stderr
     assert len(counter.read_text().splitlines()) == 1  # three workers started together; it ran once
+    # The study had its trials: one worker wrote the exports and figures, without a command.
+    results = tmp_path / "results/prep"
+    assert [p.name for p in results.glob(".exported-*")] == [".exported-6"]
+    assert (results / "all_trials.csv").is_file() and (results / "figures/optimization_history.png").is_file()
+    assert (results / "export.log").read_text().count("all_trials.csv") == 1
     study = load_study(tmp_path / "optuna_journal/prep.journal", "prep")
     assert len(study.trials) == 6
     assert {(t.user_attrs["setup_value"], t.user_attrs["setup_file"]) for t in study.trials} == {(43, "42")}

@@ -17,7 +17,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 from hpo.objective import METRICS_FILE, objective_attrs
 from hpo.recovery import HEARTBEAT_ATTR, is_lost, last_beat
 from hpo.scheduler import SlurmJob
-from hpo.storage import BUDGET_ATTR
+from hpo.settings import BUDGET_COUNTS
+from hpo.storage import BUDGET_ATTR, BUDGET_COUNTS_ATTR
 from hpo.util import json_safe
 from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
 
@@ -121,6 +122,7 @@ class Inputs:
     stale_seconds: float
     now: float
     read_seconds: float
+    counted: frozenset[str] = frozenset({"COMPLETE", "PRUNED"})  # what MAX_TRIALS counts
 
 
 def collect(settings: "Settings", now: float | None = None, slurm: bool = True) -> Inputs:
@@ -145,7 +147,15 @@ def collect(settings: "Settings", now: float | None = None, slurm: bool = True) 
             ids = list(dict.fromkeys([*ids, *recorded_job_ids(settings)]))
         info = squeue(ids)
     return Inputs(journal, attrs, metrics, info, budget(settings, journal), settings.stale_seconds,
-                  time.time() if now is None else now, read_seconds)
+                  time.time() if now is None else now, read_seconds, counted_states(settings, journal))
+
+
+def counted_states(settings: "Settings", journal: StudyJournal) -> frozenset[str]:
+    """What the study's MAX_TRIALS counts: given to this command, else as its workers stored it."""
+    stored = journal.study.system_attrs.get(BUDGET_COUNTS_ATTR)
+    if stored in BUDGET_COUNTS and not settings.sources.get("budget_counts", "default").startswith(("flag", "env:")):
+        return replace(settings, budget_counts=stored).counted_states
+    return settings.counted_states
 
 
 def budget(settings: "Settings", journal: StudyJournal) -> int:
@@ -210,7 +220,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
     states = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
     for t in trials:
         states[t.state] += 1
-    finished = states["COMPLETE"] + states["PRUNED"]  # what MAX_TRIALS counts
+    finished = sum(n for state, n in states.items() if state in inputs.counted)  # what MAX_TRIALS counts
     rate, window = throughput(trials, now)
     remaining = max(0, inputs.max_trials - finished)
     eta = 0.0 if remaining == 0 else (remaining / rate if rate else None)
