@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -54,10 +55,33 @@ class StudyConfig:
     objective_args: Mapping[str, Any] = field(default_factory=dict)
     text: str = ""  # the file as read, for the study's stored copy
 
+    def import_folders(self) -> tuple[Path, ...]:
+        """Where a user's objective module is found besides ``sys.path``: the config
+        file's folder, then the current folder (no ``PYTHONPATH`` needed)."""
+        return tuple(dict.fromkeys((self.path.resolve().parent, Path.cwd().resolve())))
+
     def _module(self) -> Any:
+        """The objective's module; the one place objectives are imported.
+
+        The config's folder and the current folder are appended to ``sys.path`` (after
+        it, so they never shadow an installed package)."""
         module_name = self.objective.partition(":")[0]
+        folders = self.import_folders()
+        for folder in folders:
+            if str(folder) not in sys.path:
+                sys.path.append(str(folder))
+        importlib.invalidate_caches()  # folders made after a first lookup (tests, notebooks)
         try:
             return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and f"{module_name}.".startswith(f"{exc.name}."):
+                looked = ", ".join([*(str(f) for f in folders), "PYTHONPATH and the installed packages"])
+                raise UsageError(
+                    f"{self.path}: objective: no module {module_name!r} (module {exc.name!r} not found); "
+                    f"looked in {looked}; valid: 'package.module:function' with the package in the "
+                    "config's folder, the current folder, or on PYTHONPATH") from None
+            raise UsageError(f"{self.path}: objective: module {module_name!r} was found but cannot be imported: "
+                             f"{exc} (install it, or import it inside the objective function)") from None
         except ImportError as exc:
             raise UsageError(f"{self.path}: objective: cannot import {module_name!r}: {exc}") from None
 
