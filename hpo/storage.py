@@ -397,14 +397,17 @@ def open_study(
     seed: int | None = None,
     create: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    warm_start: bool = True,
 ) -> SharedStudy:
     """Create or load the study; refuse a study that holds other directions.
 
     ``should_stop``: polled by every wait for the journal and slot locks (see
     :func:`make_lock`), so a worker told to stop never hangs on a lock.
 
-    A new study gets the config's warm-start trials enqueued exactly once, even
-    when many workers start at the same moment.
+    The config's warm-start trials (``enqueue:``) go into a study once, when it
+    holds no trial yet, even when many workers start at the same moment. A study that
+    already holds trials gets none: the parameter sets ``hpo enqueue`` put into a new
+    study (which opens it with ``warm_start=False``) are the ones its next trials run.
     """
     quiet_optuna()  # its INFO lines ("Using an existing study ...") repeat for every process
     storage = open_settings_storage(settings, should_stop)
@@ -433,11 +436,18 @@ def open_study(
     settings.journal_dir.mkdir(parents=True, exist_ok=True)
     shared = SharedStudy(study, settings, make_lock(Path(f"{settings.journal_path}.slots"), should_stop),
                          TrialIndex(storage, study._study_id))
-    if config.enqueue:
+    if config.enqueue and warm_start:
         with shared.slots():
+            shared.sync_view()
             if WARM_START_ATTR not in storage.get_study_system_attrs(shared.study_id):
-                for params in config.enqueue:
-                    study.enqueue_trial(dict(params), user_attrs={"origin": "warm start"})
-                storage.set_study_system_attr(shared.study_id, WARM_START_ATTR, True)
-                _logger.info("enqueued %d warm-start trial(s) from %s", len(config.enqueue), config.path)
+                existing = len(shared.trials())
+                if existing:
+                    _logger.info("not enqueuing the %d warm-start trial(s) of %s: study %r already holds %d "
+                                 "trial(s) (enqueued by hpo enqueue, or run before)", len(config.enqueue),
+                                 config.path, settings.study_name, existing)
+                else:
+                    for params in config.enqueue:
+                        study.enqueue_trial(dict(params), user_attrs={"origin": "warm start"})
+                    _logger.info("enqueued %d warm-start trial(s) from %s", len(config.enqueue), config.path)
+                storage.set_study_system_attr(shared.study_id, WARM_START_ATTR, not existing)
     return shared
