@@ -284,7 +284,7 @@ def run_worker(
 
     identity = WorkerIdentity.from_env(env, host=socket.gethostname(), pid=os.getpid())
     worker = Worker(settings, config, identity)  # imports the objective: fails before writing
-    log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level)
+    log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level, study=settings.study_name)
     worker.flag.install(signals)
     try:
         return worker.run(), log
