@@ -62,6 +62,8 @@ def on_pareto_front(values: Sequence[Sequence[float]], directions: Sequence[str]
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 WARM_START_ATTR = "hpo:warm_started"
+# Study system attributes ``hpo:launch:<key>`` -> the launch's number (see SharedStudy.launch_number).
+LAUNCH_ATTR_PREFIX = "hpo:launch:"
 # A study system attribute written only as a read barrier (see SharedStudy.sync_view).
 VIEW_ATTR = "hpo:view"
 # Stale-lock grace period in seconds. Optuna's default is 30 s: a worker killed
@@ -331,6 +333,21 @@ class SharedStudy:
             return False
         self.storage.set_study_system_attr(self.study_id, VIEW_ATTR, time.time())
         return True
+
+    def launch_number(self, key: str) -> int:
+        """The number of launch ``key`` in this study: 0 for the first launch to reach it,
+        1 for the next... Given once, under the slot lock on a fresh view, and kept in the
+        study (one system attribute per launch), so every worker of a launch gets the same
+        number, concurrent launches different ones, and a new study starts again at 0."""
+        attr = LAUNCH_ATTR_PREFIX + key
+        with self.slots():
+            self.sync_view()
+            attrs = self.storage.get_study_system_attrs(self.study_id)
+            if attr in attrs:
+                return int(attrs[attr])
+            number = sum(1 for name in attrs if name.startswith(LAUNCH_ATTR_PREFIX))
+            self.storage.set_study_system_attr(self.study_id, attr, number)
+            return number
 
     def _budget_verdict(self) -> tuple[None, bool] | None:
         """``(None, done)`` when no trial may start now, None when one may (see ask_within_budget)."""

@@ -39,7 +39,7 @@ from hpo.journal.repair import visibility_warning
 from hpo.objective import Objective
 from hpo.recovery import Heartbeat, reap
 from hpo.settings import Settings, WorkerIdentity
-from hpo.storage import SharedStudy, open_study
+from hpo.storage import SharedStudy, make_sampler, open_study
 from hpo.trial import TrialRunner
 
 _logger = logging.getLogger(__name__)
@@ -127,11 +127,19 @@ def resolve_device(requested: str, visible_gpus: str | None,
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def sampler_seed(settings: Settings, identity: WorkerIdentity) -> int:
-    """``OPTUNA_SEED + rank``, shifted by the launch's ``HPO_SEED_OFFSET`` so that a
-    second launch into the same study never replays the first one's random start-up
-    proposals (``hpo run`` sets it from the study's size, SLURM scripts from the job id)."""
-    return (settings.optuna_seed + identity.seed_offset + identity.rank) % (2**31)
+# Seeds of one launch's workers are OPTUNA_SEED + rank + this x the launch's number.
+LAUNCH_SEED_STRIDE = 100_000
+
+
+def sampler_seed(settings: Settings, identity: WorkerIdentity, launch: int = 0) -> int:
+    """``OPTUNA_SEED + HPO_SEED_OFFSET + 100000 x launch + rank``: nothing else, so the same
+    launch into a fresh study samples the same, under SLURM too (no job id, no clock).
+
+    ``rank`` tells a launch's workers apart; ``launch`` is the launch's number in the
+    study (:meth:`SharedStudy.launch_number`: 0 for the first), so a second launch into
+    the same study never replays the first one's random start-up proposals;
+    ``HPO_SEED_OFFSET`` (default 0) is the user's own shift, e.g. for a replicate."""
+    return (settings.optuna_seed + identity.seed_offset + LAUNCH_SEED_STRIDE * launch + identity.rank) % (2**31)
 
 
 class Worker:
@@ -178,13 +186,16 @@ class Worker:
     def _run(self) -> StopReason:
         s = self.settings
         self.budget_seconds = self._budget()
-        seed = sampler_seed(s, self.identity)
-        shared = open_study(s, self.config, seed, should_stop=lambda: self.flag.reason is not None)
+        shared = open_study(s, self.config, should_stop=lambda: self.flag.reason is not None)
+        launch = shared.launch_number(self.identity.launch)
+        seed = sampler_seed(s, self.identity, launch)
+        shared.study.sampler = make_sampler(s, seed, self.config.sampler_args)
         _logger.info(
-            "worker %s started: study=%r storage=%s device=%s gpu=%s seed=%d max_trials=%d "
-            "trials_per_worker=%s budget=%s sampler=%s pruner=%s",
+            "worker %s started: study=%r storage=%s device=%s gpu=%s seed=%d (OPTUNA_SEED %d + HPO_SEED_OFFSET "
+            "%d + launch %d x %d + rank %d) max_trials=%d trials_per_worker=%s budget=%s sampler=%s pruner=%s",
             self.identity.worker_id, s.study_name, s.storage_label, self.device, self.identity.visible_gpus,
-            seed, s.max_trials, s.trials_per_worker,
+            seed, s.optuna_seed, self.identity.seed_offset, launch, LAUNCH_SEED_STRIDE, self.identity.rank,
+            s.max_trials, s.trials_per_worker,
             "unlimited" if self.budget_seconds is None else f"{self.budget_seconds:.0f}s", s.sampler, s.pruner,
         )
         _logger.info("settings: %s", json.dumps(s.as_dict(), sort_keys=True))

@@ -11,7 +11,7 @@ import click
 
 from hpo.cli._options import Command, environment, load, settings_options
 from hpo.config import StudyConfig
-from hpo.settings import Settings
+from hpo.settings import Settings, new_launch_id
 
 
 def config_mode_options(func: Command) -> Command:
@@ -133,8 +133,10 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
                                "submit": describe(opts), "worker_env": settings.to_env()}, indent=2))
         return 0
     shared = open_study(settings, config)
-    seed_offset = 10_000 * sum(1 for t in shared.trials() if t.state.is_finished())
-    jobs = submit(opts, settings.to_env(), seed_offset, Path.cwd(), local)
+    # The user's own seed shift travels with the settings (see hpo.worker.sampler_seed).
+    offset = environment().get("HPO_SEED_OFFSET")
+    jobs = submit(opts, {**settings.to_env(), **({"HPO_SEED_OFFSET": offset} if offset else {})}, new_launch_id(),
+                  Path.cwd(), local)
     ids = [job.job_id for job in jobs]
     record_study_jobs(settings.jobs_path, ids)
     click.echo(f"submitted {len(ids)} worker(s) to study {settings.study_name!r}: {' '.join(ids)}")
