@@ -38,6 +38,7 @@ import importlib
 import itertools
 import logging
 import re
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -86,12 +87,43 @@ class StudyConfig:
     matrix_space: Mapping[str, Mapping[str, Mapping[str, Param]]] = field(default_factory=dict)
     text: str = ""  # the file as read, for the study's stored copy
 
-    def _module(self) -> Any:
-        module_name = self.objective.partition(":")[0]
+    def import_folders(self) -> tuple[Path, ...]:
+        """Where a user's objective module is found besides ``sys.path``: the config
+        file's folder, then the current folder (no ``PYTHONPATH`` needed)."""
+        return tuple(dict.fromkeys((self.path.resolve().parent, Path.cwd().resolve())))
+
+    def _module(self, key: str = "objective") -> Any:
+        """The module of the config's ``objective`` (or ``setup``); the one place they are imported.
+
+        The config's folder and the current folder are appended to ``sys.path`` (after
+        it, so they never shadow an installed package)."""
+        module_name = str(getattr(self, key)).partition(":")[0]
+        folders = self.import_folders()
+        for folder in folders:
+            if str(folder) not in sys.path:
+                sys.path.append(str(folder))
+        importlib.invalidate_caches()  # folders made after a first lookup (tests, notebooks)
         try:
             return importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and f"{module_name}.".startswith(f"{exc.name}."):
+                looked = ", ".join([*(str(f) for f in folders), "PYTHONPATH and the installed packages"])
+                raise UsageError(
+                    f"{self.path}: {key}: no module {module_name!r} (module {exc.name!r} not found); "
+                    f"looked in {looked}; valid: 'package.module:function' with the package in the "
+                    "config's folder, the current folder, or on PYTHONPATH") from None
+            raise UsageError(f"{self.path}: {key}: module {module_name!r} was found but cannot be imported: "
+                             f"{exc} (install it, or import it inside the function)") from None
         except ImportError as exc:
-            raise UsageError(f"{self.path}: objective: cannot import {module_name!r}: {exc}") from None
+            raise UsageError(f"{self.path}: {key}: cannot import {module_name!r}: {exc}") from None
+
+    def function(self, key: str) -> Any:
+        """The function the config names under ``key`` (``objective`` or ``setup``)."""
+        module_name, _, func_name = str(getattr(self, key)).partition(":")
+        func = getattr(self._module(key), func_name, None)
+        if not callable(func):
+            raise UsageError(f"{self.path}: {key}: {module_name!r} has no function {func_name!r}")
+        return func
 
     def objective_fields(self) -> tuple[Field, ...]:
         """The objective module's own settings (its ``SETTINGS``; none when absent).
@@ -120,11 +152,7 @@ class StudyConfig:
 
     def load_objective(self) -> Objective:
         """Import the objective function named in the config."""
-        module_name, _, func_name = self.objective.partition(":")
-        func = getattr(self._module(), func_name, None)
-        if not callable(func):
-            raise UsageError(f"{self.path}: objective: {module_name!r} has no function {func_name!r}")
-        return func  # type: ignore[no-any-return]
+        return self.function("objective")  # type: ignore[no-any-return]
 
 
 def _directions(path: Path, raw: Mapping[str, Any]) -> tuple[str, ...]:

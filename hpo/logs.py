@@ -1,8 +1,10 @@
 """Logging of workers: one line-buffered file per worker, one per trial.
 
 Handlers are set up only here, called from entry points. Every line carries the
-worker id, and the trial number while a trial runs, so
-``tail -f optuna_logs/worker_*.log`` and ``hpo logs -f`` are readable as is.
+worker id, the study, and the trial number while a trial runs, so
+``tail -f optuna_logs/worker_*.log`` and ``hpo logs -f`` are readable as is, and
+``hpo logs --study-name X`` keeps the lines of study X when several studies write
+worker logs into one ``LOG_DIR`` (even into one file: a reused pid, a requeued task).
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ from pathlib import Path
 from typing import Iterator
 
 _trial: contextvars.ContextVar[str] = contextvars.ContextVar("hpo_trial", default="-")
-_worker: list[str] = ["-"]  # set once per process by setup_worker_logging
+_worker: list[str] = ["-", "-"]  # worker id and study: setup_worker_logging, then log_study (a sweep)
 
-FORMAT = "%(asctime)s %(worker)s trial=%(trial)s %(levelname)s %(message)s"
+# hpo.watch.logs.RECORD_RE reads these lines back: keep the two in step.
+FORMAT = "%(asctime)s %(worker)s study=%(study)s trial=%(trial)s %(levelname)s %(message)s"
 DATEFMT = "%Y-%m-%dT%H:%M:%S"
 
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.worker = _worker[0]
+        record.worker, record.study = _worker
         record.trial = _trial.get()
         return True
 
@@ -34,10 +37,15 @@ def _handler(handler: logging.Handler) -> logging.Handler:
     return handler
 
 
-def setup_worker_logging(log_dir: Path, worker_id: str, echo_level: str | None = "INFO") -> Path:
+def log_study(study: str) -> None:
+    """The study the next lines belong to (a sweep's worker moves from study to study)."""
+    _worker[1] = study
+
+
+def setup_worker_logging(log_dir: Path, worker_id: str, echo_level: str | None = "INFO", study: str = "-") -> Path:
     """Send the ``hpo`` loggers to ``log_dir/worker_<id>.log`` (appending) and to
-    stderr from ``echo_level`` up (None: file only)."""
-    _worker[0] = worker_id
+    stderr from ``echo_level`` up (None: file only); every line names ``study``."""
+    _worker[:] = [worker_id, study]
     quiet_optuna()
     log_dir.mkdir(parents=True, exist_ok=True)
     path = log_dir / f"worker_{worker_id}.log"

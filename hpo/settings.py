@@ -235,6 +235,8 @@ FIELDS: tuple[Field, ...] = (
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 CONFIG_ENV = "HPO_CONFIG"
+# Set by `hpo run` and `hpo submit` for their workers: one id per launch (see launch_key).
+LAUNCH_ENV = "HPO_LAUNCH_ID"
 
 
 @dataclass(frozen=True)
@@ -349,7 +351,7 @@ def without_settings(env: Mapping[str, str], objective_fields: tuple[Field, ...]
     if not objective_fields:
         from hpo.physae.settings import SETTINGS as objective_fields
     drop = ({f.env for f in FIELDS + objective_fields} | {a for f in FIELDS + objective_fields for a in f.aliases}
-            | {CONFIG_ENV, "HPO_WORKER_RANK", "HPO_SEED_OFFSET"})
+            | {CONFIG_ENV, "HPO_WORKER_RANK", "HPO_SEED_OFFSET", LAUNCH_ENV})
     return {k: v for k, v in env.items() if k not in drop and not k.startswith("SLURM_")}
 
 
@@ -519,12 +521,38 @@ def _check_recovery(values: Mapping[str, Any], sources: Mapping[str, str]) -> No
         )
 
 
+def new_launch_id() -> str:
+    """A fresh ``HPO_LAUNCH_ID`` for the workers of one ``hpo run`` or ``hpo submit``. Only
+    the order in which launches reach the study counts (hpo.worker.sampler_seed), never this text."""
+    import uuid
+
+    return uuid.uuid4().hex[:16]
+
+
+def launch_key(env: Mapping[str, str], host: str, pid: int) -> str:
+    """Which launch a worker belongs to: every worker of one ``hpo run``, ``hpo submit``,
+    sbatch job or job array shares the key (pure). A SLURM requeue is a launch of its own.
+
+    The study numbers its launches in the order their keys first reach it (0, 1, ...):
+    that number, not the key, goes into the sampler seed."""
+    if env.get(LAUNCH_ENV):
+        key = f"hpo:{env[LAUNCH_ENV]}"
+    elif env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID"):
+        key = f"slurm:{env.get('SLURM_ARRAY_JOB_ID') or env['SLURM_JOB_ID']}"
+    else:
+        key = f"worker:{host}_{pid}"  # a lone `hpo worker`
+    restarts = (env.get("SLURM_RESTART_COUNT") or "0").strip()
+    return key if restarts == "0" else f"{key}+restart{restarts}"
+
+
 @dataclass(frozen=True)
 class WorkerIdentity:
     """Who this worker is, from the launcher's environment (SLURM, submitit or ``hpo run``)."""
 
     worker_id: str  # names the log file: worker_<worker_id>.log
-    rank: int  # distinct per concurrent worker of a launch; offsets the sampler seed
+    # Distinct per worker of a launch (SLURM_PROCID; the array task id, times SLURM_NTASKS
+    # plus SLURM_PROCID; HPO_WORKER_RANK of hpo run/submit); offsets the sampler seed.
+    rank: int
     host: str
     pid: int
     slurm_job_id: str | None
@@ -532,7 +560,8 @@ class WorkerIdentity:
     slurm_array_task_id: str | None
     slurm_procid: str | None
     visible_gpus: str | None  # CUDA_VISIBLE_DEVICES as given by the launcher
-    seed_offset: int = 0  # HPO_SEED_OFFSET: set by launchers so a second launch samples anew
+    seed_offset: int = 0  # HPO_SEED_OFFSET: the user's own shift of every seed (default 0)
+    launch: str = ""  # launch_key(): the workers of one launch share it
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], host: str, pid: int) -> "WorkerIdentity":
@@ -542,7 +571,8 @@ class WorkerIdentity:
         local_rank = env.get("HPO_WORKER_RANK")
         if array_job and array_task:
             # One worker per array task; a requeued task keeps its id and appends to its log.
-            worker_id, rank = f"{array_job}_{array_task}", int(array_task)
+            worker_id = f"{array_job}_{array_task}"
+            rank = int(array_task) * int(env.get("SLURM_NTASKS") or 1) + int(procid or 0)
         elif job:
             worker_id, rank = f"{job}_{procid or 0}", int(procid or 0)
         else:
@@ -560,6 +590,7 @@ class WorkerIdentity:
             slurm_procid=procid,
             visible_gpus=env.get("CUDA_VISIBLE_DEVICES"),
             seed_offset=int_in(0, 2**62)("HPO_SEED_OFFSET", env.get("HPO_SEED_OFFSET") or 0),
+            launch=launch_key(env, host, pid),
         )
 
     def attrs(self) -> dict[str, Any]:

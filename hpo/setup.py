@@ -88,21 +88,6 @@ def setup_key(function: str, options: Mapping[str, Any], data_seed: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _load_function(config: "StudyConfig") -> Callable[[SetupContext], Any]:
-    import importlib
-
-    assert config.setup is not None
-    module_name, _, name = config.setup.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"{config.path}: setup: cannot import {module_name!r}: {exc}") from None
-    function = getattr(module, name, None)
-    if not callable(function):
-        raise UsageError(f"{config.path}: setup: {module_name!r} has no function {name!r}")
-    return function  # type: ignore[no-any-return]
-
-
 def _read(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
@@ -136,7 +121,7 @@ def ensure_setup(settings: "Settings", config: "StudyConfig",
     done = _read(directory / RESULT_FILE)
     if done is not None:
         return SetupResult(key, directory, done["result"], computed_here=False)
-    function = _load_function(config)  # a bad name is bad input: before any lock or file
+    function = config.function("setup")  # a bad name is bad input: before any lock or file
     root.mkdir(parents=True, exist_ok=True)
     waited_from = time.time()
     with make_lock(root / f"{key}.lock", should_stop):

@@ -64,6 +64,8 @@ WARM_START_ATTR = "hpo:warm_started"
 BUDGET_ATTR = "hpo:max_trials"  # the study's MAX_TRIALS, as its workers last enforced it (hpo status reads it)
 BUDGET_COUNTS_ATTR = "hpo:budget_counts"  # and what it counts (HPO_BUDGET_COUNTS), when not the default
 METRIC_NAMES_ATTR = "study:metric_names"  # where Optuna's Study.set_metric_names stores them
+# Study system attributes ``hpo:launch:<key>`` -> the launch's number (see SharedStudy.launch_number).
+LAUNCH_ATTR_PREFIX = "hpo:launch:"
 # A study system attribute written only as a read barrier (see SharedStudy.sync_view).
 VIEW_ATTR = "hpo:view"
 # Stale-lock grace period in seconds. Optuna's default is 30 s: a worker killed
@@ -334,6 +336,21 @@ class SharedStudy:
         self.storage.set_study_system_attr(self.study_id, VIEW_ATTR, time.time())
         return True
 
+    def launch_number(self, key: str) -> int:
+        """The number of launch ``key`` in this study: 0 for the first launch to reach it,
+        1 for the next... Given once, under the slot lock on a fresh view, and kept in the
+        study (one system attribute per launch), so every worker of a launch gets the same
+        number, concurrent launches different ones, and a new study starts again at 0."""
+        attr = LAUNCH_ATTR_PREFIX + key
+        with self.slots():
+            self.sync_view()
+            attrs = self.storage.get_study_system_attrs(self.study_id)
+            if attr in attrs:
+                return int(attrs[attr])
+            number = sum(1 for name in attrs if name.startswith(LAUNCH_ATTR_PREFIX))
+            self.storage.set_study_system_attr(self.study_id, attr, number)
+            return number
+
     def _budget_verdict(self) -> tuple[None, bool] | None:
         """``(None, done)`` when no trial may start now, None when one may (see ask_within_budget)."""
         counts = self.counts()
@@ -399,14 +416,17 @@ def open_study(
     seed: int | None = None,
     create: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    warm_start: bool = True,
 ) -> SharedStudy:
     """Create or load the study; refuse a study that holds other directions.
 
     ``should_stop``: polled by every wait for the journal and slot locks (see
     :func:`make_lock`), so a worker told to stop never hangs on a lock.
 
-    A new study gets the config's warm-start trials enqueued exactly once, even
-    when many workers start at the same moment.
+    The config's warm-start trials (``enqueue:``) go into a study once, when it
+    holds no trial yet, even when many workers start at the same moment. A study that
+    already holds trials gets none: the parameter sets ``hpo enqueue`` put into a new
+    study (which opens it with ``warm_start=False``) are the ones its next trials run.
     """
     quiet_optuna()  # its INFO lines ("Using an existing study ...") repeat for every process
     storage = open_settings_storage(settings, should_stop)
@@ -435,13 +455,20 @@ def open_study(
     settings.journal_dir.mkdir(parents=True, exist_ok=True)
     shared = SharedStudy(study, settings, make_lock(Path(f"{settings.journal_path}.slots"), should_stop),
                          TrialIndex(storage, study._study_id))
-    if config.enqueue:
+    if config.enqueue and warm_start:
         with shared.slots():
+            shared.sync_view()
             if WARM_START_ATTR not in storage.get_study_system_attrs(shared.study_id):
-                for params in config.enqueue:
-                    study.enqueue_trial(dict(params), user_attrs={"origin": "warm start"})
-                storage.set_study_system_attr(shared.study_id, WARM_START_ATTR, True)
-                _logger.info("enqueued %d warm-start trial(s) from %s", len(config.enqueue), config.path)
+                existing = len(shared.trials())
+                if existing:
+                    _logger.info("not enqueuing the %d warm-start trial(s) of %s: study %r already holds %d "
+                                 "trial(s) (enqueued by hpo enqueue, or run before)", len(config.enqueue),
+                                 config.path, settings.study_name, existing)
+                else:
+                    for params in config.enqueue:
+                        study.enqueue_trial(dict(params), user_attrs={"origin": "warm start"})
+                    _logger.info("enqueued %d warm-start trial(s) from %s", len(config.enqueue), config.path)
+                storage.set_study_system_attr(shared.study_id, WARM_START_ATTR, not existing)
     _record_study_facts(storage, shared.study_id, settings, config)
     return shared
 

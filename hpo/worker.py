@@ -36,11 +36,12 @@ from hpo import outcome as outcomes
 from hpo.config import StudyConfig, expand
 from hpo.errors import LockWaitAborted
 from hpo.journal.repair import visibility_warning
+from hpo.logs import log_study
 from hpo.objective import Objective
 from hpo.recovery import Heartbeat, reap
 from hpo.settings import Settings, WorkerIdentity
 from hpo.setup import ensure_setup
-from hpo.storage import SharedStudy, open_study
+from hpo.storage import SharedStudy, make_sampler, open_study
 from hpo.trial import TrialRunner
 
 _logger = logging.getLogger(__name__)
@@ -128,11 +129,19 @@ def resolve_device(requested: str, visible_gpus: str | None,
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def sampler_seed(settings: Settings, identity: WorkerIdentity) -> int:
-    """``OPTUNA_SEED + rank``, shifted by the launch's ``HPO_SEED_OFFSET`` so that a
-    second launch into the same study never replays the first one's random start-up
-    proposals (``hpo run`` sets it from the study's size, SLURM scripts from the job id)."""
-    return (settings.optuna_seed + identity.seed_offset + identity.rank) % (2**31)
+# Seeds of one launch's workers are OPTUNA_SEED + rank + this x the launch's number.
+LAUNCH_SEED_STRIDE = 100_000
+
+
+def sampler_seed(settings: Settings, identity: WorkerIdentity, launch: int = 0) -> int:
+    """``OPTUNA_SEED + HPO_SEED_OFFSET + 100000 x launch + rank``: nothing else, so the same
+    launch into a fresh study samples the same, under SLURM too (no job id, no clock).
+
+    ``rank`` tells a launch's workers apart; ``launch`` is the launch's number in the
+    study (:meth:`SharedStudy.launch_number`: 0 for the first), so a second launch into
+    the same study never replays the first one's random start-up proposals;
+    ``HPO_SEED_OFFSET`` (default 0) is the user's own shift, e.g. for a replicate."""
+    return (settings.optuna_seed + identity.seed_offset + LAUNCH_SEED_STRIDE * launch + identity.rank) % (2**31)
 
 
 class Worker:
@@ -189,8 +198,10 @@ class Worker:
             ran_before = self.trials_run
             for cell in list(pending):
                 if cell[0].study_name not in opened:
+                    log_study(cell[0].study_name)
                     opened[cell[0].study_name] = self._open(*cell)
                 shared, runner = opened[cell[0].study_name]
+                log_study(shared.settings.study_name)
                 reason = self._loop(shared, runner, wait=len(pending) == 1)
                 if reason is None:
                     continue  # every slot of this study is held by a running trial: another one meanwhile
@@ -213,19 +224,22 @@ class Worker:
 
     def _open(self, s: Settings, config: StudyConfig) -> tuple[SharedStudy, TrialRunner]:
         """Set up and open one study: its setup (once for all workers), the study, a first reap."""
-        seed = sampler_seed(s, self.identity)
         stop_asked = lambda: self.flag.reason is not None  # noqa: E731 - polled by every lock wait
         # Before the study is touched: a setup that fails writes nothing into the journal.
         setup = ensure_setup(s, config, should_stop=stop_asked)
         if setup is not None:
             _logger.info("setup %s: %s (key %s)", config.setup,
                          "computed by this worker" if setup.computed_here else "read from the cache", setup.key)
-        shared = open_study(s, config, seed, should_stop=stop_asked)
+        shared = open_study(s, config, should_stop=stop_asked)
+        launch = shared.launch_number(self.identity.launch)
+        seed = sampler_seed(s, self.identity, launch)
+        shared.study.sampler = make_sampler(s, seed, config.sampler_args)
         _logger.info(
-            "worker %s started: study=%r storage=%s device=%s gpu=%s seed=%d max_trials=%d "
-            "trials_per_worker=%s budget=%s sampler=%s pruner=%s",
+            "worker %s started: study=%r storage=%s device=%s gpu=%s seed=%d (OPTUNA_SEED %d + HPO_SEED_OFFSET "
+            "%d + launch %d x %d + rank %d) max_trials=%d trials_per_worker=%s budget=%s sampler=%s pruner=%s",
             self.identity.worker_id, s.study_name, s.storage_label, self.device, self.identity.visible_gpus,
-            seed, s.max_trials, s.trials_per_worker,
+            seed, s.optuna_seed, self.identity.seed_offset, launch, LAUNCH_SEED_STRIDE, self.identity.rank,
+            s.max_trials, s.trials_per_worker,
             "unlimited" if self.budget_seconds is None else f"{self.budget_seconds:.0f}s", s.sampler, s.pruner,
         )
         _logger.info("settings: %s", json.dumps(s.as_dict(), sort_keys=True))
@@ -372,7 +386,7 @@ def run_worker(
 
     identity = WorkerIdentity.from_env(env, host=socket.gethostname(), pid=os.getpid())
     worker = Worker(settings, config, identity)  # imports the objective: fails before writing
-    log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level)
+    log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level, study=settings.study_name)
     worker.flag.install(signals)
     try:
         return worker.run(), log

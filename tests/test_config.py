@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+
+from conftest import clean_env, load_study, run_hpo
 
 from hpo.config import load_config, parse_config
 from hpo.errors import UsageError
@@ -91,3 +96,66 @@ def test_fixed_parameters_are_not_sampled() -> None:
     assert params["A.epochs"] == 2 and params["B1.epochs"] == 1
     assert "A.epochs" not in trial.params and "B2.epochs" in trial.params
     assert len(params) == 12
+
+
+USER_OBJECTIVE = '''\
+from hpo.settings import Field, int_in
+
+SETTINGS = (Field("width", "MYPKG_WIDTH", int_in(1, 100), 3, "a setting of the user's own objective"),)
+
+
+def objective(params, ctx):
+    return (params["x"] - 1) ** 2 + ctx.options["width"]
+'''
+
+
+def _user_package(folder: Path) -> None:
+    (folder / "mypkg").mkdir(parents=True)
+    (folder / "mypkg" / "__init__.py").write_text("")
+    (folder / "mypkg" / "mod.py").write_text(USER_OBJECTIVE)
+
+
+def _user_config(path: Path, objective: str = "mypkg.mod:objective") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"study_name: mine\nobjective: {objective}\nspace:\n  x: {{type: float, low: -2, high: 2}}\n")
+
+
+def test_objective_package_beside_the_config_imports_without_pythonpath(tmp_path: Path) -> None:
+    """mypkg/ next to the config; hpo run from another folder, PYTHONPATH not pointing at it."""
+    _user_package(tmp_path / "study")
+    _user_config(tmp_path / "study" / "cfg.yaml")
+    env = clean_env(MAX_TRIALS="2", OPTUNA_PRUNER="none")
+    shown = run_hpo(["config", "--config", "study/cfg.yaml"], tmp_path, env)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^MYPKG_WIDTH\s+3\s+default$", shown.stdout, re.M), shown.stdout
+    run = run_hpo(["run", "--workers", "1", "--config", "study/cfg.yaml"], tmp_path, env)
+    assert run.returncode == 0, run.stderr
+    trials = load_study(tmp_path / "optuna_journal/mine.journal", "mine").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert all(t.value == pytest.approx((t.params["x"] - 1) ** 2 + 3) for t in trials)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="python -P (no current folder on sys.path) is 3.11+")
+def test_objective_package_in_the_current_folder_imports_without_pythonpath(tmp_path: Path) -> None:
+    """mypkg/ in the current folder, the config elsewhere; ``python -P`` puts no folder of
+    its own on sys.path, as the ``hpo`` console script does not."""
+    _user_package(tmp_path)
+    _user_config(tmp_path / "configs" / "cfg.yaml")
+    env = clean_env(MAX_TRIALS="1", OPTUNA_PRUNER="none")
+    run = subprocess.run([sys.executable, "-P", "-m", "hpo", "run", "--config", "configs/cfg.yaml"], cwd=tmp_path,
+                         env=env, text=True, capture_output=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert [t.state.name for t in load_study(tmp_path / "optuna_journal/mine.journal", "mine").trials] == ["COMPLETE"]
+
+
+def test_missing_objective_module_names_it_the_field_and_where_it_looked(tmp_path: Path) -> None:
+    _user_config(tmp_path / "study" / "cfg.yaml", objective="nopkg.mod:objective")
+    for command in (["run"], ["worker"]):
+        result = run_hpo([*command, "--config", "study/cfg.yaml"], tmp_path, clean_env())
+        assert result.returncode == 2
+        message = result.stderr.strip()
+        assert message.startswith(f"hpo: error: study/cfg.yaml: objective: no module 'nopkg.mod' "
+                                  "(module 'nopkg' not found); looked in "), message
+        assert f"{(tmp_path / 'study').resolve()}, {tmp_path.resolve()}, PYTHONPATH" in message
+        assert "valid: 'package.module:function'" in message
+        assert not (tmp_path / "optuna_journal").exists() and not (tmp_path / "optuna_runs").exists()

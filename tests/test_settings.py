@@ -153,3 +153,69 @@ def test_worker_identity_from_slurm_and_local() -> None:
     array = WorkerIdentity.from_env({"SLURM_JOB_ID": "130", "SLURM_ARRAY_JOB_ID": "128",
                                      "SLURM_ARRAY_TASK_ID": "2", "SLURM_PROCID": "0"}, "n", 1)
     assert (array.worker_id, array.rank) == ("128_2", 2)
+
+
+# -- sampler seeds ------------------------------------------------------------------------
+
+# Literal SLURM environments: srun tasks of one job, tasks of an array (one and two tasks
+# each), the same job requeued. Job ids differ between reruns; seeds must not.
+SRUN = {"SLURM_JOB_ID": "4711", "SLURM_PROCID": "2", "SLURM_NTASKS": "4"}
+ARRAY = {"SLURM_JOB_ID": "5003", "SLURM_ARRAY_JOB_ID": "5000", "SLURM_ARRAY_TASK_ID": "3", "SLURM_PROCID": "0",
+         "SLURM_NTASKS": "1"}
+ARRAY_2 = {"SLURM_JOB_ID": "5004", "SLURM_ARRAY_JOB_ID": "5000", "SLURM_ARRAY_TASK_ID": "1", "SLURM_PROCID": "1",
+           "SLURM_NTASKS": "2"}
+
+
+@pytest.mark.parametrize(("env", "key", "rank"), [
+    (SRUN, "slurm:4711", 2),
+    ({**SRUN, "SLURM_JOB_ID": "9999"}, "slurm:9999", 2),
+    (ARRAY, "slurm:5000", 3),
+    (ARRAY_2, "slurm:5000", 3),  # task 1 of 2 tasks each, second task
+    ({**ARRAY, "SLURM_RESTART_COUNT": "1"}, "slurm:5000+restart1", 3),
+    ({**SRUN, "SLURM_RESTART_COUNT": "0"}, "slurm:4711", 2),
+    ({"HPO_LAUNCH_ID": "abc", "HPO_WORKER_RANK": "1"}, "hpo:abc", 1),  # hpo run
+    ({**ARRAY, "HPO_LAUNCH_ID": "abc"}, "hpo:abc", 3),  # hpo submit on SLURM
+    ({}, "worker:n_7", 0),  # a lone hpo worker
+])
+def test_launch_and_rank_from_the_launcher_environment(env: dict[str, str], key: str, rank: int) -> None:
+    identity = WorkerIdentity.from_env(env, "n", 7)
+    assert (identity.launch, identity.rank) == (key, rank)
+
+
+def test_seed_depends_on_seed_rank_launch_number_and_offset_only() -> None:
+    from hpo.worker import sampler_seed
+
+    s = settings(env={"OPTUNA_SEED": "7"})
+    first, rerun = WorkerIdentity.from_env(SRUN, "a", 1), WorkerIdentity.from_env({**SRUN, "SLURM_JOB_ID": "9"}, "b", 2)
+    assert sampler_seed(s, first, 0) == sampler_seed(s, rerun, 0) == 7 + 2
+    assert sampler_seed(s, first, 1) == 7 + 100_000 + 2  # the study's second launch
+    shifted = WorkerIdentity.from_env({**SRUN, "HPO_SEED_OFFSET": "1000"}, "a", 1)
+    assert sampler_seed(s, shifted, 0) == 7 + 1000 + 2
+    # Every task of a 2-task array gets its own seed.
+    tasks = [WorkerIdentity.from_env({**ARRAY_2, "SLURM_ARRAY_TASK_ID": str(t), "SLURM_PROCID": str(p)}, "n", 1)
+             for t in range(3) for p in range(2)]
+    assert sorted(sampler_seed(s, t, 0) for t in tasks) == [7 + r for r in range(6)]
+    with pytest.raises(UsageError, match=r"^HPO_SEED_OFFSET='x' is not an integer"):
+        WorkerIdentity.from_env({"HPO_SEED_OFFSET": "x"}, "n", 1)
+
+
+def test_same_launch_into_a_fresh_study_samples_the_same_and_a_second_launch_anew(tmp_path: Path) -> None:
+    from conftest import TOY_CONFIG, clean_env, load_study, run_hpo
+
+    (tmp_path / "toy.yaml").write_text(TOY_CONFIG.format(objective="quadratic"))
+    env = clean_env(HPO_CONFIG=str(tmp_path / "toy.yaml"), OPTUNA_SAMPLER="random", OPTUNA_PRUNER="none",
+                    TOY_STEP_SECONDS="0")
+    params = {}
+    for run in ("first", "rerun"):
+        (tmp_path / run).mkdir()
+        result = run_hpo(["run", "--max-trials", "3"], tmp_path / run, env)
+        assert result.returncode == 0, result.stderr
+        params[run] = [t.params for t in load_study(tmp_path / run / "optuna_journal/toy.journal", "toy").trials]
+    assert len(params["first"]) == 3 and params["first"] == params["rerun"]
+    again = run_hpo(["run", "--max-trials", "6"], tmp_path / "first", env)
+    assert again.returncode == 0, again.stderr
+    later = [t.params for t in load_study(tmp_path / "first/optuna_journal/toy.journal", "toy").trials][3:]
+    assert len(later) == 3 and not [p for p in later if p in params["first"]]
+    logs = "".join(p.read_text() for p in (tmp_path / "first/optuna_logs").glob("worker_*.log"))
+    assert "seed=42 (OPTUNA_SEED 42 + HPO_SEED_OFFSET 0 + launch 0 x 100000 + rank 0)" in logs
+    assert "seed=100042 (OPTUNA_SEED 42 + HPO_SEED_OFFSET 0 + launch 1 x 100000 + rank 0)" in logs

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -230,3 +232,32 @@ def test_postgresql_study_with_two_workers(toy, postgres: str) -> None:
     assert Counter(t.state.name for t in study.trials) == Counter({"COMPLETE": 10})
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2
     assert not (cwd / "optuna_journal/toy.journal").exists()
+
+
+def test_retrain_recipe_of_hpo_best_trains_exactly_the_best_params(toy) -> None:
+    """The commands `hpo best` prints, run as written: the new study's one trial is the best
+    trial's parameters, not the config's warm start, and nothing is left WAITING."""
+    cwd, env = toy()
+    config = Path(env["HPO_CONFIG"])
+    config.write_text(config.read_text() + "enqueue:\n  - {x: -4.0}\n")
+    env = {**env, "OPTUNA_SAMPLER": "random", "OPTUNA_PRUNER": "none"}
+    assert run_hpo(["run", "--max-trials", "4"], cwd, env).returncode == 0
+    source = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    assert source.trials[0].params == {"x": -4.0}  # the warm start ran first in the new study
+    best = source.best_trial
+    assert best.number != 0
+    shown = run_hpo(["best", "--format", "json"], cwd, env)
+    assert shown.returncode == 0, shown.stderr
+    commands = re.findall(r"`hpo ([^`]+)`", json.loads(shown.stdout)["next"])
+    assert [c.split()[0] for c in commands] == ["export", "enqueue", "run"]
+    for command in commands:
+        result = run_hpo(shlex.split(command.replace("<study>", "toy").replace("<new>", "toy-retrain")), cwd, env)
+        assert result.returncode == 0, (command, result.stderr)
+    retrain = load_study(cwd / "optuna_journal/toy-retrain.journal", "toy-retrain")
+    assert [(t.state.name, t.params) for t in retrain.trials] == [("COMPLETE", best.params)]
+    assert retrain.trials[0].value == pytest.approx(best.value)
+    assert retrain.trials[0].user_attrs["origin"] == "enqueued from file results/toy/best_params.json"
+    # A later launch into that study adds no warm start either.
+    assert run_hpo(["run", "--max-trials", "2", "--study-name", "toy-retrain"], cwd, env).returncode == 0
+    retrain = load_study(cwd / "optuna_journal/toy-retrain.journal", "toy-retrain")
+    assert {"x": -4.0} not in [t.params for t in retrain.trials] and len(retrain.trials) == 2

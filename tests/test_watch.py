@@ -403,11 +403,15 @@ def test_logs_follow_shows_new_lines_and_new_workers(toy: Any) -> None:
     try:
         lines = _reader(proc.stdout)
         _wait_for(lines, "stopped: max trials")  # the last lines written before it started
-        with logs[0].open("a") as handle:
-            handle.write("2099-01-01T00:00:00 extra trial=- INFO marker-appended\n")
+        with logs[0].open("a") as handle:  # another study's worker reused this log (and a line from before tags)
+            handle.write("2099-01-01T00:00:00 extra study=other trial=- INFO marker-other\n"
+                         "Traceback of marker-other\n2099-01-01T00:00:00 extra trial=- INFO marker-untagged\n")
+            handle.write("2099-01-01T00:00:00 extra study=toy trial=- INFO marker-appended\n")
         seen = _wait_for(lines, "marker-appended")
         assert seen[-1].startswith(wl.worker_of(logs[0]))
-        (cwd / "optuna_logs" / "worker_late_1.log").write_text("2099-01-01T00:00:01 late_1 trial=- INFO marker-new\n")
+        assert not [line for line in seen if "marker-other" in line or "marker-untagged" in line]
+        (cwd / "optuna_logs" / "worker_late_1.log").write_text(
+            "2099-01-01T00:00:01 late_1 study=toy trial=- INFO marker-new\n")
         seen = _wait_for(lines, "marker-new")
         assert seen[-1].startswith("late_1")
     finally:
@@ -416,6 +420,49 @@ def test_logs_follow_shows_new_lines_and_new_workers(toy: Any) -> None:
     code, out = invoke(["logs", "--worker", "nope"],
                        {"LOG_DIR": str(cwd / "optuna_logs"), "HPO_CONFIG": env["HPO_CONFIG"]})
     assert code == 2 and "late_1" in out
+
+
+def test_logs_of_two_studies_running_at_once_in_one_folder(tmp_path: Path) -> None:
+    """Two studies write worker logs into one LOG_DIR at the same time: `hpo logs` (and
+    -f) shows the selected study's workers only; --all-studies shows both."""
+    (tmp_path / "toy.yaml").write_text("study_name: toy\nobjective: objectives:quadratic\n"
+                                       "space:\n  x: {type: float, low: -5, high: 5}\n")
+    env = clean_env(HPO_CONFIG=str(tmp_path / "toy.yaml"), MAX_TRIALS="4", OPTUNA_PRUNER="none")
+    runs = {name: subprocess.Popen([*WATCH_CLI, "run", "--workers", "2", "--study-name", name], cwd=tmp_path,
+                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for name in ("study a", "b")}
+    for name, proc in runs.items():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    assert len(list((tmp_path / "optuna_logs").glob("worker_*.log"))) == 4
+    workers = {name: {t.user_attrs["worker"] for t in load_study(tmp_path / "optuna_journal" / f"{name}.journal",
+                                                                 name).trials} for name in runs}
+    assert len(workers["study a"]) == 2 and len(workers["b"]) == 2 and not workers["study a"] & workers["b"]
+    inproc = {f.env: None for f in FIELDS} | {"HPO_CONFIG": env["HPO_CONFIG"],
+                                              "LOG_DIR": str(tmp_path / "optuna_logs")}
+    for name in runs:
+        code, out = invoke(["logs", "--study-name", name], inproc)
+        assert code == 0
+        shown = [line.split(" | ", 1) for line in out.splitlines()]
+        assert {source.strip() for source, _ in shown} == workers[name]
+        assert all(f" study={name} trial=" in text for _, text in shown)
+        assert sum("trial 0 started" in text for _, text in shown) == 1
+        assert any("stopped: max trials" in text for _, text in shown)
+    code, out = invoke(["logs", "--all-studies"], inproc)
+    assert code == 0 and {line.split(" | ")[0].strip() for line in out.splitlines()} == workers["study a"] | workers["b"]
+    code, out = invoke(["logs", "--study-name", "c"], inproc)
+    assert code == 0 and "no line of study 'c'" in out and "studies there: 'b', 'study a'" in out
+    follow = subprocess.Popen([*WATCH_CLI, "logs", "-f", "-n", "100", "--study-name", "b", "--interval", "0.1"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = _reader(follow.stdout)
+        seen = _wait_for(lines, "stopped: max trials")  # one line per worker of b
+        seen += _wait_for(lines, "stopped: max trials")
+    finally:
+        follow.terminate()
+        follow.wait(timeout=10)
+    assert {line.split(" | ")[0].strip() for line in seen} <= workers["b"]
+    assert all(" study=b trial=" in line for line in seen)
 
 
 def test_logs_merged_and_per_trial(single: Study) -> None:

@@ -91,7 +91,8 @@ def enqueue_cmd(file: str | None, from_study: str | None, top: int, **flags: Any
         best = top_trials(_other_study_trials(settings, from_study), top, config.directions[0] == "maximize")
         sets, origin = [dict(t.params) for t in best], f"study {from_study} (top {top})"
     checked = [check_param_set(config.space, params, f"{origin}[{i}]") for i, params in enumerate(sets)]
-    shared = open_study(settings, config)
+    # A study this creates gets no warm start from the config: the sets given here run first.
+    shared = open_study(settings, config, warm_start=False)
     for params in checked:
         shared.study.enqueue_trial(params, user_attrs={"origin": f"enqueued from {origin}"})
     click.echo(f"enqueued {len(checked)} trial(s) from {origin} into study {settings.study_name!r}")

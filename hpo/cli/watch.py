@@ -105,14 +105,17 @@ def _repeat(action: Callable[[], object], watch: bool, interval: float, first: b
               help="start with the last N lines [default: all; 10 with -f]")
 @click.option("--interval", type=click.FloatRange(0.05, 60), default=0.5, show_default=True,
               help="seconds between polls with -f")
+@click.option("--all-studies", is_flag=True,
+              help="lines of every study in LOG_DIR (and of logs whose lines name no study), not only STUDY_NAME's")
 def logs_cmd(follow: bool, worker: str | None, trial: int | None, n_lines: int | None, interval: float,
-             **flags: Any) -> int:
+             all_studies: bool, **flags: Any) -> int:
     """Worker logs of the study merged in time, each line prefixed with its worker."""
     from hpo.watch.logs import Follower, log_files
 
     settings, _ = load(flags)
     if worker is not None and trial is not None:
         raise UsageError("--worker and --trial: give one of them, not both")
+    study = None if all_studies else settings.study_name
     if trial is not None:
         path = settings.study_dir / f"trial_{trial}" / "trial.log"
         if not path.is_file():
@@ -125,13 +128,18 @@ def logs_cmd(follow: bool, worker: str | None, trial: int | None, n_lines: int |
         if wid not in files:
             raise UsageError(f"--worker {worker!r}: no log {settings.log_dir}/worker_{wid}.log; "
                              f"workers with logs: {', '.join(files) or 'none'}")
-        follower = Follower(None, {wid: files[wid]})
+        follower = Follower(None, {wid: files[wid]}, study)
     else:
-        follower = Follower(settings.log_dir)
+        follower = Follower(settings.log_dir, study=study)
     prefix = trial is None
     first = follower.poll()
     if not first and not follow:
-        click.echo(f"no worker log in {settings.log_dir} (LOG_DIR)", err=True)
+        if study is not None and follower.tails:
+            others = ", ".join(repr(name) for name in sorted(follower.studies)) or "none"
+            click.echo(f"no line of study {study!r} in {settings.log_dir}/worker_*.log (LOG_DIR); studies "
+                       f"there: {others} (--study-name NAME, or --all-studies)", err=True)
+        else:
+            click.echo(f"no worker log in {settings.log_dir} (LOG_DIR)", err=True)
         return 0
     keep = n_lines if n_lines is not None else (10 if follow else None)
     _print_lines(first if keep is None else first[len(first) - keep:] if keep else [], follower.width, prefix)

@@ -11,7 +11,7 @@ import click
 
 from hpo.cli._options import Command, environment, load, load_sweep, settings_options
 from hpo.config import StudyConfig
-from hpo.settings import Settings
+from hpo.settings import Settings, new_launch_id
 
 
 def config_mode_options(func: Command) -> Command:
@@ -28,6 +28,8 @@ def check_runnable(settings: Settings, config: StudyConfig) -> None:
     from hpo.storage import make_pruner, make_sampler
 
     config.load_objective()
+    if config.setup is not None:
+        config.function("setup")
     try:
         make_sampler(settings, None, config.sampler_args)
         make_pruner(settings, config.pruner_args)
@@ -137,8 +139,10 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
 
     cells = expand(settings, config)
     studies = [open_study(s, c) for s, c in cells]
-    seed_offset = 10_000 * sum(1 for shared in studies for t in shared.trials() if t.state.is_finished())
-    jobs = submit(opts, settings.to_env(), seed_offset, Path.cwd(), local)
+    # The user's own seed shift travels with the settings (see hpo.worker.sampler_seed).
+    offset = environment().get("HPO_SEED_OFFSET")
+    jobs = submit(opts, {**settings.to_env(), **({"HPO_SEED_OFFSET": offset} if offset else {})}, new_launch_id(),
+                  Path.cwd(), local)
     ids = [job.job_id for job in jobs]
     for cell_settings, _ in cells:
         record_study_jobs(cell_settings.jobs_path, ids)

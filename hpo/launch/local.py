@@ -17,7 +17,7 @@ from typing import Mapping, Sequence
 
 from hpo.config import StudyConfig, expand
 from hpo.logs import quiet_optuna
-from hpo.settings import Settings
+from hpo.settings import LAUNCH_ENV, Settings, new_launch_id
 from hpo.launch.progress import show_progress
 from hpo.storage import open_study
 
@@ -37,11 +37,12 @@ def visible_gpus(settings: Settings, env: Mapping[str, str]) -> list[str]:
 
 
 def worker_env(
-    settings: Settings, env: Mapping[str, str], rank: int, gpus: Sequence[str], seed_offset: int,
+    settings: Settings, env: Mapping[str, str], rank: int, gpus: Sequence[str], launch_id: str,
     threads: int,
 ) -> dict[str, str]:
-    """Environment of worker ``rank``: the resolved settings, its GPU and its CPU threads (pure)."""
-    child = {**env, **settings.to_env(), "HPO_WORKER_RANK": str(rank), "HPO_SEED_OFFSET": str(seed_offset),
+    """Environment of worker ``rank`` of launch ``launch_id``: the resolved settings, its GPU
+    and its CPU threads (pure). The seed comes from both (see hpo.worker.sampler_seed)."""
+    child = {**env, **settings.to_env(), "HPO_WORKER_RANK": str(rank), LAUNCH_ENV: launch_id,
              "PYTHONUNBUFFERED": "1"}
     # N workers each starting one thread per core would oversubscribe the CPU N-fold.
     child.setdefault("OMP_NUM_THREADS", str(threads))
@@ -67,12 +68,13 @@ def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapp
                       "MAX_TRIALS are finished (or while all its remaining trials are running)")
     console.print(f"worker logs: {settings.log_dir}/worker_*.log  (follow: tail -f {settings.log_dir}/worker_*.log)")
     console.print(f"run directories: {settings.trial_output}/<study>/trial_<number>/")
-    # A resumed study gets new seeds (see hpo.worker.sampler_seed); a fresh one OPTUNA_SEED + rank.
-    seed_offset = 10_000 * sum(1 for shared in studies for t in shared.trials() if t.state.is_finished())
+    # One launch: a fresh study's workers seed OPTUNA_SEED + rank, a resumed one's anew
+    # (see hpo.worker.sampler_seed).
+    launch_id = new_launch_id()
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     procs = [
         subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--quiet"],
-                         env=worker_env(settings, env, rank, gpus, seed_offset, threads))
+                         env=worker_env(settings, env, rank, gpus, launch_id, threads))
         for rank in range(n_workers)
     ]
     # A scheduler's SIGTERM reaches only us: pass it on so workers end trials cleanly.

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import submitit
 
 from hpo.config import load_all
+from hpo.settings import LAUNCH_ENV
 from hpo.worker import STOP_SIGNALS, StopReason, run_worker
 
 _logger = logging.getLogger(__name__)
@@ -67,10 +68,11 @@ def executor_parameters(opts: SubmitOptions) -> dict[str, Any]:
     return params
 
 
-def job_env(settings_env: Mapping[str, str], seed_offset: int, threads: int) -> dict[str, str]:
-    """What each worker job adds to its environment (pure). ``OMP_NUM_THREADS``: one
-    thread per CPU of the task, as torch would otherwise use every core of the node."""
-    return {**settings_env, "HPO_SEED_OFFSET": str(seed_offset), "OMP_NUM_THREADS": str(threads)}
+def job_env(settings_env: Mapping[str, str], launch_id: str, threads: int) -> dict[str, str]:
+    """What each worker job adds to its environment (pure): the launch, for the sampler seed
+    (see hpo.worker.sampler_seed); ``OMP_NUM_THREADS``: one thread per CPU of the task, as
+    torch would otherwise use every core of the node."""
+    return {**settings_env, LAUNCH_ENV: launch_id, "OMP_NUM_THREADS": str(threads)}
 
 
 class WorkerJob(submitit.helpers.Checkpointable):
@@ -112,11 +114,11 @@ def describe(opts: SubmitOptions) -> dict[str, Any]:
     return out
 
 
-def submit(opts: SubmitOptions, settings_env: Mapping[str, str], seed_offset: int, cwd: Path,
+def submit(opts: SubmitOptions, settings_env: Mapping[str, str], launch_id: str, cwd: Path,
            local: bool) -> list[submitit.Job[str]]:
-    """Submit ``opts.workers`` worker jobs (an array on SLURM); returns submitit's jobs."""
+    """Submit ``opts.workers`` worker jobs (an array on SLURM), one launch; returns submitit's jobs."""
     executor = make_executor(opts, local)
-    env = job_env(settings_env, seed_offset, opts.cpus_per_worker)
+    env = job_env(settings_env, launch_id, opts.cpus_per_worker)
     with executor.batch():
         jobs = [executor.submit(WorkerJob({**env, "HPO_WORKER_RANK": str(rank)}, str(cwd)))
                 for rank in range(opts.workers)]

@@ -35,8 +35,10 @@ _logger = logging.getLogger(__name__)
 
 DEFAULT_TOP = 20
 ENQUEUE_NOTE = ("to train with them: `hpo export` writes results/<study>/best_params.json; then "
-                "`hpo enqueue results/<study>/best_params.json --study-name <new>` and run the env line with "
-                "`hpo run --workers 1 --max-trials 1 --study-name <new>` (the run directory keeps the checkpoints)")
+                "`hpo enqueue results/<study>/best_params.json --study-name <new>` and, after the env line, "
+                "`hpo run --workers 1 --max-trials 1 --study-name <new>`: its one trial runs exactly these "
+                "parameters (a study that holds enqueued trials gets no warm start from the config) and its "
+                "run directory keeps the checkpoints")
 
 
 # -- best trial, Pareto set, knee --------------------------------------------------

@@ -1,10 +1,13 @@
 """``hpo logs``: every worker log of a study interleaved in time, and following them.
 
 Worker logs are ``$LOG_DIR/worker_<id>.log``; each record starts with an ISO
-timestamp to the second (:data:`hpo.logs.FORMAT`). Lines are merged by that
-timestamp, stable within a file; a line without one (a traceback) keeps the
-timestamp of the record it belongs to, so it stays under it. The files are only
-read: ``tail -f $LOG_DIR/worker_*.log`` keeps working alongside.
+timestamp to the second and names the worker and its study (:data:`hpo.logs.FORMAT`).
+Lines are merged by that timestamp, stable within a file; a line without one (a
+traceback) keeps the timestamp and the study of the record it belongs to, so it
+stays under it. Only the selected study's lines are kept, line by line, so two
+studies sharing ``LOG_DIR`` (or a log file: a reused pid, a requeued array task)
+never mix; lines written before records named their study belong to none. The
+files are only read: ``tail -f $LOG_DIR/worker_*.log`` keeps working alongside.
 
 Timestamps are each worker's local time: workers on hosts in different time
 zones would interleave wrongly (clusters normally share one zone).
@@ -24,6 +27,8 @@ _logger = logging.getLogger(__name__)
 LOG_PREFIX = "worker_"
 LOG_SUFFIX = ".log"
 TIMESTAMP_RE = re.compile(rb"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})")
+# A record of hpo.logs.FORMAT: timestamp, worker, study (may hold spaces), trial, level.
+RECORD_RE = re.compile(rb"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2} \S+ study=(.*?) trial=(?:-|\d+) [A-Z]+ ")
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class Line:
     stamp: bytes  # the record's timestamp; b"" before any timestamped line of the file
     source: str  # worker id (or any label)
     text: str
+    study: str | None = None  # the study its record names; None: a record that names none
 
 
 def worker_of(path: Path) -> str:
@@ -45,14 +51,16 @@ def log_files(log_dir: Path) -> dict[str, Path]:
     return {worker_of(p): p for p in sorted(log_dir.glob(f"{LOG_PREFIX}*{LOG_SUFFIX}")) if p.is_file()}
 
 
-def stamp(source: str, raw_lines: Iterable[bytes], last: bytes = b"") -> list[Line]:
-    """Lines of one file with the timestamp each belongs to (continuations inherit it)."""
+def stamp(source: str, raw_lines: Iterable[bytes], last: bytes = b"", study: str | None = None) -> list[Line]:
+    """Lines of one file with the timestamp and study each belongs to (continuations inherit them)."""
     out = []
     for raw in raw_lines:
         match = TIMESTAMP_RE.match(raw)
         if match:
             last = match.group(1)
-        out.append(Line(last, source, raw.decode("utf-8", "replace").rstrip("\r")))
+            record = RECORD_RE.match(raw)
+            study = record.group(1).decode("utf-8", "replace") if record else None
+        out.append(Line(last, source, raw.decode("utf-8", "replace").rstrip("\r"), study))
     return out
 
 
@@ -68,11 +76,12 @@ def format_line(line: Line, width: int) -> str:
 
 
 class _Tail:
-    """Where we are in one growing file: bytes read, a partial last line, its last timestamp."""
+    """Where we are in one growing file: bytes read, a partial last line, its last timestamp and study."""
 
     def __init__(self, path: Path, source: str) -> None:
         self.path, self.source = path, source
         self.offset, self.partial, self.last = 0, b"", b""
+        self.study: str | None = None
 
     def read(self) -> list[Line]:
         """Complete lines appended since the last call (a truncated file is read again)."""
@@ -90,9 +99,9 @@ class _Tail:
         self.offset += len(data)
         pieces = (self.partial + data).split(b"\n")
         self.partial = pieces.pop()  # a line still being written waits for its newline
-        lines = stamp(self.source, pieces, self.last)
+        lines = stamp(self.source, pieces, self.last, self.study)
         if lines:
-            self.last = lines[-1].stamp
+            self.last, self.study = lines[-1].stamp, lines[-1].study
         return lines
 
 
@@ -100,13 +109,18 @@ class Follower:
     """Reads every ``worker_*.log`` of ``log_dir`` (or the given files) incrementally.
 
     Each :meth:`poll` returns the complete lines written since the last one,
-    merged in time, and picks up log files that appeared in between.
+    merged in time, and picks up log files that appeared in between. With
+    ``study``, only the lines of that study's records are returned.
     """
 
-    def __init__(self, log_dir: Path | None, only: Mapping[str, Path] | None = None) -> None:
+    def __init__(self, log_dir: Path | None, only: Mapping[str, Path] | None = None,
+                 study: str | None = None) -> None:
         self.log_dir = log_dir
         self.only = dict(only) if only is not None else None
+        self.study = study
         self.tails: dict[Path, _Tail] = {}
+        self.studies: set[str] = set()  # every study named by a line read so far
+        self._shown: set[str] = set()  # sources of the lines returned so far
 
     def _discover(self) -> None:
         found = self.only if self.only is not None else log_files(self.log_dir) if self.log_dir else {}
@@ -116,8 +130,14 @@ class Follower:
 
     def poll(self) -> list[Line]:
         self._discover()
-        return merge([tail.read() for tail in self.tails.values()])
+        streams = [tail.read() for tail in self.tails.values()]
+        self.studies.update(line.study for stream in streams for line in stream if line.study is not None)
+        if self.study is not None:
+            streams = [[line for line in stream if line.study == self.study] for stream in streams]
+        self._shown.update(stream[0].source for stream in streams if stream)
+        return merge(streams)
 
     @property
     def width(self) -> int:
-        return max((len(t.source) for t in self.tails.values()), default=0)
+        """The widest source among the lines returned so far."""
+        return max((len(source) for source in self._shown), default=0)

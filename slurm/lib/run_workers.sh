@@ -8,9 +8,11 @@
 # setting the user exported (N_TRAIN=... sbatch ...) reaches the workers as is;
 # the defaults, and the study config's settings, live in hpo alone (`hpo config`
 # below prints each value and where it came from).
-# A new job samples anew: workers seed OPTUNA_SEED + HPO_SEED_OFFSET + task rank.
+# Sampler seeds depend on no job id: a worker seeds OPTUNA_SEED + HPO_SEED_OFFSET (yours;
+# default 0) + 100000 x the launch's number in the study (0 for a fresh study; a later job
+# or a requeue into it samples anew) + its rank (SLURM_PROCID, or the array task id).
+# The same sbatch into a fresh study samples the same; each worker logs its seed.
 JOB_ID="${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-0}}"
-export HPO_SEED_OFFSET="${HPO_SEED_OFFSET:-$(( JOB_ID % 100000 * 1000 ))}"
 export PYTHONUNBUFFERED=1
 # One thread per CPU SLURM gave the task: torch would otherwise start one per core of the node.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
@@ -31,7 +33,7 @@ trap 'early_signal=TERM' TERM
 trap 'early_signal=INT' INT
 
 echo "== hpo job ${SLURM_JOB_ID:-?}${SLURM_ARRAY_TASK_ID:+ (array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID})} on $(hostname) at $(date -Is): ${SLURM_NTASKS:-1} task(s)"
-echo "HPO_SEED_OFFSET=$HPO_SEED_OFFSET"
+echo "HPO_SEED_OFFSET=${HPO_SEED_OFFSET:-0}"
 echo "== effective settings (hpo config):"
 "$PY" -m hpo config || exit $?   # bad settings stop the job here: exit 2, nothing written
 # The study's jobs file (hpo cancel, hpo status, the reaper): its path is hpo's to know.
