@@ -249,15 +249,25 @@ def test_retrain_recipe_of_hpo_best_trains_exactly_the_best_params(toy) -> None:
     shown = run_hpo(["best", "--format", "json"], cwd, env)
     assert shown.returncode == 0, shown.stderr
     commands = re.findall(r"`hpo ([^`]+)`", json.loads(shown.stdout)["next"])
-    assert [c.split()[0] for c in commands] == ["export", "enqueue", "run"]
-    for command in commands:
-        result = run_hpo(shlex.split(command.replace("<study>", "toy").replace("<new>", "toy-retrain")), cwd, env)
+    assert [c.split()[0] for c in commands] == ["retrain", "export", "enqueue", "run"]
+    # `hpo retrain`: trial 0 of toy-retrain is the best trial's parameters, no warm start first.
+    result = run_hpo(shlex.split(commands[0]), cwd, env)
+    assert result.returncode == 0, result.stderr
+    assert f"retraining trial {best.number} of 'toy'" in result.stdout
+    retrained = load_study(cwd / "optuna_journal/toy-retrain.journal", "toy-retrain")
+    assert [(t.state.name, t.params) for t in retrained.trials] == [("COMPLETE", best.params)]
+    assert retrained.trials[0].value == pytest.approx(best.value)
+    again = run_hpo(["retrain"], cwd, env)
+    assert again.returncode == 2 and "--to 'toy-retrain': that study exists already" in again.stderr
+    # The same by hand, as printed.
+    for command in commands[1:]:
+        result = run_hpo(shlex.split(command.replace("<study>", "toy").replace("<new>", "toy-manual")), cwd, env)
         assert result.returncode == 0, (command, result.stderr)
-    retrain = load_study(cwd / "optuna_journal/toy-retrain.journal", "toy-retrain")
+    retrain = load_study(cwd / "optuna_journal/toy-manual.journal", "toy-manual")
     assert [(t.state.name, t.params) for t in retrain.trials] == [("COMPLETE", best.params)]
     assert retrain.trials[0].value == pytest.approx(best.value)
     assert retrain.trials[0].user_attrs["origin"] == "enqueued from file results/toy/best_params.json"
     # A later launch into that study adds no warm start either.
-    assert run_hpo(["run", "--max-trials", "2", "--study-name", "toy-retrain"], cwd, env).returncode == 0
-    retrain = load_study(cwd / "optuna_journal/toy-retrain.journal", "toy-retrain")
+    assert run_hpo(["run", "--max-trials", "2", "--study-name", "toy-manual"], cwd, env).returncode == 0
+    retrain = load_study(cwd / "optuna_journal/toy-manual.journal", "toy-manual")
     assert {"x": -4.0} not in [t.params for t in retrain.trials] and len(retrain.trials) == 2

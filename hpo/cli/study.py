@@ -149,4 +149,58 @@ def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: A
 
 
 
-COMMANDS = (config_cmd, enqueue_cmd, refine_cmd)
+@click.command("retrain")
+@settings_options
+@click.option("--to", "to", default=None, metavar="NAME", help="the new study [default: <study>-retrain]")
+@click.option("--trial", "number", type=click.IntRange(0), default=None,
+              help="retrain this trial [default: the best one; with several objectives the knee]")
+def retrain_cmd(to: str | None, number: int | None, **flags: Any) -> int:
+    """Train the best trial's parameters once more, with its own budgets, as trial 0 of a new study."""
+    import dataclasses
+
+    from hpo.errors import UsageError
+    from hpo.launch.local import run_local
+    from hpo.settings import _study_name
+    from hpo.storage import open_settings_storage, open_study
+    from hpo.watch.export import choose_best, run_settings
+    from hpo.watch.status import open_view
+
+    from hpo.cli._options import environment
+    from hpo.cli.workers import check_runnable
+
+    settings, config = load(flags)
+    journal = open_view(settings)
+    if number is None:
+        trial = choose_best(journal).trial
+        if trial is None:
+            raise UsageError(f"study {settings.study_name!r} has no COMPLETE trial to retrain")
+    else:
+        if number >= len(journal.trials):
+            raise UsageError(f"--trial {number}: study {settings.study_name!r} has trials 0-{len(journal.trials) - 1}")
+        journal.decode([number])
+        trial = journal.trials[number]
+    name = _study_name("--to", to or f"{settings.study_name}-retrain")
+    storage = open_settings_storage(dataclasses.replace(settings, study_name=name))
+    if name in [s.study_name for s in storage.get_all_studies()]:
+        raise UsageError(f"--to {name!r}: that study exists already; valid: a new study name")
+    # The trial's own budgets (N_TRAIN, stage epochs ...): its settings.json, else today's settings.
+    ran_with = run_settings(trial) or {}
+    objective = {f.name: ran_with.get(f.name, settings.objective.get(f.name)) for f in settings.objective_fields}
+    new = dataclasses.replace(settings, study_name=name, max_trials=1, trials_per_worker=None, objective=objective)
+    check_runnable(new, config)
+    shared = open_study(new, config, warm_start=False)  # no warm start: trial 0 is this one
+    shared.study.enqueue_trial(dict(trial.params), user_attrs={
+        "origin": f"retrain of study {settings.study_name!r} trial {trial.number}"})
+    click.echo(f"retraining trial {trial.number} of {settings.study_name!r} (values {trial.values}) as trial 0 of "
+               f"{name!r}, budgets from {'its settings.json' if ran_with else 'the current settings'}")
+    code = run_local(new, config, 1, environment())
+    again = open_view(new)
+    if again.trials:
+        again.decode([0])
+        result = again.trials[0]
+        click.echo(f"{name!r} trial 0: {result.state} values {result.values}; run directory "
+                   f"{result.user_attrs.get('run_dir')}")
+    return code
+
+
+COMMANDS = (config_cmd, enqueue_cmd, refine_cmd, retrain_cmd)

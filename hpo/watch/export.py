@@ -34,11 +34,11 @@ from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
 _logger = logging.getLogger(__name__)
 
 DEFAULT_TOP = 20
-ENQUEUE_NOTE = ("to train with them: `hpo export` writes results/<study>/best_params.json; then "
+ENQUEUE_NOTE = ("to train them once more: `hpo retrain` (trial 0 of a new study <study>-retrain, with this "
+                "trial's budgets from its settings.json; --to NAME). By hand: `hpo export`, then "
                 "`hpo enqueue results/<study>/best_params.json --study-name <new>` and, after the env line, "
-                "`hpo run --workers 1 --max-trials 1 --study-name <new>`: its one trial runs exactly these "
-                "parameters (a study that holds enqueued trials gets no warm start from the config) and its "
-                "run directory keeps the checkpoints")
+                "`hpo run --workers 1 --max-trials 1 --study-name <new>` (a study that holds enqueued trials "
+                "gets no warm start from the config)")
 
 
 # -- best trial, Pareto set, knee --------------------------------------------------
