@@ -230,6 +230,8 @@ FIELDS: tuple[Field, ...] = (
           "what MAX_TRIALS counts: finished (COMPLETE + PRUNED) or complete (CODES: valid trials only)"),
     Field("retry_interrupted", "HPO_RETRY_INTERRUPTED", boolean, False,
           "retry a trial ended by Ctrl-C/SIGINT like a preempted one (a lost warm start runs again)"),
+    Field("reuse_results", "HPO_REUSE_RESULTS", boolean, False,
+          "keep COMPLETE trials in $TRIAL_OUTPUT/runs/p_<hash>/r_<hash>/ and reuse them for the same run"),
     Field("export_at_end", "HPO_EXPORT_AT_END", boolean, True,
           "when the study has its trials, write results/<study>/ (exports and figures) in the background"),
 )
@@ -265,6 +267,7 @@ class Settings:
     time_pruning_warmup: int
     budget_counts: str
     retry_interrupted: bool
+    reuse_results: bool
     export_at_end: bool
     config: Path
     # The objective's own settings (its module's SETTINGS), resolved like the above.

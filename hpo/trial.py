@@ -36,8 +36,9 @@ from optuna.trial import TrialState
 
 from hpo import outcome as outcomes
 from hpo.logs import trial_logging
-from hpo.objective import Objective, TrialContext, TrialTaken
+from hpo.objective import Objective, TrialContext, TrialTaken, objective_attrs
 from hpo.recovery import Heartbeat, enqueue_retry
+from hpo.results import RunKey, run_key
 from hpo.setup import options_of
 from hpo.space import suggest
 from hpo.storage import trial_id
@@ -62,6 +63,7 @@ class _Active:
     stop_reason: Any  # () -> str | None, the worker's stop flag
     last_step: list[int] = field(default_factory=list)
     taken: bool = False  # set by the heartbeat thread when another worker ended the trial
+    run_key: RunKey | None = None  # HPO_REUSE_RESULTS: where this run's outcome is stored (hpo.results)
 
 
 class TrialRunner:
@@ -128,6 +130,12 @@ class TrialRunner:
         retry_of = trial.user_attrs.get("retry_of")
         _logger.info("trial %d started on %s: %s%s", trial.number, self.device, json.dumps(params),
                      f" (retry of trial {retry_of})" if retry_of is not None else "")
+        if s.reuse_results:
+            active.run_key = run_key(s.trial_output, self.config.objective, options_of(s, self.config), params,
+                                     s.data_seed, s.train_seed, self.setup.key if self.setup else None)
+            stored = active.run_key.stored()
+            if stored is not None:
+                return self._reuse(active, stored)
         ctx = TrialContext(
             number=trial.number, params=params, fixed=fixed, settings=s, run_dir=run_dir,
             device=self.device, logger=logging.getLogger("hpo.trial"),
@@ -143,6 +151,19 @@ class TrialRunner:
             _set_user_attr=active.trial.set_user_attr,
         )
         return self.objective(params, ctx)
+
+    def _reuse(self, active: _Active, stored: dict[str, Any]) -> list[float]:
+        """An identical run finished before (HPO_REUSE_RESULTS): its values and metrics, no training."""
+        assert active.run_key is not None
+        folder = str(active.run_key.folder.resolve())
+        _logger.info("trial %d: these parameters, options and seeds ran before (%s, study %s trial %s): "
+                     "reusing its result, not training again", active.trial.number, folder, stored.get("study"),
+                     stored.get("trial"))
+        for key, value in {**stored.get("metrics", {}), "reused_from": folder}.items():
+            active.trial.set_user_attr(key, value)
+        active.run_key = None  # nothing new to store
+        values: list[float] = stored["values"]
+        return values
 
     # -- hooks of the context ---------------------------------------------
     def _report(self, active: _Active, step: int, value: float) -> None:
@@ -195,6 +216,10 @@ class TrialRunner:
                 raise
             return taken
         seconds = time.time() - active.start
+        if active.run_key is not None and result.state == TrialState.COMPLETE:
+            frozen = self.shared.frozen(trial_id(trial))
+            active.run_key.store(list(result.values or ()), objective_attrs(frozen.user_attrs), seconds,
+                                 {"study": self.settings.study_name, "trial": trial.number})
         # Atomic but not fsynced: it survives the process (the journal is the durable record).
         write_json_atomic(run_dir / "trial.json", durable=False, payload={
             "number": trial.number, "state": result.state.name, "values": result.values,

@@ -39,12 +39,6 @@ def read_param_sets(path: Path) -> list[dict[str, Any]]:
     return [dict(s) for s in sets]
 
 
-def top_trials(trials: Sequence[Any], k: int, maximize: bool) -> list[Any]:
-    """The ``k`` best COMPLETE single-objective trials, best first."""
-    complete = [t for t in trials if t.state.name == "COMPLETE" and t.values and len(t.values) == 1]
-    return sorted(complete, key=lambda t: t.values[0], reverse=maximize)[:k]
-
-
 def _narrow(p: Param, seen: list[Any], factor: float, fraction: float) -> Param:
     """``p`` narrowed around the values ``seen`` in the best trials."""
     if p.kind == "categorical":
@@ -65,17 +59,26 @@ def refine_space(space: Mapping[str, Param], best: Sequence[Mapping[str, Any]], 
                  fraction: float) -> tuple[dict[str, Any], dict[str, Any], int]:
     """New flat space, the summary of old and new ranges, and the trial budget.
 
-    Pure. Parameters the best trials never sampled (fixed or inactive) keep their range."""
+    Pure. Parameters the best trials never sampled (fixed or inactive) keep their range.
+    A conditional parameter whose branch none of the best trials took (``when:
+    {optimizer: sgd}`` after every best trial chose adam) is dropped, with the reason in
+    the summary: its parent can no longer take that value."""
     new_space: dict[str, Any] = {}
+    kept: dict[str, Param] = {}
     summary: dict[str, Any] = {}
     tuned = 0
     for name, p in space.items():
-        seen = [b[name] for b in best if name in b]
-        if not seen:
-            new_space[name] = _spec(p)
+        lost = next(((parent, value) for parent, value in p.when.items()
+                     if parent not in kept or not kept[parent].contains(value)), None)
+        if lost is not None:
+            summary[name] = {"old": _bounds(p), "new": f"dropped: no best trial took the branch {lost[0]}={lost[1]!r}"}
             continue
-        narrowed = _narrow(p, seen, factor, fraction)
+        seen = [b[name] for b in best if name in b]
+        narrowed = _narrow(p, seen, factor, fraction) if seen else p
+        kept[name] = narrowed
         new_space[name] = _spec(narrowed)
+        if not seen:
+            continue
         summary[name] = {"old": _bounds(p), "new": _bounds(narrowed)}
         if not (p.kind == "categorical" and len(narrowed.choices) == 1):
             tuned += 1

@@ -73,3 +73,9 @@ def counted_setup(ctx: Any) -> dict[str, Any]:
         raise RuntimeError("reference data missing")
     (ctx.cache_dir / "table.txt").write_text("42")
     return {"value": 42 + int(ctx.options.get("offset", 0))}
+
+
+def two_costs(params: dict[str, Any], ctx: TrialContext) -> tuple[float, float]:
+    """Two objectives over a conditional space: x^2 and (x-2)^2, plus momentum with sgd."""
+    x = params["x"]
+    return x ** 2, (x - 2) ** 2 + (params["momentum"] if params["optimizer"] == "sgd" else 0.0)

@@ -153,6 +153,44 @@ def test_refine_narrows_ranges_and_starts_from_the_best(tmp_path: Path) -> None:
     assert fine.trials[0].params == best.params and fine.trials[0].value == pytest.approx(best.value)
 
 
+MO_CONDITIONAL = """\
+study_name: mo
+objective: objectives:two_costs
+directions: [minimize, minimize]
+settings: {sampler: random, pruner: none}
+space:
+  x: {type: float, low: -5, high: 5}
+  optimizer: {type: categorical, choices: [adam, sgd]}
+  momentum: {type: float, low: 0.0, high: 0.9, when: {optimizer: sgd}}
+enqueue:
+  - {x: 0.5, optimizer: adam}
+  - {x: 1.5, optimizer: adam}
+  - {x: 1.0, optimizer: adam}
+  - {x: 4.0, optimizer: sgd, momentum: 0.8}
+"""
+
+
+def test_refine_a_multi_objective_study_with_a_conditional_space(tmp_path: Path) -> None:
+    """Around the Pareto set (knee first); a branch no best trial took is dropped, not an error."""
+    (tmp_path / "mo.yaml").write_text(MO_CONDITIONAL)
+    env = clean_env(HPO_CONFIG=str(tmp_path / "mo.yaml"), MAX_TRIALS="4")
+    assert run_hpo(["run"], tmp_path, env).returncode == 0
+    refine = run_hpo(["refine", "--from", "mo", "--top", "3"], tmp_path, clean_env(HPO_CONFIG=str(tmp_path / "mo.yaml")))
+    assert refine.returncode == 0, refine.stderr
+    summary = yaml.safe_load((tmp_path / "optuna_runs/mo_fine/fine_summary.yaml").read_text())
+    assert summary["ranges"]["optimizer"]["new"] == ["adam"]  # the Pareto set: x in 0.5..1.5, all adam
+    assert summary["ranges"]["momentum"]["new"].startswith("dropped: no best trial took the branch optimizer='sgd'")
+    lo, hi = summary["ranges"]["x"]["new"]
+    assert (lo, hi) == (pytest.approx(-0.5), pytest.approx(2.5))  # padded by 0.1 x the range of 10
+    assert summary["best_params"] == {"x": 1.0, "optimizer": "adam"}  # the knee
+    new_config = tmp_path / "optuna_runs/mo_fine/study_config.yaml"
+    run = run_hpo(["run", "--config", str(new_config)], tmp_path, clean_env(MAX_TRIALS="3"))
+    assert run.returncode == 0, run.stderr
+    fine = load_study(tmp_path / "optuna_journal/mo_fine.journal", "mo_fine")
+    assert fine.trials[0].params == {"x": 1.0, "optimizer": "adam"}
+    assert all("momentum" not in t.params and -0.5 <= t.params["x"] <= 2.5 for t in fine.trials)
+
+
 def test_enqueue_from_file_and_from_study(toy) -> None:
     cwd, env = toy()
     (cwd / "best.json").write_text(json.dumps({"best_value": 0.0, "best_params": {"x": 1.25}}))

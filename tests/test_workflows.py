@@ -193,6 +193,13 @@ def test_sweep_runs_every_study_with_its_own_space_and_one_command(tmp_path: Pat
     assert exported.returncode == 0, exported.stderr
     assert [r["study"] for r in _rows(tmp_path / "results/llc_grid_sweep.csv")] == names
     assert all((tmp_path / "results" / n / "all_trials.csv").is_file() for n in names)
+    import pandas as pd
+
+    trials = pd.read_parquet(tmp_path / "results/llc_grid_trials.parquet")  # seed 003's one table
+    assert len(trials) == sum(len(load_study(tmp_path / f"optuna_journal/{n}.journal", n).trials) for n in names)
+    assert {"study", "problem", "method", "value", "user_attrs_llc_hat", "user_attrs_llc_ref", "user_attrs_error",
+            "user_attrs_runtime_sec"} <= set(trials.columns)
+    assert sorted(set(trials["method"])) == ["sghmc", "sgld"]
 
     one = run_hpo(["best"], tmp_path, env)
     assert one.returncode == 2 and "a sweep of 4 studies" in one.stderr and "llc_wide_sghmc" in one.stderr
@@ -217,3 +224,39 @@ def test_bad_sweep_exits_2(tmp_path: Path, edit: dict, message: str) -> None:
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(raw))
     result = run_hpo(["config", "--config", str(tmp_path / "grid.yaml")], tmp_path, clean_env())
     assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+REUSE_CONFIG = """\
+study_name: same
+objective: objectives:quadratic
+settings: {pruner: none}
+space:
+  x: {type: float, low: -5, high: 5}
+enqueue: [{x: 1.25}, {x: 1.25}]
+"""
+
+
+def test_same_run_twice_reuses_the_stored_result(tmp_path: Path) -> None:
+    """HPO_REUSE_RESULTS: content-addressed run folders; a rerun does not train again and says so."""
+    (tmp_path / "same.yaml").write_text(REUSE_CONFIG)
+    env = clean_env(HPO_CONFIG=str(tmp_path / "same.yaml"), HPO_REUSE_RESULTS="1", MAX_TRIALS="2")
+    assert run_hpo(["run"], tmp_path, env).returncode == 0
+    study = load_study(tmp_path / "optuna_journal/same.journal", "same")
+    first, second = study.trials
+    assert first.params == second.params and first.value == second.value == pytest.approx(0.0625)
+    assert "reused_from" not in first.user_attrs
+    (folder,) = (tmp_path / "optuna_runs/runs").glob("p_*/r_*")
+    assert second.user_attrs["reused_from"] == str(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["params"] == {"x": 1.25} and manifest["problem"]["objective"] == "objectives:quadratic"
+    assert json.loads((folder / "metrics.json").read_text())["values"] == [first.value]
+    assert not (Path(second.user_attrs["run_dir"]) / "result.json").exists()  # it did not train
+    log = "".join(p.read_text() for p in (tmp_path / "optuna_logs").glob("*.log"))
+    assert "trial 1: these parameters, options and seeds ran before" in log
+    # Another study, same run: reused too; another seed is another run.
+    assert run_hpo(["run", "--study-name", "again", "--max-trials", "1"], tmp_path, env).returncode == 0
+    assert "reused_from" in load_study(tmp_path / "optuna_journal/again.journal", "again").trials[0].user_attrs
+    assert run_hpo(["run", "--study-name", "seeded", "--max-trials", "1"], tmp_path,
+                   {**env, "TRAIN_SEED": "7"}).returncode == 0
+    assert "reused_from" not in load_study(tmp_path / "optuna_journal/seeded.journal", "seeded").trials[0].user_attrs
+    assert len(list((tmp_path / "optuna_runs/runs").glob("p_*/r_*"))) == 2

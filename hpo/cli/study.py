@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from hpo.cli._options import load, load_sweep, settings_options
 from hpo.settings import FIELDS, Settings
+
+if TYPE_CHECKING:
+    from hpo.watch.journal import StudyJournal
 
 
 @click.command("config")
@@ -53,21 +56,20 @@ def config_cmd(record_job: str | None, **flags: Any) -> None:
                f"{', '.join(n for n in config.space if n not in fixed)}")
 
 
-def _other_study_trials(settings: Settings, name: str) -> list[Any]:
-    """Trials of another study in the same storage (read-only)."""
+def _other_study(settings: Settings, name: str) -> "StudyJournal":
+    """Another study in the same storage, every trial decoded (read-only)."""
     import dataclasses
-
-    import optuna
 
     from hpo.errors import UsageError
     from hpo.storage import open_settings_storage
+    from hpo.watch.status import open_view
 
-    storage = open_settings_storage(dataclasses.replace(settings, study_name=name))
-    names = [s.study_name for s in storage.get_all_studies()]
+    other = dataclasses.replace(settings, study_name=name)
+    names = [s.study_name for s in open_settings_storage(other).get_all_studies()]
     if name not in names:
         raise UsageError(f"--from-study {name!r}: no such study in {settings.storage_label if settings.storage else settings.journal_dir}; "
                          f"existing: {', '.join(names) or 'none'}")
-    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    return open_view(other).decode()
 
 
 @click.command("enqueue")
@@ -80,7 +82,8 @@ def enqueue_cmd(file: str | None, from_study: str | None, top: int, **flags: Any
     from hpo.errors import UsageError
     from hpo.storage import open_study
     from hpo.space import check_param_set
-    from hpo.warmstart import read_param_sets, top_trials
+    from hpo.watch.export import top_trials
+    from hpo.warmstart import read_param_sets
 
     settings, config = load(flags)
     if (file is None) == (from_study is None):
@@ -88,7 +91,8 @@ def enqueue_cmd(file: str | None, from_study: str | None, top: int, **flags: Any
     if file is not None:
         sets, origin = read_param_sets(Path(file)), f"file {file}"
     elif from_study is not None:
-        best = top_trials(_other_study_trials(settings, from_study), top, config.directions[0] == "maximize")
+        other = _other_study(settings, from_study)
+        best = top_trials(other.trials, other.study.directions, top)  # several objectives: the knee first
         sets, origin = [dict(t.params) for t in best], f"study {from_study} (top {top})"
     checked = [check_param_set(config.space, params, f"{origin}[{i}]") for i, params in enumerate(sets)]
     # A study this creates gets no warm start from the config: the sets given here run first.
@@ -118,7 +122,8 @@ def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: A
     from hpo.provenance import stored_config_path
     from hpo.storage import open_study
     from hpo.util import write_bytes_atomic
-    from hpo.warmstart import dumps_summary, refine_space, refined_config, top_trials
+    from hpo.watch.export import top_trials
+    from hpo.warmstart import dumps_summary, refine_space, refined_config
 
     settings, config = load(flags)
     new_name = settings.study_name if settings.sources["study_name"] == "flag" or \
@@ -128,9 +133,11 @@ def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: A
     source_settings = dataclasses.replace(settings, study_name=source)
     stored = stored_config_path(source_settings)
     source_config = load_config(stored) if stored.is_file() else config
-    best = top_trials(_other_study_trials(settings, source), top, source_config.directions[0] == "maximize")
+    other = _other_study(settings, source)
+    # Several objectives: the knee of the Pareto set, the rest of the set, then the others.
+    best = top_trials(other.trials, other.study.directions, top)
     if not best:
-        raise UsageError(f"--from {source!r}: the study has no complete single-objective trial to refine around")
+        raise UsageError(f"--from {source!r}: the study has no COMPLETE trial to refine around")
     new_space, summary, budget = refine_space(source_config.space, [t.params for t in best], factor, fraction)
     new_settings = dataclasses.replace(settings, study_name=new_name, max_trials=budget)
     path = stored_config_path(new_settings)

@@ -220,7 +220,27 @@ def export_cmd(out: str | None, top: int, **flags: Any) -> int:
         path = table / f"{config.path.stem}_sweep.csv"
         pd.DataFrame([{**r, "best_params": json.dumps(r["best_params"])} for r in rows]).to_csv(path, index=False)
         click.echo(str(path))
+        click.echo(str(export_sweep_trials(studies, config, table / f"{config.path.stem}_trials.parquet")))
     return 0
+
+
+def export_sweep_trials(studies: list[Any], config: Any, path: Path) -> Path:
+    """Every trial of every study of a sweep in one table (seed 003's ``optuna_trials.parquet``):
+    ``study``, the matrix variables (``problem``, ``method``), then the columns of ``all_trials.csv``."""
+    import pandas as pd
+
+    from hpo.watch.export import columns, parquet_safe, trial_rows
+    from hpo.watch.status import open_view
+
+    frames = []
+    for settings, cell in studies:
+        journal = open_view(settings).decode()
+        n = len(journal.study.directions)
+        rows = trial_rows(journal.trials, n)
+        head = {"study": settings.study_name, **{name: cell.objective_args[name] for name, _ in config.matrix}}
+        frames.append(pd.DataFrame([{**head, **r} for r in rows], columns=[*head, *columns(journal.trials, n)]))
+    parquet_safe(pd.concat(frames, ignore_index=True)).to_parquet(path, index=False)
+    return path
 
 
 # -- plot -----------------------------------------------------------------------------------

@@ -272,7 +272,7 @@ def epoch_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     return rows
 
 
-def _parquet_safe(frame: Any) -> Any:
+def parquet_safe(frame: Any) -> Any:
     """Parquet columns hold one type: a column mixing types (a categorical parameter
     with choices 1 and "a") is written as text."""
     out = frame.copy()
@@ -300,7 +300,7 @@ def export(journal: StudyJournal, out_dir: Path, top: int = DEFAULT_TOP) -> list
     write_json_atomic(paths[0], best_params_json(journal, best))
     frame.to_csv(paths[1], index=False)
     top_frame.to_csv(paths[2], index=False)
-    _parquet_safe(frame).to_parquet(paths[3], index=False)
+    parquet_safe(frame).to_parquet(paths[3], index=False)
     write_json_atomic(paths[4], hpo_results_json(journal, best))
     epochs = epoch_rows(journal.trials)
     if epochs:

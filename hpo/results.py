@@ -1,0 +1,70 @@
+"""Idempotent runs: a content-addressed store of finished trials (``HPO_REUSE_RESULTS``).
+
+Seed 003 keys every run by its content, so rerunning the same configuration reuses
+what was computed. With ``HPO_REUSE_RESULTS=true``, every COMPLETE trial is also
+written to::
+
+    $TRIAL_OUTPUT/runs/p_<problem>/r_<run>/manifest.json   what ran: objective, params, options, seeds
+                                          /metrics.json    what came out: values, metrics, seconds
+
+- ``p_<problem>``: a SHA-256 (12 hex digits) of the objective, its options (its
+  settings, ``objective_args``, a sweep cell's values), ``DATA_SEED`` and the setup's
+  key: everything but the parameters;
+- ``r_<run>``: a SHA-256 of the manifest (the problem, the parameters, ``TRAIN_SEED``).
+
+A later trial, in this study or any other, with the same manifest does not train: it
+reads ``metrics.json``, is told the same values (and gets the same metrics, plus
+``reused_from``), and the worker log says so. Only COMPLETE trials are stored; PRUNED,
+FAIL and taken ones never are. Both files are JSON written atomically (no pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from hpo.util import write_json_atomic
+
+_logger = logging.getLogger(__name__)
+
+RUNS_DIR = "runs"
+MANIFEST, METRICS = "manifest.json", "metrics.json"
+
+
+def _digest(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class RunKey:
+    manifest: dict[str, Any]
+    folder: Path  # $TRIAL_OUTPUT/runs/p_<problem>/r_<run>
+
+    def stored(self) -> dict[str, Any] | None:
+        """The stored outcome of an identical run, or None."""
+        try:
+            data = json.loads((self.folder / METRICS).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("values"), list) else None
+
+    def store(self, values: list[float], metrics: Mapping[str, Any], seconds: float, origin: Mapping[str, Any]) -> None:
+        """Keep a COMPLETE trial's outcome (manifest first: metrics.json means whole)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.folder / MANIFEST, self.manifest)
+        write_json_atomic(self.folder / METRICS, {"values": values, "metrics": dict(metrics),
+                                                  "seconds": round(seconds, 3), **origin})
+
+
+def run_key(trial_output: Path, objective: str, options: Mapping[str, Any], params: Mapping[str, Any],
+            data_seed: int, train_seed: int, setup_key: str | None) -> RunKey:
+    problem = {"objective": objective, "options": dict(options), "data_seed": data_seed, "setup": setup_key}
+    problem_id = f"p_{_digest(problem)}"
+    manifest = {"problem": problem, "problem_id": problem_id, "params": dict(params), "train_seed": train_seed}
+    folder = trial_output / RUNS_DIR / problem_id / f"r_{_digest(manifest)}"
+    return RunKey(manifest, folder)
