@@ -171,7 +171,7 @@ def test_failing_setup_stops_every_worker_before_any_trial(tmp_path: Path) -> No
 
 def test_sweep_runs_every_study_with_its_own_space_and_one_command(tmp_path: Path) -> None:
     config = str(EXAMPLES / "llc_grid.yaml")
-    env = clean_env(HPO_CONFIG=config, MAX_TRIALS="2", HPO_TRIAL_TIMEOUT_SECONDS="0.4")
+    env = clean_env(HPO_CONFIG=config, MAX_TRIALS="2", HPO_TRIAL_TIMEOUT_SECONDS="0.4", HPO_REUSE_RESULTS="1")
     names = ["llc_narrow_sgld", "llc_narrow_sghmc", "llc_wide_sgld", "llc_wide_sghmc"]
     result = run_hpo(["run", "--workers", "2"], tmp_path, env)
     assert result.returncode == 0, result.stderr
@@ -200,6 +200,12 @@ def test_sweep_runs_every_study_with_its_own_space_and_one_command(tmp_path: Pat
     assert {"study", "problem", "method", "value", "user_attrs_llc_hat", "user_attrs_llc_ref", "user_attrs_error",
             "user_attrs_runtime_sec"} <= set(trials.columns)
     assert sorted(set(trials["method"])) == ["sghmc", "sgld"]
+    # Seed 003's content-addressed run folders: one per COMPLETE trial, keyed by problem.
+    runs = list((tmp_path / "optuna_runs/runs").glob("p_*/r_*/metrics.json"))
+    assert len(runs) == int((trials["state"] == "COMPLETE").sum())
+    assert len({p.parent.parent.name for p in runs}) == 4  # a problem per cell (its options differ)
+    manifest = json.loads((runs[0].parent / "manifest.json").read_text())
+    assert {"problem", "params", "train_seed"} <= set(manifest) and "method" in manifest["problem"]["options"]
 
     one = run_hpo(["best"], tmp_path, env)
     assert one.returncode == 2 and "a sweep of 4 studies" in one.stderr and "llc_wide_sghmc" in one.stderr
@@ -260,3 +266,40 @@ def test_same_run_twice_reuses_the_stored_result(tmp_path: Path) -> None:
                    {**env, "TRAIN_SEED": "7"}).returncode == 0
     assert "reused_from" not in load_study(tmp_path / "optuna_journal/seeded.journal", "seeded").trials[0].user_attrs
     assert len(list((tmp_path / "optuna_runs/runs").glob("p_*/r_*"))) == 2
+
+
+def test_seed_001_sweep_of_surrogates_two_objectives(tmp_path: Path) -> None:
+    """CODES: <tuning_id>_<surrogate> studies, each with its stored config, a Pareto front
+    named by the metric names, and a budget of valid (COMPLETE) trials."""
+    env = clean_env(HPO_CONFIG=str(EXAMPLES / "codes_sweep.yaml"), MAX_TRIALS="3", N_TRAIN="300", N_VAL="100",
+                    OMP_NUM_THREADS="1")
+    result = run_hpo(["run", "--workers", "2"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(run_hpo(["status", "--json", "--no-slurm"], tmp_path, env).stdout)
+    assert [s["study"] for s in status["studies"]] == ["codes_shallow", "codes_mlp"]
+    for one in status["studies"]:
+        assert one["metric_names"] == ["lae99", "latency_us"] and one["pareto"]
+        assert one["states"]["COMPLETE"] == one["finished"] == 3
+        stored = tmp_path / "optuna_runs" / one["study"] / "study_config.yaml"
+        assert stored.read_text() == (EXAMPLES / "codes_sweep.yaml").read_text()
+    best = json.loads(run_hpo(["best", "--format", "json", "--study-name", "codes_mlp"], tmp_path, env).stdout)
+    assert best["pareto"] and "knee" in best
+
+
+def test_seed_004_files_metrics_and_four_figures(tmp_path: Path) -> None:
+    """Transfer-aware PhysAE: best_params.json, all_trials.csv and top_20_trials.csv with the
+    component metrics, and seed 004's four figures, written when the study ends."""
+    env = clean_env(HPO_CONFIG=str(EXAMPLES / "physae_transfer.yaml"), MAX_TRIALS="3", N_TRAIN="256", N_VAL="64",
+                    N_POINTS="64", BATCH_SIZE="64", STAGEA_EPOCHS="1", STAGEB1_EPOCHS="1", STAGEB2_EPOCHS="1",
+                    OPTUNA_PRUNER="none", HPO_EXPORT_AT_END="1", OMP_NUM_THREADS="1")
+    result = run_hpo(["run", "--workers", "2"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "results/physae_transfer"
+    best = json.loads((out / "best_params.json").read_text())
+    assert set(best) == {"best_value", "best_params", "n_trials", "best_trial_number"}
+    components = {f"user_attrs_{stage}_val_param_error" for stage in ("A", "B1", "B2")}
+    for table in ("all_trials.csv", "top_20_trials.csv"):
+        rows = _rows(out / table)
+        assert components <= set(rows[0]), table
+    for figure in ("optimization_history", "param_importances", "parallel_coordinate", "slice_plot"):
+        assert (out / "figures" / f"{figure}.png").is_file(), figure

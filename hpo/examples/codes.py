@@ -1,6 +1,10 @@
 """A CODES-like surrogate (seed 001): an MLP regressor on a synthetic chemical-kinetics-
 like dataset; activation, width, learning rate and a conditional optimizer choice;
-two objectives: log-space accuracy and inference time per sample."""
+two objectives: log-space accuracy and inference time per sample.
+
+``surrogate`` (an ``objective_args`` value, or a sweep's matrix value: seed 001 tunes a
+list of surrogates, one study each, ``configs/examples/codes_sweep.yaml``) picks the
+architecture: ``shallow`` (one hidden layer), ``mlp`` (two, the default) or ``deep`` (four)."""
 
 from __future__ import annotations
 
@@ -42,7 +46,11 @@ def objective(params: dict[str, Any], ctx: "TrialContext") -> tuple[float, float
     xv, yv = _data(ctx.options["n_val"], ctx.settings.data_seed + 1)
     width = int(params["hidden_size"])
     act = getattr(nn, params["activation"])
-    model = nn.Sequential(nn.Linear(4, width), act(), nn.Linear(width, width), act(), nn.Linear(width, 3))
+    hidden = {"shallow": 1, "mlp": 2, "deep": 4}[str(ctx.options.get("surrogate", "mlp"))]
+    layers: list[Any] = [nn.Linear(4, width), act()]
+    for _ in range(hidden - 1):
+        layers += [nn.Linear(width, width), act()]
+    model = nn.Sequential(*layers, nn.Linear(width, 3))
     opt: torch.optim.Optimizer
     if params["optimizer"] == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=params["learning_rate"], momentum=params["momentum"])
