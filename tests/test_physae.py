@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import logging
 import shutil
 import subprocess
@@ -181,6 +182,21 @@ def test_cpu_runs_are_deterministic(settings: Settings, completed: Completed, tm
     value = objective(dict(PARAMS), make_ctx(settings, tmp_path, Recorder()))
     assert value == completed.value
     assert without_seconds(metric_lines(tmp_path)) == without_seconds(metric_lines(completed.run_dir))
+
+
+def test_bf16_autocast_path_runs_on_cpu(settings: Settings, completed: Completed, tmp_path: Path) -> None:
+    """PRECISION=bf16 runs the mixed-precision code a CUDA trial runs (autocast, the float()
+    before the sigmoid, float32 physics), here on CPU: it trains, reports finite values, and
+    differs from the float32 run, so autocast really was on."""
+    bf16 = replace(settings, objective={**settings.objective, "precision": "bf16"})
+    ctx = make_ctx(bf16, tmp_path, Recorder())
+    ctx = replace(ctx, options=bf16.objective)
+    value = objective(dict(PARAMS), ctx)
+    assert math.isfinite(value) and value < 1.0
+    lines = metric_lines(tmp_path)
+    assert [(r["stage"], r["epoch"]) for r in lines] == [(r["stage"], r["epoch"]) for r in metric_lines(completed.run_dir)]
+    assert value != completed.value
+    assert T.uses_bf16("cuda") and not T.uses_bf16("cpu") and T.uses_bf16("cpu", "bf16") and not T.uses_bf16("cuda", "fp32")
 
 
 def test_train_seed_changes_the_run(settings: Settings, completed: Completed, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ No torch here: the CLI reads this table at start-up.
 
 from __future__ import annotations
 
-from hpo.settings import Field, int_in, optional
+from hpo.settings import Field, choice, int_in, optional
 
 SETTINGS: tuple[Field, ...] = (
     Field("n_train", "N_TRAIN", int_in(1, 10_000_000), 50000, "training samples"),
@@ -23,4 +23,6 @@ SETTINGS: tuple[Field, ...] = (
     Field("stageb2_epochs", "STAGEB2_EPOCHS", optional(int_in(1, 10000)), None, "fix Stage B2 epochs (else sampled)",
           fixes="B2.epochs"),
     Field("batch_size", "BATCH_SIZE", int_in(1, 1_000_000), 512, "training batch size"),
+    Field("precision", "PRECISION", choice(("auto", "bf16", "fp32")), "auto",
+          "auto: bf16 autocast and fused Adam on CUDA, float32 elsewhere; bf16 or fp32 force it (bf16 works on CPU)"),
 )

@@ -159,6 +159,10 @@ class _Run:
     def device_type(self) -> str:
         return torch.device(self.ctx.device).type
 
+    @property
+    def bf16(self) -> bool:
+        return uses_bf16(self.device_type, str(self.ctx.options.get("precision", "auto")))
+
 
 # ---------------------------------------------------------------- parameters
 
@@ -194,9 +198,15 @@ def loss_fn(pred: Prediction, target: torch.Tensor, signal: torch.Tensor, scale:
     return param_term + RECON_WEIGHT * recon_term
 
 
-def _autocast(device_type: str) -> Any:
-    """bf16 autocast on CUDA; a no-op elsewhere so the CPU path stays float32 and exact."""
-    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=device_type == "cuda")
+def uses_bf16(device_type: str, precision: str = "auto") -> bool:
+    """``PRECISION``: auto = bf16 on CUDA, float32 elsewhere (the CPU path stays exact)."""
+    return precision == "bf16" or (precision == "auto" and device_type == "cuda")
+
+
+def _autocast(device_type: str, bf16: bool) -> Any:
+    """bf16 autocast when asked (CUDA by default; on CPU with PRECISION=bf16, so a CPU test
+    runs the code a GPU runs); a no-op otherwise."""
+    return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _epoch_seed(train_seed: int, global_epoch: int) -> int:
@@ -224,7 +234,7 @@ def _train_epoch(run: _Run, spec: StageSpec, opt: torch.optim.Optimizer) -> floa
     for start in range(0, n, batch):
         idx = order[start : start + batch]
         signal, target = data.train_signal[idx], data.train_params[idx]
-        with _autocast(run.device_type):
+        with _autocast(run.device_type, run.bf16):
             pred = predict(run.encoder, run.refiner, signal, data.physics, spec.delta_scale, spec.refine_steps)
             loss = loss_fn(pred, target, signal, scale)
         opt.zero_grad(set_to_none=True)
@@ -236,16 +246,19 @@ def _train_epoch(run: _Run, spec: StageSpec, opt: torch.optim.Optimizer) -> floa
 
 @torch.no_grad()
 def evaluate(
-    encoder: Encoder, refiner: Refiner, data: SpectraDataset, delta_scale: float, refine_steps: int
+    encoder: Encoder, refiner: Refiner, data: SpectraDataset, delta_scale: float, refine_steps: int,
+    bf16: bool | None = None,
 ) -> EvalMetrics:
-    """Validation RMSEs with the given refinement; pure given the weights."""
+    """Validation RMSEs with the given refinement; pure given the weights. ``bf16``: autocast
+    (None: as ``PRECISION=auto`` does on this device)."""
     device_type = data.val_signal.device.type
+    bf16 = uses_bf16(device_type) if bf16 is None else bf16
     n = data.val_signal.shape[0]
     squared = torch.zeros(3, dtype=torch.float64, device=data.val_signal.device)
     for start in range(0, n, EVAL_BATCH):
         signal = data.val_signal[start : start + EVAL_BATCH]
         target = data.val_params[start : start + EVAL_BATCH]
-        with _autocast(device_type):
+        with _autocast(device_type, bf16):
             pred = predict(encoder, refiner, signal, data.physics, delta_scale, refine_steps)
         errors = [(pred.refined - target) ** 2, (pred.base - target) ** 2, (pred.recon - signal) ** 2]
         squared += torch.stack([e.sum(dtype=torch.float64) for e in errors])
@@ -395,7 +408,7 @@ def _run_stage(run: _Run, spec: StageSpec, epochs_done: int, optimizer_state: di
         if not math.isfinite(train_loss):
             raise Diverged(f"diverged at {spec.name} epoch {epoch}")
         with _measure(run.timings, "eval"):
-            metrics = evaluate(run.encoder, run.refiner, run.data, spec.delta_scale, spec.refine_steps)
+            metrics = evaluate(run.encoder, run.refiner, run.data, spec.delta_scale, spec.refine_steps, run.bf16)
         if not metrics.is_finite():
             raise Diverged(f"diverged at {spec.name} epoch {epoch}")
         run.last_metrics = metrics
@@ -483,7 +496,7 @@ def train(params: dict[str, Any], ctx: TrialContext) -> float:
     if final is None:  # resumed after B2 had ended: nothing ran here yet
         last = specs[-1]
         with _measure(run.timings, "eval"):
-            final = evaluate(run.encoder, run.refiner, run.data, last.delta_scale, last.refine_steps)
+            final = evaluate(run.encoder, run.refiner, run.data, last.delta_scale, last.refine_steps, run.bf16)
     run.timings.total = time.perf_counter() - wall_start  # result.json's own write is not counted
     _write_result(run, specs, final, start)
     return final.val_param_error
