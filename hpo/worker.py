@@ -248,7 +248,7 @@ class Worker:
             _logger.warning("%s", lag)
         self._reap(shared, force=True)
         runner = TrialRunner(shared, s, config, self.identity, self.device, self.objective,
-                             Heartbeat(shared, s.heartbeat_seconds, s.stale_seconds), setup)
+                             Heartbeat(shared, s.heartbeat_seconds, s.stale_seconds, self.identity.worker_id), setup)
         return shared, runner
 
     def _log_stop(self, shared: SharedStudy, reason: StopReason) -> None:

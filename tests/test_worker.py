@@ -170,6 +170,24 @@ def test_budget_can_count_complete_trials_only(toy) -> None:
     assert (status["finished"], status["max_trials"]) == (4, 4)  # as the workers counted, stored with the study
 
 
+def test_heartbeats_stay_out_of_the_journal(toy) -> None:
+    """A trial writes what plain Optuna writes (creation, parameters, reports, state) and at
+    most one record more (a pruned or failed trial's reason); beats go to per-worker files."""
+    cwd, env = toy(TOY_STEP_SECONDS="0.4", HPO_HEARTBEAT_SECONDS="0.2", HPO_STALE_SECONDS="5", MAX_TRIALS="3",
+                   OPTUNA_PRUNER="none")
+    assert run_hpo(["run", "--workers", "1"], cwd, env).returncode == 0
+    lines = [json.loads(line) for line in (cwd / "optuna_journal/toy.journal").read_text().splitlines()]
+    assert not [r for r in lines if "hpo:heartbeat" in r.get("system_attr", {})]
+    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    ids = [t._trial_id for t in study.trials]
+    per_trial = Counter(r.get("trial_id") for r in lines if r["op_code"] != 4)
+    for trial, tid in zip(study.trials, ids):
+        plain = 1 + len(trial.params) + len(trial.intermediate_values) + 1  # Optuna's optimize writes these
+        assert per_trial[tid] + 1 <= plain + 1, (trial.number, per_trial[tid])
+    (beat,) = (cwd / "optuna_journal/toy.heartbeats").glob("*.json")
+    assert json.loads(beat.read_text())["trial_id"] in ids  # the last trial it beat for
+
+
 def test_killed_worker_trial_is_reaped_and_retried(toy) -> None:
     cwd, env = toy(TOY_STEP_SECONDS="2")
     proc = start_worker(cwd, {**env, "OPTUNA_PRUNER": "none"})

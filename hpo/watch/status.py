@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 from hpo.objective import METRICS_FILE, objective_attrs
-from hpo.recovery import HEARTBEAT_ATTR, is_lost, last_beat
+from hpo.recovery import HEARTBEAT_ATTR, Beats, beats_dir, file_beat, is_lost, last_beat, read_beats
 from hpo.scheduler import SlurmJob
 from hpo.settings import BUDGET_COUNTS
 from hpo.storage import BUDGET_ATTR, BUDGET_COUNTS_ATTR
@@ -123,6 +123,7 @@ class Inputs:
     now: float
     read_seconds: float
     counted: frozenset[str] = frozenset({"COMPLETE", "PRUNED"})  # what MAX_TRIALS counts
+    beats: Beats | None = None  # the workers' heartbeat files (journal storage)
 
 
 def collect(settings: "Settings", now: float | None = None, slurm: bool = True) -> Inputs:
@@ -146,8 +147,9 @@ def collect(settings: "Settings", now: float | None = None, slurm: bool = True) 
         if shutil.which("squeue") is not None:
             ids = list(dict.fromkeys([*ids, *recorded_job_ids(settings)]))
         info = squeue(ids)
+    beats = None if settings.storage else read_beats(beats_dir(settings.journal_dir, settings.study_name))
     return Inputs(journal, attrs, metrics, info, budget(settings, journal), settings.stale_seconds,
-                  time.time() if now is None else now, read_seconds, counted_states(settings, journal))
+                  time.time() if now is None else now, read_seconds, counted_states(settings, journal), beats)
 
 
 def counted_states(settings: "Settings", journal: StudyJournal) -> frozenset[str]:
@@ -297,7 +299,8 @@ def _running_row(trial: TrialRecord, inputs: Inputs) -> dict[str, Any]:
     started = trial.started_at
     stale_ids = inputs.journal.stale_trial_ids
     # An RDB keeps heartbeats in its own table (and gives its verdict): no age to show.
-    beat_time = last_beat(trial.system_attrs, started) if stale_ids is None else None
+    beat = file_beat(inputs.beats, attrs, trial.trial_id)
+    beat_time = last_beat(trial.system_attrs, started, beat) if stale_ids is None else None
     age = None if beat_time is None else now - beat_time
     step = max(trial.intermediate) if trial.intermediate else None
     metrics = inputs.metrics.get(trial.number, {})
@@ -314,7 +317,7 @@ def _running_row(trial: TrialRecord, inputs: Inputs) -> dict[str, Any]:
         "heartbeat_age_s": None if age is None else round(age, 1),
         # The reaper's rule, without the pid check it can only do on the worker's host.
         "zombie": is_lost(attrs, trial.system_attrs, trial.trial_id, started, now, inputs.stale_seconds,
-                          stale_ids=stale_ids),
+                          stale_ids=stale_ids, beats=inputs.beats),
     }
 
 
