@@ -222,9 +222,11 @@ def test_stall_past_stale_then_resume(shared_project: Path, what: str) -> None:
     journal = shared_project / "journal" / f"{STUDY}.journal"
     try:
         def victim_running() -> list[optuna.trial.FrozenTrial]:
+            # A trial in its objective (it reported once): the stop lands in a sleep, not in
+            # a journal append already under way, which no process can take back once stopped.
             study = _study(shared_project)
             return [t for t in (study.trials if study else [])
-                    if t.state.name == "RUNNING" and t.user_attrs.get("host") == victim]
+                    if t.state.name == "RUNNING" and t.user_attrs.get("host") == victim and t.intermediate_values]
 
         doomed = wait_until(victim_running, 120, f"no trial ever ran on {victim}", poll=0.2)[0]
         stopped = [_worker_pid(victim)] if what == "worker" else node_pids(victim)
