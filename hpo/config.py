@@ -64,7 +64,7 @@ _logger = logging.getLogger(__name__)
 
 _TOP_KEYS = ("study_name", "objective", "direction", "directions", "settings", "space", "enqueue",
              "sampler_args", "pruner_args", "objective_args", "objective_settings", "metric_names", "setup",
-             "matrix", "matrix_space")
+             "matrix", "matrix_space", "time_pruning_cap")
 _DIRECTIONS = ("minimize", "maximize")
 
 
@@ -85,6 +85,9 @@ class StudyConfig:
     # A sweep: (name, values) per matrix variable, and extra parameters per variable and value.
     matrix: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     matrix_space: Mapping[str, Mapping[str, Mapping[str, Param]]] = field(default_factory=dict)
+    # Several objectives and HPO_TIME_PRUNING_WARMUP: a time-pruned trial ends COMPLETE with these
+    # values, one per objective, each a number (the cap) or "elapsed" (the seconds it ran).
+    time_pruning_cap: tuple[float | str, ...] | None = None
     text: str = ""  # the file as read, for the study's stored copy
 
     def import_folders(self) -> tuple[Path, ...]:
@@ -307,6 +310,17 @@ def expand(settings: Settings, config: StudyConfig) -> list[tuple[Settings, Stud
     return [(replace(settings, study_name=str(c.settings["study_name"])), c) for c in chosen]
 
 
+def _time_pruning_cap(path: Path, raw: Any, n_objectives: int) -> tuple[float | str, ...] | None:
+    if raw is None:
+        return None
+    valid = (f"valid: a list of {n_objectives} entries, one per objective, each a number (the capped value) "
+             "or 'elapsed' (the seconds the trial ran), with several objectives")
+    if n_objectives < 2 or not isinstance(raw, list) or len(raw) != n_objectives or not all(
+            v == "elapsed" or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in raw):
+        raise UsageError(f"{path}: time_pruning_cap: {raw!r} is not valid; {valid}")
+    return tuple(v if v == "elapsed" else float(v) for v in raw)
+
+
 def _function_name(path: Path, key: str, raw: Any) -> str:
     if not isinstance(raw, str) or ":" not in raw or not all(raw.partition(":")[::2]):
         raise UsageError(f"{path}: {key}: {raw!r} is not valid; valid: 'package.module:function'")
@@ -350,6 +364,7 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
         matrix_space=_matrix_space(path, raw.get("matrix_space"), matrix, space),
         declared=_declared(path, raw.get("objective_settings")),
         metric_names=_metric_names(path, raw.get("metric_names"), len(directions)),
+        time_pruning_cap=_time_pruning_cap(path, raw.get("time_pruning_cap"), len(directions)),
         setup=None if raw.get("setup") is None else _function_name(path, "setup", raw["setup"]),
         sampler_args=extra["sampler_args"],
         pruner_args=extra["pruner_args"],

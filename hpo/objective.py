@@ -63,6 +63,16 @@ class TrialTaken(TrialStopped):
         super().__init__("taken")
 
 
+class TrialCapped(Exception):
+    """Raised by the trial runner, not by objectives: a multi-objective trial past the
+    time-pruning limit ends COMPLETE with capped values (config ``time_pruning_cap``, as
+    CODES does: the accuracy capped, the time the one measured), not PRUNED without values."""
+
+    def __init__(self, values: tuple[float, ...], reason: str) -> None:
+        super().__init__(reason)
+        self.values, self.reason = values, reason
+
+
 class Objective(Protocol):
     def __call__(self, params: dict[str, Any], ctx: "TrialContext") -> ObjectiveValue: ...
 

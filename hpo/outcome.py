@@ -37,7 +37,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from hpo.objective import TrialStopped, TrialTaken
+from hpo.objective import TrialCapped, TrialStopped, TrialTaken
 
 PREEMPTED = "preempted"
 INTERRUPTED = "interrupted"
@@ -86,6 +86,8 @@ def from_value(value: Any, n_objectives: int) -> Outcome:
 
 
 def from_exception(exc: BaseException, last_step: int | None) -> Outcome:
+    if isinstance(exc, TrialCapped):
+        return Outcome(TrialState.COMPLETE, values=exc.values, reason=exc.reason)
     if isinstance(exc, optuna.TrialPruned):
         reason = str(exc) or (f"pruned at step {last_step}" if last_step is not None else "pruned")
         return Outcome(TrialState.PRUNED, reason=reason)

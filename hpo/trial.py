@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 
 from hpo import outcome as outcomes
 from hpo.logs import trial_logging
-from hpo.objective import Objective, TrialContext, TrialTaken, objective_attrs
+from hpo.objective import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
 from hpo.recovery import Heartbeat, enqueue_retry
 from hpo.results import RunKey, run_key
 from hpo.setup import options_of
@@ -194,8 +194,12 @@ class TrialRunner:
             if len(durations) >= warmup:
                 cap = statistics.mean(durations) + (statistics.pstdev(durations) if len(durations) > 1 else 0.0)
                 if elapsed > cap:
-                    raise optuna.TrialPruned(
-                        f"time-pruned: {elapsed:.1f}s > mean + std of {len(durations)} completed trials ({cap:.1f}s)")
+                    why = f"time-pruned: {elapsed:.1f}s > mean + std of {len(durations)} completed trials ({cap:.1f}s)"
+                    capped = self.config.time_pruning_cap
+                    if capped is not None and len(self.config.directions) > 1:
+                        # CODES: the trial stays COMPLETE, its accuracy capped and its time the one measured.
+                        raise TrialCapped(tuple(elapsed if v == "elapsed" else float(v) for v in capped), why)
+                    raise optuna.TrialPruned(why)
 
     # -- the end ------------------------------------------------------------
     def _finish(self, active: _Active, result: outcomes.Outcome, run_dir: Path) -> outcomes.Outcome:

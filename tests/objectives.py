@@ -79,3 +79,12 @@ def two_costs(params: dict[str, Any], ctx: TrialContext) -> tuple[float, float]:
     """Two objectives over a conditional space: x^2 and (x-2)^2, plus momentum with sgd."""
     x = params["x"]
     return x ** 2, (x - 2) ** 2 + (params["momentum"] if params["optimizer"] == "sgd" else 0.0)
+
+
+def slow_two(params: dict[str, Any], ctx: TrialContext) -> tuple[float, float]:
+    """Two objectives (error, seconds); steps of 0.05 s, or 1 s when x > 3 (a slow trial)."""
+    start = time.perf_counter()
+    for step in range(1, 6):
+        time.sleep(1.0 if params["x"] > 3 else 0.05)
+        ctx.report(step, abs(params["x"]))
+    return abs(params["x"]), time.perf_counter() - start

@@ -132,6 +132,29 @@ def test_per_trial_time_budget_and_time_pruning(toy) -> None:
     assert (trials[3].datetime_complete - trials[3].datetime_start).total_seconds() < 3
 
 
+def test_time_pruning_caps_a_multi_objective_trial_as_codes_does(toy) -> None:
+    """time_pruning_cap: the slow trial ends COMPLETE, its error capped, its time the one measured."""
+    cwd, env = toy("slow_two")
+    Path(env["HPO_CONFIG"]).write_text(
+        "study_name: mo\nobjective: objectives:slow_two\ndirections: [minimize, minimize]\n"
+        "time_pruning_cap: [100.0, elapsed]\nspace:\n  x: {type: float, low: 0, high: 5}\n"
+        "enqueue:\n  - {x: 1.0}\n  - {x: 2.0}\n  - {x: 0.5}\n  - {x: 4.5}\n")
+    result = run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "4", "OPTUNA_PRUNER": "none",
+                                       "HPO_TIME_PRUNING_WARMUP": "3"})
+    assert result.returncode == 0, result.stderr
+    trials = load_study(cwd / "optuna_journal/mo.journal", "mo").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    slow = trials[3]
+    assert slow.values[0] == 100.0 and 0.3 < slow.values[1] < 3
+    assert slow.user_attrs["reason"].startswith("time-pruned")
+    bad = toy("slow_two")[1]
+    Path(bad["HPO_CONFIG"]).write_text(
+        "objective: objectives:slow_two\ndirections: [minimize, minimize]\ntime_pruning_cap: [100.0]\n"
+        "space:\n  x: {type: float, low: 0, high: 5}\n")
+    refused = run_hpo(["config"], cwd, bad)
+    assert refused.returncode == 2 and "time_pruning_cap: [100.0] is not valid" in refused.stderr
+
+
 def test_refine_narrows_ranges_and_starts_from_the_best(tmp_path: Path) -> None:
     env = clean_env(MAX_TRIALS="12", OPTUNA_SAMPLER="random")
     config = str(EXAMPLES / "gad.yaml")
