@@ -37,6 +37,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import logging
+import math
 import re
 import sys
 from dataclasses import dataclass, field, replace
@@ -50,8 +51,10 @@ from hpo.objective import Objective
 from hpo.settings import (
     PRUNERS,
     SAMPLERS,
+    FIELD_BY_NAME,
     Field,
     Settings,
+    _study_name,
     check_declared,
     config_path,
     declared_field,
@@ -88,6 +91,7 @@ class StudyConfig:
     # Several objectives and HPO_TIME_PRUNING_WARMUP: a time-pruned trial ends COMPLETE with these
     # values, one per objective, each a number (the cap) or "elapsed" (the seconds it ran).
     time_pruning_cap: tuple[float | str, ...] | None = None
+    cell: Mapping[str, Any] = field(default_factory=dict)  # a sweep's study: its matrix values
     text: str = ""  # the file as read, for the study's stored copy
 
     def import_folders(self) -> tuple[Path, ...]:
@@ -146,6 +150,10 @@ class StudyConfig:
                              "tuple of hpo.settings.Field")
         check_declared(str(self.path), self.declared, declared)
         everything = declared + self.declared
+        varied = sorted({n for n, _ in self.matrix} & {f.name for f in everything})
+        if varied:
+            raise UsageError(f"{self.path}: matrix.{varied[0]}: a setting of the objective, which a sweep cannot "
+                             "vary (the setting would win); valid: another name, read from ctx.options")
         taken = sorted(set(self.objective_args) & {f.name for f in everything})
         if taken:
             env = next(f.env for f in everything if f.name == taken[0])
@@ -221,6 +229,9 @@ def _matrix(path: Path, raw: Any, study_name: Any) -> tuple[tuple[str, tuple[Any
     for name, values in raw.items():
         if not isinstance(name, str) or not _VAR_RE.fullmatch(name):
             raise UsageError(f"{path}: matrix.{name}: not a valid variable name; valid: letters, digits and _")
+        if name in FIELD_BY_NAME:
+            raise UsageError(f"{path}: matrix.{name}: a setting of hpo's, which a sweep cannot vary; valid: a name "
+                             "of the objective's own (it reaches the objective as ctx.options)")
         if (not isinstance(values, list) or not values
                 or not all(isinstance(v, (str, int, float, bool)) for v in values)):
             raise UsageError(f"{path}: matrix.{name}: must be a non-empty list of strings or numbers")
@@ -275,18 +286,48 @@ def cells(config: StudyConfig) -> list[StudyConfig]:
     if not config.matrix:
         return [config]
     names = [n for n, _ in config.matrix]
-    out = []
+    out: list[StudyConfig] = []
     for combo in itertools.product(*(vs for _, vs in config.matrix)):
         values = dict(zip(names, combo))
         space = dict(config.space)
         for name, value in values.items():
             space.update(config.matrix_space.get(name, {}).get(str(value), {}))
+        study = str(config.settings["study_name"]).format(**values)
+        _study_name(f"{config.path}: study_name for {values}", study)
+        if any(c.settings["study_name"] == study for c in out):
+            raise UsageError(f"{config.path}: study_name: {config.settings['study_name']!r} gives {study!r} twice; "
+                             "valid: a pattern that names every combination apart, e.g. with _ between variables")
         out.append(replace(
-            config, matrix=(), matrix_space={}, space=space,
+            config, matrix=(), matrix_space={}, space=space, cell=values,
             objective_args={**config.objective_args, **values},
-            settings={**config.settings, "study_name": str(config.settings["study_name"]).format(**values)},
+            settings={**config.settings, "study_name": study},
         ))
     return out
+
+
+def single_study_text(config: StudyConfig, study_name: str | None = None) -> str:
+    """The YAML of one study: the file as written, or for a sweep's study (``config.cell``)
+    the sweep without ``matrix``/``matrix_space``, its values in ``objective_args`` and its
+    extra parameters in ``space`` (what ``hpo retrain`` and ``hpo refine`` start from)."""
+    if not config.cell and study_name is None:
+        return config.text
+    raw = dict(yaml.safe_load(config.text))
+    extra = raw.pop("matrix_space", None) or {}
+    raw.pop("matrix", None)
+    raw["study_name"] = study_name or str(config.settings["study_name"])
+    if config.cell:
+        raw["objective_args"] = {**(raw.get("objective_args") or {}), **config.cell}
+        space = dict(raw.get("space") or {})
+        for name, value in config.cell.items():
+            by_value = {str(k): v for k, v in (extra.get(name) or {}).items()}
+            space.update(by_value.get(str(value)) or {})
+        raw["space"] = space
+    settings = dict(raw.get("settings") or {})
+    settings.pop("study_name", None)
+    if settings:
+        raw["settings"] = settings
+    note = f"# One study of the sweep {config.path}: {dict(config.cell)}\n" if config.cell else ""
+    return note + yaml.safe_dump(raw, sort_keys=False)
 
 
 def study_names(config: StudyConfig) -> list[str]:
@@ -316,7 +357,8 @@ def _time_pruning_cap(path: Path, raw: Any, n_objectives: int) -> tuple[float | 
     valid = (f"valid: a list of {n_objectives} entries, one per objective, each a number (the capped value) "
              "or 'elapsed' (the seconds the trial ran), with several objectives")
     if n_objectives < 2 or not isinstance(raw, list) or len(raw) != n_objectives or not all(
-            v == "elapsed" or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in raw):
+            v == "elapsed" or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+            for v in raw):
         raise UsageError(f"{path}: time_pruning_cap: {raw!r} is not valid; {valid}")
     return tuple(v if v == "elapsed" else float(v) for v in raw)
 

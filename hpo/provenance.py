@@ -58,6 +58,8 @@ def reconcile(settings: Settings, config: StudyConfig, mode: ConfigMode) -> Stud
     stored_text = stored_path.read_text()
     if yaml.safe_load(stored_text) == yaml.safe_load(config.text):
         return config
+    if mode is ConfigMode.CHECK:
+        check_unchanged(settings, config)
     if mode is ConfigMode.REUSE_STORED:
         _logger.info("using the stored config %s instead of %s", stored_path, config.path)
         return load_config(stored_path)
@@ -67,6 +69,18 @@ def reconcile(settings: Settings, config: StudyConfig, mode: ConfigMode) -> Stud
         write_bytes_atomic(stored_path, config.text.encode())
         _logger.info("stored config replaced by %s (old one kept as %s)", config.path, backup)
         return config
+    raise AssertionError("unreachable: every mode is handled above")
+
+
+def check_unchanged(settings: Settings, config: StudyConfig) -> None:
+    """Refuse (exit 2, nothing written) a study whose stored config differs from ``config``;
+    a launch over a sweep checks every study this way before it writes anything."""
+    stored_path = stored_config_path(settings)
+    if not stored_path.is_file():
+        return
+    stored_text = stored_path.read_text()
+    if yaml.safe_load(stored_text) == yaml.safe_load(config.text):
+        return
     raise StudyMismatch(
         f"study {settings.study_name!r} was run with another config ({stored_path}); "
         f"rerun with --reuse-stored to keep the stored one or --overwrite to replace it (it is backed up):\n"

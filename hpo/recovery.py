@@ -3,14 +3,14 @@
 Optuna's journal storage has no heartbeat (``fail_stale_trials`` only works on
 RDB storage), so a worker killed by SIGKILL, the OOM killer or a node failure
 leaves its trial RUNNING forever. Here a running trial's worker writes the time
-every ``HPO_HEARTBEAT_SECONDS`` into its own small file beside the journal,
-``$JOURNAL_DIR/<study>.heartbeats/<worker id>.json`` (``{"trial_id", "time"}``,
-replaced atomically), not into the journal: a beat in the journal was a record,
+every ``HPO_HEARTBEAT_SECONDS`` into the trial's own small file beside the journal,
+``$JOURNAL_DIR/<study>.heartbeats/trial_<id>.json`` (``{"time", "worker"}``, replaced
+atomically, removed when the trial ends or is reaped), not into the journal: a beat in the journal was a record,
 a lock and an fsync for every running trial every period (6 a minute per trial at
 the default), the most frequent record a study had. Any worker (at start and
-between trials) or ``hpo reap`` fails RUNNING trials whose last beat (that file,
-when it names the trial; an ``hpo:heartbeat`` trial attribute, which older hpo
-versions wrote; else the trial's start) is older than ``HPO_STALE_SECONDS``, or
+between trials) or ``hpo reap`` fails RUNNING trials whose last beat (the latest of
+that file, an ``hpo:heartbeat`` trial attribute, which older hpo versions wrote, and
+the trial's start; a file that exists but cannot be read now defers the verdict) is older than ``HPO_STALE_SECONDS``, or
 whose process is gone on this host, with reason ``worker lost``, and enqueues a
 retry with the same parameters at most ``HPO_MAX_RETRIES`` times along the lineage.
 An RDB storage keeps heartbeats in its own table (``record_heartbeat``).
@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable, Iterator, Mapping
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -45,47 +45,54 @@ HEARTBEAT_ATTR = "hpo:heartbeat"  # a trial system attribute: where hpo before 0
 BEATS_SUFFIX = ".heartbeats"
 WORKER_LOST = "worker lost"
 
-Beats = Mapping[str, tuple[int, float]]  # worker id -> (trial id, time of its last beat)
+Beats = Mapping[int, "float | None"]  # trial id -> its last beat (None: a file there, unreadable now)
 
 
 def beats_dir(journal_dir: Path, study_name: str) -> Path:
-    """``$JOURNAL_DIR/<study>.heartbeats/``: one file per worker, on the journal's filesystem."""
+    """``$JOURNAL_DIR/<study>.heartbeats/``: one file per running trial, on the journal's filesystem."""
     return journal_dir / f"{study_name}{BEATS_SUFFIX}"
 
 
-def write_beat(directory: Path, worker_id: str, trial_id: int, now: float) -> None:
-    """Replace the worker's beat file (temp file + rename: a reader sees a whole one)."""
-    data = json.dumps({"trial_id": trial_id, "time": now}).encode()
+def _beat_path(directory: Path, trial_id: int) -> Path:
+    return directory / f"trial_{trial_id}.json"
+
+
+def write_beat(directory: Path, trial_id: int, worker_id: str, now: float) -> None:
+    """Replace the trial's beat file (temp file + rename: a reader sees a whole one).
+    Named after the trial, not the worker: two workers that share an id (``hpo run``
+    inside one SLURM allocation) never overwrite each other's beats."""
+    data = json.dumps({"time": now, "worker": worker_id}).encode()
     try:
-        write_bytes_atomic(directory / f"{worker_id}.json", data, durable=False)
+        write_bytes_atomic(_beat_path(directory, trial_id), data, durable=False)
     except FileNotFoundError:
         directory.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(directory / f"{worker_id}.json", data, durable=False)
+        write_bytes_atomic(_beat_path(directory, trial_id), data, durable=False)
 
 
-def read_beats(directory: Path) -> dict[str, tuple[int, float]]:
-    """Every worker's last beat; a file being replaced or unreadable is skipped (its trial
-    falls back to its start or journal attribute: a late verdict, never a wrong one)."""
-    out: dict[str, tuple[int, float]] = {}
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return out
-    for name in names:
-        if not name.endswith(".json"):
-            continue
-        try:
-            beat = json.loads((directory / name).read_bytes())
-            out[name[:-5]] = (int(beat["trial_id"]), float(beat["time"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
+def drop_beat(directory: Path, trial_id: int) -> None:
+    """The trial ended: its beat file goes (the folder holds the running trials only)."""
+    with contextlib.suppress(OSError):
+        _beat_path(directory, trial_id).unlink()
+
+
+def read_beats(directory: Path, trial_ids: "Iterable[int]") -> dict[int, float | None]:
+    """The last beat of each of these (running) trials that has a file. A file that exists
+    but cannot be read now (replaced at this moment, ESTALE on NFS) maps to None: its trial
+    is not judged this round, a late verdict rather than a wrong one."""
+    out: dict[int, float | None] = {}
+    for trial_id in trial_ids:
+        path = _beat_path(directory, trial_id)
+        for _ in range(3):
+            try:
+                out[trial_id] = float(json.loads(path.read_bytes())["time"])
+                break
+            except FileNotFoundError:
+                out.pop(trial_id, None)
+                break
+            except (OSError, ValueError, KeyError, TypeError):
+                out[trial_id] = None
+                time.sleep(0.01)
     return out
-
-
-def file_beat(beats: Beats | None, user_attrs: Mapping[str, Any], trial_id: int) -> float | None:
-    """The time of the trial's last beat in its worker's file, if that file names this trial."""
-    held = beats.get(str(user_attrs.get("worker"))) if beats else None
-    return held[1] if held is not None and held[0] == trial_id else None
 
 
 class Heartbeat:
@@ -126,6 +133,8 @@ class Heartbeat:
             yield
         finally:
             self._trial_id = None
+            if self._shared.is_journal:
+                drop_beat(self._dir, trial_id)
 
     def suspect(self) -> bool:
         """Whether the trial's last beat is older than half the stale age, by our clock."""
@@ -144,7 +153,7 @@ class Heartbeat:
                     self._on_taken()
                     continue
                 if self._shared.is_journal:
-                    write_beat(self._dir, self._worker_id, trial_id, time.time())
+                    write_beat(self._dir, trial_id, self._worker_id, time.time())
                 else:  # an RDB storage keeps heartbeats in its own table
                     self._shared.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
                 self._confirmed_at = time.monotonic()
@@ -153,11 +162,11 @@ class Heartbeat:
 
 
 def last_beat(system_attrs: Mapping[str, Any], started: float | None, beat: float | None = None) -> float | None:
-    """When a running trial last showed life: the latest of its worker's beat file
-    (``beat``) and its ``hpo:heartbeat`` attribute, else its start."""
+    """When a running trial last showed life: the latest of its beat file (``beat``), its
+    ``hpo:heartbeat`` attribute (older hpo versions) and its start."""
     attr = system_attrs.get(HEARTBEAT_ATTR)
-    known = [b for b in (beat, float(attr) if isinstance(attr, (int, float)) else None) if b is not None]
-    return max(known) if known else started
+    known = [b for b in (beat, float(attr) if isinstance(attr, (int, float)) else None, started) if b is not None]
+    return max(known) if known else None
 
 
 def is_lost(user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any], trial_id: int,
@@ -178,7 +187,9 @@ def is_lost(user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any], tria
         return True
     if stale_ids is not None:
         return trial_id in stale_ids
-    beat = last_beat(system_attrs, started, file_beat(beats, user_attrs, trial_id))
+    if beats is not None and trial_id in beats and beats[trial_id] is None:
+        return False  # its beat file is there but unreadable just now: judged next round
+    beat = last_beat(system_attrs, started, beats.get(trial_id) if beats else None)
     return now - (now if beat is None else beat) > stale_seconds
 
 
@@ -208,7 +219,8 @@ def reap(shared: "SharedStudy", host: str) -> list[int]:
     running = shared.index.running()
     live = _live_slurm_jobs() if any("slurm_job_id" in t.user_attrs for t in running) else None
     stale_ids = stale_trial_ids(shared.storage, shared.study_id)
-    beats = read_beats(beats_dir(settings.journal_dir, settings.study_name)) if shared.is_journal else None
+    folder = beats_dir(settings.journal_dir, settings.study_name)
+    beats = read_beats(folder, [trial_id(t) for t in running]) if shared.is_journal else None
     candidates = [t for t in running if _frozen_is_lost(t, now, settings.stale_seconds, host, live, stale_ids, beats)]
     if not candidates:
         return []
@@ -221,6 +233,7 @@ def reap(shared: "SharedStudy", host: str) -> list[int]:
                 continue
             shared.set_user_attrs(trial_id(trial), {"reason": WORKER_LOST})
             shared.study.tell(trial.number, state=TrialState.FAIL)
+            drop_beat(folder, trial_id(trial))
             reaped.append(trial.number)
             _logger.warning("trial %d: worker %s lost; marked FAIL", trial.number, trial.user_attrs.get("worker"))
             enqueue_retry(shared, trial, WORKER_LOST)

@@ -35,6 +35,7 @@ SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "nsga2")
 PRUNERS = ("hyperband", "median", "sha", "percentile", "wilcoxon", "none")
 BUDGET_COUNTS = ("finished", "complete")
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+RESULTS_DIR = Path("results")  # where hpo export, hpo plot and the end-of-study export write: results/<study>/
 
 Parser = Callable[[str, Any], Any]
 
@@ -233,7 +234,8 @@ FIELDS: tuple[Field, ...] = (
     Field("reuse_results", "HPO_REUSE_RESULTS", boolean, False,
           "keep COMPLETE trials in $TRIAL_OUTPUT/runs/p_<hash>/r_<hash>/ and reuse them for the same run"),
     Field("export_at_end", "HPO_EXPORT_AT_END", boolean, True,
-          "when the study has its trials, write results/<study>/ (exports and figures) in the background"),
+          "when the study has its trials, the worker that sees it first writes results/<study>/ (exports and "
+          "figures) as it stops; no other worker waits"),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 CONFIG_ENV = "HPO_CONFIG"
@@ -576,6 +578,11 @@ class WorkerIdentity:
             # One worker per array task; a requeued task keeps its id and appends to its log.
             worker_id = f"{array_job}_{array_task}"
             rank = int(array_task) * int(env.get("SLURM_NTASKS") or 1) + int(procid or 0)
+        elif job and local_rank:
+            # hpo run inside an allocation (or hpo submit): several workers share the job
+            # and the task; their own number tells them (and their logs) apart.
+            worker_id = f"{job}_{procid or 0}_{local_rank}"
+            rank = 1000 * int(procid or 0) + int(local_rank)
         elif job:
             worker_id, rank = f"{job}_{procid or 0}", int(procid or 0)
         else:

@@ -14,14 +14,16 @@ at the same moment:
   second study, a rerun, or a later worker reuses the result. Change an input and
   the setup runs again, into a new folder.
 - **Cache**: ``$JOURNAL_DIR/setup-cache/<key>/`` on the shared filesystem:
-  ``result.json`` (what the function returned, JSON: no pickle; written atomically
-  and last, so its presence means done) and any files the function wrote into
-  ``ctx.cache_dir`` (arrays, checkpoints).
+  ``result.json`` (what the function returned, JSON: no pickle) and any files the
+  function wrote into ``ctx.cache_dir`` (arrays, checkpoints). The function runs in a
+  fresh ``<key>.tmp-*`` folder renamed into place when done: the folder exists whole
+  or not at all.
 - **Once**: the first worker takes ``<key>.lock`` (hpo's owner lock, the journal's:
   safe across nodes, broken when its holder dies, refreshed while a long setup runs);
   the others wait on it, then read the result.
-- **Failure** stops the workers before any trial: the worker that ran it writes
-  ``error.json`` (the exception and traceback) and raises :class:`SetupFailed`; a
+- **Failure** (an exception, or a result that is not a JSON mapping) stops the workers
+  before any trial: the worker that ran it writes ``<key>.error.json`` (the exception
+  and traceback) and raises :class:`SetupFailed`; a
   worker that waited meanwhile, or that starts within :data:`ERROR_HOLD_SECONDS`
   after it, raises the same error without running it again. A later launch (the bug
   fixed) runs it again.
@@ -34,13 +36,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import secrets
+import shutil
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from hpo.errors import HpoError, UsageError
+from hpo.errors import HpoError
 from hpo.util import write_json_atomic
 
 if TYPE_CHECKING:
@@ -96,9 +101,9 @@ def _read(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _failure(config: "StudyConfig", error: Mapping[str, Any], directory: Path) -> SetupFailed:
+def _failure(config: "StudyConfig", error: Mapping[str, Any], path: Path) -> SetupFailed:
     return SetupFailed(f"setup {config.setup} (from {config.path}) failed: {error.get('error')}; no trial was run. "
-                       f"Traceback: {directory / ERROR_FILE}")
+                       f"Traceback: {path}")
 
 
 def ensure_setup(settings: "Settings", config: "StudyConfig",
@@ -106,8 +111,8 @@ def ensure_setup(settings: "Settings", config: "StudyConfig",
     """The study's setup result: from the cache, or computed now (once for every worker).
 
     Returns None when the config has no ``setup``. Raises :class:`SetupFailed` when the
-    function raised (here or, recently, in another worker), :class:`UsageError` when it
-    cannot be imported or returns something that is not a JSON mapping, and
+    function raised or returned something that is not a JSON mapping (here or, recently,
+    in another worker), :class:`UsageError` when it cannot be imported, and
     ``LockWaitAborted`` when ``should_stop()`` turns true while another worker runs it.
     """
     if config.setup is None:
@@ -117,49 +122,60 @@ def ensure_setup(settings: "Settings", config: "StudyConfig",
     options = options_of(settings, config)
     key = setup_key(config.setup, options, settings.data_seed)
     root = settings.journal_dir / CACHE_DIR
-    directory = root / key
+    directory, error_path = root / key, root / f"{key}.{ERROR_FILE}"
     done = _read(directory / RESULT_FILE)
     if done is not None:
         return SetupResult(key, directory, done["result"], computed_here=False)
     function = config.function("setup")  # a bad name is bad input: before any lock or file
     root.mkdir(parents=True, exist_ok=True)
     waited_from = time.time()
-    with make_lock(root / f"{key}.lock", should_stop):
+    with make_lock(root / key, should_stop):  # the lock file: <key>.lock
         done = _read(directory / RESULT_FILE)
         if done is not None:  # another worker computed it while we waited
             return SetupResult(key, directory, done["result"], computed_here=False)
-        error = _read(directory / ERROR_FILE)
+        error = _read(error_path)
         if error is not None and float(error.get("at", 0)) >= waited_from - ERROR_HOLD_SECONDS:
-            raise _failure(config, error, directory)
+            raise _failure(config, error, error_path)
         return SetupResult(key, directory, _compute(function, settings, config, options, key, directory), True)
 
 
 def _compute(function: Callable[[SetupContext], Any], settings: "Settings", config: "StudyConfig",
              options: Mapping[str, Any], key: str, directory: Path) -> Mapping[str, Any]:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / ERROR_FILE).unlink(missing_ok=True)
+    """Run the function in a fresh folder and rename it into place when done: an attempt
+    that dies leaves no half-written cache, and a second writer (a lock broken under a
+    stalled node) cannot mix its files into the first one's."""
+    error_path = directory.with_name(f"{key}.{ERROR_FILE}")
+    error_path.unlink(missing_ok=True)
+    work = directory.with_name(f"{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    work.mkdir(parents=True)
     _logger.info("setup %s: computing (key %s, folder %s)", config.setup, key, directory)
     started = time.time()
-    ctx = SetupContext(options, settings, directory, logging.getLogger("hpo.setup.user"))
+    ctx = SetupContext(options, settings, work, logging.getLogger("hpo.setup.user"))
     try:
         value = function(ctx)
+        json.dumps(value, allow_nan=False)
+        if not isinstance(value, Mapping):
+            raise TypeError(f"it returned a {type(value).__name__}; valid: a JSON mapping (write arrays and other "
+                            "files into ctx.cache_dir)")
     except Exception as exc:  # noqa: BLE001 - the user's code: any failure stops the study's workers
         trace = traceback.format_exc()
         error = {"at": time.time(), "setup": config.setup, "error": f"{type(exc).__name__}: {exc}",
                  "traceback": trace}
-        write_json_atomic(directory / ERROR_FILE, error)
+        write_json_atomic(error_path, error)
+        shutil.rmtree(work, ignore_errors=True)
         _logger.error("setup %s failed:\n%s", config.setup, trace.rstrip())
-        raise _failure(config, error, directory) from None
-    try:
-        json.dumps(value, allow_nan=False)
-        if not isinstance(value, Mapping):
-            raise TypeError(f"a {type(value).__name__}")
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{config.path}: setup: {config.setup} returned {exc}; valid: a JSON mapping "
-                         "(write arrays and other files into ctx.cache_dir)") from None
+        raise _failure(config, error, error_path) from None
     seconds = time.time() - started
-    write_json_atomic(directory / RESULT_FILE, {"setup": config.setup, "key": key, "options": options,
-                                                "data_seed": settings.data_seed, "seconds": round(seconds, 3),
-                                                "result": value})
+    write_json_atomic(work / RESULT_FILE, {"setup": config.setup, "key": key, "options": options,
+                                           "data_seed": settings.data_seed, "seconds": round(seconds, 3),
+                                           "result": value})
+    try:
+        os.rename(work, directory)
+    except OSError:  # another writer got there first (a broken lock): its result stands
+        shutil.rmtree(work, ignore_errors=True)
+        done = _read(directory / RESULT_FILE)
+        if done is None:
+            raise
+        return done["result"]  # type: ignore[no-any-return]
     _logger.info("setup %s: done in %.1fs, cached in %s", config.setup, seconds, directory)
     return value

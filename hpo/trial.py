@@ -131,8 +131,10 @@ class TrialRunner:
         _logger.info("trial %d started on %s: %s%s", trial.number, self.device, json.dumps(params),
                      f" (retry of trial {retry_of})" if retry_of is not None else "")
         if s.reuse_results:
-            active.run_key = run_key(s.trial_output, self.config.objective, options_of(s, self.config), params,
-                                     s.data_seed, s.train_seed, self.setup.key if self.setup else None)
+            # The options, and the hpo settings that change what a run computes (its time limits).
+            limits = {"trial_timeout_seconds": s.trial_timeout_seconds, "time_pruning_warmup": s.time_pruning_warmup}
+            active.run_key = run_key(s.trial_output, self.config.objective, {**options_of(s, self.config), **limits},
+                                     params, s.data_seed, s.train_seed, self.setup.key if self.setup else None)
             stored = active.run_key.stored()
             if stored is not None:
                 return self._reuse(active, stored)
@@ -220,7 +222,8 @@ class TrialRunner:
                 raise
             return taken
         seconds = time.time() - active.start
-        if active.run_key is not None and result.state == TrialState.COMPLETE:
+        # Only a trial that ran to its end: a capped one (time_pruning_cap) holds made-up values.
+        if active.run_key is not None and result.state == TrialState.COMPLETE and result.reason is None:
             frozen = self.shared.frozen(trial_id(trial))
             active.run_key.store(list(result.values or ()), objective_attrs(frozen.user_attrs), seconds,
                                  {"study": self.settings.study_name, "trial": trial.number})

@@ -164,6 +164,7 @@ class Worker:
         self.started = clock()
         self.last_reap: dict[str, float] = {}  # per study: when this worker last reaped it
         self.budget_seconds: float | None = None  # set when the loop starts (it may ask squeue)
+        self.finished_studies: list[SharedStudy] = []  # studies this worker saw reach MAX_TRIALS
 
     def _budget(self) -> float | None:
         """Wall-time budget: ``TIMEOUT_SECONDS``, capped by the SLURM job's time left."""
@@ -177,6 +178,16 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> StopReason:
+        reason = StopReason.INTERRUPTED
+        try:
+            reason = self._run_guarded()
+            return reason
+        finally:
+            if reason not in (StopReason.INTERRUPTED, StopReason.PREEMPTED):
+                for shared in self.finished_studies:  # HPO_EXPORT_AT_END: one worker per study does it
+                    export_at_end(shared)
+
+    def _run_guarded(self) -> StopReason:
         try:
             return self._run()
         except LockWaitAborted as exc:
@@ -206,7 +217,7 @@ class Worker:
                 if reason is None:
                     continue  # every slot of this study is held by a running trial: another one meanwhile
                 if reason == StopReason.MAX_TRIALS and shared.settings.export_at_end:
-                    export_at_end(shared)
+                    self.finished_studies.append(shared)  # exported when this worker stops: no study waits
                 if reason != StopReason.MAX_TRIALS or len(self.cells) == 1:
                     self._log_stop(shared, reason)
                     if reason != StopReason.MAX_TRIALS:
@@ -327,7 +338,6 @@ class Worker:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-RESULTS_DIR = Path("results")  # as `hpo export` and `hpo plot` write by default
 EXPORT_TIMEOUT_SECONDS = 900
 
 
@@ -343,6 +353,8 @@ def export_at_end(shared: SharedStudy) -> Path | None:
     """
     import subprocess
     import sys
+
+    from hpo.settings import RESULTS_DIR
 
     s = shared.settings
     finished = sum(n for state, n in shared.counts().items() if state.name in s.counted_states)

@@ -155,6 +155,14 @@ def test_worker_identity_from_slurm_and_local() -> None:
     assert (array.worker_id, array.rank) == ("128_2", 2)
 
 
+def test_workers_of_hpo_run_inside_one_allocation_are_told_apart() -> None:
+    """`hpo run -n 3` inside an salloc/sbatch job (and hpo submit's jobs): one job and task,
+    three workers: three ids (logs, who ran a trial) and three sampler ranks."""
+    ids = [WorkerIdentity.from_env({"SLURM_JOB_ID": "77", "SLURM_PROCID": "0", "HPO_WORKER_RANK": str(r)}, "n", 9)
+           for r in range(3)]
+    assert [(i.worker_id, i.rank) for i in ids] == [("77_0_0", 0), ("77_0_1", 1), ("77_0_2", 2)]
+
+
 # -- sampler seeds ------------------------------------------------------------------------
 
 # Literal SLURM environments: srun tasks of one job, tasks of an array (one and two tasks

@@ -184,8 +184,8 @@ def test_heartbeats_stay_out_of_the_journal(toy) -> None:
     for trial, tid in zip(study.trials, ids):
         plain = 1 + len(trial.params) + len(trial.intermediate_values) + 1  # Optuna's optimize writes these
         assert per_trial[tid] + 1 <= plain + 1, (trial.number, per_trial[tid])
-    (beat,) = (cwd / "optuna_journal/toy.heartbeats").glob("*.json")
-    assert json.loads(beat.read_text())["trial_id"] in ids  # the last trial it beat for
+    beats = cwd / "optuna_journal/toy.heartbeats"  # a file per running trial, gone when it ends
+    assert beats.is_dir() and not list(beats.iterdir())
 
 
 def test_killed_worker_trial_is_reaped_and_retried(toy) -> None:

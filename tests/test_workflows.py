@@ -165,7 +165,7 @@ def test_failing_setup_stops_every_worker_before_any_trial(tmp_path: Path) -> No
     assert len(counter.read_text().splitlines()) == 1  # the others took the failure, not a second try
     journal = tmp_path / "optuna_journal/prep.journal"
     assert not journal.exists() or not load_study(journal, "prep").trials
-    (error,) = (tmp_path / "optuna_journal/setup-cache").glob("*/error.json")
+    (error,) = (tmp_path / "optuna_journal/setup-cache").glob("*.error.json")
     assert "reference data missing" in json.loads(error.read_text())["traceback"]
 
 
@@ -173,6 +173,8 @@ def test_sweep_runs_every_study_with_its_own_space_and_one_command(tmp_path: Pat
     config = str(EXAMPLES / "llc_grid.yaml")
     env = clean_env(HPO_CONFIG=config, MAX_TRIALS="2", HPO_TRIAL_TIMEOUT_SECONDS="0.4", HPO_REUSE_RESULTS="1")
     names = ["llc_narrow_sgld", "llc_narrow_sghmc", "llc_wide_sgld", "llc_wide_sghmc"]
+    before = run_hpo(["status", "--json", "--no-slurm"], tmp_path, env)  # no study started yet: no error
+    assert before.returncode == 0 and all(s["not_started"] for s in json.loads(before.stdout)["studies"])
     result = run_hpo(["run", "--workers", "2"], tmp_path, env)
     assert result.returncode == 0, result.stderr
     assert "every worker works on the studies in order" in result.stderr
@@ -213,6 +215,22 @@ def test_sweep_runs_every_study_with_its_own_space_and_one_command(tmp_path: Pat
     assert chosen.returncode == 0 and "friction" in chosen.stdout, chosen.stderr
     bad = run_hpo(["status", "--study-name", "llc_wide"], tmp_path, env)
     assert bad.returncode == 2 and "STUDY_NAME='llc_wide'" in bad.stderr and "llc_narrow_sgld" in bad.stderr
+
+    # One study of the sweep, retrained and refined: each gets that study's own config.
+    retrain = run_hpo(["retrain", "--study-name", "llc_wide_sghmc"], tmp_path, env)
+    assert retrain.returncode == 0, retrain.stderr
+    again = load_study(tmp_path / "optuna_journal/llc_wide_sghmc-retrain.journal", "llc_wide_sghmc-retrain")
+    source = load_study(tmp_path / "optuna_journal/llc_wide_sghmc.journal", "llc_wide_sghmc")
+    assert [t.params for t in again.trials] == [source.best_trial.params] and "friction" in again.trials[0].params
+    assert again.trials[0].user_attrs["llc_ref"] == pytest.approx(-0.5)  # the wide problem's reference
+    refine = run_hpo(["refine", "--from", "llc_wide_sghmc", "--config", str(EXAMPLES / "llc.yaml")], tmp_path,
+                     clean_env())
+    assert refine.returncode == 0, refine.stderr
+    fine = tmp_path / "optuna_runs/llc_wide_sghmc_fine/study_config.yaml"
+    ran = run_hpo(["run", "--config", str(fine)], tmp_path, clean_env(MAX_TRIALS="1", HPO_TRIAL_TIMEOUT_SECONDS="0.4"))
+    assert ran.returncode == 0, ran.stderr
+    first = load_study(tmp_path / "optuna_journal/llc_wide_sghmc_fine.journal", "llc_wide_sghmc_fine").trials[0]
+    assert first.params == source.best_trial.params and first.user_attrs["llc_ref"] == pytest.approx(-0.5)
 
 
 @pytest.mark.parametrize(("edit", "message"), [

@@ -117,7 +117,7 @@ def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: A
 
     import yaml
 
-    from hpo.config import load_config, parse_config
+    from hpo.config import cells, load_config, parse_config, single_study_text
     from hpo.errors import UsageError
     from hpo.provenance import stored_config_path
     from hpo.storage import open_study
@@ -133,6 +133,9 @@ def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: A
     source_settings = dataclasses.replace(settings, study_name=source)
     stored = stored_config_path(source_settings)
     source_config = load_config(stored) if stored.is_file() else config
+    if source_config.matrix:  # a sweep's study: refine from that study's own config
+        source_config = next((c for c in cells(source_config) if c.settings["study_name"] == source), source_config)
+        source_config = dataclasses.replace(source_config, text=single_study_text(source_config))
     other = _other_study(settings, source)
     # Several objectives: the knee of the Pareto set, the rest of the set, then the others.
     best = top_trials(other.trials, other.study.directions, top)
@@ -194,6 +197,15 @@ def retrain_cmd(to: str | None, number: int | None, **flags: Any) -> int:
     ran_with = run_settings(trial) or {}
     objective = {f.name: ran_with.get(f.name, settings.objective.get(f.name)) for f in settings.objective_fields}
     new = dataclasses.replace(settings, study_name=name, max_trials=1, trials_per_worker=None, objective=objective)
+    if config.cell:  # one study of a sweep: the new study gets that study's own config
+        from hpo.config import load_config, single_study_text
+        from hpo.provenance import stored_config_path
+        from hpo.util import write_bytes_atomic
+
+        path = stored_config_path(new)
+        write_bytes_atomic(path, single_study_text(config, name).encode())
+        config = load_config(path)
+        new = dataclasses.replace(new, config=path)
     check_runnable(new, config)
     shared = open_study(new, config, warm_start=False)  # no warm start: trial 0 is this one
     shared.study.enqueue_trial(dict(trial.params), user_attrs={

@@ -18,12 +18,12 @@ import click
 
 from hpo.cli._options import load, load_sweep, settings_options
 from hpo.errors import UsageError
+from hpo.settings import RESULTS_DIR
 
 if TYPE_CHECKING:
     from hpo.settings import Settings
     from hpo.watch.logs import Line
 
-RESULTS_DIR = Path("results")
 SOURCE_COLORS = ("cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green", "bright_magenta")
 
 
@@ -45,12 +45,13 @@ def status_cmd(watch: bool, interval: float, as_json: bool, no_slurm: bool, **fl
     from hpo.watch import status
 
     _, config, studies = load_sweep(flags)
-    values = [{n: c.objective_args[n] for n, _ in config.matrix} for _, c in studies]
+    values = [dict(c.cell) for _, c in studies]
 
     def snapshot() -> dict[str, Any]:
-        states = [status.build(status.collect(s, slurm=not no_slurm)) for s, _ in studies]
-        if len(states) == 1:
-            return states[0]
+        if len(studies) == 1:
+            return status.build(status.collect(studies[0][0], slurm=not no_slurm))
+        states = [status.build(status.collect(s, slurm=not no_slurm)) if status.started(s) else status.not_started(s)
+                  for s, _ in studies]
         return {"sweep": str(config.path), "studies": states, "combined": status.combined_rows(states, values)}
 
     def render(state: dict[str, Any]) -> Any:
@@ -58,10 +59,12 @@ def status_cmd(watch: bool, interval: float, as_json: bool, no_slurm: bool, **fl
             return status.render(state)
         from rich.console import Group
         from rich.rule import Rule
+        from rich.text import Text
 
         parts: list[Any] = []
         for one in state["studies"]:
-            parts += [Rule(one["study"]), status.render(one)]
+            shown = Text("not started yet: no worker has reached it") if one.get("not_started") else status.render(one)
+            parts += [Rule(one["study"]), shown]
         return Group(*parts, Rule("sweep"), status.render_combined(state["combined"]))
 
     if as_json:
@@ -200,21 +203,24 @@ def best_cmd(fmt: str, **flags: Any) -> int:
               help="rows of top_<K>_trials.csv")
 def export_cmd(out: str | None, top: int, **flags: Any) -> int:
     """best_params.json, all_trials.csv, top_<K>_trials.csv, trials.parquet and hpo_results.json."""
+    from hpo.watch import status
     from hpo.watch.export import export
     from hpo.watch.status import open_view
 
     _, config, studies = load_sweep(flags)
     for settings, _ in studies:  # a sweep: each study into its own folder, then one combined table
+        if len(studies) > 1 and not status.started(settings):
+            click.echo(f"{settings.study_name}: not started yet; nothing to export", err=True)
+            continue
         folder = (Path(out) / settings.study_name if len(studies) > 1 else Path(out)) if out else None
         for path in export(open_view(settings), _results_dir(settings, str(folder) if folder else None), top):
             click.echo(str(path))
     if len(studies) > 1:
         import pandas as pd
 
-        from hpo.watch import status
-
-        states = [status.build(status.collect(s, slurm=False)) for s, _ in studies]
-        rows = status.combined_rows(states, [{n: c.objective_args[n] for n, _ in config.matrix} for _, c in studies])
+        states = [status.build(status.collect(s, slurm=False)) if status.started(s) else status.not_started(s)
+                  for s, _ in studies]
+        rows = status.combined_rows(states, [dict(c.cell) for _, c in studies])
         table = Path(out) if out else RESULTS_DIR
         table.mkdir(parents=True, exist_ok=True)
         path = table / f"{config.path.stem}_sweep.csv"
@@ -234,12 +240,15 @@ def export_sweep_trials(studies: list[Any], config: Any, path: Path) -> Path:
 
     frames = []
     for settings, cell in studies:
+        if not (settings.storage or settings.journal_path.exists()):
+            continue  # not started yet
         journal = open_view(settings).decode()
         n = len(journal.study.directions)
         rows = trial_rows(journal.trials, n)
-        head = {"study": settings.study_name, **{name: cell.objective_args[name] for name, _ in config.matrix}}
+        head = {"study": settings.study_name, **cell.cell}
         frames.append(pd.DataFrame([{**head, **r} for r in rows], columns=[*head, *columns(journal.trials, n)]))
-    parquet_safe(pd.concat(frames, ignore_index=True)).to_parquet(path, index=False)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["study"])
+    parquet_safe(table).to_parquet(path, index=False)
     return path
 
 

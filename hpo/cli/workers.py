@@ -42,7 +42,7 @@ def launch(flags: dict[str, Any], launcher: str) -> tuple[Settings, StudyConfig]
     import dataclasses
 
     from hpo.errors import UsageError
-    from hpo.provenance import ConfigMode, reconcile, record_launch
+    from hpo.provenance import ConfigMode, check_unchanged, reconcile, record_launch
 
     reuse, overwrite = flags.pop("reuse_stored"), flags.pop("overwrite")
     if reuse and overwrite:
@@ -50,6 +50,9 @@ def launch(flags: dict[str, Any], launcher: str) -> tuple[Settings, StudyConfig]
     settings, config, studies = load_sweep(flags)
     check_runnable(settings, config)
     mode = ConfigMode.REUSE_STORED if reuse else ConfigMode.OVERWRITE if overwrite else ConfigMode.CHECK
+    if mode is ConfigMode.CHECK:  # every study first: a refusal writes nothing for any of them
+        for cell_settings, cell_config in studies:
+            check_unchanged(cell_settings, cell_config)
     for number, (cell_settings, cell_config) in enumerate(studies):  # a sweep: every study it selects
         used = reconcile(cell_settings, cell_config, mode)
         record_launch(cell_settings, used, launcher)

@@ -21,6 +21,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from hpo.errors import StorageError
 from hpo.journal.format import (
     KNOWN_OPS,
     RECORD_START,
@@ -71,6 +72,7 @@ class _Lost:
 
 _Entry = _Item | _Lost
 _TRIAL_UPDATE = -1  # _Lost.op of damaged bytes that were some update of a trial
+_NOT_RESTORED = -2  # _Lost.op of a lost creation whose restored record Optuna refused
 
 
 def _int_in(data: bytes, key: bytes) -> int | None:
@@ -133,9 +135,9 @@ def _judge(seq: list[_Entry], order: Iterable[int], chosen: dict[int, dict[str, 
             kept = e.origin == KEPT
             seq[i] = _Lost(e.data, e.offset, e.line, why, log["op_code"] if kept else _guess_op(e.data),
                            readable=kept)
-        else:
+        else:  # a restored creation Optuna refuses: never restored again (the loop ends)
             chosen.pop(i)
-            seq[i] = _Lost(e.data, e.offset, e.line, e.reason, e.op, readable=e.readable)
+            seq[i] = _Lost(e.data, e.offset, e.line, e.reason, _NOT_RESTORED, readable=e.readable)
     return refused
 
 
@@ -265,6 +267,8 @@ def _placeholder_trial(seq: list[_Entry], i: int, lost: _Lost, ids: _Ids) -> dic
     when = m.group(1).decode("ascii", "replace") if m else _nearby_time(seq, i)
     if when is not None and not _iso_time(when):
         when = _nearby_time(seq, i)
+    if when is not None and not _iso_time(when):
+        when = None  # Optuna's replay takes a creation without a start time
     log: dict[str, Any] = {"op_code": int(Op.CREATE_TRIAL), "worker_id": REPAIR_WORKER, "study_id": sid,
                            "datetime_start": None if waiting else when}
     if waiting:
@@ -410,12 +414,15 @@ def _what(e: _Entry) -> str:
 def make_plan(path: str, data: bytes) -> Plan:
     """Decide the rewritten journal and a finding for every change."""
     seq = _entries(path, data)
-    while True:  # each pass loses at least one record: it ends
+    for _ in range(len(seq) + 1):  # each pass that does not end loses a record for good
         chosen = _decide(seq)
         drop = set(_dangling(_logs(seq, chosen)))
         kept = [i for i, _ in _logs(seq, chosen) if i not in drop]
         if not _judge(seq, kept, chosen):  # Optuna takes the planned journal whole
             break
+    else:
+        raise StorageError(f"{path}: hpo repair found no journal Optuna accepts; nothing was changed. "
+                           "Please report it, with the file.")
     items, changes = _assemble(seq, chosen, drop)
     # "tail" as scan() says: after the last line Optuna's reader can read whole.
     last_readable = max((e.line for e in seq if (isinstance(e, _Item) and e.origin == KEPT)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 from hpo.objective import METRICS_FILE, objective_attrs
-from hpo.recovery import HEARTBEAT_ATTR, Beats, beats_dir, file_beat, is_lost, last_beat, read_beats
+from hpo.recovery import HEARTBEAT_ATTR, Beats, beats_dir, is_lost, last_beat, read_beats
 from hpo.scheduler import SlurmJob
 from hpo.settings import BUDGET_COUNTS
 from hpo.storage import BUDGET_ATTR, BUDGET_COUNTS_ATTR
@@ -147,7 +147,8 @@ def collect(settings: "Settings", now: float | None = None, slurm: bool = True) 
         if shutil.which("squeue") is not None:
             ids = list(dict.fromkeys([*ids, *recorded_job_ids(settings)]))
         info = squeue(ids)
-    beats = None if settings.storage else read_beats(beats_dir(settings.journal_dir, settings.study_name))
+    running = [t.trial_id for t in journal.trials if t.state == "RUNNING"]
+    beats = None if settings.storage else read_beats(beats_dir(settings.journal_dir, settings.study_name), running)
     return Inputs(journal, attrs, metrics, info, budget(settings, journal), settings.stale_seconds,
                   time.time() if now is None else now, read_seconds, counted_states(settings, journal), beats)
 
@@ -299,7 +300,7 @@ def _running_row(trial: TrialRecord, inputs: Inputs) -> dict[str, Any]:
     started = trial.started_at
     stale_ids = inputs.journal.stale_trial_ids
     # An RDB keeps heartbeats in its own table (and gives its verdict): no age to show.
-    beat = file_beat(inputs.beats, attrs, trial.trial_id)
+    beat = inputs.beats.get(trial.trial_id) if inputs.beats else None
     beat_time = last_beat(trial.system_attrs, started, beat) if stale_ids is None else None
     age = None if beat_time is None else now - beat_time
     step = max(trial.intermediate) if trial.intermediate else None
@@ -485,6 +486,18 @@ __all__ = ["HEARTBEAT_ATTR", "SlurmInfo", "build", "collect", "open_view", "rend
 
 
 # -- a sweep: several studies, one table ---------------------------------------------------
+
+def not_started(settings: "Settings") -> dict[str, Any]:
+    """A sweep's study that no worker has opened yet (its journal does not exist)."""
+    return {"study": settings.study_name, "not_started": True, "finished": 0, "max_trials": settings.max_trials,
+            "states": {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}, "best": None,
+            "pareto": None}
+
+
+def started(settings: "Settings") -> bool:
+    """Whether the study exists (a sweep's later studies appear when workers reach them)."""
+    return bool(settings.storage) or settings.journal_path.exists()
+
 
 def combined_rows(statuses: Sequence[Mapping[str, Any]], values: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per study of a sweep: its matrix values, progress and best (pure)."""
