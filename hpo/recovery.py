@@ -162,11 +162,14 @@ class Heartbeat:
 
 
 def last_beat(system_attrs: Mapping[str, Any], started: float | None, beat: float | None = None) -> float | None:
-    """When a running trial last showed life: the latest of its beat file (``beat``), its
-    ``hpo:heartbeat`` attribute (older hpo versions) and its start."""
+    """When a running trial last showed life: the latest of its beat file (``beat``; never
+    before the trial's start: a file left by an older journal's trial of the same id) and
+    its ``hpo:heartbeat`` attribute (older hpo versions); with neither, its start."""
     attr = system_attrs.get(HEARTBEAT_ATTR)
-    known = [b for b in (beat, float(attr) if isinstance(attr, (int, float)) else None, started) if b is not None]
-    return max(known) if known else None
+    if beat is not None and started is not None:
+        beat = max(beat, started)
+    known = [b for b in (beat, float(attr) if isinstance(attr, (int, float)) else None) if b is not None]
+    return max(known) if known else started
 
 
 def is_lost(user_attrs: Mapping[str, Any], system_attrs: Mapping[str, Any], trial_id: int,
