@@ -76,22 +76,30 @@ def drop_beat(directory: Path, trial_id: int) -> None:
 
 
 def read_beats(directory: Path, trial_ids: "Iterable[int]") -> dict[int, float | None]:
-    """The last beat of each of these (running) trials that has a file. A file that exists
-    but cannot be read now (replaced at this moment, ESTALE on NFS) maps to None: its trial
-    is not judged this round, a late verdict rather than a wrong one."""
+    """The last beat of each of these (running) trials that has a file.
+
+    A file whose content cannot be parsed (a client's cache serving a replaced file empty,
+    write-behind not flushed yet) counts from its modification time, which the rename set;
+    a file that cannot even be looked at now (ESTALE on NFS, three tries) maps to None: its
+    trial is not judged this round, a late verdict rather than a wrong one."""
     out: dict[int, float | None] = {}
     for trial_id in trial_ids:
         path = _beat_path(directory, trial_id)
-        for _ in range(3):
+        for attempt in range(3):
             try:
                 out[trial_id] = float(json.loads(path.read_bytes())["time"])
                 break
             except FileNotFoundError:
                 out.pop(trial_id, None)
                 break
-            except (OSError, ValueError, KeyError, TypeError):
-                out[trial_id] = None
-                time.sleep(0.01)
+            except (ValueError, KeyError, TypeError):
+                with contextlib.suppress(OSError):
+                    out[trial_id] = path.stat().st_mtime
+                    break
+            except OSError:
+                pass
+            out[trial_id] = None
+            time.sleep(0.01 * (attempt + 1))
     return out
 
 

@@ -26,7 +26,7 @@ from optuna.storages.journal import JournalFileBackend
 from hpo.journal.repair import scan
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.timeout(180), pytest.mark.xdist_group("cluster")]
+pytestmark = [pytest.mark.timeout(180), pytest.mark.cluster]
 
 
 def _can_unshare() -> bool:

@@ -26,7 +26,7 @@ from multinode import (MODES, SHARED, VOLUMES, kill_node, load_study, node_pids,
                        proc_state, require_multinode, restore_nodes, run_on, signal_node, signal_pid, trial_counts,
                        wait_until)
 
-pytestmark = [pytest.mark.slurm, pytest.mark.multinode, pytest.mark.xdist_group("cluster")]
+pytestmark = [pytest.mark.slurm, pytest.mark.multinode, pytest.mark.cluster]
 
 SMALL_TASKS = ["--cpus-per-task=1", "--mem-per-cpu=500M", "--time=10"]
 STUDY = "toy"

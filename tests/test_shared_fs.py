@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 from conftest import TOY_CONFIG, clean_env, load_study
 
-# The dev cluster's GlusterFS volume: with the SLURM and multi-node tests, one at a time
-# (a brick paused there must not meet a check here).
-pytestmark = pytest.mark.xdist_group("cluster")
+# The dev cluster's GlusterFS volume: with the SLURM and multi-node tests, run alone
+# after the others (their timing-sensitive faults must not share the CPUs).
+pytestmark = pytest.mark.cluster
 
 
 def _mounts(prefix: str) -> tuple[Path, Path]:

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO, clean_env, load_study, run_hpo
 
-pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("cluster")]  # one at a time: one cluster
+pytestmark = [pytest.mark.slurm, pytest.mark.cluster]  # the dev cluster: run alone, after the others
 
 TINY = {"N_TRAIN": "256", "N_VAL": "64", "N_POINTS": "64", "BATCH_SIZE": "64",
         "STAGEA_EPOCHS": "1", "STAGEB1_EPOCHS": "2", "STAGEB2_EPOCHS": "1", "OMP_NUM_THREADS": "1"}
