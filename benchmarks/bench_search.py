@@ -152,6 +152,11 @@ def _init_worker(work: Path, config_path: Path) -> None:
             save=False)
 
 
+def runs_folder(work: Path, pid: int) -> Path:
+    """A worker process's run directories: on tmpfs when there is one."""
+    return (Path("/dev/shm") if Path("/dev/shm").is_dir() else work) / f"bench_search_{pid}"
+
+
 def run_job(job: Job, work: Path, config_path: Path, save: bool = True) -> dict[str, Any]:
     """Run one study to its stopping rule; returns (and saves) its trials."""
     out = work / "results" / f"{job.name}.json"
@@ -168,7 +173,7 @@ def run_job(job: Job, work: Path, config_path: Path, save: bool = True) -> dict[
     sampler_name, pruner_name = METHODS[job.method]
     # Run directories on tmpfs when there is one: each trial writes ~28 MB of fsynced
     # checkpoints (removed after the trial), which would otherwise measure the disk.
-    runs = (Path("/dev/shm") if Path("/dev/shm").is_dir() else work) / f"bench_search_{os.getpid()}" / job.name
+    runs = runs_folder(work, os.getpid()) / job.name
     env = {**without_settings(os.environ), **PRESET, "HPO_CONFIG": str(config_path), "HPO_DEVICE": "cpu",
            "OPTUNA_SAMPLER": sampler_name, "OPTUNA_PRUNER": pruner_name, "OPTUNA_SEED": str(job.sampler_seed),
            "STUDY_NAME": job.name, "TRIAL_OUTPUT": str(runs), **dict(job.env)}  # fmt: skip
@@ -201,6 +206,8 @@ def run_job(job: Job, work: Path, config_path: Path, save: bool = True) -> dict[
         if job.budget is not None and spent >= job.budget:
             break
     shutil.rmtree(runs, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        runs.parent.rmdir()  # the process's folder, once empty
     result = {"job": asdict(job), "trials": trials, "started": started, "ended": time.time(),
               "load_start": load0, "load_end": os.getloadavg()[0]}  # fmt: skip
     if not save:
@@ -608,6 +615,8 @@ def main() -> None:
         phase2 = run_phase(pool, jobs, work, config, "phase 2", monitor, f"phase 2 ({len(jobs)} studies)")
         noise = run_phase(pool, noise_jobs(phase1, target, args.noise_sets, args.noise_repeats), work, config,
                           "noise", monitor, "noise (1-trial studies)") if args.noise_sets else []
+    for pid in monitor.pids:  # a worker stopped by the pool's end mid-trial (its warm-up) leaves its folder
+        shutil.rmtree(runs_folder(work, pid), ignore_errors=True)
     curves: dict[str, dict[int, list[dict[str, Any]]]] = {m: {} for m in args.methods}
     for s in seeds:
         curves["random"][s] = list(by_seed[s])
