@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 from hpo.errors import UsageError
 
 SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "nsga2")
-PRUNERS = ("hyperband", "median", "sha", "percentile", "wilcoxon", "none")
+PRUNERS = ("hyperband", "median", "sha", "percentile", "wilcoxon", "stage", "none")
 BUDGET_COUNTS = ("finished", "complete")
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 RESULTS_DIR = Path("results")  # where hpo export, hpo plot and the end-of-study export write: results/<study>/

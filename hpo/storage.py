@@ -8,6 +8,7 @@ the check-then-ask that keeps the study at exactly ``MAX_TRIALS`` finished trial
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import logging
 import time
@@ -168,11 +169,13 @@ _SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
     "nsga2": ("NSGAIISampler", {}),
 }
 _PRUNERS: dict[str, tuple[str, dict[str, Any]]] = {
+    # name: (class in optuna.pruners, or "hpo.pruners.<class>" for hpo's own; our defaults)
     "hyperband": ("HyperbandPruner", {"min_resource": 1, "max_resource": "auto"}),
     "median": ("MedianPruner", {"n_startup_trials": 5, "n_warmup_steps": 1}),
     "sha": ("SuccessiveHalvingPruner", {}),
     "percentile": ("PercentilePruner", {"percentile": 25.0, "n_startup_trials": 5, "n_warmup_steps": 1}),
     "wilcoxon": ("WilcoxonPruner", {}),
+    "stage": ("hpo.pruners.StagePruner", {}),  # the median rule at stage ends (PhysAE: end of A, of B1)
     "none": ("NopPruner", {}),
 }
 
@@ -184,16 +187,21 @@ def _construct(module: Any, table: dict[str, tuple[str, dict[str, Any]]], name: 
     class_name, defaults = table[name]
     args = per_name.get(name, {})
     key = f"{key}.{name}"
+    if class_name.startswith("hpo."):  # one of hpo's own (hpo.pruners)
+        module_name, _, class_name = class_name.rpartition(".")
+        module = importlib.import_module(module_name)
+        label = f"{module_name}.{class_name}"
+    else:
+        label = f"optuna.{module.__name__.split('.')[-1]}.{class_name}"
     cls = getattr(module, class_name)
     accepted = set(inspect.signature(cls).parameters) - set(fixed)
     unknown = sorted(set(args) - accepted)
     if unknown:
-        raise UsageError(f"{key}.{unknown[0]}: not an argument of optuna.{module.__name__.split('.')[-1]}."
-                         f"{class_name}; valid: {', '.join(sorted(accepted))}")
+        raise UsageError(f"{key}.{unknown[0]}: not an argument of {label}; valid: {', '.join(sorted(accepted))}")
     try:
         return cls(**{**defaults, **args, **fixed})
     except (TypeError, ValueError) as exc:
-        raise UsageError(f"{key}: optuna.{class_name} refused {dict(args)}: {exc}") from None
+        raise UsageError(f"{key}: {label} refused {dict(args)}: {exc}") from None
 
 
 def make_sampler(settings: "Settings", seed: int | None, args: Mapping[str, Mapping[str, Any]] | None = None

@@ -71,7 +71,7 @@ def test_to_env_round_trips() -> None:
         ("TIMEOUT_SECONDS", "nan", "positive number"),
         ("OPTUNA_SEED", "-1", "integer from 0"),
         ("OPTUNA_SAMPLER", "bayes", "tpe, random, cmaes, qmc, gp, nsga2"),
-        ("OPTUNA_PRUNER", "early", "hyperband, median, sha, percentile, wilcoxon, none"),
+        ("OPTUNA_PRUNER", "early", "hyperband, median, sha, percentile, wilcoxon, stage, none"),
         ("STUDY_NAME", "a/b", "study name"),
         ("STUDY_NAME", "..", "study name"),
         ("STUDY_NAME", "", None),  # empty means unset: the default applies
