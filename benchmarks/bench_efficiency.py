@@ -118,6 +118,7 @@ def run_worker(preset_name: str, work: Path, threads: int, seed: int) -> Measure
         **preset.env, "HPO_CONFIG": str(CONFIG), "STUDY_NAME": STUDY, "JOURNAL_DIR": str(work / "journal"),
         "LOG_DIR": str(work / "logs"), "TRIAL_OUTPUT": str(work / "runs"), "OPTUNA_PRUNER": "none",
         "OPTUNA_SEED": str(seed), "HPO_DEVICE": preset.device, "OMP_NUM_THREADS": str(threads),
+        "HPO_EXPORT_AT_END": "0",  # training against everything else a worker does, exports aside
     })  # fmt: skip
     launched = time.time()
     t0 = time.perf_counter()

@@ -72,6 +72,7 @@ def main() -> None:
                     env = {**os.environ, "PYTHONPATH": str(root), "STAMP_FILE": str(root / "stamp"),
                            "JOURNAL": str(journal), "HPO_CONFIG": str(root / "join.yaml"), "STUDY_NAME": STUDY,
                            "JOURNAL_DIR": str(journal.parent), "MAX_TRIALS": str(n + 1), "HPO_DEVICE": "cpu",
+                           "HPO_EXPORT_AT_END": "0",
                            "LOG_DIR": str(journal.parent / "logs"), "TRIAL_OUTPUT": str(journal.parent / "runs"),
                            "OPTUNA_PRUNER": "none"}
                     cmd = [sys.executable, str(root / "plain.py")] if kind == "plain" else \

@@ -62,7 +62,8 @@ def run_hpo(path: Path, work: Path, n: int, k: int, sampler: str) -> float:
     config = parse_config(Path("bench.yaml"), CONFIG)
     env = {"OPTUNA_SAMPLER": sampler, "OPTUNA_PRUNER": "none", "MAX_TRIALS": str(n + k),
            "JOURNAL_DIR": str(path.parent), "STUDY_NAME": STUDY, "LOG_DIR": str(work / "logs"),
-           "TRIAL_OUTPUT": str(work / "runs"), "HPO_DEVICE": "cpu"}
+           "TRIAL_OUTPUT": str(work / "runs"), "HPO_DEVICE": "cpu",
+           "HPO_EXPORT_AT_END": "0"}  # the study's cost per trial, not its exports
     settings = resolve({}, env, {}, Path("bench.yaml"))
     identity = WorkerIdentity.from_env({}, host="bench", pid=1)
     null_objective.CALLS = []

@@ -32,7 +32,7 @@ def run(root: Path, n: int, seconds: float, per_worker: int) -> tuple[float, flo
     name = f"scale{n}"
     env = {**os.environ, "PYTHONPATH": str(root), "SLEEP_SECONDS": str(seconds), "HPO_CONFIG": "scale.yaml",
            "STUDY_NAME": name, "MAX_TRIALS": str(n * per_worker), "OPTUNA_PRUNER": "none",
-           "OPTUNA_SAMPLER": "random", "HPO_PYTHON": sys.executable}
+           "OPTUNA_SAMPLER": "random", "HPO_PYTHON": sys.executable, "HPO_EXPORT_AT_END": "0"}
     # Sleeping workers need no GPU (the dev cluster declares 4): --gpus-per-task=0.
     job = subprocess.run(["sbatch", "--parsable", f"--ntasks={n}", "--gpus-per-task=0", "--cpus-per-task=1", "--mem-per-cpu=200M",
                           "--time=10", "slurm/bash_optuna.sh"], cwd=root, env=env, text=True,
