@@ -327,7 +327,8 @@ def single_study_text(config: StudyConfig, study_name: str | None = None) -> str
     if settings:
         raw["settings"] = settings
     note = f"# One study of the sweep {config.path}: {dict(config.cell)}\n" if config.cell else ""
-    return note + yaml.safe_dump(raw, sort_keys=False)
+    text: str = yaml.safe_dump(raw, sort_keys=False)
+    return note + text
 
 
 def study_names(config: StudyConfig) -> list[str]:
