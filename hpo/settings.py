@@ -356,7 +356,7 @@ def without_settings(env: Mapping[str, str], objective_fields: tuple[Field, ...]
     if not objective_fields:
         from hpo.physae.settings import SETTINGS as objective_fields
     drop = ({f.env for f in FIELDS + objective_fields} | {a for f in FIELDS + objective_fields for a in f.aliases}
-            | {CONFIG_ENV, "HPO_WORKER_RANK", "HPO_SEED_OFFSET", LAUNCH_ENV})
+            | {CONFIG_ENV, "HPO_WORKER_RANK", "HPO_LOCAL_WORKERS", "HPO_SEED_OFFSET", LAUNCH_ENV})
     return {k: v for k, v in env.items() if k not in drop and not k.startswith("SLURM_")}
 
 
@@ -579,9 +579,11 @@ class WorkerIdentity:
             worker_id = f"{array_job}_{array_task}"
             rank = int(array_task) * int(env.get("SLURM_NTASKS") or 1) + int(procid or 0)
         elif job and local_rank:
-            # hpo run inside an allocation (or hpo submit): several workers share the job
-            # and the task; their own number tells them (and their logs) apart.
-            worker_id = f"{job}_{procid or 0}_{local_rank}"
+            # hpo run inside an allocation (HPO_LOCAL_WORKERS > 1: several workers share the
+            # job and the task; their own number tells them and their logs apart), or one
+            # worker per job from hpo submit (the job id does; the rank still seeds it).
+            shared_task = int(env.get("HPO_LOCAL_WORKERS") or 1) > 1
+            worker_id = f"{job}_{procid or 0}" + (f"_{local_rank}" if shared_task else "")
             rank = 1000 * int(procid or 0) + int(local_rank)
         elif job:
             worker_id, rank = f"{job}_{procid or 0}", int(procid or 0)

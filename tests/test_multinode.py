@@ -215,7 +215,8 @@ def test_stall_past_stale_then_resume(shared_project: Path, what: str) -> None:
     MAX_TRIALS with 0 RUNNING."""
     nodes = require_multinode(3)
     victim = nodes[2]
-    heartbeat, stale, max_trials = 1, 4, 14
+    # 24 trials of ~3 s on 3 workers: ~25 s, time for a node slow to start its task to join
+    heartbeat, stale, max_trials = 1, 4, 24
     env = _study_env(shared_project, MAX_TRIALS=str(max_trials), TOY_STEP_SECONDS="1.0",
                      HPO_HEARTBEAT_SECONDS=str(heartbeat), HPO_STALE_SECONDS=str(stale))
     job = _sbatch(shared_project, ["-N", "3", "--ntasks-per-node=1", "--ntasks=3"], env)

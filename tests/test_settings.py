@@ -158,9 +158,12 @@ def test_worker_identity_from_slurm_and_local() -> None:
 def test_workers_of_hpo_run_inside_one_allocation_are_told_apart() -> None:
     """`hpo run -n 3` inside an salloc/sbatch job (and hpo submit's jobs): one job and task,
     three workers: three ids (logs, who ran a trial) and three sampler ranks."""
-    ids = [WorkerIdentity.from_env({"SLURM_JOB_ID": "77", "SLURM_PROCID": "0", "HPO_WORKER_RANK": str(r)}, "n", 9)
-           for r in range(3)]
+    ids = [WorkerIdentity.from_env({"SLURM_JOB_ID": "77", "SLURM_PROCID": "0", "HPO_WORKER_RANK": str(r),
+                                    "HPO_LOCAL_WORKERS": "3"}, "n", 9) for r in range(3)]
     assert [(i.worker_id, i.rank) for i in ids] == [("77_0_0", 0), ("77_0_1", 1), ("77_0_2", 2)]
+    # hpo submit: one worker per job; the job id names it (worker_<job>_<procid>.log), the rank seeds it.
+    submitted = WorkerIdentity.from_env({"SLURM_JOB_ID": "78", "SLURM_PROCID": "0", "HPO_WORKER_RANK": "4"}, "n", 9)
+    assert (submitted.worker_id, submitted.rank) == ("78_0", 4)
 
 
 # -- sampler seeds ------------------------------------------------------------------------

@@ -38,11 +38,12 @@ def visible_gpus(settings: Settings, env: Mapping[str, str]) -> list[str]:
 
 def worker_env(
     settings: Settings, env: Mapping[str, str], rank: int, gpus: Sequence[str], launch_id: str,
-    threads: int,
+    threads: int, workers: int = 1,
 ) -> dict[str, str]:
     """Environment of worker ``rank`` of launch ``launch_id``: the resolved settings, its GPU
     and its CPU threads (pure). The seed comes from both (see hpo.worker.sampler_seed)."""
     child = {**env, **settings.to_env(), "HPO_WORKER_RANK": str(rank), LAUNCH_ENV: launch_id,
+             "HPO_LOCAL_WORKERS": str(workers),
              "PYTHONUNBUFFERED": "1"}
     # N workers each starting one thread per core would oversubscribe the CPU N-fold.
     child.setdefault("OMP_NUM_THREADS", str(threads))
@@ -74,7 +75,7 @@ def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapp
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     procs = [
         subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--quiet"],
-                         env=worker_env(settings, env, rank, gpus, launch_id, threads))
+                         env=worker_env(settings, env, rank, gpus, launch_id, threads, n_workers))
         for rank in range(n_workers)
     ]
     # A scheduler's SIGTERM reaches only us: pass it on so workers end trials cleanly.
