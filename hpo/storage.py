@@ -307,6 +307,11 @@ class SharedStudy:
     def counts(self) -> Counter[TrialState]:
         return self.index.counts()
 
+    def finished(self, counts: Counter[TrialState] | None = None) -> int:
+        """The trials ``MAX_TRIALS`` counts (``HPO_BUDGET_COUNTS``), from ``counts`` or fresh ones."""
+        counts = self.counts() if counts is None else counts
+        return sum(n for state, n in counts.items() if state.name in self.settings.counted_states)
+
     def frozen(self, trial_id: int) -> optuna.trial.FrozenTrial:
         """The trial as the storage holds it now (re-read from the journal)."""
         return self.storage.get_trial(trial_id)
@@ -362,7 +367,7 @@ class SharedStudy:
     def _budget_verdict(self) -> tuple[None, bool] | None:
         """``(None, done)`` when no trial may start now, None when one may (see ask_within_budget)."""
         counts = self.counts()
-        finished = sum(n for state, n in counts.items() if state.name in self.settings.counted_states)
+        finished = self.finished(counts)
         if finished >= self.settings.max_trials:
             return None, True
         if finished + counts[TrialState.RUNNING] >= self.settings.max_trials:

@@ -39,7 +39,7 @@ from hpo.journal.repair import visibility_warning
 from hpo.logs import log_study
 from hpo.objective import Objective
 from hpo.recovery import Heartbeat, reap
-from hpo.settings import Settings, WorkerIdentity
+from hpo.settings import RESULTS_DIR, Settings, WorkerIdentity
 from hpo.setup import ensure_setup
 from hpo.storage import SharedStudy, make_sampler, open_study
 from hpo.trial import TrialRunner
@@ -208,11 +208,11 @@ class Worker:
         while pending:
             ran_before = self.trials_run
             for cell in list(pending):
-                if cell[0].study_name not in opened:
-                    log_study(cell[0].study_name)
-                    opened[cell[0].study_name] = self._open(*cell)
-                shared, runner = opened[cell[0].study_name]
-                log_study(shared.settings.study_name)
+                name = cell[0].study_name
+                log_study(name)  # the lines that follow, opening it included, belong to this study
+                if name not in opened:
+                    opened[name] = self._open(*cell)
+                shared, runner = opened[name]
                 reason = self._loop(shared, runner, wait=len(pending) == 1)
                 if reason is None:
                     continue  # every slot of this study is held by a running trial: another one meanwhile
@@ -354,10 +354,8 @@ def export_at_end(shared: SharedStudy) -> Path | None:
     import subprocess
     import sys
 
-    from hpo.settings import RESULTS_DIR
-
     s = shared.settings
-    finished = sum(n for state, n in shared.counts().items() if state.name in s.counted_states)
+    finished = shared.finished()
     folder = RESULTS_DIR / s.study_name
     folder.mkdir(parents=True, exist_ok=True)
     try:

@@ -120,29 +120,30 @@ def test_per_trial_time_budget_and_time_pruning(toy) -> None:
     assert trial.user_attrs["reason"].startswith("trial time budget exceeded")
 
     # Time pruning: after 3 fast completed trials, a slow one is stopped at mean + std.
-    Path(env["HPO_CONFIG"]).write_text(
-        "study_name: toy2\nobjective: objectives:slow_when_high\nspace:\n  x: {type: float, low: 0, high: 5}\n"
-        "enqueue:\n  - {x: 1.0}\n  - {x: 2.0}\n  - {x: 0.5}\n  - {x: 4.5}\n")
-    result = run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "4", "OPTUNA_PRUNER": "none",
-                                       "HPO_TIME_PRUNING_WARMUP": "3"})
-    assert result.returncode == 0, result.stderr
-    trials = load_study(cwd / "optuna_journal/toy2.journal", "toy2").trials
+    trials = _three_fast_then_slow(cwd, env, "study_name: toy2\nobjective: objectives:slow_when_high\n")
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"]
     assert trials[3].user_attrs["reason"].startswith("time-pruned")
     assert (trials[3].datetime_complete - trials[3].datetime_start).total_seconds() < 3
 
 
-def test_time_pruning_caps_a_multi_objective_trial_as_codes_does(toy) -> None:
-    """time_pruning_cap: the slow trial ends COMPLETE, its error capped, its time the one measured."""
-    cwd, env = toy("slow_two")
+def _three_fast_then_slow(cwd: Path, env: dict[str, str], head: str) -> list[optuna.trial.FrozenTrial]:
+    """One worker, time pruning after 3 completed trials: x = 1, 2, 0.5 are fast, x = 4.5 is
+    slow. ``head``: the config's study_name, objective and more; returns the study's trials."""
     Path(env["HPO_CONFIG"]).write_text(
-        "study_name: mo\nobjective: objectives:slow_two\ndirections: [minimize, minimize]\n"
-        "time_pruning_cap: [100.0, elapsed]\nspace:\n  x: {type: float, low: 0, high: 5}\n"
+        head + "space:\n  x: {type: float, low: 0, high: 5}\n"
         "enqueue:\n  - {x: 1.0}\n  - {x: 2.0}\n  - {x: 0.5}\n  - {x: 4.5}\n")
     result = run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "4", "OPTUNA_PRUNER": "none",
                                        "HPO_TIME_PRUNING_WARMUP": "3"})
     assert result.returncode == 0, result.stderr
-    trials = load_study(cwd / "optuna_journal/mo.journal", "mo").trials
+    name = head.split("study_name: ", 1)[1].split("\n", 1)[0]
+    return load_study(cwd / f"optuna_journal/{name}.journal", name).trials
+
+
+def test_time_pruning_caps_a_multi_objective_trial_as_codes_does(toy) -> None:
+    """time_pruning_cap: the slow trial ends COMPLETE, its error capped, its time the one measured."""
+    cwd, env = toy("slow_two")
+    trials = _three_fast_then_slow(cwd, env, "study_name: mo\nobjective: objectives:slow_two\n"
+                                   "directions: [minimize, minimize]\ntime_pruning_cap: [100.0, elapsed]\n")
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     slow = trials[3]
     assert slow.values[0] == 100.0 and 0.3 < slow.values[1] < 3

@@ -117,11 +117,17 @@ def test_bad_setting_declaration_exits_2(tmp_path: Path, declaration: str, messa
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
-def test_setup_runs_once_for_many_workers_and_is_reused(tmp_path: Path) -> None:
-    (tmp_path / "prep.yaml").write_text(SETUP_CONFIG.format(offset=1))
+def _setup_study(tmp_path: Path, offset: int, **extra: str) -> tuple[Path, dict[str, str]]:
+    """The ``prep`` study (objectives:counted_setup) in ``tmp_path``: the file counting the
+    setup's runs, and the environment of its commands."""
+    (tmp_path / "prep.yaml").write_text(SETUP_CONFIG.format(offset=offset))
     counter = tmp_path / "setup_runs.txt"
-    env = clean_env(HPO_CONFIG=str(tmp_path / "prep.yaml"), MAX_TRIALS="6", SETUP_COUNTER=str(counter),
-                    SETUP_SECONDS="1.5", HPO_EXPORT_AT_END="1")
+    return counter, clean_env(HPO_CONFIG=str(tmp_path / "prep.yaml"), MAX_TRIALS="6", SETUP_COUNTER=str(counter),
+                              **extra)
+
+
+def test_setup_runs_once_for_many_workers_and_is_reused(tmp_path: Path) -> None:
+    counter, env = _setup_study(tmp_path, 1, SETUP_SECONDS="1.5", HPO_EXPORT_AT_END="1")
     result = run_hpo(["run", "--workers", "3"], tmp_path, env)
     assert result.returncode == 0, result.stderr
     assert len(counter.read_text().splitlines()) == 1  # three workers started together; it ran once
@@ -154,10 +160,7 @@ def test_setup_runs_once_for_many_workers_and_is_reused(tmp_path: Path) -> None:
 
 
 def test_failing_setup_stops_every_worker_before_any_trial(tmp_path: Path) -> None:
-    (tmp_path / "prep.yaml").write_text(SETUP_CONFIG.format(offset=0))
-    counter = tmp_path / "setup_runs.txt"
-    env = clean_env(HPO_CONFIG=str(tmp_path / "prep.yaml"), MAX_TRIALS="6", SETUP_COUNTER=str(counter),
-                    SETUP_SECONDS="1", SETUP_FAIL="1")
+    counter, env = _setup_study(tmp_path, 0, SETUP_SECONDS="1", SETUP_FAIL="1")
     result = run_hpo(["run", "--workers", "3"], tmp_path, env)
     assert result.returncode != 0
     output = result.stdout + result.stderr

@@ -50,8 +50,7 @@ def status_cmd(watch: bool, interval: float, as_json: bool, no_slurm: bool, **fl
     def snapshot() -> dict[str, Any]:
         if len(studies) == 1:
             return status.build(status.collect(studies[0][0], slurm=not no_slurm))
-        states = [status.build(status.collect(s, slurm=not no_slurm)) if status.started(s) else status.not_started(s)
-                  for s, _ in studies]
+        states = [status.sweep_state(s, slurm=not no_slurm) for s, _ in studies]
         return {"sweep": str(config.path), "studies": states, "combined": status.combined_rows(states, values)}
 
     def render(state: dict[str, Any]) -> Any:
@@ -218,8 +217,7 @@ def export_cmd(out: str | None, top: int, **flags: Any) -> int:
     if len(studies) > 1:
         import pandas as pd
 
-        states = [status.build(status.collect(s, slurm=False)) if status.started(s) else status.not_started(s)
-                  for s, _ in studies]
+        states = [status.sweep_state(s, slurm=False) for s, _ in studies]
         rows = status.combined_rows(states, [dict(c.cell) for _, c in studies])
         table = Path(out) if out else RESULTS_DIR
         table.mkdir(parents=True, exist_ok=True)
@@ -236,12 +234,12 @@ def export_sweep_trials(studies: list[Any], config: Any, path: Path) -> Path:
     import pandas as pd
 
     from hpo.watch.export import columns, parquet_safe, trial_rows
-    from hpo.watch.status import open_view
+    from hpo.watch.status import open_view, started
 
     frames = []
     for settings, cell in studies:
-        if not (settings.storage or settings.journal_path.exists()):
-            continue  # not started yet
+        if not started(settings):
+            continue
         journal = open_view(settings).decode()
         n = len(journal.study.directions)
         rows = trial_rows(journal.trials, n)

@@ -34,7 +34,7 @@ class Progress:
 def progress(shared: SharedStudy, started: float, finished_at_start: int) -> Progress:
     """Counts, best value and an ETA from the rate of trials finished since ``started``."""
     trials = shared.trials()
-    finished = sum(1 for t in trials if t.state.name in shared.settings.counted_states)
+    finished = shared.finished()
     values = [t.values[0] for t in trials if t.values and t.state.name == "COMPLETE"]
     best = None
     if values:
@@ -63,7 +63,7 @@ def show_progress(studies: Sequence[SharedStudy], running: Callable[[], bool],
 
     console = Console(stderr=True, soft_wrap=True)
     started = time.monotonic()
-    at_start = [sum(1 for t in s.trials() if t.state.name in s.settings.counted_states) for s in studies]
+    at_start = [shared.finished() for shared in studies]
     bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
               disable=not console.is_terminal)
@@ -104,6 +104,4 @@ def follow_commands(settings: Settings) -> str:
 def wait_for_study(studies: Sequence[SharedStudy], jobs: "Sequence[submitit.Job[str]]") -> int:
     """Follow the studies until every job is done; 0 when each study has its trials."""
     show_progress(studies, lambda: any(not job.done() for job in jobs))
-    done = [sum(1 for t in s.trials() if t.state.name in s.settings.counted_states) >= s.settings.max_trials
-            for s in studies]
-    return 0 if all(done) else 1
+    return 0 if all(shared.finished() >= shared.settings.max_trials for shared in studies) else 1

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
+SHOWN_STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")  # the counts status shows, in order
+
 SLURM_KEYS = ("slurm_array_job_id", "slurm_job_id")
 WORKER_KEYS = ("worker", *SLURM_KEYS)  # read for every trial; the host only for each worker's latest
 MAX_HOST_LOOKUPS = 256  # workers (the most recent) whose host is looked up
@@ -220,7 +222,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
     non-finite values are null)."""
     journal, now = inputs.journal, inputs.now
     trials = journal.trials
-    states = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
+    states = {s: 0 for s in SHOWN_STATES}
     for t in trials:
         states[t.state] += 1
     finished = sum(n for state, n in states.items() if state in inputs.counted)  # what MAX_TRIALS counts
@@ -490,13 +492,18 @@ __all__ = ["HEARTBEAT_ATTR", "SlurmInfo", "build", "collect", "open_view", "rend
 def not_started(settings: "Settings") -> dict[str, Any]:
     """A sweep's study that no worker has opened yet (its journal does not exist)."""
     return {"study": settings.study_name, "not_started": True, "finished": 0, "max_trials": settings.max_trials,
-            "states": {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}, "best": None,
+            "states": {s: 0 for s in SHOWN_STATES}, "best": None,
             "pareto": None}
 
 
 def started(settings: "Settings") -> bool:
     """Whether the study exists (a sweep's later studies appear when workers reach them)."""
     return bool(settings.storage) or settings.journal_path.exists()
+
+
+def sweep_state(settings: "Settings", slurm: bool = True) -> dict[str, Any]:
+    """One study of a sweep as :func:`build` shows it, or :func:`not_started`."""
+    return build(collect(settings, slurm=slurm)) if started(settings) else not_started(settings)
 
 
 def combined_rows(statuses: Sequence[Mapping[str, Any]], values: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
