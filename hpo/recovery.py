@@ -126,6 +126,9 @@ class Heartbeat:
         self._on_taken: Callable[[], None] = lambda: None
         self._confirmed_at = time.monotonic()
         self._wake = threading.Event()
+        # Held while a beat file is written or dropped: without it a beat written just
+        # after the trial ended (the thread read the id before) left a file behind.
+        self._beat_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
         self._thread.start()
 
@@ -140,9 +143,10 @@ class Heartbeat:
         try:
             yield
         finally:
-            self._trial_id = None
-            if self._shared.is_journal:
-                drop_beat(self._dir, trial_id)
+            with self._beat_lock:
+                self._trial_id = None
+                if self._shared.is_journal:
+                    drop_beat(self._dir, trial_id)
 
     def suspect(self) -> bool:
         """Whether the trial's last beat is older than half the stale age, by our clock."""
@@ -161,7 +165,10 @@ class Heartbeat:
                     self._on_taken()
                     continue
                 if self._shared.is_journal:
-                    write_beat(self._dir, trial_id, self._worker_id, time.time())
+                    with self._beat_lock:
+                        if self._trial_id != trial_id:
+                            continue  # the trial ended while we asked: its file is gone for good
+                        write_beat(self._dir, trial_id, self._worker_id, time.time())
                 else:  # an RDB storage keeps heartbeats in its own table
                     self._shared.storage.record_heartbeat(trial_id)  # type: ignore[attr-defined]
                 self._confirmed_at = time.monotonic()

@@ -188,6 +188,30 @@ def test_heartbeats_stay_out_of_the_journal(toy) -> None:
     assert beats.is_dir() and not list(beats.iterdir())
 
 
+def test_a_beat_never_outlives_its_trial(toy) -> None:
+    """The heartbeat thread may be writing a beat just as its trial ends (CI once caught
+    that: a file was left behind, which reads as a running trial's). With a beat every
+    millisecond, 200 trials that end at once leave no file."""
+    from hpo.config import load_all
+    from hpo.recovery import Heartbeat, beats_dir
+    from hpo.storage import open_study
+
+    cwd, env = toy()
+    env["JOURNAL_DIR"] = str(cwd / "optuna_journal")
+    shared = open_study(*load_all({}, env))
+    trial = shared.study.ask()
+    beat = Heartbeat(shared, period=0.001, stale_seconds=60.0, worker_id="w")
+    path = beats_dir(cwd / "optuna_journal", "toy") / f"trial_{trial._trial_id}.json"
+    for _ in range(200):
+        with beat.watching(trial._trial_id, time.time()):
+            deadline = time.monotonic() + 10
+            while not path.exists() and time.monotonic() < deadline:
+                time.sleep(0.001)
+            time.sleep(0.005)  # the trial ends at any point of the thread's round
+        time.sleep(0.02)  # a beat the thread was about to write lands by now
+        assert not path.exists()
+
+
 def test_killed_worker_trial_is_reaped_and_retried(toy) -> None:
     cwd, env = toy(TOY_STEP_SECONDS="2")
     proc = start_worker(cwd, {**env, "OPTUNA_PRUNER": "none"})
