@@ -160,7 +160,7 @@ class Worker:
         self.objective: Objective = config.load_objective()
         self.device = resolve_device(settings.device, identity.visible_gpus)
         self.trials_run = 0
-        self.failures_in_a_row = 0
+        self.failures_in_a_row: dict[str, int] = {}  # per study: one failing cell of a sweep stops only itself
         self.started = clock()
         self.last_reap: dict[str, float] = {}  # per study: when this worker last reaped it
         self.budget_seconds: float | None = None  # set when the loop starts (it may ask squeue)
@@ -205,6 +205,7 @@ class Worker:
                          len(self.cells), ", ".join(c.study_name for c, _ in self.cells))
         opened: dict[str, tuple[SharedStudy, TrialRunner]] = {}
         pending = list(self.cells)
+        failing: list[str] = []  # studies of a sweep this worker set aside: their trials kept failing
         while pending:
             ran_before = self.trials_run
             for cell in list(pending):
@@ -218,6 +219,14 @@ class Worker:
                     continue  # every slot of this study is held by a running trial: another one meanwhile
                 if reason == StopReason.MAX_TRIALS and shared.settings.export_at_end:
                     self.finished_studies.append(shared)  # exported when this worker stops: no study waits
+                if reason == StopReason.FAILING and len(self.cells) > 1:
+                    # One cell whose trials all fail (a batch size that never fits) says
+                    # nothing about the others: the sweep goes on, and the exit says so.
+                    _logger.error("study %r set aside by this worker: %d trials failed in a row (HPO_MAX_FAILURES); "
+                                  "the other studies of the sweep go on", name, shared.settings.max_failures)
+                    failing.append(name)
+                    pending.remove(cell)
+                    continue
                 if reason != StopReason.MAX_TRIALS or len(self.cells) == 1:
                     self._log_stop(shared, reason)
                     if reason != StopReason.MAX_TRIALS:
@@ -228,10 +237,13 @@ class Worker:
                 pending.remove(cell)
             if pending and self.trials_run == ran_before:
                 self.flag.wait(WAIT_POLL_SECONDS)  # all of them full: wait as one study would
+        reason = StopReason.FAILING if failing else StopReason.MAX_TRIALS
         if len(self.cells) > 1:
-            _logger.info("worker %s stopped: %s (ran %d trial(s) in %.1fs over %d studies)", self.identity.worker_id,
-                         StopReason.MAX_TRIALS.label, self.trials_run, self.clock() - self.started, len(self.cells))
-        return StopReason.MAX_TRIALS
+            _logger.log(logging.ERROR if failing else logging.INFO,
+                        "worker %s stopped: %s (ran %d trial(s) in %.1fs over %d studies%s)", self.identity.worker_id,
+                        reason.label, self.trials_run, self.clock() - self.started, len(self.cells),
+                        f"; set aside for failing trials: {', '.join(failing)}" if failing else "")
+        return reason
 
     def _open(self, s: Settings, config: StudyConfig) -> tuple[SharedStudy, TrialRunner]:
         """Set up and open one study: its setup (once for all workers), the study, a first reap."""
@@ -295,11 +307,13 @@ class Worker:
             if result.stop_worker == outcomes.INTERRUPTED:
                 return StopReason.INTERRUPTED
             # A trial another worker ended (this one stalled) says nothing about the objective.
+            name = shared.settings.study_name
             if result.record:
-                self.failures_in_a_row = self.failures_in_a_row + 1 if result.state == TrialState.FAIL else 0
-            if self.failures_in_a_row >= self.settings.max_failures:
-                _logger.error("%d trials failed in a row (HPO_MAX_FAILURES): stopping; see the tracebacks above",
-                              self.failures_in_a_row)
+                self.failures_in_a_row[name] = self.failures_in_a_row.get(name, 0) + 1 \
+                    if result.state == TrialState.FAIL else 0
+            if self.failures_in_a_row.get(name, 0) >= shared.settings.max_failures:
+                _logger.error("%d trials of study %r failed in a row (HPO_MAX_FAILURES): no more of it; see the "
+                              "tracebacks above", self.failures_in_a_row[name], name)
                 return StopReason.FAILING
             self._reap(shared)
 

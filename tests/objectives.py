@@ -26,6 +26,13 @@ def fail_when_negative(params: dict[str, Any], ctx: TrialContext) -> float:
     return quadratic(params, ctx)
 
 
+def fail_in_bad_cell(params: dict[str, Any], ctx: TrialContext) -> float:
+    """A sweep's cell ``mode: bad`` always fails (a batch size that never fits); others run."""
+    if ctx.options.get("mode") == "bad":
+        raise RuntimeError("this cell never fits")
+    return quadratic(params, ctx)
+
+
 def conditional(params: dict[str, Any], ctx: TrialContext) -> float:
     return params["x"] ** 2 + (params.get("momentum", 0.0) if params["optimizer"] == "sgd" else 0.0)
 

@@ -236,6 +236,25 @@ def test_sweep_runs_every_study_with_its_own_space_and_one_command(tmp_path: Pat
     assert first.params == source.best_trial.params and first.user_attrs["llc_ref"] == pytest.approx(-0.5)
 
 
+def test_a_failing_cell_does_not_stop_the_sweep(tmp_path: Path) -> None:
+    """The first study of the sweep fails every trial: the worker sets it aside after
+    HPO_MAX_FAILURES, finishes the other one, and exits 1 naming the failing study."""
+    (tmp_path / "cells.yaml").write_text(
+        "study_name: cell_{mode}\nobjective: objectives:fail_in_bad_cell\nmatrix:\n  mode: [bad, good]\n"
+        "space:\n  x: {type: float, low: -5, high: 5}\n")
+    env = clean_env(HPO_CONFIG=str(tmp_path / "cells.yaml"), MAX_TRIALS="3", HPO_MAX_FAILURES="2",
+                    OPTUNA_PRUNER="none")
+    result = run_hpo(["run", "--workers", "1"], tmp_path, env)
+    assert result.returncode == 1, result.stderr
+    bad = load_study(tmp_path / "optuna_journal/cell_bad.journal", "cell_bad")
+    good = load_study(tmp_path / "optuna_journal/cell_good.journal", "cell_good")
+    assert [t.state.name for t in bad.trials] == ["FAIL", "FAIL"]
+    assert [t.state.name for t in good.trials] == ["COMPLETE"] * 3
+    log = "".join(p.read_text() for p in (tmp_path / "optuna_logs").rglob("worker_*.log"))
+    assert "study 'cell_bad' set aside by this worker" in log
+    assert "set aside for failing trials: cell_bad" in log
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     ({"study_name": "llc_{problem}"}, "study_name: 'llc_{problem}' must name every matrix variable"),
     ({"matrix": {"problem": []}}, "matrix.problem: must be a non-empty list"),
