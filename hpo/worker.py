@@ -205,7 +205,7 @@ class Worker:
                          len(self.cells), ", ".join(c.study_name for c, _ in self.cells))
         opened: dict[str, tuple[SharedStudy, TrialRunner]] = {}
         pending = list(self.cells)
-        failing: list[str] = []  # studies of a sweep this worker set aside: their trials kept failing
+        set_aside: dict[str, StopReason] = {}  # studies of a sweep this worker left early, and why
         while pending:
             ran_before = self.trials_run
             for cell in list(pending):
@@ -219,15 +219,9 @@ class Worker:
                     continue  # every slot of this study is held by a running trial: another one meanwhile
                 if reason == StopReason.MAX_TRIALS and shared.settings.export_at_end:
                     self.finished_studies.append(shared)  # exported when this worker stops: no study waits
-                if reason == StopReason.FAILING and len(self.cells) > 1:
-                    # One cell whose trials all fail (a batch size that never fits) says
-                    # nothing about the others: the sweep goes on, and the exit says so.
-                    _logger.error("study %r set aside by this worker: %d trials failed in a row (HPO_MAX_FAILURES); "
-                                  "the other studies of the sweep go on", name, shared.settings.max_failures)
-                    failing.append(name)
-                    pending.remove(cell)
-                    continue
-                if reason != StopReason.MAX_TRIALS or len(self.cells) == 1:
+                if len(self.cells) > 1 and self._set_aside(shared, reason):
+                    set_aside[name] = reason
+                elif reason != StopReason.MAX_TRIALS or len(self.cells) == 1:
                     self._log_stop(shared, reason)
                     if reason != StopReason.MAX_TRIALS:
                         return reason
@@ -237,12 +231,35 @@ class Worker:
                 pending.remove(cell)
             if pending and self.trials_run == ran_before:
                 self.flag.wait(WAIT_POLL_SECONDS)  # all of them full: wait as one study would
-        reason = StopReason.FAILING if failing else StopReason.MAX_TRIALS
+        return self._sweep_end(set_aside)
+
+    def _set_aside(self, shared: SharedStudy, reason: StopReason) -> bool:
+        """In a sweep, whether ``reason`` stops only this study (logged; the others go on):
+        its trials keep failing (a batch size that never fits says nothing about the other
+        cells), or its next trial would not fit in the time left while another study's
+        shorter ones may. Signals, TRIALS_PER_WORKER and a spent budget stop the worker."""
+        if reason == StopReason.FAILING:
+            why = f"{shared.settings.max_failures} trials failed in a row (HPO_MAX_FAILURES)"
+        elif reason == StopReason.TIME_BUDGET and self.clock() - self.started < (self.budget_seconds or 0.0):
+            why = "its next trial would not fit in the time left"
+        else:
+            return False
+        _logger.log(logging.ERROR if reason == StopReason.FAILING else logging.INFO,
+                    "study %r set aside by this worker: %s; the other studies of the sweep go on",
+                    shared.settings.study_name, why)
+        return True
+
+    def _sweep_end(self, set_aside: Mapping[str, StopReason]) -> StopReason:
+        """The worker's reason once no study is left: failing trials first (exit 1), then
+        the time budget; MAX_TRIALS when every study finished."""
+        reasons = set(set_aside.values())
+        reason = next((r for r in (StopReason.FAILING, StopReason.TIME_BUDGET) if r in reasons), StopReason.MAX_TRIALS)
         if len(self.cells) > 1:
-            _logger.log(logging.ERROR if failing else logging.INFO,
+            aside = ", ".join(f"{name} ({why.label})" for name, why in set_aside.items())
+            _logger.log(logging.ERROR if reason == StopReason.FAILING else logging.INFO,
                         "worker %s stopped: %s (ran %d trial(s) in %.1fs over %d studies%s)", self.identity.worker_id,
                         reason.label, self.trials_run, self.clock() - self.started, len(self.cells),
-                        f"; set aside for failing trials: {', '.join(failing)}" if failing else "")
+                        f"; set aside: {aside}" if aside else "")
         return reason
 
     def _open(self, s: Settings, config: StudyConfig) -> tuple[SharedStudy, TrialRunner]:

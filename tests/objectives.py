@@ -33,6 +33,12 @@ def fail_in_bad_cell(params: dict[str, Any], ctx: TrialContext) -> float:
     return quadratic(params, ctx)
 
 
+def slow_in_slow_cell(params: dict[str, Any], ctx: TrialContext) -> float:
+    """A sweep's cell ``mode: slow`` takes 5 s a trial, the others 0.05 s."""
+    time.sleep(5.0 if ctx.options.get("mode") == "slow" else 0.05)
+    return params["x"] ** 2
+
+
 def conditional(params: dict[str, Any], ctx: TrialContext) -> float:
     return params["x"] ** 2 + (params.get("momentum", 0.0) if params["optimizer"] == "sgd" else 0.0)
 

@@ -236,23 +236,37 @@ def test_sweep_runs_every_study_with_its_own_space_and_one_command(tmp_path: Pat
     assert first.params == source.best_trial.params and first.user_attrs["llc_ref"] == pytest.approx(-0.5)
 
 
+def _two_cells(tmp_path: Path, objective: str, modes: tuple[str, str], code: int,
+               **env: str) -> tuple[dict[str, list[str]], str]:
+    """A one-worker sweep ``cell_{mode}`` over two modes; the trial states of each study
+    and the worker's log, once the run ended with exit status ``code``."""
+    (tmp_path / "cells.yaml").write_text(
+        f"study_name: cell_{{mode}}\nobjective: objectives:{objective}\nmatrix:\n  mode: [{', '.join(modes)}]\n"
+        "space:\n  x: {type: float, low: -5, high: 5}\n")
+    result = run_hpo(["run", "--workers", "1"], tmp_path, clean_env(
+        HPO_CONFIG=str(tmp_path / "cells.yaml"), MAX_TRIALS="3", OPTUNA_PRUNER="none", **env))
+    assert result.returncode == code, result.stderr
+    states = {m: [t.state.name for t in load_study(tmp_path / f"optuna_journal/cell_{m}.journal", f"cell_{m}").trials]
+              for m in modes}
+    return states, "".join(p.read_text() for p in (tmp_path / "optuna_logs").rglob("worker_*.log"))
+
+
 def test_a_failing_cell_does_not_stop_the_sweep(tmp_path: Path) -> None:
     """The first study of the sweep fails every trial: the worker sets it aside after
     HPO_MAX_FAILURES, finishes the other one, and exits 1 naming the failing study."""
-    (tmp_path / "cells.yaml").write_text(
-        "study_name: cell_{mode}\nobjective: objectives:fail_in_bad_cell\nmatrix:\n  mode: [bad, good]\n"
-        "space:\n  x: {type: float, low: -5, high: 5}\n")
-    env = clean_env(HPO_CONFIG=str(tmp_path / "cells.yaml"), MAX_TRIALS="3", HPO_MAX_FAILURES="2",
-                    OPTUNA_PRUNER="none")
-    result = run_hpo(["run", "--workers", "1"], tmp_path, env)
-    assert result.returncode == 1, result.stderr
-    bad = load_study(tmp_path / "optuna_journal/cell_bad.journal", "cell_bad")
-    good = load_study(tmp_path / "optuna_journal/cell_good.journal", "cell_good")
-    assert [t.state.name for t in bad.trials] == ["FAIL", "FAIL"]
-    assert [t.state.name for t in good.trials] == ["COMPLETE"] * 3
-    log = "".join(p.read_text() for p in (tmp_path / "optuna_logs").rglob("worker_*.log"))
+    states, log = _two_cells(tmp_path, "fail_in_bad_cell", ("bad", "good"), 1, HPO_MAX_FAILURES="2")
+    assert states == {"bad": ["FAIL", "FAIL"], "good": ["COMPLETE"] * 3}
     assert "study 'cell_bad' set aside by this worker" in log
-    assert "set aside for failing trials: cell_bad" in log
+    assert "set aside: cell_bad (failing trials)" in log
+
+
+def test_a_cell_whose_trials_no_longer_fit_gives_its_time_to_the_others(tmp_path: Path) -> None:
+    """TIMEOUT_SECONDS=8: after one 5 s trial of the slow study another would not fit, so
+    the worker sets it aside and spends the time left on the fast study's trials."""
+    states, log = _two_cells(tmp_path, "slow_in_slow_cell", ("slow", "fast"), 0, TIMEOUT_SECONDS="8")
+    assert states == {"slow": ["COMPLETE"], "fast": ["COMPLETE"] * 3}
+    assert "study 'cell_slow' set aside by this worker: its next trial would not fit in the time left" in log
+    assert "stopped: time budget" in log and "set aside: cell_slow (time budget)" in log
 
 
 @pytest.mark.parametrize(("edit", "message"), [
