@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import click
 
@@ -22,6 +22,7 @@ from hpo.settings import RESULTS_DIR
 
 if TYPE_CHECKING:
     from hpo.settings import Settings
+    from hpo.watch.journal import StudyJournal
     from hpo.watch.logs import Line
 
 SOURCE_COLORS = ("cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green", "bright_magenta")
@@ -207,47 +208,52 @@ def export_cmd(out: str | None, top: int, **flags: Any) -> int:
     from hpo.watch.status import open_view
 
     _, config, studies = load_sweep(flags)
-    for settings, _ in studies:  # a sweep: each study into its own folder, then one combined table
-        if len(studies) > 1 and not status.started(settings):
+    sweep = len(studies) > 1
+    states: list[dict[str, Any]] = []
+    frames: list[Any] = []
+    for settings, cell in studies:  # a sweep: each study into its own folder, then one combined table
+        if sweep and not status.started(settings):
             click.echo(f"{settings.study_name}: not started yet; nothing to export", err=True)
+            states.append(status.not_started(settings))
             continue
-        folder = (Path(out) / settings.study_name if len(studies) > 1 else Path(out)) if out else None
-        for path in export(open_view(settings), _results_dir(settings, str(folder) if folder else None), top):
+        journal = open_view(settings)  # read once: its files, its row of the combined table, its trials
+        folder = (Path(out) / settings.study_name if sweep else Path(out)) if out else None
+        for path in export(journal, _results_dir(settings, str(folder) if folder else None), top):
             click.echo(str(path))
-    if len(studies) > 1:
+        if sweep:
+            states.append(status.sweep_state(settings, slurm=False, journal=journal))
+            frames.append(sweep_trials(journal, settings.study_name, cell.cell))
+    if sweep:
         import pandas as pd
 
-        states = [status.sweep_state(s, slurm=False) for s, _ in studies]
+        from hpo.watch.export import parquet_safe
+
         rows = status.combined_rows(states, [dict(c.cell) for _, c in studies])
         table = Path(out) if out else RESULTS_DIR
         table.mkdir(parents=True, exist_ok=True)
         path = table / f"{config.path.stem}_sweep.csv"
         pd.DataFrame([{**r, "best_params": json.dumps(r["best_params"])} for r in rows]).to_csv(path, index=False)
         click.echo(str(path))
-        click.echo(str(export_sweep_trials(studies, config, table / f"{config.path.stem}_trials.parquet")))
+        # Every trial of every study in one table (seed 003's ``optuna_trials.parquet``).
+        trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["study"])
+        path = table / f"{config.path.stem}_trials.parquet"
+        parquet_safe(trials).to_parquet(path, index=False)
+        click.echo(str(path))
     return 0
 
 
-def export_sweep_trials(studies: list[Any], config: Any, path: Path) -> Path:
-    """Every trial of every study of a sweep in one table (seed 003's ``optuna_trials.parquet``):
-    ``study``, the matrix variables (``problem``, ``method``), then the columns of ``all_trials.csv``."""
+def sweep_trials(journal: "StudyJournal", study_name: str, cell: Mapping[str, Any]) -> Any:
+    """One study's rows of the sweep's trials table: ``study``, the matrix variables
+    (``problem``, ``method``), then the columns of ``all_trials.csv``."""
     import pandas as pd
 
-    from hpo.watch.export import columns, parquet_safe, trial_rows
-    from hpo.watch.status import open_view, started
+    from hpo.watch.export import columns, trial_rows
 
-    frames = []
-    for settings, cell in studies:
-        if not started(settings):
-            continue
-        journal = open_view(settings).decode()
-        n = len(journal.study.directions)
-        rows = trial_rows(journal.trials, n)
-        head = {"study": settings.study_name, **cell.cell}
-        frames.append(pd.DataFrame([{**head, **r} for r in rows], columns=[*head, *columns(journal.trials, n)]))
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["study"])
-    parquet_safe(table).to_parquet(path, index=False)
-    return path
+    journal.decode()
+    n = len(journal.study.directions)
+    head = {"study": study_name, **cell}
+    return pd.DataFrame([{**head, **r} for r in trial_rows(journal.trials, n)],
+                        columns=[*head, *columns(journal.trials, n)])
 
 
 # -- plot -----------------------------------------------------------------------------------

@@ -128,10 +128,12 @@ class Inputs:
     beats: Beats | None = None  # the workers' heartbeat files (journal storage)
 
 
-def collect(settings: "Settings", now: float | None = None, slurm: bool = True) -> Inputs:
-    """Read the journal, the running trials' metrics and (when recorded) the SLURM queue."""
+def collect(settings: "Settings", now: float | None = None, slurm: bool = True,
+            journal: StudyJournal | None = None) -> Inputs:
+    """Read the journal (unless the caller read it: ``journal``), the running trials'
+    metrics and (when recorded) the SLURM queue."""
     started = time.perf_counter()
-    journal = open_view(settings)
+    journal = open_view(settings) if journal is None else journal
     attrs = journal.user_attr_values(WORKER_KEYS)
     latest = sorted(latest_trials(attrs["worker"]).values())[-MAX_HOST_LOOKUPS:]
     journal.decode(_numbers_to_decode(journal) + latest)  # one scan for all of them
@@ -501,9 +503,12 @@ def started(settings: "Settings") -> bool:
     return bool(settings.storage) or settings.journal_path.exists()
 
 
-def sweep_state(settings: "Settings", slurm: bool = True) -> dict[str, Any]:
-    """One study of a sweep as :func:`build` shows it, or :func:`not_started`."""
-    return build(collect(settings, slurm=slurm)) if started(settings) else not_started(settings)
+def sweep_state(settings: "Settings", slurm: bool = True, journal: StudyJournal | None = None) -> dict[str, Any]:
+    """One study of a sweep as :func:`build` shows it (from ``journal`` when the caller
+    read it already), or :func:`not_started`."""
+    if journal is None and not started(settings):
+        return not_started(settings)
+    return build(collect(settings, slurm=slurm, journal=journal))
 
 
 def combined_rows(statuses: Sequence[Mapping[str, Any]], values: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
