@@ -143,10 +143,14 @@ class Heartbeat:
         try:
             yield
         finally:
+            self._trial_id = None  # first: no new beat starts (the thread checks it again under the lock)
             with self._beat_lock:
-                self._trial_id = None
                 if self._shared.is_journal:
                     drop_beat(self._dir, trial_id)
+
+    def close(self) -> None:
+        """Stop the thread (the study is done for this worker); it ends within one period."""
+        self._wake.set()
 
     def suspect(self) -> bool:
         """Whether the trial's last beat is older than half the stale age, by our clock."""

@@ -9,10 +9,16 @@ a job-array task, submitit, or ``hpo run``). The loop, with every stop reason:
 1. stop flag set by a signal            -> ``interrupted`` / ``preempted``
 2. ``TRIALS_PER_WORKER`` trials run      -> ``trials per worker``
 3. ``TIMEOUT_SECONDS`` reached, or the next trial would not fit before it
-   (estimated from the median duration of completed trials) -> ``time budget``
+   (estimated from the median duration of the study's completed trials; none yet:
+   0) -> ``time budget``
 4. the study has ``MAX_TRIALS`` finished trials -> ``max trials``
 5. else ask a trial within the budget (see :meth:`SharedStudy.ask_within_budget`),
    or wait for running trials to finish when every slot is taken.
+6. ``HPO_MAX_FAILURES`` trials of the study failed in a row -> ``failing trials``
+
+A sweep's worker goes through its studies in turn. Reasons 3 (a trial that would not fit)
+and 6 set that study aside and the others go on; the others stop the worker
+(:meth:`Worker._study_only`, :meth:`Worker._end`).
 """
 
 from __future__ import annotations
@@ -164,6 +170,7 @@ class Worker:
         self.started = clock()
         self.last_reap: dict[str, float] = {}  # per study: when this worker last reaped it
         self.budget_seconds: float | None = None  # set when the loop starts (it may ask squeue)
+        self.budget_spent = False  # TIME_BUDGET because the time is up (not: the next trial would not fit)
         self.finished_studies: list[SharedStudy] = []  # studies this worker saw reach MAX_TRIALS
 
     def _budget(self) -> float | None:
@@ -199,14 +206,18 @@ class Worker:
 
     def _run(self) -> StopReason:
         self.budget_seconds = self._budget()
-        if len(self.cells) > 1:
+        sweep = len(self.cells) > 1
+        if sweep:
             _logger.info("%d studies (%s): this worker works on them in order, and moves to the next one when a "
-                         "study's MAX_TRIALS are finished, or while every remaining trial of it is running",
-                         len(self.cells), ", ".join(c.study_name for c, _ in self.cells))
+                         "study's MAX_TRIALS are finished, or while every remaining trial of it is running; a "
+                         "study whose trials keep failing, or whose next trial would not fit in the time left, "
+                         "is set aside", len(self.cells), ", ".join(c.study_name for c, _ in self.cells))
         opened: dict[str, tuple[SharedStudy, TrialRunner]] = {}
         pending = list(self.cells)
         set_aside: dict[str, StopReason] = {}  # studies of a sweep this worker left early, and why
-        while pending:
+        stop: StopReason | None = None  # a reason that stops the worker, whatever study it came from
+        shared: SharedStudy | None = None
+        while pending and stop is None:
             ran_before = self.trials_run
             for cell in list(pending):
                 name = cell[0].study_name
@@ -217,50 +228,50 @@ class Worker:
                 reason = self._loop(shared, runner, wait=len(pending) == 1)
                 if reason is None:
                     continue  # every slot of this study is held by a running trial: another one meanwhile
-                if reason == StopReason.MAX_TRIALS and shared.settings.export_at_end:
-                    self.finished_studies.append(shared)  # exported when this worker stops: no study waits
-                if len(self.cells) > 1 and self._set_aside(shared, reason):
-                    set_aside[name] = reason
-                elif reason != StopReason.MAX_TRIALS or len(self.cells) == 1:
-                    self._log_stop(shared, reason)
-                    if reason != StopReason.MAX_TRIALS:
-                        return reason
-                else:
-                    _logger.info("study %r: MAX_TRIALS=%d finished", shared.settings.study_name,
-                                 shared.settings.max_trials)
                 pending.remove(cell)
-            if pending and self.trials_run == ran_before:
+                runner.heartbeat.close()  # no trial of it runs here any more
+                if reason == StopReason.MAX_TRIALS:
+                    if shared.settings.export_at_end:
+                        self.finished_studies.append(shared)  # exported when this worker stops: no study waits
+                    if sweep:
+                        _logger.info("study %r: MAX_TRIALS=%d finished", name, shared.settings.max_trials)
+                elif sweep and self._study_only(reason):
+                    set_aside[name] = reason
+                    _logger.info("study %r set aside by this worker (%s)%s", name, reason.label,
+                                 "; the other studies of the sweep go on" if pending else "")
+                else:
+                    stop = reason
+                    break
+            if pending and stop is None and self.trials_run == ran_before:
                 self.flag.wait(WAIT_POLL_SECONDS)  # all of them full: wait as one study would
-        return self._sweep_end(set_aside)
+        assert shared is not None  # a launch has one study at least
+        return self._end(shared, stop, set_aside)
 
-    def _set_aside(self, shared: SharedStudy, reason: StopReason) -> bool:
-        """In a sweep, whether ``reason`` stops only this study (logged; the others go on):
-        its trials keep failing (a batch size that never fits says nothing about the other
-        cells), or its next trial would not fit in the time left while another study's
-        shorter ones may. Signals, TRIALS_PER_WORKER and a spent budget stop the worker."""
-        if reason == StopReason.FAILING:
-            why = f"{shared.settings.max_failures} trials failed in a row (HPO_MAX_FAILURES)"
-        elif reason == StopReason.TIME_BUDGET and self.clock() - self.started < (self.budget_seconds or 0.0):
-            why = "its next trial would not fit in the time left"
-        else:
-            return False
-        _logger.log(logging.ERROR if reason == StopReason.FAILING else logging.INFO,
-                    "study %r set aside by this worker: %s; the other studies of the sweep go on",
-                    shared.settings.study_name, why)
-        return True
+    def _study_only(self, reason: StopReason) -> bool:
+        """In a sweep, whether ``reason`` stops only the study it came from: its trials keep
+        failing (a batch size that never fits says nothing about the other cells), or its
+        next trial would not fit in the time left while another study's shorter ones may.
+        Signals, TRIALS_PER_WORKER and a spent budget stop the worker."""
+        return reason == StopReason.FAILING or (reason == StopReason.TIME_BUDGET and not self.budget_spent)
 
-    def _sweep_end(self, set_aside: Mapping[str, StopReason]) -> StopReason:
-        """The worker's reason once no study is left: failing trials first (exit 1), then
-        the time budget; MAX_TRIALS when every study finished."""
-        reasons = set(set_aside.values())
-        reason = next((r for r in (StopReason.FAILING, StopReason.TIME_BUDGET) if r in reasons), StopReason.MAX_TRIALS)
-        if len(self.cells) > 1:
-            aside = ", ".join(f"{name} ({why.label})" for name, why in set_aside.items())
-            _logger.log(logging.ERROR if reason == StopReason.FAILING else logging.INFO,
-                        "worker %s stopped: %s (ran %d trial(s) in %.1fs over %d studies%s)", self.identity.worker_id,
-                        reason.label, self.trials_run, self.clock() - self.started, len(self.cells),
-                        f"; set aside: {aside}" if aside else "")
-        return reason
+    def _end(self, shared: SharedStudy, stop: StopReason | None, set_aside: Mapping[str, StopReason]) -> StopReason:
+        """Log the worker's end and give its reason. One study: why it stopped. A sweep:
+        a signal keeps its own exit status; otherwise a study set aside for failing trials
+        makes it 1, so a broken cell is never missed; otherwise what stopped it, else the time
+        budget when a study was set aside for it, else MAX_TRIALS."""
+        if len(self.cells) == 1:
+            reason = stop or StopReason.MAX_TRIALS
+            self._log_stop(shared, reason)
+            return reason
+        ended = stop or (StopReason.TIME_BUDGET if StopReason.TIME_BUDGET in set_aside.values()
+                         else StopReason.MAX_TRIALS)
+        failing = ended.exit_code == 0 and StopReason.FAILING in set_aside.values()
+        aside = ", ".join(f"{name} ({why.label})" for name, why in set_aside.items())
+        _logger.log(logging.ERROR if failing else logging.INFO,
+                    "worker %s stopped: %s (ran %d trial(s) in %.1fs over %d studies%s)", self.identity.worker_id,
+                    ended.label, self.trials_run, self.clock() - self.started, len(self.cells),
+                    f"; set aside: {aside}" if aside else "")
+        return StopReason.FAILING if failing else ended
 
     def _open(self, s: Settings, config: StudyConfig) -> tuple[SharedStudy, TrialRunner]:
         """Set up and open one study: its setup (once for all workers), the study, a first reap."""
@@ -354,6 +365,7 @@ class Worker:
             elapsed = self.clock() - self.started
             estimate = self._estimate_trial_seconds(shared)
             if elapsed + estimate > self.budget_seconds:
+                self.budget_spent = elapsed >= self.budget_seconds
                 _logger.info(
                     "not starting another trial: %.0fs elapsed + %.0fs estimated > %.0fs budget "
                     "(TIMEOUT_SECONDS or the SLURM time limit)", elapsed, estimate, self.budget_seconds,

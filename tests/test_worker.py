@@ -202,8 +202,15 @@ def test_a_beat_never_outlives_its_trial(toy) -> None:
     trial = shared.study.ask()
     beat = Heartbeat(shared, period=0.001, stale_seconds=60.0, worker_id="w")
     path = beats_dir(cwd / "optuna_journal", "toy") / f"trial_{trial._trial_id}.json"
+    try:
+        _end_trials_at_random_points(beat, trial._trial_id, path)
+    finally:
+        beat.close()
+
+
+def _end_trials_at_random_points(beat, trial_id: int, path: Path) -> None:
     for _ in range(200):
-        with beat.watching(trial._trial_id, time.time()):
+        with beat.watching(trial_id, time.time()):
             deadline = time.monotonic() + 10
             while not path.exists() and time.monotonic() < deadline:
                 time.sleep(0.001)

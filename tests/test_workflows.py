@@ -251,21 +251,25 @@ def _two_cells(tmp_path: Path, objective: str, modes: tuple[str, str], code: int
     return states, "".join(p.read_text() for p in (tmp_path / "optuna_logs").rglob("worker_*.log"))
 
 
-def test_a_failing_cell_does_not_stop_the_sweep(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("env", "good", "stopped"), [
+    ({}, 3, "stopped: max trials"),
+    ({"TRIALS_PER_WORKER": "4"}, 2, "stopped: trials per worker"),  # another reason ends it: still exit 1
+])
+def test_a_failing_cell_does_not_stop_the_sweep(tmp_path: Path, env: dict[str, str], good: int, stopped: str) -> None:
     """The first study of the sweep fails every trial: the worker sets it aside after
-    HPO_MAX_FAILURES, finishes the other one, and exits 1 naming the failing study."""
-    states, log = _two_cells(tmp_path, "fail_in_bad_cell", ("bad", "good"), 1, HPO_MAX_FAILURES="2")
-    assert states == {"bad": ["FAIL", "FAIL"], "good": ["COMPLETE"] * 3}
-    assert "study 'cell_bad' set aside by this worker" in log
-    assert "set aside: cell_bad (failing trials)" in log
+    HPO_MAX_FAILURES, goes on with the other one, and exits 1 naming the failing study."""
+    states, log = _two_cells(tmp_path, "fail_in_bad_cell", ("bad", "good"), 1, HPO_MAX_FAILURES="2", **env)
+    assert states == {"bad": ["FAIL", "FAIL"], "good": ["COMPLETE"] * good}
+    assert "study 'cell_bad' set aside by this worker (failing trials); the other studies of the sweep go on" in log
+    assert stopped in log and "set aside: cell_bad (failing trials)" in log
 
 
 def test_a_cell_whose_trials_no_longer_fit_gives_its_time_to_the_others(tmp_path: Path) -> None:
-    """TIMEOUT_SECONDS=8: after one 5 s trial of the slow study another would not fit, so
+    """TIMEOUT_SECONDS=9: after one 5 s trial of the slow study another would not fit, so
     the worker sets it aside and spends the time left on the fast study's trials."""
-    states, log = _two_cells(tmp_path, "slow_in_slow_cell", ("slow", "fast"), 0, TIMEOUT_SECONDS="8")
+    states, log = _two_cells(tmp_path, "slow_in_slow_cell", ("slow", "fast"), 0, TIMEOUT_SECONDS="9")
     assert states == {"slow": ["COMPLETE"], "fast": ["COMPLETE"] * 3}
-    assert "study 'cell_slow' set aside by this worker: its next trial would not fit in the time left" in log
+    assert "not starting another trial" in log and "study 'cell_slow' set aside by this worker (time budget)" in log
     assert "stopped: time budget" in log and "set aside: cell_slow (time budget)" in log
 
 
