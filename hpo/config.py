@@ -39,6 +39,7 @@ import itertools
 import logging
 import math
 import re
+import string
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -234,11 +235,23 @@ def _matrix(path: Path, raw: Any, study_name: Any) -> tuple[tuple[str, tuple[Any
                              "of the objective's own (it reaches the objective as ctx.options)")
         if (not isinstance(values, list) or not values
                 or not all(isinstance(v, (str, int, float, bool)) for v in values)):
-            raise UsageError(f"{path}: matrix.{name}: must be a non-empty list of strings or numbers")
+            raise UsageError(f"{path}: matrix.{name}: {values!r} is not valid; valid: a non-empty list of strings "
+                             "or numbers, e.g. [narrow, wide]")
         if len({str(v) for v in values}) != len(values):
             raise UsageError(f"{path}: matrix.{name}: {values!r} repeats a value; valid: distinct values")
         out.append((name, tuple(values)))
-    missing = [n for n, _ in out if not isinstance(study_name, str) or "{" + n + "}" not in study_name]
+    names = [n for n, _ in out]
+    try:
+        used = {f for _, f, _, _ in string.Formatter().parse(study_name) if f is not None} \
+            if isinstance(study_name, str) else set()
+    except ValueError as exc:
+        raise UsageError(f"{path}: study_name: {study_name!r} is not a valid pattern ({exc}); valid: "
+                         "text with {variable} for each matrix variable") from None
+    unknown = sorted(used - set(names))
+    if unknown:
+        raise UsageError(f"{path}: study_name: {study_name!r} names {', '.join(map(repr, unknown))}, not a matrix "
+                         f"variable; valid: {', '.join('{' + n + '}' for n in names)}")
+    missing = [n for n in names if n not in used]
     if missing:
         raise UsageError(f"{path}: study_name: {study_name!r} must name every matrix variable, e.g. "
                          f"{'_'.join('{' + n + '}' for n, _ in out)!r}; missing: {', '.join(missing)}")
@@ -274,7 +287,8 @@ def _matrix_space(path: Path, raw: Any, matrix: tuple[tuple[str, tuple[Any, ...]
                 raise UsageError(f"{path}: matrix_space.{name}.{value}: {exc}") from None
             clash = sorted(set(extra) & set(space))
             if clash:
-                raise UsageError(f"{path}: matrix_space.{name}.{value}.{clash[0]}: already in space:")
+                raise UsageError(f"{path}: matrix_space.{name}.{value}.{clash[0]}: already a parameter of space:; "
+                                 "valid: a parameter that only this value's studies have")
             out[name][str(value)] = extra
     return out
 

@@ -263,6 +263,7 @@ class Worker:
             reason = stop or StopReason.MAX_TRIALS
             self._log_stop(shared, reason)
             return reason
+        log_study(self.settings.study_name)  # the sweep's line, as its first one: not the last study's
         ended = stop or (StopReason.TIME_BUDGET if StopReason.TIME_BUDGET in set_aside.values()
                          else StopReason.MAX_TRIALS)
         failing = ended.exit_code == 0 and StopReason.FAILING in set_aside.values()

@@ -262,6 +262,10 @@ def test_a_failing_cell_does_not_stop_the_sweep(tmp_path: Path, env: dict[str, s
     assert states == {"bad": ["FAIL", "FAIL"], "good": ["COMPLETE"] * good}
     assert "study 'cell_bad' set aside by this worker (failing trials); the other studies of the sweep go on" in log
     assert stopped in log and "set aside: cell_bad (failing trials)" in log
+    exported = run_hpo(["export"], tmp_path, clean_env(HPO_CONFIG=str(tmp_path / "cells.yaml")))
+    assert exported.returncode == 0, exported.stderr
+    rows = {r["study"]: r for r in _rows(tmp_path / "results/cells_sweep.csv")}
+    assert rows["cell_bad"]["best_trial"] == "" and rows["cell_good"]["best_trial"].isdigit()  # not 0.0
 
 
 def test_a_cell_whose_trials_no_longer_fit_gives_its_time_to_the_others(tmp_path: Path) -> None:
@@ -275,7 +279,11 @@ def test_a_cell_whose_trials_no_longer_fit_gives_its_time_to_the_others(tmp_path
 
 @pytest.mark.parametrize(("edit", "message"), [
     ({"study_name": "llc_{problem}"}, "study_name: 'llc_{problem}' must name every matrix variable"),
-    ({"matrix": {"problem": []}}, "matrix.problem: must be a non-empty list"),
+    ({"study_name": "llc_{problem}_{metod}"},
+     "study_name: 'llc_{problem}_{metod}' names 'metod', not a matrix variable; valid: {method}, {problem}"),
+    ({"matrix": {"problem": []}}, "matrix.problem: [] is not valid; valid: a non-empty list of strings or numbers"),
+    ({"matrix_space": {"method": {"sghmc": {"lr": {"type": "float", "low": 0.1, "high": 1.0}}}}},
+     "matrix_space.method.sghmc.lr: already a parameter of space:; valid: a parameter that only this value's"),
     ({"matrix_space": {"solver": {}}}, "matrix_space.solver: not a matrix variable"),
     ({"matrix_space": {"method": {"hmc": {}}}}, "matrix_space.method.hmc: not a value of matrix.method"),
 ])

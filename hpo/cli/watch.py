@@ -232,7 +232,9 @@ def export_cmd(out: str | None, top: int, **flags: Any) -> int:
         table = Path(out) if out else RESULTS_DIR
         table.mkdir(parents=True, exist_ok=True)
         path = table / f"{config.path.stem}_sweep.csv"
-        pd.DataFrame([{**r, "best_params": json.dumps(r["best_params"])} for r in rows]).to_csv(path, index=False)
+        frame = pd.DataFrame([{**r, "best_params": json.dumps(r["best_params"])} for r in rows])
+        frame["best_trial"] = frame["best_trial"].astype("Int64")  # a trial number, also beside a study with none
+        frame.to_csv(path, index=False)
         click.echo(str(path))
         # Every trial of every study in one table (seed 003's ``optuna_trials.parquet``).
         trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["study"])
