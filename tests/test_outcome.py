@@ -11,9 +11,9 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import load_study, run_hpo
-from hpo import outcome
-from hpo.objective import TrialStopped
-from hpo.trial_errors import Diverged
+from hpo.worker import outcome
+from hpo.worker.context import TrialStopped
+from hpo.worker.context import Diverged
 
 
 @pytest.mark.parametrize(

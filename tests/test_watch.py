@@ -24,13 +24,13 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from hpo.cli import cli
 from hpo.errors import HpoError, SchedulerError, StorageError
 from hpo.physae.settings import SETTINGS as PHYSAE
-from hpo.scheduler import parse_queue
-from hpo.settings import FIELDS
+from hpo.system.slurm import parse_queue
+from hpo.config.settings import FIELDS
 from hpo.watch import export as ex
 from hpo.watch import logs as wl
 from hpo.watch import status as st
 from hpo.watch.dashboard import forward_line
-from hpo.watch.journal import StudyJournal, TrialRecord, read_trials
+from hpo.journal.reader import StudyJournal, TrialRecord, read_trials
 
 WATCH_CLI = [sys.executable, "-m", "hpo"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -318,21 +318,21 @@ def test_squeue_parsing_and_job_ids() -> None:
 
 
 def test_squeue_answers(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hpo.scheduler
+    import hpo.system.slurm
 
     # Every job of the study has left the queue: other users' jobs remain.
     monkeypatch.setattr(st.shutil, "which", lambda name: "/usr/bin/squeue")
-    monkeypatch.setattr(hpo.scheduler, "run_command", lambda args, timeout: "99|99|99|RUNNING|other|1:00|1|gpu-01\n")
+    monkeypatch.setattr(hpo.system.slurm, "run_command", lambda args, timeout: "99|99|99|RUNNING|other|1:00|1|gpu-01\n")
     info = st.squeue(["123"])
     assert info.available and info.jobs == () and "none of the study's jobs" in info.note
-    monkeypatch.setattr(hpo.scheduler, "run_command",
+    monkeypatch.setattr(hpo.system.slurm, "run_command",
                         lambda args, timeout: "125|123|123_1|RUNNING|hpo|1:00|1|gpu-07\n99|99|99|RUNNING|x|1:00|1|g\n")
     assert [j.job_id for j in st.squeue(["123"]).jobs] == ["123_1"]
 
     def broken(args: list[str], timeout: float) -> str:
         raise SchedulerError(f"{' '.join(args)} failed (1): slurm_load_jobs error: Unable to contact slurm controller")
 
-    monkeypatch.setattr(hpo.scheduler, "run_command", broken)
+    monkeypatch.setattr(hpo.system.slurm, "run_command", broken)
     assert not st.squeue(["123"]).available
 
 
@@ -654,6 +654,6 @@ def test_rdb_study_is_read_through_optuna(tmp_path: Path) -> None:
 
 
 def test_heartbeat_attribute_is_the_reapers() -> None:
-    from hpo.recovery import HEARTBEAT_ATTR
+    from hpo.worker.recovery import HEARTBEAT_ATTR
 
     assert st.HEARTBEAT_ATTR == HEARTBEAT_ATTR

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Mapping
 
 import click
 
-from hpo.config import StudyConfig, expand, load_all, study_names
-from hpo.settings import FIELDS, Settings
+from hpo.config.environment import environment
+from hpo.config.study import StudyConfig, expand, load_all, study_names
+from hpo.config.settings import FIELDS, Settings
 
 Command = Callable[..., Any]
 
@@ -24,11 +24,6 @@ def settings_options(func: Command) -> Command:
                         help="a setting of the objective (see `hpo config`), e.g. --arg n_train=2000")(func)
     return click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
                         help="study config YAML [env HPO_CONFIG; default configs/physae.yaml]")(func)
-
-
-def environment() -> Mapping[str, str]:
-    """The process environment: read here, at the entry point, and passed down."""
-    return os.environ
 
 
 def load(flags: dict[str, Any]) -> tuple[Settings, StudyConfig]:

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hpo.cli._options import load, load_sweep, settings_options
-from hpo.settings import FIELDS, Settings
+from hpo.config.settings import FIELDS, Settings
 
 if TYPE_CHECKING:
-    from hpo.watch.journal import StudyJournal
+    from hpo.journal.reader import StudyJournal
 
 
 @click.command("config")
@@ -22,10 +22,10 @@ def config_cmd(record_job: str | None, **flags: Any) -> None:
     """Print the effective settings and where each value came from."""
     settings, config, studies = load_sweep(flags)
     if record_job is not None:
-        from hpo.storage import record_study_jobs
+        from hpo.system.slurm import record_jobs
 
         for cell_settings, _ in studies:  # a sweep's job works on each of its studies
-            record_study_jobs(cell_settings.jobs_path, [record_job])
+            record_jobs(cell_settings.jobs_path, [record_job])
         return
     click.echo(f"# study config: {config.path} ({settings.sources['config']})")
     if config.matrix:
@@ -61,11 +61,11 @@ def _other_study(settings: Settings, name: str) -> "StudyJournal":
     import dataclasses
 
     from hpo.errors import UsageError
-    from hpo.storage import open_settings_storage
+    from hpo.study.storage import open_storage
     from hpo.watch.status import open_view
 
     other = dataclasses.replace(settings, study_name=name)
-    names = [s.study_name for s in open_settings_storage(other).get_all_studies()]
+    names = [s.study_name for s in open_storage(other).get_all_studies()]
     if name not in names:
         raise UsageError(f"--from-study {name!r}: no such study in {settings.storage_label if settings.storage else settings.journal_dir}; "
                          f"existing: {', '.join(names) or 'none'}")
@@ -80,10 +80,10 @@ def _other_study(settings: Settings, name: str) -> "StudyJournal":
 def enqueue_cmd(file: str | None, from_study: str | None, top: int, **flags: Any) -> int:
     """Put parameter sets (a JSON/YAML FILE, or another study's top trials) first in line."""
     from hpo.errors import UsageError
-    from hpo.storage import open_study
-    from hpo.space import check_param_set
+    from hpo.study.shared import open_study
+    from hpo.config.space import check_param_set
     from hpo.watch.export import top_trials
-    from hpo.warmstart import read_param_sets
+    from hpo.study.warmstart import read_param_sets
 
     settings, config = load(flags)
     if (file is None) == (from_study is None):
@@ -117,13 +117,13 @@ def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: A
 
     import yaml
 
-    from hpo.config import cells, load_config, parse_config, single_study_text
+    from hpo.config.study import cells, load_config, parse_config, single_study_text
     from hpo.errors import UsageError
-    from hpo.provenance import stored_config_path
-    from hpo.storage import open_study
-    from hpo.util import write_bytes_atomic
+    from hpo.study.provenance import stored_config_path
+    from hpo.study.shared import open_study
+    from hpo.system.files import write_bytes_atomic
     from hpo.watch.export import top_trials
-    from hpo.warmstart import dumps_summary, refine_space, refined_config
+    from hpo.study.warmstart import dumps_summary, refine_space, refined_config
 
     settings, config = load(flags)
     new_name = settings.study_name if settings.sources["study_name"] == "flag" or \
@@ -170,12 +170,13 @@ def retrain_cmd(to: str | None, number: int | None, **flags: Any) -> int:
 
     from hpo.errors import UsageError
     from hpo.launch.local import run_local
-    from hpo.settings import _study_name
-    from hpo.storage import open_settings_storage, open_study
+    from hpo.config.settings import parse_study_name
+    from hpo.study.storage import open_storage
+    from hpo.study.shared import open_study
     from hpo.watch.export import choose_best, run_settings
     from hpo.watch.status import open_view
 
-    from hpo.cli._options import environment
+    from hpo.config.environment import environment
     from hpo.cli.workers import check_runnable
 
     settings, config = load(flags)
@@ -189,8 +190,8 @@ def retrain_cmd(to: str | None, number: int | None, **flags: Any) -> int:
             raise UsageError(f"--trial {number}: study {settings.study_name!r} has trials 0-{len(journal.trials) - 1}")
         journal.decode([number])
         trial = journal.trials[number]
-    name = _study_name("--to", to or f"{settings.study_name}-retrain")
-    storage = open_settings_storage(dataclasses.replace(settings, study_name=name))
+    name = parse_study_name("--to", to or f"{settings.study_name}-retrain")
+    storage = open_storage(dataclasses.replace(settings, study_name=name))
     if name in [s.study_name for s in storage.get_all_studies()]:
         raise UsageError(f"--to {name!r}: that study exists already; valid: a new study name")
     # The trial's own budgets (N_TRAIN, stage epochs ...): its settings.json, else today's settings.
@@ -198,9 +199,9 @@ def retrain_cmd(to: str | None, number: int | None, **flags: Any) -> int:
     objective = {f.name: ran_with.get(f.name, settings.objective.get(f.name)) for f in settings.objective_fields}
     new = dataclasses.replace(settings, study_name=name, max_trials=1, trials_per_worker=None, objective=objective)
     if config.cell:  # one study of a sweep: the new study gets that study's own config
-        from hpo.config import load_config, single_study_text
-        from hpo.provenance import stored_config_path
-        from hpo.util import write_bytes_atomic
+        from hpo.config.study import load_config, single_study_text
+        from hpo.study.provenance import stored_config_path
+        from hpo.system.files import write_bytes_atomic
 
         path = stored_config_path(new)
         write_bytes_atomic(path, single_study_text(config, name).encode())

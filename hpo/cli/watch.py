@@ -18,11 +18,11 @@ import click
 
 from hpo.cli._options import load, load_sweep, settings_options
 from hpo.errors import UsageError
-from hpo.settings import RESULTS_DIR
+from hpo.config.settings import RESULTS_DIR
 
 if TYPE_CHECKING:
-    from hpo.settings import Settings
-    from hpo.watch.journal import StudyJournal
+    from hpo.config.settings import Settings
+    from hpo.journal.reader import StudyJournal
     from hpo.watch.logs import Line
 
 SOURCE_COLORS = ("cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green", "bright_magenta")
@@ -287,7 +287,7 @@ def plot_cmd(out: str | None, **flags: Any) -> int:
               help="rows of the top trials table")
 def report_cmd(out: str | None, top: int, **flags: Any) -> int:
     """One self-contained HTML page: status, best trial, top trials and every figure."""
-    from hpo.util import write_bytes_atomic
+    from hpo.system.files import write_bytes_atomic
     from hpo.watch.report import study_page
 
     settings, config = load(flags)

@@ -9,9 +9,11 @@ from typing import Any
 
 import click
 
-from hpo.cli._options import Command, environment, load, load_sweep, settings_options
-from hpo.config import StudyConfig
-from hpo.settings import Settings, new_launch_id
+from hpo.cli._options import Command, load, load_sweep, settings_options
+from hpo.config.environment import environment
+from hpo.config.study import StudyConfig
+from hpo.config.settings import Settings
+from hpo.config.identity import new_launch_id
 
 
 def config_mode_options(func: Command) -> Command:
@@ -25,24 +27,24 @@ def config_mode_options(func: Command) -> Command:
 def check_runnable(settings: Settings, config: StudyConfig) -> None:
     """What only importing and constructing can tell: fail before anything is written."""
     from hpo.errors import UsageError
-    from hpo.storage import make_pruner, make_sampler
+    from hpo.study.algorithms import make_pruner, make_sampler
 
     config.load_objective()
     if config.setup is not None:
         config.function("setup")
     try:
-        make_sampler(settings, None, config.sampler_args)
-        make_pruner(settings, config.pruner_args)
+        make_sampler(settings.sampler, None, config.sampler_args)
+        make_pruner(settings.pruner, config.pruner_args)
     except UsageError as exc:
         raise UsageError(f"{config.path}: {exc}") from None
 
 
 def launch(flags: dict[str, Any], launcher: str) -> tuple[Settings, StudyConfig]:
-    """Settings and the config this launch runs with (see hpo.provenance), recorded."""
+    """Settings and the config this launch runs with (see hpo.study.provenance), recorded."""
     import dataclasses
 
     from hpo.errors import UsageError
-    from hpo.provenance import ConfigMode, check_unchanged, reconcile, record_launch
+    from hpo.study.provenance import ConfigMode, check_unchanged, reconcile, record_launch
 
     reuse, overwrite = flags.pop("reuse_stored"), flags.pop("overwrite")
     if reuse and overwrite:
@@ -67,7 +69,7 @@ def launch(flags: dict[str, Any], launcher: str) -> tuple[Settings, StudyConfig]
 @click.option("--quiet", is_flag=True, help="log only warnings to stderr (the log file gets everything)")
 def worker_cmd(quiet: bool, **flags: Any) -> int:
     """Run one worker in this process (what srun, an array task or submitit calls)."""
-    from hpo.worker import run_worker
+    from hpo.worker.loop import run_worker
 
     settings, config = launch(flags, "hpo worker")
     reason, log = run_worker(settings, config, environment(), echo_level="WARNING" if quiet else "INFO")
@@ -128,7 +130,8 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
         settings, config = launch(flags, "hpo submit")
     from hpo.launch.submit import SubmitOptions, describe, submit
     from hpo.launch.progress import follow_commands, wait_for_study
-    from hpo.storage import open_study, record_study_jobs
+    from hpo.study.shared import open_study
+    from hpo.system.slurm import record_jobs
 
     opts = SubmitOptions(workers=n_workers, partition=partition, time_minutes=time_minutes,
                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
@@ -138,17 +141,14 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
         click.echo(json.dumps({"study": settings.study_name, "storage": settings.storage_label,
                                "submit": describe(opts), "worker_env": settings.to_env()}, indent=2))
         return 0
-    from hpo.config import expand
+    from hpo.config.study import expand
 
     cells = expand(settings, config)
     studies = [open_study(s, c) for s, c in cells]
-    # The user's own seed shift travels with the settings (see hpo.worker.sampler_seed).
-    offset = environment().get("HPO_SEED_OFFSET")
-    jobs = submit(opts, {**settings.to_env(), **({"HPO_SEED_OFFSET": offset} if offset else {})}, new_launch_id(),
-                  Path.cwd(), local)
+    jobs = submit(opts, settings, new_launch_id(), Path.cwd(), local)
     ids = [job.job_id for job in jobs]
     for cell_settings, _ in cells:
-        record_study_jobs(cell_settings.jobs_path, ids)
+        record_jobs(cell_settings.jobs_path, ids)
     names = ", ".join(repr(s.study_name) for s, _ in cells)
     click.echo(f"submitted {len(ids)} worker(s) to {'studies' if len(cells) > 1 else 'study'} {names}: "
                f"{' '.join(ids)}")
@@ -170,7 +170,7 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
 @settings_options
 def cancel_cmd(**flags: Any) -> int:
     """Cancel the study's SLURM jobs (those recorded by hpo submit and the sbatch scripts)."""
-    from hpo.scheduler import active_jobs, cancel, recorded_jobs
+    from hpo.system.slurm import active_jobs, cancel, recorded_jobs
 
     settings, _ = load(flags)
     jobs = active_jobs(recorded_jobs(settings.jobs_path))

@@ -22,17 +22,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from hpo.errors import StorageError
-from hpo.journal.format import (
-    KNOWN_OPS,
-    RECORD_START,
-    NewerFormatError,
-    Op,
-    RecordReplay,
-    preview_bytes,
-    read_line,
-    split_lines,
-    unknown_op,
-)
+from hpo.journal.format import KNOWN_OPS, RECORD_START, NewerFormatError, Op, RecordReplay, preview_bytes, read_line, split_lines, unknown_op
 
 REPAIR_WORKER = "hpo-repair"  # worker_id of records that repair writes
 REPAIRED_ATTR = "hpo:repaired"  # system attribute of a trial that repair restored

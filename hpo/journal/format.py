@@ -1,7 +1,7 @@
 """The Optuna journal file format, in one place: op codes, lines, damage, replay.
 
 - **Op codes** are Optuna's own ``JournalOperation`` (imported through
-  :mod:`hpo.storage`, never restated): :data:`Op`, :data:`KNOWN_OPS`.
+  :mod:`hpo.study.shared`, never restated): :data:`Op`, :data:`KNOWN_OPS`.
 - **Lines**, as ``JournalFileBackend.read_logs`` takes them: a record is one
   JSON object ending with ``\\n``; :func:`read_complete` reads the complete
   lines and says whether a torn last line was left out; :func:`read_line`
@@ -31,7 +31,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend
 
 from hpo.errors import StorageError, UsageError
-from hpo.storage import JournalOperation, JournalStorageReplayResult
+from hpo._optuna import JournalOperation, JournalStorageReplayResult
 
 Op = JournalOperation
 

@@ -8,6 +8,7 @@ Ctrl-C lets every worker end its trial cleanly (a second Ctrl-C stops them at on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -15,11 +16,12 @@ import subprocess
 import sys
 from typing import Mapping, Sequence
 
-from hpo.config import StudyConfig, expand
-from hpo.logs import quiet_optuna
-from hpo.settings import LAUNCH_ENV, Settings, new_launch_id
+from hpo.config.study import StudyConfig, expand
+from hpo.system.logs import quiet_optuna
+from hpo.config.identity import new_launch_id
+from hpo.config.settings import Settings
 from hpo.launch.progress import show_progress
-from hpo.storage import open_study
+from hpo.study.shared import open_study
 
 _logger = logging.getLogger(__name__)
 
@@ -41,10 +43,9 @@ def worker_env(
     threads: int, workers: int = 1,
 ) -> dict[str, str]:
     """Environment of worker ``rank`` of launch ``launch_id``: the resolved settings, its GPU
-    and its CPU threads (pure). The seed comes from both (see hpo.worker.sampler_seed)."""
-    child = {**env, **settings.to_env(), "HPO_WORKER_RANK": str(rank), LAUNCH_ENV: launch_id,
-             "HPO_LOCAL_WORKERS": str(workers),
-             "PYTHONUNBUFFERED": "1"}
+    and its CPU threads (pure). The seed comes from both (see hpo.worker.loop.sampler_seed)."""
+    own = dataclasses.replace(settings, worker_rank=rank, launch_id=launch_id, local_workers=workers)
+    child = {**env, **own.to_env(), "PYTHONUNBUFFERED": "1"}
     # N workers each starting one thread per core would oversubscribe the CPU N-fold.
     child.setdefault("OMP_NUM_THREADS", str(threads))
     # An empty CUDA_VISIBLE_DEVICES hides every GPU: CPU workers stay off the GPUs.
@@ -70,7 +71,7 @@ def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapp
     console.print(f"worker logs: {settings.log_dir}/worker_*.log  (follow: tail -f {settings.log_dir}/worker_*.log)")
     console.print(f"run directories: {settings.trial_output}/<study>/trial_<number>/")
     # One launch: a fresh study's workers seed OPTUNA_SEED + rank, a resumed one's anew
-    # (see hpo.worker.sampler_seed).
+    # (see hpo.worker.loop.sampler_seed).
     launch_id = new_launch_id()
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     procs = [

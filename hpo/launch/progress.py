@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from hpo.settings import Settings
-from hpo.storage import SharedStudy
+from hpo.config.settings import Settings
+from hpo.study.shared import SharedStudy
 
 if TYPE_CHECKING:
     import submitit

@@ -12,6 +12,7 @@ enqueues its retry, and only then is submitit's handler called to requeue the ta
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -21,9 +22,10 @@ from typing import Any, Mapping
 
 import submitit
 
-from hpo.config import load_all
-from hpo.settings import LAUNCH_ENV
-from hpo.worker import STOP_SIGNALS, StopReason, run_worker
+from hpo.config.environment import environment
+from hpo.config.settings import Settings
+from hpo.config.study import load_all
+from hpo.worker.loop import STOP_SIGNALS, StopReason, run_worker
 
 _logger = logging.getLogger(__name__)
 
@@ -68,11 +70,13 @@ def executor_parameters(opts: SubmitOptions) -> dict[str, Any]:
     return params
 
 
-def job_env(settings_env: Mapping[str, str], launch_id: str, threads: int) -> dict[str, str]:
-    """What each worker job adds to its environment (pure): the launch, for the sampler seed
-    (see hpo.worker.sampler_seed); ``OMP_NUM_THREADS``: one thread per CPU of the task, as
+def job_env(settings: Settings, launch_id: str, rank: int, threads: int) -> dict[str, str]:
+    """The environment worker ``rank`` of this launch adds to its job's (pure): the resolved
+    settings with its rank and the launch, for the sampler seed (see
+    hpo.worker.loop.sampler_seed); ``OMP_NUM_THREADS``: one thread per CPU of the task, as
     torch would otherwise use every core of the node."""
-    return {**settings_env, LAUNCH_ENV: launch_id, "OMP_NUM_THREADS": str(threads)}
+    own = dataclasses.replace(settings, worker_rank=rank, launch_id=launch_id)
+    return {**own.to_env(), "OMP_NUM_THREADS": str(threads)}
 
 
 class WorkerJob(submitit.helpers.Checkpointable):
@@ -83,7 +87,7 @@ class WorkerJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> str:
         os.chdir(self.cwd)
-        env = {**os.environ, **self.env}  # SLURM ids from the job, settings from submit time
+        env = {**environment(), **self.env}  # SLURM ids from the job, settings from submit time
         settings, config = load_all({}, env)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         reason, _ = run_worker(settings, config, env, signals=STOP_SIGNALS)
@@ -114,12 +118,11 @@ def describe(opts: SubmitOptions) -> dict[str, Any]:
     return out
 
 
-def submit(opts: SubmitOptions, settings_env: Mapping[str, str], launch_id: str, cwd: Path,
+def submit(opts: SubmitOptions, settings: Settings, launch_id: str, cwd: Path,
            local: bool) -> list[submitit.Job[str]]:
     """Submit ``opts.workers`` worker jobs (an array on SLURM), one launch; returns submitit's jobs."""
     executor = make_executor(opts, local)
-    env = job_env(settings_env, launch_id, opts.cpus_per_worker)
     with executor.batch():
-        jobs = [executor.submit(WorkerJob({**env, "HPO_WORKER_RANK": str(rank)}, str(cwd)))
+        jobs = [executor.submit(WorkerJob(job_env(settings, launch_id, rank, opts.cpus_per_worker), str(cwd)))
                 for rank in range(opts.workers)]
     return jobs

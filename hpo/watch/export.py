@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from hpo.objective import METRICS_FILE, objective_attrs
-from hpo.settings import Field
-from hpo.util import json_safe, write_json_atomic
-from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
+from hpo.worker.context import METRICS_FILE, objective_attrs
+from hpo.config.fields import Field
+from hpo.system.files import json_safe, write_json_atomic
+from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
 
 _logger = logging.getLogger(__name__)
 

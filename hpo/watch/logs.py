@@ -1,7 +1,7 @@
 """``hpo logs``: every worker log of a study interleaved in time, and following them.
 
 Worker logs are ``$LOG_DIR/worker_<id>.log``; each record starts with an ISO
-timestamp to the second and names the worker and its study (:data:`hpo.logs.FORMAT`).
+timestamp to the second and names the worker and its study (:data:`hpo.system.logs.FORMAT`).
 Lines are merged by that timestamp, stable within a file; a line without one (a
 traceback) keeps the timestamp and the study of the record it belongs to, so it
 stays under it. Only the selected study's lines are kept, line by line, so two
@@ -27,7 +27,7 @@ _logger = logging.getLogger(__name__)
 LOG_PREFIX = "worker_"
 LOG_SUFFIX = ".log"
 TIMESTAMP_RE = re.compile(rb"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})")
-# A record of hpo.logs.FORMAT: timestamp, worker, study (may hold spaces), trial, level.
+# A record of hpo.system.logs.FORMAT: timestamp, worker, study (may hold spaces), trial, level.
 RECORD_RE = re.compile(rb"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2} \S+ study=(.*?) trial=(?:-|\d+) [A-Z]+ ")
 
 

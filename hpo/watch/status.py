@@ -3,9 +3,9 @@
 :func:`collect` gathers the inputs (the only impure part: files, clock, squeue),
 :func:`build` turns them into a plain JSON-able dict (the ``--json`` output, pure),
 :func:`render` turns that dict into rich tables (pure). ``squeue`` runs through
-:func:`hpo.scheduler.run_command`, the project's one runner of SLURM commands.
+:func:`hpo.system.slurm.run_command`, the project's one runner of SLURM commands.
 
-Fast on big studies: the journal is read with :mod:`hpo.watch.journal`, and only
+Fast on big studies: the journal is read with :mod:`hpo.journal.reader`, and only
 the running and best trials are decoded in full (by Optuna's own replay). A study in an
 RDB (``HPO_STORAGE``) is read through Optuna instead (:func:`open_view`).
 """
@@ -22,18 +22,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
-from hpo.objective import METRICS_FILE, objective_attrs
-from hpo.recovery import HEARTBEAT_ATTR, Beats, beats_dir, is_lost, last_beat, read_beats
-from hpo.scheduler import SlurmJob
-from hpo.settings import BUDGET_COUNTS
-from hpo.storage import BUDGET_ATTR, BUDGET_COUNTS_ATTR
-from hpo.util import json_safe
-from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
+from hpo.worker.context import METRICS_FILE, objective_attrs
+from hpo.worker.recovery import HEARTBEAT_ATTR, Beats, beats_dir, is_lost, last_beat, read_beats
+from hpo.system.slurm import SlurmJob
+from hpo.config.settings import BUDGET_COUNTS
+from hpo.study.shared import BUDGET_ATTR, BUDGET_COUNTS_ATTR
+from hpo.system.files import json_safe
+from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from hpo.settings import Settings
+    from hpo.config.settings import Settings
 
 _logger = logging.getLogger(__name__)
 
@@ -67,13 +67,13 @@ def study_job_ids(attrs: Mapping[str, Mapping[int, Any]]) -> list[str]:
 
 def squeue(job_ids: Collection[str]) -> SlurmInfo:
     """The study's jobs still known to SLURM (from the one queue listing in
-    :mod:`hpo.scheduler`); quiet when there are none or no ``squeue``."""
+    :mod:`hpo.system.slurm`); quiet when there are none or no ``squeue``."""
     if not job_ids:
         return SlurmInfo(False, "no SLURM job recorded for the study")
     if shutil.which("squeue") is None:
         return SlurmInfo(False, "squeue not found on this machine")
     from hpo.errors import SchedulerError
-    from hpo.scheduler import jobs_of, list_queue
+    from hpo.system.slurm import jobs_of, list_queue
 
     try:
         jobs = jobs_of(list_queue(), job_ids)
@@ -85,7 +85,7 @@ def squeue(job_ids: Collection[str]) -> SlurmInfo:
 
 def recorded_job_ids(settings: "Settings") -> list[str]:
     """Job ids ``hpo submit`` and the sbatch scripts recorded for the study (pending ones too)."""
-    from hpo.scheduler import recorded_jobs
+    from hpo.system.slurm import recorded_jobs
 
     return recorded_jobs(settings.jobs_path)
 
@@ -192,11 +192,12 @@ def open_view(settings: "Settings") -> StudyJournal:
     import optuna
 
     from hpo.errors import UsageError
-    from hpo.storage import open_settings_storage, stale_trial_ids, study_id
+    from hpo.study.storage import open_storage
+    from hpo._optuna import stale_trial_ids, study_id
 
     with warnings.catch_warnings():  # Optuna flags RDB heartbeats as experimental on every open
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = open_settings_storage(settings)  # with the workers' heartbeat settings
+        storage = open_storage(settings)  # with the workers' heartbeat settings
     try:
         study = optuna.load_study(study_name=settings.study_name, storage=storage)
     except KeyError:

@@ -44,8 +44,8 @@ from optuna.trial import TrialState
 
 from hpo.errors import StorageError, UsageError
 from hpo.journal.format import RECORD_START, Entry, Op, parse_lines, read_complete, replay
-from hpo.storage import METRIC_NAMES_ATTR, constraints_of, on_pareto_front
-from hpo.storage import trial_id as storage_trial_id
+from hpo._optuna import METRIC_NAMES_ATTR, constraints_of, on_pareto_front
+from hpo._optuna import trial_id as storage_trial_id
 
 _logger = logging.getLogger(__name__)
 
@@ -505,7 +505,7 @@ class StudyJournal:
     def from_study(cls, study: Any, label: str, stale_trial_ids: frozenset[int] | None = None) -> "StudyJournal":
         """The same view of a study Optuna loaded from any storage (an RDB), every trial decoded.
         ``stale_trial_ids``: trial ids the storage's heartbeat table says are lost."""
-        from hpo.storage import study_id, study_storage
+        from hpo._optuna import study_id, study_storage
 
         storage, sid = study_storage(study), study_id(study)
         record = StudyRecord(sid, study.study_name, [d.name for d in study.directions],

@@ -1,7 +1,7 @@
 """One worker: run trials of one study until a budget, a deadline or a signal says stop.
 
 The worker owns the loop, its stop reasons, the wall-time budget and the reaping
-cadence; each trial is run by :class:`hpo.trial.TrialRunner`.
+cadence; each trial is run by :class:`hpo.worker.trial.TrialRunner`.
 
 What ``hpo worker`` runs, in the current process, whoever launched it (``srun``,
 a job-array task, submitit, or ``hpo run``). The loop, with every stop reason:
@@ -38,17 +38,19 @@ from typing import Any, Callable, Mapping
 
 from optuna.trial import TrialState
 
-from hpo import outcome as outcomes
-from hpo.config import StudyConfig, expand
+from hpo.worker import outcome as outcomes
+from hpo.config.study import StudyConfig, expand
 from hpo.errors import LockWaitAborted
-from hpo.journal.repair import visibility_warning
-from hpo.logs import log_study
-from hpo.objective import Objective
-from hpo.recovery import Heartbeat, reap
-from hpo.settings import RESULTS_DIR, Settings, WorkerIdentity
-from hpo.setup import ensure_setup
-from hpo.storage import SharedStudy, make_sampler, open_study
-from hpo.trial import TrialRunner
+from hpo.journal.filesystem import visibility_warning
+from hpo.system.logs import log_study
+from hpo.worker.context import Objective
+from hpo.worker.recovery import Heartbeat, reap
+from hpo.config.settings import RESULTS_DIR, Settings
+from hpo.config.identity import WorkerIdentity
+from hpo.worker.setup import ensure_setup
+from hpo.study.shared import SharedStudy, open_study
+from hpo.study.algorithms import make_sampler
+from hpo.worker.trial import TrialRunner
 
 _logger = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ def sampler_seed(settings: Settings, identity: WorkerIdentity, launch: int = 0) 
     study (:meth:`SharedStudy.launch_number`: 0 for the first), so a second launch into
     the same study never replays the first one's random start-up proposals;
     ``HPO_SEED_OFFSET`` (default 0) is the user's own shift, e.g. for a replicate."""
-    return (settings.optuna_seed + identity.seed_offset + LAUNCH_SEED_STRIDE * launch + identity.rank) % (2**31)
+    return (settings.optuna_seed + settings.seed_offset + LAUNCH_SEED_STRIDE * launch + identity.rank) % (2**31)
 
 
 class Worker:
@@ -158,9 +160,11 @@ class Worker:
         identity: WorkerIdentity,
         flag: StopFlag | None = None,
         clock: Callable[[], float] = time.monotonic,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.settings, self.config, self.identity = settings, config, identity
-        self.cells = expand(settings, config)  # one study, or each study of a sweep (hpo.config)
+        self.env: Mapping[str, str] = env or {}  # the process environment, for the end-of-study export's child
+        self.cells = expand(settings, config)  # one study, or each study of a sweep (hpo.config.study)
         self.flag = flag or StopFlag()
         self.clock = clock
         self.objective: Objective = config.load_objective()
@@ -177,7 +181,7 @@ class Worker:
         """Wall-time budget: ``TIMEOUT_SECONDS``, capped by the SLURM job's time left."""
         budgets = [self.settings.timeout_seconds]
         if self.identity.slurm_job_id:
-            from hpo.scheduler import time_left
+            from hpo.system.slurm import time_left
 
             budgets.append(time_left(self.identity.slurm_job_id))
         known = [b for b in budgets if b is not None]
@@ -192,7 +196,7 @@ class Worker:
         finally:
             if reason not in (StopReason.INTERRUPTED, StopReason.PREEMPTED):
                 for shared in self.finished_studies:  # HPO_EXPORT_AT_END: one worker per study does it
-                    export_at_end(shared)
+                    export_at_end(shared, self.env)
 
     def _run_guarded(self) -> StopReason:
         try:
@@ -285,12 +289,12 @@ class Worker:
         shared = open_study(s, config, should_stop=stop_asked)
         launch = shared.launch_number(self.identity.launch)
         seed = sampler_seed(s, self.identity, launch)
-        shared.study.sampler = make_sampler(s, seed, config.sampler_args)
+        shared.study.sampler = make_sampler(s.sampler, seed, config.sampler_args)
         _logger.info(
             "worker %s started: study=%r storage=%s device=%s gpu=%s seed=%d (OPTUNA_SEED %d + HPO_SEED_OFFSET "
             "%d + launch %d x %d + rank %d) max_trials=%d trials_per_worker=%s budget=%s sampler=%s pruner=%s",
             self.identity.worker_id, s.study_name, s.storage_label, self.device, self.identity.visible_gpus,
-            seed, s.optuna_seed, self.identity.seed_offset, launch, LAUNCH_SEED_STRIDE, self.identity.rank,
+            seed, s.optuna_seed, s.seed_offset, launch, LAUNCH_SEED_STRIDE, self.identity.rank,
             s.max_trials, s.trials_per_worker,
             "unlimited" if self.budget_seconds is None else f"{self.budget_seconds:.0f}s", s.sampler, s.pruner,
         )
@@ -385,7 +389,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 EXPORT_TIMEOUT_SECONDS = 900
 
 
-def export_at_end(shared: SharedStudy) -> Path | None:
+def export_at_end(shared: SharedStudy, env: Mapping[str, str]) -> Path | None:
     """Write ``results/<study>/`` (``hpo export``, then ``hpo plot``) once the study has its trials.
 
     Every worker that sees the study done calls this; the first to create the marker
@@ -407,7 +411,7 @@ def export_at_end(shared: SharedStudy) -> Path | None:
     except FileExistsError:
         return None  # another worker does it
     log = folder / "export.log"
-    env = {**os.environ, **s.to_env()}
+    env = {**env, **s.to_env()}
     _logger.info("study %r has its %d trials: writing %s (exports and figures; log %s)", s.study_name, finished,
                  folder, log)
     with log.open("ab") as out:
@@ -436,10 +440,10 @@ def run_worker(
 
     Returns why it stopped and its log path. Bad input raises before anything is written.
     """
-    from hpo.logs import setup_worker_logging
+    from hpo.system.logs import setup_worker_logging
 
-    identity = WorkerIdentity.from_env(env, host=socket.gethostname(), pid=os.getpid())
-    worker = Worker(settings, config, identity)  # imports the objective: fails before writing
+    identity = WorkerIdentity.from_env(settings, env, host=socket.gethostname(), pid=os.getpid())
+    worker = Worker(settings, config, identity, env=env)  # imports the objective: fails before writing
     log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level, study=settings.study_name)
     worker.flag.install(signals)
     try:

@@ -22,7 +22,7 @@ nothing: no ``tell``, no ``trial.json``, nothing more in the run directory
 (``record=False``); the journal already holds the trial's end and its retry.
 
 A failure is never turned into an infinite value: that would poison the sampler.
-Failed trials never count toward ``MAX_TRIALS`` (see :mod:`hpo.storage`).
+Failed trials never count toward ``MAX_TRIALS`` (see :mod:`hpo.study.shared`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from hpo.objective import TrialCapped, TrialStopped, TrialTaken
+from hpo.worker.context import TrialCapped, TrialStopped, TrialTaken
 
 PREEMPTED = "preempted"
 INTERRUPTED = "interrupted"

@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
-from hpo.config import StudyConfig, load_config
+from hpo.config.study import StudyConfig, load_config
 from hpo.errors import StudyMismatch
-from hpo.settings import Settings
-from hpo.util import write_bytes_atomic
+from hpo.config.settings import Settings
+from hpo.system.files import write_bytes_atomic
 
 _logger = logging.getLogger(__name__)
 

@@ -1,220 +1,46 @@
-"""The study's only state: one Optuna journal file, and how workers share it.
+"""One study shared by every worker: the slot lock that keeps ``MAX_TRIALS`` exact,
+an incremental index of its trials, launch numbers and warm starts.
 
-``$JOURNAL_DIR/$STUDY_NAME.journal`` is a plain Optuna 5 journal: ``optuna.load_study``
-and ``optuna-dashboard`` read it as is. Beside it, ``<journal>.slots.lock`` guards
-the check-then-ask that keeps the study at exactly ``MAX_TRIALS`` finished trials.
+Beside the journal, ``<journal>.slots.lock`` guards the check-then-ask that keeps the
+study at exactly ``MAX_TRIALS`` finished trials (:meth:`SharedStudy.ask_within_budget`),
+and the numbering of launches (:meth:`SharedStudy.launch_number`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import optuna
 from optuna.storages import JournalStorage
-
-# Optuna internals, all in this module (pinned to Optuna 5.0): the journal's op codes
-# (hpo.journal.format reads them, never restates them), constraints and the Pareto rule.
-from optuna.storages.journal._file import BaseJournalFileLock as BaseJournalFileLock  # hpo.journal.lock's base
-from optuna.storages.journal._file import get_lock_file as get_lock_file  # GuardedFileBackend's locked section
-from optuna.storages.journal._storage import JournalOperation as JournalOperation  # hpo.journal.format's op codes
-from optuna.storages.journal._storage import JournalStorageReplayResult as JournalStorageReplayResult  # its replay
-from optuna.study._constrained_optimization import _get_constraints_from_system_attrs
-from optuna.study._multi_objective import _is_pareto_front, _normalize_value
 from optuna.trial import TrialState
 
-from hpo.errors import StorageError, StudyMismatch, UsageError
-from hpo.logs import quiet_optuna
+from hpo._optuna import METRIC_NAMES_ATTR, journal_backend, pop_waiting_trial_id, study_id, study_storage, synced_replay, trial_id
+from hpo.errors import StudyMismatch, UsageError
+from hpo.study.algorithms import make_pruner, make_sampler
+from hpo.study.storage import open_storage
+from hpo.system.lock import OwnerLock, make_lock
+from hpo.system.logs import quiet_optuna
 
 if TYPE_CHECKING:
-    from optuna.study._frozen import FrozenStudy
-
-    from hpo.config import StudyConfig
-    from hpo.journal.lock import OwnerLock
-    from hpo.settings import Settings
+    from hpo.config.settings import Settings
+    from hpo.config.study import StudyConfig
 
 _logger = logging.getLogger(__name__)
-
-# -- the Optuna internals the journal reader relies on (Optuna 5.0), all here -----------
-
-
-def constraints_of(system_attrs: Mapping[str, Any]) -> dict[str, float]:
-    """A trial's constraint values as ``FrozenTrial.constraints`` reads them from its system attributes."""
-    return _get_constraints_from_system_attrs(dict(system_attrs))
-
-
-def on_pareto_front(values: Sequence[Sequence[float]], directions: Sequence[str]) -> list[bool]:
-    """Which of these objective vectors ``study.best_trials`` keeps (directions by name)."""
-    if not values:
-        return []
-    import numpy as np
-
-    dirs = [optuna.study.StudyDirection[d.upper()] for d in directions]
-    loss = np.asarray([[_normalize_value(v, d) for v, d in zip(vs, dirs)] for vs in values], dtype=float)
-    return [bool(x) for x in _is_pareto_front(loss, assume_unique_lexsorted=False)]
 
 WARM_START_ATTR = "hpo:warm_started"
 BUDGET_ATTR = "hpo:max_trials"  # the study's MAX_TRIALS, as its workers last enforced it (hpo status reads it)
 BUDGET_COUNTS_ATTR = "hpo:budget_counts"  # and what it counts (HPO_BUDGET_COUNTS), when not the default
-METRIC_NAMES_ATTR = "study:metric_names"  # where Optuna's Study.set_metric_names stores them
 # Study system attributes ``hpo:launch:<key>`` -> the launch's number (see SharedStudy.launch_number).
 LAUNCH_ATTR_PREFIX = "hpo:launch:"
 # A study system attribute written only as a read barrier (see SharedStudy.sync_view).
 VIEW_ATTR = "hpo:view"
-# Stale-lock grace period in seconds. Optuna's default is 30 s: a worker killed
-# while holding the lock then freezes every other worker that long.
-LOCK_GRACE_SECONDS = 10
-
-
-def study_id(study: "optuna.Study | FrozenStudy") -> int:
-    """The study's id in its storage (Optuna keeps it private)."""
-    return study._study_id
-
-
-def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
-    """The trial's id in its storage (Optuna keeps it private; records name trials by it)."""
-    return trial._trial_id
-
-
-def study_storage(study: optuna.Study) -> optuna.storages.BaseStorage:
-    return study._storage
-
-
-def stale_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> set[int] | None:
-    """Trial ids an RDB storage's own heartbeat table says are lost; None for the journal
-    (its heartbeats are trial attributes, judged by :func:`hpo.recovery.is_lost`)."""
-    if isinstance(storage, JournalStorage):
-        return None
-    return set(storage._get_stale_trial_ids(study_id))  # type: ignore[attr-defined]
-
-
-def make_lock(path: Path, should_stop: Callable[[], bool] | None = None) -> OwnerLock:
-    """The lock for a file on a shared filesystem (the journal, and our slot file).
-
-    ``O_CREAT|O_EXCL`` is atomic on NFSv3+ (any cluster filesystem today), while
-    ``fcntl``/``flock`` locks are broken on many NFS setups. Unlike Optuna's own
-    locks, it records its owner: a dead holder on this host is broken at once, a
-    live one (even stopped) never, one on another host after LOCK_GRACE_SECONDS
-    without refresh; only the owner releases it (see hpo.journal.lock). A wait
-    raises LockWaitAborted as soon as ``should_stop()`` is true.
-    """
-    from hpo.journal.lock import OwnerLock  # it subclasses Optuna's lock, imported here: no cycle
-
-    return OwnerLock(str(path), grace_seconds=LOCK_GRACE_SECONDS, should_stop=should_stop)
-
-
-def record_study_jobs(jobs_path: Path, job_ids: Sequence[str]) -> None:
-    """Append SLURM job ids to the study's jobs file under its own lock: the sbatch
-    scripts (``hpo config --record-job``) and ``hpo submit`` of several nodes may
-    record at the same moment."""
-    from hpo.scheduler import record_jobs
-
-    jobs_path.parent.mkdir(parents=True, exist_ok=True)
-    with make_lock(jobs_path):
-        record_jobs(jobs_path, job_ids)
-
-
-def open_storage(journal_path: Path, should_stop: Callable[[], bool] | None = None) -> JournalStorage:
-    """The journal, its torn/NUL/garbage tail (a writer that died mid-append) cut
-    first, and guarded against one at every append. Damage in the middle raises
-    StorageError naming the byte offset (then: ``hpo doctor`` / ``hpo repair``)."""
-    # Imported here: hpo.journal imports this module's Optuna internals (below).
-    from hpo.journal.repair import GuardedFileBackend, repair_tail
-
-    journal_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = make_lock(journal_path, should_stop)
-    # The quick tail check reads only the end of the file; the full scan (as slow as
-    # Optuna's own replay) runs only when the replay fails, to name the damage.
-    cut = repair_tail(journal_path, lock, check_middle=False)
-    if cut is not None:
-        _logger.warning("%s", cut.message())
-    try:
-        return JournalStorage(GuardedFileBackend(str(journal_path), lock_obj=lock))
-    except Exception as exc:  # Optuna raises bare KeyError/ValueError on damage
-        repair_tail(journal_path, lock, check_middle=True)  # raises StorageError with the byte offset
-        raise StorageError(f"{journal_path}: Optuna cannot replay the journal ({type(exc).__name__}: {exc}); "
-                           "run `hpo doctor` to see why") from exc
-
-
-def open_settings_storage(settings: "Settings", should_stop: Callable[[], bool] | None = None
-                          ) -> optuna.storages.BaseStorage:
-    """The journal file by default; an RDB (``HPO_STORAGE=sqlite:///…``/``postgresql://…``)
-    when asked, with Optuna's own heartbeat table: the reaper (hpo.recovery) takes its
-    stale verdicts, fails those trials ``worker lost`` and retries them like on the journal."""
-    if not settings.storage:
-        return open_storage(settings.journal_path, should_stop)
-    return optuna.storages.RDBStorage(
-        settings.storage,
-        heartbeat_interval=max(1, int(settings.heartbeat_seconds)),
-        grace_period=max(2, int(settings.stale_seconds)),
-        engine_kwargs={"pool_pre_ping": True} if settings.storage.startswith("postgresql") else None,
-    )
-
-
-_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
-    # name: (class in optuna.samplers, our defaults; the config's sampler_args override them)
-    "tpe": ("TPESampler", {"multivariate": True, "constant_liar": True}),
-    "random": ("RandomSampler", {}),
-    "cmaes": ("CmaEsSampler", {}),
-    "qmc": ("QMCSampler", {"scramble": True}),
-    "gp": ("GPSampler", {}),
-    "nsga2": ("NSGAIISampler", {}),
-}
-_PRUNERS: dict[str, tuple[str, dict[str, Any]]] = {
-    # name: (class in optuna.pruners, or "hpo.pruners.<class>" for hpo's own; our defaults)
-    "hyperband": ("HyperbandPruner", {"min_resource": 1, "max_resource": "auto"}),
-    "median": ("MedianPruner", {"n_startup_trials": 5, "n_warmup_steps": 1}),
-    "sha": ("SuccessiveHalvingPruner", {}),
-    "percentile": ("PercentilePruner", {"percentile": 25.0, "n_startup_trials": 5, "n_warmup_steps": 1}),
-    "wilcoxon": ("WilcoxonPruner", {}),
-    "stage": ("hpo.pruners.StagePruner", {}),  # the median rule at stage ends (PhysAE: end of A, of B1)
-    "none": ("NopPruner", {}),
-}
-
-
-def _construct(module: Any, table: dict[str, tuple[str, dict[str, Any]]], name: str,
-               per_name: Mapping[str, Mapping[str, Any]], key: str, **fixed: Any) -> Any:
-    """Optuna's class for ``name`` with our defaults, updated by the config's arguments
-    for that name (``sampler_args: {tpe: {...}}``); unknown arguments are refused."""
-    class_name, defaults = table[name]
-    args = per_name.get(name, {})
-    key = f"{key}.{name}"
-    if class_name.startswith("hpo."):  # one of hpo's own (hpo.pruners)
-        module_name, _, class_name = class_name.rpartition(".")
-        module = importlib.import_module(module_name)
-        label = f"{module_name}.{class_name}"
-    else:
-        label = f"optuna.{module.__name__.split('.')[-1]}.{class_name}"
-    cls = getattr(module, class_name)
-    accepted = set(inspect.signature(cls).parameters) - set(fixed)
-    unknown = sorted(set(args) - accepted)
-    if unknown:
-        raise UsageError(f"{key}.{unknown[0]}: not an argument of {label}; valid: {', '.join(sorted(accepted))}")
-    try:
-        return cls(**{**defaults, **args, **fixed})
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{key}: {label} refused {dict(args)}: {exc}") from None
-
-
-def make_sampler(settings: "Settings", seed: int | None, args: Mapping[str, Mapping[str, Any]] | None = None
-                 ) -> optuna.samplers.BaseSampler:
-    sampler: optuna.samplers.BaseSampler = _construct(optuna.samplers, _SAMPLERS, settings.sampler, args or {},
-                                                      "sampler_args", seed=seed)
-    return sampler
-
-
-def make_pruner(settings: "Settings", args: Mapping[str, Mapping[str, Any]] | None = None
-                ) -> optuna.pruners.BasePruner:
-    pruner: optuna.pruners.BasePruner = _construct(optuna.pruners, _PRUNERS, settings.pruner, args or {}, "pruner_args")
-    return pruner
 
 
 class TrialIndex:
@@ -237,29 +63,26 @@ class TrialIndex:
         if not isinstance(self._storage, JournalStorage):
             self._refresh_any()
             return
-        with self._storage._thread_lock:
-            self._storage._sync_with_backend()
-            replay = self._storage._replay_result
-            ids = replay._study_id_to_trial_ids[self._study_id]
-            for trial_id in ids[self._seen:]:
-                self._unfinished[trial_id] = replay._trials[trial_id]
+        with synced_replay(self._storage, self._study_id) as (ids, by_id):
+            for tid in ids[self._seen:]:
+                self._unfinished[tid] = by_id[tid]
             self._seen = len(ids)
-            for trial_id in list(self._unfinished):
-                trial = replay._trials[trial_id]  # replaced, not mutated, on each update
+            for tid in list(self._unfinished):
+                trial = by_id[tid]  # replaced, not mutated, on each update
                 if trial.state.is_finished():
-                    del self._unfinished[trial_id]
+                    del self._unfinished[tid]
                     self.finished[trial.state] += 1
                     if trial.state == TrialState.COMPLETE and trial.datetime_start and trial.datetime_complete:
                         self.complete_seconds.append((trial.datetime_complete - trial.datetime_start).total_seconds())
                 else:
-                    self._unfinished[trial_id] = trial
+                    self._unfinished[tid] = trial
 
     def _refresh_any(self) -> None:
         """Any other storage: a full scan (RDB storages index by state themselves)."""
         trials = self._storage.get_all_trials(self._study_id, deepcopy=False)
         self._seen = len(trials)
         self.finished = Counter(t.state for t in trials if t.state.is_finished())
-        self._unfinished = {t._trial_id: t for t in trials if not t.state.is_finished()}
+        self._unfinished = {trial_id(t): t for t in trials if not t.state.is_finished()}
         self.complete_seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
                                  if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
 
@@ -344,7 +167,7 @@ class SharedStudy:
         append of our own (a ``hpo:view`` study attribute), which the journal backend
         then reads back (see hpo.journal.coherence); elsewhere reads are fresh and
         nothing is written. Returns whether a barrier was written."""
-        if not getattr(getattr(self.storage, "_backend", None), "needs_barrier", False):
+        if not getattr(journal_backend(self.storage), "needs_barrier", False):
             return False
         self.storage.set_study_system_attr(self.study_id, VIEW_ATTR, time.time())
         return True
@@ -405,11 +228,10 @@ class SharedStudy:
         every creator holds the slot lock; checked, and the attributes rewritten, if a
         writer outside hpo raced us."""
         study = self.study
-        study._thread_local.cached_all_trials = None
-        trial_id = study._pop_waiting_trial_id()
-        if trial_id is not None:
-            trial = optuna.Trial(study, trial_id)
-            self.set_user_attrs(trial_id, attrs_for(trial.number))
+        waiting = pop_waiting_trial_id(study)
+        if waiting is not None:
+            trial = optuna.Trial(study, waiting)
+            self.set_user_attrs(waiting, attrs_for(trial.number))
             return trial
         predicted = self.index.n_trials
         template = optuna.trial.FrozenTrial(
@@ -419,7 +241,7 @@ class SharedStudy:
         )
         trial = optuna.Trial(study, self.storage.create_new_trial(self.study_id, template_trial=template))
         if trial.number != predicted:
-            self.set_user_attrs(trial._trial_id, attrs_for(trial.number))
+            self.set_user_attrs(trial_id(trial), attrs_for(trial.number))
         return trial
 
 
@@ -434,7 +256,7 @@ def open_study(
     """Create or load the study; refuse a study that holds other directions.
 
     ``should_stop``: polled by every wait for the journal and slot locks (see
-    :func:`make_lock`), so a worker told to stop never hangs on a lock.
+    :func:`hpo.system.lock.make_lock`), so a worker told to stop never hangs on a lock.
 
     The config's warm-start trials (``enqueue:``) go into a study once, when it
     holds no trial yet, even when many workers start at the same moment. A study that
@@ -442,7 +264,7 @@ def open_study(
     study (which opens it with ``warm_start=False``) are the ones its next trials run.
     """
     quiet_optuna()  # its INFO lines ("Using an existing study ...") repeat for every process
-    storage = open_settings_storage(settings, should_stop)
+    storage = open_storage(settings, should_stop)
     names = [s.study_name for s in storage.get_all_studies()]
     if settings.study_name not in names and not create:
         raise UsageError(
@@ -453,8 +275,8 @@ def open_study(
         study_name=settings.study_name,
         storage=storage,
         directions=[optuna.study.StudyDirection[d.upper()] for d in config.directions],
-        sampler=make_sampler(settings, seed, config.sampler_args),
-        pruner=make_pruner(settings, config.pruner_args),
+        sampler=make_sampler(settings.sampler, seed, config.sampler_args),
+        pruner=make_pruner(settings.pruner, config.pruner_args),
         load_if_exists=True,
     )
     held = [d.name.lower() for d in study.directions]
@@ -467,7 +289,7 @@ def open_study(
     # The slot lock lives in JOURNAL_DIR with any storage: it must be shared by all workers.
     settings.journal_dir.mkdir(parents=True, exist_ok=True)
     shared = SharedStudy(study, settings, make_lock(Path(f"{settings.journal_path}.slots"), should_stop),
-                         TrialIndex(storage, study._study_id))
+                         TrialIndex(storage, study_id(study)))
     if config.enqueue and warm_start:
         with shared.slots():
             shared.sync_view()

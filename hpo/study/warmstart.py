@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from hpo.errors import UsageError
-from hpo.space import Param
+from hpo.config.space import Param
 
 
 def read_param_sets(path: Path) -> list[dict[str, Any]]:
@@ -90,7 +90,7 @@ def _bounds(p: Param) -> list[Any]:
 
 
 def _spec(p: Param) -> dict[str, Any]:
-    """The YAML spec of ``p`` (the inverse of hpo.space.parse_param)."""
+    """The YAML spec of ``p`` (the inverse of hpo.config.space.parse_param)."""
     spec: dict[str, Any] = {"type": p.kind}
     if p.kind == "categorical":
         spec["choices"] = list(p.choices)

@@ -5,8 +5,8 @@ Keys (unknown ones are refused)::
     study_name: physae                       # default of STUDY_NAME
     objective: hpo.physae.objective:objective
     direction: minimize                      # or directions: [minimize, minimize]
-    settings: {n_train: 50000, ...}          # defaults of the settings (see hpo.settings)
-    space: {...}                             # see hpo.space
+    settings: {n_train: 50000, ...}          # defaults of the settings (see hpo.config.settings)
+    space: {...}                             # see hpo.config.space
     enqueue: [{param: value, ...}, ...]      # warm-start trials of a new study
     sampler_args: {tpe: {n_startup_trials: 10}}   # per sampler: used when OPTUNA_SAMPLER is that one
     pruner_args: {hyperband: {min_resource: 1}}   # per pruner, likewise
@@ -14,18 +14,18 @@ Keys (unknown ones are refused)::
     objective_settings:                      # the objective's own settings, declared here
       n_steps_per_sample: {type: int, default: 800, low: 1, env: N_STEPS_PER_SAMPLE}
     metric_names: [error, latency_us]        # names of the objectives (Optuna's set_metric_names)
-    setup: package.module:function           # a stage computed once per study and cached (hpo.setup)
+    setup: package.module:function           # a stage computed once per study and cached (hpo.worker.setup)
     matrix: {problem: [a, b], method: [sgld, sghmc]}   # a sweep: one study per combination,
     study_name: llc_{problem}_{method}                 #   named from its values
     matrix_space: {method: {sghmc: {friction: {...}}}} # parameters only some cells have
 
 A sweep (``matrix:``) is one study per combination of values (:func:`cells`), all in
 the same journal folder; each cell's values reach the objective in ``ctx.options``.
-Workers go through the studies in order (:func:`expand`, :class:`hpo.worker.Worker`).
+Workers go through the studies in order (:func:`expand`, :class:`hpo.worker.loop.Worker`).
 
 The objective's module may declare its own settings as ``SETTINGS`` (see
-:mod:`hpo.settings`), and the config may declare more under ``objective_settings:``
-(:func:`hpo.settings.declared_field`); both resolve like hpo's own (default < config
+:mod:`hpo.config.settings`), and the config may declare more under ``objective_settings:``
+(:func:`hpo.config.fields.declared_field`); both resolve like hpo's own (default < config
 ``settings:`` < environment < ``--arg NAME=VALUE``) and reach the objective as ``ctx.options``.
 
 Storage, budgets, per-trial time budget and time-based pruning are settings
@@ -43,26 +43,15 @@ import string
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
+from hpo.config.fields import Field, declared_field
+from hpo.config.search import PRUNER_NAMES, SAMPLER_NAMES
+from hpo.config.settings import FIELD_BY_NAME, Settings, check_declared, config_path, parse_args, parse_study_name, resolve
+from hpo.config.space import Param, check_param_set, parse_space
 from hpo.errors import UsageError
-from hpo.objective import Objective
-from hpo.settings import (
-    PRUNERS,
-    SAMPLERS,
-    FIELD_BY_NAME,
-    Field,
-    Settings,
-    _study_name,
-    check_declared,
-    config_path,
-    declared_field,
-    parse_args,
-    resolve,
-)
-from hpo.space import Param, check_param_set, parse_space
 
 _logger = logging.getLogger(__name__)
 
@@ -85,7 +74,7 @@ class StudyConfig:
     objective_args: Mapping[str, Any] = field(default_factory=dict)
     declared: tuple[Field, ...] = ()  # objective_settings: the config's own settings
     metric_names: tuple[str, ...] | None = None
-    setup: str | None = None  # "package.module:function", see hpo.setup
+    setup: str | None = None  # "package.module:function", see hpo.worker.setup
     # A sweep: (name, values) per matrix variable, and extra parameters per variable and value.
     matrix: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     matrix_space: Mapping[str, Mapping[str, Mapping[str, Param]]] = field(default_factory=dict)
@@ -148,7 +137,7 @@ class StudyConfig:
         declared = getattr(module, "SETTINGS", ())
         if not isinstance(declared, tuple) or not all(isinstance(f, Field) for f in declared):
             raise UsageError(f"{self.path}: objective: {self.objective.partition(':')[0]}.SETTINGS must be a "
-                             "tuple of hpo.settings.Field")
+                             "tuple of hpo.api.Field")
         check_declared(str(self.path), self.declared, declared)
         everything = declared + self.declared
         varied = sorted({n for n, _ in self.matrix} & {f.name for f in everything})
@@ -162,8 +151,8 @@ class StudyConfig:
                              f"valid: settings.{taken[0]} in the config, {env}=... or --arg {taken[0]}=...")
         return everything
 
-    def load_objective(self) -> Objective:
-        """Import the objective function named in the config."""
+    def load_objective(self) -> Callable[..., Any]:
+        """Import the objective function named in the config (an :class:`hpo.api.Objective`)."""
         return self.function("objective")  # type: ignore[no-any-return]
 
 
@@ -307,7 +296,7 @@ def cells(config: StudyConfig) -> list[StudyConfig]:
         for name, value in values.items():
             space.update(config.matrix_space.get(name, {}).get(str(value), {}))
         study = str(config.settings["study_name"]).format(**values)
-        _study_name(f"{config.path}: study_name for {values}", study)
+        parse_study_name(f"{config.path}: study_name for {values}", study)
         if any(c.settings["study_name"] == study for c in out):
             raise UsageError(f"{config.path}: study_name: {config.settings['study_name']!r} gives {study!r} twice; "
                              "valid: a pattern that names every combination apart, e.g. with _ between variables")
@@ -405,7 +394,7 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
         if not isinstance(value, Mapping):
             raise UsageError(f"{path}: {key}: must be a mapping")
         extra[key] = dict(value)
-    for key, names in (("sampler_args", SAMPLERS), ("pruner_args", PRUNERS)):
+    for key, names in (("sampler_args", SAMPLER_NAMES), ("pruner_args", PRUNER_NAMES)):
         for name, args in extra[key].items():
             if name not in names:
                 raise UsageError(f"{path}: {key}.{name}: not a {key.split('_')[0]}; valid: {', '.join(names)}")

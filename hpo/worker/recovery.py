@@ -33,11 +33,12 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable, Iterator
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.storage import stale_trial_ids, trial_id
-from hpo.util import process_alive, write_bytes_atomic
+from hpo._optuna import stale_trial_ids, trial_id
+from hpo.system.processes import process_alive
+from hpo.system.files import write_bytes_atomic
 
 if TYPE_CHECKING:
-    from hpo.storage import SharedStudy
+    from hpo.study.shared import SharedStudy
 
 _logger = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def _frozen_is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: 
 def _live_slurm_jobs() -> set[str] | None:
     """Ids of the jobs in the queue, or None when squeue cannot tell."""
     from hpo.errors import SchedulerError
-    from hpo.scheduler import queued_job_ids
+    from hpo.system.slurm import queued_job_ids
 
     try:
         return queued_job_ids()
