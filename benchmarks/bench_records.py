@@ -129,11 +129,11 @@ class _Context:
 def run_plain(root: Path, env: dict[str, str], config: Path, trials: int) -> Path:
     import optuna
 
-    from hpo.config.study import load_all
+    from hpo.config.study import load_launch
     from hpo.config.space import suggest
 
     os.environ.update(env)
-    settings, cfg = load_all({"config": str(config)}, {**env, "HPO_CONFIG": str(config)})
+    settings, cfg = load_launch({"config": str(config)}, {**env, "HPO_CONFIG": str(config)}).one()
     objective = cfg.load_objective()
     journal = root / "plain.journal"
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))

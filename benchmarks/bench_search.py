@@ -164,7 +164,7 @@ def run_job(job: Job, work: Path, config_path: Path, save: bool = True) -> dict[
         return json.loads(out.read_text())  # type: ignore[no-any-return]
     import optuna
 
-    from hpo.config.study import load_all
+    from hpo.config.study import load_launch
     from hpo.config.identity import WorkerIdentity
     from hpo.config.environment import without_settings
     from hpo.physae.settings import SETTINGS as PHYSAE_SETTINGS
@@ -179,7 +179,7 @@ def run_job(job: Job, work: Path, config_path: Path, save: bool = True) -> dict[
     env = {**without_settings(os.environ, PHYSAE_SETTINGS), **PRESET, "HPO_CONFIG": str(config_path), "HPO_DEVICE": "cpu",
            "OPTUNA_SAMPLER": sampler_name, "OPTUNA_PRUNER": pruner_name, "OPTUNA_SEED": str(job.sampler_seed),
            "STUDY_NAME": job.name, "TRIAL_OUTPUT": str(runs), **dict(job.env)}  # fmt: skip
-    settings, config = load_all({}, env)
+    settings, config = load_launch({}, env).one()
     study = optuna.create_study(direction=optuna.study.StudyDirection[config.directions[0].upper()],
                                 sampler=make_sampler(settings.sampler, job.sampler_seed, config.sampler_args),
                                 pruner=make_pruner(settings.pruner, config.pruner_args))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hpo.config.study import load_all
+from hpo.config.study import load_launch
 from hpo.errors import UsageError
 from hpo.physae.settings import SETTINGS as PHYSAE
 from hpo.config.settings import FIELDS, Settings, parse_args, resolve
@@ -126,7 +126,7 @@ def test_generic_settings_know_no_objective() -> None:
 
 
 def test_objective_settings_come_from_the_config_objective(tmp_path: Path) -> None:
-    s, config = load_all({"args": ("N_VAL=300", "batch_size=64")}, {"N_TRAIN": "1000", "HPO_CONFIG": str(CONFIG)})
+    s, config = load_launch({"args": ("N_VAL=300", "batch_size=64")}, {"N_TRAIN": "1000", "HPO_CONFIG": str(CONFIG)}).one()
     assert o(s, "n_train", "n_val", "batch_size") == (1000, 300, 64)
     assert (s.sources["n_train"], s.sources["n_val"], s.sources["n_points"]) == ("env:N_TRAIN", "flag", "config:"
                                                                                  + str(CONFIG))

@@ -93,7 +93,7 @@ def test_slot_check_sees_a_trial_another_node_just_started() -> None:
     import optuna
     from optuna.trial import TrialState
 
-    from hpo.config.study import load_all
+    from hpo.config.study import load_launch
     from hpo.study.shared import open_study
 
     mount_a, mount_b = _mounts("HPO_TEST_SHARED")
@@ -103,7 +103,7 @@ def test_slot_check_sees_a_trial_another_node_just_started() -> None:
         (mount_a / run / "toy.yaml").write_text(TOY_CONFIG.format(objective="quadratic"))
         env = {"HPO_CONFIG": str(mount_b / run / "toy.yaml"), "JOURNAL_DIR": str(mount_b / run),
                "STUDY_NAME": "toy", "MAX_TRIALS": "3", "OPTUNA_SAMPLER": "random", "OPTUNA_PRUNER": "none"}
-        shared = open_study(*load_all({}, env))
+        shared = open_study(*load_launch({}, env).one())
         node1 = optuna.load_study(study_name="toy", storage=optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(mount_a / run / "toy.journal"))))
         for _ in range(2):

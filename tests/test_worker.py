@@ -192,13 +192,13 @@ def test_a_beat_never_outlives_its_trial(toy) -> None:
     """The heartbeat thread may be writing a beat just as its trial ends (CI once caught
     that: a file was left behind, which reads as a running trial's). With a beat every
     millisecond, 200 trials that end at once leave no file."""
-    from hpo.config.study import load_all
+    from hpo.config.study import load_launch
     from hpo.worker.recovery import Heartbeat, beats_dir
     from hpo.study.shared import open_study
 
     cwd, env = toy()
     env["JOURNAL_DIR"] = str(cwd / "optuna_journal")
-    shared = open_study(*load_all({}, env))
+    shared = open_study(*load_launch({}, env).one())
     trial = shared.study.ask()
     beat = Heartbeat(shared, period=0.001, stale_seconds=60.0, worker_id="w")
     path = beats_dir(cwd / "optuna_journal", "toy") / f"trial_{trial._trial_id}.json"

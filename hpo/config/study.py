@@ -338,9 +338,52 @@ def study_names(config: StudyConfig) -> list[str]:
     return [str(c.settings.get("study_name")) for c in cells(config)]
 
 
-def expand(settings: Settings, config: StudyConfig) -> list[tuple[Settings, StudyConfig]]:
-    """The (settings, config) of each study a launch works on: one for a plain config;
-    for a sweep, every cell, or the one ``STUDY_NAME`` selects."""
+Study = tuple[Settings, StudyConfig]  # one study: its resolved settings and its config
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What one command works on: the config as loaded, and each study it selects, resolved.
+
+    A plain config is one study. A sweep (``matrix:``) is every cell, or the one that
+    ``STUDY_NAME`` selects. Every study's settings hold that study's own name; a sweep's
+    ``study_name`` pattern (``llc_{problem}_{method}``) is :attr:`pattern`, never a name.
+    """
+
+    config: StudyConfig
+    studies: tuple[Study, ...]
+    pattern: str | None = None  # a sweep's study_name pattern; None for a plain config
+
+    @property
+    def settings(self) -> Settings:
+        """The first study's settings: what every study of the launch shares (folders,
+        budgets, recovery) is the same in each."""
+        return self.studies[0][0]
+
+    @property
+    def label(self) -> str:
+        """The launch's name in messages and logs: the sweep's pattern, or the study's name."""
+        return self.pattern if self.pattern is not None and len(self.studies) > 1 else self.settings.study_name
+
+    def one(self) -> Study:
+        """The launch's only study; several (a sweep) is bad input for a command that takes one."""
+        if len(self.studies) > 1:
+            raise UsageError(f"{self.config.path} is a sweep of {len(self.studies)} studies; this command takes "
+                             f"one: give --study-name (STUDY_NAME); valid: {', '.join(study_names(self.config))}")
+        return self.studies[0]
+
+    def to_env(self, **launcher: Any) -> dict[str, str]:
+        """The environment that makes a child process (a worker) resolve the same settings
+        and work on the same studies; ``launcher``: settings a launcher gives each of its
+        workers (``worker_rank``, ``launch_id``, ``local_workers``)."""
+        env = replace(self.settings, **launcher).to_env()
+        env[FIELD_BY_NAME["study_name"].env] = self.label
+        return env
+
+
+def expand(settings: Settings, config: StudyConfig) -> list[Study]:
+    """The studies a launch works on: one for a plain config; for a sweep, every cell,
+    or the one ``STUDY_NAME`` selects (its settings then hold the pattern or that name)."""
     if not config.matrix:
         return [(settings, config)]
     pattern = str(config.settings["study_name"])
@@ -436,11 +479,13 @@ def load_config(path: Path) -> StudyConfig:
     return replace(parse_config(path, raw), text=text)
 
 
-def load_all(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Settings, StudyConfig]:
-    """Settings and study config from flags (``args``: the ``--arg NAME=VALUE`` pairs),
-    an environment mapping and the config file."""
+def load_launch(flags: Mapping[str, Any], env: Mapping[str, str]) -> Launch:
+    """The studies a command works on, from flags (``args``: the ``--arg NAME=VALUE``
+    pairs), an environment mapping and the config file: settings resolved once, here."""
     path, source = config_path(flags, env)
     config = load_config(path)
     fields = config.objective_fields()
     args = parse_args(tuple(flags.get("args") or ()), fields)
-    return resolve(flags, env, config.settings, path, source, fields, args), config
+    settings = resolve(flags, env, config.settings, path, source, fields, args)
+    pattern = str(config.settings["study_name"]) if config.matrix else None
+    return Launch(config, tuple(expand(settings, config)), pattern)

@@ -8,7 +8,6 @@ Ctrl-C lets every worker end its trial cleanly (a second Ctrl-C stops them at on
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -16,7 +15,7 @@ import subprocess
 import sys
 from typing import Mapping, Sequence
 
-from hpo.config.study import StudyConfig, expand
+from hpo.config.study import Launch
 from hpo.system.logs import quiet_optuna
 from hpo.config.identity import new_launch_id
 from hpo.config.settings import Settings
@@ -39,13 +38,13 @@ def visible_gpus(settings: Settings, env: Mapping[str, str]) -> list[str]:
 
 
 def worker_env(
-    settings: Settings, env: Mapping[str, str], rank: int, gpus: Sequence[str], launch_id: str,
+    launch: Launch, env: Mapping[str, str], rank: int, gpus: Sequence[str], launch_id: str,
     threads: int, workers: int = 1,
 ) -> dict[str, str]:
     """Environment of worker ``rank`` of launch ``launch_id``: the resolved settings, its GPU
     and its CPU threads (pure). The seed comes from both (see hpo.worker.loop.sampler_seed)."""
-    own = dataclasses.replace(settings, worker_rank=rank, launch_id=launch_id, local_workers=workers)
-    child = {**env, **own.to_env(), "PYTHONUNBUFFERED": "1"}
+    own = launch.to_env(worker_rank=rank, launch_id=launch_id, local_workers=workers)
+    child = {**env, **own, "PYTHONUNBUFFERED": "1"}
     # N workers each starting one thread per core would oversubscribe the CPU N-fold.
     child.setdefault("OMP_NUM_THREADS", str(threads))
     # An empty CUDA_VISIBLE_DEVICES hides every GPU: CPU workers stay off the GPUs.
@@ -53,14 +52,15 @@ def worker_env(
     return child
 
 
-def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapping[str, str]) -> int:
-    """Run the study here with ``n_workers`` processes; returns the exit status."""
+def run_local(launch: Launch, n_workers: int, env: Mapping[str, str]) -> int:
+    """Run the launch's studies here with ``n_workers`` processes; returns the exit status."""
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True)
     quiet_optuna()
     # Creates each study and its warm start once, before the workers race.
-    studies = [open_study(s, c) for s, c in expand(settings, config)]
+    studies = [open_study(s, c) for s, c in launch.studies]
+    settings = launch.settings
     gpus = visible_gpus(settings, env)
     names = ", ".join(s.settings.study_name for s in studies)
     console.print(f"{'studies' if len(studies) > 1 else 'study'} [bold]{names}[/] in {settings.journal_dir}: "
@@ -76,7 +76,7 @@ def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapp
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     procs = [
         subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--quiet"],
-                         env=worker_env(settings, env, rank, gpus, launch_id, threads, n_workers))
+                         env=worker_env(launch, env, rank, gpus, launch_id, threads, n_workers))
         for rank in range(n_workers)
     ]
     # A scheduler's SIGTERM reaches only us: pass it on so workers end trials cleanly.

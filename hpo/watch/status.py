@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from hpo.config.settings import Settings
+    from hpo.config.study import Launch
 
 _logger = logging.getLogger(__name__)
 
@@ -537,3 +538,27 @@ def render_combined(rows: Sequence[Mapping[str, Any]]) -> Any:
     for row in rows:
         table.add_row(*(_num(row[c]) for c in columns))
     return table
+
+
+def snapshot(launch: "Launch", slurm: bool = True) -> dict[str, Any]:
+    """``hpo status --json``: one study's status; for a sweep, each study's, and the combined table."""
+    if len(launch.studies) == 1:
+        return build(collect(launch.settings, slurm=slurm))
+    states = [sweep_state(settings, slurm=slurm) for settings, _ in launch.studies]
+    values = [dict(config.cell) for _, config in launch.studies]
+    return {"sweep": str(launch.config.path), "studies": states, "combined": combined_rows(states, values)}
+
+
+def render_snapshot(state: Mapping[str, Any]) -> "RenderableType":
+    """What ``hpo status`` prints of a :func:`snapshot`."""
+    if "sweep" not in state:
+        return render(state)
+    from rich.console import Group
+    from rich.rule import Rule
+    from rich.text import Text
+
+    parts: list[Any] = []
+    for one in state["studies"]:
+        shown = Text("not started yet: no worker has reached it") if one.get("not_started") else render(one)
+        parts += [Rule(one["study"]), shown]
+    return Group(*parts, Rule("sweep"), render_combined(state["combined"]))

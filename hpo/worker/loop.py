@@ -23,6 +23,7 @@ and 6 set that study aside and the others go on; the others stop the worker
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
 import logging
@@ -39,7 +40,7 @@ from typing import Any, Callable, Mapping
 from optuna.trial import TrialState
 
 from hpo.worker import outcome as outcomes
-from hpo.config.study import StudyConfig, expand
+from hpo.config.study import Launch, StudyConfig, expand
 from hpo.errors import LockWaitAborted
 from hpo.journal.filesystem import visibility_warning
 from hpo.system.logs import log_study
@@ -430,8 +431,7 @@ def export_at_end(shared: SharedStudy, env: Mapping[str, str]) -> Path | None:
 
 
 def run_worker(
-    settings: Settings,
-    config: StudyConfig,
+    launch: Launch,
     env: Mapping[str, str],
     echo_level: str | None = "INFO",
     signals: tuple[int, ...] = STOP_SIGNALS,
@@ -442,9 +442,11 @@ def run_worker(
     """
     from hpo.system.logs import setup_worker_logging
 
+    settings = launch.settings
     identity = WorkerIdentity.from_env(settings, env, host=socket.gethostname(), pid=os.getpid())
-    worker = Worker(settings, config, identity, env=env)  # imports the objective: fails before writing
-    log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level, study=settings.study_name)
+    selection = dataclasses.replace(settings, study_name=launch.label)
+    worker = Worker(selection, launch.config, identity, env=env)  # imports the objective: fails before writing
+    log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level, study=launch.label)
     worker.flag.install(signals)
     try:
         return worker.run(), log

@@ -10,16 +10,26 @@ trials and the best trial enqueued first, plus ``fine_summary.yaml`` with the ra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
 
+from hpo.config.settings import Settings
+from hpo.config.space import Param, check_param_set
+from hpo.config.study import StudyConfig, cells, load_config, parse_config, single_study_text
 from hpo.errors import UsageError
-from hpo.config.space import Param
+from hpo.journal.reader import StudyJournal
+from hpo.study.provenance import stored_config_path
+from hpo.study.shared import open_study
+from hpo.study.storage import open_storage
+from hpo.system.files import write_bytes_atomic
+from hpo.watch.export import top_trials
+from hpo.watch.status import open_view
 
 
 def read_param_sets(path: Path) -> list[dict[str, Any]]:
@@ -122,3 +132,86 @@ def dumps_summary(source: str, summary: dict[str, Any], budget: int, best: Mappi
     text: str = yaml.safe_dump({"from_study": source, "max_trials": budget,
                                 "best_params": json.loads(json.dumps(best)), "ranges": summary}, sort_keys=False)
     return text
+
+
+# -- the workflows ----------------------------------------------------------------------
+
+def other_study(settings: Settings, name: str) -> StudyJournal:
+    """Another study in the same storage, every trial decoded (read-only)."""
+    other = dataclasses.replace(settings, study_name=name)
+    names = [s.study_name for s in open_storage(other).get_all_studies()]
+    if name not in names:
+        where = settings.storage_label if settings.storage else settings.journal_dir
+        raise UsageError(f"--from-study {name!r}: no such study in {where}; existing: {', '.join(names) or 'none'}")
+    return open_view(other).decode()
+
+
+def enqueue(settings: Settings, config: StudyConfig, file: Path | None, from_study: str | None,
+            top: int) -> tuple[int, str]:
+    """``hpo enqueue``: put parameter sets (a file's, or another study's ``top`` trials: with
+    several objectives the knee first) first in line; returns how many, and from where.
+    A study this creates gets no warm start from the config: the sets given here run first."""
+    if (file is None) == (from_study is None):
+        raise UsageError("give a FILE of parameter sets or --from-study NAME (one of them)")
+    if file is not None:
+        sets, origin = read_param_sets(file), f"file {file}"
+    else:
+        other = other_study(settings, str(from_study))
+        best = top_trials(other.trials, other.study.directions, top)
+        sets, origin = [dict(t.params) for t in best], f"study {from_study} (top {top})"
+    checked = [check_param_set(config.space, params, f"{origin}[{i}]") for i, params in enumerate(sets)]
+    shared = open_study(settings, config, warm_start=False)
+    for params in checked:
+        shared.study.enqueue_trial(params, user_attrs={"origin": f"enqueued from {origin}"})
+    return len(checked), origin
+
+
+@dataclass(frozen=True)
+class Refined:
+    """What :func:`refine` made: the new study, its config and summary files, its ranges."""
+
+    name: str
+    config_path: Path
+    summary_path: Path
+    narrowed: int  # parameters in the summary
+    around: int  # best trials the ranges cover
+    budget: int
+
+
+def refine(settings: Settings, config: StudyConfig, source: str, top: int, factor: float,
+           fraction: float) -> Refined:
+    """``hpo refine``: create a study narrowed around the best trials of ``source`` (with
+    several objectives the Pareto set, knee first), named by ``STUDY_NAME`` when the user
+    gave one, else ``<source>_fine``; the best trial is enqueued first."""
+    given = settings.sources["study_name"] == "flag" or settings.sources["study_name"].startswith("env:")
+    new_name = settings.study_name if given else f"{source}_fine"
+    if new_name == source:
+        raise UsageError(f"STUDY_NAME={new_name!r} is the study refined from; give the new study another name")
+    source_config = _source_config(dataclasses.replace(settings, study_name=source), config, source)
+    other = other_study(settings, source)
+    best = top_trials(other.trials, other.study.directions, top)
+    if not best:
+        raise UsageError(f"--from {source!r}: the study has no COMPLETE trial to refine around")
+    new_space, summary, budget = refine_space(source_config.space, [t.params for t in best], factor, fraction)
+    new_settings = dataclasses.replace(settings, study_name=new_name, max_trials=budget)
+    path = stored_config_path(new_settings)
+    if path.exists():
+        raise UsageError(f"study {new_name!r} already has a config ({path}); choose another STUDY_NAME")
+    text = refined_config(source_config.text, new_name, new_space, budget, best[0].params)
+    new_config = dataclasses.replace(parse_config(path, yaml.safe_load(text)), text=text)
+    write_bytes_atomic(path, text.encode())
+    summary_path = path.with_name("fine_summary.yaml")
+    write_bytes_atomic(summary_path, dumps_summary(source, summary, budget, best[0].params).encode())
+    open_study(dataclasses.replace(new_settings, config=path), new_config)  # creates it, best trial enqueued first
+    return Refined(new_name, path, summary_path, len(summary), len(best), budget)
+
+
+def _source_config(source: Settings, config: StudyConfig, name: str) -> StudyConfig:
+    """The config ``name`` ran with: its stored copy (one study of a sweep: that study's own
+    config), else the current one."""
+    stored = stored_config_path(source)
+    found = load_config(stored) if stored.is_file() else config
+    if not found.matrix:
+        return found
+    cell = next((c for c in cells(found) if c.settings["study_name"] == name), found)
+    return dataclasses.replace(cell, text=single_study_text(cell))
