@@ -23,11 +23,11 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import null_objective  # noqa: E402
 
-from hpo.config.study import parse_config  # noqa: E402
 from hpo.config.identity import WorkerIdentity
 from hpo.config.settings import resolve  # noqa: E402
-from hpo.study.algorithms import make_sampler
+from hpo.config.study import parse_config  # noqa: E402
 from hpo.journal.backend import open_journal  # noqa: E402
+from hpo.study.algorithms import make_sampler
 from hpo.worker.loop import Worker  # noqa: E402
 
 STUDY = "bench"

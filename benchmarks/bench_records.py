@@ -129,8 +129,8 @@ class _Context:
 def run_plain(root: Path, env: dict[str, str], config: Path, trials: int) -> Path:
     import optuna
 
-    from hpo.config.study import load_launch
     from hpo.config.space import suggest
+    from hpo.config.study import load_launch
 
     os.environ.update(env)
     settings, cfg = load_launch({"config": str(config)}, {**env, "HPO_CONFIG": str(config)}).one()

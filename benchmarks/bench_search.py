@@ -164,9 +164,9 @@ def run_job(job: Job, work: Path, config_path: Path, save: bool = True) -> dict[
         return json.loads(out.read_text())  # type: ignore[no-any-return]
     import optuna
 
-    from hpo.config.study import load_launch
-    from hpo.config.identity import WorkerIdentity
     from hpo.config.environment import without_settings
+    from hpo.config.identity import WorkerIdentity
+    from hpo.config.study import load_launch
     from hpo.physae.settings import SETTINGS as PHYSAE_SETTINGS
     from hpo.study.algorithms import make_pruner, make_sampler
     from hpo.worker.trial import TrialRunner

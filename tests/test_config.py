@@ -13,9 +13,9 @@ import yaml
 
 from conftest import clean_env, load_study, run_hpo
 
+from hpo.config.space import suggest
 from hpo.config.study import load_config, parse_config
 from hpo.errors import UsageError
-from hpo.config.space import suggest
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -23,10 +23,10 @@ from optuna.storages.journal import JournalFileBackend
 
 from conftest import load_study
 from hpo.errors import LockWaitAborted
-from hpo.system import lock as lock_module
-from hpo.system.lock import LockTimeout, OwnerLock, describe_lock, holder
 from hpo.journal.repair import doctor
 from hpo.journal.scan import scan
+from hpo.system import lock as lock_module
+from hpo.system.lock import LockTimeout, OwnerLock, describe_lock, holder
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)  # every test here runs real processes: bound each one

@@ -87,8 +87,8 @@ def _records_of(journal: Path) -> list[dict[str, object]]:
 WRITE_ONE = """
 import os, signal, sys, optuna
 from optuna.storages import JournalStorage
-from hpo.system.lock import OwnerLock
 from hpo.journal.backend import GuardedFileBackend
+from hpo.system.lock import OwnerLock
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 path, who, grace = sys.argv[1], sys.argv[2], float(sys.argv[3])
 if sys.argv[4:] == ["stop-before-fence"]:
@@ -113,8 +113,8 @@ print("written", flush=True)
 ROB = """
 import json, os, sys, time, optuna
 from optuna.storages import JournalStorage
-from hpo.system.lock import OwnerLock
 from hpo.journal.backend import GuardedFileBackend
+from hpo.system.lock import OwnerLock
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 path, who, grace, hold = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 lock = OwnerLock(path, grace_seconds=grace, refresh_seconds=grace / 5)

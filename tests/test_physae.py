@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 import torch
 
-from hpo.worker.context import TrialContext, TrialStopped
-from hpo.physae.settings import SETTINGS
+from hpo.config.settings import Settings, resolve
 from hpo.physae import data as D
 from hpo.physae import model as M
 from hpo.physae import train as T
 from hpo.physae.objective import objective
-from hpo.config.settings import Settings, resolve
+from hpo.physae.settings import SETTINGS
+from hpo.worker.context import TrialContext, TrialStopped
 from hpo.worker.context import Diverged
 
 ROOT = Path(__file__).resolve().parent.parent

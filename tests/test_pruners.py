@@ -7,11 +7,11 @@ from pathlib import Path
 import optuna
 import pytest
 
+from hpo.config.settings import resolve
 from hpo.errors import UsageError
 from hpo.physae.settings import SETTINGS as PHYSAE
-from hpo.study.pruners import StagePruner, should_prune_at_stage_end, stage_ends
-from hpo.config.settings import resolve
 from hpo.study.algorithms import make_pruner
+from hpo.study.pruners import StagePruner, should_prune_at_stage_end, stage_ends
 
 
 def test_stage_ends_are_cumulative_and_need_every_length() -> None:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from hpo.config.identity import WorkerIdentity
+from hpo.config.settings import FIELDS, Settings, parse_args, resolve
 from hpo.config.study import load_launch
 from hpo.errors import UsageError
 from hpo.physae.settings import SETTINGS as PHYSAE
-from hpo.config.settings import FIELDS, Settings, parse_args, resolve
-from hpo.config.identity import WorkerIdentity
 
 CONFIG = Path("configs/physae.yaml")
 

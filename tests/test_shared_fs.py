@@ -65,8 +65,8 @@ def test_after_its_own_append_a_node_sees_every_earlier_append() -> None:
     that append, so the read holds everything appended before, at once."""
     import optuna
 
-    from hpo.system.lock import OwnerLock
     from hpo.journal.backend import GuardedFileBackend
+    from hpo.system.lock import OwnerLock
 
     mount_a, mount_b = _mounts("HPO_TEST_SHARED")
     run = f"hpo-test-{uuid.uuid4().hex[:10]}"

@@ -22,15 +22,15 @@ from conftest import clean_env, load_study, run_hpo
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.cli import cli
+from hpo.config.settings import FIELDS
 from hpo.errors import HpoError, SchedulerError, StorageError
+from hpo.journal.reader import StudyJournal, TrialRecord, read_trials
 from hpo.physae.settings import SETTINGS as PHYSAE
 from hpo.system.slurm import parse_queue
-from hpo.config.settings import FIELDS
 from hpo.watch import export as ex
 from hpo.watch import logs as wl
 from hpo.watch import status as st
 from hpo.watch.dashboard import forward_line
-from hpo.journal.reader import StudyJournal, TrialRecord, read_trials
 
 WATCH_CLI = [sys.executable, "-m", "hpo"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -282,7 +282,7 @@ def test_status_shows_running_trials_and_zombies(single: Study, tmp_path: Path) 
     for key, value in {"worker": "gpu-node_7", "host": "gpu-node", "gpu": "3", "run_dir": str(run_dir)}.items():
         trial.set_user_attr(key, value)
     trial.report(0.5, 7)
-    study._storage.set_trial_system_attr(trial._trial_id, st.HEARTBEAT_ATTR, time.time() - 600)
+    study._storage.set_trial_system_attr(trial._trial_id, "hpo:heartbeat", time.time() - 600)
     env = {**single.inproc_env(), "JOURNAL_DIR": str(journal_dir), "HPO_STALE_SECONDS": "60"}
     code, out = invoke(["status", "--json", "--no-slurm"], env)
     status = json.loads(out)
@@ -653,7 +653,17 @@ def test_rdb_study_is_read_through_optuna(tmp_path: Path) -> None:
     same_trials(StudyJournal.from_study(study, url).trials, study.trials)
 
 
-def test_heartbeat_attribute_is_the_reapers() -> None:
-    from hpo.worker.recovery import HEARTBEAT_ATTR
+def test_a_beat_kept_by_older_hpo_in_the_journal_still_counts() -> None:
+    """hpo before 0.3 kept each beat in the trial system attribute ``hpo:heartbeat`` (a journal
+    it wrote may still hold RUNNING trials): a recent one keeps the trial alive, an old one
+    makes it lost, for the reaper and ``hpo status`` alike (both ask ``is_lost``)."""
+    from hpo.worker.recovery import is_lost
 
-    assert st.HEARTBEAT_ATTR == HEARTBEAT_ATTR
+    now = 10_000.0
+
+    def lost(system_attrs: dict[str, float]) -> bool:
+        return is_lost({}, system_attrs, 1, started=now - 1000, now=now, stale_seconds=60)
+
+    assert not lost({"hpo:heartbeat": now - 5})
+    assert lost({"hpo:heartbeat": now - 100})
+    assert lost({})  # started 1000 s ago and never beat

@@ -193,8 +193,8 @@ def test_a_beat_never_outlives_its_trial(toy) -> None:
     that: a file was left behind, which reads as a running trial's). With a beat every
     millisecond, 200 trials that end at once leave no file."""
     from hpo.config.study import load_launch
-    from hpo.worker.recovery import Heartbeat, beats_dir
     from hpo.study.shared import open_study
+    from hpo.worker.recovery import Heartbeat, beats_dir
 
     cwd, env = toy()
     env["JOURNAL_DIR"] = str(cwd / "optuna_journal")

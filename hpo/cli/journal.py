@@ -50,8 +50,8 @@ def reap_cmd(**flags: Any) -> int:
     """Fail the study's lost trials (dead workers) now and enqueue their retries."""
     import socket
 
-    from hpo.worker.recovery import reap
     from hpo.study.shared import open_study
+    from hpo.worker.recovery import reap
 
     settings, config = load(flags)
     reaped = reap(open_study(settings, config, create=False), socket.gethostname())

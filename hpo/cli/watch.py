@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import click
 
 from hpo.cli._options import load, load_sweep, settings_options
-from hpo.errors import UsageError
 from hpo.config.settings import RESULTS_DIR
+from hpo.errors import UsageError
 
 if TYPE_CHECKING:
     from hpo.config.settings import Settings

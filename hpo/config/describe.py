@@ -26,17 +26,19 @@ def describe(launch: Launch) -> list[str]:
             lines.append(heading)
         lines += [_row(settings, f) for f in table]
     fixed = settings.fixed_params()
-    lines.append(f"# fixed parameters: {fixed or 'none'}; sampled: {', '.join(n for n in config.space if n not in fixed)}")
+    sampled = ", ".join(n for n in config.space if n not in fixed)
+    lines.append(f"# fixed parameters: {fixed or 'none'}; sampled: {sampled}")
     return lines
 
 
 def _tables(settings: Settings, config: StudyConfig) -> list[tuple[str, tuple[Field, ...]]]:
     module = tuple(f for f in settings.objective_fields if f not in config.declared)
+    arg = "flag: --arg NAME=VALUE"
     return [("", tuple(f for f in FIELDS if not f.internal)),
-            (f"# the objective's own settings ({config.objective.partition(':')[0]}.SETTINGS; flag: --arg NAME=VALUE)",
-             module),
-            (f"# the study's own settings ({config.path}: objective_settings; flag: --arg NAME=VALUE)", config.declared),
-            ("# set by hpo's launchers for their workers (hpo run, hpo submit)", tuple(f for f in FIELDS if f.internal))]
+            (f"# the objective's own settings ({config.objective.partition(':')[0]}.SETTINGS; {arg})", module),
+            (f"# the study's own settings ({config.path}: objective_settings; {arg})", config.declared),
+            ("# set by hpo's launchers for their workers (hpo run, hpo submit)",
+             tuple(f for f in FIELDS if f.internal))]
 
 
 def _row(settings: Settings, f: Field) -> str:

@@ -111,7 +111,7 @@ class Field:
     help: str
     # A search-space parameter this setting fixes when set (None: sampled as usual).
     fixes: str | None = None
-    # Other environment variables that set it too (a seed's own name: N_TRIALS for MAX_TRIALS).
+    # Other environment variables that set it too (a name users already type: N_TRIALS for MAX_TRIALS).
     aliases: tuple[str, ...] = ()
     # Set by hpo's launchers for the workers they start (a worker's rank, its launch): no
     # command-line flag, shown apart by ``hpo config``.

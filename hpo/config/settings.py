@@ -123,7 +123,8 @@ FIELDS: tuple[Field, ...] = (
     Field("time_pruning_warmup", "HPO_TIME_PRUNING_WARMUP", _non_negative_int, 0,
           "0 = off; else after W completed trials, stop trials slower than mean + std"),
     Field("budget_counts", "HPO_BUDGET_COUNTS", choice(BUDGET_COUNTS), "finished",
-          "what MAX_TRIALS counts: finished (COMPLETE + PRUNED) or complete (CODES: valid trials only)"),
+          "what MAX_TRIALS counts: finished (COMPLETE + PRUNED) or complete (valid trials only: a pruned one "
+          "frees its slot)"),
     Field("retry_interrupted", "HPO_RETRY_INTERRUPTED", boolean, False,
           "retry a trial ended by Ctrl-C/SIGINT like a preempted one (a lost warm start runs again)"),
     Field("reuse_results", "HPO_REUSE_RESULTS", boolean, False,

@@ -49,7 +49,15 @@ import yaml
 
 from hpo.config.fields import Field, declared_field
 from hpo.config.search import PRUNER_NAMES, SAMPLER_NAMES
-from hpo.config.settings import FIELD_BY_NAME, Settings, check_declared, config_path, parse_args, parse_study_name, resolve
+from hpo.config.settings import (
+    FIELD_BY_NAME,
+    Settings,
+    check_declared,
+    config_path,
+    parse_args,
+    parse_study_name,
+    resolve,
+)
 from hpo.config.space import Param, check_param_set, parse_space
 from hpo.errors import UsageError
 

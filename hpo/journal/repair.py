@@ -33,7 +33,15 @@ from optuna.storages.journal import JournalFileBackend
 
 from hpo._optuna import BaseJournalFileLock, study_id
 from hpo.errors import StorageError, UsageError
-from hpo.journal._plan import REPAIRED_ATTR, AffectedTrial, Finding, Plan, affected_trials, make_plan, render_findings
+from hpo.journal._plan import (
+    REPAIRED_ATTR,
+    AffectedTrial,
+    Finding,
+    Plan,
+    affected_trials,
+    make_plan,
+    render_findings,
+)
 from hpo.journal.filesystem import Mount, filesystem_of, filesystem_warning, visibility_warning
 from hpo.journal.scan import scan
 from hpo.system.files import fsync_dir, utc_stamp, write_new

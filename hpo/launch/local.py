@@ -15,12 +15,12 @@ import subprocess
 import sys
 from typing import Mapping, Sequence
 
-from hpo.config.study import Launch
-from hpo.system.logs import quiet_optuna
 from hpo.config.identity import new_launch_id
 from hpo.config.settings import Settings
+from hpo.config.study import Launch
 from hpo.launch.progress import show_progress
 from hpo.study.shared import open_study
+from hpo.system.logs import quiet_optuna
 
 _logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Warm starts: enqueue known configurations, and refine a finished study (CODES's ``fine``).
+"""Warm starts: enqueue known configurations, and refine a finished study (a fine stage after a coarse one).
 
 ``hpo enqueue FILE`` or ``hpo enqueue --from-study OTHER --top K`` put parameter sets
 in front of the sampler. ``hpo refine --from STUDY`` writes a new study config whose
@@ -34,7 +34,7 @@ from hpo.watch.status import open_view
 
 def read_param_sets(path: Path) -> list[dict[str, Any]]:
     """Parameter sets from JSON or YAML: one mapping, a list of them, or an export
-    with ``best_params`` (``hpo export``'s best_params.json, seed 004's shape)."""
+    with ``best_params`` (``hpo export``'s best_params.json)."""
     try:
         text = path.read_text()
         # JSON first: YAML 1.1 would read JSON's 1e-6 as a string.

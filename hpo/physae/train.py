@@ -48,9 +48,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hpo.api import METRICS_FILE, Diverged, write_atomic, write_bytes_atomic
 from hpo.physae.data import N_PARAMS, SpectraDataset, get_dataset, is_cached
 from hpo.physae.model import Encoder, Prediction, Refiner, build_models, predict
-from hpo.api import METRICS_FILE, Diverged, write_atomic, write_bytes_atomic
 
 if TYPE_CHECKING:
     from hpo.api import TrialContext

@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
+from hpo.config.settings import Settings
 from hpo.config.study import StudyConfig, load_config
 from hpo.errors import StudyMismatch
-from hpo.config.settings import Settings
 from hpo.system.files import write_bytes_atomic
 
 _logger = logging.getLogger(__name__)

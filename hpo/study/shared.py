@@ -21,7 +21,15 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
-from hpo._optuna import METRIC_NAMES_ATTR, journal_backend, pop_waiting_trial_id, study_id, study_storage, synced_replay, trial_id
+from hpo._optuna import (
+    METRIC_NAMES_ATTR,
+    journal_backend,
+    pop_waiting_trial_id,
+    study_id,
+    study_storage,
+    synced_replay,
+    trial_id,
+)
 from hpo.errors import StudyMismatch, UsageError
 from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.storage import open_storage

@@ -110,8 +110,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
-from hpo.errors import LockWaitAborted, StorageError
 from hpo._optuna import BaseJournalFileLock
+from hpo.errors import LockWaitAborted, StorageError
 from hpo.system.processes import proc_stat, process_alive
 
 _logger = logging.getLogger(__name__)

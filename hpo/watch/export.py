@@ -3,13 +3,13 @@
 ``hpo export`` writes into ``results/<study>/`` by default:
 
 - ``best_params.json``: ``best_value``, ``best_params``, ``n_trials``, ``best_trial_number``
-  (the shape of seed 004; with several objectives, the knee point and its values);
+  (``{"best_params": ..., "best_value": ...}``; with several objectives, the knee point and its values);
 - ``all_trials.csv`` and ``top_<k>_trials.csv``: :data:`BASE_COLUMNS` around one
   ``params_<name>`` column per parameter and one ``user_attrs_<key>`` column per
   metric the objective set (``ctx.set_user_attr``), Optuna's ``trials_dataframe`` naming;
-- ``trials.parquet``: the same table (seed 003);
+- ``trials.parquet``: the same table, typed;
 - ``hpo_results.json``: ``best_trial``, ``best_score``, ``best_params``, ``best_<key>``
-  for each metric of the best trial, and ``all_trials`` (seed 002's shape);
+  for each metric of the best trial, and ``all_trials``;
 - ``epoch_metrics.csv``: every trial's ``metrics.jsonl`` lines (``ctx.log_metrics``,
   PhysAE's epochs) with the trial's ``number`` first, when any trial wrote one.
 
@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-from hpo.worker.context import METRICS_FILE, objective_attrs
 from hpo.config.fields import Field
 from hpo.config.settings import RESULTS_DIR
-from hpo.system.files import json_safe, write_json_atomic
 from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
+from hpo.system.files import json_safe, write_json_atomic
+from hpo.worker.context import METRICS_FILE, objective_attrs
 
 if TYPE_CHECKING:
     from hpo.config.study import Launch
@@ -251,7 +251,7 @@ def hpo_results_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
 def _result_row(t: TrialRecord, score: Any) -> dict[str, Any]:
     row = {"number": t.number, "state": t.state, "score": score, "params": t.params}
     metrics = objective_attrs(t.user_attrs)
-    return {**row, "user_attrs": metrics} if metrics else row  # seed 002's shape when there are none
+    return {**row, "user_attrs": metrics} if metrics else row  # no empty "user_attrs" key
 
 
 def epoch_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:

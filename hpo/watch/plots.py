@@ -29,8 +29,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from hpo.watch.export import knee_point
 from hpo.journal.reader import Distribution, TrialRecord, pareto_front
+from hpo.watch.export import knee_point
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

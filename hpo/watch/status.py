@@ -22,13 +22,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
-from hpo.worker.context import METRICS_FILE, objective_attrs
-from hpo.worker.recovery import HEARTBEAT_ATTR, Beats, beats_dir, is_lost, last_beat, read_beats
-from hpo.system.slurm import SlurmJob
 from hpo.config.settings import BUDGET_COUNTS
+from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
 from hpo.study.shared import BUDGET_ATTR, BUDGET_COUNTS_ATTR
 from hpo.system.files import json_safe
-from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
+from hpo.system.slurm import SlurmJob
+from hpo.worker.context import METRICS_FILE, objective_attrs
+from hpo.worker.recovery import Beats, beats_dir, is_lost, last_beat, read_beats
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -192,9 +192,9 @@ def open_view(settings: "Settings") -> StudyJournal:
 
     import optuna
 
+    from hpo._optuna import stale_trial_ids, study_id
     from hpo.errors import UsageError
     from hpo.study.storage import open_storage
-    from hpo._optuna import stale_trial_ids, study_id
 
     with warnings.catch_warnings():  # Optuna flags RDB heartbeats as experimental on every open
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -480,14 +480,7 @@ def _slurm_part(slurm: Mapping[str, Any]) -> Any:
     return table
 
 
-def counts_line(status: Mapping[str, Any]) -> str:
-    """One line for logs and tests: ``12/100 finished, 2 running, 0 failed, best 0.01``."""
-    best = status["best"]["value"] if status["best"] else None
-    return (f"{status['finished']}/{status['max_trials']} finished, {status['states']['RUNNING']} running, "
-            f"{status['states']['FAIL']} failed, best {_num(best)}")
-
-
-__all__ = ["HEARTBEAT_ATTR", "SlurmInfo", "build", "collect", "open_view", "render",
+__all__ = ["SlurmInfo", "build", "collect", "open_view", "render", "render_snapshot", "snapshot",
            "squeue", "study_job_ids", "throughput", "workers_summary"]
 
 

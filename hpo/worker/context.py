@@ -73,7 +73,8 @@ class Diverged(optuna.TrialPruned):
 class TrialCapped(Exception):
     """Raised by the trial runner, not by objectives: a multi-objective trial past the
     time-pruning limit ends COMPLETE with capped values (config ``time_pruning_cap``, as
-    CODES does: the accuracy capped, the time the one measured), not PRUNED without values."""
+    a two-objective accuracy/time search wants it: the accuracy capped, the time the one measured),
+    not PRUNED without values."""
 
     def __init__(self, values: tuple[float, ...], reason: str) -> None:
         super().__init__(reason)

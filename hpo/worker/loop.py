@@ -39,18 +39,18 @@ from typing import Any, Callable, Mapping
 
 from optuna.trial import TrialState
 
-from hpo.worker import outcome as outcomes
+from hpo.config.identity import WorkerIdentity
+from hpo.config.settings import RESULTS_DIR, Settings
 from hpo.config.study import Launch, StudyConfig, expand
 from hpo.errors import LockWaitAborted
 from hpo.journal.filesystem import visibility_warning
+from hpo.study.algorithms import make_sampler
+from hpo.study.shared import SharedStudy, open_study
 from hpo.system.logs import log_study
+from hpo.worker import outcome as outcomes
 from hpo.worker.context import Objective
 from hpo.worker.recovery import Heartbeat, reap
-from hpo.config.settings import RESULTS_DIR, Settings
-from hpo.config.identity import WorkerIdentity
 from hpo.worker.setup import ensure_setup
-from hpo.study.shared import SharedStudy, open_study
-from hpo.study.algorithms import make_sampler
 from hpo.worker.trial import TrialRunner
 
 _logger = logging.getLogger(__name__)

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable, Iterator
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo._optuna import stale_trial_ids, trial_id
-from hpo.system.processes import process_alive
 from hpo.system.files import write_bytes_atomic
+from hpo.system.processes import process_alive
 
 if TYPE_CHECKING:
     from hpo.study.shared import SharedStudy

@@ -1,7 +1,7 @@
 """A study's setup stage: computed once, cached by a hash of its inputs, handed to every trial.
 
-Some work is the same for every trial: seed 003 computes its HMC reference once per
-problem, seed 002 pre-screens the hardest samples before the search. A study config
+Some work is the same for every trial: an expensive reference solution computed once per
+problem, or a pre-screening of the hardest samples before the search. A study config
 names such a function::
 
     setup: mypkg.prepare:reference       # called as reference(ctx: SetupContext) -> dict
@@ -49,8 +49,8 @@ from hpo.errors import HpoError
 from hpo.system.files import write_json_atomic
 
 if TYPE_CHECKING:
-    from hpo.config.study import StudyConfig
     from hpo.config.settings import Settings
+    from hpo.config.study import StudyConfig
 
 _logger = logging.getLogger(__name__)
 

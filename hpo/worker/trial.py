@@ -34,22 +34,22 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import TrialState
 
-from hpo.worker import outcome as outcomes
+from hpo._optuna import trial_id
+from hpo.config.space import suggest
+from hpo.system.files import write_json, write_json_atomic
 from hpo.system.logs import trial_logging
+from hpo.worker import outcome as outcomes
 from hpo.worker.context import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
 from hpo.worker.recovery import Heartbeat, enqueue_retry
 from hpo.worker.results import RunKey, run_key
 from hpo.worker.setup import options_of
-from hpo.config.space import suggest
-from hpo._optuna import trial_id
-from hpo.system.files import write_json, write_json_atomic
 
 if TYPE_CHECKING:
-    from hpo.config.study import StudyConfig
-    from hpo.config.settings import Settings
     from hpo.config.identity import WorkerIdentity
-    from hpo.worker.setup import SetupResult
+    from hpo.config.settings import Settings
+    from hpo.config.study import StudyConfig
     from hpo.study.shared import SharedStudy
+    from hpo.worker.setup import SetupResult
 
 _logger = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ class TrialRunner:
             raise TrialTaken()
 
     def _check_time(self, active: _Active) -> None:
-        """Per-trial time budget (seed 003) and time-based pruning (CODES): both end the
+        """Per-trial time budget (``HPO_TRIAL_TIMEOUT_SECONDS``) and time-based pruning
+        (``HPO_TIME_PRUNING_WARMUP``): both end the
         trial PRUNED with the reason, so its slot is refilled and the sampler learns."""
         elapsed = time.time() - active.start
         limit = active.limit
@@ -200,7 +201,7 @@ class TrialRunner:
                     why = f"time-pruned: {elapsed:.1f}s > mean + std of {len(durations)} completed trials ({cap:.1f}s)"
                     capped = self.config.time_pruning_cap
                     if capped is not None and len(self.config.directions) > 1:
-                        # CODES: the trial stays COMPLETE, its accuracy capped and its time the one measured.
+                        # time_pruning_cap: the trial stays COMPLETE, its accuracy capped and its time the one measured.
                         raise TrialCapped(tuple(elapsed if v == "elapsed" else float(v) for v in capped), why)
                     raise optuna.TrialPruned(why)
 
