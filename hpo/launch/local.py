@@ -54,22 +54,11 @@ def worker_env(
 
 def run_local(launch: Launch, n_workers: int, env: Mapping[str, str]) -> int:
     """Run the launch's studies here with ``n_workers`` processes; returns the exit status."""
-    from rich.console import Console
-
-    console = Console(stderr=True, soft_wrap=True)
     quiet_optuna()
     # Creates each study and its warm start once, before the workers race.
     studies = [open_study(s, c) for s, c in launch.studies]
-    settings = launch.settings
-    gpus = visible_gpus(settings, env)
-    names = ", ".join(s.settings.study_name for s in studies)
-    console.print(f"{'studies' if len(studies) > 1 else 'study'} [bold]{names}[/] in {settings.journal_dir}: "
-                  f"{n_workers} worker(s) on {', '.join('GPU ' + g for g in gpus) if gpus else 'CPU'}")
-    if len(studies) > 1:
-        console.print("every worker works on the studies in order, moving to the next one when a study's "
-                      "MAX_TRIALS are finished (or while all its remaining trials are running)")
-    console.print(f"worker logs: {settings.log_dir}/worker_*.log  (follow: tail -f {settings.log_dir}/worker_*.log)")
-    console.print(f"run directories: {settings.trial_output}/<study>/trial_<number>/")
+    gpus = visible_gpus(launch.settings, env)
+    _announce(launch, n_workers, gpus)
     # One launch: a fresh study's workers seed OPTUNA_SEED + rank, a resumed one's anew
     # (see hpo.worker.loop.sampler_seed).
     launch_id = new_launch_id()
@@ -79,26 +68,47 @@ def run_local(launch: Launch, n_workers: int, env: Mapping[str, str]) -> int:
                          env=worker_env(launch, env, rank, gpus, launch_id, threads, n_workers))
         for rank in range(n_workers)
     ]
+    workers = _Workers(procs)
     # A scheduler's SIGTERM reaches only us: pass it on so workers end trials cleanly.
-    def forward(signum: int, frame: object) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-
-    def interrupt(count: int) -> None:
-        # The terminal sent SIGINT to every worker too; a second Ctrl-C stops them at once.
-        if count > 1:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
-        interrupted.append(count)
-
-    interrupted: list[int] = []
-    show_progress(studies, lambda: any(p.poll() is None for p in procs), interrupt)
+    signal.signal(signal.SIGTERM, lambda signum, frame: workers.send(signum))
+    show_progress(studies, workers.running, workers.interrupt)
     codes = [p.returncode for p in procs]
-    if interrupted or 130 in codes:
+    if workers.interrupted or 130 in codes:
         return 130
     return next((c for c in codes if c != 0), 0)
 
+
+def _announce(launch: Launch, n_workers: int, gpus: Sequence[str]) -> None:
+    from rich.console import Console
+
+    console, settings = Console(stderr=True, soft_wrap=True), launch.settings
+    several = len(launch.studies) > 1
+    names = ", ".join(s.study_name for s, _ in launch.studies)
+    console.print(f"{'studies' if several else 'study'} [bold]{names}[/] in {settings.journal_dir}: "
+                  f"{n_workers} worker(s) on {', '.join('GPU ' + g for g in gpus) if gpus else 'CPU'}")
+    if several:
+        console.print("every worker works on the studies in order, moving to the next one when a study's "
+                      "MAX_TRIALS are finished (or while all its remaining trials are running)")
+    console.print(f"worker logs: {settings.log_dir}/worker_*.log  (follow: tail -f {settings.log_dir}/worker_*.log)")
+    console.print(f"run directories: {settings.trial_output}/<study>/trial_<number>/")
+
+
+class _Workers:
+    """The worker processes of one ``hpo run``, as its signal handling sees them."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.procs, self.interrupted = procs, 0
+
+    def running(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+    def send(self, signum: int) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    def interrupt(self, count: int) -> None:
+        """Ctrl-C: the terminal sent SIGINT to every worker too; a second one stops them at once."""
+        self.interrupted = count
+        if count > 1:
+            self.send(signal.SIGINT)
