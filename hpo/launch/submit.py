@@ -25,7 +25,8 @@ import submitit
 from hpo.config.environment import environment
 from hpo.config.settings import Settings
 from hpo.config.study import load_all
-from hpo.worker.loop import STOP_SIGNALS, StopReason, run_worker
+from hpo.worker.loop import run_worker
+from hpo.worker.stop import STOP_SIGNALS, Stop
 
 _logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class WorkerJob(submitit.helpers.Checkpointable):
         settings, config = load_all({}, env)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         reason, _ = run_worker(settings, config, env, signals=STOP_SIGNALS)
-        if reason is StopReason.PREEMPTED and callable(submitit_handler):
+        if reason is Stop.PREEMPTED and callable(submitit_handler):
             # The trial is closed and its retry enqueued: now let submitit requeue us.
             submitit_handler(signal.SIGUSR2, None)
         return reason.label
