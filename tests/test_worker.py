@@ -306,11 +306,11 @@ def test_submit_local_runs_the_same_workers_through_submitit(toy) -> None:
 
 
 def test_auto_device_without_a_gpu_driver_is_cpu_without_importing_torch(tmp_path: Path) -> None:
-    from hpo.worker.loop import resolve_device
+    from hpo.worker.device import resolve_device
 
     assert resolve_device("auto", None, driver_files=(str(tmp_path / "none"),)) == "cpu"
     assert resolve_device("auto", "") == "cpu" and resolve_device("cuda:1", None) == "cuda:1"
-    probe = subprocess.run([sys.executable, "-c", "import sys; from hpo.worker.loop import resolve_device; "
+    probe = subprocess.run([sys.executable, "-c", "import sys; from hpo.worker.device import resolve_device; "
                             f"print(resolve_device('auto', None, ({str(tmp_path / 'none')!r},)), 'torch' in sys.modules)"],
                            capture_output=True, text=True, env={**os.environ})
     assert probe.stdout.split() == ["cpu", "False"], probe.stderr

@@ -26,7 +26,8 @@ from hpo.config.identity import new_launch_id
 from hpo.config.study import Launch, load_launch
 from hpo.study.shared import SharedStudy, open_study
 from hpo.system.slurm import record_jobs
-from hpo.worker.loop import STOP_SIGNALS, StopReason, run_worker
+from hpo.worker.loop import run_worker
+from hpo.worker.stop import STOP_SIGNALS, Stop
 
 _logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class WorkerJob(submitit.helpers.Checkpointable):
         launch = load_launch({}, env)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         reason, _ = run_worker(launch, env, signals=STOP_SIGNALS)
-        if reason is StopReason.PREEMPTED and callable(submitit_handler):
+        if reason is Stop.PREEMPTED and callable(submitit_handler):
             # The trial is closed and its retry enqueued: now let submitit requeue us.
             submitit_handler(signal.SIGUSR2, None)
         return reason.label

@@ -1,7 +1,7 @@
 """One trial, from ``ask`` to ``tell``: the trial runner.
 
-:class:`TrialRunner` owns everything about a single trial that the worker's loop
-(:mod:`hpo.worker.loop`) does not need to know: its run directory and the files in it,
+:class:`TrialRunner` owns everything about a single trial that the study's loop
+(:mod:`hpo.worker.study_run`) does not need to know: its run directory and the files in it,
 the :class:`~hpo.worker.context.TrialContext` handed to the objective, pruning reports,
 the per-trial time budget and time-based pruning, the heartbeat, turning the
 result into a state through the policy table (:mod:`hpo.worker.outcome`), ``tell``, and
@@ -29,7 +29,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 from optuna.trial import TrialState
@@ -61,7 +61,7 @@ class _Active:
     trial: optuna.Trial
     start: float
     limit: float | None
-    stop_reason: Any  # () -> str | None, the worker's stop flag
+    stop_reason: Callable[[], str | None]  # the worker's stop flag, as objectives see it
     last_step: list[int] = field(default_factory=list)
     taken: bool = False  # set by the heartbeat thread when another worker ended the trial
     run_key: RunKey | None = None  # HPO_REUSE_RESULTS: where this run's outcome is stored (hpo.worker.results)
@@ -87,7 +87,7 @@ class TrialRunner:
                 "fixed_params": self.settings.fixed_params()}
 
     # -- one trial --------------------------------------------------------
-    def run(self, trial: optuna.Trial, stop_reason: Any) -> outcomes.Outcome:
+    def run(self, trial: optuna.Trial, stop_reason: Callable[[], str | None]) -> outcomes.Outcome:
         """Run ``trial`` to its end; ``stop_reason()`` is the worker's stop flag."""
         s = self.settings
         run_dir = self.run_dir(trial.number)
