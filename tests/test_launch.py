@@ -48,7 +48,8 @@ def env(folder: Path, config: str = "toy.yaml", **extra: str) -> dict[str, str]:
 def finished_study(folder: Path, values: dict[float, float]) -> Launch:
     """The toy study with COMPLETE trials x -> value, told through plain Optuna."""
     launch = load_launch({}, env(folder))
-    shared = open_study(*launch.one())
+    settings, config = launch.one()
+    shared = open_study(settings.spec, config)
     x_range = optuna.distributions.FloatDistribution(-5, 5)
     for x, value in values.items():
         shared.study.add_trial(optuna.trial.create_trial(params={"x": x}, distributions={"x": x_range}, value=value))

@@ -103,7 +103,8 @@ def test_slot_check_sees_a_trial_another_node_just_started() -> None:
         (mount_a / run / "toy.yaml").write_text(TOY_CONFIG.format(objective="quadratic"))
         env = {"HPO_CONFIG": str(mount_b / run / "toy.yaml"), "JOURNAL_DIR": str(mount_b / run),
                "STUDY_NAME": "toy", "MAX_TRIALS": "3", "OPTUNA_SAMPLER": "random", "OPTUNA_PRUNER": "none"}
-        shared = open_study(*load_launch({}, env).one())
+        settings, config = load_launch({}, env).one()
+        shared = open_study(settings.spec, config)
         node1 = optuna.load_study(study_name="toy", storage=optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(mount_a / run / "toy.journal"))))
         for _ in range(2):

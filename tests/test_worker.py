@@ -194,14 +194,15 @@ def test_a_beat_never_outlives_its_trial(toy) -> None:
     millisecond, 200 trials that end at once leave no file."""
     from hpo.config.study import load_launch
     from hpo.study.shared import open_study
-    from hpo.worker.recovery import Heartbeat, beats_dir
+    from hpo.worker.recovery import Heartbeat
 
     cwd, env = toy()
     env["JOURNAL_DIR"] = str(cwd / "optuna_journal")
-    shared = open_study(*load_launch({}, env).one())
+    settings, config = load_launch({}, env).one()
+    shared = open_study(settings.spec, config)
     trial = shared.study.ask()
     beat = Heartbeat(shared, period=0.001, stale_seconds=60.0, worker_id="w")
-    path = beats_dir(cwd / "optuna_journal", "toy") / f"trial_{trial._trial_id}.json"
+    path = cwd / "optuna_journal" / "toy.heartbeats" / f"trial_{trial._trial_id}.json"
     try:
         _end_trials_at_random_points(beat, trial._trial_id, path)
     finally:

@@ -396,7 +396,7 @@ def trial_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ca
 
     def make(objective: Any) -> TrialRunner:
         settings, config = configure(tmp_path, monkeypatch).one()
-        shared = open_study(settings, config)
+        shared = open_study(settings.spec, config)
         identity = WorkerIdentity.from_env(settings, {}, host=socket.gethostname(), pid=os.getpid())
         heartbeats.append(Heartbeat(shared, settings.heartbeat_seconds, settings.stale_seconds, identity.worker_id))
         return TrialRunner(shared, settings, config, identity, "cpu", objective, heartbeats[-1])

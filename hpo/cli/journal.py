@@ -54,7 +54,7 @@ def reap_cmd(**flags: Any) -> int:
     from hpo.worker.recovery import reap
 
     settings, config = load(flags)
-    reaped = reap(open_study(settings, config, create=False), socket.gethostname())
+    reaped = reap(open_study(settings.spec, config, create=False), socket.gethostname())
     click.echo(f"reaped {len(reaped)} lost trial(s): {' '.join(map(str, reaped)) or '-'}")
     return 0
 

@@ -184,27 +184,22 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
-    def counted_states(self) -> frozenset[str]:
-        """The trial states ``MAX_TRIALS`` counts (``HPO_BUDGET_COUNTS``)."""
-        return frozenset({"COMPLETE"} if self.budget_counts == "complete" else {"COMPLETE", "PRUNED"})
+    def spec(self) -> "StudySpec":
+        """What sharing this study reads of the settings (:class:`StudySpec`)."""
+        return StudySpec(self.study_name, self.journal_dir, self.storage, self.max_trials, self.budget_counts,
+                         self.heartbeat_seconds, self.stale_seconds, self.max_retries, self.sampler, self.pruner)
 
     @property
     def journal_path(self) -> Path:
-        """``$JOURNAL_DIR/$STUDY_NAME.journal``: the study's only state."""
-        return self.journal_dir / f"{self.study_name}.journal"
+        return self.spec.journal_path
 
     @property
     def storage_label(self) -> str:
-        """Where the study lives, for messages (an RDB URL without its password)."""
-        if not self.storage:
-            return str(self.journal_path)
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.storage)
+        return self.spec.storage_label
 
     @property
     def jobs_path(self) -> Path:
-        """``$JOURNAL_DIR/$STUDY_NAME.jobs``: the study's SLURM job ids, one per line,
-        appended by the sbatch scripts and ``hpo submit``."""
-        return self.journal_dir / f"{self.study_name}.jobs"
+        return self.spec.jobs_path
 
     @property
     def study_dir(self) -> Path:
@@ -248,6 +243,57 @@ class Settings:
             out[f.name] = str(value) if isinstance(value, Path) else value
         out.update(self.objective)
         return out
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """What sharing one study reads of the settings, and nothing else: where it lives, its
+    budget, the ages the reaper judges by, its sampler and pruner. The study layer
+    (:mod:`hpo.study`) and the reaper get this, not a worker's whole :class:`Settings`."""
+
+    study_name: str
+    journal_dir: Path
+    storage: str  # '' = the journal file; else an RDB URL
+    max_trials: int
+    budget_counts: str
+    heartbeat_seconds: float
+    stale_seconds: float
+    max_retries: int
+    sampler: str
+    pruner: str
+
+    @property
+    def counted_states(self) -> frozenset[str]:
+        """The trial states ``MAX_TRIALS`` counts (``HPO_BUDGET_COUNTS``)."""
+        return frozenset({"COMPLETE"} if self.budget_counts == "complete" else {"COMPLETE", "PRUNED"})
+
+    @property
+    def journal_path(self) -> Path:
+        """``$JOURNAL_DIR/$STUDY_NAME.journal``: the study's only state."""
+        return self.journal_dir / f"{self.study_name}.journal"
+
+    @property
+    def storage_label(self) -> str:
+        """Where the study lives, for messages (an RDB URL without its password)."""
+        if not self.storage:
+            return str(self.journal_path)
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.storage)
+
+    @property
+    def jobs_path(self) -> Path:
+        """``$JOURNAL_DIR/$STUDY_NAME.jobs``: the study's SLURM job ids, one per line,
+        appended by the sbatch scripts and ``hpo submit``."""
+        return self.journal_dir / f"{self.study_name}.jobs"
+
+    @property
+    def slots_path(self) -> Path:
+        """``<journal>.slots``: the slot lock's file, in JOURNAL_DIR with any storage (all workers share it)."""
+        return Path(f"{self.journal_path}.slots")
+
+    @property
+    def beats_dir(self) -> Path:
+        """``$JOURNAL_DIR/<study>.heartbeats/``: one beat file per running trial, beside the journal."""
+        return self.journal_dir / f"{self.study_name}.heartbeats"
 
 
 def shell_word(text: str) -> str:

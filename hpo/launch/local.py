@@ -56,7 +56,7 @@ def run_local(launch: Launch, n_workers: int, env: Mapping[str, str]) -> int:
     """Run the launch's studies here with ``n_workers`` processes; returns the exit status."""
     quiet_optuna()
     # Creates each study and its warm start once, before the workers race.
-    studies = [open_study(s, c) for s, c in launch.studies]
+    studies = [open_study(s.spec, c) for s, c in launch.studies]
     gpus = visible_gpus(launch.settings, env)
     _announce(launch, n_workers, gpus)
     # One launch: a fresh study's workers seed OPTUNA_SEED + rank, a resumed one's anew

@@ -37,7 +37,7 @@ def plan_retrain(settings: Settings, config: StudyConfig, to: str | None, number
     and the new study (``to``, else ``<study>-retrain``, which must not exist yet)."""
     trial = _chosen_trial(settings, number)
     name = parse_study_name("--to", to or f"{settings.study_name}-retrain")
-    storage = open_storage(dataclasses.replace(settings, study_name=name))
+    storage = open_storage(dataclasses.replace(settings.spec, study_name=name))
     if name in [s.study_name for s in storage.get_all_studies()]:
         raise UsageError(f"--to {name!r}: that study exists already; valid: a new study name")
     # The trial's own budgets (N_TRAIN, stage epochs ...): its settings.json, else today's settings.
@@ -68,7 +68,7 @@ def _chosen_trial(settings: Settings, number: int | None) -> TrialRecord:
 def run_retrain(plan: Retrain, env: Mapping[str, str]) -> tuple[int, TrialRecord | None]:
     """Create the new study with the trial's parameters first in line, run one worker here,
     and return its exit status and the new study's trial 0 (None if it never started)."""
-    shared = open_study(plan.settings, plan.config, warm_start=False)  # no warm start: trial 0 is this one
+    shared = open_study(plan.settings.spec, plan.config, warm_start=False)  # no warm start: trial 0 is this one
     shared.study.enqueue_trial(dict(plan.trial.params), user_attrs={
         "origin": f"retrain of study {plan.source!r} trial {plan.trial.number}"})
     code = run_local(Launch(plan.config, ((plan.settings, plan.config),)), 1, env)

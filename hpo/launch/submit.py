@@ -150,7 +150,7 @@ def submit_study(launch: Launch, opts: SubmitOptions, local: bool) -> Submitted:
     """``hpo submit``: create each study of the launch (its warm start once, before any worker
     races), submit ``opts.workers`` workers as one launch, and record their job ids in each
     study's jobs file (``hpo cancel`` and ``hpo status`` read it)."""
-    studies = [open_study(settings, config) for settings, config in launch.studies]
+    studies = [open_study(settings.spec, config) for settings, config in launch.studies]
     jobs = submit(opts, launch, new_launch_id(), Path.cwd(), local)
     for settings, _ in launch.studies:
         record_jobs(settings.jobs_path, [job.job_id for job in jobs])

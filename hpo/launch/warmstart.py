@@ -139,7 +139,7 @@ def dumps_summary(source: str, summary: dict[str, Any], budget: int, best: Mappi
 def other_study(settings: Settings, name: str) -> StudyJournal:
     """Another study in the same storage, every trial decoded (read-only)."""
     other = dataclasses.replace(settings, study_name=name)
-    names = [s.study_name for s in open_storage(other).get_all_studies()]
+    names = [s.study_name for s in open_storage(other.spec).get_all_studies()]
     if name not in names:
         where = settings.storage_label if settings.storage else settings.journal_dir
         raise UsageError(f"--from-study {name!r}: no such study in {where}; existing: {', '.join(names) or 'none'}")
@@ -160,7 +160,7 @@ def enqueue(settings: Settings, config: StudyConfig, file: Path | None, from_stu
         best = top_trials(other.trials, other.study.directions, top)
         sets, origin = [dict(t.params) for t in best], f"study {from_study} (top {top})"
     checked = [check_param_set(config.space, params, f"{origin}[{i}]") for i, params in enumerate(sets)]
-    shared = open_study(settings, config, warm_start=False)
+    shared = open_study(settings.spec, config, warm_start=False)
     for params in checked:
         shared.study.enqueue_trial(params, user_attrs={"origin": f"enqueued from {origin}"})
     return len(checked), origin
@@ -202,7 +202,7 @@ def refine(settings: Settings, config: StudyConfig, source: str, top: int, facto
     write_bytes_atomic(path, text.encode())
     summary_path = path.with_name("fine_summary.yaml")
     write_bytes_atomic(summary_path, dumps_summary(source, summary, budget, best[0].params).encode())
-    open_study(dataclasses.replace(new_settings, config=path), new_config)  # creates it, best trial enqueued first
+    open_study(new_settings.spec, new_config)  # creates it, best trial enqueued first
     return Refined(new_name, path, summary_path, len(summary), len(best), budget)
 
 

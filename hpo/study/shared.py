@@ -37,7 +37,7 @@ from hpo.system.lock import OwnerLock, make_lock
 from hpo.system.logs import quiet_optuna
 
 if TYPE_CHECKING:
-    from hpo.config.settings import Settings
+    from hpo.config.settings import StudySpec
     from hpo.config.study import StudyConfig
 
 _logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class SharedStudy:
     """A study opened by one process, with the slot lock all its workers share."""
 
     study: optuna.Study
-    settings: "Settings"
+    spec: "StudySpec"
     slots_lock: OwnerLock
     index: TrialIndex
 
@@ -141,7 +141,7 @@ class SharedStudy:
     def finished(self, counts: Counter[TrialState] | None = None) -> int:
         """The trials ``MAX_TRIALS`` counts (``HPO_BUDGET_COUNTS``), from ``counts`` or fresh ones."""
         counts = self.counts() if counts is None else counts
-        return sum(n for state, n in counts.items() if state.name in self.settings.counted_states)
+        return sum(n for state, n in counts.items() if state.name in self.spec.counted_states)
 
     def frozen(self, trial_id: int) -> optuna.trial.FrozenTrial:
         """The trial as the storage holds it now (re-read from the journal)."""
@@ -199,9 +199,9 @@ class SharedStudy:
         """``(None, done)`` when no trial may start now, None when one may (see ask_within_budget)."""
         counts = self.counts()
         finished = self.finished(counts)
-        if finished >= self.settings.max_trials:
+        if finished >= self.spec.max_trials:
             return None, True
-        if finished + counts[TrialState.RUNNING] >= self.settings.max_trials:
+        if finished + counts[TrialState.RUNNING] >= self.spec.max_trials:
             return None, False
         return None
 
@@ -225,6 +225,27 @@ class SharedStudy:
             if verdict is not None:
                 return verdict
             return self._ask(attrs_for), False
+
+    def warm_start(self, config: "StudyConfig") -> None:
+        """The config's warm-start trials (``enqueue:``) go into a study once, when it holds
+        no trial yet, even when many workers start at the same moment. A study that already
+        holds trials gets none: the parameter sets ``hpo enqueue`` put into a new study
+        (which opens it with ``warm_start=False``) are the ones its next trials run."""
+        storage = self.storage
+        with self.slots():
+            self.sync_view()
+            if WARM_START_ATTR in storage.get_study_system_attrs(self.study_id):
+                return
+            existing = len(self.trials())
+            if existing:
+                _logger.info("not enqueuing the %d warm-start trial(s) of %s: study %r already holds %d trial(s) "
+                             "(enqueued by hpo enqueue, or run before)", len(config.enqueue), config.path,
+                             self.spec.study_name, existing)
+            else:
+                for params in config.enqueue:
+                    self.study.enqueue_trial(dict(params), user_attrs={"origin": "warm start"})
+                _logger.info("enqueued %d warm-start trial(s) from %s", len(config.enqueue), config.path)
+            storage.set_study_system_attr(self.study_id, WARM_START_ATTR, not existing)
 
     def _ask(self, attrs_for: Callable[[int], dict[str, Any]]) -> optuna.Trial:
         """``study.ask()``, except that a new trial is created RUNNING with its user
@@ -254,7 +275,7 @@ class SharedStudy:
 
 
 def open_study(
-    settings: "Settings",
+    spec: "StudySpec",
     config: "StudyConfig",
     seed: int | None = None,
     create: bool = True,
@@ -265,65 +286,44 @@ def open_study(
 
     ``should_stop``: polled by every wait for the journal and slot locks (see
     :func:`hpo.system.lock.make_lock`), so a worker told to stop never hangs on a lock.
-
-    The config's warm-start trials (``enqueue:``) go into a study once, when it
-    holds no trial yet, even when many workers start at the same moment. A study that
-    already holds trials gets none: the parameter sets ``hpo enqueue`` put into a new
-    study (which opens it with ``warm_start=False``) are the ones its next trials run.
+    With ``warm_start``, the config's warm-start trials go in when the study holds none
+    (:meth:`SharedStudy.warm_start`).
     """
     quiet_optuna()  # its INFO lines ("Using an existing study ...") repeat for every process
-    storage = open_storage(settings, should_stop)
+    storage = open_storage(spec, should_stop)
     names = [s.study_name for s in storage.get_all_studies()]
-    if settings.study_name not in names and not create:
-        raise UsageError(
-            f"STUDY_NAME={settings.study_name!r}: no such study in {settings.storage_label}; "
-            f"existing: {', '.join(names) or 'none'}"
-        )
+    if spec.study_name not in names and not create:
+        raise UsageError(f"STUDY_NAME={spec.study_name!r}: no such study in {spec.storage_label}; "
+                         f"existing: {', '.join(names) or 'none'}")
     study = optuna.create_study(
-        study_name=settings.study_name,
+        study_name=spec.study_name,
         storage=storage,
         directions=[optuna.study.StudyDirection[d.upper()] for d in config.directions],
-        sampler=make_sampler(settings.sampler, seed, config.sampler_args),
-        pruner=make_pruner(settings.pruner, config.pruner_args),
+        sampler=make_sampler(spec.sampler, seed, config.sampler_args),
+        pruner=make_pruner(spec.pruner, config.pruner_args),
         load_if_exists=True,
     )
     held = [d.name.lower() for d in study.directions]
     if held != list(config.directions):
         # load_if_exists silently keeps the old directions; we refuse instead.
-        raise StudyMismatch(
-            f"study {settings.study_name!r} in {settings.storage_label} optimises {held}, "
-            f"but {config.path} asks for {list(config.directions)}; use another STUDY_NAME"
-        )
-    # The slot lock lives in JOURNAL_DIR with any storage: it must be shared by all workers.
-    settings.journal_dir.mkdir(parents=True, exist_ok=True)
-    shared = SharedStudy(study, settings, make_lock(Path(f"{settings.journal_path}.slots"), should_stop),
-                         TrialIndex(storage, study_id(study)))
+        raise StudyMismatch(f"study {spec.study_name!r} in {spec.storage_label} optimises {held}, "
+                            f"but {config.path} asks for {list(config.directions)}; use another STUDY_NAME")
+    spec.journal_dir.mkdir(parents=True, exist_ok=True)
+    shared = SharedStudy(study, spec, make_lock(spec.slots_path, should_stop), TrialIndex(storage, study_id(study)))
     if config.enqueue and warm_start:
-        with shared.slots():
-            shared.sync_view()
-            if WARM_START_ATTR not in storage.get_study_system_attrs(shared.study_id):
-                existing = len(shared.trials())
-                if existing:
-                    _logger.info("not enqueuing the %d warm-start trial(s) of %s: study %r already holds %d "
-                                 "trial(s) (enqueued by hpo enqueue, or run before)", len(config.enqueue),
-                                 config.path, settings.study_name, existing)
-                else:
-                    for params in config.enqueue:
-                        study.enqueue_trial(dict(params), user_attrs={"origin": "warm start"})
-                    _logger.info("enqueued %d warm-start trial(s) from %s", len(config.enqueue), config.path)
-                storage.set_study_system_attr(shared.study_id, WARM_START_ATTR, not existing)
-    _record_study_facts(storage, shared.study_id, settings, config)
+        shared.warm_start(config)
+    _record_study_facts(storage, shared.study_id, spec, config)
     return shared
 
 
-def _record_study_facts(storage: optuna.storages.BaseStorage, sid: int, settings: "Settings",
+def _record_study_facts(storage: optuna.storages.BaseStorage, sid: int, spec: "StudySpec",
                         config: "StudyConfig") -> None:
     """Store the budget and the metric names with the study, so that ``hpo status``, the
     figures and optuna-dashboard know them later; a record only when they change."""
     held = storage.get_study_system_attrs(sid)
-    if held.get(BUDGET_ATTR) != settings.max_trials:
-        storage.set_study_system_attr(sid, BUDGET_ATTR, settings.max_trials)
-    if held.get(BUDGET_COUNTS_ATTR, "finished") != settings.budget_counts:
-        storage.set_study_system_attr(sid, BUDGET_COUNTS_ATTR, settings.budget_counts)
+    if held.get(BUDGET_ATTR) != spec.max_trials:
+        storage.set_study_system_attr(sid, BUDGET_ATTR, spec.max_trials)
+    if held.get(BUDGET_COUNTS_ATTR, "finished") != spec.budget_counts:
+        storage.set_study_system_attr(sid, BUDGET_COUNTS_ATTR, spec.budget_counts)
     if config.metric_names is not None and held.get(METRIC_NAMES_ATTR) != list(config.metric_names):
         storage.set_study_system_attr(sid, METRIC_NAMES_ATTR, list(config.metric_names))

@@ -17,16 +17,16 @@ import optuna
 from hpo.journal.backend import open_journal
 
 if TYPE_CHECKING:
-    from hpo.config.settings import Settings
+    from hpo.config.settings import StudySpec
 
 
-def open_storage(settings: "Settings", should_stop: Callable[[], bool] | None = None) -> optuna.storages.BaseStorage:
+def open_storage(spec: "StudySpec", should_stop: Callable[[], bool] | None = None) -> optuna.storages.BaseStorage:
     """The study's storage; ``should_stop`` is polled by every wait for the journal's lock."""
-    if not settings.storage:
-        return open_journal(settings.journal_path, should_stop)
+    if not spec.storage:
+        return open_journal(spec.journal_path, should_stop)
     return optuna.storages.RDBStorage(
-        settings.storage,
-        heartbeat_interval=max(1, int(settings.heartbeat_seconds)),
-        grace_period=max(2, int(settings.stale_seconds)),
-        engine_kwargs={"pool_pre_ping": True} if settings.storage.startswith("postgresql") else None,
+        spec.storage,
+        heartbeat_interval=max(1, int(spec.heartbeat_seconds)),
+        grace_period=max(2, int(spec.stale_seconds)),
+        engine_kwargs={"pool_pre_ping": True} if spec.storage.startswith("postgresql") else None,
     )

@@ -25,7 +25,7 @@ def serve(settings: "Settings", bind: str, port: int) -> None:
 
     try:
         # The workers' storage and lock: the dashboard may write (notes), like a worker.
-        run_server(open_storage(settings), host=bind, port=port)
+        run_server(open_storage(settings.spec), host=bind, port=port)
     except KeyboardInterrupt:
         pass
     except OSError as exc:

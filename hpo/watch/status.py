@@ -28,7 +28,7 @@ from hpo.study.shared import BUDGET_ATTR, BUDGET_COUNTS_ATTR
 from hpo.system.files import json_safe
 from hpo.system.slurm import SlurmJob
 from hpo.worker.context import METRICS_FILE, objective_attrs
-from hpo.worker.recovery import Beats, beats_dir, is_lost, last_beat, read_beats
+from hpo.worker.recovery import Beats, is_lost, last_beat, read_beats
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -153,7 +153,7 @@ def collect(settings: "Settings", now: float | None = None, slurm: bool = True,
             ids = list(dict.fromkeys([*ids, *recorded_job_ids(settings)]))
         info = squeue(ids)
     running = [t.trial_id for t in journal.trials if t.state == "RUNNING"]
-    beats = None if settings.storage else read_beats(beats_dir(settings.journal_dir, settings.study_name), running)
+    beats = None if settings.storage else read_beats(settings.spec.beats_dir, running)
     return Inputs(journal, attrs, metrics, info, budget(settings, journal), settings.stale_seconds,
                   time.time() if now is None else now, read_seconds, counted_states(settings, journal), beats)
 
@@ -162,8 +162,8 @@ def counted_states(settings: "Settings", journal: StudyJournal) -> frozenset[str
     """What the study's MAX_TRIALS counts: given to this command, else as its workers stored it."""
     stored = journal.study.system_attrs.get(BUDGET_COUNTS_ATTR)
     if stored in BUDGET_COUNTS and not settings.sources.get("budget_counts", "default").startswith(("flag", "env:")):
-        return replace(settings, budget_counts=stored).counted_states
-    return settings.counted_states
+        return replace(settings.spec, budget_counts=stored).counted_states
+    return settings.spec.counted_states
 
 
 def budget(settings: "Settings", journal: StudyJournal) -> int:
@@ -198,7 +198,7 @@ def open_view(settings: "Settings") -> StudyJournal:
 
     with warnings.catch_warnings():  # Optuna flags RDB heartbeats as experimental on every open
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = open_storage(settings)  # with the workers' heartbeat settings
+        storage = open_storage(settings.spec)  # with the workers' heartbeat settings
     try:
         study = optuna.load_study(study_name=settings.study_name, storage=storage)
     except KeyError:

@@ -116,7 +116,7 @@ class Worker:
         finally:
             if stop not in SIGNALLED:
                 for run in self.finished:  # HPO_EXPORT_AT_END: one worker per study does it
-                    export_at_end(run.shared, self.env)
+                    export_at_end(run.settings, run.shared, self.env)
 
     def _run_guarded(self) -> Stop:
         try:
@@ -212,7 +212,7 @@ class Worker:
 EXPORT_TIMEOUT_SECONDS = 900
 
 
-def export_at_end(shared: SharedStudy, env: Mapping[str, str]) -> Path | None:
+def export_at_end(s: Settings, shared: SharedStudy, env: Mapping[str, str]) -> Path | None:
     """Write ``results/<study>/`` (``hpo export``, then ``hpo plot``) once the study has its trials.
 
     Every worker that sees the study done calls this; the first to create the marker
@@ -225,7 +225,6 @@ def export_at_end(shared: SharedStudy, env: Mapping[str, str]) -> Path | None:
     import subprocess
     import sys
 
-    s = shared.settings
     finished = shared.finished()
     folder = RESULTS_DIR / s.study_name
     folder.mkdir(parents=True, exist_ok=True)

@@ -64,9 +64,9 @@ class StudyRun:
     """One study's trial loop for one worker, with the study's own state: its failures in a
     row (one failing study of a sweep stops only itself) and when it was last reaped."""
 
-    def __init__(self, shared: SharedStudy, runner: TrialRunner, limits: Limits, host: str) -> None:
-        self.shared, self.runner, self.limits, self.host = shared, runner, limits, host
-        self.settings: Settings = shared.settings
+    def __init__(self, settings: Settings, shared: SharedStudy, runner: TrialRunner, limits: Limits,
+                 host: str) -> None:
+        self.settings, self.shared, self.runner, self.limits, self.host = settings, shared, runner, limits, host
         self.failures_in_a_row = 0
         self.last_reap = limits.clock()
 
@@ -79,12 +79,13 @@ class StudyRun:
         if setup is not None:
             _logger.info("setup %s: %s (key %s)", config.setup,
                          "computed by this worker" if setup.computed_here else "read from the cache", setup.key)
-        shared = open_study(settings, config, should_stop=stop_asked)
+        shared = open_study(settings.spec, config, should_stop=stop_asked)
         launch = shared.launch_number(worker.identity.launch)
         seed = sampler_seed(settings, worker.identity, launch)
         shared.study.sampler = make_sampler(settings.sampler, seed, config.sampler_args)
         _log_start(settings, worker, launch, seed)
-        run = cls(shared, _runner(shared, config, worker, setup), worker.limits, worker.identity.host)
+        run = cls(settings, shared, _runner(settings, shared, config, worker, setup), worker.limits,
+                  worker.identity.host)
         run._reap(force=True)
         return run
 
@@ -139,8 +140,9 @@ class StudyRun:
         self.runner.heartbeat.close()
 
 
-def _runner(shared: SharedStudy, config: StudyConfig, worker: WorkerParts, setup: SetupResult | None) -> TrialRunner:
-    s, who = shared.settings, worker.identity
+def _runner(s: Settings, shared: SharedStudy, config: StudyConfig, worker: WorkerParts,
+            setup: SetupResult | None) -> TrialRunner:
+    who = worker.identity
     heartbeat = Heartbeat(shared, s.heartbeat_seconds, s.stale_seconds, who.worker_id)
     return TrialRunner(shared, s, config, who, worker.device, worker.objective, heartbeat, setup)
 
