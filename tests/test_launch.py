@@ -182,3 +182,23 @@ def test_retrain_runs_the_best_trial_again_as_trial_0_of_a_new_study(folder: Pat
         plan_retrain(settings, config, "toy-retrain", None)
     with pytest.raises(UsageError, match=r"--trial 5: study 'toy' has trials 0-1"):
         plan_retrain(settings, config, None, 5)
+
+
+def test_the_workers_of_a_launch_store_its_config_once(tmp_path: Path) -> None:
+    """Four workers starting at once (two nodes) all try to store the study's config: one
+    does, and no reader ever sees the file replaced under it (the cluster run that found
+    this read a config another node was renaming over)."""
+    import threading
+
+    from hpo.system.files import write_once
+
+    path, created = tmp_path / "study" / "study_config.yaml", []
+    texts = [f"worker {i}\n".encode() * 1000 for i in range(8)]
+    threads = [threading.Thread(target=lambda t=t: created.append((write_once(path, t), t))) for t in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(won for won, _ in created) == [False] * 7 + [True]
+    assert path.read_bytes() == next(t for won, t in created if won)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["study_config.yaml"]  # no temporary file left

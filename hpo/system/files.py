@@ -39,6 +39,26 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     write_atomic(path, lambda handle: handle.write(data), durable)
 
 
+def write_once(path: Path, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists: a whole temporary file linked into
+    place, so that many processes racing to write the same file (the workers of one launch,
+    on several nodes) never replace one another's: readers see one file, whole, whose inode
+    does not change under them. Returns whether this call created it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def json_safe(value: Any) -> Any:
     """``value`` as strict JSON can hold it: NaN and infinities become null (JSON has
     neither). The one rule for every JSON hpo prints or writes (docs/watch.md)."""
