@@ -103,9 +103,10 @@ class Measurement:
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
     """This environment without hpo or SLURM variables, plus ``extra``."""
-    from hpo.settings import without_settings
+    from hpo.config.environment import without_settings
+    from hpo.physae.settings import SETTINGS as PHYSAE_SETTINGS
 
-    env = without_settings(os.environ)
+    env = without_settings(os.environ, PHYSAE_SETTINGS)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)
     return env

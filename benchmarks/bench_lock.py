@@ -36,7 +36,7 @@ KINDS = ("OwnerLock", "filelock.FileLock", "optuna.JournalFileOpenLock")
 def make(kind: str, path: str) -> tuple[Callable[[], object], Callable[[], object]]:
     """(acquire, release) of one lock of ``kind`` guarding ``path``."""
     if kind == "OwnerLock":
-        from hpo.journal.lock import OwnerLock
+        from hpo.system.lock import OwnerLock
 
         lock = OwnerLock(path)
         return lock.acquire, lock.release
@@ -86,8 +86,8 @@ def child(kind: str, path: str, cycles: int) -> None:
 
 def fence_window(path: str, appends: int) -> tuple[float, float]:
     """Fence return to ``write`` return, per journal append through hpo's backend."""
-    from hpo.journal import repair
-    from hpo.journal.lock import OwnerLock
+    from hpo.journal import backend as repair
+    from hpo.system.lock import OwnerLock
 
     lock = OwnerLock(path)
     backend = repair.GuardedFileBackend(path, lock_obj=lock)
@@ -115,7 +115,7 @@ def fence_window(path: str, appends: int) -> tuple[float, float]:
 
 
 def label(directory: str) -> str:
-    from hpo.journal.repair import filesystem_of
+    from hpo.journal.filesystem import filesystem_of
 
     mount = filesystem_of(directory)
     return f"{directory} ({mount.fstype if mount else '?'})"

@@ -23,10 +23,12 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import null_objective  # noqa: E402
 
-from hpo.config import parse_config  # noqa: E402
-from hpo.settings import WorkerIdentity, resolve  # noqa: E402
-from hpo.storage import make_sampler, open_storage  # noqa: E402
-from hpo.worker import Worker  # noqa: E402
+from hpo.config.identity import WorkerIdentity
+from hpo.config.settings import resolve  # noqa: E402
+from hpo.config.study import parse_config  # noqa: E402
+from hpo.journal.backend import open_journal  # noqa: E402
+from hpo.study.algorithms import make_sampler
+from hpo.worker.loop import Worker  # noqa: E402
 
 STUDY = "bench"
 CONFIG = {"objective": "null_objective:objective", "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}}
@@ -34,7 +36,7 @@ CONFIG = {"objective": "null_objective:objective", "space": {"x": {"type": "floa
 
 def prefill(path: Path, n: int) -> None:
     """A study with n COMPLETE trials (one journal record each)."""
-    storage = open_storage(path)
+    storage = open_journal(path)
     study = optuna.create_study(study_name=STUDY, storage=storage)
     dist = {"x": optuna.distributions.FloatDistribution(0.0, 1.0)}
     rng = optuna.samplers.RandomSampler(seed=0)._rng.rng
@@ -52,7 +54,7 @@ def per_trial_ms() -> float:
 
 def run_plain(path: Path, k: int, sampler: str) -> float:
     settings = resolve({}, {"OPTUNA_SAMPLER": sampler}, {}, Path("bench.yaml"))
-    study = optuna.load_study(study_name=STUDY, storage=open_storage(path), sampler=make_sampler(settings, 0))
+    study = optuna.load_study(study_name=STUDY, storage=open_journal(path), sampler=make_sampler(settings.sampler, 0))
     null_objective.CALLS = []
     study.optimize(lambda t: null_objective.objective({"x": t.suggest_float("x", 0.0, 1.0)}), n_trials=k)
     return per_trial_ms()
@@ -65,7 +67,7 @@ def run_hpo(path: Path, work: Path, n: int, k: int, sampler: str) -> float:
            "TRIAL_OUTPUT": str(work / "runs"), "HPO_DEVICE": "cpu",
            "HPO_EXPORT_AT_END": "0"}  # the study's cost per trial, not its exports
     settings = resolve({}, env, {}, Path("bench.yaml"))
-    identity = WorkerIdentity.from_env({}, host="bench", pid=1)
+    identity = WorkerIdentity.from_env(settings, {}, host="bench", pid=1)
     null_objective.CALLS = []
     Worker(settings, config, identity).run()
     return per_trial_ms()

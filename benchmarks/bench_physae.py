@@ -37,12 +37,12 @@ sys.path.insert(0, str(REPO))
 
 import torch
 
-from hpo.objective import TrialContext
-from hpo.physae.settings import SETTINGS
+from hpo.config.settings import Settings, resolve
 from hpo.physae.data import clear_dataset_cache
 from hpo.physae.objective import objective
+from hpo.physae.settings import SETTINGS
 from hpo.physae.train import RESULT_FILE, STAGES
-from hpo.settings import Settings, resolve
+from hpo.worker.context import TrialContext
 
 CONFIGS: dict[str, tuple[dict[str, str], tuple[int, int, int]]] = {
     "tiny": ({"N_TRAIN": "256", "N_VAL": "64", "N_POINTS": "64", "BATCH_SIZE": "32"}, (2, 2, 2)),

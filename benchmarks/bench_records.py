@@ -78,9 +78,10 @@ def count(journal: Path) -> tuple[Counter[str], int, int, int]:
 
 
 def run_hpo(root: Path, env: dict[str, str], config: Path, trials: int) -> Path:
-    from hpo.settings import without_settings
+    from hpo.config.environment import without_settings
+    from hpo.physae.settings import SETTINGS as PHYSAE_SETTINGS
 
-    child = {**without_settings(os.environ), **env, "HPO_CONFIG": str(config), "MAX_TRIALS": str(trials),
+    child = {**without_settings(os.environ, PHYSAE_SETTINGS), **env, "HPO_CONFIG": str(config), "MAX_TRIALS": str(trials),
              "JOURNAL_DIR": str(root / "journal"), "LOG_DIR": str(root / "logs"), "TRIAL_OUTPUT": str(root / "runs"),
              "HPO_EXPORT_AT_END": "0", "OMP_NUM_THREADS": "1",
              "PYTHONPATH": os.pathsep.join([str(REPO / "benchmarks"), str(REPO)])}
@@ -128,11 +129,11 @@ class _Context:
 def run_plain(root: Path, env: dict[str, str], config: Path, trials: int) -> Path:
     import optuna
 
-    from hpo.config import load_all
-    from hpo.space import suggest
+    from hpo.config.space import suggest
+    from hpo.config.study import load_launch
 
     os.environ.update(env)
-    settings, cfg = load_all({"config": str(config)}, {**env, "HPO_CONFIG": str(config)})
+    settings, cfg = load_launch({"config": str(config)}, {**env, "HPO_CONFIG": str(config)}).one()
     objective = cfg.load_objective()
     journal = root / "plain.journal"
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))

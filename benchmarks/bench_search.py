@@ -1,14 +1,14 @@
 """Search efficiency: trial-seconds each sampler/pruner needs to reach one fixed target, over 20+ seeds.
 
 Methods (``METHODS``), each through hpo's own sampler and pruner tables
-(``hpo.storage.make_sampler``/``make_pruner``, i.e. ``OPTUNA_SAMPLER``/``OPTUNA_PRUNER``):
+(``hpo.study.shared.make_sampler``/``make_pruner``, i.e. ``OPTUNA_SAMPLER``/``OPTUNA_PRUNER``):
 random search; TPE without pruning; TPE + Hyperband (hpo's default); TPE + median
-pruning; TPE + the stage-end median rule (``OPTUNA_PRUNER=stage``, hpo.pruners).
+pruning; TPE + the stage-end median rule (``OPTUNA_PRUNER=stage``, hpo.study.pruners).
 
 How a trial runs: in-process, on an in-memory Optuna study, through hpo's own
-``hpo.trial.TrialRunner.run``: hpo's ``suggest``, the ``TrialContext`` it builds,
+``hpo.worker.trial.TrialRunner.run``: hpo's ``suggest``, the ``TrialContext`` it builds,
 PhysAE's ``ctx.report`` -> ``trial.report``/``should_prune`` (``TrialRunner._report``),
-the outcome policy (``hpo.outcome``) and ``tell``. Left out: the journal file, the
+the outcome policy (``hpo.worker.outcome``) and ``tell``. Left out: the journal file, the
 heartbeat thread and the slot lock (stubs below), which cost the same for every
 method; one ``hpo worker`` process per study would add seconds of start-up per study
 and would not let a study stop at the target or be timed in CPU seconds.
@@ -113,7 +113,7 @@ class Job:
 
 
 class _Shared:
-    """The parts of hpo.storage.SharedStudy that TrialRunner touches, on an in-memory study."""
+    """The parts of hpo.study.shared.SharedStudy that TrialRunner touches, on an in-memory study."""
 
     def __init__(self, study: Any) -> None:
         self.study = study
@@ -164,26 +164,28 @@ def run_job(job: Job, work: Path, config_path: Path, save: bool = True) -> dict[
         return json.loads(out.read_text())  # type: ignore[no-any-return]
     import optuna
 
-    from hpo.config import load_all
-    from hpo.settings import WorkerIdentity, without_settings
-    from hpo.storage import make_pruner, make_sampler
-    from hpo.trial import TrialRunner
+    from hpo.config.environment import without_settings
+    from hpo.config.identity import WorkerIdentity
+    from hpo.config.study import load_launch
+    from hpo.physae.settings import SETTINGS as PHYSAE_SETTINGS
+    from hpo.study.algorithms import make_pruner, make_sampler
+    from hpo.worker.trial import TrialRunner
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler_name, pruner_name = METHODS[job.method]
     # Run directories on tmpfs when there is one: each trial writes ~28 MB of fsynced
     # checkpoints (removed after the trial), which would otherwise measure the disk.
     runs = runs_folder(work, os.getpid()) / job.name
-    env = {**without_settings(os.environ), **PRESET, "HPO_CONFIG": str(config_path), "HPO_DEVICE": "cpu",
+    env = {**without_settings(os.environ, PHYSAE_SETTINGS), **PRESET, "HPO_CONFIG": str(config_path), "HPO_DEVICE": "cpu",
            "OPTUNA_SAMPLER": sampler_name, "OPTUNA_PRUNER": pruner_name, "OPTUNA_SEED": str(job.sampler_seed),
            "STUDY_NAME": job.name, "TRIAL_OUTPUT": str(runs), **dict(job.env)}  # fmt: skip
-    settings, config = load_all({}, env)
+    settings, config = load_launch({}, env).one()
     study = optuna.create_study(direction=optuna.study.StudyDirection[config.directions[0].upper()],
-                                sampler=make_sampler(settings, job.sampler_seed, config.sampler_args),
-                                pruner=make_pruner(settings, config.pruner_args))
+                                sampler=make_sampler(settings.sampler, job.sampler_seed, config.sampler_args),
+                                pruner=make_pruner(settings.pruner, config.pruner_args))
     if job.params:
         study.enqueue_trial(dict(job.params))
-    identity = WorkerIdentity.from_env({}, host=socket.gethostname(), pid=os.getpid())
+    identity = WorkerIdentity.from_env(settings, {}, host=socket.gethostname(), pid=os.getpid())
     runner = TrialRunner(_Shared(study), settings, config, identity, "cpu",  # type: ignore[arg-type]
                          config.load_objective(), _NoHeartbeat())  # type: ignore[arg-type]
     trials: list[dict[str, Any]] = []

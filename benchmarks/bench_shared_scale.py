@@ -34,7 +34,7 @@ def objective(params, ctx=None):
 # Runs ``hpo worker`` with OwnerLock.acquire timed; the waits go to $LOCK_WAITS_FILE at exit.
 TIMED_WORKER = '''
 import json, os, sys, time
-from hpo.journal import lock
+from hpo.system import lock
 waits = []
 _acquire = lock.OwnerLock.acquire
 def timed(self, *args, **kwargs):

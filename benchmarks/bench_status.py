@@ -117,7 +117,7 @@ def verify(path: Path, n_trials: int, exact: bool) -> None:
     """Optuna reads the file; our reader agrees with it."""
     import optuna
 
-    from hpo.watch.journal import read_trials
+    from hpo.journal.reader import read_trials
 
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
     theirs = optuna.load_study(study_name=STUDY, storage=storage).trials
@@ -141,7 +141,7 @@ def cli_command() -> list[str]:
 def measure(folder: Path, n_trials: int, shape: str, repeat: int) -> dict[str, Any]:
     import optuna
 
-    from hpo.config import load_all
+    from hpo.config.study import load_launch
     from hpo.watch import status
 
     path = folder / f"{STUDY}.journal"
@@ -149,7 +149,7 @@ def measure(folder: Path, n_trials: int, shape: str, repeat: int) -> dict[str, A
     verify(path, n_trials, exact=n_trials <= 1000)
     flags = {"journal_dir": str(folder), "study_name": STUDY, "max_trials": str(n_trials + 100),
              "config": str(REPO / "configs" / "physae.yaml")}
-    settings, _ = load_all(flags, os.environ)
+    settings, _ = load_launch(flags, os.environ).one()
     report = status.build(status.collect(settings, slurm=False))
     if report["n_trials"] != n_trials:
         raise SystemExit(f"status counts {report['n_trials']} trials, expected {n_trials}")

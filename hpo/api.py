@@ -13,27 +13,44 @@ study config as ``package.module:function``. Its knobs arrive on one channel eac
 Raise :class:`Diverged` for a non-finite loss (PRUNED with the message),
 ``TrialPruned`` to prune; call ``ctx.report`` once per epoch and ``ctx.check_stop``
 at safe points, and let :class:`TrialStopped` and :class:`TrialTaken` through.
+A config's ``setup: module:function`` gets a :class:`SetupContext`. Checkpoints go
+through :func:`write_atomic` (``torch.save`` into it: readers never see half a file),
+and the lines of ``ctx.log_metrics`` into ``run_dir / METRICS_FILE``.
 """
 
 from __future__ import annotations
 
 from optuna import TrialPruned
 
-from hpo.objective import Objective, ObjectiveValue, TrialContext, TrialStopped, TrialTaken
-from hpo.settings import Field, choice, int_in, optional, positive_float
-from hpo.trial_errors import Diverged
+from hpo.config.fields import Field, choice, float_in, int_in, optional, positive_float
+from hpo.system.files import write_atomic, write_bytes_atomic
+from hpo.worker.context import (
+    METRICS_FILE,
+    Diverged,
+    Objective,
+    ObjectiveValue,
+    TrialContext,
+    TrialStopped,
+    TrialTaken,
+)
+from hpo.worker.setup import SetupContext
 
 __all__ = [
+    "METRICS_FILE",
     "Diverged",
     "Field",
     "Objective",
     "ObjectiveValue",
+    "SetupContext",
     "TrialContext",
     "TrialPruned",
     "TrialStopped",
     "TrialTaken",
     "choice",
+    "float_in",
     "int_in",
     "optional",
     "positive_float",
+    "write_atomic",
+    "write_bytes_atomic",
 ]

@@ -28,9 +28,10 @@ os.environ.setdefault("HPO_EXPORT_AT_END", "0")
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment a user would have: no hpo or SLURM variables, tests importable
     (and HPO_EXPORT_AT_END=0 unless given, see above)."""
-    from hpo.settings import without_settings
+    from hpo.config.environment import without_settings
+    from hpo.physae.settings import SETTINGS as PHYSAE_SETTINGS
 
-    env = without_settings(os.environ)
+    env = without_settings(os.environ, PHYSAE_SETTINGS)
     env["HPO_EXPORT_AT_END"] = "0"
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.update(extra)

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from hpo.objective import TrialContext
+from hpo.api import TrialContext
 
 
 def quadratic(params: dict[str, Any], ctx: TrialContext) -> float:
@@ -56,7 +56,7 @@ def oom_or_diverge(params: dict[str, Any], ctx: TrialContext) -> float:
     """x < -2: CUDA out of memory (a real torch exception); x > 2: a non-finite loss."""
     import torch
 
-    from hpo.trial_errors import Diverged
+    from hpo.api import Diverged
 
     x = params["x"]
     ctx.report(1, abs(x))

@@ -13,9 +13,9 @@ import yaml
 
 from conftest import clean_env, load_study, run_hpo
 
-from hpo.config import load_config, parse_config
+from hpo.config.space import suggest
+from hpo.config.study import load_config, parse_config
 from hpo.errors import UsageError
-from hpo.space import suggest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -99,7 +99,7 @@ def test_fixed_parameters_are_not_sampled() -> None:
 
 
 USER_OBJECTIVE = '''\
-from hpo.settings import Field, int_in
+from hpo.config.fields import Field, int_in
 
 SETTINGS = (Field("width", "MYPKG_WIDTH", int_in(1, 100), 3, "a setting of the user's own objective"),)
 

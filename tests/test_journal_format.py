@@ -14,8 +14,8 @@ import pytest
 from conftest import load_study
 from test_watch import invoke, same_trial, same_trials
 
-from hpo.settings import FIELDS
-from hpo.watch.journal import StudyJournal, read_trials
+from hpo.config.settings import FIELDS
+from hpo.journal.reader import StudyJournal, read_trials
 
 GOLDEN = Path(__file__).parent / "golden" / "optuna5.journal"
 STUDIES = ("constrained", "pareto", "plain")

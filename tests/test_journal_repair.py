@@ -17,18 +17,11 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from hpo.errors import StorageError
-from hpo.journal.lock import OwnerLock
-from hpo.journal.repair import (
-    REPAIRED_ATTR,
-    SHARED_HINT,
-    GuardedFileBackend,
-    doctor,
-    filesystem_of,
-    filesystem_warning,
-    repair,
-    repair_tail,
-    scan,
-)
+from hpo.journal.backend import GuardedFileBackend, repair_tail
+from hpo.journal.filesystem import SHARED_HINT, filesystem_of, filesystem_warning
+from hpo.journal.repair import REPAIRED_ATTR, doctor, repair
+from hpo.journal.scan import scan
+from hpo.system.lock import OwnerLock
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

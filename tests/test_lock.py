@@ -23,9 +23,10 @@ from optuna.storages.journal import JournalFileBackend
 
 from conftest import load_study
 from hpo.errors import LockWaitAborted
-from hpo.journal import lock as lock_module
-from hpo.journal.lock import LockTimeout, OwnerLock, describe_lock, holder
-from hpo.journal.repair import doctor, scan
+from hpo.journal.repair import doctor
+from hpo.journal.scan import scan
+from hpo.system import lock as lock_module
+from hpo.system.lock import LockTimeout, OwnerLock, describe_lock, holder
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)  # every test here runs real processes: bound each one
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.timeout(60)  # every test here runs real processes: bou
 # argv: lock path, grace seconds, log file, seconds to hold
 HOLD = """
 import os, sys, time
-from hpo.journal.lock import OwnerLock
+from hpo.system.lock import OwnerLock
 lock = OwnerLock(sys.argv[1], grace_seconds=float(sys.argv[2]), refresh_seconds=0.2)
 print("trying", flush=True)
 lock.acquire()
@@ -49,7 +50,7 @@ lock.release()
 # argv: lock path, log file, cycles
 CYCLE = """
 import os, sys
-from hpo.journal.lock import OwnerLock
+from hpo.system.lock import OwnerLock
 lock = OwnerLock(sys.argv[1], grace_seconds=1.0, refresh_seconds=0.2)
 for _ in range(int(sys.argv[3])):
     lock.acquire()
@@ -64,7 +65,7 @@ OPTIMIZE = """
 import sys, optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
-from hpo.journal.lock import OwnerLock
+from hpo.system.lock import OwnerLock
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 storage = JournalStorage(JournalFileBackend(sys.argv[1], lock_obj=OwnerLock(sys.argv[1])))
 study = optuna.create_study(study_name="crowd", storage=storage, load_if_exists=True)

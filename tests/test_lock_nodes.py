@@ -23,7 +23,7 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from hpo.journal.repair import scan
+from hpo.journal.scan import scan
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.timeout(180), pytest.mark.cluster]
@@ -85,14 +85,21 @@ def _records_of(journal: Path) -> list[dict[str, object]]:
 
 # argv: journal, writer name, grace seconds. One study user attribute, one append.
 WRITE_ONE = """
-import os, sys, optuna
+import os, signal, sys, optuna
 from optuna.storages import JournalStorage
-import hpo.journal.lock as lock_module
-from hpo.journal.lock import OwnerLock
-from hpo.journal.repair import GuardedFileBackend
+from hpo.journal.backend import GuardedFileBackend
+from hpo.system.lock import OwnerLock
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 path, who, grace = sys.argv[1], sys.argv[2], float(sys.argv[3])
-lock_module._TEST_STOP_BEFORE_FENCE[0] = sys.argv[4:] == ["stop-before-fence"]
+if sys.argv[4:] == ["stop-before-fence"]:
+    # Stop this process once, holding the lock, just before its first fence: the worst
+    # point a test can reach (the window left is the write itself).
+    fence = OwnerLock.fence
+    def stop_then_fence(self, *args, **kwargs):
+        OwnerLock.fence = fence
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return fence(self, *args, **kwargs)
+    OwnerLock.fence = stop_then_fence
 lock = OwnerLock(path, grace_seconds=grace, refresh_seconds=grace / 5)
 study = optuna.load_study(study_name="s", storage=JournalStorage(GuardedFileBackend(path, lock_obj=lock)))
 print(os.getpid(), flush=True)
@@ -106,8 +113,8 @@ print("written", flush=True)
 ROB = """
 import json, os, sys, time, optuna
 from optuna.storages import JournalStorage
-from hpo.journal.lock import OwnerLock
-from hpo.journal.repair import GuardedFileBackend
+from hpo.journal.backend import GuardedFileBackend
+from hpo.system.lock import OwnerLock
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 path, who, grace, hold = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 lock = OwnerLock(path, grace_seconds=grace, refresh_seconds=grace / 5)
@@ -177,9 +184,9 @@ def test_a_holder_robbed_while_stopped_before_its_fence_does_not_write(two_views
 APPEND_MANY = """
 import sys, optuna
 from pathlib import Path
-from hpo.storage import open_storage
+from hpo.journal.backend import open_journal
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-storage = open_storage(Path(sys.argv[1]))
+storage = open_journal(Path(sys.argv[1]))
 study = optuna.load_study(study_name="s", storage=storage)
 for i in range(int(sys.argv[3])):
     study.set_user_attr(f"{sys.argv[2]}-{i}", i)

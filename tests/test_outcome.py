@@ -11,9 +11,10 @@ import torch
 from optuna.trial import TrialState
 
 from conftest import load_study, run_hpo
-from hpo import outcome
-from hpo.objective import TrialStopped
-from hpo.trial_errors import Diverged
+from hpo.worker import outcome
+from hpo.worker.context import TrialStopped
+from hpo.worker.context import Diverged
+from hpo.worker.stop import Stop
 
 
 @pytest.mark.parametrize(
@@ -24,14 +25,14 @@ from hpo.trial_errors import Diverged
         (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), TrialState.FAIL,
          "out of memory", False, None),
         (RuntimeError("CUDA error: out of memory"), TrialState.FAIL, "out of memory", False, None),
-        (TrialStopped("preempted"), TrialState.FAIL, "preempted", True, "preempted"),
-        (SystemExit(-1), TrialState.FAIL, "preempted", True, "preempted"),
-        (TrialStopped("interrupted"), TrialState.FAIL, "interrupted", False, "interrupted"),
-        (KeyboardInterrupt(), TrialState.FAIL, "interrupted", False, "interrupted"),
+        (TrialStopped("preempted"), TrialState.FAIL, "preempted", True, Stop.PREEMPTED),
+        (SystemExit(-1), TrialState.FAIL, "preempted", True, Stop.PREEMPTED),
+        (TrialStopped("interrupted"), TrialState.FAIL, "interrupted", False, Stop.INTERRUPTED),
+        (KeyboardInterrupt(), TrialState.FAIL, "interrupted", False, Stop.INTERRUPTED),
         (ValueError("bad shape"), TrialState.FAIL, "ValueError: bad shape", False, None),
     ],
 )
-def test_policy_table(exc: BaseException, state: TrialState, reason: str, retry: bool, stop: str | None) -> None:
+def test_policy_table(exc: BaseException, state: TrialState, reason: str, retry: bool, stop: Stop | None) -> None:
     result = outcome.from_exception(exc, last_step=7)
     assert (result.state, result.reason, result.retry, result.stop_worker) == (state, reason, retry, stop)
 

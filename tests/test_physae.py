@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 import torch
 
-from hpo.objective import TrialContext, TrialStopped
-from hpo.physae.settings import SETTINGS
+from hpo.config.settings import Settings, resolve
 from hpo.physae import data as D
 from hpo.physae import model as M
 from hpo.physae import train as T
 from hpo.physae.objective import objective
-from hpo.settings import Settings, resolve
-from hpo.trial_errors import Diverged
+from hpo.physae.settings import SETTINGS
+from hpo.worker.context import TrialContext, TrialStopped
+from hpo.worker.context import Diverged
 
 ROOT = Path(__file__).resolve().parent.parent
 # Two epochs per stage, learning rates at the upper ends of configs/physae.yaml's ranges.

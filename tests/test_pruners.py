@@ -7,11 +7,11 @@ from pathlib import Path
 import optuna
 import pytest
 
+from hpo.config.settings import resolve
 from hpo.errors import UsageError
 from hpo.physae.settings import SETTINGS as PHYSAE
-from hpo.pruners import StagePruner, should_prune_at_stage_end, stage_ends
-from hpo.settings import resolve
-from hpo.storage import make_pruner
+from hpo.study.algorithms import make_pruner
+from hpo.study.pruners import StagePruner, should_prune_at_stage_end, stage_ends
 
 
 def test_stage_ends_are_cumulative_and_need_every_length() -> None:
@@ -78,10 +78,10 @@ def test_no_stage_lengths_no_pruning() -> None:
 
 def test_selected_by_name_with_config_arguments() -> None:
     s = resolve({}, {"OPTUNA_PRUNER": "stage"}, {}, Path("configs/physae.yaml"), objective_fields=PHYSAE)
-    pruner = make_pruner(s, {"stage": {"percentile": 25.0, "stage_epochs": ["A.epochs"]}})
+    pruner = make_pruner(s.pruner, {"stage": {"percentile": 25.0, "stage_epochs": ["A.epochs"]}})
     assert isinstance(pruner, StagePruner)
     assert (pruner.percentile, pruner.stage_epochs, pruner.n_min_trials) == (25.0, ("A.epochs",), 5)
-    with pytest.raises(UsageError, match=r"pruner_args\.stage\.warmup: not an argument of hpo\.pruners\.StagePruner"):
-        make_pruner(s, {"stage": {"warmup": 3}})
-    with pytest.raises(UsageError, match="hpo.pruners.StagePruner refused"):
-        make_pruner(s, {"stage": {"percentile": 120}})
+    with pytest.raises(UsageError, match=r"pruner_args\.stage\.warmup: not an argument of hpo\.study\.pruners\.StagePruner"):
+        make_pruner(s.pruner, {"stage": {"warmup": 3}})
+    with pytest.raises(UsageError, match="hpo.study.pruners.StagePruner refused"):
+        make_pruner(s.pruner, {"stage": {"percentile": 120}})

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from hpo.config import load_all
+from hpo.config.identity import WorkerIdentity
+from hpo.config.settings import FIELDS, Settings, parse_args, resolve
+from hpo.config.study import load_launch
 from hpo.errors import UsageError
 from hpo.physae.settings import SETTINGS as PHYSAE
-from hpo.settings import FIELDS, Settings, WorkerIdentity, parse_args, resolve
 
 CONFIG = Path("configs/physae.yaml")
 
@@ -17,6 +18,11 @@ CONFIG = Path("configs/physae.yaml")
 def settings(env: dict[str, str] | None = None, flags: dict[str, object] | None = None,
              config: dict[str, object] | None = None, args: dict[str, str] | None = None) -> Settings:
     return resolve(flags or {}, env or {}, config or {}, CONFIG, objective_fields=PHYSAE, args=args)
+
+
+def identity(env: dict[str, str], host: str, pid: int) -> WorkerIdentity:
+    """Who a worker with this environment is: the scheduler's variables and hpo's own launcher settings."""
+    return WorkerIdentity.from_env(settings(env=env), env, host, pid)
 
 
 def o(s: Settings, *names: str) -> tuple[object, ...]:
@@ -120,7 +126,7 @@ def test_generic_settings_know_no_objective() -> None:
 
 
 def test_objective_settings_come_from_the_config_objective(tmp_path: Path) -> None:
-    s, config = load_all({"args": ("N_VAL=300", "batch_size=64")}, {"N_TRAIN": "1000", "HPO_CONFIG": str(CONFIG)})
+    s, config = load_launch({"args": ("N_VAL=300", "batch_size=64")}, {"N_TRAIN": "1000", "HPO_CONFIG": str(CONFIG)}).one()
     assert o(s, "n_train", "n_val", "batch_size") == (1000, 300, 64)
     assert (s.sources["n_train"], s.sources["n_val"], s.sources["n_points"]) == ("env:N_TRAIN", "flag", "config:"
                                                                                  + str(CONFIG))
@@ -146,11 +152,11 @@ def test_stale_age_must_cover_three_heartbeats(env: dict[str, str], bad: str) ->
 
 
 def test_worker_identity_from_slurm_and_local() -> None:
-    local = WorkerIdentity.from_env({"HPO_WORKER_RANK": "2", "CUDA_VISIBLE_DEVICES": "1"}, "node1", 77)
+    local = identity({"HPO_WORKER_RANK": "2", "CUDA_VISIBLE_DEVICES": "1"}, "node1", 77)
     assert (local.worker_id, local.rank, local.attrs()["gpu"]) == ("node1_77", 2, "1")
-    step = WorkerIdentity.from_env({"SLURM_JOB_ID": "123", "SLURM_PROCID": "3"}, "n", 1)
+    step = identity({"SLURM_JOB_ID": "123", "SLURM_PROCID": "3"}, "n", 1)
     assert (step.worker_id, step.rank, step.attrs()["slurm_job_id"]) == ("123_3", 3, "123")
-    array = WorkerIdentity.from_env({"SLURM_JOB_ID": "130", "SLURM_ARRAY_JOB_ID": "128",
+    array = identity({"SLURM_JOB_ID": "130", "SLURM_ARRAY_JOB_ID": "128",
                                      "SLURM_ARRAY_TASK_ID": "2", "SLURM_PROCID": "0"}, "n", 1)
     assert (array.worker_id, array.rank) == ("128_2", 2)
 
@@ -158,11 +164,11 @@ def test_worker_identity_from_slurm_and_local() -> None:
 def test_workers_of_hpo_run_inside_one_allocation_are_told_apart() -> None:
     """`hpo run -n 3` inside an salloc/sbatch job (and hpo submit's jobs): one job and task,
     three workers: three ids (logs, who ran a trial) and three sampler ranks."""
-    ids = [WorkerIdentity.from_env({"SLURM_JOB_ID": "77", "SLURM_PROCID": "0", "HPO_WORKER_RANK": str(r),
+    ids = [identity({"SLURM_JOB_ID": "77", "SLURM_PROCID": "0", "HPO_WORKER_RANK": str(r),
                                     "HPO_LOCAL_WORKERS": "3"}, "n", 9) for r in range(3)]
     assert [(i.worker_id, i.rank) for i in ids] == [("77_0_0", 0), ("77_0_1", 1), ("77_0_2", 2)]
     # hpo submit: one worker per job; the job id names it (worker_<job>_<procid>.log), the rank seeds it.
-    submitted = WorkerIdentity.from_env({"SLURM_JOB_ID": "78", "SLURM_PROCID": "0", "HPO_WORKER_RANK": "4"}, "n", 9)
+    submitted = identity({"SLURM_JOB_ID": "78", "SLURM_PROCID": "0", "HPO_WORKER_RANK": "4"}, "n", 9)
     assert (submitted.worker_id, submitted.rank) == ("78_0", 4)
 
 
@@ -189,25 +195,25 @@ ARRAY_2 = {"SLURM_JOB_ID": "5004", "SLURM_ARRAY_JOB_ID": "5000", "SLURM_ARRAY_TA
     ({}, "worker:n_7", 0),  # a lone hpo worker
 ])
 def test_launch_and_rank_from_the_launcher_environment(env: dict[str, str], key: str, rank: int) -> None:
-    identity = WorkerIdentity.from_env(env, "n", 7)
-    assert (identity.launch, identity.rank) == (key, rank)
+    who = identity(env, "n", 7)
+    assert (who.launch, who.rank) == (key, rank)
 
 
 def test_seed_depends_on_seed_rank_launch_number_and_offset_only() -> None:
-    from hpo.worker import sampler_seed
+    from hpo.worker.loop import sampler_seed
 
     s = settings(env={"OPTUNA_SEED": "7"})
-    first, rerun = WorkerIdentity.from_env(SRUN, "a", 1), WorkerIdentity.from_env({**SRUN, "SLURM_JOB_ID": "9"}, "b", 2)
+    first, rerun = identity(SRUN, "a", 1), identity({**SRUN, "SLURM_JOB_ID": "9"}, "b", 2)
     assert sampler_seed(s, first, 0) == sampler_seed(s, rerun, 0) == 7 + 2
     assert sampler_seed(s, first, 1) == 7 + 100_000 + 2  # the study's second launch
-    shifted = WorkerIdentity.from_env({**SRUN, "HPO_SEED_OFFSET": "1000"}, "a", 1)
-    assert sampler_seed(s, shifted, 0) == 7 + 1000 + 2
+    shifted = settings(env={"OPTUNA_SEED": "7", "HPO_SEED_OFFSET": "1000"})
+    assert sampler_seed(shifted, first, 0) == 7 + 1000 + 2
     # Every task of a 2-task array gets its own seed.
-    tasks = [WorkerIdentity.from_env({**ARRAY_2, "SLURM_ARRAY_TASK_ID": str(t), "SLURM_PROCID": str(p)}, "n", 1)
+    tasks = [identity({**ARRAY_2, "SLURM_ARRAY_TASK_ID": str(t), "SLURM_PROCID": str(p)}, "n", 1)
              for t in range(3) for p in range(2)]
     assert sorted(sampler_seed(s, t, 0) for t in tasks) == [7 + r for r in range(6)]
     with pytest.raises(UsageError, match=r"^HPO_SEED_OFFSET='x' is not an integer"):
-        WorkerIdentity.from_env({"HPO_SEED_OFFSET": "x"}, "n", 1)
+        settings(env={"HPO_SEED_OFFSET": "x"})
 
 
 def test_same_launch_into_a_fresh_study_samples_the_same_and_a_second_launch_anew(tmp_path: Path) -> None:

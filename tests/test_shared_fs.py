@@ -65,8 +65,8 @@ def test_after_its_own_append_a_node_sees_every_earlier_append() -> None:
     that append, so the read holds everything appended before, at once."""
     import optuna
 
-    from hpo.journal.lock import OwnerLock
-    from hpo.journal.repair import GuardedFileBackend
+    from hpo.journal.backend import GuardedFileBackend
+    from hpo.system.lock import OwnerLock
 
     mount_a, mount_b = _mounts("HPO_TEST_SHARED")
     run = f"hpo-test-{uuid.uuid4().hex[:10]}"
@@ -93,8 +93,8 @@ def test_slot_check_sees_a_trial_another_node_just_started() -> None:
     import optuna
     from optuna.trial import TrialState
 
-    from hpo.config import load_all
-    from hpo.storage import open_study
+    from hpo.config.study import load_launch
+    from hpo.study.shared import open_study
 
     mount_a, mount_b = _mounts("HPO_TEST_SHARED")
     run = f"hpo-test-{uuid.uuid4().hex[:10]}"
@@ -103,7 +103,8 @@ def test_slot_check_sees_a_trial_another_node_just_started() -> None:
         (mount_a / run / "toy.yaml").write_text(TOY_CONFIG.format(objective="quadratic"))
         env = {"HPO_CONFIG": str(mount_b / run / "toy.yaml"), "JOURNAL_DIR": str(mount_b / run),
                "STUDY_NAME": "toy", "MAX_TRIALS": "3", "OPTUNA_SAMPLER": "random", "OPTUNA_PRUNER": "none"}
-        shared = open_study(*load_all({}, env))
+        settings, config = load_launch({}, env).one()
+        shared = open_study(settings.spec, config)
         node1 = optuna.load_study(study_name="toy", storage=optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(str(mount_a / run / "toy.journal"))))
         for _ in range(2):
@@ -173,13 +174,13 @@ def test_guarded_backend_with_barrier_reads_like_optuna(tmp_path: Path, monkeypa
     leaves an append in progress (no newline yet) for the next read."""
     import optuna
 
-    from hpo.journal import repair as repair_module
-    from hpo.journal.lock import OwnerLock
+    from hpo.journal import backend
+    from hpo.system.lock import OwnerLock
 
     path = tmp_path / "j.journal"
     _optuna_journal(path, 7)
-    monkeypatch.setattr(repair_module, "needs_read_barrier", lambda p: True)
-    ours = optuna.storages.JournalStorage(repair_module.GuardedFileBackend(str(path), lock_obj=OwnerLock(str(path))))
+    monkeypatch.setattr(backend, "needs_read_barrier", lambda p: True)
+    ours = optuna.storages.JournalStorage(backend.GuardedFileBackend(str(path), lock_obj=OwnerLock(str(path))))
     study_id = ours.get_study_id_from_name("toy")
     assert [t.params for t in ours.get_all_trials(study_id)] == [t.params for t in load_study(path, "toy").trials]
     ours.set_study_system_attr(study_id, "hpo:view", 1.0)  # an append of ours, read back
@@ -199,14 +200,14 @@ def test_journal_survives_estale_and_eio(tmp_path: Path, monkeypatch: pytest.Mon
 
     import optuna
 
-    from hpo.journal import repair as repair_module
-    from hpo.journal.lock import OwnerLock
+    from hpo.journal import backend
+    from hpo.system.lock import OwnerLock
 
     path = tmp_path / "j.journal"
     _optuna_journal(path, 3)
-    storage = optuna.storages.JournalStorage(repair_module.GuardedFileBackend(str(path), lock_obj=OwnerLock(str(path))))
+    storage = optuna.storages.JournalStorage(backend.GuardedFileBackend(str(path), lock_obj=OwnerLock(str(path))))
     study_id = storage.get_study_id_from_name("toy")
-    real_read, real_fsync = repair_module.read_past, os.fsync
+    real_read, real_fsync = backend.read_past, os.fsync
     faults = {"read": 2, "fsync": 1}
 
     def flaky_read(*args: object, **kwargs: object) -> bytes:
@@ -221,7 +222,7 @@ def test_journal_survives_estale_and_eio(tmp_path: Path, monkeypatch: pytest.Mon
             faults["fsync"] -= 1
             raise OSError(errnos.EIO, "Input/output error")
 
-    monkeypatch.setattr(repair_module, "read_past", flaky_read)
+    monkeypatch.setattr(backend, "read_past", flaky_read)
     monkeypatch.setattr(os, "fsync", flaky_fsync)
     storage.set_study_user_attr(study_id, "note", "once")  # EIO after landing, then ESTALE twice on the read back
     monkeypatch.undo()
@@ -249,7 +250,7 @@ def test_barrier_read_waits_for_its_own_append(caplog: pytest.LogCaptureFixture)
 
 
 def test_visibility_of_mounts() -> None:
-    from hpo.journal.coherence import visibility
+    from hpo.journal.filesystem import visibility
 
     strict = visibility("fuse.glusterfs", "/shared", ["/usr/sbin/glusterfs", "--attribute-timeout=0", "/shared"])
     default = visibility("fuse.glusterfs", "/shared", ["/usr/sbin/glusterfs", "--process-name", "fuse", "/shared"])
@@ -266,10 +267,10 @@ def test_visibility_of_mounts() -> None:
 RECORD_JOBS = """
 import sys
 from pathlib import Path
-from hpo.storage import record_study_jobs
+from hpo.system.slurm import record_jobs
 path, who = Path(sys.argv[1]), sys.argv[2]
 for i in range(150):
-    record_study_jobs(path, [f"{who}{i:04d}"])
+    record_jobs(path, [f"{who}{i:04d}"])
 """
 
 

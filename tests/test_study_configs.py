@@ -58,7 +58,7 @@ def test_gad_maximises_and_transfer_uses_config_weights(tmp_path: Path) -> None:
 
 
 def load_study_direction(path: Path) -> list[str]:
-    from hpo.config import load_config
+    from hpo.config.study import load_config
 
     return list(load_config(path).directions)
 

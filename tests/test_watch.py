@@ -22,15 +22,15 @@ from conftest import clean_env, load_study, run_hpo
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.cli import cli
+from hpo.config.settings import FIELDS
 from hpo.errors import HpoError, SchedulerError, StorageError
+from hpo.journal.reader import StudyJournal, TrialRecord, read_trials
 from hpo.physae.settings import SETTINGS as PHYSAE
-from hpo.scheduler import parse_queue
-from hpo.settings import FIELDS
+from hpo.system.slurm import parse_queue
 from hpo.watch import export as ex
 from hpo.watch import logs as wl
 from hpo.watch import status as st
 from hpo.watch.dashboard import forward_line
-from hpo.watch.journal import StudyJournal, TrialRecord, read_trials
 
 WATCH_CLI = [sys.executable, "-m", "hpo"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -282,7 +282,7 @@ def test_status_shows_running_trials_and_zombies(single: Study, tmp_path: Path) 
     for key, value in {"worker": "gpu-node_7", "host": "gpu-node", "gpu": "3", "run_dir": str(run_dir)}.items():
         trial.set_user_attr(key, value)
     trial.report(0.5, 7)
-    study._storage.set_trial_system_attr(trial._trial_id, st.HEARTBEAT_ATTR, time.time() - 600)
+    study._storage.set_trial_system_attr(trial._trial_id, "hpo:heartbeat", time.time() - 600)
     env = {**single.inproc_env(), "JOURNAL_DIR": str(journal_dir), "HPO_STALE_SECONDS": "60"}
     code, out = invoke(["status", "--json", "--no-slurm"], env)
     status = json.loads(out)
@@ -318,21 +318,21 @@ def test_squeue_parsing_and_job_ids() -> None:
 
 
 def test_squeue_answers(monkeypatch: pytest.MonkeyPatch) -> None:
-    import hpo.scheduler
+    import hpo.system.slurm
 
     # Every job of the study has left the queue: other users' jobs remain.
     monkeypatch.setattr(st.shutil, "which", lambda name: "/usr/bin/squeue")
-    monkeypatch.setattr(hpo.scheduler, "run_command", lambda args, timeout: "99|99|99|RUNNING|other|1:00|1|gpu-01\n")
+    monkeypatch.setattr(hpo.system.slurm, "run_command", lambda args, timeout: "99|99|99|RUNNING|other|1:00|1|gpu-01\n")
     info = st.squeue(["123"])
     assert info.available and info.jobs == () and "none of the study's jobs" in info.note
-    monkeypatch.setattr(hpo.scheduler, "run_command",
+    monkeypatch.setattr(hpo.system.slurm, "run_command",
                         lambda args, timeout: "125|123|123_1|RUNNING|hpo|1:00|1|gpu-07\n99|99|99|RUNNING|x|1:00|1|g\n")
     assert [j.job_id for j in st.squeue(["123"]).jobs] == ["123_1"]
 
     def broken(args: list[str], timeout: float) -> str:
         raise SchedulerError(f"{' '.join(args)} failed (1): slurm_load_jobs error: Unable to contact slurm controller")
 
-    monkeypatch.setattr(hpo.scheduler, "run_command", broken)
+    monkeypatch.setattr(hpo.system.slurm, "run_command", broken)
     assert not st.squeue(["123"]).available
 
 
@@ -653,7 +653,17 @@ def test_rdb_study_is_read_through_optuna(tmp_path: Path) -> None:
     same_trials(StudyJournal.from_study(study, url).trials, study.trials)
 
 
-def test_heartbeat_attribute_is_the_reapers() -> None:
-    from hpo.recovery import HEARTBEAT_ATTR
+def test_a_beat_kept_by_older_hpo_in_the_journal_still_counts() -> None:
+    """hpo before 0.3 kept each beat in the trial system attribute ``hpo:heartbeat`` (a journal
+    it wrote may still hold RUNNING trials): a recent one keeps the trial alive, an old one
+    makes it lost, for the reaper and ``hpo status`` alike (both ask ``is_lost``)."""
+    from hpo.worker.recovery import is_lost
 
-    assert st.HEARTBEAT_ATTR == HEARTBEAT_ATTR
+    now = 10_000.0
+
+    def lost(system_attrs: dict[str, float]) -> bool:
+        return is_lost({}, system_attrs, 1, started=now - 1000, now=now, stale_seconds=60)
+
+    assert not lost({"hpo:heartbeat": now - 5})
+    assert lost({"hpo:heartbeat": now - 100})
+    assert lost({})  # started 1000 s ago and never beat

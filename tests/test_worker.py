@@ -192,16 +192,17 @@ def test_a_beat_never_outlives_its_trial(toy) -> None:
     """The heartbeat thread may be writing a beat just as its trial ends (CI once caught
     that: a file was left behind, which reads as a running trial's). With a beat every
     millisecond, 200 trials that end at once leave no file."""
-    from hpo.config import load_all
-    from hpo.recovery import Heartbeat, beats_dir
-    from hpo.storage import open_study
+    from hpo.config.study import load_launch
+    from hpo.study.shared import open_study
+    from hpo.worker.recovery import Heartbeat
 
     cwd, env = toy()
     env["JOURNAL_DIR"] = str(cwd / "optuna_journal")
-    shared = open_study(*load_all({}, env))
+    settings, config = load_launch({}, env).one()
+    shared = open_study(settings.spec, config)
     trial = shared.study.ask()
     beat = Heartbeat(shared, period=0.001, stale_seconds=60.0, worker_id="w")
-    path = beats_dir(cwd / "optuna_journal", "toy") / f"trial_{trial._trial_id}.json"
+    path = cwd / "optuna_journal" / "toy.heartbeats" / f"trial_{trial._trial_id}.json"
     try:
         _end_trials_at_random_points(beat, trial._trial_id, path)
     finally:
@@ -306,11 +307,11 @@ def test_submit_local_runs_the_same_workers_through_submitit(toy) -> None:
 
 
 def test_auto_device_without_a_gpu_driver_is_cpu_without_importing_torch(tmp_path: Path) -> None:
-    from hpo.worker import resolve_device
+    from hpo.worker.device import resolve_device
 
     assert resolve_device("auto", None, driver_files=(str(tmp_path / "none"),)) == "cpu"
     assert resolve_device("auto", "") == "cpu" and resolve_device("cuda:1", None) == "cuda:1"
-    probe = subprocess.run([sys.executable, "-c", "import sys; from hpo.worker import resolve_device; "
+    probe = subprocess.run([sys.executable, "-c", "import sys; from hpo.worker.device import resolve_device; "
                             f"print(resolve_device('auto', None, ({str(tmp_path / 'none')!r},)), 'torch' in sys.modules)"],
                            capture_output=True, text=True, env={**os.environ})
     assert probe.stdout.split() == ["cpu", "False"], probe.stderr

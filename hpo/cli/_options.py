@@ -1,21 +1,24 @@
-"""What every ``hpo`` command shares: the settings flags and how flags become settings."""
+"""What every ``hpo`` command shares: the settings flags and how flags become a launch."""
 
 from __future__ import annotations
 
-import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import click
 
-from hpo.config import StudyConfig, expand, load_all, study_names
-from hpo.settings import FIELDS, Settings
+from hpo.config.environment import environment
+from hpo.config.settings import FIELDS
+from hpo.config.study import Launch, Study, load_launch
 
 Command = Callable[..., Any]
 
 
 def settings_options(func: Command) -> Command:
-    """One ``--flag`` per setting, from the same table as the environment variables."""
+    """One ``--flag`` per setting, from the same table as the environment variables (not
+    for the settings hpo's launchers give their workers)."""
     for f in reversed(FIELDS):
+        if f.internal:
+            continue
         func = click.option(
             f.flag, f.name, default=None, metavar=f.env,
             help=f"{f.help} [env {f.env}; default {f.default}]",
@@ -26,25 +29,11 @@ def settings_options(func: Command) -> Command:
                         help="study config YAML [env HPO_CONFIG; default configs/physae.yaml]")(func)
 
 
-def environment() -> Mapping[str, str]:
-    """The process environment: read here, at the entry point, and passed down."""
-    return os.environ
+def load_sweep(flags: dict[str, Any]) -> Launch:
+    """The launch the flags, the environment and the config file select: one study, or a sweep's."""
+    return load_launch(flags, environment())
 
 
-def load(flags: dict[str, Any]) -> tuple[Settings, StudyConfig]:
-    """Resolve settings and the study config from flags, environment and file: one study
-    (of a sweep, the one ``STUDY_NAME`` names; else exit 2 naming them)."""
-    from hpo.errors import UsageError
-
-    settings, config = load_all(flags, environment())
-    studies = expand(settings, config)
-    if len(studies) > 1:
-        raise UsageError(f"{config.path} is a sweep of {len(studies)} studies; this command takes one: give "
-                         f"--study-name (STUDY_NAME); valid: {', '.join(study_names(config))}")
-    return studies[0]
-
-
-def load_sweep(flags: dict[str, Any]) -> tuple[Settings, StudyConfig, list[tuple[Settings, StudyConfig]]]:
-    """Settings and config as resolved, and each study they select (several for a sweep)."""
-    settings, config = load_all(flags, environment())
-    return settings, config, expand(settings, config)
+def load(flags: dict[str, Any]) -> Study:
+    """The one study the flags select (of a sweep, the one ``STUDY_NAME`` names; else exit 2 naming them)."""
+    return load_sweep(flags).one()

@@ -29,7 +29,7 @@ def repair_cmd(yes: bool, **flags: Any) -> int:
 
     Bad records are quarantined beside the journal and a full backup is kept."""
     from hpo.journal.repair import doctor, repair
-    from hpo.storage import make_lock
+    from hpo.system.lock import make_lock
 
     settings, _ = load(flags)
     report = doctor(settings.journal_path)
@@ -50,11 +50,11 @@ def reap_cmd(**flags: Any) -> int:
     """Fail the study's lost trials (dead workers) now and enqueue their retries."""
     import socket
 
-    from hpo.recovery import reap
-    from hpo.storage import open_study
+    from hpo.study.shared import open_study
+    from hpo.worker.recovery import reap
 
     settings, config = load(flags)
-    reaped = reap(open_study(settings, config, create=False), socket.gethostname())
+    reaped = reap(open_study(settings.spec, config, create=False), socket.gethostname())
     click.echo(f"reaped {len(reaped)} lost trial(s): {' '.join(map(str, reaped)) or '-'}")
     return 0
 

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import click
 
 from hpo.cli._options import load, load_sweep, settings_options
+from hpo.config.settings import RESULTS_DIR
 from hpo.errors import UsageError
-from hpo.settings import RESULTS_DIR
 
 if TYPE_CHECKING:
-    from hpo.settings import Settings
-    from hpo.watch.journal import StudyJournal
+    from hpo.config.settings import Settings
+    from hpo.journal.reader import StudyJournal
     from hpo.watch.logs import Line
 
 SOURCE_COLORS = ("cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green", "bright_magenta")
@@ -45,28 +45,12 @@ def status_cmd(watch: bool, interval: float, as_json: bool, no_slurm: bool, **fl
     """One screen: trials by state, progress and ETA, best trial, running trials, workers, zombies, SLURM jobs."""
     from hpo.watch import status
 
-    _, config, studies = load_sweep(flags)
-    values = [dict(c.cell) for _, c in studies]
+    launch = load_sweep(flags)
 
     def snapshot() -> dict[str, Any]:
-        if len(studies) == 1:
-            return status.build(status.collect(studies[0][0], slurm=not no_slurm))
-        states = [status.sweep_state(s, slurm=not no_slurm) for s, _ in studies]
-        return {"sweep": str(config.path), "studies": states, "combined": status.combined_rows(states, values)}
+        return status.snapshot(launch, slurm=not no_slurm)
 
-    def render(state: dict[str, Any]) -> Any:
-        if "sweep" not in state:
-            return status.render(state)
-        from rich.console import Group
-        from rich.rule import Rule
-        from rich.text import Text
-
-        parts: list[Any] = []
-        for one in state["studies"]:
-            shown = Text("not started yet: no worker has reached it") if one.get("not_started") else status.render(one)
-            parts += [Rule(one["study"]), shown]
-        return Group(*parts, Rule("sweep"), status.render_combined(state["combined"]))
-
+    render = status.render_snapshot  # a study's screen, or a sweep's: one per study and the combined table
     if as_json:
         return _repeat(lambda: click.echo(json.dumps(snapshot())), watch, interval)
     from rich.console import Console
@@ -113,36 +97,14 @@ def _repeat(action: Callable[[], object], watch: bool, interval: float, first: b
 def logs_cmd(follow: bool, worker: str | None, trial: int | None, n_lines: int | None, interval: float,
              all_studies: bool, **flags: Any) -> int:
     """Worker logs of the study merged in time, each line prefixed with its worker."""
-    from hpo.watch.logs import Follower, log_files
+    from hpo.watch.logs import nothing_yet, open_follower
 
     settings, _ = load(flags)
-    if worker is not None and trial is not None:
-        raise UsageError("--worker and --trial: give one of them, not both")
-    study = None if all_studies else settings.study_name
-    if trial is not None:
-        path = settings.study_dir / f"trial_{trial}" / "trial.log"
-        if not path.is_file():
-            raise UsageError(f"--trial {trial}: no log at {path}; trial logs live in "
-                             f"{settings.study_dir}/trial_<N>/trial.log (TRIAL_OUTPUT/STUDY_NAME)")
-        follower = Follower(None, {f"trial {trial}": path})
-    elif worker is not None:
-        files = log_files(settings.log_dir)
-        wid = worker.removeprefix("worker_").removesuffix(".log")
-        if wid not in files:
-            raise UsageError(f"--worker {worker!r}: no log {settings.log_dir}/worker_{wid}.log; "
-                             f"workers with logs: {', '.join(files) or 'none'}")
-        follower = Follower(None, {wid: files[wid]}, study)
-    else:
-        follower = Follower(settings.log_dir, study=study)
+    follower = open_follower(settings, worker, trial, all_studies)
     prefix = trial is None
     first = follower.poll()
     if not first and not follow:
-        if study is not None and follower.tails:
-            others = ", ".join(repr(name) for name in sorted(follower.studies)) or "none"
-            click.echo(f"no line of study {study!r} in {settings.log_dir}/worker_*.log (LOG_DIR); studies "
-                       f"there: {others} (--study-name NAME, or --all-studies)", err=True)
-        else:
-            click.echo(f"no worker log in {settings.log_dir} (LOG_DIR)", err=True)
+        click.echo(nothing_yet(follower, settings), err=True)
         return 0
     keep = n_lines if n_lines is not None else (10 if follow else None)
     _print_lines(first if keep is None else first[len(first) - keep:] if keep else [], follower.width, prefix)
@@ -203,59 +165,11 @@ def best_cmd(fmt: str, **flags: Any) -> int:
               help="rows of top_<K>_trials.csv")
 def export_cmd(out: str | None, top: int, **flags: Any) -> int:
     """best_params.json, all_trials.csv, top_<K>_trials.csv, trials.parquet and hpo_results.json."""
-    from hpo.watch import status
-    from hpo.watch.export import export
-    from hpo.watch.status import open_view
+    from hpo.watch.export import export_launch
 
-    _, config, studies = load_sweep(flags)
-    sweep = len(studies) > 1
-    states: list[dict[str, Any]] = []
-    frames: list[Any] = []
-    for settings, cell in studies:  # a sweep: each study into its own folder, then one combined table
-        if sweep and not status.started(settings):
-            click.echo(f"{settings.study_name}: not started yet; nothing to export", err=True)
-            states.append(status.not_started(settings))
-            continue
-        journal = open_view(settings)  # read once: its files, its row of the combined table, its trials
-        folder = (Path(out) / settings.study_name if sweep else Path(out)) if out else None
-        for path in export(journal, _results_dir(settings, str(folder) if folder else None), top):
-            click.echo(str(path))
-        if sweep:
-            states.append(status.sweep_state(settings, slurm=False, journal=journal))
-            frames.append(sweep_trials(journal, settings.study_name, cell.cell))
-    if sweep:
-        import pandas as pd
-
-        from hpo.watch.export import parquet_safe
-
-        rows = status.combined_rows(states, [dict(c.cell) for _, c in studies])
-        table = Path(out) if out else RESULTS_DIR
-        table.mkdir(parents=True, exist_ok=True)
-        path = table / f"{config.path.stem}_sweep.csv"
-        frame = pd.DataFrame([{**r, "best_params": json.dumps(r["best_params"])} for r in rows])
-        frame["best_trial"] = frame["best_trial"].astype("Int64")  # a trial number, also beside a study with none
-        frame.to_csv(path, index=False)
-        click.echo(str(path))
-        # Every trial of every study in one table (seed 003's ``optuna_trials.parquet``).
-        trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["study"])
-        path = table / f"{config.path.stem}_trials.parquet"
-        parquet_safe(trials).to_parquet(path, index=False)
-        click.echo(str(path))
+    for written in export_launch(load_sweep(flags), Path(out) if out else None, top):
+        click.echo(str(written), err=not isinstance(written, Path))  # a file to stdout, a note to stderr
     return 0
-
-
-def sweep_trials(journal: "StudyJournal", study_name: str, cell: Mapping[str, Any]) -> Any:
-    """One study's rows of the sweep's trials table: ``study``, the matrix variables
-    (``problem``, ``method``), then the columns of ``all_trials.csv``."""
-    import pandas as pd
-
-    from hpo.watch.export import columns, trial_rows
-
-    journal.decode()
-    n = len(journal.study.directions)
-    head = {"study": study_name, **cell}
-    return pd.DataFrame([{**head, **r} for r in trial_rows(journal.trials, n)],
-                        columns=[*head, *columns(journal.trials, n)])
 
 
 # -- plot -----------------------------------------------------------------------------------
@@ -287,7 +201,7 @@ def plot_cmd(out: str | None, **flags: Any) -> int:
               help="rows of the top trials table")
 def report_cmd(out: str | None, top: int, **flags: Any) -> int:
     """One self-contained HTML page: status, best trial, top trials and every figure."""
-    from hpo.util import write_bytes_atomic
+    from hpo.system.files import write_bytes_atomic
     from hpo.watch.report import study_page
 
     settings, config = load(flags)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
+import json
 from typing import Any
 
 import click
 
-from hpo.cli._options import Command, environment, load, load_sweep, settings_options
-from hpo.config import StudyConfig
-from hpo.settings import Settings, new_launch_id
+from hpo.cli._options import Command, load, load_sweep, settings_options
+from hpo.config.environment import environment
+from hpo.config.study import Launch
 
 
 def config_mode_options(func: Command) -> Command:
@@ -22,43 +20,12 @@ def config_mode_options(func: Command) -> Command:
                         help="the study was run with another config: run with the stored one")(func)
 
 
-def check_runnable(settings: Settings, config: StudyConfig) -> None:
-    """What only importing and constructing can tell: fail before anything is written."""
-    from hpo.errors import UsageError
-    from hpo.storage import make_pruner, make_sampler
+def prepared(flags: dict[str, Any], launcher: str) -> Launch:
+    """The launch these flags select, checked and recorded (see hpo.launch.prepare)."""
+    from hpo.launch.prepare import config_mode, prepare
 
-    config.load_objective()
-    if config.setup is not None:
-        config.function("setup")
-    try:
-        make_sampler(settings, None, config.sampler_args)
-        make_pruner(settings, config.pruner_args)
-    except UsageError as exc:
-        raise UsageError(f"{config.path}: {exc}") from None
-
-
-def launch(flags: dict[str, Any], launcher: str) -> tuple[Settings, StudyConfig]:
-    """Settings and the config this launch runs with (see hpo.provenance), recorded."""
-    import dataclasses
-
-    from hpo.errors import UsageError
-    from hpo.provenance import ConfigMode, check_unchanged, reconcile, record_launch
-
-    reuse, overwrite = flags.pop("reuse_stored"), flags.pop("overwrite")
-    if reuse and overwrite:
-        raise UsageError("--reuse-stored and --overwrite exclude each other; give one")
-    settings, config, studies = load_sweep(flags)
-    check_runnable(settings, config)
-    mode = ConfigMode.REUSE_STORED if reuse else ConfigMode.OVERWRITE if overwrite else ConfigMode.CHECK
-    if mode is ConfigMode.CHECK:  # every study first: a refusal writes nothing for any of them
-        for cell_settings, cell_config in studies:
-            check_unchanged(cell_settings, cell_config)
-    for number, (cell_settings, cell_config) in enumerate(studies):  # a sweep: every study it selects
-        used = reconcile(cell_settings, cell_config, mode)
-        record_launch(cell_settings, used, launcher)
-        if number == 0 and used.path != config.path:  # the stored copy, loaded whole (a sweep too)
-            settings, config = dataclasses.replace(settings, config=used.path), used
-    return settings, config
+    mode = config_mode(flags.pop("reuse_stored"), flags.pop("overwrite"))
+    return prepare(load_sweep(flags), mode, launcher)
 
 
 @click.command("worker")
@@ -67,17 +34,19 @@ def launch(flags: dict[str, Any], launcher: str) -> tuple[Settings, StudyConfig]
 @click.option("--quiet", is_flag=True, help="log only warnings to stderr (the log file gets everything)")
 def worker_cmd(quiet: bool, **flags: Any) -> int:
     """Run one worker in this process (what srun, an array task or submitit calls)."""
-    from hpo.worker import run_worker
+    import logging
+    import os
+    import sys
 
-    settings, config = launch(flags, "hpo worker")
-    reason, log = run_worker(settings, config, environment(), echo_level="WARNING" if quiet else "INFO")
+    from hpo.worker.loop import run_worker
+
+    launch = prepared(flags, "hpo worker")
+    reason, log = run_worker(launch, environment(), echo_level="WARNING" if quiet else "INFO")
     if not quiet:
         click.echo(f"worker stopped: {reason.label}; log: {log}", err=True)
     # Every journal append is already fsynced and the logs are flushed below: skip the
     # interpreter's teardown, which takes ~1 s with torch loaded (measured) of a slot
     # the scheduler has given us.
-    import logging
-
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -93,8 +62,7 @@ def run_cmd(n_workers: int, **flags: Any) -> int:
     """Run the study on this machine with N workers sharing the journal (resumes if it exists)."""
     from hpo.launch.local import run_local
 
-    settings, config = launch(flags, "hpo run")
-    return run_local(settings, config, n_workers, environment())
+    return run_local(prepared(flags, "hpo run"), n_workers, environment())
 
 
 @click.command("submit")
@@ -120,48 +88,35 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
                constraint: str | None, exclude: str | None, wait: bool, dry_run: bool, local: bool,
                **flags: Any) -> int:
     """Submit N workers through submitit into the study (a second submit joins it)."""
-    import json
+    import gc
+
+    from hpo.launch.progress import follow_commands, wait_for_study
+    from hpo.launch.submit import SubmitOptions, describe, job_name, submit_study
 
     if dry_run:
-        settings, config, _ = load_sweep({k: v for k, v in flags.items() if k not in ("reuse_stored", "overwrite")})
+        launch = load_sweep({k: v for k, v in flags.items() if k not in ("reuse_stored", "overwrite")})
     else:
-        settings, config = launch(flags, "hpo submit")
-    from hpo.launch.submit import SubmitOptions, describe, submit
-    from hpo.launch.progress import follow_commands, wait_for_study
-    from hpo.storage import open_study, record_study_jobs
-
+        launch = prepared(flags, "hpo submit")
     opts = SubmitOptions(workers=n_workers, partition=partition, time_minutes=time_minutes,
                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
                          account=account, qos=qos, constraint=constraint, exclude=exclude,
-                         job_name="hpo-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in settings.study_name))
+                         job_name=job_name(launch.label))
     if dry_run:
-        click.echo(json.dumps({"study": settings.study_name, "storage": settings.storage_label,
-                               "submit": describe(opts), "worker_env": settings.to_env()}, indent=2))
+        click.echo(json.dumps({"study": launch.label, "storage": launch.settings.storage_label,
+                               "submit": describe(opts), "worker_env": launch.to_env()}, indent=2))
         return 0
-    from hpo.config import expand
-
-    cells = expand(settings, config)
-    studies = [open_study(s, c) for s, c in cells]
-    # The user's own seed shift travels with the settings (see hpo.worker.sampler_seed).
-    offset = environment().get("HPO_SEED_OFFSET")
-    jobs = submit(opts, {**settings.to_env(), **({"HPO_SEED_OFFSET": offset} if offset else {})}, new_launch_id(),
-                  Path.cwd(), local)
-    ids = [job.job_id for job in jobs]
-    for cell_settings, _ in cells:
-        record_study_jobs(cell_settings.jobs_path, ids)
-    names = ", ".join(repr(s.study_name) for s, _ in cells)
-    click.echo(f"submitted {len(ids)} worker(s) to {'studies' if len(cells) > 1 else 'study'} {names}: "
-               f"{' '.join(ids)}")
-    if len(cells) > 1:
+    submitted = submit_study(launch, opts, local)
+    names = ", ".join(repr(s.study_name) for s, _ in launch.studies)
+    click.echo(f"submitted {len(submitted.jobs)} worker(s) to {'studies' if len(launch.studies) > 1 else 'study'} "
+               f"{names}: {' '.join(submitted.job_ids)}")
+    if len(launch.studies) > 1:
         click.echo("every worker works on the studies in order, moving to the next one when a study's "
                    "MAX_TRIALS are finished (or while all its remaining trials are running)")
-    click.echo(follow_commands(cells[0][0]))
-    code = wait_for_study(studies, jobs) if wait else 0
+    click.echo(follow_commands(launch.settings))
+    code = wait_for_study(submitted.studies, submitted.jobs) if wait else 0
     # submitit's LocalJob cleans up in __del__, which fails at interpreter shutdown
     # (module globals gone): let it run now.
-    del jobs
-    import gc
-
+    del submitted
     gc.collect()
     return code
 
@@ -170,15 +125,13 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
 @settings_options
 def cancel_cmd(**flags: Any) -> int:
     """Cancel the study's SLURM jobs (those recorded by hpo submit and the sbatch scripts)."""
-    from hpo.scheduler import active_jobs, cancel, recorded_jobs
+    from hpo.system.slurm import active_jobs, cancel, recorded_jobs
 
     settings, _ = load(flags)
     jobs = active_jobs(recorded_jobs(settings.jobs_path))
     cancel(jobs)
     click.echo(f"cancelled {len(jobs)} job(s) of study {settings.study_name!r}: {' '.join(jobs) or '-'}")
     return 0
-
-
 
 
 COMMANDS = (worker_cmd, run_cmd, submit_cmd, cancel_cmd)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.api import Field, int_in
 
 if TYPE_CHECKING:
-    from hpo.objective import TrialContext
+    from hpo.api import TrialContext
 
 # This objective's own settings (N_TRAIN=..., --arg batch_size=..., or the config's settings:).
 SETTINGS: tuple[Field, ...] = (

@@ -22,11 +22,10 @@ import math
 import random
 from typing import TYPE_CHECKING, Any
 
-from hpo.settings import Field, float_in, int_in
+from hpo.api import Field, float_in, int_in
 
 if TYPE_CHECKING:
-    from hpo.objective import TrialContext
-    from hpo.setup import SetupContext
+    from hpo.api import SetupContext, TrialContext
 
 SETTINGS: tuple[Field, ...] = (
     Field("n_samples", "N_SAMPLES", int_in(1, 100_000), 15, "samples per trial"),

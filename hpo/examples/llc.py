@@ -19,8 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hpo.objective import TrialContext
-    from hpo.setup import SetupContext
+    from hpo.api import SetupContext, TrialContext
 
 CENTRE = 1.5  # the mode of the target below: its posterior mean, which reference() recovers
 # Seed 003's grid (configs/examples/llc_grid.yaml): each problem moves the target.

@@ -17,7 +17,7 @@ from hpo.physae.objective import objective as physae
 from hpo.physae.settings import SETTINGS
 
 if TYPE_CHECKING:
-    from hpo.objective import TrialContext
+    from hpo.api import TrialContext
 
 LATENCY_REPEATS = 5
 

@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from hpo.errors import StorageError
 from hpo.journal.format import (
+    FIELDS_OF,
     KNOWN_OPS,
     RECORD_START,
     NewerFormatError,
@@ -81,17 +82,22 @@ def _int_in(data: bytes, key: bytes) -> int | None:
 
 
 def _guess_op(data: bytes) -> int | None:
-    """The op_code of damaged bytes: read at the start, else told by the keys left."""
-    m = re.match(rb'\{"op_code":(\d{1,2})[,}]', data)
+    """The op_code of damaged bytes: read at the start, else told by the fields left
+    (those that only one kind of record carries, see FIELDS_OF)."""
+    m = re.match(re.escape(RECORD_START) + rb'(\d{1,2})[,}]', data)
     if m and int(m.group(1)) in KNOWN_OPS:
         return int(m.group(1))
-    if b'"trial_id":' in data:
+    if _has_fields(data, ("trial_id",)):
         return _TRIAL_UPDATE
-    if b'"study_name":' in data:
+    if _has_fields(data, FIELDS_OF[Op.CREATE_STUDY][:1]):  # its name: no other record has one
         return Op.CREATE_STUDY
-    if b'"study_id":' in data and b'"datetime_start":' in data:
+    if _has_fields(data, FIELDS_OF[Op.CREATE_TRIAL]):
         return Op.CREATE_TRIAL
     return None
+
+
+def _has_fields(data: bytes, fields: tuple[str, ...]) -> bool:
+    return all(b'"' + name.encode() + b'":' in data for name in fields)
 
 
 def _entries(path: str, data: bytes) -> list[_Entry]:

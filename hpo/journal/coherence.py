@@ -1,6 +1,5 @@
-"""Seeing a shared journal as the server holds it, and surviving the errors a
-shared filesystem returns. What each part of hpo assumes about cross-node
-visibility is written down in docs/shared-filesystems.md.
+"""Reading a shared journal as the server holds it, and surviving the errors a shared
+filesystem returns (what the mount promises is :mod:`hpo.journal.filesystem`'s).
 
 Measured on GlusterFS 10.3 (FUSE client, default options, two client mounts of
 one volume): another client's append shows up here ~1 s late in ``stat``,
@@ -103,67 +102,3 @@ def read_past(path: str, offset: int, own: tuple[int, bytes], read: Callable[[st
                             path, size - len(data), timeout)
             return got
         sleep(BARRIER_POLL_SECONDS)
-
-
-# ---------------------------------------------------------------------------------------
-# what a mount promises
-# ---------------------------------------------------------------------------------------
-
-LAG_FREE_FUSE_OPTION = "--attribute-timeout=0"
-
-
-@dataclass(frozen=True)
-class Visibility:
-    """How soon this client sees another client's writes under a mount."""
-
-    read_barrier: bool  # read until our own last append is seen (see the module docstring)
-    lag_seconds: float | None  # for buffered reads; None: unknown
-    mode: str  # one line for logs and ``hpo doctor``
-
-    def warning(self, mount_point: str, fstype: str, stale_seconds: float | None) -> str | None:
-        """A worker's start-up warning when other nodes' writes may appear late here."""
-        if self.lag_seconds is not None and self.lag_seconds == 0:
-            return None
-        lag = "an unknown time" if self.lag_seconds is None else f"~{self.lag_seconds:g} s"
-        now = "" if stale_seconds is None else f"(now {stale_seconds:g} s) "
-        return (f"{mount_point} ({fstype}) is {self.mode}: files written on other nodes appear here {lag} late. "
-                f"hpo reads the journal behind a barrier, so MAX_TRIALS, queued trials and heartbeats stay exact; "
-                f"lock contents, the .jobs file and run directories of other nodes lag. Keep HPO_STALE_SECONDS "
-                f"{now}far above the lag; see docs/shared-filesystems.md")
-
-
-def visibility(fstype: str, mount_point: str, fuse_client_args: Sequence[str] | None) -> Visibility:
-    """What a mount of ``fstype`` at ``mount_point`` promises (pure).
-
-    ``fuse_client_args``: the command line of the FUSE client process serving that
-    mount, or None when it is not visible here (another PID namespace): GlusterFS
-    keeps its attribute timeout (default 1 s) there, not in /proc/self/mountinfo.
-    """
-    if fstype == "fuse.glusterfs":
-        if fuse_client_args is not None and LAG_FREE_FUSE_OPTION in fuse_client_args:
-            return Visibility(True, 0.0, "GlusterFS mounted with attribute-timeout=0 (strict)")
-        if fuse_client_args is not None:
-            return Visibility(True, 1.0, "GlusterFS mounted without attribute-timeout=0 (weakly coherent)")
-        return Visibility(True, None, "GlusterFS whose client this process cannot see (weakly coherent "
-                                      "unless mounted with attribute-timeout=0)")
-    if fstype.startswith("fuse.") and fstype not in ("fuse.fuse-overlayfs",):
-        return Visibility(True, None, f"a FUSE filesystem ({fstype}) of unknown coherence")
-    return Visibility(False, 0.0, "coherent for hpo")
-
-
-def fuse_client_args(mount_point: str, proc: str = "/proc") -> list[str] | None:
-    """The command line of the process whose last argument is ``mount_point`` (a FUSE
-    client such as ``glusterfs``), or None when no visible process serves it."""
-    try:
-        pids = [p for p in os.listdir(proc) if p.isdigit()]
-    except OSError:
-        return None
-    for pid in pids:
-        try:
-            with open(os.path.join(proc, pid, "cmdline"), "rb") as f:
-                args = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-        except OSError:
-            continue
-        if len(args) > 1 and args[-1] == mount_point and ("fuse" in args or args[0].endswith("glusterfs")):
-            return args
-    return None

@@ -1,7 +1,10 @@
 """The Optuna journal file format, in one place: op codes, lines, damage, replay.
 
 - **Op codes** are Optuna's own ``JournalOperation`` (imported through
-  :mod:`hpo.storage`, never restated): :data:`Op`, :data:`KNOWN_OPS`.
+  :mod:`hpo._optuna`, never restated): :data:`Op`, :data:`KNOWN_OPS`.
+- **Record shapes**, as Optuna's ``JournalStorage`` writes them (:data:`FIELDS_OF`, the
+  trial-detail and structural op codes, :func:`line_head`): every other module of hpo
+  that looks inside a record (the fast reader, repair's plan) takes them from here.
 - **Lines**, as ``JournalFileBackend.read_logs`` takes them: a record is one
   JSON object ending with ``\\n``; :func:`read_complete` reads the complete
   lines and says whether a torn last line was left out; :func:`read_line`
@@ -23,20 +26,56 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend
 
+from hpo._optuna import JournalOperation, JournalStorageReplayResult
 from hpo.errors import StorageError, UsageError
-from hpo.storage import JournalOperation, JournalStorageReplayResult
 
 Op = JournalOperation
 
 KNOWN_OPS = frozenset(int(op) for op in Op)
 RECORD_START = b'{"op_code":'  # how Optuna begins every record (json.dumps, op_code first)
+
+# Every record ``JournalStorage._write_log`` writes is ``{"op_code": op, "worker_id": ...,
+# **fields}``, dumped compact by ``JournalFileBackend.append_logs``: these fields, in this
+# order (a trial's creation from a template, e.g. an enqueued trial, and a state change
+# that sets a time add more after them).
+FIELDS_OF: dict[int, tuple[str, ...]] = {
+    Op.CREATE_STUDY: ("study_name", "directions"),
+    Op.DELETE_STUDY: ("study_id",),
+    Op.SET_STUDY_USER_ATTR: ("study_id", "user_attr"),
+    Op.SET_STUDY_SYSTEM_ATTR: ("study_id", "system_attr"),
+    Op.CREATE_TRIAL: ("study_id", "datetime_start"),
+    Op.SET_TRIAL_PARAM: ("trial_id", "param_name", "param_value_internal", "distribution"),
+    Op.SET_TRIAL_STATE_VALUES: ("trial_id", "state", "values"),
+    Op.SET_TRIAL_INTERMEDIATE_VALUE: ("trial_id", "step", "intermediate_value"),
+    Op.SET_TRIAL_USER_ATTR: ("trial_id", "user_attr"),
+    Op.SET_TRIAL_SYSTEM_ATTR: ("trial_id", "system_attr"),
+}
+# Records that add to one running trial (a parameter, a report, an attribute), naming it by
+# "trial_id" right after the worker id; the others are structural: they create or end things.
+TRIAL_DETAIL_OPS: tuple[int, ...] = (Op.SET_TRIAL_PARAM, Op.SET_TRIAL_INTERMEDIATE_VALUE, Op.SET_TRIAL_USER_ATTR,
+                                     Op.SET_TRIAL_SYSTEM_ATTR)
+STRUCTURAL_OPS = frozenset(KNOWN_OPS - set(TRIAL_DETAIL_OPS))
+IGNORED_OPS = frozenset({int(Op.DISCARD_TRIALS)})  # written by another engine; Optuna's replay skips it
+WORKER_FIELD = rb'"worker_id":"[^"\\\n]*",'  # a worker id as Optuna writes it, up to the next field
+
+
+def op_alternation(ops: Iterable[int]) -> bytes:
+    """A regular expression matching any of ``ops`` as a record's ``op_code`` value."""
+    return b"(?:" + b"|".join(str(int(op)).encode() for op in sorted(ops, reverse=True)) + b")"
+
+
+def line_head(ops: Iterable[int], capture: bool = False) -> bytes:
+    """A regular expression for the start of a compact record of one of ``ops``, up to and
+    including its worker id field (the op code captured as group 1 when ``capture``)."""
+    codes = op_alternation(ops)
+    return RECORD_START + (b"(" + codes[3:-1] + b")" if capture else codes) + b"," + WORKER_FIELD
 DOCTOR_HINT = ("Run `hpo doctor` to see which trials are affected, then stop every worker and run "
                "`hpo repair` to quarantine the damage (a full backup is kept).")
 

@@ -15,11 +15,12 @@ import subprocess
 import sys
 from typing import Mapping, Sequence
 
-from hpo.config import StudyConfig, expand
-from hpo.logs import quiet_optuna
-from hpo.settings import LAUNCH_ENV, Settings, new_launch_id
+from hpo.config.identity import new_launch_id
+from hpo.config.settings import Settings
+from hpo.config.study import Launch
 from hpo.launch.progress import show_progress
-from hpo.storage import open_study
+from hpo.study.shared import open_study
+from hpo.system.logs import quiet_optuna
 
 _logger = logging.getLogger(__name__)
 
@@ -37,14 +38,13 @@ def visible_gpus(settings: Settings, env: Mapping[str, str]) -> list[str]:
 
 
 def worker_env(
-    settings: Settings, env: Mapping[str, str], rank: int, gpus: Sequence[str], launch_id: str,
+    launch: Launch, env: Mapping[str, str], rank: int, gpus: Sequence[str], launch_id: str,
     threads: int, workers: int = 1,
 ) -> dict[str, str]:
     """Environment of worker ``rank`` of launch ``launch_id``: the resolved settings, its GPU
-    and its CPU threads (pure). The seed comes from both (see hpo.worker.sampler_seed)."""
-    child = {**env, **settings.to_env(), "HPO_WORKER_RANK": str(rank), LAUNCH_ENV: launch_id,
-             "HPO_LOCAL_WORKERS": str(workers),
-             "PYTHONUNBUFFERED": "1"}
+    and its CPU threads (pure). The seed comes from both (see hpo.worker.loop.sampler_seed)."""
+    own = launch.to_env(worker_rank=rank, launch_id=launch_id, local_workers=workers)
+    child = {**env, **own, "PYTHONUNBUFFERED": "1"}
     # N workers each starting one thread per core would oversubscribe the CPU N-fold.
     child.setdefault("OMP_NUM_THREADS", str(threads))
     # An empty CUDA_VISIBLE_DEVICES hides every GPU: CPU workers stay off the GPUs.
@@ -52,52 +52,63 @@ def worker_env(
     return child
 
 
-def run_local(settings: Settings, config: StudyConfig, n_workers: int, env: Mapping[str, str]) -> int:
-    """Run the study here with ``n_workers`` processes; returns the exit status."""
-    from rich.console import Console
-
-    console = Console(stderr=True, soft_wrap=True)
+def run_local(launch: Launch, n_workers: int, env: Mapping[str, str]) -> int:
+    """Run the launch's studies here with ``n_workers`` processes; returns the exit status."""
     quiet_optuna()
     # Creates each study and its warm start once, before the workers race.
-    studies = [open_study(s, c) for s, c in expand(settings, config)]
-    gpus = visible_gpus(settings, env)
-    names = ", ".join(s.settings.study_name for s in studies)
-    console.print(f"{'studies' if len(studies) > 1 else 'study'} [bold]{names}[/] in {settings.journal_dir}: "
-                  f"{n_workers} worker(s) on {', '.join('GPU ' + g for g in gpus) if gpus else 'CPU'}")
-    if len(studies) > 1:
-        console.print("every worker works on the studies in order, moving to the next one when a study's "
-                      "MAX_TRIALS are finished (or while all its remaining trials are running)")
-    console.print(f"worker logs: {settings.log_dir}/worker_*.log  (follow: tail -f {settings.log_dir}/worker_*.log)")
-    console.print(f"run directories: {settings.trial_output}/<study>/trial_<number>/")
+    studies = [open_study(s.spec, c) for s, c in launch.studies]
+    gpus = visible_gpus(launch.settings, env)
+    _announce(launch, n_workers, gpus)
     # One launch: a fresh study's workers seed OPTUNA_SEED + rank, a resumed one's anew
-    # (see hpo.worker.sampler_seed).
+    # (see hpo.worker.loop.sampler_seed).
     launch_id = new_launch_id()
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     procs = [
         subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--quiet"],
-                         env=worker_env(settings, env, rank, gpus, launch_id, threads, n_workers))
+                         env=worker_env(launch, env, rank, gpus, launch_id, threads, n_workers))
         for rank in range(n_workers)
     ]
+    workers = _Workers(procs)
     # A scheduler's SIGTERM reaches only us: pass it on so workers end trials cleanly.
-    def forward(signum: int, frame: object) -> None:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)
-
-    signal.signal(signal.SIGTERM, forward)
-
-    def interrupt(count: int) -> None:
-        # The terminal sent SIGINT to every worker too; a second Ctrl-C stops them at once.
-        if count > 1:
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGINT)
-        interrupted.append(count)
-
-    interrupted: list[int] = []
-    show_progress(studies, lambda: any(p.poll() is None for p in procs), interrupt)
+    signal.signal(signal.SIGTERM, lambda signum, frame: workers.send(signum))
+    show_progress(studies, workers.running, workers.interrupt)
     codes = [p.returncode for p in procs]
-    if interrupted or 130 in codes:
+    if workers.interrupted or 130 in codes:
         return 130
     return next((c for c in codes if c != 0), 0)
 
+
+def _announce(launch: Launch, n_workers: int, gpus: Sequence[str]) -> None:
+    from rich.console import Console
+
+    console, settings = Console(stderr=True, soft_wrap=True), launch.settings
+    several = len(launch.studies) > 1
+    names = ", ".join(s.study_name for s, _ in launch.studies)
+    console.print(f"{'studies' if several else 'study'} [bold]{names}[/] in {settings.journal_dir}: "
+                  f"{n_workers} worker(s) on {', '.join('GPU ' + g for g in gpus) if gpus else 'CPU'}")
+    if several:
+        console.print("every worker works on the studies in order, moving to the next one when a study's "
+                      "MAX_TRIALS are finished (or while all its remaining trials are running)")
+    console.print(f"worker logs: {settings.log_dir}/worker_*.log  (follow: tail -f {settings.log_dir}/worker_*.log)")
+    console.print(f"run directories: {settings.trial_output}/<study>/trial_<number>/")
+
+
+class _Workers:
+    """The worker processes of one ``hpo run``, as its signal handling sees them."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self.procs, self.interrupted = procs, 0
+
+    def running(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+    def send(self, signum: int) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    def interrupt(self, count: int) -> None:
+        """Ctrl-C: the terminal sent SIGINT to every worker too; a second one stops them at once."""
+        self.interrupted = count
+        if count > 1:
+            self.send(signal.SIGINT)

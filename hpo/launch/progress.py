@@ -7,8 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from hpo.settings import Settings
-from hpo.storage import SharedStudy
+from hpo.config.settings import Settings
+from hpo.study.shared import SharedStudy
 
 if TYPE_CHECKING:
     import submitit
@@ -40,7 +40,7 @@ def progress(shared: SharedStudy, started: float, finished_at_start: int) -> Pro
     if values:
         best = min(values) if shared.study.directions[0].name == "MINIMIZE" else max(values)
     done_here = finished - finished_at_start
-    remaining = shared.settings.max_trials - finished
+    remaining = shared.spec.max_trials - finished
     if remaining <= 0:
         eta: float | None = 0.0
     elif done_here > 0:
@@ -67,16 +67,16 @@ def show_progress(studies: Sequence[SharedStudy], running: Callable[[], bool],
     bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
               disable=not console.is_terminal)
-    prefix = (lambda shared: f"{shared.settings.study_name}: ") if len(studies) > 1 else (lambda shared: "")
+    prefix = (lambda shared: f"{shared.spec.study_name}: ") if len(studies) > 1 else (lambda shared: "")
     last_lines, interrupts = ["" for _ in studies], 0
     with bar:
-        tasks = [bar.add_task(s.settings.study_name, total=s.settings.max_trials, info="") for s in studies]
+        tasks = [bar.add_task(s.spec.study_name, total=s.spec.max_trials, info="") for s in studies]
         while running():
             try:
                 time.sleep(POLL_SECONDS)
                 for i, shared in enumerate(studies):
                     state = progress(shared, started, at_start[i])
-                    line = prefix(shared) + state.line(shared.settings.max_trials)
+                    line = prefix(shared) + state.line(shared.spec.max_trials)
                     bar.update(tasks[i], completed=state.finished, info=line.split(", ", 1)[1])
                     # Off a terminal, print a line when counts or best change (not the ETA alone).
                     if not console.is_terminal and line.rsplit(", ETA", 1)[0] != last_lines[i].rsplit(", ETA", 1)[0]:
@@ -87,7 +87,7 @@ def show_progress(studies: Sequence[SharedStudy], running: Callable[[], bool],
                 on_interrupt(interrupts)
                 console.print("interrupt: workers are ending their trials (Ctrl-C again to stop at once)")
     for i, shared in enumerate(studies):
-        final = prefix(shared) + progress(shared, started, at_start[i]).line(shared.settings.max_trials)
+        final = prefix(shared) + progress(shared, started, at_start[i]).line(shared.spec.max_trials)
         if final != last_lines[i]:
             console.print(final)
 
@@ -104,4 +104,4 @@ def follow_commands(settings: Settings) -> str:
 def wait_for_study(studies: Sequence[SharedStudy], jobs: "Sequence[submitit.Job[str]]") -> int:
     """Follow the studies until every job is done; 0 when each study has its trials."""
     show_progress(studies, lambda: any(not job.done() for job in jobs))
-    return 0 if all(shared.finished() >= shared.settings.max_trials for shared in studies) else 1
+    return 0 if all(shared.finished() >= shared.spec.max_trials for shared in studies) else 1

@@ -21,9 +21,13 @@ from typing import Any, Mapping
 
 import submitit
 
-from hpo.config import load_all
-from hpo.settings import LAUNCH_ENV
-from hpo.worker import STOP_SIGNALS, StopReason, run_worker
+from hpo.config.environment import environment
+from hpo.config.identity import new_launch_id
+from hpo.config.study import Launch, load_launch
+from hpo.study.shared import SharedStudy, open_study
+from hpo.system.slurm import record_jobs
+from hpo.worker.loop import run_worker
+from hpo.worker.stop import STOP_SIGNALS, Stop
 
 _logger = logging.getLogger(__name__)
 
@@ -68,11 +72,12 @@ def executor_parameters(opts: SubmitOptions) -> dict[str, Any]:
     return params
 
 
-def job_env(settings_env: Mapping[str, str], launch_id: str, threads: int) -> dict[str, str]:
-    """What each worker job adds to its environment (pure): the launch, for the sampler seed
-    (see hpo.worker.sampler_seed); ``OMP_NUM_THREADS``: one thread per CPU of the task, as
+def job_env(launch: Launch, launch_id: str, rank: int, threads: int) -> dict[str, str]:
+    """The environment worker ``rank`` of this launch adds to its job's (pure): the resolved
+    settings with its rank and the launch, for the sampler seed (see
+    hpo.worker.loop.sampler_seed); ``OMP_NUM_THREADS``: one thread per CPU of the task, as
     torch would otherwise use every core of the node."""
-    return {**settings_env, LAUNCH_ENV: launch_id, "OMP_NUM_THREADS": str(threads)}
+    return {**launch.to_env(worker_rank=rank, launch_id=launch_id), "OMP_NUM_THREADS": str(threads)}
 
 
 class WorkerJob(submitit.helpers.Checkpointable):
@@ -83,11 +88,11 @@ class WorkerJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> str:
         os.chdir(self.cwd)
-        env = {**os.environ, **self.env}  # SLURM ids from the job, settings from submit time
-        settings, config = load_all({}, env)
+        env = {**environment(), **self.env}  # SLURM ids from the job, settings from submit time
+        launch = load_launch({}, env)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
-        reason, _ = run_worker(settings, config, env, signals=STOP_SIGNALS)
-        if reason is StopReason.PREEMPTED and callable(submitit_handler):
+        reason, _ = run_worker(launch, env, signals=STOP_SIGNALS)
+        if reason is Stop.PREEMPTED and callable(submitit_handler):
             # The trial is closed and its retry enqueued: now let submitit requeue us.
             submitit_handler(signal.SIGUSR2, None)
         return reason.label
@@ -107,6 +112,11 @@ def make_executor(opts: SubmitOptions, local: bool) -> submitit.Executor:
     return executor
 
 
+def job_name(label: str) -> str:
+    """The SLURM job name of a launch: ``hpo-`` and its name, with what sbatch would mangle replaced."""
+    return "hpo-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+
+
 def describe(opts: SubmitOptions) -> dict[str, Any]:
     out = asdict(opts)
     out["folder"] = str(opts.folder)
@@ -114,12 +124,34 @@ def describe(opts: SubmitOptions) -> dict[str, Any]:
     return out
 
 
-def submit(opts: SubmitOptions, settings_env: Mapping[str, str], launch_id: str, cwd: Path,
+def submit(opts: SubmitOptions, launch: Launch, launch_id: str, cwd: Path,
            local: bool) -> list[submitit.Job[str]]:
     """Submit ``opts.workers`` worker jobs (an array on SLURM), one launch; returns submitit's jobs."""
     executor = make_executor(opts, local)
-    env = job_env(settings_env, launch_id, opts.cpus_per_worker)
     with executor.batch():
-        jobs = [executor.submit(WorkerJob({**env, "HPO_WORKER_RANK": str(rank)}, str(cwd)))
+        jobs = [executor.submit(WorkerJob(job_env(launch, launch_id, rank, opts.cpus_per_worker), str(cwd)))
                 for rank in range(opts.workers)]
     return jobs
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What :func:`submit_study` started: submitit's jobs, and the studies they work on."""
+
+    jobs: list[submitit.Job[str]]
+    studies: list[SharedStudy]
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [job.job_id for job in self.jobs]
+
+
+def submit_study(launch: Launch, opts: SubmitOptions, local: bool) -> Submitted:
+    """``hpo submit``: create each study of the launch (its warm start once, before any worker
+    races), submit ``opts.workers`` workers as one launch, and record their job ids in each
+    study's jobs file (``hpo cancel`` and ``hpo status`` read it)."""
+    studies = [open_study(settings.spec, config) for settings, config in launch.studies]
+    jobs = submit(opts, launch, new_launch_id(), Path.cwd(), local)
+    for settings, _ in launch.studies:
+        record_jobs(settings.jobs_path, [job.job_id for job in jobs])
+    return Submitted(jobs, studies)

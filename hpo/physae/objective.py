@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from hpo.physae.settings import SETTINGS
 
 if TYPE_CHECKING:
-    from hpo.objective import TrialContext
+    from hpo.api import TrialContext
 
 # SETTINGS: the objective's own settings, which hpo reads from this module at
 # start-up; torch is imported only when a trial runs.
@@ -21,9 +21,9 @@ def objective(params: dict[str, Any], ctx: TrialContext) -> float:
     merged with fixed ones). Returns the validation RMSE of the normalised
     physical parameters after refinement at the end of B2. Writes only inside
     ``ctx.run_dir`` (see :mod:`hpo.physae.train` for the files). Raises
-    :class:`hpo.trial_errors.Diverged` (-> PRUNED) on a non-finite loss,
+    :class:`hpo.worker.context.Diverged` (-> PRUNED) on a non-finite loss,
     ``optuna.TrialPruned`` when the pruner stops it and
-    :class:`hpo.objective.TrialStopped` on a stop request; every other exception,
+    :class:`hpo.worker.context.TrialStopped` on a stop request; every other exception,
     out of memory included, is left to the worker's outcome policy.
     """
     from hpo.physae.train import train

@@ -1,6 +1,6 @@
 """PhysAE's own settings: seed 000's dataset sizes, batch size and stage epochs.
 
-Declared here, not in :mod:`hpo.settings`, because only this objective knows them;
+Declared here, not in :mod:`hpo.config.settings`, because only this objective knows them;
 hpo resolves them like its own (default < config ``settings:`` < environment <
 ``--arg NAME=VALUE``), shows them in ``hpo config``, records them in each trial's
 ``settings.json`` and hands them to the objective as ``ctx.options``. A stage's
@@ -10,7 +10,7 @@ No torch here: the CLI reads this table at start-up.
 
 from __future__ import annotations
 
-from hpo.settings import Field, choice, int_in, optional
+from hpo.api import Field, choice, int_in, optional
 
 SETTINGS: tuple[Field, ...] = (
     Field("n_train", "N_TRAIN", int_in(1, 10_000_000), 50000, "training samples"),

@@ -48,14 +48,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hpo.api import METRICS_FILE, Diverged, write_atomic, write_bytes_atomic
 from hpo.physae.data import N_PARAMS, SpectraDataset, get_dataset, is_cached
 from hpo.physae.model import Encoder, Prediction, Refiner, build_models, predict
-from hpo.objective import METRICS_FILE
-from hpo.trial_errors import Diverged
-from hpo.util import write_atomic, write_bytes_atomic
 
 if TYPE_CHECKING:
-    from hpo.objective import TrialContext
+    from hpo.api import TrialContext
 
 STAGES: tuple[str, ...] = ("A", "B1", "B2")
 PARAM_KEYS: tuple[str, ...] = (
@@ -476,9 +474,9 @@ def train(params: dict[str, Any], ctx: TrialContext) -> float:
     """Run (or resume) the three stages; write the artefacts; return the objective.
 
     The objective is the validation parameter RMSE after refinement at the end of
-    B2. Raises :class:`~hpo.trial_errors.Diverged` on a non-finite loss or metric,
+    B2. Raises :class:`~hpo.worker.context.Diverged` on a non-finite loss or metric,
     ``optuna.TrialPruned`` from ``ctx.report`` and
-    :class:`~hpo.objective.TrialStopped` from ``ctx.check_stop``; anything else
+    :class:`~hpo.worker.context.TrialStopped` from ``ctx.check_stop``; anything else
     (out of memory included) propagates untouched to the worker's outcome policy.
     """
     wall_start = time.perf_counter()

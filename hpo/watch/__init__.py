@@ -5,8 +5,8 @@ Everything here only reads the study (the journal, worker logs and run directori
 
 Modules:
 
-- :mod:`hpo.watch.journal`: fast, exact reading of an Optuna journal file without Optuna;
-- :mod:`hpo.watch.status`: the one-screen status (``squeue`` runs through :mod:`hpo.scheduler`);
+- :mod:`hpo.journal.reader`: fast, exact reading of an Optuna journal file without Optuna;
+- :mod:`hpo.watch.status`: the one-screen status (``squeue`` runs through :mod:`hpo.system.slurm`);
 - :mod:`hpo.watch.logs`: worker logs merged in time, and following them;
 - :mod:`hpo.watch.export`: best parameters, CSV, parquet and JSON exports;
 - :mod:`hpo.watch.plots`: PNG figures (matplotlib, Agg);

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from hpo.errors import UsageError
 
 if TYPE_CHECKING:
-    from hpo.settings import Settings
+    from hpo.config.settings import Settings
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -21,11 +21,11 @@ def serve(settings: "Settings", bind: str, port: int) -> None:
     """Serve until Ctrl-C. Raises UsageError when ``bind:port`` cannot be listened on."""
     from optuna_dashboard import run_server
 
-    from hpo.storage import open_settings_storage
+    from hpo.study.storage import open_storage
 
     try:
         # The workers' storage and lock: the dashboard may write (notes), like a worker.
-        run_server(open_settings_storage(settings), host=bind, port=port)
+        run_server(open_storage(settings.spec), host=bind, port=port)
     except KeyboardInterrupt:
         pass
     except OSError as exc:

@@ -3,13 +3,13 @@
 ``hpo export`` writes into ``results/<study>/`` by default:
 
 - ``best_params.json``: ``best_value``, ``best_params``, ``n_trials``, ``best_trial_number``
-  (the shape of seed 004; with several objectives, the knee point and its values);
+  (``{"best_params": ..., "best_value": ...}``; with several objectives, the knee point and its values);
 - ``all_trials.csv`` and ``top_<k>_trials.csv``: :data:`BASE_COLUMNS` around one
   ``params_<name>`` column per parameter and one ``user_attrs_<key>`` column per
   metric the objective set (``ctx.set_user_attr``), Optuna's ``trials_dataframe`` naming;
-- ``trials.parquet``: the same table (seed 003);
+- ``trials.parquet``: the same table, typed;
 - ``hpo_results.json``: ``best_trial``, ``best_score``, ``best_params``, ``best_<key>``
-  for each metric of the best trial, and ``all_trials`` (seed 002's shape);
+  for each metric of the best trial, and ``all_trials``;
 - ``epoch_metrics.csv``: every trial's ``metrics.jsonl`` lines (``ctx.log_metrics``,
   PhysAE's epochs) with the trial's ``number`` first, when any trial wrote one.
 
@@ -24,12 +24,16 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-from hpo.objective import METRICS_FILE, objective_attrs
-from hpo.settings import Field
-from hpo.util import json_safe, write_json_atomic
-from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
+from hpo.config.fields import Field
+from hpo.config.settings import RESULTS_DIR
+from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
+from hpo.system.files import json_safe, write_json_atomic
+from hpo.worker.context import METRICS_FILE, objective_attrs
+
+if TYPE_CHECKING:
+    from hpo.config.study import Launch
 
 _logger = logging.getLogger(__name__)
 
@@ -247,7 +251,7 @@ def hpo_results_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
 def _result_row(t: TrialRecord, score: Any) -> dict[str, Any]:
     row = {"number": t.number, "state": t.state, "score": score, "params": t.params}
     metrics = objective_attrs(t.user_attrs)
-    return {**row, "user_attrs": metrics} if metrics else row  # seed 002's shape when there are none
+    return {**row, "user_attrs": metrics} if metrics else row  # no empty "user_attrs" key
 
 
 def epoch_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
@@ -308,3 +312,55 @@ def export(journal: StudyJournal, out_dir: Path, top: int = DEFAULT_TOP) -> list
         pd.DataFrame(epochs).to_csv(paths[-1], index=False)
     _logger.info("exported %d trials of %s to %s", len(frame), journal.study.name, out_dir)
     return paths
+
+
+def export_launch(launch: "Launch", out: Path | None, top: int = DEFAULT_TOP) -> Iterator[Path | str]:
+    """``hpo export``: each study's files into ``out`` (default ``results/<study>/``); a sweep's
+    studies each into their own folder, then one combined table (``<config>_sweep.csv``) and
+    every trial of every study in one ``<config>_trials.parquet``. Yields each file written
+    (a Path), and a note (a str) for each study of a sweep that has not started."""
+    from hpo.watch import status
+
+    sweep = len(launch.studies) > 1
+    states: list[dict[str, Any]] = []
+    frames: list[Any] = []
+    for settings, cell in launch.studies:
+        if sweep and not status.started(settings):
+            yield f"{settings.study_name}: not started yet; nothing to export"
+            states.append(status.not_started(settings))
+            continue
+        journal = status.open_view(settings)  # read once: its files, its row of the combined table, its trials
+        folder = (out / settings.study_name if sweep else out) if out else RESULTS_DIR / settings.study_name
+        yield from export(journal, folder, top)
+        if sweep:
+            states.append(status.sweep_state(settings, slurm=False, journal=journal))
+            frames.append(sweep_trials(journal, settings.study_name, cell.cell))
+    if sweep:
+        rows = status.combined_rows(states, [dict(c.cell) for _, c in launch.studies])
+        yield from _sweep_tables(rows, frames, out or RESULTS_DIR, launch.config.path.stem)
+
+
+def _sweep_tables(rows: list[dict[str, Any]], frames: list[Any], folder: Path, stem: str) -> list[Path]:
+    import pandas as pd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame([{**r, "best_params": json.dumps(r["best_params"])} for r in rows])
+    table["best_trial"] = table["best_trial"].astype("Int64")  # a trial number, also beside a study with none
+    paths = [folder / f"{stem}_sweep.csv", folder / f"{stem}_trials.parquet"]
+    table.to_csv(paths[0], index=False)
+    # Every trial of every study in one table (the layout of a grid's ``optuna_trials.parquet``).
+    trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["study"])
+    parquet_safe(trials).to_parquet(paths[1], index=False)
+    return paths
+
+
+def sweep_trials(journal: StudyJournal, study_name: str, cell: Mapping[str, Any]) -> Any:
+    """One study's rows of the sweep's trials table: ``study``, the matrix variables
+    (``problem``, ``method``), then the columns of ``all_trials.csv``."""
+    import pandas as pd
+
+    journal.decode()
+    n = len(journal.study.directions)
+    head = {"study": study_name, **cell}
+    return pd.DataFrame([{**head, **r} for r in trial_rows(journal.trials, n)],
+                        columns=[*head, *columns(journal.trials, n)])

@@ -1,7 +1,7 @@
 """``hpo logs``: every worker log of a study interleaved in time, and following them.
 
 Worker logs are ``$LOG_DIR/worker_<id>.log``; each record starts with an ISO
-timestamp to the second and names the worker and its study (:data:`hpo.logs.FORMAT`).
+timestamp to the second and names the worker and its study (:data:`hpo.system.logs.FORMAT`).
 Lines are merged by that timestamp, stable within a file; a line without one (a
 traceback) keeps the timestamp and the study of the record it belongs to, so it
 stays under it. Only the selected study's lines are kept, line by line, so two
@@ -20,14 +20,19 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+
+from hpo.errors import UsageError
+
+if TYPE_CHECKING:
+    from hpo.config.settings import Settings
 
 _logger = logging.getLogger(__name__)
 
 LOG_PREFIX = "worker_"
 LOG_SUFFIX = ".log"
 TIMESTAMP_RE = re.compile(rb"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})")
-# A record of hpo.logs.FORMAT: timestamp, worker, study (may hold spaces), trial, level.
+# A record of hpo.system.logs.FORMAT: timestamp, worker, study (may hold spaces), trial, level.
 RECORD_RE = re.compile(rb"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2} \S+ study=(.*?) trial=(?:-|\d+) [A-Z]+ ")
 
 
@@ -141,3 +146,35 @@ class Follower:
     def width(self) -> int:
         """The widest source among the lines returned so far."""
         return max((len(source) for source in self._shown), default=0)
+
+
+def open_follower(settings: "Settings", worker: str | None = None, trial: int | None = None,
+                  all_studies: bool = False) -> Follower:
+    """What ``hpo logs`` follows: trial ``trial``'s own log, worker ``worker``'s log, or every
+    worker log in ``LOG_DIR``; only the study's lines unless ``all_studies``."""
+    if worker is not None and trial is not None:
+        raise UsageError("--worker and --trial: give one of them, not both")
+    study = None if all_studies else settings.study_name
+    if trial is not None:
+        path = settings.study_dir / f"trial_{trial}" / "trial.log"
+        if not path.is_file():
+            raise UsageError(f"--trial {trial}: no log at {path}; trial logs live in "
+                             f"{settings.study_dir}/trial_<N>/trial.log (TRIAL_OUTPUT/STUDY_NAME)")
+        return Follower(None, {f"trial {trial}": path})
+    if worker is not None:
+        files = log_files(settings.log_dir)
+        wid = worker.removeprefix("worker_").removesuffix(".log")
+        if wid not in files:
+            raise UsageError(f"--worker {worker!r}: no log {settings.log_dir}/worker_{wid}.log; "
+                             f"workers with logs: {', '.join(files) or 'none'}")
+        return Follower(None, {wid: files[wid]}, study)
+    return Follower(settings.log_dir, study=study)
+
+
+def nothing_yet(follower: Follower, settings: "Settings") -> str:
+    """Why ``hpo logs`` found no line: no worker log at all, or none of this study's."""
+    if follower.study is not None and follower.tails:
+        others = ", ".join(repr(name) for name in sorted(follower.studies)) or "none"
+        return (f"no line of study {follower.study!r} in {settings.log_dir}/worker_*.log (LOG_DIR); studies "
+                f"there: {others} (--study-name NAME, or --all-studies)")
+    return f"no worker log in {settings.log_dir} (LOG_DIR)"

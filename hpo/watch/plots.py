@@ -29,14 +29,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from hpo.journal.reader import Distribution, TrialRecord, pareto_front
 from hpo.watch.export import knee_point
-from hpo.watch.journal import Distribution, TrialRecord, pareto_front
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from hpo.watch.journal import StudyJournal
+    from hpo.journal.reader import StudyJournal
 
 _logger = logging.getLogger(__name__)
 
@@ -464,7 +464,7 @@ def pareto_plot(trials: Sequence[TrialRecord], ctx: PlotContext) -> "Figure":
 def user_metrics(trials: Sequence[TrialRecord], ctx: PlotContext) -> "Figure":
     """Each numeric metric an objective set (``ctx.set_user_attr``) against the first
     objective, one panel per metric, over COMPLETE trials."""
-    from hpo.objective import objective_attrs
+    from hpo.worker.context import objective_attrs
 
     complete = _complete(trials)
     keys = sorted({k for t in complete for k, v in objective_attrs(t.user_attrs).items()

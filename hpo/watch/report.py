@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from hpo.watch.status import human_seconds
 
 if TYPE_CHECKING:
-    from hpo.settings import Settings
+    from hpo.config.settings import Settings
 
 _logger = logging.getLogger(__name__)
 

@@ -3,9 +3,9 @@
 :func:`collect` gathers the inputs (the only impure part: files, clock, squeue),
 :func:`build` turns them into a plain JSON-able dict (the ``--json`` output, pure),
 :func:`render` turns that dict into rich tables (pure). ``squeue`` runs through
-:func:`hpo.scheduler.run_command`, the project's one runner of SLURM commands.
+:func:`hpo.system.slurm.run_command`, the project's one runner of SLURM commands.
 
-Fast on big studies: the journal is read with :mod:`hpo.watch.journal`, and only
+Fast on big studies: the journal is read with :mod:`hpo.journal.reader`, and only
 the running and best trials are decoded in full (by Optuna's own replay). A study in an
 RDB (``HPO_STORAGE``) is read through Optuna instead (:func:`open_view`).
 """
@@ -22,18 +22,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
-from hpo.objective import METRICS_FILE, objective_attrs
-from hpo.recovery import HEARTBEAT_ATTR, Beats, beats_dir, is_lost, last_beat, read_beats
-from hpo.scheduler import SlurmJob
-from hpo.settings import BUDGET_COUNTS
-from hpo.storage import BUDGET_ATTR, BUDGET_COUNTS_ATTR
-from hpo.util import json_safe
-from hpo.watch.journal import StudyJournal, TrialRecord, pareto_front
+from hpo.config.settings import BUDGET_COUNTS
+from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
+from hpo.study.shared import BUDGET_ATTR, BUDGET_COUNTS_ATTR
+from hpo.system.files import json_safe
+from hpo.system.slurm import SlurmJob
+from hpo.worker.context import METRICS_FILE, objective_attrs
+from hpo.worker.recovery import Beats, is_lost, last_beat, read_beats
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-    from hpo.settings import Settings
+    from hpo.config.settings import Settings
+    from hpo.config.study import Launch
 
 _logger = logging.getLogger(__name__)
 
@@ -67,13 +68,13 @@ def study_job_ids(attrs: Mapping[str, Mapping[int, Any]]) -> list[str]:
 
 def squeue(job_ids: Collection[str]) -> SlurmInfo:
     """The study's jobs still known to SLURM (from the one queue listing in
-    :mod:`hpo.scheduler`); quiet when there are none or no ``squeue``."""
+    :mod:`hpo.system.slurm`); quiet when there are none or no ``squeue``."""
     if not job_ids:
         return SlurmInfo(False, "no SLURM job recorded for the study")
     if shutil.which("squeue") is None:
         return SlurmInfo(False, "squeue not found on this machine")
     from hpo.errors import SchedulerError
-    from hpo.scheduler import jobs_of, list_queue
+    from hpo.system.slurm import jobs_of, list_queue
 
     try:
         jobs = jobs_of(list_queue(), job_ids)
@@ -85,7 +86,7 @@ def squeue(job_ids: Collection[str]) -> SlurmInfo:
 
 def recorded_job_ids(settings: "Settings") -> list[str]:
     """Job ids ``hpo submit`` and the sbatch scripts recorded for the study (pending ones too)."""
-    from hpo.scheduler import recorded_jobs
+    from hpo.system.slurm import recorded_jobs
 
     return recorded_jobs(settings.jobs_path)
 
@@ -152,7 +153,7 @@ def collect(settings: "Settings", now: float | None = None, slurm: bool = True,
             ids = list(dict.fromkeys([*ids, *recorded_job_ids(settings)]))
         info = squeue(ids)
     running = [t.trial_id for t in journal.trials if t.state == "RUNNING"]
-    beats = None if settings.storage else read_beats(beats_dir(settings.journal_dir, settings.study_name), running)
+    beats = None if settings.storage else read_beats(settings.spec.beats_dir, running)
     return Inputs(journal, attrs, metrics, info, budget(settings, journal), settings.stale_seconds,
                   time.time() if now is None else now, read_seconds, counted_states(settings, journal), beats)
 
@@ -161,8 +162,8 @@ def counted_states(settings: "Settings", journal: StudyJournal) -> frozenset[str
     """What the study's MAX_TRIALS counts: given to this command, else as its workers stored it."""
     stored = journal.study.system_attrs.get(BUDGET_COUNTS_ATTR)
     if stored in BUDGET_COUNTS and not settings.sources.get("budget_counts", "default").startswith(("flag", "env:")):
-        return replace(settings, budget_counts=stored).counted_states
-    return settings.counted_states
+        return replace(settings.spec, budget_counts=stored).counted_states
+    return settings.spec.counted_states
 
 
 def budget(settings: "Settings", journal: StudyJournal) -> int:
@@ -191,12 +192,13 @@ def open_view(settings: "Settings") -> StudyJournal:
 
     import optuna
 
+    from hpo._optuna import stale_trial_ids, study_id
     from hpo.errors import UsageError
-    from hpo.storage import open_settings_storage, stale_trial_ids, study_id
+    from hpo.study.storage import open_storage
 
     with warnings.catch_warnings():  # Optuna flags RDB heartbeats as experimental on every open
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = open_settings_storage(settings)  # with the workers' heartbeat settings
+        storage = open_storage(settings.spec)  # with the workers' heartbeat settings
     try:
         study = optuna.load_study(study_name=settings.study_name, storage=storage)
     except KeyError:
@@ -478,14 +480,7 @@ def _slurm_part(slurm: Mapping[str, Any]) -> Any:
     return table
 
 
-def counts_line(status: Mapping[str, Any]) -> str:
-    """One line for logs and tests: ``12/100 finished, 2 running, 0 failed, best 0.01``."""
-    best = status["best"]["value"] if status["best"] else None
-    return (f"{status['finished']}/{status['max_trials']} finished, {status['states']['RUNNING']} running, "
-            f"{status['states']['FAIL']} failed, best {_num(best)}")
-
-
-__all__ = ["HEARTBEAT_ATTR", "SlurmInfo", "build", "collect", "open_view", "render",
+__all__ = ["SlurmInfo", "build", "collect", "open_view", "render", "render_snapshot", "snapshot",
            "squeue", "study_job_ids", "throughput", "workers_summary"]
 
 
@@ -536,3 +531,27 @@ def render_combined(rows: Sequence[Mapping[str, Any]]) -> Any:
     for row in rows:
         table.add_row(*(_num(row[c]) for c in columns))
     return table
+
+
+def snapshot(launch: "Launch", slurm: bool = True) -> dict[str, Any]:
+    """``hpo status --json``: one study's status; for a sweep, each study's, and the combined table."""
+    if len(launch.studies) == 1:
+        return build(collect(launch.settings, slurm=slurm))
+    states = [sweep_state(settings, slurm=slurm) for settings, _ in launch.studies]
+    values = [dict(config.cell) for _, config in launch.studies]
+    return {"sweep": str(launch.config.path), "studies": states, "combined": combined_rows(states, values)}
+
+
+def render_snapshot(state: Mapping[str, Any]) -> "RenderableType":
+    """What ``hpo status`` prints of a :func:`snapshot`."""
+    if "sweep" not in state:
+        return render(state)
+    from rich.console import Group
+    from rich.rule import Rule
+    from rich.text import Text
+
+    parts: list[Any] = []
+    for one in state["studies"]:
+        shown = Text("not started yet: no worker has reached it") if one.get("not_started") else render(one)
+        parts += [Rule(one["study"]), shown]
+    return Group(*parts, Rule("sweep"), render_combined(state["combined"]))

@@ -1,10 +1,10 @@
 """One trial, from ``ask`` to ``tell``: the trial runner.
 
-:class:`TrialRunner` owns everything about a single trial that the worker's loop
-(:mod:`hpo.worker`) does not need to know: its run directory and the files in it,
-the :class:`~hpo.objective.TrialContext` handed to the objective, pruning reports,
+:class:`TrialRunner` owns everything about a single trial that the study's loop
+(:mod:`hpo.worker.study_run`) does not need to know: its run directory and the files in it,
+the :class:`~hpo.worker.context.TrialContext` handed to the objective, pruning reports,
 the per-trial time budget and time-based pruning, the heartbeat, turning the
-result into a state through the policy table (:mod:`hpo.outcome`), ``tell``, and
+result into a state through the policy table (:mod:`hpo.worker.outcome`), ``tell``, and
 the retry of a preempted trial.
 
 A trial that another worker already ended (this worker stalled past
@@ -29,26 +29,27 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
-from hpo import outcome as outcomes
-from hpo.logs import trial_logging
-from hpo.objective import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
-from hpo.recovery import Heartbeat, enqueue_retry
-from hpo.results import RunKey, run_key
-from hpo.setup import options_of
-from hpo.space import suggest
-from hpo.storage import trial_id
-from hpo.util import write_json, write_json_atomic
+from hpo._optuna import trial_id
+from hpo.config.space import suggest
+from hpo.system.files import write_json, write_json_atomic
+from hpo.system.logs import trial_logging
+from hpo.worker import outcome as outcomes
+from hpo.worker.context import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
+from hpo.worker.recovery import Heartbeat, enqueue_retry
+from hpo.worker.results import RunKey, run_key
+from hpo.worker.setup import options_of
 
 if TYPE_CHECKING:
-    from hpo.config import StudyConfig
-    from hpo.settings import Settings, WorkerIdentity
-    from hpo.setup import SetupResult
-    from hpo.storage import SharedStudy
+    from hpo.config.identity import WorkerIdentity
+    from hpo.config.settings import Settings
+    from hpo.config.study import StudyConfig
+    from hpo.study.shared import SharedStudy
+    from hpo.worker.setup import SetupResult
 
 _logger = logging.getLogger(__name__)
 
@@ -60,10 +61,10 @@ class _Active:
     trial: optuna.Trial
     start: float
     limit: float | None
-    stop_reason: Any  # () -> str | None, the worker's stop flag
+    stop_reason: Callable[[], str | None]  # the worker's stop flag, as objectives see it
     last_step: list[int] = field(default_factory=list)
     taken: bool = False  # set by the heartbeat thread when another worker ended the trial
-    run_key: RunKey | None = None  # HPO_REUSE_RESULTS: where this run's outcome is stored (hpo.results)
+    run_key: RunKey | None = None  # HPO_REUSE_RESULTS: where this run's outcome is stored (hpo.worker.results)
 
 
 class TrialRunner:
@@ -81,12 +82,12 @@ class TrialRunner:
 
     def attrs(self, number: int) -> dict[str, Any]:
         """User attributes that link a trial to its worker and run directory (written
-        with the trial's creation, see :meth:`hpo.storage.SharedStudy.ask_within_budget`)."""
+        with the trial's creation, see :meth:`hpo.study.shared.SharedStudy.ask_within_budget`)."""
         return {**self.identity.attrs(), "run_dir": str(self.run_dir(number).resolve()),
                 "fixed_params": self.settings.fixed_params()}
 
     # -- one trial --------------------------------------------------------
-    def run(self, trial: optuna.Trial, stop_reason: Any) -> outcomes.Outcome:
+    def run(self, trial: optuna.Trial, stop_reason: Callable[[], str | None]) -> outcomes.Outcome:
         """Run ``trial`` to its end; ``stop_reason()`` is the worker's stop flag."""
         s = self.settings
         run_dir = self.run_dir(trial.number)
@@ -98,7 +99,7 @@ class TrialRunner:
             try:
                 value = self._call_objective(active, run_dir)
                 result = outcomes.from_value(value, len(self.config.directions))
-            except BaseException as exc:  # noqa: BLE001 - the policy table decides, see hpo.outcome
+            except BaseException as exc:  # noqa: BLE001 - the policy table decides, see hpo.worker.outcome
                 result = outcomes.from_exception(exc, active.last_step[-1] if active.last_step else None)
                 if result.reason == outcomes.INTERRUPTED and s.retry_interrupted:
                     result = dataclasses.replace(result, retry=True)  # HPO_RETRY_INTERRUPTED: as if preempted
@@ -140,7 +141,7 @@ class TrialRunner:
                 return self._reuse(active, stored)
         ctx = TrialContext(
             number=trial.number, params=params, fixed=fixed, settings=s, run_dir=run_dir,
-            device=self.device, logger=logging.getLogger("hpo.trial"),
+            device=self.device, logger=logging.getLogger("hpo.worker.trial"),
             resume_dir=Path(resume_from) if resume_from else None,
             options=options_of(s, self.config),
             setup=self.setup.value if self.setup else {},
@@ -172,7 +173,7 @@ class TrialRunner:
         active.last_step.append(step)
         if len(self.config.directions) > 1:
             return  # Optuna cannot prune multi-objective trials
-        active.trial.report(value, step)  # UpdateFinishedTrialError when taken: a row of hpo.outcome
+        active.trial.report(value, step)  # UpdateFinishedTrialError when taken: a row of hpo.worker.outcome
         if active.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} (value {value:.6g})")
 
@@ -184,7 +185,8 @@ class TrialRunner:
             raise TrialTaken()
 
     def _check_time(self, active: _Active) -> None:
-        """Per-trial time budget (seed 003) and time-based pruning (CODES): both end the
+        """Per-trial time budget (``HPO_TRIAL_TIMEOUT_SECONDS``) and time-based pruning
+        (``HPO_TIME_PRUNING_WARMUP``): both end the
         trial PRUNED with the reason, so its slot is refilled and the sampler learns."""
         elapsed = time.time() - active.start
         limit = active.limit
@@ -199,7 +201,7 @@ class TrialRunner:
                     why = f"time-pruned: {elapsed:.1f}s > mean + std of {len(durations)} completed trials ({cap:.1f}s)"
                     capped = self.config.time_pruning_cap
                     if capped is not None and len(self.config.directions) > 1:
-                        # CODES: the trial stays COMPLETE, its accuracy capped and its time the one measured.
+                        # time_pruning_cap: the trial stays COMPLETE, its accuracy capped and its time the one measured.
                         raise TrialCapped(tuple(elapsed if v == "elapsed" else float(v) for v in capped), why)
                     raise optuna.TrialPruned(why)
 

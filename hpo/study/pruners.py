@@ -1,4 +1,4 @@
-"""hpo's own pruners, beside Optuna's (``OPTUNA_PRUNER`` picks one, see :mod:`hpo.storage`).
+"""hpo's own pruners, beside Optuna's (``OPTUNA_PRUNER`` picks one, see :mod:`hpo.study.shared`).
 
 :class:`StagePruner` (``OPTUNA_PRUNER=stage``): the median rule, applied only at the
 ends of a staged objective's stages. PhysAE trains A -> B1 -> B2 and reports one value

@@ -33,24 +33,19 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable, Iterator
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.storage import stale_trial_ids, trial_id
-from hpo.util import process_alive, write_bytes_atomic
+from hpo._optuna import stale_trial_ids, trial_id
+from hpo.system.files import write_bytes_atomic
+from hpo.system.processes import process_alive
 
 if TYPE_CHECKING:
-    from hpo.storage import SharedStudy
+    from hpo.study.shared import SharedStudy
 
 _logger = logging.getLogger(__name__)
 
 HEARTBEAT_ATTR = "hpo:heartbeat"  # a trial system attribute: where hpo before 0.3 kept beats (still read)
-BEATS_SUFFIX = ".heartbeats"
 WORKER_LOST = "worker lost"
 
 Beats = Mapping[int, "float | None"]  # trial id -> its last beat (None: a file there, unreadable now)
-
-
-def beats_dir(journal_dir: Path, study_name: str) -> Path:
-    """``$JOURNAL_DIR/<study>.heartbeats/``: one file per running trial, on the journal's filesystem."""
-    return journal_dir / f"{study_name}{BEATS_SUFFIX}"
 
 
 def _beat_path(directory: Path, trial_id: int) -> Path:
@@ -121,7 +116,7 @@ class Heartbeat:
     def __init__(self, shared: "SharedStudy", period: float, stale_seconds: float, worker_id: str = "") -> None:
         self._shared, self._period, self._stale = shared, period, stale_seconds
         self._worker_id = worker_id or f"pid{os.getpid()}"
-        self._dir = beats_dir(shared.settings.journal_dir, shared.settings.study_name)
+        self._dir = shared.spec.beats_dir
         self._trial_id: int | None = None
         self._on_taken: Callable[[], None] = lambda: None
         self._confirmed_at = time.monotonic()
@@ -225,7 +220,7 @@ def _frozen_is_lost(trial: FrozenTrial, now: float, stale_seconds: float, host: 
 def _live_slurm_jobs() -> set[str] | None:
     """Ids of the jobs in the queue, or None when squeue cannot tell."""
     from hpo.errors import SchedulerError
-    from hpo.scheduler import queued_job_ids
+    from hpo.system.slurm import queued_job_ids
 
     try:
         return queued_job_ids()
@@ -236,14 +231,14 @@ def _live_slurm_jobs() -> set[str] | None:
 
 def reap(shared: "SharedStudy", host: str) -> list[int]:
     """Fail lost trials and enqueue their retries. Returns the reaped trial numbers."""
-    settings = shared.settings
+    spec = shared.spec
     now = time.time()
     running = shared.index.running()
     live = _live_slurm_jobs() if any("slurm_job_id" in t.user_attrs for t in running) else None
     stale_ids = stale_trial_ids(shared.storage, shared.study_id)
-    folder = beats_dir(settings.journal_dir, settings.study_name)
+    folder = spec.beats_dir
     beats = read_beats(folder, [trial_id(t) for t in running]) if shared.is_journal else None
-    candidates = [t for t in running if _frozen_is_lost(t, now, settings.stale_seconds, host, live, stale_ids, beats)]
+    candidates = [t for t in running if _frozen_is_lost(t, now, spec.stale_seconds, host, live, stale_ids, beats)]
     if not candidates:
         return []
     reaped: list[int] = []
@@ -265,7 +260,7 @@ def reap(shared: "SharedStudy", host: str) -> list[int]:
 def enqueue_retry(shared: "SharedStudy", trial: FrozenTrial, reason: str) -> bool:
     """Re-run ``trial``'s parameters, up to ``HPO_MAX_RETRIES`` along its lineage."""
     count = int(trial.user_attrs.get("retry_count", 0))
-    if count >= shared.settings.max_retries:
+    if count >= shared.spec.max_retries:
         _logger.warning("trial %d: %s, not retried (%d retries already)", trial.number, reason, count)
         return False
     origin = trial.user_attrs.get("retry_origin", trial.number)
@@ -279,5 +274,5 @@ def enqueue_retry(shared: "SharedStudy", trial: FrozenTrial, reason: str) -> boo
             "resume_from": trial.user_attrs.get("run_dir"),
         },
     )
-    _logger.info("trial %d: %s; retry %d/%d enqueued", trial.number, reason, count + 1, shared.settings.max_retries)
+    _logger.info("trial %d: %s; retry %d/%d enqueued", trial.number, reason, count + 1, shared.spec.max_retries)
     return True

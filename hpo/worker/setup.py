@@ -1,7 +1,7 @@
 """A study's setup stage: computed once, cached by a hash of its inputs, handed to every trial.
 
-Some work is the same for every trial: seed 003 computes its HMC reference once per
-problem, seed 002 pre-screens the hardest samples before the search. A study config
+Some work is the same for every trial: an expensive reference solution computed once per
+problem, or a pre-screening of the hardest samples before the search. A study config
 names such a function::
 
     setup: mypkg.prepare:reference       # called as reference(ctx: SetupContext) -> dict
@@ -46,11 +46,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from hpo.errors import HpoError
-from hpo.util import write_json_atomic
+from hpo.system.files import write_json_atomic
 
 if TYPE_CHECKING:
-    from hpo.config import StudyConfig
-    from hpo.settings import Settings
+    from hpo.config.settings import Settings
+    from hpo.config.study import StudyConfig
 
 _logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def ensure_setup(settings: "Settings", config: "StudyConfig",
     """
     if config.setup is None:
         return None
-    from hpo.storage import make_lock  # the journal's lock: cross-node, refreshed while held
+    from hpo.system.lock import make_lock  # the journal's lock: cross-node, refreshed while held
 
     options = options_of(settings, config)
     key = setup_key(config.setup, options, settings.data_seed)
@@ -150,7 +150,7 @@ def _compute(function: Callable[[SetupContext], Any], settings: "Settings", conf
     work.mkdir(parents=True)
     _logger.info("setup %s: computing (key %s, folder %s)", config.setup, key, directory)
     started = time.time()
-    ctx = SetupContext(options, settings, work, logging.getLogger("hpo.setup.user"))
+    ctx = SetupContext(options, settings, work, logging.getLogger("hpo.worker.setup.user"))
     try:
         value = function(ctx)
         json.dumps(value, allow_nan=False)

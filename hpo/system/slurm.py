@@ -1,4 +1,6 @@
-"""SLURM commands: pure parsers of their output, and the one place that runs them."""
+"""SLURM: pure parsers of its commands' output, the one place that runs them, and the
+study's jobs file (``$JOURNAL_DIR/<study>.jobs``, the job ids ``hpo cancel`` and ``hpo
+status`` look up)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Collection, Sequence
 
 from hpo.errors import SchedulerError
+from hpo.system.lock import make_lock
 
 _logger = logging.getLogger(__name__)
 
@@ -32,19 +35,6 @@ def parse_duration(text: str) -> float | None:
         raise SchedulerError(f"cannot parse SLURM duration {text!r}")
     days, hours = int(match["days"] or 0), int(match["h"] or 0)
     return days * 86400 + hours * 3600 + int(match["m"]) * 60 + int(match["s"])
-
-
-def parse_job_ids(text: str) -> list[str]:
-    """Job ids from ``squeue -h -o %i`` (``123``, ``124_0``, ``124_[1-3%2]``) or sbatch output."""
-    ids: list[str] = []
-    for line in text.splitlines():
-        line = line.strip()
-        match = re.search(r"Submitted batch job (\d+)", line)
-        if match:
-            ids.append(match.group(1))
-        elif re.fullmatch(r"\d+(?:_(?:\d+|\[[\d,%\-]+\]))?", line):
-            ids.append(line)
-    return ids
 
 
 def run_command(args: Sequence[str], timeout: float = 30.0) -> str:
@@ -75,11 +65,12 @@ def cancel(job_ids: Sequence[str]) -> None:
 
 
 def record_jobs(path: Path, job_ids: Sequence[str]) -> None:
-    """Append job ids to a study's jobs file (see ``Settings.jobs_path``), in one write,
-    fsynced. Callers hold the file's lock (:func:`hpo.storage.record_study_jobs`):
-    unlocked appends from two GlusterFS clients garble lines."""
+    """Append job ids to a study's jobs file, in one write, fsynced, under the file's own
+    lock: the sbatch scripts (``hpo config --record-job``) and ``hpo submit`` of several
+    nodes may record at the same moment, and unlocked appends from two GlusterFS clients
+    garble lines."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
+    with make_lock(path), path.open("a") as handle:
         handle.write("".join(f"{job_id}\n" for job_id in job_ids))
         handle.flush()
         os.fsync(handle.fileno())

@@ -9,7 +9,7 @@ Two tables, one mechanism:
   same for every objective;
 - an objective's own settings, declared by the objective's module as
   ``SETTINGS: tuple[Field, ...]`` (PhysAE's sizes, batch size and stage epochs live
-  in :mod:`hpo.physae.settings`). They resolve with the same precedence and
+  in :mod:`hpo.physae.settings`; a :class:`~hpo.config.fields.Field` each). They resolve with the same precedence and
   validation, reach the objective as ``ctx.options`` and are set on the command line
   with ``--arg NAME=VALUE``. A field with ``fixes="A.epochs"`` fixes that search-space
   parameter when set (instead of sampling it): the generic layer knows no stage names.
@@ -22,112 +22,24 @@ Nothing below this module reads the process environment for these values.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from hpo.config.fields import Field, boolean, choice, int_in, optional, positive_float, text
+from hpo.config.search import PRUNER_NAMES, SAMPLER_NAMES
 from hpo.errors import UsageError
 
-SAMPLERS = ("tpe", "random", "cmaes", "qmc", "gp", "nsga2")
-PRUNERS = ("hyperband", "median", "sha", "percentile", "wilcoxon", "stage", "none")
 BUDGET_COUNTS = ("finished", "complete")
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 RESULTS_DIR = Path("results")  # where hpo export, hpo plot and the end-of-study export write: results/<study>/
 
-Parser = Callable[[str, Any], Any]
-
-
-def int_in(low: int, high: int) -> Callable[[str, Any], int]:
-    def parse(name: str, raw: Any) -> int:
-        text = str(raw).strip()
-        try:
-            value = int(text)
-        except ValueError:
-            raise UsageError(f"{name}={raw!r} is not an integer; valid: an integer from {low} to {high}") from None
-        if not low <= value <= high:
-            raise UsageError(f"{name}={raw!r} is out of range; valid: an integer from {low} to {high}")
-        return value
-
-    return parse
-
-
-def optional(inner: Parser) -> Parser:
-    def parse(name: str, raw: Any) -> Any:
-        if raw is None or str(raw).strip().lower() in ("", "none", "unlimited"):
-            return None
-        return inner(name, raw)
-
-    return parse
-
-
-def positive_float(name: str, raw: Any) -> float:
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        raise UsageError(f"{name}={raw!r} is not a number; valid: a positive number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{name}={raw!r} is out of range; valid: a positive number of seconds")
-    return value
-
-
-def float_in(low: float | None, high: float | None) -> Parser:
-    """A finite number within ``[low, high]`` (None: unbounded on that side)."""
-    valid = ("a number" + (f" >= {low:g}" if low is not None else "")
-             + (" and" if low is not None and high is not None else "") + (f" <= {high:g}" if high is not None else ""))
-
-    def parse(name: str, raw: Any) -> float:
-        try:
-            value = float(str(raw).strip())
-        except ValueError:
-            raise UsageError(f"{name}={raw!r} is not a number; valid: {valid}") from None
-        if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-            raise UsageError(f"{name}={raw!r} is out of range; valid: {valid}")
-        return value
-
-    return parse
-
-
-def one_of(choices: tuple[Any, ...]) -> Parser:
-    """One of ``choices``, compared as text (case-sensitive); returns the choice itself."""
-    def parse(name: str, raw: Any) -> Any:
-        for option in choices:
-            if str(option) == str(raw).strip():
-                return option
-        raise UsageError(f"{name}={raw!r} is not valid; valid: {', '.join(map(str, choices))}")
-
-    return parse
-
-
-def boolean(name: str, raw: Any) -> bool:
-    text = str(raw).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise UsageError(f"{name}={raw!r} is not a boolean; valid: true, false, 1, 0, yes, no, on, off")
-
-
-def text(name: str, raw: Any) -> str:
-    return str(raw)
-
-
-def choice(choices: tuple[str, ...]) -> Parser:
-    def parse(name: str, raw: Any) -> str:
-        value = str(raw).strip().lower()
-        if value not in choices:
-            raise UsageError(f"{name}={raw!r} is not valid; valid: {', '.join(choices)}")
-        return value
-
-    return parse
-
-
 _STUDY_RE = re.compile(r"^[^\x00-\x1f/\\]{1,128}$")
 
 
-def _study_name(name: str, raw: Any) -> str:
+def parse_study_name(name: str, raw: Any) -> str:
     value = str(raw)
     if not _STUDY_RE.match(value) or ".." in value or value.startswith((".", "-")) or value != value.strip():
         raise UsageError(
@@ -185,33 +97,16 @@ def _config_path(name: str, raw: Any) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class Field:
-    name: str  # attribute of Settings and key in the config's settings: section
-    env: str  # environment variable
-    parse: Parser
-    default: Any
-    help: str
-    # A search-space parameter this setting fixes when set (None: sampled as usual).
-    fixes: str | None = None
-    # Other environment variables that set it too (a seed's own name: N_TRIALS for MAX_TRIALS).
-    aliases: tuple[str, ...] = ()
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
 FIELDS: tuple[Field, ...] = (
     Field("max_trials", "MAX_TRIALS", int_in(1, 10_000_000), 100, "study-wide finished trials (COMPLETE+PRUNED)",
           aliases=("N_TRIALS",)),
     Field("trials_per_worker", "TRIALS_PER_WORKER", optional(int_in(1, 10_000_000)), None, "cap per worker"),
     Field("timeout_seconds", "TIMEOUT_SECONDS", optional(positive_float), None, "a worker's wall-time budget"),
     Field("optuna_seed", "OPTUNA_SEED", int_in(0, 2**31 - 1), 42, "base sampler seed (+ worker rank)"),
-    Field("sampler", "OPTUNA_SAMPLER", choice(SAMPLERS), "tpe", "sampler"),
-    Field("pruner", "OPTUNA_PRUNER", choice(PRUNERS), "hyperband", "pruner"),
+    Field("sampler", "OPTUNA_SAMPLER", choice(SAMPLER_NAMES), "tpe", "sampler"),
+    Field("pruner", "OPTUNA_PRUNER", choice(PRUNER_NAMES), "hyperband", "pruner"),
     Field("journal_dir", "JOURNAL_DIR", _directory, Path("optuna_journal"), "journal folder (shared filesystem)"),
-    Field("study_name", "STUDY_NAME", _study_name, "physae", "study name"),
+    Field("study_name", "STUDY_NAME", parse_study_name, "physae", "study name"),
     Field("log_dir", "LOG_DIR", _directory, Path("optuna_logs"), "worker logs"),
     Field("trial_output", "TRIAL_OUTPUT", _directory, Path("optuna_runs"), "per-trial run directories"),
     Field("device", "HPO_DEVICE", _device, "auto", f"training device: {DEVICES_HELP}"),
@@ -228,7 +123,8 @@ FIELDS: tuple[Field, ...] = (
     Field("time_pruning_warmup", "HPO_TIME_PRUNING_WARMUP", _non_negative_int, 0,
           "0 = off; else after W completed trials, stop trials slower than mean + std"),
     Field("budget_counts", "HPO_BUDGET_COUNTS", choice(BUDGET_COUNTS), "finished",
-          "what MAX_TRIALS counts: finished (COMPLETE + PRUNED) or complete (CODES: valid trials only)"),
+          "what MAX_TRIALS counts: finished (COMPLETE + PRUNED) or complete (valid trials only: a pruned one "
+          "frees its slot)"),
     Field("retry_interrupted", "HPO_RETRY_INTERRUPTED", boolean, False,
           "retry a trial ended by Ctrl-C/SIGINT like a preempted one (a lost warm start runs again)"),
     Field("reuse_results", "HPO_REUSE_RESULTS", boolean, False,
@@ -236,11 +132,17 @@ FIELDS: tuple[Field, ...] = (
     Field("export_at_end", "HPO_EXPORT_AT_END", boolean, True,
           "when the study has its trials, the worker that sees it first writes results/<study>/ (exports and "
           "figures) as it stops; no other worker waits"),
+    Field("seed_offset", "HPO_SEED_OFFSET", int_in(0, 2**62), 0,
+          "your own shift of every sampler seed (an independent replicate)"),
+    Field("worker_rank", "HPO_WORKER_RANK", optional(int_in(0, 1_000_000)), None,
+          "this worker's number in its launch (set by hpo run and hpo submit)", internal=True),
+    Field("local_workers", "HPO_LOCAL_WORKERS", int_in(1, 1_000_000), 1,
+          "how many workers hpo run started in this task (set by hpo run)", internal=True),
+    Field("launch_id", "HPO_LAUNCH_ID", optional(text), None,
+          "one id per launch, shared by its workers (set by hpo run and hpo submit)", internal=True),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 CONFIG_ENV = "HPO_CONFIG"
-# Set by `hpo run` and `hpo submit` for their workers: one id per launch (see launch_key).
-LAUNCH_ENV = "HPO_LAUNCH_ID"
 
 
 @dataclass(frozen=True)
@@ -271,6 +173,10 @@ class Settings:
     retry_interrupted: bool
     reuse_results: bool
     export_at_end: bool
+    seed_offset: int
+    worker_rank: int | None
+    local_workers: int
+    launch_id: str | None
     config: Path
     # The objective's own settings (its module's SETTINGS), resolved like the above.
     objective: Mapping[str, Any] = field(default_factory=dict)
@@ -278,27 +184,22 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
-    def counted_states(self) -> frozenset[str]:
-        """The trial states ``MAX_TRIALS`` counts (``HPO_BUDGET_COUNTS``)."""
-        return frozenset({"COMPLETE"} if self.budget_counts == "complete" else {"COMPLETE", "PRUNED"})
+    def spec(self) -> "StudySpec":
+        """What sharing this study reads of the settings (:class:`StudySpec`)."""
+        return StudySpec(self.study_name, self.journal_dir, self.storage, self.max_trials, self.budget_counts,
+                         self.heartbeat_seconds, self.stale_seconds, self.max_retries, self.sampler, self.pruner)
 
     @property
     def journal_path(self) -> Path:
-        """``$JOURNAL_DIR/$STUDY_NAME.journal``: the study's only state."""
-        return self.journal_dir / f"{self.study_name}.journal"
+        return self.spec.journal_path
 
     @property
     def storage_label(self) -> str:
-        """Where the study lives, for messages (an RDB URL without its password)."""
-        if not self.storage:
-            return str(self.journal_path)
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.storage)
+        return self.spec.storage_label
 
     @property
     def jobs_path(self) -> Path:
-        """``$JOURNAL_DIR/$STUDY_NAME.jobs``: the study's SLURM job ids, one per line,
-        appended by the sbatch scripts and ``hpo submit``."""
-        return self.journal_dir / f"{self.study_name}.jobs"
+        return self.spec.jobs_path
 
     @property
     def study_dir(self) -> Path:
@@ -344,20 +245,60 @@ class Settings:
         return out
 
 
+@dataclass(frozen=True)
+class StudySpec:
+    """What sharing one study reads of the settings, and nothing else: where it lives, its
+    budget, the ages the reaper judges by, its sampler and pruner. The study layer
+    (:mod:`hpo.study`) and the reaper get this, not a worker's whole :class:`Settings`."""
+
+    study_name: str
+    journal_dir: Path
+    storage: str  # '' = the journal file; else an RDB URL
+    max_trials: int
+    budget_counts: str
+    heartbeat_seconds: float
+    stale_seconds: float
+    max_retries: int
+    sampler: str
+    pruner: str
+
+    @property
+    def counted_states(self) -> frozenset[str]:
+        """The trial states ``MAX_TRIALS`` counts (``HPO_BUDGET_COUNTS``)."""
+        return frozenset({"COMPLETE"} if self.budget_counts == "complete" else {"COMPLETE", "PRUNED"})
+
+    @property
+    def journal_path(self) -> Path:
+        """``$JOURNAL_DIR/$STUDY_NAME.journal``: the study's only state."""
+        return self.journal_dir / f"{self.study_name}.journal"
+
+    @property
+    def storage_label(self) -> str:
+        """Where the study lives, for messages (an RDB URL without its password)."""
+        if not self.storage:
+            return str(self.journal_path)
+        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", self.storage)
+
+    @property
+    def jobs_path(self) -> Path:
+        """``$JOURNAL_DIR/$STUDY_NAME.jobs``: the study's SLURM job ids, one per line,
+        appended by the sbatch scripts and ``hpo submit``."""
+        return self.journal_dir / f"{self.study_name}.jobs"
+
+    @property
+    def slots_path(self) -> Path:
+        """``<journal>.slots``: the slot lock's file, in JOURNAL_DIR with any storage (all workers share it)."""
+        return Path(f"{self.journal_path}.slots")
+
+    @property
+    def beats_dir(self) -> Path:
+        """``$JOURNAL_DIR/<study>.heartbeats/``: one beat file per running trial, beside the journal."""
+        return self.journal_dir / f"{self.study_name}.heartbeats"
+
+
 def shell_word(text: str) -> str:
     """``text`` as one shell word, every special character backslash-escaped (bash's ``%q``)."""
     return re.sub(r"([^A-Za-z0-9_./:=+,@%^-])", r"\\\1", text) if text else "''"
-
-
-def without_settings(env: Mapping[str, str], objective_fields: tuple[Field, ...] = ()) -> dict[str, str]:
-    """``env`` without any hpo setting (and those of ``objective_fields``; PhysAE's by
-    default), launcher variable or SLURM variable: what a child process needs so that
-    only what is passed explicitly applies (tests, benchmarks)."""
-    if not objective_fields:
-        from hpo.physae.settings import SETTINGS as objective_fields
-    drop = ({f.env for f in FIELDS + objective_fields} | {a for f in FIELDS + objective_fields for a in f.aliases}
-            | {CONFIG_ENV, "HPO_WORKER_RANK", "HPO_LOCAL_WORKERS", "HPO_SEED_OFFSET", LAUNCH_ENV})
-    return {k: v for k, v in env.items() if k not in drop and not k.startswith("SLURM_")}
 
 
 def default_config_path() -> Path:
@@ -365,7 +306,7 @@ def default_config_path() -> Path:
     local = Path("configs/physae.yaml")
     if local.is_file():
         return local
-    return Path(__file__).resolve().parent.parent / "configs" / "physae.yaml"
+    return Path(__file__).resolve().parents[2] / "configs" / "physae.yaml"
 
 
 def config_path(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Path, str]:
@@ -375,59 +316,6 @@ def config_path(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Path,
     if env.get(CONFIG_ENV):
         return _config_path(CONFIG_ENV, env[CONFIG_ENV]), f"env:{CONFIG_ENV}"
     return _config_path("default config", default_config_path()), "default"
-
-
-_SPEC_KEYS = ("type", "default", "env", "low", "high", "choices", "help")
-_SPEC_TYPES = ("int", "float", "str", "bool", "choice")
-_ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-
-
-def declared_field(where: str, name: str, spec: Any) -> Field:
-    """A setting declared in a study config's ``objective_settings:`` section::
-
-        n_steps_per_sample: {type: int, default: 800, low: 1, high: 100000, env: N_STEPS_PER_SAMPLE}
-        method: {type: choice, choices: [sgld, hmc], default: sgld}
-
-    ``env`` defaults to the name in capitals. The default is checked like any value."""
-    label = f"{where}: objective_settings.{name}"
-    if not isinstance(name, str) or not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
-        raise UsageError(f"{label}: not a valid setting name; valid: lower-case letters, digits and _")
-    if not isinstance(spec, Mapping):
-        raise UsageError(f"{label}: must be a mapping with {', '.join(_SPEC_KEYS)}")
-    unknown = sorted(set(spec) - set(_SPEC_KEYS))
-    if unknown:
-        raise UsageError(f"{label}.{unknown[0]}: unknown key; valid: {', '.join(_SPEC_KEYS)}")
-    kind = spec.get("type")
-    if kind not in _SPEC_TYPES:
-        raise UsageError(f"{label}.type: {kind!r} is not valid; valid: {', '.join(_SPEC_TYPES)}")
-    env = spec.get("env", name.upper())
-    if not isinstance(env, str) or not _ENV_RE.match(env):
-        raise UsageError(f"{label}.env: {env!r} is not an environment variable name; valid: A-Z, 0-9 and _")
-    low, high = spec.get("low"), spec.get("high")
-    for key, bound in (("low", low), ("high", high)):
-        if bound is not None and (kind not in ("int", "float") or isinstance(bound, bool)
-                                  or not isinstance(bound, (int, float))):
-            raise UsageError(f"{label}.{key}: {bound!r} is not valid; valid: a number, for type int or float")
-    parse: Parser
-    if kind == "int":
-        if any(b is not None and b != int(b) for b in (low, high)):
-            raise UsageError(f"{label}: low/high must be integers for type int")
-        parse = int_in(int(low) if low is not None else -(2**63), int(high) if high is not None else 2**63 - 1)
-    elif kind == "float":
-        parse = float_in(low, high)
-    elif kind == "bool":
-        parse = boolean
-    elif kind == "str":
-        parse = text
-    else:
-        choices = spec.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise UsageError(f"{label}.choices: must be a non-empty list for type choice")
-        parse = one_of(tuple(choices))
-    if "default" not in spec:
-        raise UsageError(f"{label}.default: missing; valid: a value of type {kind}")
-    default = None if spec["default"] is None else parse(f"{label}.default", spec["default"])
-    return Field(name, env, optional(parse) if default is None else parse, default, str(spec.get("help", "")))
 
 
 def check_declared(where: str, declared: tuple[Field, ...], module_fields: tuple[Field, ...]) -> None:
@@ -526,91 +414,3 @@ def _check_recovery(values: Mapping[str, Any], sources: Mapping[str, str]) -> No
         )
 
 
-def new_launch_id() -> str:
-    """A fresh ``HPO_LAUNCH_ID`` for the workers of one ``hpo run`` or ``hpo submit``. Only
-    the order in which launches reach the study counts (hpo.worker.sampler_seed), never this text."""
-    import uuid
-
-    return uuid.uuid4().hex[:16]
-
-
-def launch_key(env: Mapping[str, str], host: str, pid: int) -> str:
-    """Which launch a worker belongs to: every worker of one ``hpo run``, ``hpo submit``,
-    sbatch job or job array shares the key (pure). A SLURM requeue is a launch of its own.
-
-    The study numbers its launches in the order their keys first reach it (0, 1, ...):
-    that number, not the key, goes into the sampler seed."""
-    if env.get(LAUNCH_ENV):
-        key = f"hpo:{env[LAUNCH_ENV]}"
-    elif env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID"):
-        key = f"slurm:{env.get('SLURM_ARRAY_JOB_ID') or env['SLURM_JOB_ID']}"
-    else:
-        key = f"worker:{host}_{pid}"  # a lone `hpo worker`
-    restarts = (env.get("SLURM_RESTART_COUNT") or "0").strip()
-    return key if restarts == "0" else f"{key}+restart{restarts}"
-
-
-@dataclass(frozen=True)
-class WorkerIdentity:
-    """Who this worker is, from the launcher's environment (SLURM, submitit or ``hpo run``)."""
-
-    worker_id: str  # names the log file: worker_<worker_id>.log
-    # Distinct per worker of a launch (SLURM_PROCID; the array task id, times SLURM_NTASKS
-    # plus SLURM_PROCID; HPO_WORKER_RANK of hpo run/submit); offsets the sampler seed.
-    rank: int
-    host: str
-    pid: int
-    slurm_job_id: str | None
-    slurm_array_job_id: str | None
-    slurm_array_task_id: str | None
-    slurm_procid: str | None
-    visible_gpus: str | None  # CUDA_VISIBLE_DEVICES as given by the launcher
-    seed_offset: int = 0  # HPO_SEED_OFFSET: the user's own shift of every seed (default 0)
-    launch: str = ""  # launch_key(): the workers of one launch share it
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str], host: str, pid: int) -> "WorkerIdentity":
-        job = env.get("SLURM_JOB_ID")
-        array_job, array_task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
-        procid = env.get("SLURM_PROCID")
-        local_rank = env.get("HPO_WORKER_RANK")
-        if array_job and array_task:
-            # One worker per array task; a requeued task keeps its id and appends to its log.
-            worker_id = f"{array_job}_{array_task}"
-            rank = int(array_task) * int(env.get("SLURM_NTASKS") or 1) + int(procid or 0)
-        elif job and local_rank:
-            # hpo run inside an allocation (HPO_LOCAL_WORKERS > 1: several workers share the
-            # job and the task; their own number tells them and their logs apart), or one
-            # worker per job from hpo submit (the job id does; the rank still seeds it).
-            shared_task = int(env.get("HPO_LOCAL_WORKERS") or 1) > 1
-            worker_id = f"{job}_{procid or 0}" + (f"_{local_rank}" if shared_task else "")
-            rank = 1000 * int(procid or 0) + int(local_rank)
-        elif job:
-            worker_id, rank = f"{job}_{procid or 0}", int(procid or 0)
-        else:
-            worker_id, rank = f"{host}_{pid}", int(local_rank or 0)
-        if procid and array_job and array_task and procid != "0":
-            worker_id += f"_{procid}"
-        return cls(
-            worker_id=re.sub(r"[^A-Za-z0-9_.-]", "-", worker_id),
-            rank=rank,
-            host=host,
-            pid=pid,
-            slurm_job_id=job,
-            slurm_array_job_id=array_job,
-            slurm_array_task_id=array_task,
-            slurm_procid=procid,
-            visible_gpus=env.get("CUDA_VISIBLE_DEVICES"),
-            seed_offset=int_in(0, 2**62)("HPO_SEED_OFFSET", env.get("HPO_SEED_OFFSET") or 0),
-            launch=launch_key(env, host, pid),
-        )
-
-    def attrs(self) -> dict[str, Any]:
-        """User attributes that link a trial back to its worker."""
-        out: dict[str, Any] = {"worker": self.worker_id, "host": self.host, "pid": self.pid}
-        for key in ("slurm_job_id", "slurm_array_job_id", "slurm_array_task_id", "slurm_procid"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        out["gpu"] = self.visible_gpus if self.visible_gpus not in (None, "") else "none"
-        return out

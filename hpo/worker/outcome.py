@@ -22,7 +22,7 @@ nothing: no ``tell``, no ``trial.json``, nothing more in the run directory
 (``record=False``); the journal already holds the trial's end and its retry.
 
 A failure is never turned into an infinite value: that would poison the sampler.
-Failed trials never count toward ``MAX_TRIALS`` (see :mod:`hpo.storage`).
+Failed trials never count toward ``MAX_TRIALS`` (see :mod:`hpo.study.shared`).
 """
 
 from __future__ import annotations
@@ -37,10 +37,12 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from hpo.objective import TrialCapped, TrialStopped, TrialTaken
+from hpo.worker.context import TrialCapped, TrialStopped, TrialTaken
+from hpo.worker.stop import Stop, signalled
 
-PREEMPTED = "preempted"
-INTERRUPTED = "interrupted"
+# A trial's reason when a signal stopped it: the label of the stop (hpo.worker.stop).
+PREEMPTED = Stop.PREEMPTED.label
+INTERRUPTED = Stop.INTERRUPTED.label
 OUT_OF_MEMORY = "out of memory"
 TAKEN = "finished by another worker"
 
@@ -51,7 +53,7 @@ class Outcome:
     values: tuple[float, ...] | None = None
     reason: str | None = None
     retry: bool = False  # enqueue a new trial with the same parameters
-    stop_worker: str | None = None  # why the worker must stop after this trial
+    stop_worker: Stop | None = None  # why the worker must stop after this trial
     show_traceback: bool = False
     # False: another worker already ended this trial in the journal; record nothing.
     record: bool = True
@@ -94,13 +96,14 @@ def from_exception(exc: BaseException, last_step: int | None) -> Outcome:
     if isinstance(exc, (TrialTaken, UpdateFinishedTrialError)):
         return Outcome(TrialState.FAIL, reason=TAKEN, record=False)
     if isinstance(exc, TrialStopped):
-        return Outcome(TrialState.FAIL, reason=exc.reason, retry=exc.reason == PREEMPTED, stop_worker=exc.reason)
+        return Outcome(TrialState.FAIL, reason=exc.reason, retry=exc.reason == PREEMPTED,
+                       stop_worker=signalled(exc.reason))
     if isinstance(exc, SystemExit):
         # submitit's requeue path exits from inside its signal handler: the job
         # comes back, so this trial is retried like any preempted one.
-        return Outcome(TrialState.FAIL, reason=PREEMPTED, retry=True, stop_worker=PREEMPTED)
+        return Outcome(TrialState.FAIL, reason=PREEMPTED, retry=True, stop_worker=Stop.PREEMPTED)
     if isinstance(exc, KeyboardInterrupt):
-        return Outcome(TrialState.FAIL, reason=INTERRUPTED, stop_worker=INTERRUPTED)
+        return Outcome(TrialState.FAIL, reason=INTERRUPTED, stop_worker=Stop.INTERRUPTED)
     if _is_out_of_memory(exc):
         free_memory()
         return Outcome(TrialState.FAIL, reason=OUT_OF_MEMORY)

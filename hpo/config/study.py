@@ -5,8 +5,8 @@ Keys (unknown ones are refused)::
     study_name: physae                       # default of STUDY_NAME
     objective: hpo.physae.objective:objective
     direction: minimize                      # or directions: [minimize, minimize]
-    settings: {n_train: 50000, ...}          # defaults of the settings (see hpo.settings)
-    space: {...}                             # see hpo.space
+    settings: {n_train: 50000, ...}          # defaults of the settings (see hpo.config.settings)
+    space: {...}                             # see hpo.config.space
     enqueue: [{param: value, ...}, ...]      # warm-start trials of a new study
     sampler_args: {tpe: {n_startup_trials: 10}}   # per sampler: used when OPTUNA_SAMPLER is that one
     pruner_args: {hyperband: {min_resource: 1}}   # per pruner, likewise
@@ -14,18 +14,18 @@ Keys (unknown ones are refused)::
     objective_settings:                      # the objective's own settings, declared here
       n_steps_per_sample: {type: int, default: 800, low: 1, env: N_STEPS_PER_SAMPLE}
     metric_names: [error, latency_us]        # names of the objectives (Optuna's set_metric_names)
-    setup: package.module:function           # a stage computed once per study and cached (hpo.setup)
+    setup: package.module:function           # a stage computed once per study and cached (hpo.worker.setup)
     matrix: {problem: [a, b], method: [sgld, sghmc]}   # a sweep: one study per combination,
     study_name: llc_{problem}_{method}                 #   named from its values
     matrix_space: {method: {sghmc: {friction: {...}}}} # parameters only some cells have
 
 A sweep (``matrix:``) is one study per combination of values (:func:`cells`), all in
 the same journal folder; each cell's values reach the objective in ``ctx.options``.
-Workers go through the studies in order (:func:`expand`, :class:`hpo.worker.Worker`).
+Workers go through the studies in order (:func:`expand`, :class:`hpo.worker.loop.Worker`).
 
 The objective's module may declare its own settings as ``SETTINGS`` (see
-:mod:`hpo.settings`), and the config may declare more under ``objective_settings:``
-(:func:`hpo.settings.declared_field`); both resolve like hpo's own (default < config
+:mod:`hpo.config.settings`), and the config may declare more under ``objective_settings:``
+(:func:`hpo.config.fields.declared_field`); both resolve like hpo's own (default < config
 ``settings:`` < environment < ``--arg NAME=VALUE``) and reach the objective as ``ctx.options``.
 
 Storage, budgets, per-trial time budget and time-based pruning are settings
@@ -43,26 +43,23 @@ import string
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
-from hpo.errors import UsageError
-from hpo.objective import Objective
-from hpo.settings import (
-    PRUNERS,
-    SAMPLERS,
+from hpo.config.fields import Field, declared_field
+from hpo.config.search import PRUNER_NAMES, SAMPLER_NAMES
+from hpo.config.settings import (
     FIELD_BY_NAME,
-    Field,
     Settings,
-    _study_name,
     check_declared,
     config_path,
-    declared_field,
     parse_args,
+    parse_study_name,
     resolve,
 )
-from hpo.space import Param, check_param_set, parse_space
+from hpo.config.space import Param, check_param_set, parse_space
+from hpo.errors import UsageError
 
 _logger = logging.getLogger(__name__)
 
@@ -85,7 +82,7 @@ class StudyConfig:
     objective_args: Mapping[str, Any] = field(default_factory=dict)
     declared: tuple[Field, ...] = ()  # objective_settings: the config's own settings
     metric_names: tuple[str, ...] | None = None
-    setup: str | None = None  # "package.module:function", see hpo.setup
+    setup: str | None = None  # "package.module:function", see hpo.worker.setup
     # A sweep: (name, values) per matrix variable, and extra parameters per variable and value.
     matrix: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     matrix_space: Mapping[str, Mapping[str, Mapping[str, Param]]] = field(default_factory=dict)
@@ -148,7 +145,7 @@ class StudyConfig:
         declared = getattr(module, "SETTINGS", ())
         if not isinstance(declared, tuple) or not all(isinstance(f, Field) for f in declared):
             raise UsageError(f"{self.path}: objective: {self.objective.partition(':')[0]}.SETTINGS must be a "
-                             "tuple of hpo.settings.Field")
+                             "tuple of hpo.api.Field")
         check_declared(str(self.path), self.declared, declared)
         everything = declared + self.declared
         varied = sorted({n for n, _ in self.matrix} & {f.name for f in everything})
@@ -162,8 +159,8 @@ class StudyConfig:
                              f"valid: settings.{taken[0]} in the config, {env}=... or --arg {taken[0]}=...")
         return everything
 
-    def load_objective(self) -> Objective:
-        """Import the objective function named in the config."""
+    def load_objective(self) -> Callable[..., Any]:
+        """Import the objective function named in the config (an :class:`hpo.api.Objective`)."""
         return self.function("objective")  # type: ignore[no-any-return]
 
 
@@ -307,7 +304,7 @@ def cells(config: StudyConfig) -> list[StudyConfig]:
         for name, value in values.items():
             space.update(config.matrix_space.get(name, {}).get(str(value), {}))
         study = str(config.settings["study_name"]).format(**values)
-        _study_name(f"{config.path}: study_name for {values}", study)
+        parse_study_name(f"{config.path}: study_name for {values}", study)
         if any(c.settings["study_name"] == study for c in out):
             raise UsageError(f"{config.path}: study_name: {config.settings['study_name']!r} gives {study!r} twice; "
                              "valid: a pattern that names every combination apart, e.g. with _ between variables")
@@ -349,9 +346,52 @@ def study_names(config: StudyConfig) -> list[str]:
     return [str(c.settings.get("study_name")) for c in cells(config)]
 
 
-def expand(settings: Settings, config: StudyConfig) -> list[tuple[Settings, StudyConfig]]:
-    """The (settings, config) of each study a launch works on: one for a plain config;
-    for a sweep, every cell, or the one ``STUDY_NAME`` selects."""
+Study = tuple[Settings, StudyConfig]  # one study: its resolved settings and its config
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What one command works on: the config as loaded, and each study it selects, resolved.
+
+    A plain config is one study. A sweep (``matrix:``) is every cell, or the one that
+    ``STUDY_NAME`` selects. Every study's settings hold that study's own name; a sweep's
+    ``study_name`` pattern (``llc_{problem}_{method}``) is :attr:`pattern`, never a name.
+    """
+
+    config: StudyConfig
+    studies: tuple[Study, ...]
+    pattern: str | None = None  # a sweep's study_name pattern; None for a plain config
+
+    @property
+    def settings(self) -> Settings:
+        """The first study's settings: what every study of the launch shares (folders,
+        budgets, recovery) is the same in each."""
+        return self.studies[0][0]
+
+    @property
+    def label(self) -> str:
+        """The launch's name in messages and logs: the sweep's pattern, or the study's name."""
+        return self.pattern if self.pattern is not None and len(self.studies) > 1 else self.settings.study_name
+
+    def one(self) -> Study:
+        """The launch's only study; several (a sweep) is bad input for a command that takes one."""
+        if len(self.studies) > 1:
+            raise UsageError(f"{self.config.path} is a sweep of {len(self.studies)} studies; this command takes "
+                             f"one: give --study-name (STUDY_NAME); valid: {', '.join(study_names(self.config))}")
+        return self.studies[0]
+
+    def to_env(self, **launcher: Any) -> dict[str, str]:
+        """The environment that makes a child process (a worker) resolve the same settings
+        and work on the same studies; ``launcher``: settings a launcher gives each of its
+        workers (``worker_rank``, ``launch_id``, ``local_workers``)."""
+        env = replace(self.settings, **launcher).to_env()
+        env[FIELD_BY_NAME["study_name"].env] = self.label
+        return env
+
+
+def expand(settings: Settings, config: StudyConfig) -> list[Study]:
+    """The studies a launch works on: one for a plain config; for a sweep, every cell,
+    or the one ``STUDY_NAME`` selects (its settings then hold the pattern or that name)."""
     if not config.matrix:
         return [(settings, config)]
     pattern = str(config.settings["study_name"])
@@ -405,7 +445,7 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
         if not isinstance(value, Mapping):
             raise UsageError(f"{path}: {key}: must be a mapping")
         extra[key] = dict(value)
-    for key, names in (("sampler_args", SAMPLERS), ("pruner_args", PRUNERS)):
+    for key, names in (("sampler_args", SAMPLER_NAMES), ("pruner_args", PRUNER_NAMES)):
         for name, args in extra[key].items():
             if name not in names:
                 raise UsageError(f"{path}: {key}.{name}: not a {key.split('_')[0]}; valid: {', '.join(names)}")
@@ -447,11 +487,13 @@ def load_config(path: Path) -> StudyConfig:
     return replace(parse_config(path, raw), text=text)
 
 
-def load_all(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Settings, StudyConfig]:
-    """Settings and study config from flags (``args``: the ``--arg NAME=VALUE`` pairs),
-    an environment mapping and the config file."""
+def load_launch(flags: Mapping[str, Any], env: Mapping[str, str]) -> Launch:
+    """The studies a command works on, from flags (``args``: the ``--arg NAME=VALUE``
+    pairs), an environment mapping and the config file: settings resolved once, here."""
     path, source = config_path(flags, env)
     config = load_config(path)
     fields = config.objective_fields()
     args = parse_args(tuple(flags.get("args") or ()), fields)
-    return resolve(flags, env, config.settings, path, source, fields, args), config
+    settings = resolve(flags, env, config.settings, path, source, fields, args)
+    pattern = str(config.settings["study_name"]) if config.matrix else None
+    return Launch(config, tuple(expand(settings, config)), pattern)

@@ -43,9 +43,22 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from hpo.errors import StorageError, UsageError
-from hpo.journal.format import RECORD_START, Entry, Op, parse_lines, read_complete, replay
-from hpo.storage import METRIC_NAMES_ATTR, constraints_of, on_pareto_front
-from hpo.storage import trial_id as storage_trial_id
+from hpo.journal.format import (
+    IGNORED_OPS,
+    RECORD_START,
+    STRUCTURAL_OPS,
+    TRIAL_DETAIL_OPS,
+    WORKER_FIELD,
+    Entry,
+    Op,
+    line_head,
+    op_alternation,
+    parse_lines,
+    read_complete,
+    replay,
+)
+from hpo._optuna import METRIC_NAMES_ATTR, constraints_of, on_pareto_front
+from hpo._optuna import trial_id as storage_trial_id
 
 _logger = logging.getLogger(__name__)
 
@@ -55,27 +68,17 @@ DIRECTIONS = tuple(d.name for d in sorted(StudyDirection, key=lambda d: d.value)
 CONSTRAINTS_ATTR = "constraints"  # system attributes named constraints or constraints:<key> (FrozenTrial.constraints)
 _READER = "hpo-reader"  # worker id of the records the reader makes up for Optuna's replay
 
-_DETAIL_OPS = (Op.SET_TRIAL_PARAM, Op.SET_TRIAL_INTERMEDIATE_VALUE, Op.SET_TRIAL_USER_ATTR, Op.SET_TRIAL_SYSTEM_ATTR)
-_STRUCTURAL_OPS = frozenset(set(Op) - set(_DETAIL_OPS))
-
-
-def _codes(ops: Iterable[int]) -> bytes:
-    return b"(?:" + b"|".join(str(int(op)).encode() for op in sorted(ops, reverse=True)) + b")"
-
-
-_WORKER = rb'"worker_id":"[^"\\\n]*",'
 # A line that does not start with an operation code Optuna knows, in Optuna's compact layout.
-_OTHER_LINE_RE = re.compile(rb'\n(?!\{"op_code":' + _codes(Op) + rb',"worker_id":")')
-_STRUCTURAL_RE = re.compile(rb'\n(\{"op_code":' + _codes(_STRUCTURAL_OPS) + rb',[^\n]*|\{"op_code":'
-                            + str(int(Op.SET_TRIAL_SYSTEM_ATTR)).encode() + rb',' + _WORKER
-                            + rb'"trial_id":\d+,"system_attr":\{"' + CONSTRAINTS_ATTR.encode() + rb'[":][^\n]*)')
-_DETAIL_CODES = _codes(_DETAIL_OPS)
-_HEAD_RE = re.compile(rb'\{"op_code":(' + _DETAIL_CODES[3:-1] + rb'),' + _WORKER[:-1])  # a detail line up to its worker id
-_DETAIL_LINE_RE = re.compile(rb'\n(\{"op_code":(' + _DETAIL_CODES[3:-1] + rb'),' + _WORKER + rb'"trial_id":(\d+),[^\n]*)')
+_OTHER_LINE_RE = re.compile(rb'\n(?!' + line_head(Op)[:-len(WORKER_FIELD)] + rb'"worker_id":")')
+_STRUCTURAL_RE = re.compile(rb'\n(' + RECORD_START + op_alternation(STRUCTURAL_OPS) + rb',[^\n]*|'
+                            + line_head((Op.SET_TRIAL_SYSTEM_ATTR,)) + rb'"trial_id":\d+,"system_attr":\{"'
+                            + CONSTRAINTS_ATTR.encode() + rb'[":][^\n]*)')
+_HEAD_RE = re.compile(line_head(TRIAL_DETAIL_OPS, capture=True)[:-1])  # a detail line up to its worker id
+_DETAIL_LINE_RE = re.compile(rb'\n(' + line_head(TRIAL_DETAIL_OPS, capture=True) + rb'"trial_id":(\d+),[^\n]*)')
 # A SET_TRIAL_PARAM line's name (without escapes) and distribution; [^\n]* is the fast repeat.
-_PARAM_DIST_RE = re.compile(rb'\n\{"op_code":' + str(int(Op.SET_TRIAL_PARAM)).encode() + rb',' + _WORKER
-                            + rb'"trial_id":\d+,"param_name":("[^"\\\n]*"),"param_value_internal":[^,\n]*,'
-                            rb'"distribution":("[^\n]*")\}(?=\n)')
+_PARAM_DIST_RE = re.compile(rb'\n' + line_head((Op.SET_TRIAL_PARAM,)) + rb'"trial_id":\d+,"param_name":("[^"\\\n]*"),'
+                            rb'"param_value_internal":[^,\n]*,"distribution":("[^\n]*")\}(?=\n)')
+_USER_ATTR_HEAD = rb'\n' + line_head((Op.SET_TRIAL_USER_ATTR,)) + rb'"trial_id":(\d+),"user_attr":\{('
 # Trials asked for by id in one pattern up to this many; beyond, scan all detail lines and filter.
 _MAX_ALTERNATION = 256
 
@@ -136,10 +139,6 @@ class TrialRecord:
     def started_at(self) -> float | None:
         """Unix time of the start (None for a WAITING trial)."""
         return datetime.fromisoformat(self.start_iso).timestamp() if self.start_iso else None
-
-    @property
-    def completed_at(self) -> float | None:
-        return datetime.fromisoformat(self.complete_iso).timestamp() if self.complete_iso else None
 
     @property
     def duration_s(self) -> float | None:
@@ -238,7 +237,7 @@ class _Replay:
         elif op == 9:  # only constraints come here (see _STRUCTURAL_RE)
             if self.accepts(offset, log["trial_id"]):
                 self.trials[log["trial_id"]].system_attrs.update(log["system_attr"])
-        elif op != 10:  # DISCARD_TRIALS: "only supported by Rustuna", ignored by Optuna
+        elif op not in IGNORED_OPS:
             raise StorageError(f"unknown journal operation {op!r} at offset {offset}")
 
     def _create_study(self, log: dict[str, Any]) -> None:
@@ -375,7 +374,7 @@ class _RegexSource:
             return self._decoded(list(self._find(b"", b"|".join(str(t).encode() for t in sorted(trial_ids)))))
         # Every detail line: one pattern per whole line is faster than verifying each match.
         found = [(m.start(), int(m.group(2)), int(m.group(3)), m.group(1)) for m in _DETAIL_LINE_RE.finditer(self.text)]
-        if len(found) != sum(self.text.count(b'\n{"op_code":%d,' % op) for op in _DETAIL_OPS):
+        if len(found) != sum(self.text.count(b"\n" + RECORD_START + b"%d," % op) for op in TRIAL_DETAIL_OPS):
             # A detail line that is damaged (Optuna refuses the journal) or laid out otherwise:
             # the line-by-line reader raises on the first, reads the second.
             return _slow_read(self.text, self.path, self.torn)[1].details(trial_ids)
@@ -386,14 +385,13 @@ class _RegexSource:
 
     def param_distributions(self) -> set[tuple[str, str]] | None:
         found = _PARAM_DIST_RE.findall(self.text)
-        if len(found) != self.text.count(b'\n{"op_code":%d,' % Op.SET_TRIAL_PARAM):
+        if len(found) != self.text.count(b"\n" + RECORD_START + b"%d," % Op.SET_TRIAL_PARAM):
             return None  # a name with escapes, or another layout: decode the whole study (exact)
         return {(json.loads(n), json.loads(d)) for n, d in set(found)}
 
     def user_attrs(self, keys: Collection[str]) -> list[tuple[int, int, str, Any]]:
         names = {json.dumps(k).encode(): k for k in keys}
-        pattern = (rb'\n\{"op_code":8,' + _WORKER + rb'"trial_id":(\d+),"user_attr":\{('
-                   + b"|".join(map(re.escape, names)) + rb"):([^\n]*)\}\}(?=\n)")
+        pattern = _USER_ATTR_HEAD + b"|".join(map(re.escape, names)) + rb"):([^\n]*)\}\}(?=\n)"
         # Values stay bytes: only the last one per trial is decoded (by value()).
         return [(m.start(), int(m.group(1)), names[m.group(2)], m.group(3)) for m in re.finditer(pattern, self.text)]
 
@@ -464,7 +462,7 @@ def _is_structural(log: dict[str, Any]) -> bool:
     if op == Op.SET_TRIAL_SYSTEM_ATTR:
         key: str = next(iter(log.get("system_attr") or {"": None}))
         return key == CONSTRAINTS_ATTR or key.startswith(CONSTRAINTS_ATTR + ":")
-    return op in _STRUCTURAL_OPS
+    return op in STRUCTURAL_OPS
 
 
 def _slow_read(text: bytes | bytearray, path: Path, torn: bool) -> tuple[Structural, _ParsedSource]:
@@ -472,7 +470,7 @@ def _slow_read(text: bytes | bytearray, path: Path, torn: bool) -> tuple[Structu
     entries = parse_lines(bytes(text[1:]), path, torn)
     try:
         structural = [e for e in entries if _is_structural(e[1])]
-        details = [(o, log["op_code"], log["trial_id"], log) for o, log in entries if log["op_code"] in _DETAIL_OPS]
+        details = [(o, log["op_code"], log["trial_id"], log) for o, log in entries if log["op_code"] in TRIAL_DETAIL_OPS]
     except (KeyError, TypeError, AttributeError, StopIteration) as exc:
         raise StorageError(f"{path}: malformed journal operation ({exc!r}); run `hpo doctor`") from None
     return structural, _ParsedSource(details)
@@ -505,7 +503,7 @@ class StudyJournal:
     def from_study(cls, study: Any, label: str, stale_trial_ids: frozenset[int] | None = None) -> "StudyJournal":
         """The same view of a study Optuna loaded from any storage (an RDB), every trial decoded.
         ``stale_trial_ids``: trial ids the storage's heartbeat table says are lost."""
-        from hpo.storage import study_id, study_storage
+        from hpo._optuna import study_id, study_storage
 
         storage, sid = study_storage(study), study_id(study)
         record = StudyRecord(sid, study.study_name, [d.name for d in study.directions],

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from hpo.util import write_json_atomic
+from hpo.system.files import write_json_atomic
 
 _logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""A journal lock that knows its owner.
+"""A lock file on a shared filesystem that knows its owner: the journal's, the slot
+lock's, the setup cache's and the jobs file's (:func:`make_lock`).
 
 Optuna's file locks (``JournalFileOpenLock``, ``JournalFileSymlinkLock``) create
 an empty lock file and break any lock whose mtime has not moved for
@@ -33,7 +34,7 @@ treats its lease as ending *earlier* than waiters do (less than
 ``grace_seconds / 2`` of its own monotonic time since its last confirmed
 refresh: waiters need a full ``grace_seconds`` without a change), and it
 re-reads the lock file to find its own token. If either fails it raises
-:class:`LockLost` and does not write; :class:`~hpo.journal.repair.GuardedFileBackend`
+:class:`LockLost` and does not write; :class:`~hpo.journal.backend.GuardedFileBackend`
 then takes the lock again and retries. It repeats the time check (no I/O) once
 more with the journal open, right before ``write``. The time check is what
 holds on a filesystem whose client caches: a robbed holder may still read its
@@ -101,23 +102,24 @@ import json
 import logging
 import os
 import secrets
-import signal
 import socket
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
+from hpo._optuna import BaseJournalFileLock
 from hpo.errors import LockWaitAborted, StorageError
-from hpo.storage import BaseJournalFileLock
-from hpo.util import proc_stat, process_alive
+from hpo.system.processes import proc_stat, process_alive
 
 _logger = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
 BREAK_SUFFIX = ".break"
+# A holder on another host that shows no life this long loses the lock. Optuna's own
+# locks wait 30 s: a worker killed while holding one freezes every other worker that long.
 DEFAULT_GRACE_SECONDS = 10.0
 DEFAULT_REFRESH_SECONDS = 1.0
 _FIRST_SLEEP = 0.001
@@ -127,10 +129,6 @@ _STOP_WAITS_AFTER = 0.5  # see OwnerLock._stop_requested
 _FIRST_NOTICE = 1.0  # a wait this long is logged once at INFO (then WARNING every _WARN_EVERY)
 # "The lock file changed under us": look again (see the module docstring).
 _VOLATILE = frozenset({errno.ENOENT, errno.ESTALE, errno.EIO})
-# TEST ONLY: a test process sets this to True to SIGSTOP itself once, holding the
-# lock, just before its first fence: the worst point a test can reach
-# (tests/test_lock_nodes.py). Nothing in hpo sets it.
-_TEST_STOP_BEFORE_FENCE = [False]
 
 _T = TypeVar("_T")
 
@@ -378,9 +376,6 @@ class OwnerLock(BaseJournalFileLock):
         """
         if not self._depth or self._owner_thread != threading.get_ident():
             raise RuntimeError(f"{self.lock_file}: fence() by a thread that does not hold it")
-        if _TEST_STOP_BEFORE_FENCE[0]:
-            _TEST_STOP_BEFORE_FENCE[0] = False
-            os.kill(os.getpid(), signal.SIGSTOP)
         since = time.monotonic() - self._confirmed_at
         if since >= self.grace_seconds / 2:
             self._fenced_out = True
@@ -767,6 +762,23 @@ def _refresh_loop(ref: weakref.ReferenceType[OwnerLock]) -> None:
         del lock
 
 
+@contextlib.contextmanager
+def held(lock: BaseJournalFileLock) -> Iterator[None]:
+    """Hold any journal lock (hpo's or one of Optuna's) for the ``with`` block."""
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def make_lock(path: str | os.PathLike[str], should_stop: Callable[[], bool] | None = None) -> OwnerLock:
+    """The lock of a file on a shared filesystem (the journal, the slot file, a setup's
+    cache entry, the jobs file), with hpo's grace period; a wait raises
+    :class:`~hpo.errors.LockWaitAborted` as soon as ``should_stop()`` is true."""
+    return OwnerLock(path, grace_seconds=DEFAULT_GRACE_SECONDS, should_stop=should_stop)
+
+
 def holder(path: str) -> dict[str, Any] | None:
     """Who holds the lock of ``path`` (a journal or slot file), for diagnostics.
 
@@ -825,4 +837,4 @@ def describe_lock(path: str) -> str:
 
 
 __all__ = ["DEFAULT_GRACE_SECONDS", "LOCK_SUFFIX", "LockLost", "LockTimeout", "OwnerLock", "describe_holder",
-           "describe_lock", "holder"]
+           "describe_lock", "held", "holder", "make_lock"]

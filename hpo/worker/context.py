@@ -6,7 +6,7 @@ named in the study config as ``package.module:function``. PhysAE
 
 The worker owns the trial: it samples ``params``, builds the context, calls the
 objective and turns whatever comes back (a value or an exception) into a trial
-state through :mod:`hpo.outcome`. The objective never touches Optuna directly.
+state through :mod:`hpo.worker.outcome`. The objective never touches Optuna directly.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, Union
 
+import optuna
+
 if TYPE_CHECKING:
-    from hpo.settings import Settings
+    from hpo.config.settings import Settings
 
 ObjectiveValue = Union[float, Sequence[float]]
 
@@ -57,16 +59,22 @@ class TrialTaken(TrialStopped):
     """Raised through :meth:`TrialContext.report` and :meth:`TrialContext.check_stop`
     when this worker's trial was already ended by another worker: it stalled past
     ``HPO_STALE_SECONDS`` and was reaped and retried meanwhile. An objective must let
-    it through, and write nothing more into ``run_dir`` (see :mod:`hpo.outcome`)."""
+    it through, and write nothing more into ``run_dir`` (see :mod:`hpo.worker.outcome`)."""
 
     def __init__(self) -> None:
         super().__init__("taken")
 
 
+class Diverged(optuna.TrialPruned):
+    """A non-finite loss or metric: the trial ends PRUNED with this message as its reason
+    (e.g. "diverged at B1 epoch 3"), so the sampler learns to avoid the region."""
+
+
 class TrialCapped(Exception):
     """Raised by the trial runner, not by objectives: a multi-objective trial past the
     time-pruning limit ends COMPLETE with capped values (config ``time_pruning_cap``, as
-    CODES does: the accuracy capped, the time the one measured), not PRUNED without values."""
+    a two-objective accuracy/time search wants it: the accuracy capped, the time the one measured),
+    not PRUNED without values."""
 
     def __init__(self, values: tuple[float, ...], reason: str) -> None:
         super().__init__(reason)
@@ -104,11 +112,11 @@ class TrialContext:
     # The objective's own knobs: its declared settings (module SETTINGS, resolved from
     # default < config settings: < environment < --arg) and the config's objective_args.
     options: Mapping[str, Any] = field(default_factory=dict)
-    # The study's setup result (config ``setup:``, computed once and cached, see hpo.setup)
+    # The study's setup result (config ``setup:``, computed once and cached, see hpo.worker.setup)
     # and the folder holding any files it wrote; empty / None without a setup.
     setup: Mapping[str, Any] = field(default_factory=dict)
     setup_dir: Path | None = None
-    # Set by the trial runner (hpo.trial); the objective only calls report()/check_stop().
+    # Set by the trial runner (hpo.worker.trial); the objective only calls report()/check_stop().
     _report: Callable[[int, float], None] = field(default=lambda step, value: None, repr=False)
     _check_taken: Callable[[], None] = field(default=lambda: None, repr=False)
     _stop_reason: Callable[[], str | None] = field(default=lambda: None, repr=False)

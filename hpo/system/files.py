@@ -1,5 +1,6 @@
-"""Small helpers shared by the worker, the trial runner, the objectives and the reports:
-the one atomic file writer and the one "is this process alive" check."""
+"""Files hpo writes: the one atomic writer (JSON records and ``torch.save`` checkpoints
+alike), the one rule for strict JSON, and the durable new files that journal repairs
+keep (backups and quarantines, fsynced with their folder)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import json
 import math
 import os
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable
+
+from hpo.errors import StorageError
 
 
 def write_atomic(path: Path, write: Callable[[IO[bytes]], Any], durable: bool = True) -> None:
@@ -35,44 +39,24 @@ def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     write_atomic(path, lambda handle: handle.write(data), durable)
 
 
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks since boot) from /proc, or None."""
+def write_once(path: Path, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists: a whole temporary file linked into
+    place, so that many processes racing to write the same file (the workers of one launch,
+    on several nodes) never replace one another's: readers see one file, whole, whose inode
+    does not change under them. Returns whether this call created it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = text[text.rfind(")") + 2 :].split()
-    try:
-        return fields[0], int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def process_alive(pid: int, start: int | None = None) -> bool:
-    """Whether ``pid`` names a live process on this host: the one check behind the
-    reaper's "dead pid" and the lock's "dead holder".
-
-    Another user's process counts as alive; a zombie counts as dead, and so does a
-    pid reused by a process that started at another time than ``start`` (clock
-    ticks since boot, as :func:`proc_stat` reads it) when that is known.
-    """
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: alive
-    stat = proc_stat(pid)
-    if stat is None:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, path)
         return True
-    state, started = stat
-    if state == "Z":
+    except FileExistsError:
         return False
-    return start is None or start == started
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def json_safe(value: Any) -> Any:
@@ -98,3 +82,35 @@ def write_json_atomic(path: Path, payload: Any, durable: bool = True) -> None:
 def write_json(path: Path, payload: Any) -> None:
     """A plain write, for files nobody reads while they are written."""
     path.write_bytes(_dumps(payload))
+
+
+def utc_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_new(path: str, data: bytes) -> str:
+    """Write ``data`` to a file that did not exist (``path`` or ``path-N``), fsynced."""
+    for n in range(100):
+        candidate = path if n == 0 else f"{path}-{n}"
+        try:
+            fd = os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            continue
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(candidate)
+        return candidate
+    raise StorageError(f"cannot create {path}: 100 files of that name exist")

@@ -22,10 +22,12 @@ from typing import Any
 
 import yaml
 
-from hpo.config import StudyConfig, load_config
+from hpo.config.settings import Settings
+from hpo.config.study import StudyConfig, load_config
 from hpo.errors import StudyMismatch
-from hpo.settings import Settings
-from hpo.util import write_bytes_atomic
+from hpo.journal.coherence import retry_transient
+from hpo.system.files import write_bytes_atomic, write_once
+from hpo.system.lock import make_lock
 
 _logger = logging.getLogger(__name__)
 
@@ -52,10 +54,12 @@ def reconcile(settings: Settings, config: StudyConfig, mode: ConfigMode) -> Stud
 
     Writes nothing in CHECK mode when refusing (exit 2, nothing written)."""
     stored_path = stored_config_path(settings)
-    if not stored_path.is_file():
-        write_bytes_atomic(stored_path, config.text.encode())
-        return config
-    stored_text = stored_path.read_text()
+    stored_text = _stored_text(stored_path)
+    if stored_text is None:
+        if write_once(stored_path, config.text.encode()):
+            return config
+        # Another worker of this launch stored it just now (this node may not list it yet).
+        stored_text = retry_transient("reading the stored config", str(stored_path), stored_path.read_text)
     if yaml.safe_load(stored_text) == yaml.safe_load(config.text):
         return config
     if mode is ConfigMode.CHECK:
@@ -76,9 +80,9 @@ def check_unchanged(settings: Settings, config: StudyConfig) -> None:
     """Refuse (exit 2, nothing written) a study whose stored config differs from ``config``;
     a launch over a sweep checks every study this way before it writes anything."""
     stored_path = stored_config_path(settings)
-    if not stored_path.is_file():
+    stored_text = _stored_text(stored_path)
+    if stored_text is None:
         return
-    stored_text = stored_path.read_text()
     if yaml.safe_load(stored_text) == yaml.safe_load(config.text):
         return
     raise StudyMismatch(
@@ -86,6 +90,14 @@ def check_unchanged(settings: Settings, config: StudyConfig) -> None:
         f"rerun with --reuse-stored to keep the stored one or --overwrite to replace it (it is backed up):\n"
         + config_diff(stored_text, config.text, str(config.path))
     )
+
+
+def _stored_text(path: Path) -> str | None:
+    """The stored config's text, or None when there is none. Read through the transient
+    ENOENT/ESTALE a shared filesystem answers while another node writes the folder."""
+    if not path.is_file():
+        return None
+    return retry_transient("reading the stored config", str(path), path.read_text)
 
 
 def _git_commit(folder: Path) -> str | None:
@@ -122,6 +134,8 @@ def record_launch(settings: Settings, config: StudyConfig, launcher: str) -> dic
     }
     path = settings.study_dir / "provenance.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
+    # Under the file's own lock: the workers of one launch record at the same moment, and
+    # unlocked appends from two clients of a network filesystem can garble lines.
+    with make_lock(path), path.open("a") as handle:
         handle.write(json.dumps(record, sort_keys=True) + "\n")
     return record

@@ -1,0 +1,54 @@
+"""What every launch does before a worker starts: check what only importing and building
+can tell (the objective, its setup, the sampler and pruner: bad input writes nothing),
+compare each study's config with the one it stored, and record the launch
+(:mod:`hpo.study.provenance`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hpo.config.settings import Settings
+from hpo.config.study import Launch, StudyConfig, expand
+from hpo.errors import UsageError
+from hpo.study.algorithms import make_pruner, make_sampler
+from hpo.study.provenance import ConfigMode, check_unchanged, reconcile, record_launch
+
+
+def config_mode(reuse_stored: bool, overwrite: bool) -> ConfigMode:
+    """What a launch does when a study ran another config (``--reuse-stored``, ``--overwrite``)."""
+    if reuse_stored and overwrite:
+        raise UsageError("--reuse-stored and --overwrite exclude each other; give one")
+    return ConfigMode.REUSE_STORED if reuse_stored else ConfigMode.OVERWRITE if overwrite else ConfigMode.CHECK
+
+
+def check_runnable(settings: Settings, config: StudyConfig) -> None:
+    """Import the objective (and setup) and build the sampler and pruner: fail before anything is written."""
+    config.load_objective()
+    if config.setup is not None:
+        config.function("setup")
+    try:
+        make_sampler(settings.sampler, None, config.sampler_args)
+        make_pruner(settings.pruner, config.pruner_args)
+    except UsageError as exc:
+        raise UsageError(f"{config.path}: {exc}") from None
+
+
+def prepare(launch: Launch, mode: ConfigMode, launcher: str) -> Launch:
+    """The launch as it will run, recorded in each study's provenance.
+
+    Every study's stored config is checked before anything is written (a refusal of one
+    study of a sweep writes nothing for any); then each study's config is reconciled
+    (stored the first time; with ``--reuse-stored`` the stored one is what runs) and
+    the launch recorded."""
+    check_runnable(launch.settings, launch.config)
+    if mode is ConfigMode.CHECK:
+        for settings, config in launch.studies:
+            check_unchanged(settings, config)
+    used = [reconcile(settings, config, mode) for settings, config in launch.studies]
+    for (settings, _), config in zip(launch.studies, used):
+        record_launch(settings, config, launcher)
+    if used[0].path == launch.config.path:
+        return launch
+    # --reuse-stored: the stored copy (a sweep's whole config) runs, loaded afresh.
+    selection = dataclasses.replace(launch.settings, study_name=launch.label, config=used[0].path)
+    return Launch(used[0], tuple(expand(selection, used[0])), launch.pattern)

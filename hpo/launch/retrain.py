@@ -1,0 +1,79 @@
+"""``hpo retrain``: train one trial's parameters once more, as trial 0 of a new study, with
+that trial's own budgets (its ``settings.json``) and no warm start first."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Mapping
+
+from hpo.config.settings import Settings, parse_study_name
+from hpo.config.study import Launch, StudyConfig, load_config, single_study_text
+from hpo.errors import UsageError
+from hpo.journal.reader import TrialRecord
+from hpo.launch.local import run_local
+from hpo.launch.prepare import check_runnable
+from hpo.study.provenance import stored_config_path
+from hpo.study.shared import open_study
+from hpo.study.storage import open_storage
+from hpo.system.files import write_bytes_atomic
+from hpo.watch.export import choose_best, run_settings
+from hpo.watch.status import open_view
+
+
+@dataclass(frozen=True)
+class Retrain:
+    """A retrain, planned: the trial, where it is retrained, and where its budgets came from."""
+
+    source: str  # the study the trial comes from
+    trial: TrialRecord
+    settings: Settings  # the new study's
+    config: StudyConfig
+    budgets_from: str  # "its settings.json" or "the current settings"
+
+
+def plan_retrain(settings: Settings, config: StudyConfig, to: str | None, number: int | None) -> Retrain:
+    """Choose the trial (``number``, else the best one; with several objectives the knee)
+    and the new study (``to``, else ``<study>-retrain``, which must not exist yet)."""
+    trial = _chosen_trial(settings, number)
+    name = parse_study_name("--to", to or f"{settings.study_name}-retrain")
+    storage = open_storage(dataclasses.replace(settings.spec, study_name=name))
+    if name in [s.study_name for s in storage.get_all_studies()]:
+        raise UsageError(f"--to {name!r}: that study exists already; valid: a new study name")
+    # The trial's own budgets (N_TRAIN, stage epochs ...): its settings.json, else today's settings.
+    ran_with = run_settings(trial) or {}
+    objective = {f.name: ran_with.get(f.name, settings.objective.get(f.name)) for f in settings.objective_fields}
+    new = dataclasses.replace(settings, study_name=name, max_trials=1, trials_per_worker=None, objective=objective)
+    if config.cell:  # one study of a sweep: the new study gets that study's own config
+        path = stored_config_path(new)
+        write_bytes_atomic(path, single_study_text(config, name).encode())
+        config, new = load_config(path), dataclasses.replace(new, config=path)
+    check_runnable(new, config)
+    return Retrain(settings.study_name, trial, new, config, "its settings.json" if ran_with else "the current settings")
+
+
+def _chosen_trial(settings: Settings, number: int | None) -> TrialRecord:
+    journal = open_view(settings)
+    if number is None:
+        best = choose_best(journal).trial
+        if best is None:
+            raise UsageError(f"study {settings.study_name!r} has no COMPLETE trial to retrain")
+        return best
+    if number >= len(journal.trials):
+        raise UsageError(f"--trial {number}: study {settings.study_name!r} has trials 0-{len(journal.trials) - 1}")
+    journal.decode([number])
+    return journal.trials[number]
+
+
+def run_retrain(plan: Retrain, env: Mapping[str, str]) -> tuple[int, TrialRecord | None]:
+    """Create the new study with the trial's parameters first in line, run one worker here,
+    and return its exit status and the new study's trial 0 (None if it never started)."""
+    shared = open_study(plan.settings.spec, plan.config, warm_start=False)  # no warm start: trial 0 is this one
+    shared.study.enqueue_trial(dict(plan.trial.params), user_attrs={
+        "origin": f"retrain of study {plan.source!r} trial {plan.trial.number}"})
+    code = run_local(Launch(plan.config, ((plan.settings, plan.config),)), 1, env)
+    again = open_view(plan.settings)
+    if not again.trials:
+        return code, None
+    again.decode([0])
+    return code, again.trials[0]

@@ -1,0 +1,274 @@
+"""One worker: choose the next study of its launch, run it, stop when a stop says so.
+
+What ``hpo worker`` runs, in the current process, whoever launched it (``srun``,
+a job-array task, submitit, or ``hpo run``). The worker goes through the studies of its
+launch in order (one, or each study of a sweep); each is a
+:class:`~hpo.worker.study_run.StudyRun`, which runs trials until a stop, checked before
+every trial (:class:`~hpo.worker.stop.Stop`, with every stop reason):
+
+1. stop flag set by a signal            -> ``interrupted`` / ``preempted``
+2. ``TRIALS_PER_WORKER`` trials run      -> ``trials per worker``
+3. ``TIMEOUT_SECONDS`` (or the SLURM time left) spent (``TIME_SPENT``), or the study's
+   next trial would not fit before it (``TRIAL_WOULD_NOT_FIT``; estimated from the median
+   duration of the study's completed trials; none yet: 0) -> ``time budget``
+4. the study has ``MAX_TRIALS`` finished trials -> ``max trials``
+5. else ask a trial within the budget (see :meth:`SharedStudy.ask_within_budget`); when
+   every remaining slot of the study is held by a running trial, the worker moves on to
+   the next study, and waits ``WAIT_POLL_SECONDS`` when every study is full.
+6. ``HPO_MAX_FAILURES`` trials of the study failed in a row -> ``failing trials``
+
+What each does is one table (:data:`hpo.worker.stop.EFFECT`; a single study is a sweep
+of one): 4 ends the study; 6, and 3 when the next trial would not fit, set the study aside
+and the others go on; the others stop the worker. Its exit status
+(:func:`hpo.worker.stop.final_stop`): a signal keeps its own; otherwise a study set aside
+for failing trials makes it 1; otherwise the stop's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Mapping, Protocol
+
+from optuna.trial import TrialState
+
+from hpo.config.identity import WorkerIdentity
+from hpo.config.settings import RESULTS_DIR, Settings
+from hpo.config.study import Launch, StudyConfig
+from hpo.errors import LockWaitAborted
+from hpo.study.shared import SharedStudy
+from hpo.system.logs import log_study
+from hpo.worker.device import resolve_device
+from hpo.worker.stop import (EFFECT, SIGNALLED, STOP_SIGNALS, Effect, Limits, Stop, StopFlag, ended_without_stop,
+                             final_stop)
+from hpo.worker.study_run import StudyRun, WorkerParts, sampler_seed
+
+__all__ = ["EXPORT_TIMEOUT_SECONDS", "WAIT_POLL_SECONDS", "OpenRun", "Run", "Worker", "export_at_end", "run_worker",
+           "sampler_seed"]
+
+_logger = logging.getLogger(__name__)
+
+WAIT_POLL_SECONDS = 2.0
+
+
+class Run(Protocol):
+    """A study as the worker sees it: a :class:`StudyRun` (a fake in tests)."""
+
+    settings: Settings
+    shared: SharedStudy
+
+    def run_trials(self) -> Stop | None: ...
+
+    def close(self) -> None: ...
+
+
+# Opens one study of the launch for this worker: StudyRun.open.
+OpenRun = Callable[[Settings, StudyConfig, WorkerParts], Run]
+
+
+class Worker:
+    """Chooses the next study, applies :data:`~hpo.worker.stop.EFFECT` to each stop, and
+    ends; see the module docstring."""
+
+    def __init__(
+        self,
+        launch: Launch,
+        identity: WorkerIdentity,
+        flag: StopFlag | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        env: Mapping[str, str] | None = None,
+        open_run: OpenRun = StudyRun.open,
+    ) -> None:
+        self.launch, self.identity = launch, identity
+        settings = self.settings = launch.settings  # what every study of the launch shares (limits, device)
+        self.env: Mapping[str, str] = env or {}  # the process environment, for the end-of-study export's child
+        self.cells = list(launch.studies)  # one study, or each study of a sweep (hpo.config.study.Launch)
+        self.sweep = len(self.cells) > 1
+        self.flag = flag or StopFlag()
+        self.clock, self.open_run = clock, open_run
+        self.limits = Limits(self.flag, clock, settings.trials_per_worker, started=clock())
+        self.parts = WorkerParts(identity, resolve_device(settings.device, identity.visible_gpus),
+                                 launch.config.load_objective(), self.limits)
+        self.pending = list(self.cells)  # the studies this worker still works on, in order
+        self.runs: dict[str, Run] = {}  # the studies it opened, by name
+        self.set_aside: dict[str, Stop] = {}  # studies it left early, and why
+        self.finished: list[Run] = []  # studies it saw reach MAX_TRIALS, exported when it stops
+
+    def _budget(self) -> float | None:
+        """Wall-time budget: ``TIMEOUT_SECONDS``, capped by the SLURM job's time left."""
+        budgets = [self.settings.timeout_seconds]
+        if self.identity.slurm_job_id:
+            from hpo.system.slurm import time_left
+
+            budgets.append(time_left(self.identity.slurm_job_id))
+        known = [b for b in budgets if b is not None]
+        return min(known) if known else None
+
+    # -- the loop ---------------------------------------------------------
+    def run(self) -> Stop:
+        stop = Stop.INTERRUPTED
+        try:
+            stop = self._run_guarded()
+            return stop
+        finally:
+            if stop not in SIGNALLED:
+                for run in self.finished:  # HPO_EXPORT_AT_END: one worker per study does it
+                    export_at_end(run.settings, run.shared, self.env)
+
+    def _run_guarded(self) -> Stop:
+        try:
+            return self._run()
+        except LockWaitAborted as exc:
+            # A signal came while we waited for a lock (held by a stalled node or a
+            # stale foreign lock): stop as the signal asks, without the write.
+            stop = self.flag.stop or Stop.PREEMPTED
+            _logger.warning("worker %s stopped: %s (%s)", self.identity.worker_id, stop.label, exc)
+            return stop
+
+    def _run(self) -> Stop:
+        self.limits.budget_seconds = self._budget()
+        if self.sweep:
+            _logger.info("%d studies (%s): this worker works on them in order, and moves to the next one when a "
+                         "study's MAX_TRIALS are finished, or while every remaining trial of it is running; a "
+                         "study whose trials keep failing, or whose next trial would not fit in the time left, "
+                         "is set aside", len(self.cells), ", ".join(c.study_name for c, _ in self.cells))
+        stopped_by: Stop | None = None  # a stop that ends the worker, whatever study it came from
+        while self.pending and stopped_by is None:
+            ran_before = self.limits.trials_run
+            stopped_by = self._one_pass()
+            if self.pending and stopped_by is None and self.limits.trials_run == ran_before:
+                self.flag.wait(WAIT_POLL_SECONDS)  # all of them full: wait as one study would
+        return self._end(stopped_by)
+
+    def _one_pass(self) -> Stop | None:
+        """Each pending study in order, until one stops the worker; a study whose every
+        remaining slot is held by a running trial stays pending, and the next one goes."""
+        for cell in list(self.pending):
+            run = self._run_of(*cell)
+            stop = run.run_trials()
+            if stop is None:
+                continue
+            self.pending.remove(cell)
+            run.close()  # no trial of it runs here any more
+            if self._apply(run, stop) is Effect.WORKER_STOPS:
+                return stop
+        return None
+
+    def _run_of(self, settings: Settings, config: StudyConfig) -> Run:
+        name = settings.study_name
+        log_study(name)  # the lines that follow, opening it included, belong to this study
+        if name not in self.runs:
+            self.runs[name] = self.open_run(settings, config, self.parts)
+        return self.runs[name]
+
+    def _apply(self, run: Run, stop: Stop) -> Effect:
+        """Do what the table says ``stop`` does to the study it came from (the lines are a sweep's)."""
+        effect, name = EFFECT[stop], run.settings.study_name
+        if effect is Effect.STUDY_DONE:
+            if run.settings.export_at_end:
+                self.finished.append(run)  # exported when this worker stops: no study waits
+            if self.sweep:
+                _logger.info("study %r: MAX_TRIALS=%d finished", name, run.settings.max_trials)
+        elif effect is Effect.SET_ASIDE:
+            self.set_aside[name] = stop
+            if self.sweep:
+                _logger.info("study %r set aside by this worker (%s)%s", name, stop.label,
+                             "; the other studies of the sweep go on" if self.pending else "")
+        return effect
+
+    # -- the end ------------------------------------------------------------
+    def _end(self, stopped_by: Stop | None) -> Stop:
+        """Log the worker's end and give its stop (:func:`~hpo.worker.stop.final_stop`)."""
+        final = final_stop(stopped_by, self.set_aside)
+        if self.sweep:
+            self._log_sweep_end(stopped_by or ended_without_stop(self.set_aside), final)
+        else:
+            self._log_study_end(next(iter(self.runs.values())).shared, final)
+        return final
+
+    def _log_study_end(self, shared: SharedStudy, stop: Stop) -> None:
+        counts = shared.counts()
+        _logger.info(
+            "worker %s stopped: %s (ran %d trial(s) in %.1fs; study: %d complete, %d pruned, %d fail, %d running)",
+            self.identity.worker_id, stop.label, self.limits.trials_run, self.clock() - self.limits.started,
+            counts[TrialState.COMPLETE], counts[TrialState.PRUNED], counts[TrialState.FAIL],
+            counts[TrialState.RUNNING],
+        )
+
+    def _log_sweep_end(self, ended: Stop, final: Stop) -> None:
+        """One line naming what ended the sweep and the studies set aside; an ERROR when one
+        was set aside for failing trials (exit 1), so a broken study is never missed."""
+        log_study(self.launch.label)  # the sweep's line, as its first one: not the last study's
+        aside = ", ".join(f"{name} ({why.label})" for name, why in self.set_aside.items())
+        _logger.log(logging.ERROR if final is Stop.FAILING else logging.INFO,
+                    "worker %s stopped: %s (ran %d trial(s) in %.1fs over %d studies%s)", self.identity.worker_id,
+                    ended.label, self.limits.trials_run, self.clock() - self.limits.started, len(self.cells),
+                    f"; set aside: {aside}" if aside else "")
+
+
+EXPORT_TIMEOUT_SECONDS = 900
+
+
+def export_at_end(s: Settings, shared: SharedStudy, env: Mapping[str, str]) -> Path | None:
+    """Write ``results/<study>/`` (``hpo export``, then ``hpo plot``) once the study has its trials.
+
+    Every worker that sees the study done calls this; the first to create the marker
+    ``results/<study>/.exported-<finished>`` (``O_EXCL``: one winner, on a shared folder
+    too) runs both commands in a child process, after its own last trial, so no other
+    worker waits and a failure there cannot break the worker (it logs a WARNING naming
+    ``export.log``). More trials later (a higher ``MAX_TRIALS``) export again.
+    Returns the log of the export this worker ran, or None.
+    """
+    import subprocess
+    import sys
+
+    finished = shared.finished()
+    folder = RESULTS_DIR / s.study_name
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(folder / f".exported-{finished}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return None  # another worker does it
+    log = folder / "export.log"
+    env = {**env, **s.to_env()}
+    _logger.info("study %r has its %d trials: writing %s (exports and figures; log %s)", s.study_name, finished,
+                 folder, log)
+    with log.open("ab") as out:
+        for command in (["export"], ["plot"]):
+            try:
+                done = subprocess.run([sys.executable, "-m", "hpo", *command], env=env, stdout=out, stderr=out,
+                                      stdin=subprocess.DEVNULL, timeout=EXPORT_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                _logger.warning("hpo %s for study %r took over %ds; see %s", command[0], s.study_name,
+                                EXPORT_TIMEOUT_SECONDS, log)
+                continue
+            if done.returncode != 0:
+                _logger.warning("hpo %s for study %r failed (exit %d); see %s", command[0], s.study_name,
+                                done.returncode, log)
+    return log
+
+
+def run_worker(
+    launch: Launch,
+    env: Mapping[str, str],
+    echo_level: str | None = "INFO",
+    signals: tuple[int, ...] = STOP_SIGNALS,
+) -> tuple[Stop, Path]:
+    """Run one worker in this process with its log file and signal handling.
+
+    Returns why it stopped and its log path. Bad input raises before anything is written.
+    """
+    from hpo.system.logs import setup_worker_logging
+
+    settings = launch.settings
+    identity = WorkerIdentity.from_env(settings, env, host=socket.gethostname(), pid=os.getpid())
+    worker = Worker(launch, identity, env=env)  # imports the objective: fails before writing
+    log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level, study=launch.label)
+    worker.flag.install(signals)
+    try:
+        return worker.run(), log
+    finally:
+        worker.flag.uninstall()
