@@ -1,6 +1,6 @@
 """The journal lock against the alternatives, and the window the fence leaves.
 
-Why hpo's lock is hand-written is in hpo/journal/lock.py's docstring; this prints
+Why hpo's lock is hand-written is in hpo/system/lock.py's docstring; this prints
 what it costs, on local disk and on a network filesystem when one is given:
 
 - acquire+release latency, one process, no contention (p50/p99, microseconds);
@@ -86,11 +86,11 @@ def child(kind: str, path: str, cycles: int) -> None:
 
 def fence_window(path: str, appends: int) -> tuple[float, float]:
     """Fence return to ``write`` return, per journal append through hpo's backend."""
-    from hpo.journal import backend as repair
+    from hpo.journal import backend
     from hpo.system.lock import OwnerLock
 
     lock = OwnerLock(path)
-    backend = repair.GuardedFileBackend(path, lock_obj=lock)
+    journal = backend.GuardedFileBackend(path, lock_obj=lock)
     fenced: list[float] = []  # set by a fence, taken by the next write (the journal's)
     windows: list[float] = []
     real_fence, real_write = OwnerLock.fence, os.write

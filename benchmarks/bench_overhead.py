@@ -25,7 +25,7 @@ import null_objective  # noqa: E402
 
 from hpo.config.identity import WorkerIdentity
 from hpo.config.settings import resolve  # noqa: E402
-from hpo.config.study import parse_config  # noqa: E402
+from hpo.config.study import Launch, parse_config  # noqa: E402
 from hpo.journal.backend import open_journal  # noqa: E402
 from hpo.study.algorithms import make_sampler
 from hpo.worker.loop import Worker  # noqa: E402
@@ -67,9 +67,9 @@ def run_hpo(path: Path, work: Path, n: int, k: int, sampler: str) -> float:
            "TRIAL_OUTPUT": str(work / "runs"), "HPO_DEVICE": "cpu",
            "HPO_EXPORT_AT_END": "0"}  # the study's cost per trial, not its exports
     settings = resolve({}, env, {}, Path("bench.yaml"))
-    identity = WorkerIdentity.from_env(settings, {}, host="bench", pid=1)
+    identity = WorkerIdentity.from_env({}, "bench", 1)
     null_objective.CALLS = []
-    Worker(settings, config, identity).run()
+    Worker(Launch(config, ((settings, config),)), identity).run()
     return per_trial_ms()
 
 

@@ -185,7 +185,7 @@ def run_job(job: Job, work: Path, config_path: Path, save: bool = True) -> dict[
                                 pruner=make_pruner(settings.pruner, config.pruner_args))
     if job.params:
         study.enqueue_trial(dict(job.params))
-    identity = WorkerIdentity.from_env(settings, {}, host=socket.gethostname(), pid=os.getpid())
+    identity = WorkerIdentity.from_env({}, socket.gethostname(), os.getpid())
     runner = TrialRunner(_Shared(study), settings, config, identity, "cpu",  # type: ignore[arg-type]
                          config.load_objective(), _NoHeartbeat())  # type: ignore[arg-type]
     trials: list[dict[str, Any]] = []

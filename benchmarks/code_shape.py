@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from test_layers import cycles  # noqa: E402  (the same cycle finder the layer test uses)
+from test_layers import cycles, imported  # noqa: E402  (the layer test's import graph and cycle finder)
 
 
 def sources(rev: str | None) -> dict[str, str]:
@@ -40,23 +40,8 @@ def module_name(key: str) -> str:
 
 
 def graph(files: dict[str, str]) -> dict[str, set[str]]:
-    src = {module_name(k): t for k, t in files.items()}
-    out: dict[str, set[str]] = {}
-    for key, text in files.items():
-        name = module_name(key)
-        package = name if key.endswith(".__init__") else name.rpartition(".")[0]
-        targets: set[str] = set()
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, ast.Import):
-                targets |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    base = ".".join(parts + ([base] if base else []))
-                targets |= {base} | {f"{base}.{a.name}" for a in node.names}
-        out[name] = {t for t in targets if t in src and t != name}
-    return out
+    known = {module_name(k) for k in files}
+    return {module_name(k): imported(module_name(k), text, k.endswith(".__init__"), known) for k, text in files.items()}
 
 
 def long_functions(src: dict[str, str], limit: int = 40) -> list[tuple[int, str]]:

@@ -163,3 +163,38 @@ def test_repair_refuses_to_rewrite_what_optuna_loads(tmp_path: Path) -> None:
     assert code == 3 and "Optuna loads this journal as it is" in out and "nothing was rewritten" in out
     assert path.read_bytes() == before
     assert not list(tmp_path.glob("plain.journal.*"))
+
+
+def test_the_record_shapes_are_the_ones_this_optuna_writes() -> None:
+    """hpo reads records by their fields (hpo.journal.format.FIELDS_OF): every operation,
+    written by the installed Optuna, has exactly those fields first, in that order."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import BaseJournalBackend
+
+    from hpo.journal.format import FIELDS_OF, Op
+
+    class Capture(BaseJournalBackend):
+        def __init__(self) -> None:
+            self.logs: list[dict[str, Any]] = []
+
+        def read_logs(self, log_number_from: int) -> Any:
+            yield from self.logs[log_number_from:]
+
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            self.logs.extend(logs)
+
+    backend = Capture()
+    study = optuna.create_study(storage=JournalStorage(backend), study_name="shapes")
+    study.set_user_attr("a", 1)
+    study._storage.set_study_system_attr(study._study_id, "b", 2)
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    trial.report(0.5, 1)
+    trial.set_user_attr("c", 3)
+    trial.storage.set_trial_system_attr(trial._trial_id, "d", 4)
+    study.tell(trial, 0.25)
+    optuna.delete_study(study_name="shapes", storage=study._storage)
+    written = {log["op_code"]: list(log) for log in backend.logs}
+    assert set(written) == set(FIELDS_OF) and set(FIELDS_OF) == {int(op) for op in Op} - {int(Op.DISCARD_TRIALS)}
+    for op, keys in written.items():
+        assert keys[:2 + len(FIELDS_OF[op])] == ["op_code", "worker_id", *FIELDS_OF[op]], Op(op).name

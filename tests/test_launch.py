@@ -14,6 +14,7 @@ import yaml
 
 from conftest import TOY_CONFIG, clean_env, load_study
 from hpo.config.describe import describe
+from hpo.config.identity import Launcher
 from hpo.config.study import Launch, load_launch
 from hpo.errors import StudyMismatch, UsageError
 from hpo.launch.prepare import config_mode, prepare
@@ -78,7 +79,8 @@ def test_a_child_resolves_exactly_the_launchers_settings(folder: Path, config: s
     child = load_launch({}, {**clean_env(), **launch.to_env(worker_rank=3, launch_id="abc")})
     assert [s.study_name for s, _ in child.studies] == [s.study_name for s, _ in launch.studies]
     for (mine, _), (theirs, _) in zip(launch.studies, child.studies):
-        assert theirs.as_dict() == {**mine.as_dict(), "worker_rank": 3, "launch_id": "abc"}
+        assert theirs.as_dict() == mine.as_dict()
+        assert (theirs.launcher, mine.launcher) == (Launcher(3, 1, "abc"), Launcher(None, 1, None))
         assert theirs.sources["max_trials"] == "env:MAX_TRIALS" and mine.sources["max_trials"] == "flag"
 
 
@@ -86,7 +88,7 @@ def test_a_submitted_worker_gets_its_rank_the_launch_and_its_threads(folder: Pat
     launch = load_launch({}, env(folder, "sweep.yaml"))
     job = job_env(launch, "L1", 4, 8)
     assert (job["HPO_WORKER_RANK"], job["HPO_LAUNCH_ID"], job["OMP_NUM_THREADS"]) == ("4", "L1", "8")
-    assert job["STUDY_NAME"] == "grid_{problem}_{method}"  # every study of the sweep, as the launcher has it
+    assert job["STUDY_NAME"] == ""  # unset: the config's pattern, every study of the sweep
 
 
 def test_config_lists_every_setting_with_its_source(folder: Path) -> None:
@@ -170,11 +172,12 @@ def test_refine_narrows_around_the_best_trials_and_enqueues_the_best_first(folde
 # -- retrain ----------------------------------------------------------------------------------
 
 def test_retrain_runs_the_best_trial_again_as_trial_0_of_a_new_study(folder: Path) -> None:
-    from hpo.launch.retrain import plan_retrain, run_retrain
+    from hpo.launch.retrain import plan_retrain, run_retrain, start_retrain
 
     settings, config = finished_study(folder, {0.9: 0.01, -4.0: 25.0}).one()
     plan = plan_retrain(settings, config, None, None)
     assert (plan.trial.number, plan.settings.study_name, plan.settings.max_trials) == (0, "toy-retrain", 1)
+    start_retrain(plan)
     code, result = run_retrain(plan, {**os.environ, **env(folder)})
     assert code == 0 and result is not None
     assert (result.state, result.params, result.values) == ("COMPLETE", {"x": 0.9}, [pytest.approx(0.01)])

@@ -22,7 +22,7 @@ def settings(env: dict[str, str] | None = None, flags: dict[str, object] | None 
 
 def identity(env: dict[str, str], host: str, pid: int) -> WorkerIdentity:
     """Who a worker with this environment is: the scheduler's variables and hpo's own launcher settings."""
-    return WorkerIdentity.from_env(settings(env=env), env, host, pid)
+    return WorkerIdentity.from_env(env, host, pid, settings(env=env).launcher)
 
 
 def o(s: Settings, *names: str) -> tuple[object, ...]:
@@ -138,6 +138,14 @@ def test_bad_arg_names_the_valid_settings() -> None:
         parse_args(["n_trian=5"], PHYSAE)
     with pytest.raises(UsageError, match=r"^--arg n_val='x' is not an integer"):
         settings(args={"n_val": "x"})
+
+
+@pytest.mark.parametrize("name", ["worker_rank", "local_workers", "launch_id"])
+def test_a_config_cannot_set_what_a_launcher_gives_each_worker(name: str) -> None:
+    """A config's launch_id would give every launch the same number, and the same seeds."""
+    with pytest.raises(UsageError, match=rf"settings\.{name} is set by hpo's launchers for each worker, not in a "
+                                         r"config; valid: max_trials, "):
+        settings(config={name: "1"})
 
 
 @pytest.mark.parametrize(("env", "bad"), [

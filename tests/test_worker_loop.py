@@ -133,7 +133,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scripts: dict[str, lis
         opened[name] = FakeRun(s, parts.limits, clock, scripts[name], flag.calls)
         return opened[name]
 
-    identity = WorkerIdentity.from_env(launch.settings, {}, host="node1", pid=7)
+    identity = WorkerIdentity.from_env({}, "node1", 7)
     worker = Worker(launch, identity, flag=flag, clock=clock, open_run=open_run)
     return worker.run(), worker, opened, flag.calls
 
@@ -156,15 +156,6 @@ def test_one_study_ends_with_its_own_stop(tmp_path: Path, monkeypatch: pytest.Mo
     assert opened["toy"].closed and worker.limits.trials_run == 2
     assert f"worker node1_7 stopped: {label} (ran 2 trial(s) in 2.0s; study: 2 complete" in caplog.text
     assert "set aside" not in caplog.text  # one study: no sweep lines
-
-
-def test_the_table_says_what_every_stop_does() -> None:
-    assert dict(EFFECT) == {
-        Stop.MAX_TRIALS: Effect.STUDY_DONE,
-        Stop.TRIAL_WOULD_NOT_FIT: Effect.SET_ASIDE, Stop.FAILING: Effect.SET_ASIDE,
-        Stop.TRIALS_PER_WORKER: Effect.WORKER_STOPS, Stop.TIME_SPENT: Effect.WORKER_STOPS,
-        Stop.INTERRUPTED: Effect.WORKER_STOPS, Stop.PREEMPTED: Effect.WORKER_STOPS,
-    }
 
 
 # -- the table: a sweep ----------------------------------------------------------------------
@@ -336,7 +327,7 @@ def study_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Calla
 
     def make(objective: Any = quick, flag: StopFlag | None = None, **env: str) -> StudyRun:
         settings, config = configure(tmp_path, monkeypatch, **env).one()
-        identity = WorkerIdentity.from_env(settings, {}, host=socket.gethostname(), pid=os.getpid())
+        identity = WorkerIdentity.from_env({}, socket.gethostname(), os.getpid())
         limits = Limits(flag or StopFlag(), Clock(), settings.trials_per_worker, started=0.0)
         runs.append(StudyRun.open(settings, config, WorkerParts(identity, "cpu", objective, limits)))
         return runs[-1]
@@ -397,7 +388,7 @@ def trial_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ca
     def make(objective: Any) -> TrialRunner:
         settings, config = configure(tmp_path, monkeypatch).one()
         shared = open_study(settings.spec, config)
-        identity = WorkerIdentity.from_env(settings, {}, host=socket.gethostname(), pid=os.getpid())
+        identity = WorkerIdentity.from_env({}, socket.gethostname(), os.getpid())
         heartbeats.append(Heartbeat(shared, settings.heartbeat_seconds, settings.stale_seconds, identity.worker_id))
         return TrialRunner(shared, settings, config, identity, "cpu", objective, heartbeats[-1])
 

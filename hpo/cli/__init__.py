@@ -5,8 +5,8 @@ Exit statuses: 0 done; 2 bad input (nothing written); 3 storage; 4 scheduler;
 Heavy imports (torch, optuna, submitit) happen inside commands, so ``hpo --help`` is fast.
 
 Modules, one per command group: :mod:`hpo.cli.workers` (worker, run, submit, cancel),
-:mod:`hpo.cli.study` (config, enqueue, refine), :mod:`hpo.cli.journal` (doctor, repair,
-reap), :mod:`hpo.cli.watch` (status, logs, best, export, plot, report, dashboard);
+:mod:`hpo.cli.study` (config, enqueue, refine, retrain), :mod:`hpo.cli.journal` (doctor,
+repair, reap), :mod:`hpo.cli.watch` (status, logs, best, export, plot, report, dashboard);
 :mod:`hpo.cli._options` holds the settings flags they share.
 """
 

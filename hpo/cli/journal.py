@@ -29,7 +29,6 @@ def repair_cmd(yes: bool, **flags: Any) -> int:
 
     Bad records are quarantined beside the journal and a full backup is kept."""
     from hpo.journal.repair import doctor, repair
-    from hpo.system.lock import make_lock
 
     settings, _ = load(flags)
     report = doctor(settings.journal_path)
@@ -39,7 +38,7 @@ def repair_cmd(yes: bool, **flags: Any) -> int:
     if not yes:
         click.echo("not repaired: stop every worker of the study, then rerun with --yes", err=True)
         return 2
-    result = repair(settings.journal_path, make_lock(settings.journal_path))
+    result = repair(settings.journal_path)
     click.echo(result.render())
     return 0
 
@@ -48,13 +47,9 @@ def repair_cmd(yes: bool, **flags: Any) -> int:
 @settings_options
 def reap_cmd(**flags: Any) -> int:
     """Fail the study's lost trials (dead workers) now and enqueue their retries."""
-    import socket
+    from hpo.worker.recovery import reap_study
 
-    from hpo.study.shared import open_study
-    from hpo.worker.recovery import reap
-
-    settings, config = load(flags)
-    reaped = reap(open_study(settings.spec, config, create=False), socket.gethostname())
+    reaped = reap_study(*load(flags))
     click.echo(f"reaped {len(reaped)} lost trial(s): {' '.join(map(str, reaped)) or '-'}")
     return 0
 

@@ -21,10 +21,9 @@ def config_cmd(record_job: str | None, **flags: Any) -> None:
 
     launch = load_sweep(flags)
     if record_job is not None:
-        from hpo.system.slurm import record_jobs
+        from hpo.launch.prepare import record_launch_jobs
 
-        for settings, _ in launch.studies:  # a sweep's job works on each of its studies
-            record_jobs(settings.jobs_path, [record_job])
+        record_launch_jobs(launch, [record_job])
         return
     click.echo("\n".join(describe(launch)))
 
@@ -72,9 +71,10 @@ def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: A
 def retrain_cmd(to: str | None, number: int | None, **flags: Any) -> int:
     """Train the best trial's parameters once more, with its own budgets, as trial 0 of a new study."""
     from hpo.config.environment import environment
-    from hpo.launch.retrain import plan_retrain, run_retrain
+    from hpo.launch.retrain import plan_retrain, run_retrain, start_retrain
 
     plan = plan_retrain(*load(flags), to, number)
+    start_retrain(plan)
     click.echo(f"retraining trial {plan.trial.number} of {plan.source!r} (values {plan.trial.values}) as trial 0 "
                f"of {plan.settings.study_name!r}, budgets from {plan.budgets_from}")
     code, result = run_retrain(plan, environment())

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import click
 
 from hpo.cli._options import load, load_sweep, settings_options
-from hpo.config.settings import RESULTS_DIR
 from hpo.errors import UsageError
 
 if TYPE_CHECKING:
@@ -26,10 +25,6 @@ if TYPE_CHECKING:
     from hpo.watch.logs import Line
 
 SOURCE_COLORS = ("cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green", "bright_magenta")
-
-
-def _results_dir(settings: "Settings", out: str | None) -> Path:
-    return Path(out) if out else RESULTS_DIR / settings.study_name
 
 
 # -- status -------------------------------------------------------------------------------
@@ -179,12 +174,10 @@ def export_cmd(out: str | None, top: int, **flags: Any) -> int:
 @click.option("--out", "out", default=None, metavar="DIR", help="output folder [default: results/<study>/figures]")
 def plot_cmd(out: str | None, **flags: Any) -> int:
     """The study's figures as PNG files (no display or browser needed)."""
-    from hpo.watch.plots import study_figures, write_figures
-    from hpo.watch.status import open_view
+    from hpo.watch.plots import plot_study
 
     settings, config = load(flags)
-    out_dir = Path(out) if out else _results_dir(settings, None) / "figures"
-    written, skipped = write_figures(study_figures(open_view(settings), config.objective), out_dir)
+    written, skipped = plot_study(settings, config.objective, Path(out) if out else None)
     for path in written:
         click.echo(str(path))
     for name, reason in skipped.items():
@@ -201,14 +194,10 @@ def plot_cmd(out: str | None, **flags: Any) -> int:
               help="rows of the top trials table")
 def report_cmd(out: str | None, top: int, **flags: Any) -> int:
     """One self-contained HTML page: status, best trial, top trials and every figure."""
-    from hpo.system.files import write_bytes_atomic
-    from hpo.watch.report import study_page
+    from hpo.watch.report import write_report
 
     settings, config = load(flags)
-    page = study_page(settings, config.objective, top)
-    path = Path(out) if out else _results_dir(settings, None) / "report.html"
-    write_bytes_atomic(path, page.encode("utf-8"))
-    click.echo(str(path))
+    click.echo(str(write_report(settings, config.objective, top, Path(out) if out else None)))
     return 0
 
 

@@ -38,10 +38,12 @@ def worker_cmd(quiet: bool, **flags: Any) -> int:
     import os
     import sys
 
+    from hpo.launch.results import export_at_end
     from hpo.worker.loop import run_worker
 
-    launch = prepared(flags, "hpo worker")
-    reason, log = run_worker(launch, environment(), echo_level="WARNING" if quiet else "INFO")
+    launch, env = prepared(flags, "hpo worker"), environment()
+    reason, log = run_worker(launch, env, echo_level="WARNING" if quiet else "INFO",
+                             at_end=lambda settings, shared: export_at_end(settings, shared, env))
     if not quiet:
         click.echo(f"worker stopped: {reason.label}; log: {log}", err=True)
     # Every journal append is already fsynced and the logs are flushed below: skip the
@@ -91,7 +93,7 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
     import gc
 
     from hpo.launch.progress import follow_commands, wait_for_study
-    from hpo.launch.submit import SubmitOptions, describe, job_name, submit_study
+    from hpo.launch.submit import SubmitOptions, describe, job_env, job_name, submit_study
 
     if dry_run:
         launch = load_sweep({k: v for k, v in flags.items() if k not in ("reuse_stored", "overwrite")})
@@ -102,8 +104,10 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
                          account=account, qos=qos, constraint=constraint, exclude=exclude,
                          job_name=job_name(launch.label))
     if dry_run:
-        click.echo(json.dumps({"study": launch.label, "storage": launch.settings.storage_label,
-                               "submit": describe(opts), "worker_env": launch.to_env()}, indent=2))
+        storages = [s.storage_label for s, _ in launch.studies]
+        click.echo(json.dumps({"study": launch.label, "storage": storages[0] if len(storages) == 1 else storages,
+                               "submit": describe(opts), "worker_env": job_env(launch, "<launch id>", 0,
+                                                                              opts.cpus_per_worker)}, indent=2))
         return 0
     submitted = submit_study(launch, opts, local)
     names = ", ".join(repr(s.study_name) for s, _ in launch.studies)

@@ -10,21 +10,55 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
-
-if TYPE_CHECKING:
-    from hpo.config.settings import Settings
+from typing import Any, Mapping
 
 
 def new_launch_id() -> str:
     """A fresh ``HPO_LAUNCH_ID`` for the workers of one ``hpo run`` or ``hpo submit``. Only
-    the order in which launches reach the study counts (hpo.worker.loop.sampler_seed), never this text."""
+    the order in which launches reach the study counts (hpo.worker.study_run.sampler_seed), never this text."""
     import uuid
 
     return uuid.uuid4().hex[:16]
 
 
-def launch_key(launch_id: str | None, env: Mapping[str, str], host: str, pid: int) -> str:
+@dataclass(frozen=True)
+class SchedulerVars:
+    """What the scheduler tells a task, read once from the environment mapping: SLURM's
+    variables (``None`` when unset) and the GPUs it gave (``CUDA_VISIBLE_DEVICES``)."""
+
+    job_id: str | None  # SLURM_JOB_ID
+    array_job_id: str | None  # SLURM_ARRAY_JOB_ID
+    array_task_id: str | None  # SLURM_ARRAY_TASK_ID
+    procid: str | None  # SLURM_PROCID
+    ntasks: int  # SLURM_NTASKS (1 when unset)
+    restarts: str  # SLURM_RESTART_COUNT ("0" when unset): a requeued job's count
+    visible_gpus: str | None  # CUDA_VISIBLE_DEVICES as given by the launcher (None when unset)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "SchedulerVars":
+        return cls(env.get("SLURM_JOB_ID") or None, env.get("SLURM_ARRAY_JOB_ID") or None,
+                   env.get("SLURM_ARRAY_TASK_ID") or None, env.get("SLURM_PROCID") or None,
+                   int(env.get("SLURM_NTASKS") or 1), (env.get("SLURM_RESTART_COUNT") or "0").strip(),
+                   env.get("CUDA_VISIBLE_DEVICES"))
+
+    def gpus(self) -> list[str] | None:
+        """The GPU ids ``CUDA_VISIBLE_DEVICES`` lists ([] when it hides them all), None when unset."""
+        if self.visible_gpus is None:
+            return None
+        return [g for g in self.visible_gpus.split(",") if g.strip()]
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """The settings hpo's launchers give each worker they start (``HPO_WORKER_RANK``,
+    ``HPO_LOCAL_WORKERS``, ``HPO_LAUNCH_ID``; see :data:`hpo.config.settings.FIELDS`)."""
+
+    worker_rank: int | None = None
+    local_workers: int = 1
+    launch_id: str | None = None
+
+
+def launch_key(launch_id: str | None, task: SchedulerVars, host: str, pid: int) -> str:
     """Which launch a worker belongs to: every worker of one ``hpo run``, ``hpo submit``,
     sbatch job or job array shares the key (pure). A SLURM requeue is a launch of its own.
 
@@ -32,17 +66,17 @@ def launch_key(launch_id: str | None, env: Mapping[str, str], host: str, pid: in
     that number, not the key, goes into the sampler seed."""
     if launch_id:
         key = f"hpo:{launch_id}"
-    elif env.get("SLURM_ARRAY_JOB_ID") or env.get("SLURM_JOB_ID"):
-        key = f"slurm:{env.get('SLURM_ARRAY_JOB_ID') or env['SLURM_JOB_ID']}"
+    elif task.array_job_id or task.job_id:
+        key = f"slurm:{task.array_job_id or task.job_id}"
     else:
         key = f"worker:{host}_{pid}"  # a lone `hpo worker`
-    restarts = (env.get("SLURM_RESTART_COUNT") or "0").strip()
-    return key if restarts == "0" else f"{key}+restart{restarts}"
+    return key if task.restarts == "0" else f"{key}+restart{task.restarts}"
 
 
 @dataclass(frozen=True)
 class WorkerIdentity:
-    """Who this worker is, from the launcher's environment (SLURM, submitit or ``hpo run``)."""
+    """Who this worker is, from what its scheduler and its launcher (SLURM, submitit or
+    ``hpo run``) told it."""
 
     worker_id: str  # names the log file: worker_<worker_id>.log
     # Distinct per worker of a launch (SLURM_PROCID; the array task id, times SLURM_NTASKS
@@ -58,40 +92,16 @@ class WorkerIdentity:
     launch: str = ""  # launch_key(): the workers of one launch share it
 
     @classmethod
-    def from_env(cls, settings: "Settings", env: Mapping[str, str], host: str, pid: int) -> "WorkerIdentity":
-        """``env``: the scheduler's variables; ``settings``: hpo's launcher fields."""
-        job = env.get("SLURM_JOB_ID")
-        array_job, array_task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
-        procid = env.get("SLURM_PROCID")
-        local_rank = None if settings.worker_rank is None else str(settings.worker_rank)
-        if array_job and array_task:
-            # One worker per array task; a requeued task keeps its id and appends to its log.
-            worker_id = f"{array_job}_{array_task}"
-            rank = int(array_task) * int(env.get("SLURM_NTASKS") or 1) + int(procid or 0)
-        elif job and local_rank:
-            # hpo run inside an allocation (HPO_LOCAL_WORKERS > 1: several workers share the
-            # job and the task; their own number tells them and their logs apart), or one
-            # worker per job from hpo submit (the job id does; the rank still seeds it).
-            shared_task = settings.local_workers > 1
-            worker_id = f"{job}_{procid or 0}" + (f"_{local_rank}" if shared_task else "")
-            rank = 1000 * int(procid or 0) + int(local_rank)
-        elif job:
-            worker_id, rank = f"{job}_{procid or 0}", int(procid or 0)
-        else:
-            worker_id, rank = f"{host}_{pid}", int(local_rank or 0)
-        if procid and array_job and array_task and procid != "0":
-            worker_id += f"_{procid}"
+    def from_env(cls, env: Mapping[str, str], host: str, pid: int, launcher: Launcher = Launcher()
+                 ) -> "WorkerIdentity":
+        """``env``: the scheduler's variables (:class:`SchedulerVars`); ``launcher``: hpo's launcher settings."""
+        task = SchedulerVars.from_env(env)
+        worker_id, rank = _name_and_rank(task, launcher, host, pid)
         return cls(
-            worker_id=re.sub(r"[^A-Za-z0-9_.-]", "-", worker_id),
-            rank=rank,
-            host=host,
-            pid=pid,
-            slurm_job_id=job,
-            slurm_array_job_id=array_job,
-            slurm_array_task_id=array_task,
-            slurm_procid=procid,
-            visible_gpus=env.get("CUDA_VISIBLE_DEVICES"),
-            launch=launch_key(settings.launch_id, env, host, pid),
+            worker_id=re.sub(r"[^A-Za-z0-9_.-]", "-", worker_id), rank=rank, host=host, pid=pid,
+            slurm_job_id=task.job_id, slurm_array_job_id=task.array_job_id, slurm_array_task_id=task.array_task_id,
+            slurm_procid=task.procid, visible_gpus=task.visible_gpus,
+            launch=launch_key(launcher.launch_id, task, host, pid),
         )
 
     def attrs(self) -> dict[str, Any]:
@@ -103,3 +113,21 @@ class WorkerIdentity:
                 out[key] = value
         out["gpu"] = self.visible_gpus if self.visible_gpus not in (None, "") else "none"
         return out
+
+
+def _name_and_rank(task: SchedulerVars, launcher: Launcher, host: str, pid: int) -> tuple[str, int]:
+    """The worker's id (its log file's name) and its rank in its launch."""
+    job, procid, local_rank = task.job_id, task.procid, launcher.worker_rank
+    if task.array_job_id and task.array_task_id:
+        # One worker per array task; a requeued task keeps its id and appends to its log.
+        worker_id = f"{task.array_job_id}_{task.array_task_id}" + (f"_{procid}" if procid and procid != "0" else "")
+        return worker_id, int(task.array_task_id) * task.ntasks + int(procid or 0)
+    if job and local_rank is not None:
+        # hpo run inside an allocation (HPO_LOCAL_WORKERS > 1: several workers share the
+        # job and the task; their own number tells them and their logs apart), or one
+        # worker per job from hpo submit (the job id does; the rank still seeds it).
+        shared_task = launcher.local_workers > 1
+        return f"{job}_{procid or 0}" + (f"_{local_rank}" if shared_task else ""), 1000 * int(procid or 0) + local_rank
+    if job:
+        return f"{job}_{procid or 0}", int(procid or 0)
+    return f"{host}_{pid}", local_rank or 0

@@ -11,12 +11,13 @@ from typing import Any, Mapping
 
 @dataclass(frozen=True)
 class Algorithm:
-    """A sampler or pruner: its class (in ``optuna.samplers``/``optuna.pruners``, or a
-    dotted path for hpo's own) and hpo's default arguments, which the config's
+    """A sampler or pruner: its class's name (in ``optuna.samplers``/``optuna.pruners``, or
+    among hpo's own pruners) and hpo's default arguments, which the config's
     ``sampler_args: {name: {...}}`` (``pruner_args``) override."""
 
     class_name: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    hpo_own: bool = False  # one of hpo's own (hpo.study.pruners), not Optuna's
 
 
 SAMPLERS: Mapping[str, Algorithm] = {
@@ -34,7 +35,7 @@ PRUNERS: Mapping[str, Algorithm] = {
     "percentile": Algorithm("PercentilePruner", {"percentile": 25.0, "n_startup_trials": 5, "n_warmup_steps": 1}),
     "wilcoxon": Algorithm("WilcoxonPruner"),
     # the median rule at the ends of a staged objective's stages (PhysAE: the end of A, of B1)
-    "stage": Algorithm("hpo.study.pruners.StagePruner"),
+    "stage": Algorithm("StagePruner", hpo_own=True),
     "none": Algorithm("NopPruner"),
 }
 SAMPLER_NAMES = tuple(SAMPLERS)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from hpo.config.fields import Field, boolean, choice, int_in, optional, positive_float, text
+from hpo.config.identity import Launcher
 from hpo.config.search import PRUNER_NAMES, SAMPLER_NAMES
 from hpo.errors import UsageError
 
@@ -142,6 +143,7 @@ FIELDS: tuple[Field, ...] = (
           "one id per launch, shared by its workers (set by hpo run and hpo submit)", internal=True),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
+_INTERNAL = frozenset(f.name for f in FIELDS if f.internal)
 CONFIG_ENV = "HPO_CONFIG"
 
 
@@ -190,6 +192,11 @@ class Settings:
                          self.heartbeat_seconds, self.stale_seconds, self.max_retries, self.sampler, self.pruner)
 
     @property
+    def launcher(self) -> Launcher:
+        """What this worker's launcher told it (its rank, its launch)."""
+        return Launcher(self.worker_rank, self.local_workers, self.launch_id)
+
+    @property
     def journal_path(self) -> Path:
         return self.spec.journal_path
 
@@ -200,6 +207,11 @@ class Settings:
     @property
     def jobs_path(self) -> Path:
         return self.spec.jobs_path
+
+    @property
+    def results_dir(self) -> Path:
+        """``results/$STUDY_NAME``: where ``hpo export``, ``hpo plot`` and the end-of-study export write."""
+        return RESULTS_DIR / self.study_name
 
     @property
     def study_dir(self) -> Path:
@@ -234,10 +246,12 @@ class Settings:
                         if self.sources.get(f.name, "").startswith("env:"))
 
     def as_dict(self) -> dict[str, Any]:
-        """Every setting by name (the objective's beside hpo's), as ``settings.json`` records it."""
+        """Every setting by name (the objective's beside hpo's), as ``settings.json`` records
+        it; not those a launcher gives each worker (its rank, its launch): what a trial ran
+        with is the same for every worker of a launch."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name in ("sources", "objective", "objective_fields"):
+            if f.name in ("sources", "objective", "objective_fields") or f.name in _INTERNAL:
                 continue
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, Path) else value
@@ -391,10 +405,12 @@ def resolve(
     environment; ``config_settings`` is the config's ``settings:`` section, which may
     hold both kinds. ``objective_fields`` is the objective module's ``SETTINGS``.
     """
-    known = [f.name for f in FIELDS + objective_fields]
+    known = [f.name for f in FIELDS + objective_fields if f.name not in _INTERNAL]
     unknown = sorted(set(config_settings) - set(known))
     if unknown:
-        raise UsageError(f"{config}: settings.{unknown[0]} is not a setting; valid: {', '.join(known)}")
+        why = ("is set by hpo's launchers for each worker, not in a config" if unknown[0] in _INTERNAL
+               else "is not a setting")
+        raise UsageError(f"{config}: settings.{unknown[0]} {why}; valid: {', '.join(known)}")
     values, sources = _resolve_fields(FIELDS, flags, env, config_settings, config, lambda f: f.flag)
     objective, objective_sources = _resolve_fields(objective_fields, args or {}, env, config_settings, config,
                                                    lambda f: f"--arg {f.name}")

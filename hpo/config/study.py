@@ -21,7 +21,7 @@ Keys (unknown ones are refused)::
 
 A sweep (``matrix:``) is one study per combination of values (:func:`cells`), all in
 the same journal folder; each cell's values reach the objective in ``ctx.options``.
-Workers go through the studies in order (:func:`expand`, :class:`hpo.worker.loop.Worker`).
+Workers go through the studies in order (:class:`Launch`, :class:`hpo.worker.loop.Worker`).
 
 The objective's module may declare its own settings as ``SETTINGS`` (see
 :mod:`hpo.config.settings`), and the config may declare more under ``objective_settings:``
@@ -360,7 +360,11 @@ class Launch:
 
     config: StudyConfig
     studies: tuple[Study, ...]
-    pattern: str | None = None  # a sweep's study_name pattern; None for a plain config
+
+    @property
+    def pattern(self) -> str | None:
+        """A sweep's ``study_name`` pattern; None for a plain config."""
+        return str(self.config.settings["study_name"]) if self.config.matrix else None
 
     @property
     def settings(self) -> Settings:
@@ -380,18 +384,26 @@ class Launch:
                              f"one: give --study-name (STUDY_NAME); valid: {', '.join(study_names(self.config))}")
         return self.studies[0]
 
+    def with_config(self, config: StudyConfig) -> "Launch":
+        """The same studies (all of a sweep's, or the one selected) from another copy of
+        the config (``--reuse-stored``: the one the study stored)."""
+        selection = replace(self.settings, study_name=self.label, config=config.path)
+        return Launch(config, tuple(_select(selection, config)))
+
     def to_env(self, **launcher: Any) -> dict[str, str]:
         """The environment that makes a child process (a worker) resolve the same settings
         and work on the same studies; ``launcher``: settings a launcher gives each of its
-        workers (``worker_rank``, ``launch_id``, ``local_workers``)."""
+        workers (``worker_rank``, ``launch_id``, ``local_workers``). For a whole sweep,
+        ``STUDY_NAME`` is left empty: the child takes the config's pattern, every study."""
         env = replace(self.settings, **launcher).to_env()
-        env[FIELD_BY_NAME["study_name"].env] = self.label
+        env[FIELD_BY_NAME["study_name"].env] = "" if len(self.studies) > 1 else self.settings.study_name
         return env
 
 
-def expand(settings: Settings, config: StudyConfig) -> list[Study]:
-    """The studies a launch works on: one for a plain config; for a sweep, every cell,
-    or the one ``STUDY_NAME`` selects (its settings then hold the pattern or that name)."""
+def _select(settings: Settings, config: StudyConfig) -> list[Study]:
+    """The studies a launch works on: one for a plain config; for a sweep, every cell, or
+    the one ``settings.study_name`` selects (there, as resolved: the pattern or a study's
+    name; in what this returns, each study's own name)."""
     if not config.matrix:
         return [(settings, config)]
     pattern = str(config.settings["study_name"])
@@ -495,5 +507,4 @@ def load_launch(flags: Mapping[str, Any], env: Mapping[str, str]) -> Launch:
     fields = config.objective_fields()
     args = parse_args(tuple(flags.get("args") or ()), fields)
     settings = resolve(flags, env, config.settings, path, source, fields, args)
-    pattern = str(config.settings["study_name"]) if config.matrix else None
-    return Launch(config, tuple(expand(settings, config)), pattern)
+    return Launch(config, tuple(_select(settings, config)))

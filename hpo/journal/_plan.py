@@ -5,7 +5,7 @@ trial id and number as the workers saw them.
 Whether Optuna can use a readable record is Optuna's own replay's answer
 (:class:`hpo.journal.format.RecordReplay`), asked in file order and asked again
 of the planned journal until it accepts every record; nothing here restates
-Optuna's rules. ``_Ids`` only counts ids (studies and trials are numbered by
+Optuna's rules. ``Ids`` (:mod:`hpo.journal.format`'s) only counts ids (studies and trials are numbered by
 their creations in file order) to weigh which lost creations to restore.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
 from datetime import datetime
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,9 @@ from hpo.errors import StorageError
 from hpo.journal.format import (
     FIELDS_OF,
     KNOWN_OPS,
+    Ids,
+    record,
+    field_key,
     RECORD_START,
     NewerFormatError,
     Op,
@@ -76,8 +78,8 @@ _TRIAL_UPDATE = -1  # _Lost.op of damaged bytes that were some update of a trial
 _NOT_RESTORED = -2  # _Lost.op of a lost creation whose restored record Optuna refused
 
 
-def _int_in(data: bytes, key: bytes) -> int | None:
-    m = re.search(b'"' + key + rb'":(\d{1,18})[,}]', data)
+def _int_in(data: bytes, key: str) -> int | None:
+    m = re.search(field_key(key) + rb'(\d{1,18})[,}]', data)
     return int(m.group(1)) if m else None
 
 
@@ -87,7 +89,7 @@ def _guess_op(data: bytes) -> int | None:
     m = re.match(re.escape(RECORD_START) + rb'(\d{1,2})[,}]', data)
     if m and int(m.group(1)) in KNOWN_OPS:
         return int(m.group(1))
-    if _has_fields(data, ("trial_id",)):
+    if _has_fields(data, ("trial_id",)):  # every update of a trial names it
         return _TRIAL_UPDATE
     if _has_fields(data, FIELDS_OF[Op.CREATE_STUDY][:1]):  # its name: no other record has one
         return Op.CREATE_STUDY
@@ -97,7 +99,7 @@ def _guess_op(data: bytes) -> int | None:
 
 
 def _has_fields(data: bytes, fields: tuple[str, ...]) -> bool:
-    return all(b'"' + name.encode() + b'":' in data for name in fields)
+    return all(field_key(name) in data for name in fields)
 
 
 def _entries(path: str, data: bytes) -> list[_Entry]:
@@ -176,41 +178,6 @@ def _pieces(line: bytes, offset: int, line_no: int, why: str) -> list[_Entry]:
     return out
 
 
-class _Ids:
-    """Optuna's id bookkeeping (``JournalStorageReplayResult``) without building trials."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, int] = {}  # live study name -> id
-        self.live: dict[int, str] = {}
-        self.next_study = 0
-        self.trials: list[tuple[int, int]] = []  # trial id -> (study id, number)
-        self.numbers: Counter[int] = Counter()
-        self.ever: dict[int, str] = {}  # every study id -> its name
-
-    def apply(self, log: dict[str, Any]) -> bool:
-        """Apply one record; False when it refers to a study or trial not yet created."""
-        op = log["op_code"]
-        if op == Op.CREATE_STUDY:
-            if log["study_name"] not in self.names:
-                self.names[log["study_name"]] = self.next_study
-                self.live[self.next_study] = self.ever[self.next_study] = log["study_name"]
-                self.next_study += 1
-            return True
-        if op == Op.CREATE_TRIAL:
-            sid: int = log["study_id"]
-            if sid in self.live:
-                self.trials.append((sid, self.numbers[sid]))
-                self.numbers[sid] += 1
-            return sid < self.next_study
-        if op in (Op.DELETE_STUDY, Op.SET_STUDY_USER_ATTR, Op.SET_STUDY_SYSTEM_ATTR):
-            if op == Op.DELETE_STUDY and log["study_id"] in self.live:
-                del self.names[self.live.pop(log["study_id"])]
-            return bool(log["study_id"] < self.next_study)
-        if op == Op.DISCARD_TRIALS:
-            return True
-        return bool(log["trial_id"] < len(self.trials))
-
-
 def _logs(seq: list[_Entry], chosen: dict[int, dict[str, Any]],
           stop: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(entry index, record) of the journal as decided so far, up to entry ``stop``."""
@@ -222,12 +189,12 @@ def _logs(seq: list[_Entry], chosen: dict[int, dict[str, Any]],
 
 
 def _dangling(logs: Iterable[tuple[int, dict[str, Any]]]) -> list[int]:
-    ids = _Ids()
+    ids = Ids()
     return [i for i, log in logs if not ids.apply(log)]
 
 
-def _ids_before(seq: list[_Entry], chosen: dict[int, dict[str, Any]], stop: int) -> _Ids:
-    ids = _Ids()
+def _ids_before(seq: list[_Entry], chosen: dict[int, dict[str, Any]], stop: int) -> Ids:
+    ids = Ids()
     for _, log in _logs(seq, chosen, stop):
         ids.apply(log)
     return ids
@@ -244,9 +211,9 @@ def _nearby_time(seq: list[_Entry], i: int) -> str | None:
     return None
 
 
-def _guess_study(seq: list[_Entry], i: int, ids: _Ids, lost: _Lost) -> tuple[int, str]:
+def _guess_study(seq: list[_Entry], i: int, ids: Ids, lost: _Lost) -> tuple[int, str]:
     """The study of a trial whose creation at entry ``i`` was lost, and how we know."""
-    read = _int_in(lost.data, b"study_id")
+    read = _int_in(lost.data, "study_id")
     if read is not None and read in ids.live:
         return read, "read from the damaged bytes"
     if len(ids.live) == 1:
@@ -264,19 +231,18 @@ def _guess_study(seq: list[_Entry], i: int, ids: _Ids, lost: _Lost) -> tuple[int
     return min(ids.live), "the first live study (a guess)"
 
 
-def _placeholder_trial(seq: list[_Entry], i: int, lost: _Lost, ids: _Ids) -> dict[str, Any] | None:
+def _placeholder_trial(seq: list[_Entry], i: int, lost: _Lost, ids: Ids) -> dict[str, Any] | None:
     if not ids.live:
         return None  # no live study: such a creation would not have counted
     sid, how = _guess_study(seq, i, ids, lost)
-    waiting = _int_in(lost.data, b"state") == TrialState.WAITING.value
-    m = re.search(rb'"datetime_start":"([^"]{10,40})"', lost.data)
+    waiting = _int_in(lost.data, "state") == TrialState.WAITING.value
+    m = re.search(field_key("datetime_start") + rb'"([^"]{10,40})"', lost.data)
     when = m.group(1).decode("ascii", "replace") if m else _nearby_time(seq, i)
     if when is not None and not _iso_time(when):
         when = _nearby_time(seq, i)
     if when is not None and not _iso_time(when):
         when = None  # Optuna's replay takes a creation without a start time
-    log: dict[str, Any] = {"op_code": int(Op.CREATE_TRIAL), "worker_id": REPAIR_WORKER, "study_id": sid,
-                           "datetime_start": None if waiting else when}
+    log = record(Op.CREATE_TRIAL, REPAIR_WORKER, study_id=sid, datetime_start=None if waiting else when)
     if waiting:
         log["state"] = TrialState.WAITING.value
     log["system_attrs"] = {REPAIRED_ATTR: f"creation record lost at byte {lost.offset} (line {lost.line}); "
@@ -292,24 +258,23 @@ def _iso_time(text: str) -> bool:
     return True
 
 
-def _placeholder_study(seq: list[_Entry], i: int, lost: _Lost, ids: _Ids) -> dict[str, Any]:
+def _placeholder_study(seq: list[_Entry], i: int, lost: _Lost, ids: Ids) -> dict[str, Any]:
     """A creation for a study whose record at entry ``i`` was lost.
 
     Its name: read from the damaged bytes; else that of the next creation of a
     study not live here (every worker writes CREATE_STUDY for the study it joins,
     so a later worker's record names it); else a made-up one.
     """
-    m = re.search(rb'"study_name":("(?:[^"\\]|\\.){1,512}")', lost.data)
+    m = re.search(field_key("study_name") + rb'("(?:[^"\\]|\\.){1,512}")', lost.data)
     name = _json_or_none(m.group(1)) if m else None
     later = next((e.log for e in seq[i + 1:] if isinstance(e, _Item) and e.log["op_code"] == Op.CREATE_STUDY
                   and e.log["study_name"] not in ids.names), None)
     if not isinstance(name, str) and later is not None:
         name = later["study_name"]
-    m = re.search(rb'"directions":\[([012](?:,[012])*)\]', lost.data)
+    m = re.search(field_key("directions") + rb'\[([012](?:,[012])*)\]', lost.data)
     directions = [int(x) for x in m.group(1).split(b",")] if m else (later or {}).get("directions", [1])
-    return {"op_code": int(Op.CREATE_STUDY), "worker_id": REPAIR_WORKER,
-            "study_name": name if isinstance(name, str) else f"hpo-repaired-study-at-byte-{lost.offset}",
-            "directions": directions}
+    return record(Op.CREATE_STUDY, REPAIR_WORKER, directions=directions,
+                  study_name=name if isinstance(name, str) else f"hpo-repaired-study-at-byte-{lost.offset}")
 
 
 def _json_or_none(data: bytes) -> Any:
@@ -319,7 +284,7 @@ def _json_or_none(data: bytes) -> Any:
         return None
 
 
-def _hypotheses(seq: list[_Entry], i: int, lost: _Lost, ids: _Ids) -> list[dict[str, Any]]:
+def _hypotheses(seq: list[_Entry], i: int, lost: _Lost, ids: Ids) -> list[dict[str, Any]]:
     """Records that may have stood at lost entry ``i`` and created something."""
     if lost.record is not None:
         return [lost.record]
@@ -475,9 +440,9 @@ def _assemble(seq: list[_Entry], chosen: dict[int, dict[str, Any]], drop: set[in
     return items, changes
 
 
-def _number(items: list[_Item]) -> tuple[_Ids, dict[int, int]]:
+def _number(items: list[_Item]) -> tuple[Ids, dict[int, int]]:
     """Replay the ids of the rewritten journal; also offset -> trial id of each restored creation."""
-    final = _Ids()
+    final = Ids()
     restored: dict[int, int] = {}
     for item in items:
         n = len(final.trials)
@@ -491,7 +456,7 @@ def _trial_of(e: _Entry) -> int | None:
     if isinstance(e, _Item):
         v = e.log.get("trial_id")
         return v if type(v) is int else None
-    return _int_in(e.data, b"trial_id")
+    return _int_in(e.data, "trial_id")
 
 
 def affected_trials(findings: Iterable[Finding]) -> tuple[AffectedTrial, ...]:

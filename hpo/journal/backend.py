@@ -34,7 +34,7 @@ from hpo.journal.coherence import read_past, retry_transient
 from hpo.journal.filesystem import needs_read_barrier
 from hpo.journal.format import read_line, split_lines
 from hpo.journal.scan import middle_error, rescan_from, scan
-from hpo.system.files import utc_stamp, write_new
+from hpo.system.files import utc_stamp, write_all, write_new
 from hpo.system.lock import LockLost, OwnerLock, held, make_lock
 
 _logger = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ class GuardedFileBackend(BaseJournalBackend):
             # Again, without I/O: the window left is the write itself.
             if not _fence_holds(self._lock, read_lock_file=False):
                 return False
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
             # Right after our own append, even a lagging client knows the server's size.
             self._own = (os.fstat(fd).st_size, data) if self.needs_barrier else None
@@ -311,14 +311,6 @@ def _fence_holds(lock: BaseJournalFileLock, read_lock_file: bool = True) -> bool
         _logger.warning("not appending: %s; taking the lock again", lost)
         return False
     return True
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """``data`` at the end of ``fd`` (opened O_APPEND): one ``write`` call on every
-    filesystem we measured; more only if the kernel writes less."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def open_journal(journal_path: Path, should_stop: Callable[[], bool] | None = None) -> JournalStorage:

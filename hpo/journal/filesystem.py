@@ -88,7 +88,7 @@ def filesystem_warning(mount: Mount | None) -> str | None:
 def visibility_warning(directory: str | os.PathLike[str], stale_seconds: float | None,
                        mounts: str = "/proc/mounts", proc: str = "/proc") -> str | None:
     """A warning when other nodes' writes to ``directory`` reach this node late (see
-    :func:`hpo.journal.coherence.visibility`); None on a coherent filesystem."""
+    :func:`visibility`); None on a coherent filesystem."""
     mount = filesystem_of(directory, mounts)
     if mount is None:
         return None

@@ -44,17 +44,28 @@ from optuna.trial import TrialState
 
 from hpo.errors import StorageError, UsageError
 from hpo.journal.format import (
+    CREATE_STUDY,
+    CREATE_TRIAL,
+    DELETE_STUDY,
+    FIELDS_OF,
     IGNORED_OPS,
     RECORD_START,
+    SET_STUDY_SYSTEM_ATTR,
+    SET_STUDY_USER_ATTR,
+    SET_TRIAL_STATE_VALUES,
+    SET_TRIAL_SYSTEM_ATTR,
     STRUCTURAL_OPS,
     TRIAL_DETAIL_OPS,
     WORKER_FIELD,
     Entry,
+    Ids,
     Op,
+    field_key,
     line_head,
     op_alternation,
     parse_lines,
     read_complete,
+    record as new_record,
     replay,
 )
 from hpo._optuna import METRIC_NAMES_ATTR, constraints_of, on_pareto_front
@@ -70,15 +81,19 @@ _READER = "hpo-reader"  # worker id of the records the reader makes up for Optun
 
 # A line that does not start with an operation code Optuna knows, in Optuna's compact layout.
 _OTHER_LINE_RE = re.compile(rb'\n(?!' + line_head(Op)[:-len(WORKER_FIELD)] + rb'"worker_id":")')
+_TRIAL_ID, _USER_ATTR, _SYSTEM_ATTR = (field_key(n) for n in ("trial_id", "user_attr", "system_attr"))
 _STRUCTURAL_RE = re.compile(rb'\n(' + RECORD_START + op_alternation(STRUCTURAL_OPS) + rb',[^\n]*|'
-                            + line_head((Op.SET_TRIAL_SYSTEM_ATTR,)) + rb'"trial_id":\d+,"system_attr":\{"'
+                            + line_head((Op.SET_TRIAL_SYSTEM_ATTR,)) + _TRIAL_ID + rb'\d+,' + _SYSTEM_ATTR + rb'\{"'
                             + CONSTRAINTS_ATTR.encode() + rb'[":][^\n]*)')
 _HEAD_RE = re.compile(line_head(TRIAL_DETAIL_OPS, capture=True)[:-1])  # a detail line up to its worker id
-_DETAIL_LINE_RE = re.compile(rb'\n(' + line_head(TRIAL_DETAIL_OPS, capture=True) + rb'"trial_id":(\d+),[^\n]*)')
+_DETAIL_LINE_RE = re.compile(rb'\n(' + line_head(TRIAL_DETAIL_OPS, capture=True) + _TRIAL_ID + rb'(\d+),[^\n]*)')
 # A SET_TRIAL_PARAM line's name (without escapes) and distribution; [^\n]* is the fast repeat.
-_PARAM_DIST_RE = re.compile(rb'\n' + line_head((Op.SET_TRIAL_PARAM,)) + rb'"trial_id":\d+,"param_name":("[^"\\\n]*"),'
-                            rb'"param_value_internal":[^,\n]*,"distribution":("[^\n]*")\}(?=\n)')
-_USER_ATTR_HEAD = rb'\n' + line_head((Op.SET_TRIAL_USER_ATTR,)) + rb'"trial_id":(\d+),"user_attr":\{('
+_NAME, _VALUE, _DIST = (field_key(n) for n in FIELDS_OF[Op.SET_TRIAL_PARAM][1:])
+_PARAM_DIST_RE = re.compile(rb'\n' + line_head((Op.SET_TRIAL_PARAM,)) + _TRIAL_ID + rb'\d+,' + _NAME
+                            + rb'("[^"\\\n]*"),' + _VALUE + rb'[^,\n]*,' + _DIST + rb'("[^\n]*")\}(?=\n)')
+_USER_ATTR_HEAD = rb'\n' + line_head((Op.SET_TRIAL_USER_ATTR,)) + _TRIAL_ID + rb'(\d+),' + _USER_ATTR + rb'\{('
+# A creation without a template (the usual case): op code, worker id and its own fields only.
+_PLAIN_CREATION = 2 + len(FIELDS_OF[Op.CREATE_TRIAL])
 # Trials asked for by id in one pattern up to this many; beyond, scan all detail lines and filter.
 _MAX_ALTERNATION = 256
 
@@ -208,8 +223,8 @@ class _Replay:
     """Studies and trials from the structural operations, with their offsets."""
 
     def __init__(self) -> None:
+        self.ids = Ids()  # Optuna's id rules
         self.studies: dict[int, StudyRecord] = {}
-        self.next_study_id = 0
         self.trials: list[TrialRecord] = []  # by trial id, every study
         self.study_of: list[int] = []
         self.created: list[int] = []  # offset of the CREATE_TRIAL
@@ -220,51 +235,50 @@ class _Replay:
 
     def apply(self, offset: int, log: dict[str, Any]) -> None:
         op = log["op_code"]
-        if op == 4:  # plain ints: comparing with IntEnum members costs a third of the replay
+        if op == CREATE_TRIAL:
             self._create_trial(offset, log)
-        elif op == 6:
+        elif op == SET_TRIAL_STATE_VALUES:
             self._set_state(offset, log)
-        elif op == 0:
+        elif op == CREATE_STUDY:
             self._create_study(log)
-        elif op == 1:
+        elif op == DELETE_STUDY:
+            self.ids.delete_study(log["study_id"])
             self.studies.pop(log["study_id"], None)
-        elif op == 2:
+        elif op == SET_STUDY_USER_ATTR:
             if log["study_id"] in self.studies:
                 self.studies[log["study_id"]].user_attrs.update(log["user_attr"])
-        elif op == 3:
+        elif op == SET_STUDY_SYSTEM_ATTR:
             if log["study_id"] in self.studies:
                 self.studies[log["study_id"]].system_attrs.update(log["system_attr"])
-        elif op == 9:  # only constraints come here (see _STRUCTURAL_RE)
+        elif op == SET_TRIAL_SYSTEM_ATTR:  # only constraints come here (see _STRUCTURAL_RE)
             if self.accepts(offset, log["trial_id"]):
                 self.trials[log["trial_id"]].system_attrs.update(log["system_attr"])
         elif op not in IGNORED_OPS:
             raise StorageError(f"unknown journal operation {op!r} at offset {offset}")
 
     def _create_study(self, log: dict[str, Any]) -> None:
-        name = log["study_name"]
-        if any(s.name == name for s in self.studies.values()):
+        sid = self.ids.create_study(log["study_name"])
+        if sid is None:
             return  # every worker writes CREATE_STUDY; the first one wins
-        sid = self.next_study_id
-        self.next_study_id += 1
-        self.studies[sid] = StudyRecord(sid, name, [DIRECTIONS[d] for d in log["directions"]])
+        self.studies[sid] = StudyRecord(sid, log["study_name"], [DIRECTIONS[d] for d in log["directions"]])
         self.study_trials[sid] = []
 
     def _create_trial(self, offset: int, log: dict[str, Any]) -> None:
         sid = log["study_id"]
-        if sid not in self.studies:
+        made = self.ids.create_trial(sid)
+        if made is None:
             return
-        tid = len(self.trials)
-        trials_of_study = self.study_trials[sid]
-        if len(log) == 4:  # op_code, worker_id, study_id, datetime_start: no template (the usual case)
-            record = TrialRecord(len(trials_of_study), tid, "RUNNING", start_iso=log["datetime_start"])
+        tid, number = made
+        if len(log) == _PLAIN_CREATION:  # no template (the usual case)
+            record = TrialRecord(number, tid, "RUNNING", start_iso=log["datetime_start"])
         else:
-            record = self._from_template(len(trials_of_study), tid, log)
+            record = self._from_template(number, tid, log)
         self.trials.append(record)
         self.create_logs.append((offset, log))
         self.study_of.append(sid)
         self.created.append(offset)
         self.finished.append(offset if record.state in FINISHED_STATES else None)
-        trials_of_study.append(tid)
+        self.study_trials[sid].append(tid)
 
     @staticmethod
     def _from_template(number: int, tid: int, log: dict[str, Any]) -> TrialRecord:
@@ -356,7 +370,7 @@ class _RegexSource:
         """``(offset, op, trial id, line)`` of the detail lines whose text after the
         worker id matches ``","trial_id":(ids),`` + ``tail``, in file order."""
         text = self.text
-        for m in re.finditer(rb'","trial_id":(' + ids + rb"),"  + tail, text):
+        for m in re.finditer(b'",' + _TRIAL_ID + b"(" + ids + b"),"  + tail, text):
             start = text.rfind(b"\n", 0, m.start()) + 1
             head = _HEAD_RE.fullmatch(text, start, m.start() + 1)
             if head is not None:
@@ -592,8 +606,7 @@ class StudyJournal:
             entries += index.state_logs.get(tid, [])
         entries += [(d[0], d[3]) for d in lines if d[2] in compact]
         entries.sort(key=lambda e: e[0])
-        study = {"op_code": int(Op.CREATE_STUDY), "worker_id": _READER, "study_name": self.study.name,
-                 "directions": directions}
+        study = new_record(Op.CREATE_STUDY, _READER, study_name=self.study.name, directions=directions)
         feed = [(-1, study)] + [(o, _renumbered(log, compact)) for o, log in entries]
         return replay(self.path, feed).get_all_trials(0, deepcopy=False)
 

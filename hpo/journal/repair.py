@@ -45,7 +45,7 @@ from hpo.journal._plan import (
 from hpo.journal.filesystem import Mount, filesystem_of, filesystem_warning, visibility_warning
 from hpo.journal.scan import scan
 from hpo.system.files import fsync_dir, utc_stamp, write_new
-from hpo.system.lock import describe_holder, held, holder
+from hpo.system.lock import describe_holder, held, holder, make_lock
 
 _logger = logging.getLogger(__name__)
 
@@ -145,10 +145,10 @@ class RepairResult:
         return "\n".join(lines + render_findings(self.findings, self.affected))
 
 
-def repair(path: str | os.PathLike[str], lock: BaseJournalFileLock) -> RepairResult:
+def repair(path: str | os.PathLike[str], lock: BaseJournalFileLock | None = None) -> RepairResult:
     """Rewrite the journal at ``path`` without its damage. Offline: stop every worker first.
 
-    Holding ``lock``: quarantines unusable bytes (tail and middle) into
+    Holding ``lock`` (the journal's own lock by default): quarantines unusable bytes (tail and middle) into
     ``<journal>.quarantine-<UTC>.jsonl`` (offset, line, reason, action and the
     bytes in base64), keeps sound records byte for byte, salvages sound records
     glued onto torn ones, restores a lost creation as a marked placeholder
@@ -172,7 +172,7 @@ def repair(path: str | os.PathLike[str], lock: BaseJournalFileLock) -> RepairRes
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such journal file")
-    with held(lock):
+    with held(make_lock(path) if lock is None else lock):
         with open(path, "rb") as f:
             data = f.read()
         plan = make_plan(path, data)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from typing import Mapping, Sequence
 
-from hpo.config.identity import new_launch_id
+from hpo.config.identity import SchedulerVars, new_launch_id
 from hpo.config.settings import Settings
 from hpo.config.study import Launch
 from hpo.launch.progress import show_progress
@@ -24,12 +24,14 @@ from hpo.system.logs import quiet_optuna
 
 _logger = logging.getLogger(__name__)
 
+
 def visible_gpus(settings: Settings, env: Mapping[str, str]) -> list[str]:
-    """GPU ids to hand out: ``CUDA_VISIBLE_DEVICES`` if set, else every GPU torch sees."""
+    """GPU ids to hand out: those ``CUDA_VISIBLE_DEVICES`` lists if set, else every GPU torch sees."""
     if settings.device == "cpu":
         return []
-    if "CUDA_VISIBLE_DEVICES" in env:
-        return [g for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip()]
+    given = SchedulerVars.from_env(env).gpus()
+    if given is not None:
+        return given
     try:
         import torch
     except ImportError:
@@ -42,7 +44,7 @@ def worker_env(
     threads: int, workers: int = 1,
 ) -> dict[str, str]:
     """Environment of worker ``rank`` of launch ``launch_id``: the resolved settings, its GPU
-    and its CPU threads (pure). The seed comes from both (see hpo.worker.loop.sampler_seed)."""
+    and its CPU threads (pure). The seed comes from both (see hpo.worker.study_run.sampler_seed)."""
     own = launch.to_env(worker_rank=rank, launch_id=launch_id, local_workers=workers)
     child = {**env, **own, "PYTHONUNBUFFERED": "1"}
     # N workers each starting one thread per core would oversubscribe the CPU N-fold.
@@ -60,7 +62,7 @@ def run_local(launch: Launch, n_workers: int, env: Mapping[str, str]) -> int:
     gpus = visible_gpus(launch.settings, env)
     _announce(launch, n_workers, gpus)
     # One launch: a fresh study's workers seed OPTUNA_SEED + rank, a resumed one's anew
-    # (see hpo.worker.loop.sampler_seed).
+    # (see hpo.worker.study_run.sampler_seed).
     launch_id = new_launch_id()
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     procs = [

@@ -5,13 +5,12 @@ compare each study's config with the one it stored, and record the launch
 
 from __future__ import annotations
 
-import dataclasses
-
 from hpo.config.settings import Settings
-from hpo.config.study import Launch, StudyConfig, expand
+from hpo.config.study import Launch, StudyConfig
 from hpo.errors import UsageError
 from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.provenance import ConfigMode, check_unchanged, reconcile, record_launch
+from hpo.system.slurm import record_jobs
 
 
 def config_mode(reuse_stored: bool, overwrite: bool) -> ConfigMode:
@@ -49,6 +48,10 @@ def prepare(launch: Launch, mode: ConfigMode, launcher: str) -> Launch:
         record_launch(settings, config, launcher)
     if used[0].path == launch.config.path:
         return launch
-    # --reuse-stored: the stored copy (a sweep's whole config) runs, loaded afresh.
-    selection = dataclasses.replace(launch.settings, study_name=launch.label, config=used[0].path)
-    return Launch(used[0], tuple(expand(selection, used[0])), launch.pattern)
+    return launch.with_config(used[0])  # --reuse-stored: the stored copy (a sweep's whole config) runs
+
+def record_launch_jobs(launch: Launch, job_ids: list[str]) -> None:
+    """Append the jobs to the jobs file of every study of the launch (a sweep's job works on
+    each); ``hpo cancel`` and ``hpo status`` read them there."""
+    for settings, _ in launch.studies:
+        record_jobs(settings.jobs_path, job_ids)

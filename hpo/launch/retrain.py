@@ -65,12 +65,16 @@ def _chosen_trial(settings: Settings, number: int | None) -> TrialRecord:
     return journal.trials[number]
 
 
-def run_retrain(plan: Retrain, env: Mapping[str, str]) -> tuple[int, TrialRecord | None]:
-    """Create the new study with the trial's parameters first in line, run one worker here,
-    and return its exit status and the new study's trial 0 (None if it never started)."""
-    shared = open_study(plan.settings.spec, plan.config, warm_start=False)  # no warm start: trial 0 is this one
+def start_retrain(plan: Retrain) -> None:
+    """Create the new study with the trial's parameters first in line (no warm start: trial 0 is this one)."""
+    shared = open_study(plan.settings.spec, plan.config, warm_start=False)
     shared.study.enqueue_trial(dict(plan.trial.params), user_attrs={
         "origin": f"retrain of study {plan.source!r} trial {plan.trial.number}"})
+
+
+def run_retrain(plan: Retrain, env: Mapping[str, str]) -> tuple[int, TrialRecord | None]:
+    """Run one worker here on the study :func:`start_retrain` made; its exit status and the
+    new study's trial 0 (None if it never started)."""
     code = run_local(Launch(plan.config, ((plan.settings, plan.config),)), 1, env)
     again = open_view(plan.settings)
     if not again.trials:

@@ -25,7 +25,8 @@ from hpo.config.environment import environment
 from hpo.config.identity import new_launch_id
 from hpo.config.study import Launch, load_launch
 from hpo.study.shared import SharedStudy, open_study
-from hpo.system.slurm import record_jobs
+from hpo.launch.prepare import record_launch_jobs
+from hpo.launch.results import export_at_end
 from hpo.worker.loop import run_worker
 from hpo.worker.stop import STOP_SIGNALS, Stop
 
@@ -75,7 +76,7 @@ def executor_parameters(opts: SubmitOptions) -> dict[str, Any]:
 def job_env(launch: Launch, launch_id: str, rank: int, threads: int) -> dict[str, str]:
     """The environment worker ``rank`` of this launch adds to its job's (pure): the resolved
     settings with its rank and the launch, for the sampler seed (see
-    hpo.worker.loop.sampler_seed); ``OMP_NUM_THREADS``: one thread per CPU of the task, as
+    hpo.worker.study_run.sampler_seed); ``OMP_NUM_THREADS``: one thread per CPU of the task, as
     torch would otherwise use every core of the node."""
     return {**launch.to_env(worker_rank=rank, launch_id=launch_id), "OMP_NUM_THREADS": str(threads)}
 
@@ -91,7 +92,8 @@ class WorkerJob(submitit.helpers.Checkpointable):
         env = {**environment(), **self.env}  # SLURM ids from the job, settings from submit time
         launch = load_launch({}, env)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
-        reason, _ = run_worker(launch, env, signals=STOP_SIGNALS)
+        reason, _ = run_worker(launch, env, signals=STOP_SIGNALS,
+                               at_end=lambda settings, shared: export_at_end(settings, shared, env))
         if reason is Stop.PREEMPTED and callable(submitit_handler):
             # The trial is closed and its retry enqueued: now let submitit requeue us.
             submitit_handler(signal.SIGUSR2, None)
@@ -152,6 +154,6 @@ def submit_study(launch: Launch, opts: SubmitOptions, local: bool) -> Submitted:
     study's jobs file (``hpo cancel`` and ``hpo status`` read it)."""
     studies = [open_study(settings.spec, config) for settings, config in launch.studies]
     jobs = submit(opts, launch, new_launch_id(), Path.cwd(), local)
-    for settings, _ in launch.studies:
-        record_jobs(settings.jobs_path, [job.job_id for job in jobs])
+    record_launch_jobs(launch, [job.job_id for job in jobs])
     return Submitted(jobs, studies)
+

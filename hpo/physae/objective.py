@@ -21,9 +21,9 @@ def objective(params: dict[str, Any], ctx: TrialContext) -> float:
     merged with fixed ones). Returns the validation RMSE of the normalised
     physical parameters after refinement at the end of B2. Writes only inside
     ``ctx.run_dir`` (see :mod:`hpo.physae.train` for the files). Raises
-    :class:`hpo.worker.context.Diverged` (-> PRUNED) on a non-finite loss,
+    :class:`hpo.api.Diverged` (-> PRUNED) on a non-finite loss,
     ``optuna.TrialPruned`` when the pruner stops it and
-    :class:`hpo.worker.context.TrialStopped` on a stop request; every other exception,
+    :class:`hpo.api.TrialStopped` on a stop request; every other exception,
     out of memory included, is left to the worker's outcome policy.
     """
     from hpo.physae.train import train

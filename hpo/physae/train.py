@@ -474,9 +474,9 @@ def train(params: dict[str, Any], ctx: TrialContext) -> float:
     """Run (or resume) the three stages; write the artefacts; return the objective.
 
     The objective is the validation parameter RMSE after refinement at the end of
-    B2. Raises :class:`~hpo.worker.context.Diverged` on a non-finite loss or metric,
+    B2. Raises :class:`~hpo.api.Diverged` on a non-finite loss or metric,
     ``optuna.TrialPruned`` from ``ctx.report`` and
-    :class:`~hpo.worker.context.TrialStopped` from ``ctx.check_stop``; anything else
+    :class:`~hpo.api.TrialStopped` from ``ctx.check_stop``; anything else
     (out of memory included) propagates untouched to the worker's outcome policy.
     """
     wall_start = time.perf_counter()

@@ -20,13 +20,9 @@ def _construct(kind: str, algorithm: Algorithm, name: str, per_name: Mapping[str
     """``algorithm``'s class with hpo's defaults, the config's arguments for ``name`` and ``fixed``."""
     args = per_name.get(name, {})
     key = f"{kind}_args.{name}"
-    if "." in algorithm.class_name:  # one of hpo's own (hpo.study.pruners)
-        module_name, _, class_name = algorithm.class_name.rpartition(".")
-        label = algorithm.class_name
-    else:
-        module_name, class_name = f"optuna.{kind}s", algorithm.class_name
-        label = f"{module_name}.{class_name}"
-    cls = getattr(importlib.import_module(module_name), class_name)
+    module_name = "hpo.study.pruners" if algorithm.hpo_own else f"optuna.{kind}s"
+    label = f"{module_name}.{algorithm.class_name}"
+    cls = getattr(importlib.import_module(module_name), algorithm.class_name)
     accepted = set(inspect.signature(cls).parameters) - set(fixed)
     unknown = sorted(set(args) - accepted)
     if unknown:

@@ -127,8 +127,8 @@ def record_launch(settings: Settings, config: StudyConfig, launcher: str) -> dic
         "host": socket.gethostname(),
         "config": str(config.path),
         "overrides": {f.name: {"value": str(settings.value(f)), "source": settings.sources[f.name]}
-                      for f in settings.fields()
-                      if settings.sources[f.name] == "flag" or settings.sources[f.name].startswith("env:")},
+                      for f in settings.fields() if not f.internal
+                      and (settings.sources[f.name] == "flag" or settings.sources[f.name].startswith("env:"))},
         "versions": _versions(),
         "git_commit": _git_commit(config.path.resolve().parent),
     }

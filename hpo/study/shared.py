@@ -8,14 +8,13 @@ and the numbering of launches (:meth:`SharedStudy.launch_number`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 
 import optuna
 from optuna.storages import JournalStorage
@@ -33,7 +32,7 @@ from hpo._optuna import (
 from hpo.errors import StudyMismatch, UsageError
 from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.storage import open_storage
-from hpo.system.lock import OwnerLock, make_lock
+from hpo.system.lock import OwnerLock, held, make_lock
 from hpo.system.logs import quiet_optuna
 
 if TYPE_CHECKING:
@@ -160,14 +159,9 @@ class SharedStudy:
         for key, value in attrs.items():
             self.storage.set_trial_user_attr(trial_id, key, value)
 
-    @contextlib.contextmanager
-    def slots(self) -> Iterator[None]:
+    def slots(self) -> ContextManager[None]:
         """Serialise check-then-ask across every worker of the study."""
-        self.slots_lock.acquire()
-        try:
-            yield
-        finally:
-            self.slots_lock.release()
+        return held(self.slots_lock)
 
     def sync_view(self) -> bool:
         """Holding the slot lock: make the next read hold every record any node wrote

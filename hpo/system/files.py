@@ -96,6 +96,14 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """``data`` into ``fd`` (at its end when opened O_APPEND): one ``write`` call on every
+    filesystem we measured; more only if the kernel writes less."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_new(path: str, data: bytes) -> str:
     """Write ``data`` to a file that did not exist (``path`` or ``path-N``), fsynced."""
     for n in range(100):
@@ -105,9 +113,7 @@ def write_new(path: str, data: bytes) -> str:
         except FileExistsError:
             continue
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -5,7 +5,7 @@ Everything here only reads the study (the journal, worker logs and run directori
 
 Modules:
 
-- :mod:`hpo.journal.reader`: fast, exact reading of an Optuna journal file without Optuna;
+- :mod:`hpo.journal.reader` (below, in the journal layer): the fast index of a study the commands read;
 - :mod:`hpo.watch.status`: the one-screen status (``squeue`` runs through :mod:`hpo.system.slurm`);
 - :mod:`hpo.watch.logs`: worker logs merged in time, and following them;
 - :mod:`hpo.watch.export`: best parameters, CSV, parquet and JSON exports;

@@ -216,7 +216,7 @@ def top_trials(trials: Sequence[TrialRecord], directions: Sequence[str], k: int)
 
 
 def best_params_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
-    """Seed 004's ``best_params.json``."""
+    """``best_params.json``: the best trial's parameters and value (with several objectives, the knee's)."""
     trial = best.trial
     value: Any = None
     if trial is not None and trial.values:
@@ -226,7 +226,7 @@ def best_params_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
 
 
 def hpo_results_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
-    """Seed 002's ``hpo_results.json``: best trial and score, and every trial's score and params."""
+    """``hpo_results.json``: best trial and score, and every trial's score and params."""
     n = len(journal.study.directions)
 
     def score(t: TrialRecord) -> Any:
@@ -240,7 +240,7 @@ def hpo_results_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
         "best_score": score(trial) if trial else None,
         "best_params": trial.params if trial else {},
     }
-    # Seed 002's best_convergence_rate, best_mean_steps: the best trial's metrics.
+    # best_<metric> for each metric of the best trial (e.g. best_convergence_rate, best_mean_steps).
     taken = set(out) | {"all_trials"}
     out.update({f"best_{k}": v for k, v in objective_attrs(trial.user_attrs if trial else {}).items()
                 if f"best_{k}" not in taken})
@@ -330,7 +330,7 @@ def export_launch(launch: "Launch", out: Path | None, top: int = DEFAULT_TOP) ->
             states.append(status.not_started(settings))
             continue
         journal = status.open_view(settings)  # read once: its files, its row of the combined table, its trials
-        folder = (out / settings.study_name if sweep else out) if out else RESULTS_DIR / settings.study_name
+        folder = (out / settings.study_name if sweep else out) if out else settings.results_dir
         yield from export(journal, folder, top)
         if sweep:
             states.append(status.sweep_state(settings, slurm=False, journal=journal))

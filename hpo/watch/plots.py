@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from hpo.config.settings import Settings
     from hpo.journal.reader import StudyJournal
 
 _logger = logging.getLogger(__name__)
@@ -531,6 +532,15 @@ def study_figures(journal: "StudyJournal", objective: str | None) -> dict[str, b
     journal.decode()
     ctx = make_context(journal.study.name, journal.study.directions, journal.study.metric_names, objective)
     return make_figures(journal.trials, ctx)
+
+
+def plot_study(settings: "Settings", objective: str | None, out: Path | None = None
+               ) -> tuple[list[Path], dict[str, str]]:
+    """``hpo plot``: every figure of the study as a PNG in ``out`` (default
+    ``results/<study>/figures``); the files, and the figures skipped with why."""
+    from hpo.watch.status import open_view
+
+    return write_figures(study_figures(open_view(settings), objective), out or settings.results_dir / "figures")
 
 
 def write_figures(figures: dict[str, bytes | str], out_dir: Path) -> tuple[list[Path], dict[str, str]]:

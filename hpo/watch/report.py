@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from hpo.watch.status import human_seconds
@@ -150,6 +151,16 @@ def render_html(status: Mapping[str, Any], best: Mapping[str, Any], top_columns:
         parts.append(table(["figure", "why"], skipped))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def write_report(settings: "Settings", objective: str | None, top: int, out: Path | None = None) -> Path:
+    """``hpo report``: the study's page, written atomically to ``out`` (default
+    ``results/<study>/report.html``); returns its path."""
+    from hpo.system.files import write_bytes_atomic
+
+    path = out or settings.results_dir / "report.html"
+    write_bytes_atomic(path, study_page(settings, objective, top).encode("utf-8"))
+    return path
 
 
 def study_page(settings: "Settings", objective: str | None, top: int) -> str:

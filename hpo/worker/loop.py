@@ -17,11 +17,8 @@ every trial (:class:`~hpo.worker.stop.Stop`, with every stop reason):
    the next study, and waits ``WAIT_POLL_SECONDS`` when every study is full.
 6. ``HPO_MAX_FAILURES`` trials of the study failed in a row -> ``failing trials``
 
-What each does is one table (:data:`hpo.worker.stop.EFFECT`; a single study is a sweep
-of one): 4 ends the study; 6, and 3 when the next trial would not fit, set the study aside
-and the others go on; the others stop the worker. Its exit status
-(:func:`hpo.worker.stop.final_stop`): a signal keeps its own; otherwise a study set aside
-for failing trials makes it 1; otherwise the stop's.
+What each stop does to its study and to the worker, and the worker's exit status, is one
+table in :mod:`hpo.worker.stop` (``EFFECT``, ``final_stop``); a single study is a sweep of one.
 """
 
 from __future__ import annotations
@@ -36,7 +33,7 @@ from typing import Callable, Mapping, Protocol
 from optuna.trial import TrialState
 
 from hpo.config.identity import WorkerIdentity
-from hpo.config.settings import RESULTS_DIR, Settings
+from hpo.config.settings import Settings
 from hpo.config.study import Launch, StudyConfig
 from hpo.errors import LockWaitAborted
 from hpo.study.shared import SharedStudy
@@ -46,8 +43,7 @@ from hpo.worker.stop import (EFFECT, SIGNALLED, STOP_SIGNALS, Effect, Limits, St
                              final_stop)
 from hpo.worker.study_run import StudyRun, WorkerParts, sampler_seed
 
-__all__ = ["EXPORT_TIMEOUT_SECONDS", "WAIT_POLL_SECONDS", "OpenRun", "Run", "Worker", "export_at_end", "run_worker",
-           "sampler_seed"]
+__all__ = ["WAIT_POLL_SECONDS", "AtEnd", "OpenRun", "Run", "Worker", "run_worker", "sampler_seed"]
 
 _logger = logging.getLogger(__name__)
 
@@ -67,6 +63,9 @@ class Run(Protocol):
 
 # Opens one study of the launch for this worker: StudyRun.open.
 OpenRun = Callable[[Settings, StudyConfig, WorkerParts], Run]
+# What is done with a study the worker saw reach MAX_TRIALS, as it stops (the launcher's
+# end-of-study export, hpo.launch.results).
+AtEnd = Callable[[Settings, SharedStudy], object]
 
 
 class Worker:
@@ -79,12 +78,12 @@ class Worker:
         identity: WorkerIdentity,
         flag: StopFlag | None = None,
         clock: Callable[[], float] = time.monotonic,
-        env: Mapping[str, str] | None = None,
         open_run: OpenRun = StudyRun.open,
+        at_end: AtEnd = lambda settings, shared: None,
     ) -> None:
         self.launch, self.identity = launch, identity
         settings = self.settings = launch.settings  # what every study of the launch shares (limits, device)
-        self.env: Mapping[str, str] = env or {}  # the process environment, for the end-of-study export's child
+        self.at_end = at_end
         self.cells = list(launch.studies)  # one study, or each study of a sweep (hpo.config.study.Launch)
         self.sweep = len(self.cells) > 1
         self.flag = flag or StopFlag()
@@ -109,14 +108,13 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> Stop:
-        stop = Stop.INTERRUPTED
-        try:
-            stop = self._run_guarded()
-            return stop
-        finally:
-            if stop not in SIGNALLED:
-                for run in self.finished:  # HPO_EXPORT_AT_END: one worker per study does it
-                    export_at_end(run.settings, run.shared, self.env)
+        """Work until a stop; then, unless a signal stopped it, hand each study it saw reach
+        ``MAX_TRIALS`` to ``at_end`` (the end-of-study export, ``HPO_EXPORT_AT_END``)."""
+        stop = self._run_guarded()
+        if stop not in SIGNALLED:
+            for run in self.finished:
+                self.at_end(run.settings, run.shared)
+        return stop
 
     def _run_guarded(self) -> Stop:
         try:
@@ -209,63 +207,23 @@ class Worker:
                     f"; set aside: {aside}" if aside else "")
 
 
-EXPORT_TIMEOUT_SECONDS = 900
-
-
-def export_at_end(s: Settings, shared: SharedStudy, env: Mapping[str, str]) -> Path | None:
-    """Write ``results/<study>/`` (``hpo export``, then ``hpo plot``) once the study has its trials.
-
-    Every worker that sees the study done calls this; the first to create the marker
-    ``results/<study>/.exported-<finished>`` (``O_EXCL``: one winner, on a shared folder
-    too) runs both commands in a child process, after its own last trial, so no other
-    worker waits and a failure there cannot break the worker (it logs a WARNING naming
-    ``export.log``). More trials later (a higher ``MAX_TRIALS``) export again.
-    Returns the log of the export this worker ran, or None.
-    """
-    import subprocess
-    import sys
-
-    finished = shared.finished()
-    folder = RESULTS_DIR / s.study_name
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        os.close(os.open(folder / f".exported-{finished}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    except FileExistsError:
-        return None  # another worker does it
-    log = folder / "export.log"
-    env = {**env, **s.to_env()}
-    _logger.info("study %r has its %d trials: writing %s (exports and figures; log %s)", s.study_name, finished,
-                 folder, log)
-    with log.open("ab") as out:
-        for command in (["export"], ["plot"]):
-            try:
-                done = subprocess.run([sys.executable, "-m", "hpo", *command], env=env, stdout=out, stderr=out,
-                                      stdin=subprocess.DEVNULL, timeout=EXPORT_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                _logger.warning("hpo %s for study %r took over %ds; see %s", command[0], s.study_name,
-                                EXPORT_TIMEOUT_SECONDS, log)
-                continue
-            if done.returncode != 0:
-                _logger.warning("hpo %s for study %r failed (exit %d); see %s", command[0], s.study_name,
-                                done.returncode, log)
-    return log
-
-
 def run_worker(
     launch: Launch,
     env: Mapping[str, str],
     echo_level: str | None = "INFO",
     signals: tuple[int, ...] = STOP_SIGNALS,
+    at_end: AtEnd = lambda settings, shared: None,
 ) -> tuple[Stop, Path]:
-    """Run one worker in this process with its log file and signal handling.
+    """Run one worker in this process with its log file and signal handling (``at_end``:
+    see :class:`Worker`; it runs with the handlers still installed).
 
     Returns why it stopped and its log path. Bad input raises before anything is written.
     """
     from hpo.system.logs import setup_worker_logging
 
     settings = launch.settings
-    identity = WorkerIdentity.from_env(settings, env, host=socket.gethostname(), pid=os.getpid())
-    worker = Worker(launch, identity, env=env)  # imports the objective: fails before writing
+    identity = WorkerIdentity.from_env(env, socket.gethostname(), os.getpid(), settings.launcher)
+    worker = Worker(launch, identity, at_end=at_end)  # imports the objective: fails before writing
     log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level, study=launch.label)
     worker.flag.install(signals)
     try:

@@ -38,6 +38,8 @@ from hpo.system.files import write_bytes_atomic
 from hpo.system.processes import process_alive
 
 if TYPE_CHECKING:
+    from hpo.config.settings import Settings
+    from hpo.config.study import StudyConfig
     from hpo.study.shared import SharedStudy
 
 _logger = logging.getLogger(__name__)
@@ -255,6 +257,15 @@ def reap(shared: "SharedStudy", host: str) -> list[int]:
             _logger.warning("trial %d: worker %s lost; marked FAIL", trial.number, trial.user_attrs.get("worker"))
             enqueue_retry(shared, trial, WORKER_LOST)
     return reaped
+
+
+def reap_study(settings: "Settings", config: "StudyConfig") -> list[int]:
+    """``hpo reap``: open the (existing) study and reap its lost trials now, judged from this host."""
+    import socket
+
+    from hpo.study.shared import open_study
+
+    return reap(open_study(settings.spec, config, create=False), socket.gethostname())
 
 
 def enqueue_retry(shared: "SharedStudy", trial: FrozenTrial, reason: str) -> bool:

@@ -1,7 +1,7 @@
 """Idempotent runs: a content-addressed store of finished trials (``HPO_REUSE_RESULTS``).
 
-Seed 003 keys every run by its content, so rerunning the same configuration reuses
-what was computed. With ``HPO_REUSE_RESULTS=true``, every COMPLETE trial is also
+Every run keyed by its content: rerunning the same configuration reuses what was
+computed. With ``HPO_REUSE_RESULTS=true``, every COMPLETE trial is also
 written to::
 
     $TRIAL_OUTPUT/runs/p_<problem>/r_<run>/manifest.json   what ran: objective, params, options, seeds

@@ -150,7 +150,7 @@ def _compute(function: Callable[[SetupContext], Any], settings: "Settings", conf
     work.mkdir(parents=True)
     _logger.info("setup %s: computing (key %s, folder %s)", config.setup, key, directory)
     started = time.time()
-    ctx = SetupContext(options, settings, work, logging.getLogger("hpo.worker.setup.user"))
+    ctx = SetupContext(options, settings, work, logging.getLogger("hpo.setup.user"))
     try:
         value = function(ctx)
         json.dumps(value, allow_nan=False)

@@ -141,7 +141,7 @@ class TrialRunner:
                 return self._reuse(active, stored)
         ctx = TrialContext(
             number=trial.number, params=params, fixed=fixed, settings=s, run_dir=run_dir,
-            device=self.device, logger=logging.getLogger("hpo.worker.trial"),
+            device=self.device, logger=logging.getLogger("hpo.trial"),  # a name users may configure
             resume_dir=Path(resume_from) if resume_from else None,
             options=options_of(s, self.config),
             setup=self.setup.value if self.setup else {},

@@ -33,7 +33,6 @@ trap 'early_signal=TERM' TERM
 trap 'early_signal=INT' INT
 
 echo "== hpo job ${SLURM_JOB_ID:-?}${SLURM_ARRAY_TASK_ID:+ (array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID})} on $(hostname) at $(date -Is): ${SLURM_NTASKS:-1} task(s)"
-echo "HPO_SEED_OFFSET=${HPO_SEED_OFFSET:-0}"
 echo "== effective settings (hpo config):"
 "$PY" -m hpo config || exit $?   # bad settings stop the job here: exit 2, nothing written
 # The study's jobs file (hpo cancel, hpo status, the reaper): its path is hpo's to know.
