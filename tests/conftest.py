@@ -43,6 +43,11 @@ def run_hpo(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 30
                           capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def tree(root: Path) -> list[str]:
+    """Every file and folder below ``root``, relative: what a refused command must leave as it found it."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
 def load_study(journal: Path, name: str) -> optuna.Study:
     """Plain Optuna, as a user or optuna-dashboard would read the journal."""
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))

@@ -11,7 +11,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import clean_env, load_study, run_hpo
+from conftest import clean_env, load_study, run_hpo, tree
 
 from hpo.config.space import suggest
 from hpo.config.study import load_config, parse_config
@@ -150,6 +150,7 @@ def test_objective_package_in_the_current_folder_imports_without_pythonpath(tmp_
 
 def test_missing_objective_module_names_it_the_field_and_where_it_looked(tmp_path: Path) -> None:
     _user_config(tmp_path / "study" / "cfg.yaml", objective="nopkg.mod:objective")
+    before = tree(tmp_path)
     for command in (["run"], ["worker"]):
         result = run_hpo([*command, "--config", "study/cfg.yaml"], tmp_path, clean_env())
         assert result.returncode == 2
@@ -158,4 +159,4 @@ def test_missing_objective_module_names_it_the_field_and_where_it_looked(tmp_pat
                                   "(module 'nopkg' not found); looked in "), message
         assert f"{(tmp_path / 'study').resolve()}, {tmp_path.resolve()}, PYTHONPATH" in message
         assert "valid: 'package.module:function'" in message
-        assert not (tmp_path / "optuna_journal").exists() and not (tmp_path / "optuna_runs").exists()
+        assert tree(tmp_path) == before

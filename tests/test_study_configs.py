@@ -51,10 +51,9 @@ def test_example_runs_with_two_workers(tmp_path: Path, name: str, study: str, en
     assert launch["overrides"]["max_trials"] == {"value": env["MAX_TRIALS"], "source": "env:MAX_TRIALS"}
 
 
-def test_gad_maximises_and_transfer_uses_config_weights(tmp_path: Path) -> None:
+def test_gad_maximises(tmp_path: Path) -> None:
+    """(The transfer example's weights are checked on real trials: test_seed_004_files_metrics_and_four_figures.)"""
     assert load_study_direction(EXAMPLES / "gad.yaml") == ["maximize"]
-    cfg = yaml.safe_load((EXAMPLES / "physae_transfer.yaml").read_text())
-    assert cfg["objective_args"]["weights"] == {"A": 0.1, "B1": 0.4, "B2": 1.5}
 
 
 def load_study_direction(path: Path) -> list[str]:

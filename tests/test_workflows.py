@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env, load_study, run_hpo
+from conftest import REPO, clean_env, load_study, run_hpo, tree
 
 EXAMPLES = REPO / "configs/examples"
 
@@ -85,7 +85,7 @@ def test_bad_objective_setting_exits_2_and_writes_nothing(tmp_path: Path, env: d
     result = run_hpo(["run", "--workers", "1"], tmp_path, clean_env(HPO_CONFIG=str(EXAMPLES / "gad.yaml"), **env))
     assert result.returncode == 2, result.stderr
     assert named in result.stderr and valid in result.stderr
-    assert not (tmp_path / "optuna_journal").exists() and not (tmp_path / "optuna_runs").exists()
+    assert tree(tmp_path) == []
 
 
 def test_config_declares_its_own_settings(tmp_path: Path) -> None:
@@ -97,7 +97,7 @@ def test_config_declares_its_own_settings(tmp_path: Path) -> None:
     assert line.split()[1:] == ["0.5", "env:LLC_MARGIN_SECONDS"]
     bad = run_hpo(["run", "--config", config], tmp_path, clean_env(LLC_MARGIN_SECONDS="-1"))
     assert bad.returncode == 2 and "LLC_MARGIN_SECONDS='-1'" in bad.stderr and ">= 0" in bad.stderr
-    assert not (tmp_path / "optuna_journal").exists()
+    assert tree(tmp_path) == []
     arg = run_hpo(["config", "--config", config, "--arg", "margin_seconds=0.25"], tmp_path, clean_env())
     assert next(x for x in arg.stdout.splitlines() if x.startswith("LLC_MARGIN_SECONDS")).split()[1:] == \
         ["0.25", "flag"]
@@ -364,6 +364,14 @@ def test_seed_004_files_metrics_and_four_figures(tmp_path: Path) -> None:
     best = json.loads((out / "best_params.json").read_text())
     assert set(best) == {"best_value", "best_params", "n_trials", "best_trial_number"}
     components = {f"user_attrs_{stage}_val_param_error" for stage in ("A", "B1", "B2")}
+    # Each trial's value is the config's weighted sum of its stages' errors (A 0.1, B1 0.4, B2 1.5).
+    study = load_study(tmp_path / "optuna_journal/physae_transfer.journal", "physae_transfer")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3
+    for trial in complete:
+        errors = {stage: trial.user_attrs[f"{stage}_val_param_error"] for stage in ("A", "B1", "B2")}
+        assert len(set(errors.values())) == 3  # three different numbers: a weight cannot hide
+        assert trial.value == pytest.approx(0.1 * errors["A"] + 0.4 * errors["B1"] + 1.5 * errors["B2"], rel=1e-9)
     for table in ("all_trials.csv", "top_20_trials.csv"):
         rows = _rows(out / table)
         assert components <= set(rows[0]), table

@@ -231,10 +231,11 @@ def _live_slurm_jobs() -> set[str] | None:
         return None
 
 
-def reap(shared: "SharedStudy", host: str) -> list[int]:
-    """Fail lost trials and enqueue their retries. Returns the reaped trial numbers."""
+def reap(shared: "SharedStudy", host: str, now: float | None = None) -> list[int]:
+    """Fail lost trials and enqueue their retries (``now``: the wall time to judge beats by,
+    this host's clock by default). Returns the reaped trial numbers."""
     spec = shared.spec
-    now = time.time()
+    now = time.time() if now is None else now
     running = shared.index.running()
     live = _live_slurm_jobs() if any("slurm_job_id" in t.user_attrs for t in running) else None
     stale_ids = stale_trial_ids(shared.storage, shared.study_id)
