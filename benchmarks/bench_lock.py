@@ -5,6 +5,8 @@ what it costs, on local disk and on a network filesystem when one is given:
 
 - acquire+release latency, one process, no contention (p50/p99, microseconds);
 - contended throughput: ``--procs`` processes taking turns, lock cycles per second;
+- one uncontended acquire + append of one record + fsync + release, hpo's journal
+  backend against Optuna's ``JournalFileBackend`` + ``JournalFileOpenLock`` (p50/p99);
 - for OwnerLock, the fence window: time from the (last) fence's return to the
   return of the ``write`` syscall, over ``--appends`` real journal appends (p50/p99).
 
@@ -108,10 +110,34 @@ def fence_window(path: str, appends: int) -> tuple[float, float]:
     OwnerLock.fence, os.write = fence, write  # type: ignore[method-assign,assignment]
     try:
         for i in range(appends):
-            backend.append_logs([{"op_code": 0, "worker_id": "bench", "study_name": f"s{i}", "directions": [1]}])
+            journal.append_logs([{"op_code": 0, "worker_id": "bench", "study_name": f"s{i}", "directions": [1]}])
     finally:
         OwnerLock.fence, os.write = real_fence, real_write  # type: ignore[method-assign]
     return percentiles(windows)
+
+
+APPENDERS = ("hpo GuardedFileBackend + OwnerLock", "optuna JournalFileBackend + JournalFileOpenLock")
+
+
+def append_cycle(kind: str, path: str, cycles: int) -> tuple[float, float]:
+    """One uncontended acquire + append of one record + fsync + release, as a worker's
+    journal does it (microseconds, p50 and p99)."""
+    if kind.startswith("hpo"):
+        from hpo.journal.backend import GuardedFileBackend
+        from hpo.system.lock import OwnerLock
+
+        journal: object = GuardedFileBackend(path, lock_obj=OwnerLock(path))
+    else:
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        journal = JournalFileBackend(path, lock_obj=JournalFileOpenLock(path))
+    samples = []
+    for i in range(cycles):
+        record = {"op_code": 7, "worker_id": "bench", "trial_id": 0, "step": i, "intermediate_value": 0.5}
+        start = time.perf_counter()
+        journal.append_logs([record])  # type: ignore[attr-defined]
+        samples.append((time.perf_counter() - start) * 1e6)
+    return percentiles(samples)
 
 
 def label(directory: str) -> str:
@@ -141,6 +167,9 @@ def main() -> None:
                     p50, p99 = latency(kind, os.path.join(work, "lat"), args.cycles)
                     rate = contended(kind, os.path.join(work, "con"), args.procs, args.contended_cycles)
                     print(f"{label(directory):<40} {kind:<28} {p50:>8.0f} {p99:>8.0f} {rate:>12.0f}")
+                for kind in APPENDERS:
+                    p50, p99 = append_cycle(kind, os.path.join(work, f"{kind.split()[0]}.journal"), args.cycles)
+                    print(f"{label(directory):<40} {kind[:28]:<28} {p50:>8.0f} {p99:>8.0f} {'(append)':>12}")
                 p50, p99 = fence_window(os.path.join(work, "j.journal"), args.appends)
                 print(f"{label(directory):<40} {'fence window (OwnerLock)':<28} {p50:>8.0f} {p99:>8.0f} {'':>12}")
 

@@ -254,13 +254,29 @@ def test_release_never_deletes_another_owners_lock(tmp_path: Path) -> None:
         lock.release()  # not held
     lock.acquire()
     lock_file = Path(str(path) + ".lock")
-    # As if our lock had been broken and taken by a live process elsewhere meanwhile.
+    # As if our lock had been broken and taken by a live process elsewhere while we were
+    # stopped past the grace period (the fence found our hold doubtful).
     foreign = json.dumps({"host": "elsewhere", "pid": 7, "token": "theirs", "acquired_at": "x"})
     lock_file.write_text(foreign)
+    lock._fenced_out = True
     lock.release()
     assert lock_file.read_text() == foreign
     info = holder(str(path))
     assert info is not None and info["host"] == "elsewhere" and info["alive"] is None
+
+
+def test_a_certain_hold_is_released_with_one_unlink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hold confirmed just now cannot have been broken: its release removes the file
+    with one unlink (no rename, no second look), as plain Optuna's lock does."""
+    path = tmp_path / "j"
+    lock = OwnerLock(str(path))
+    lock.acquire()
+    calls: list[str] = []
+    for name in ("rename", "unlink"):
+        real = getattr(os, name)
+        monkeypatch.setattr(lock_module.os, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+    lock.release()
+    assert calls == ["unlink"] and not (tmp_path / "j.lock").exists()
 
 
 def test_holder_reports_a_dead_owner_on_this_host(tmp_path: Path) -> None:
@@ -459,6 +475,7 @@ def test_a_false_enoent_on_a_moved_lock_never_leaves_a_lock_or_break_file(
     monkeypatch.setattr(lock_module, "_look", look)
     with OwnerLock(path, grace_seconds=1, refresh_seconds=0.05) as lock:
         assert holder(path)["token"] == lock._token
+        lock._fenced_out = True  # a doubtful hold: released the careful way (moved away, checked, removed)
     assert holder(path) is None and os.listdir(tmp_path) == []  # no lock, no .break, no tomb
     assert fooled == {str(tmp_path / "j.lock.stale"), str(tmp_path / "j.lock.break.released"),
                       str(tmp_path / "j.lock.released")}  # each moved file was looked at, fooled once

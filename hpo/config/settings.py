@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from hpo.config.fields import Field, boolean, choice, int_in, optional, positive_float, text
+from hpo.config.fields import Field, boolean, choice, float_in, int_in, optional, positive_float, text
 from hpo.config.identity import Launcher
 from hpo.config.search import PRUNER_NAMES, SAMPLER_NAMES
 from hpo.errors import UsageError
@@ -133,6 +133,9 @@ FIELDS: tuple[Field, ...] = (
     Field("export_at_end", "HPO_EXPORT_AT_END", boolean, True,
           "when the study has its trials, the worker that sees it first writes results/<study>/ (exports and "
           "figures) as it stops; no other worker waits"),
+    Field("flush_seconds", "HPO_FLUSH_SECONDS", float_in(0, 3600), 30.0,
+          "a running trial's reports and attributes reach the journal in one append at most this late (0: each at "
+          "once); its parameters, start and end are written at once"),
     Field("seed_offset", "HPO_SEED_OFFSET", int_in(0, 2**62), 0,
           "your own shift of every sampler seed (an independent replicate)"),
     Field("worker_rank", "HPO_WORKER_RANK", optional(int_in(0, 1_000_000)), None,
@@ -175,6 +178,7 @@ class Settings:
     retry_interrupted: bool
     reuse_results: bool
     export_at_end: bool
+    flush_seconds: float
     seed_offset: int
     worker_rank: int | None
     local_workers: int

@@ -28,7 +28,7 @@ from typing import Any, Callable
 from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend
 
-from hpo._optuna import BaseJournalFileLock
+from hpo._optuna import BaseJournalFileLock, GroupedJournalStorage
 from hpo.errors import StorageError
 from hpo.journal.coherence import read_past, retry_transient
 from hpo.journal.filesystem import needs_read_barrier
@@ -225,6 +225,12 @@ class GuardedFileBackend(BaseJournalBackend):
         self.needs_barrier = needs_read_barrier(file_path)
         self._own: tuple[int, bytes] | None = None  # server size after our last append, and its bytes
 
+    @property
+    def lock(self) -> BaseJournalFileLock:
+        """The journal's lock: held by every append (reentrant: a caller may hold it around
+        several, as the budget's check-then-ask does)."""
+        return self._lock
+
     def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
         start = log_number_from if log_number_from in self._log_number_offset else 0
         offset = self._log_number_offset[start]
@@ -277,10 +283,13 @@ class GuardedFileBackend(BaseJournalBackend):
         tries[0] += 1
         if tries[0] > 1 and self._landed(data):
             return True
-        cut = _cut_unreadable_tail(self._file_path, SETTLE_SECONDS if self.needs_barrier else 0.0)
-        if cut is not None:
-            _logger.warning("%s", cut.message())
-        fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = os.open(self._file_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+        if not _ends_whole(fd):  # one pread on the fd the append uses: no second open
+            os.close(fd)
+            cut = _cut_unreadable_tail(self._file_path, SETTLE_SECONDS if self.needs_barrier else 0.0)
+            if cut is not None:
+                _logger.warning("%s", cut.message())
+            fd = os.open(self._file_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             # Again, without I/O: the window left is the write itself.
             if not _fence_holds(self._lock, read_lock_file=False):
@@ -299,6 +308,22 @@ class GuardedFileBackend(BaseJournalBackend):
             size = os.fstat(f.fileno()).st_size
             f.seek(max(0, size - len(data)))
             return f.read() == data
+
+
+def _ends_whole(fd: int) -> bool:
+    """Whether the journal open at ``fd`` is empty or ends with a whole, readable record
+    (the usual case, told by reading its last few KiB once); False sends the caller to
+    :func:`_cut_unreadable_tail`, which looks again, carefully."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return True
+    tail = os.pread(fd, min(size, _TAIL_PROBE), max(0, size - _TAIL_PROBE))
+    if not tail.endswith(b"\n"):
+        return False
+    lines = tail[:-1].rsplit(b"\n", 1)
+    if len(lines) == 1 and size > len(tail):
+        return False  # a last line longer than the probe: the careful look measures it
+    return read_line(lines[-1] + b"\n")[0] is not None
 
 
 def _fence_holds(lock: BaseJournalFileLock, read_lock_file: bool = True) -> bool:
@@ -326,7 +351,7 @@ def open_journal(journal_path: Path, should_stop: Callable[[], bool] | None = No
     if cut is not None:
         _logger.warning("%s", cut.message())
     try:
-        return JournalStorage(GuardedFileBackend(str(journal_path), lock_obj=lock))
+        return GroupedJournalStorage(GuardedFileBackend(str(journal_path), lock_obj=lock))
     except Exception as exc:  # Optuna raises bare KeyError/ValueError on damage
         repair_tail(journal_path, lock, check_middle=True)  # raises StorageError with the byte offset
         raise StorageError(f"{journal_path}: Optuna cannot replay the journal ({type(exc).__name__}: {exc}); "

@@ -1,9 +1,12 @@
 """One study shared by every worker: the slot lock that keeps ``MAX_TRIALS`` exact,
 an incremental index of its trials, launch numbers and warm starts.
 
-Beside the journal, ``<journal>.slots.lock`` guards the check-then-ask that keeps the
-study at exactly ``MAX_TRIALS`` finished trials (:meth:`SharedStudy.ask_within_budget`),
-and the numbering of launches (:meth:`SharedStudy.launch_number`).
+The slot lock guards the check-then-ask that keeps the study at exactly ``MAX_TRIALS``
+finished trials (:meth:`SharedStudy.ask_within_budget`), the numbering of launches
+(:meth:`SharedStudy.launch_number`), warm starts and the reaper. On the journal it is the
+journal's own lock, held around the check and the trial's creation: one acquisition for
+both (the creation's append takes it again, reentrantly). An RDB storage has no journal
+lock: there it is ``<journal>.slots.lock`` in ``JOURNAL_DIR``, shared by every worker.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from optuna.trial import TrialState
 
 from hpo._optuna import (
     METRIC_NAMES_ATTR,
+    BaseJournalFileLock,
+    GroupedJournalStorage,
     journal_backend,
     pop_waiting_trial_id,
     study_id,
@@ -32,7 +37,8 @@ from hpo._optuna import (
 from hpo.errors import StudyMismatch, UsageError
 from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.storage import open_storage
-from hpo.system.lock import OwnerLock, held, make_lock
+from hpo.journal.backend import GuardedFileBackend
+from hpo.system.lock import held, make_lock
 from hpo.system.logs import quiet_optuna
 
 if TYPE_CHECKING:
@@ -115,7 +121,7 @@ class SharedStudy:
 
     study: optuna.Study
     spec: "StudySpec"
-    slots_lock: OwnerLock
+    slots_lock: BaseJournalFileLock  # the journal's lock; an RDB's: <journal>.slots.lock
     index: TrialIndex
 
     @property
@@ -155,9 +161,25 @@ class SharedStudy:
 
     def set_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Several user attributes, one journal record each (Optuna's replay accepts
-        one key per record, so they cannot be batched without breaking readers)."""
+        one key per record); held with the trial's other records when it is held."""
         for key, value in attrs.items():
             self.storage.set_trial_user_attr(trial_id, key, value)
+
+    # -- a running trial's records, written in groups (journal storage; a no-op otherwise)
+
+    def hold(self, tid: int) -> None:
+        """Hold this trial's parameters, reports and attributes until :meth:`flush` or its
+        end (see :class:`hpo._optuna.GroupedJournalStorage`)."""
+        if isinstance(self.storage, GroupedJournalStorage):
+            self.storage.hold(tid)
+
+    def flush(self, tid: int) -> int:
+        """Write what ``tid`` holds, in one append; how many records."""
+        return self.storage.flush(tid) if isinstance(self.storage, GroupedJournalStorage) else 0
+
+    def drop(self, tid: int) -> int:
+        """Forget what ``tid`` holds: another worker ended it; nothing more is written for it."""
+        return self.storage.drop(tid) if isinstance(self.storage, GroupedJournalStorage) else 0
 
     def slots(self) -> ContextManager[None]:
         """Serialise check-then-ask across every worker of the study."""
@@ -210,8 +232,13 @@ class SharedStudy:
 
         A view that lags can only miss trials created or finished since: "done" and
         "full" from it stay true (a missed failure just means waiting once more), but
-        "room" must be checked again on a fresh view (sync_view) before a trial starts.
+        "room" must be checked again, holding the slot lock, on a fresh view (sync_view)
+        before a trial starts. So a worker that waits for a slot only reads the journal's
+        new bytes: it takes the lock only when its view shows room.
         """
+        verdict = self._budget_verdict()
+        if verdict is not None:
+            return verdict
         with self.slots():
             verdict = self._budget_verdict()
             if verdict is None and self.sync_view():
@@ -254,6 +281,7 @@ class SharedStudy:
         waiting = pop_waiting_trial_id(study)
         if waiting is not None:
             trial = optuna.Trial(study, waiting)
+            self.hold(waiting)  # its attributes go with its parameters, in one append
             self.set_user_attrs(waiting, attrs_for(trial.number))
             return trial
         predicted = self.index.n_trials
@@ -263,6 +291,7 @@ class SharedStudy:
             system_attrs={}, intermediate_values={}, trial_id=-1,
         )
         trial = optuna.Trial(study, self.storage.create_new_trial(self.study_id, template_trial=template))
+        self.hold(trial_id(trial))
         if trial.number != predicted:
             self.set_user_attrs(trial_id(trial), attrs_for(trial.number))
         return trial
@@ -303,7 +332,9 @@ def open_study(
         raise StudyMismatch(f"study {spec.study_name!r} in {spec.storage_label} optimises {held}, "
                             f"but {config.path} asks for {list(config.directions)}; use another STUDY_NAME")
     spec.journal_dir.mkdir(parents=True, exist_ok=True)
-    shared = SharedStudy(study, spec, make_lock(spec.slots_path, should_stop), TrialIndex(storage, study_id(study)))
+    backend = journal_backend(storage)
+    slots = backend.lock if isinstance(backend, GuardedFileBackend) else make_lock(spec.slots_path, should_stop)
+    shared = SharedStudy(study, spec, slots, TrialIndex(storage, study_id(study)))
     if config.enqueue and warm_start:
         shared.warm_start(config)
     _record_study_facts(storage, shared.study_id, spec, config)

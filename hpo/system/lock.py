@@ -372,6 +372,10 @@ class OwnerLock(BaseJournalFileLock):
         the last write that showed waiters we are alive, and (``read_lock_file``)
         the lock file still carries our token. The time check alone costs no I/O:
         callers that read the lock file once may repeat it right before the write.
+        The file is not read when our hold was confirmed less than a refresh period
+        ago (we created it, or the refresher found our token and touched it, just
+        now): no waiter can break a lock it has not seen unchanged for a whole grace
+        period, so the read would only cost a round trip to a network filesystem.
         Raises RuntimeError when this thread does not hold the lock.
         """
         if not self._depth or self._owner_thread != threading.get_ident():
@@ -381,7 +385,7 @@ class OwnerLock(BaseJournalFileLock):
             self._fenced_out = True
             raise LockLost(f"{self.lock_file}: our hold was last confirmed {since:.1f} s ago, past half the "
                            f"grace period ({self.grace_seconds} s): another node may have broken it")
-        if not read_lock_file:
+        if not read_lock_file or since < self.refresh_seconds:
             return
         try:
             seen = _retry_volatile(lambda: _look(self.lock_file), self.grace_seconds / 4)
@@ -565,6 +569,8 @@ class OwnerLock(BaseJournalFileLock):
             self._refresh_cond.notify()
         if token is None:  # cannot happen: _depth was 1, so _acquire_file set it
             return
+        if self._release_fast(token):
+            return
         try:
             # Giving up raises out of the journal append that was already written: keep
             # trying at least _RELEASE_RETRY_SECONDS, however short the grace period.
@@ -573,6 +579,21 @@ class OwnerLock(BaseJournalFileLock):
         finally:
             with _HELD_GUARD:
                 _HELD_TOKENS.discard(token)
+
+    def _release_fast(self, token: str) -> bool:
+        """Remove our lock file with one ``unlink`` while our hold is certain (confirmed less
+        than half the grace period ago, the fence's rule: nobody can have broken it and put
+        their own in its place). False when the careful path must run instead."""
+        if self._fenced_out or time.monotonic() - self._confirmed_at >= self.grace_seconds / 2:
+            return False
+        try:
+            os.unlink(self.lock_file)
+        except OSError as err:
+            _logger.debug("%s: %s; releasing the careful way", self.lock_file, err)
+            return False
+        with _HELD_GUARD:
+            _HELD_TOKENS.discard(token)
+        return True
 
     def _remove_own(self, path: str, token: str) -> None:
         """Delete ``path`` if it still carries ``token``; otherwise leave it and log why."""

@@ -65,6 +65,7 @@ class _Active:
     last_step: list[int] = field(default_factory=list)
     taken: bool = False  # set by the heartbeat thread when another worker ended the trial
     run_key: RunKey | None = None  # HPO_REUSE_RESULTS: where this run's outcome is stored (hpo.worker.results)
+    flushed_at: float = field(default_factory=time.monotonic)  # when its held records were last written
 
 
 class TrialRunner:
@@ -108,6 +109,7 @@ class TrialRunner:
             if result.record:
                 result = self._finish(active, result, run_dir)
         if not result.record:
+            self.shared.drop(trial_id(trial))  # what it still held is never written
             self._log_taken(trial)  # outside trial_logging: nothing more goes into the run directory
         return result
 
@@ -125,6 +127,7 @@ class TrialRunner:
         fixed = s.fixed_params()
         resume_from = trial.user_attrs.get("resume_from")
         params = suggest(trial, self.config.space, fixed)
+        self._flush(active)  # its parameters (and its worker's attributes) at once, in one append
         # Plain writes: they restate what the journal holds, in a fresh directory.
         write_json(run_dir / "params.json", {"params": params, "sampled": trial.params, "fixed": fixed})
         write_json(run_dir / "settings.json", s.as_dict())
@@ -174,8 +177,16 @@ class TrialRunner:
         if len(self.config.directions) > 1:
             return  # Optuna cannot prune multi-objective trials
         active.trial.report(value, step)  # UpdateFinishedTrialError when taken: a row of hpo.worker.outcome
+        if time.monotonic() - active.flushed_at >= self.settings.flush_seconds:
+            self._flush(active)
         if active.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} (value {value:.6g})")
+
+    def _flush(self, active: _Active) -> None:
+        """Write what the trial holds (its reports, attributes) in one append: at most every
+        ``HPO_FLUSH_SECONDS``; its end writes the rest with its state."""
+        self.shared.flush(trial_id(active.trial))
+        active.flushed_at = time.monotonic()
 
     def _check_taken(self, active: _Active) -> None:
         """Raise :class:`TrialTaken` once the trial is known to be ended by another worker:
