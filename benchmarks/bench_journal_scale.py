@@ -4,7 +4,8 @@ Every worker runs PhysAE-shaped trials: ``--params`` float parameters (12), ``--
 intermediate values (40) spread over ``--trial-seconds`` (12), random sampler, no pruning.
 For each folder set (the dev cluster's shared GlusterFS volume through several client
 mounts, workers taking turns; local disk) and each worker count, ``hpo worker`` processes
-run first, then plain Optuna processes (``JournalFileBackend`` + ``JournalFileOpenLock``,
+run first (with the lock file, then with the record lock of ``hpo doctor --prove-lock``),
+then plain Optuna processes (``JournalFileBackend`` + ``JournalFileOpenLock``,
 the same objective through ``trial.suggest_float``/``trial.report``), one after the other.
 
 Per configuration: trials/s in the steady window against the ideal N / trial-seconds, journal
@@ -92,8 +93,9 @@ def objective(params, ctx):
 HPO_WORKER = r'''
 import os, sys
 import bench_common
-from hpo.system import lock
+from hpo.system import kernel_lock, lock
 bench_common.timed(lock.OwnerLock, lambda l: l.lock_file.endswith((".journal.lock", ".slots.lock")))
+bench_common.timed(kernel_lock.KernelLock)
 _exit = os._exit
 def dump_then_exit(code):  # hpo worker ends with os._exit, which skips atexit
     bench_common.dump()
@@ -150,7 +152,7 @@ def start_workers(kind: str, folders: list[Path], rel: Path, n: int, args: argpa
                "OPTUNA_PRUNER": "none", "HPO_DEVICE": "cpu", "JOURNAL_DIR": str(root / "journal"),
                "LOG_DIR": str(root / "logs"), "TRIAL_OUTPUT": str(root / "runs"), "HPO_WORKER_RANK": str(rank),
                "HPO_EXPORT_AT_END": "0", "HPO_SEED_OFFSET": str(rank)}
-        script = root / ("hpo_worker.py" if kind == "hpo" else "plain_worker.py")
+        script = root / ("plain_worker.py" if kind == "plain" else "hpo_worker.py")
         procs.append(subprocess.Popen([sys.executable, str(script)], env=env, cwd=root, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return procs
@@ -172,6 +174,12 @@ def run(kind: str, folders: list[Path], n: int, args: argparse.Namespace) -> dic
         (work / name).write_text(text)
     (work / "journal").mkdir()
     journal = work / "journal" / f"{STUDY}.journal"
+    if kind == "hpo-fcntl":  # prove the record lock in this folder (through a second mount when there is one)
+        via = ["--via", str(folders[1] / rel / "journal")] if len(folders) > 1 else []
+        subprocess.run([sys.executable, "-m", "hpo", "doctor", "--prove-lock", *via], check=True, cwd=work,
+                       env={**os.environ, "JOURNAL_DIR": str(work / "journal"), "HPO_CONFIG": str(work / "bench.yaml"),
+                            "B_PARAMS": "0", "B_REPORTS": "0", "B_SECONDS": "0",
+                            "PYTHONPATH": f"{REPO}{os.pathsep}{work}"}, stdout=subprocess.DEVNULL)
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.time()
     procs = start_workers(kind, folders, rel, n, args)
@@ -237,7 +245,9 @@ def measure(work: Path, journal: Path, n: int, start: float, stop: float, args: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[16, 48, 96])
-    parser.add_argument("--kinds", nargs="+", default=["hpo", "plain"], choices=["hpo", "plain"])
+    parser.add_argument("--kinds", nargs="+", default=["hpo", "hpo-fcntl", "plain"],
+                        choices=["hpo", "hpo-fcntl", "plain"],
+                        help="hpo: the lock file; hpo-fcntl: the record lock, after `hpo doctor --prove-lock`")
     parser.add_argument("--params", type=int, default=12)
     parser.add_argument("--reports", type=int, default=40)
     parser.add_argument("--trial-seconds", type=float, default=12.0)

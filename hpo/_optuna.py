@@ -15,6 +15,7 @@ the one to update (``tests/test_layers.py`` checks that no other module does).
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -64,7 +65,24 @@ class GroupedJournalStorage(JournalStorage):
 
     def __init__(self, log_storage: Any) -> None:
         self._held: dict[int, list[dict[str, Any]]] = {}  # trial id -> its records not written yet
+        # Whether this process's replay ever held a record the file will never have (a taken
+        # trial's dropped records, a failed append): then it must not be compacted.
+        self._diverged = False
         super().__init__(log_storage)
+
+    def view_as_read(self) -> tuple[int, list[FrozenStudy], list[tuple[int, FrozenTrial]]] | None:
+        """What this process has replayed, without reading the file again: how many of the
+        backend's records, the studies and (study id, trial) of every trial, in id order.
+        None when that is not exactly what the file says (records held back now, or dropped
+        ever). Trials are replaced, never changed, by later records: the list stays as read."""
+        with self._thread_lock:
+            if self._diverged or any(self._held.values()):
+                return None
+            replay = self._replay_result
+            studies = [copy.copy(s) for s in replay.get_all_studies()]
+            trials = sorted(((s._study_id, t) for s in studies for t in replay.get_all_trials(s._study_id, None)),
+                            key=lambda st: st[1]._trial_id)
+            return int(replay.log_number_read), studies, trials
 
     def hold(self, tid: int) -> None:
         """From now on, hold this trial's detail records until :meth:`flush` or its end."""
@@ -81,7 +99,7 @@ class GroupedJournalStorage(JournalStorage):
         with self._thread_lock:
             logs, self._held[tid] = self._held.get(tid, []), []
             if logs:
-                self._backend.append_logs(logs)
+                self._append(logs)
             self._sync_with_backend()
         return len(logs)
 
@@ -89,7 +107,9 @@ class GroupedJournalStorage(JournalStorage):
         """Forget what ``tid`` holds and stop holding it (another worker ended the trial:
         nothing more is written for it). Returns how many records were dropped."""
         with self._thread_lock:
-            return len(self._held.pop(tid, []))
+            dropped = len(self._held.pop(tid, []))
+            self._diverged = self._diverged or dropped > 0
+            return dropped
 
     def _write_log(self, op_code: int, extra_fields: dict[str, Any]) -> None:
         tid = extra_fields.get("trial_id")
@@ -102,7 +122,14 @@ class GroupedJournalStorage(JournalStorage):
             self._apply_locally(log)
             return
         logs = self._held.pop(tid) + [log]  # the trial's end (or a pop): written with what it held
-        self._backend.append_logs(logs)
+        self._append(logs)
+
+    def _append(self, logs: list[dict[str, Any]]) -> None:
+        try:
+            self._backend.append_logs(logs)
+        except BaseException:
+            self._diverged = self._diverged or len(logs) > 1  # held records applied here, not written
+            raise
 
     def _apply_locally(self, log: dict[str, Any]) -> None:
         """Apply a held record to this process's replay now, without counting it as read:

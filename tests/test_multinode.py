@@ -9,6 +9,7 @@ the command that starts it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -110,18 +111,32 @@ def test_sigstop_and_sigcont_a_whole_node() -> None:
     wait_until(lambda: not any(proc_state(p) == "T" for p in stopped), 10, "node not resumed", poll=0.1)
 
 
-def test_sbatch_three_nodes_one_study(shared_project: Path) -> None:
-    """``sbatch -N 3 --ntasks-per-node=1``: one worker per node, one study, three hosts."""
+@pytest.mark.parametrize("lock", ["file", "fcntl"])
+def test_sbatch_three_nodes_one_study(shared_project: Path, lock: str) -> None:
+    """``sbatch -N 3 --ntasks-per-node=1``: one worker per node, one study, three hosts, its
+    reports written in groups (every 0.3 s); on the lock file, and on the record lock after
+    ``srun --nodes 2 --ntasks 2 hpo doctor --prove-lock`` proved it across two nodes."""
     nodes = require_multinode(3)
-    env = _study_env(shared_project, MAX_TRIALS="24", TOY_STEP_SECONDS="0.2")
+    env = _study_env(shared_project, MAX_TRIALS="24", TOY_STEP_SECONDS="0.2", HPO_FLUSH_SECONDS="0.3")
+    journal = shared_project / "journal" / f"{STUDY}.journal"
+    if lock == "fcntl":
+        proof = subprocess.run(["srun", "--nodes", "2", "--ntasks", "2", *SMALL_TASKS, sys.executable, "-m", "hpo",
+                                "doctor", "--prove-lock"], cwd=shared_project, env=env, text=True,
+                               capture_output=True, timeout=120)
+        assert proof.returncode == 0, proof.stderr
+        assert re.search(r"record locks are honoured in \S+ \(fuse.glusterfs, 2 client\(s\): n\d, n\d\)",
+                         proof.stdout), proof.stdout
     # --ntasks=3 too: the script's own '#SBATCH --ntasks=4' would conflict with -N 3 x 1 per node
     job = _sbatch(shared_project, ["-N", "3", "--ntasks-per-node=1", "--ntasks=3"], env)
     wait_until(lambda: _squeue_empty(job), 300, f"job {job} still queued")
     log = (shared_project / "logs" / f"hpo-optuna_{job}.log").read_text()
-    study = load_study(shared_project / "journal" / f"{STUDY}.journal", STUDY)
+    study = load_study(journal, STUDY)
     counts = trial_counts(study)
     assert counts["finished"] == 24 and counts["RUNNING"] == 0, (counts, log[-3000:])
     assert {t.user_attrs["host"] for t in study.trials} == set(nodes[:3]), log[-3000:]
+    # Plain Optuna on the submit host's client sees every trial whole: its three reports.
+    assert all(sorted(t.intermediate_values) == [1, 2, 3] for t in study.trials if t.state.name == "COMPLETE")
+    assert Path(f"{journal}.flock").exists() == (lock == "fcntl")
     assert len(list((shared_project / "worker_logs").glob("worker_*.log"))) == 3
     assert "workers finished with status 0" in log
 

@@ -259,6 +259,7 @@ def test_killed_worker_trial_is_reaped_and_retried(toy) -> None:
         ({"STUDY_NAME": "../escape"}, "STUDY_NAME='../escape' is not a valid study name"),
         ({"TRIAL_OUTPUT": "/etc/hostname/runs"}, "TRIAL_OUTPUT='/etc/hostname/runs' is not usable"),
         ({"HPO_CONFIG": "missing.yaml"}, "HPO_CONFIG='missing.yaml': no such config file"),
+        ({"HPO_FLUSH_SECONDS": "-1"}, "HPO_FLUSH_SECONDS='-1' is out of range; valid: a number >= 0 and <= 3600"),
     ],
 )
 @pytest.mark.parametrize("command", ["run", "worker"])

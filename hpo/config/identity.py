@@ -33,13 +33,14 @@ class SchedulerVars:
     ntasks: int  # SLURM_NTASKS (1 when unset)
     restarts: str  # SLURM_RESTART_COUNT ("0" when unset): a requeued job's count
     visible_gpus: str | None  # CUDA_VISIBLE_DEVICES as given by the launcher (None when unset)
+    step_id: str | None = None  # SLURM_STEP_ID
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "SchedulerVars":
         return cls(env.get("SLURM_JOB_ID") or None, env.get("SLURM_ARRAY_JOB_ID") or None,
                    env.get("SLURM_ARRAY_TASK_ID") or None, env.get("SLURM_PROCID") or None,
                    int(env.get("SLURM_NTASKS") or 1), (env.get("SLURM_RESTART_COUNT") or "0").strip(),
-                   env.get("CUDA_VISIBLE_DEVICES"))
+                   env.get("CUDA_VISIBLE_DEVICES"), env.get("SLURM_STEP_ID") or None)
 
     def gpus(self) -> list[str] | None:
         """The GPU ids ``CUDA_VISIBLE_DEVICES`` lists ([] when it hides them all), None when unset."""

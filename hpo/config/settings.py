@@ -34,6 +34,7 @@ from hpo.config.search import PRUNER_NAMES, SAMPLER_NAMES
 from hpo.errors import UsageError
 
 BUDGET_COUNTS = ("finished", "complete")
+JOURNAL_LOCKS = ("auto", "file", "fcntl")  # see hpo.journal.locking
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 RESULTS_DIR = Path("results")  # where hpo export, hpo plot and the end-of-study export write: results/<study>/
 
@@ -136,6 +137,12 @@ FIELDS: tuple[Field, ...] = (
     Field("flush_seconds", "HPO_FLUSH_SECONDS", float_in(0, 3600), 30.0,
           "a running trial's reports and attributes reach the journal in one append at most this late (0: each at "
           "once); its parameters, start and end are written at once"),
+    Field("snapshot_mb", "HPO_SNAPSHOT_MB", float_in(0, 1_000_000), 16.0,
+          "once the journal is past this many MB (and twice what the last snapshot covers), a worker compacts it "
+          "into <journal>.snapshot between two trials, so joining workers replay one record per trial; 0: never"),
+    Field("journal_lock", "HPO_JOURNAL_LOCK", choice(JOURNAL_LOCKS), "auto",
+          "the journal's lock: file (<journal>.lock), fcntl (a record lock, where `hpo doctor --prove-lock` proved "
+          "it), auto (the journal's own; a new one: fcntl where proved); one journal keeps one"),
     Field("seed_offset", "HPO_SEED_OFFSET", int_in(0, 2**62), 0,
           "your own shift of every sampler seed (an independent replicate)"),
     Field("worker_rank", "HPO_WORKER_RANK", optional(int_in(0, 1_000_000)), None,
@@ -179,6 +186,8 @@ class Settings:
     reuse_results: bool
     export_at_end: bool
     flush_seconds: float
+    snapshot_mb: float
+    journal_lock: str
     seed_offset: int
     worker_rank: int | None
     local_workers: int
@@ -193,7 +202,8 @@ class Settings:
     def spec(self) -> "StudySpec":
         """What sharing this study reads of the settings (:class:`StudySpec`)."""
         return StudySpec(self.study_name, self.journal_dir, self.storage, self.max_trials, self.budget_counts,
-                         self.heartbeat_seconds, self.stale_seconds, self.max_retries, self.sampler, self.pruner)
+                         self.heartbeat_seconds, self.stale_seconds, self.max_retries, self.sampler, self.pruner,
+                         self.journal_lock, self.snapshot_mb)
 
     @property
     def launcher(self) -> Launcher:
@@ -279,6 +289,8 @@ class StudySpec:
     max_retries: int
     sampler: str
     pruner: str
+    journal_lock: str = "auto"
+    snapshot_mb: float = 16.0
 
     @property
     def counted_states(self) -> frozenset[str]:

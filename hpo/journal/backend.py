@@ -30,12 +30,16 @@ from optuna.storages.journal import BaseJournalBackend
 
 from hpo._optuna import BaseJournalFileLock, GroupedJournalStorage
 from hpo.errors import StorageError
-from hpo.journal.coherence import read_past, retry_transient
-from hpo.journal.filesystem import needs_read_barrier
+from hpo.journal.coherence import read_from, read_past, retry_transient
+from hpo.journal.filesystem import filesystem_of, needs_read_barrier
 from hpo.journal.format import read_line, split_lines
+from hpo.journal.locking import journal_lock
+from hpo.journal.locking import lock_kind as lock_kind_of
 from hpo.journal.scan import middle_error, rescan_from, scan
+from hpo.journal.snapshot import Snapshot, load_snapshot, snapshot_path
 from hpo.system.files import utc_stamp, write_all, write_new
-from hpo.system.lock import LockLost, OwnerLock, held, make_lock
+from hpo.system.kernel_lock import KernelLock
+from hpo.system.lock import LockLost, OwnerLock, held
 
 _logger = logging.getLogger(__name__)
 
@@ -216,14 +220,26 @@ class GuardedFileBackend(BaseJournalBackend):
     such records offline).
     """
 
-    def __init__(self, file_path: str, lock_obj: BaseJournalFileLock | None = None) -> None:
+    def __init__(self, file_path: str, lock_obj: BaseJournalFileLock | None = None,
+                 snapshot: Snapshot | None = None) -> None:
         self._file_path = file_path
-        self._lock = lock_obj if lock_obj is not None else make_lock(file_path)
+        self._lock = lock_obj if lock_obj is not None else journal_lock(Path(file_path))
         if not os.path.exists(file_path):
             open(file_path, "ab").close()  # as Optuna's backend does: a new journal is an empty file
-        self._log_number_offset: dict[int, int] = {0: 0}  # record number -> byte offset of its line
+        # With a snapshot (hpo.journal.snapshot), record numbers 0..k-1 are its k records and
+        # number k is the file's byte covers_bytes: the numbers are this process's own.
+        self._snapshot = snapshot.records if snapshot is not None else []
+        self._first = len(self._snapshot)  # the first record number that is a line of the file
+        first = (self._first, snapshot.covers_bytes) if snapshot is not None else (0, 0)
+        self._log_number_offset: dict[int, int] = dict([first])  # record number -> byte offset of its line
         self.needs_barrier = needs_read_barrier(file_path)
         self._own: tuple[int, bytes] | None = None  # server size after our last append, and its bytes
+        # On a node-local filesystem every read sees every write: one descriptor is kept and a
+        # read with nothing new costs one fstat (Optuna syncs before every storage call: about
+        # a dozen times a trial). Elsewhere each read opens the file (NFS's close-to-open).
+        mount = filesystem_of(os.path.dirname(os.path.abspath(file_path)))
+        self._keep_open = mount is not None and mount.node_local is True
+        self._read_fd: tuple[int, int] | None = None  # (pid, descriptor)
 
     @property
     def lock(self) -> BaseJournalFileLock:
@@ -231,12 +247,40 @@ class GuardedFileBackend(BaseJournalBackend):
         several, as the budget's check-then-ask does)."""
         return self._lock
 
+    def _read_kept(self, path: str, offset: int) -> bytes:
+        """``read_from`` through the kept descriptor (reopened in a forked child)."""
+        if self._read_fd is None or self._read_fd[0] != os.getpid():
+            self._read_fd = (os.getpid(), os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        fd = self._read_fd[1]
+        size = os.fstat(fd).st_size
+        if size <= offset:
+            return b""
+        chunks = []
+        while offset < size:
+            chunk = os.pread(fd, size - offset, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+
+    def offset_of(self, log_number: int) -> int | None:
+        """The byte offset in the file where record ``log_number`` starts (None: not read yet)."""
+        return self._log_number_offset.get(log_number)
+
     def read_logs(self, log_number_from: int) -> Generator[dict[str, Any], None, None]:
-        start = log_number_from if log_number_from in self._log_number_offset else 0
+        if log_number_from < self._first:
+            if len(self._snapshot) != self._first:
+                raise RuntimeError("the journal's snapshot records were read already")  # Optuna reads forward
+            yield from self._snapshot[log_number_from:]
+            self._snapshot = []  # replayed: free them
+            log_number_from = self._first
+        start = log_number_from if log_number_from in self._log_number_offset else self._first
         offset = self._log_number_offset[start]
         own, self._own = self._own, None
         data = retry_transient("reading the journal", self._file_path,
-                               lambda: read_past(self._file_path, offset, own or (0, b"")))
+                               lambda: read_past(self._file_path, offset, own or (0, b""),
+                                                 read=self._read_kept if self._keep_open else read_from))
         last_error: Exception | None = None
         for log_number, line in enumerate(split_lines(data), start=start):
             if last_error is not None:
@@ -327,8 +371,8 @@ def _ends_whole(fd: int) -> bool:
 
 
 def _fence_holds(lock: BaseJournalFileLock, read_lock_file: bool = True) -> bool:
-    """False (logged) when an OwnerLock's fence finds our hold lost; True for other locks."""
-    if not isinstance(lock, OwnerLock):
+    """False (logged) when hpo's lock's fence finds our hold lost; True for Optuna's locks."""
+    if not isinstance(lock, (OwnerLock, KernelLock)):
         return True
     try:
         lock.fence(read_lock_file)
@@ -338,18 +382,32 @@ def _fence_holds(lock: BaseJournalFileLock, read_lock_file: bool = True) -> bool
     return True
 
 
-def open_journal(journal_path: Path, should_stop: Callable[[], bool] | None = None) -> JournalStorage:
+def open_journal(journal_path: Path, should_stop: Callable[[], bool] | None = None,
+                 lock_kind: str = "auto") -> JournalStorage:
     """The journal at ``journal_path`` as every worker opens it: its torn/NUL/garbage tail
     (a writer that died mid-append) cut first, and guarded against one at every append.
     Damage in the middle raises StorageError naming the byte offset (then: ``hpo doctor``
-    / ``hpo repair``). ``should_stop`` is polled by every wait for its lock."""
+    / ``hpo repair``). ``should_stop`` is polled by every wait for its lock; ``lock_kind``
+    is ``HPO_JOURNAL_LOCK`` (:mod:`hpo.journal.locking`: the journal keeps its own)."""
+    lock_kind_of(journal_path, lock_kind)  # a contradiction is refused before anything is written
     journal_path.parent.mkdir(parents=True, exist_ok=True)
-    lock = make_lock(journal_path, should_stop)
+    lock = journal_lock(journal_path, lock_kind, should_stop)
     # The quick tail check reads only the end of the file; the full scan (as slow as
     # Optuna's own replay) runs only when the replay fails, to name the damage.
     cut = repair_tail(journal_path, lock, check_middle=False)
     if cut is not None:
         _logger.warning("%s", cut.message())
+    snapshot = load_snapshot(journal_path)
+    if snapshot is not None:
+        try:
+            storage = GroupedJournalStorage(GuardedFileBackend(str(journal_path), lock_obj=lock, snapshot=snapshot))
+            _logger.info("replayed %s (%d trials in %d records, for the journal's first %.1f MB), then the rest",
+                         snapshot_path(journal_path).name, snapshot.trials, len(snapshot.records),
+                         snapshot.covers_bytes / 1e6)
+            return storage
+        except Exception as exc:  # noqa: BLE001 - the snapshot is only a cache: replay the journal instead
+            _logger.warning("%s: replaying it failed (%s: %s); replaying the whole journal", snapshot_path(journal_path),
+                            type(exc).__name__, exc)
     try:
         return GroupedJournalStorage(GuardedFileBackend(str(journal_path), lock_obj=lock))
     except Exception as exc:  # Optuna raises bare KeyError/ValueError on damage

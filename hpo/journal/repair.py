@@ -26,6 +26,7 @@ import secrets
 import shutil
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from optuna.storages import JournalStorage
@@ -43,9 +44,12 @@ from hpo.journal._plan import (
     render_findings,
 )
 from hpo.journal.filesystem import Mount, filesystem_of, filesystem_warning, visibility_warning
+from hpo.journal.locking import journal_lock, kernel_lock_file
 from hpo.journal.scan import scan
+from hpo.journal.snapshot import snapshot_path
 from hpo.system.files import fsync_dir, utc_stamp, write_new
-from hpo.system.lock import describe_holder, held, holder, make_lock
+from hpo.system.kernel_lock import describe_kernel_holder, kernel_holder
+from hpo.system.lock import describe_holder, held, holder
 
 _logger = logging.getLogger(__name__)
 
@@ -84,7 +88,10 @@ class Report:
         fs = self.filesystem
         lines.append(f"filesystem: {fs.fstype} mounted at {fs.mount_point}" if fs else "filesystem: unknown")
         for name, info in self.locks.items():
-            lines.append(f"{name} lock: {describe_holder(info)}")
+            if name == "journal (record lock)":
+                lines.append(f"{name}: {describe_kernel_holder(info)}")
+            else:
+                lines.append(f"{name} lock: {describe_holder(info)}")
         lines.append("Optuna loads it: " + ("yes" if self.optuna_error is None else f"NO ({self.optuna_error})"))
         lines += [f"WARNING: {w}" for w in self.warnings]
         if not self.findings:
@@ -114,7 +121,10 @@ def doctor(path: str | os.PathLike[str], mounts: str = "/proc/mounts") -> Report
     mount = filesystem_of(os.path.dirname(os.path.abspath(path)), mounts)
     directory = os.path.dirname(os.path.abspath(path))
     warnings = tuple(w for w in [filesystem_warning(mount), visibility_warning(directory, None, mounts)] if w)
-    locks = {"journal": holder(path), "slots": holder(f"{path}.slots")}
+    locks: dict[str, dict[str, Any] | None] = {"journal": holder(path), "slots": holder(f"{path}.slots")}
+    if kernel_lock_file(Path(path)).exists():
+        # The journal's writers take the record lock; a lock file there is a plain Optuna writer's.
+        locks = {"journal (record lock)": kernel_holder(path), "plain Optuna writers' file": locks["journal"]}
     return Report(path, plan.size, plan.records, tuple(plan.findings), affected_trials(plan.findings),
                   mount, warnings, _optuna_error(path), locks)
 
@@ -172,7 +182,7 @@ def repair(path: str | os.PathLike[str], lock: BaseJournalFileLock | None = None
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UsageError(f"{path}: no such journal file")
-    with held(make_lock(path) if lock is None else lock):
+    with held(journal_lock(Path(path)) if lock is None else lock):
         with open(path, "rb") as f:
             data = f.read()
         plan = make_plan(path, data)
@@ -206,6 +216,7 @@ def _rewrite(plan: Plan, original: bytes) -> RepairResult:
     quarantine = write_new(f"{path}.quarantine-{stamp}.jsonl", _quarantine_lines(plan.quarantined))
     backup = write_new(f"{path}.bak-{stamp}", original)
     shutil.copystat(path, backup)
+    snapshot_path(Path(path)).unlink(missing_ok=True)  # it compacted the journal before the repair
     os.replace(tmp, path)
     fsync_dir(path)
     _logger.info("repaired %s: %d finding(s); backup %s, quarantine %s",

@@ -8,6 +8,7 @@ from __future__ import annotations
 from hpo.config.settings import Settings
 from hpo.config.study import Launch, StudyConfig
 from hpo.errors import UsageError
+from hpo.journal.locking import lock_kind
 from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.provenance import ConfigMode, check_unchanged, reconcile, record_launch
 from hpo.system.slurm import record_jobs
@@ -40,6 +41,9 @@ def prepare(launch: Launch, mode: ConfigMode, launcher: str) -> Launch:
     (stored the first time; with ``--reuse-stored`` the stored one is what runs) and
     the launch recorded."""
     check_runnable(launch.settings, launch.config)
+    for settings, _ in launch.studies:
+        if not settings.storage:
+            lock_kind(settings.journal_path, settings.journal_lock)  # one journal, one lock: refused here
     if mode is ConfigMode.CHECK:
         for settings, config in launch.studies:
             check_unchanged(settings, config)

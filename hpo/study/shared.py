@@ -12,6 +12,7 @@ lock: there it is ``<journal>.slots.lock`` in ``JOURNAL_DIR``, shared by every w
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from hpo._optuna import (
 from hpo.errors import StudyMismatch, UsageError
 from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.storage import open_storage
+from hpo.journal import snapshot
 from hpo.journal.backend import GuardedFileBackend
 from hpo.system.lock import held, make_lock
 from hpo.system.logs import quiet_optuna
@@ -180,6 +182,27 @@ class SharedStudy:
     def drop(self, tid: int) -> int:
         """Forget what ``tid`` holds: another worker ended it; nothing more is written for it."""
         return self.storage.drop(tid) if isinstance(self.storage, GroupedJournalStorage) else 0
+
+    def snapshot_if_due(self) -> int | None:
+        """Between two trials: compact the journal read so far into ``<journal>.snapshot``
+        when it has doubled since the last one (:mod:`hpo.journal.snapshot`), unless another
+        worker is at it. Returns the bytes it covers, when one was written."""
+        storage = self.storage
+        backend = journal_backend(storage)
+        if not isinstance(storage, GroupedJournalStorage) or backend is None:
+            return None
+        path = self.spec.journal_path
+        if not snapshot.due(path, os.path.getsize(path), self.spec.snapshot_mb * 1e6) or not snapshot.claim(path):
+            return None
+        try:
+            start = time.monotonic()
+            covers = snapshot.write_snapshot(path, storage)
+        finally:
+            snapshot.unclaim(path)
+        if covers is not None:
+            _logger.info("compacted the first %.0f MB of %s into %s in %.1f s (a joining worker replays that)",
+                         covers / 1e6, path.name, snapshot.snapshot_path(path).name, time.monotonic() - start)
+        return covers
 
     def slots(self) -> ContextManager[None]:
         """Serialise check-then-ask across every worker of the study."""

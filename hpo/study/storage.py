@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 def open_storage(spec: "StudySpec", should_stop: Callable[[], bool] | None = None) -> optuna.storages.BaseStorage:
     """The study's storage; ``should_stop`` is polled by every wait for the journal's lock."""
     if not spec.storage:
-        return open_journal(spec.journal_path, should_stop)
+        return open_journal(spec.journal_path, should_stop, spec.journal_lock)
     return optuna.storages.RDBStorage(
         spec.storage,
         heartbeat_interval=max(1, int(spec.heartbeat_seconds)),

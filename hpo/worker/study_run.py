@@ -106,6 +106,7 @@ class StudyRun:
             if stop is not None:
                 return stop
             self._reap()
+            self.shared.snapshot_if_due()
 
     def _run_one(self, trial: optuna.Trial) -> Stop | None:
         result = self.runner.run(trial, self.limits.flag.requested)
