@@ -89,3 +89,14 @@ def test_a_long_wait_is_logged_once_then_every_ten_seconds(tmp_path: Path, clock
     assert waits == [("INFO", "waiting 1 s"), ("WARNING", "waiting 11 s"), ("WARNING", "waiting 21 s")]
     first = next(r.message for r in caplog.records if r.message.startswith("waiting"))
     assert first.startswith(f"waiting 1 s for {tmp_path / 'j.lock'}: held by pid 7 on node-b (refreshed ")
+
+
+def test_a_lock_that_vanishes_on_every_look_does_not_spin(tmp_path: Path, clock: Clock,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A create that fails on a file no look can see (a negative-entry cache): sleep between tries."""
+    lock = OwnerLock(tmp_path / "j", grace_seconds=3, refresh_seconds=1)
+    monkeypatch.setattr(lock, "_try_create", lambda path, token: False)
+    monkeypatch.setattr(L, "_look", lambda path: None)
+    with pytest.raises(LockTimeout):
+        lock.acquire(timeout=1)
+    assert clock.sleeps[:3] == [0.001, 0.002, 0.004] and max(clock.sleeps) == 0.05 and len(clock.sleeps) < 40

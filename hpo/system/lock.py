@@ -539,7 +539,8 @@ class OwnerLock(BaseJournalFileLock):
                     if not gone_before:
                         gone_before, sleep = True, _FIRST_SLEEP
                         continue
-                gone_before = False
+                else:
+                    gone_before = False  # seen held: the next release is retried at once again
             except OSError as err:
                 if not _volatile(err):
                     raise
