@@ -345,7 +345,7 @@ def config_path(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[Path,
         return _config_path("--config", flags["config"]), "flag:--config"
     if env.get(CONFIG_ENV):
         return _config_path(CONFIG_ENV, env[CONFIG_ENV]), f"env:{CONFIG_ENV}"
-    return _config_path("default config", default_config_path()), "default"
+    return _config_path("default config", str(default_config_path())), "default"
 
 
 def check_declared(where: str, declared: tuple[Field, ...], module_fields: tuple[Field, ...]) -> None:

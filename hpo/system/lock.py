@@ -543,7 +543,8 @@ class OwnerLock(BaseJournalFileLock):
                     if not gone_before:
                         gone_before, sleep = True, _FIRST_SLEEP
                         continue
-                gone_before = False
+                else:
+                    gone_before = False  # seen held: the next release is retried at once again
             except OSError as err:
                 if not _volatile(err):
                     raise
@@ -553,10 +554,10 @@ class OwnerLock(BaseJournalFileLock):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise LockTimeout(f"{self.lock_file}: not acquired in {now - waited_since:.1f} s; "
-                                  f"held by {describe_lock(self.lock_file[:-len(LOCK_SUFFIX)])}")
+                                  f"{describe_lock(self.lock_file[:-len(LOCK_SUFFIX)])}")
             if now >= next_notice:
                 log = _logger.info if next_notice == waited_since + _FIRST_NOTICE else _logger.warning
-                log("waiting %.0f s for %s, held by %s%s", now - waited_since, self.lock_file,
+                log("waiting %.0f s for %s: %s%s", now - waited_since, self.lock_file,
                     describe_lock(self.lock_file[:-len(LOCK_SUFFIX)]),
                     f" (last error: {trouble})" if trouble else "")
                 next_notice = now + _WARN_EVERY
