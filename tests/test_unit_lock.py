@@ -59,6 +59,18 @@ def elsewhere(token: str = "t" * 32, pid: int = 7) -> dict[str, Any]:
     return {"host": "node-b", "pid": pid, "token": token, "acquired_at": "2026-01-01T00:00:00.000+00:00"}
 
 
+def uncertain(lock: OwnerLock) -> None:
+    """Our hold was confirmed a refresh period ago: the fence reads the lock file again
+    (a hold confirmed just now is certain without that read)."""
+    lock._confirmed_at -= lock.refresh_seconds
+
+
+def stalled(lock: OwnerLock) -> None:
+    """We stalled for a grace period since our hold was confirmed (only then can another
+    process have broken it): release takes the careful path, not one unlink."""
+    lock._confirmed_at -= lock.grace_seconds
+
+
 def files(folder: Path) -> list[str]:
     return sorted(os.listdir(folder))
 
@@ -662,6 +674,7 @@ def test_the_fence_stops_a_holder_whose_lock_was_taken(tmp_path: Path) -> None:
     lock = OwnerLock(tmp_path / "j")
     with lock:
         plant(tmp_path / "j", elsewhere())
+        uncertain(lock)
         with pytest.raises(LockLost) as err:
             lock.fence()
         assert str(err.value) == (f"{tmp_path / 'j.lock'}: broken while we held it, now pid 7 on node-b "
@@ -678,6 +691,7 @@ def test_the_fence_stops_a_holder_that_cannot_read_its_lock(tmp_path: Path, monk
     lock = OwnerLock(tmp_path / "j", grace_seconds=0.4, refresh_seconds=0.1)
     with lock:
         monkeypatch.setattr(L, "_look", lambda p: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+        uncertain(lock)
         with pytest.raises(LockLost) as err:
             lock.fence()
         monkeypatch.undo()
@@ -701,6 +715,7 @@ def test_release_leaves_another_owners_lock_and_says_so(tmp_path: Path, caplog: 
     lock = OwnerLock(tmp_path / "j")
     lock.acquire()
     plant(tmp_path / "j", elsewhere())
+    stalled(lock)
     lock.release()
     assert json.loads((tmp_path / "j.lock").read_text()) == elsewhere() and files(tmp_path) == ["j.lock"]
     assert (f"{tmp_path / 'j.lock'} was taken over by pid 7 on node-b (since 2026-01-01T00:00:00.000+00:00) while we "
@@ -712,6 +727,7 @@ def test_release_after_the_fence_stopped_our_write_warns_only(tmp_path: Path,
     lock = OwnerLock(tmp_path / "j")
     lock.acquire()
     plant(tmp_path / "j", elsewhere())
+    uncertain(lock)
     with pytest.raises(LockLost):
         lock.fence()
     lock.release()
@@ -743,6 +759,7 @@ def test_release_that_moved_a_newer_lock_puts_it_back(tmp_path: Path, monkeypatc
         real_rename(src, dst)
 
     monkeypatch.setattr(L.os, "rename", rename)
+    stalled(lock)
     lock.release()
     assert json.loads((tmp_path / "j.lock").read_text()) == elsewhere() and files(tmp_path) == ["j.lock"]
     assert any("was taken over by pid 7 on node-b" in m for m in caplog.messages)
@@ -760,6 +777,7 @@ def test_release_retries_a_false_enoent_of_its_own_lock(tmp_path: Path, monkeypa
         real_rename(src, dst)
 
     monkeypatch.setattr(L.os, "rename", rename)
+    stalled(lock)
     lock.release()
     assert len(calls) == 2 and files(tmp_path) == []
 
