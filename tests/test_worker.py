@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -292,6 +293,36 @@ def test_ctrl_c_stops_every_local_worker_cleanly(toy) -> None:
     assert states(study)["RUNNING"] == 0
     interrupted = [t for t in study.trials if t.state.name == "FAIL"]
     assert len(interrupted) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in interrupted)
+
+
+def test_a_second_ctrl_c_stops_the_trial_at_once(toy) -> None:
+    """Ctrl-C in a terminal reaches `hpo run` and its worker. The first lets the trial end
+    at its next step (30 s away here); a second ends it at once: the trial, stopped inside
+    its first step, ends FAIL ``interrupted`` with no step reported, and `hpo run` exits 130."""
+    cwd, env = toy(TOY_STEP_SECONDS="30", OPTUNA_PRUNER="none")
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", "--workers", "1"], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: "trial 0 started" in first_log(cwd), what="trial 0 to start")
+        os.killpg(proc.pid, signal.SIGINT)
+        first = "interrupt: workers are ending their trials (Ctrl-C again to stop at once)\n"
+        wait_for(lambda: first in said, what="hpo run to take the first Ctrl-C")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130  # a hang guard: a trial that runs on ends after 30 s
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        reader.join(timeout=10)
+    (trial,) = load_study(cwd / "optuna_journal/toy.journal", "toy").trials
+    assert (trial.state.name, trial.user_attrs["reason"], trial.intermediate_values) == ("FAIL", "interrupted", {})
+    assert said.count(first) == 2, said  # one line per Ctrl-C
+    assert re.search(r" INFO worker \S+ stopped: interrupted \(ran 1 trial\(s\) in [\d.]+s; study: 0 complete, "
+                     r"0 pruned, 1 fail, 0 running\)$", first_log(cwd), re.M), first_log(cwd)
 
 
 def test_submit_local_runs_the_same_workers_through_submitit(toy) -> None:

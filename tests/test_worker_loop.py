@@ -305,6 +305,8 @@ def test_signals_set_the_flag_and_objectives_see_the_label() -> None:
     assert (flag.stop, flag.requested()) == (Stop.PREEMPTED, "preempted")
     with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
         flag._on_signal(signal.SIGINT, None)
+    flag._on_signal(signal.SIGINT, None)  # a third (hpo run passes Ctrl-C on too) lets the trial's end be written
+    assert (flag.stop, flag.interrupts) == (Stop.PREEMPTED, 3)
 
 
 # -- one study's loop on a real journal ----------------------------------------------------------

@@ -122,8 +122,11 @@ class StopFlag:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT:
             self.interrupts += 1
-            if self.interrupts > 1:
-                raise KeyboardInterrupt  # second Ctrl-C: stop now, mid-epoch
+            if self.interrupts == 2:
+                # Second Ctrl-C: stop now, mid-epoch. Only once: a worker of `hpo run` gets
+                # each Ctrl-C from the terminal and again from `hpo run`, and another raise
+                # while the trial's end is written would leave the trial RUNNING.
+                raise KeyboardInterrupt
             self.stop = self.stop or Stop.INTERRUPTED
         else:
             self.stop = Stop.PREEMPTED
