@@ -223,9 +223,37 @@ def test_enqueue_from_file_and_from_study(toy) -> None:
     assert load_study(cwd / "optuna_journal/toy.journal", "toy").trials[0].params == {"x": 1.25}
     (cwd / "bad.yaml").write_text("x: 9\n")
     bad = run_hpo(["enqueue", "bad.yaml"], cwd, env)
-    assert bad.returncode == 2 and "x=9 is outside its range" in bad.stderr
+    assert (bad.returncode, bad.stderr) == (2, "hpo: error: file bad.yaml[0]: x=9 is outside its range\n")
     other = run_hpo(["enqueue", "--from-study", "nope"], cwd, env)
-    assert other.returncode == 2 and "no such study" in other.stderr
+    assert (other.returncode, other.stderr) == (
+        2, "hpo: error: --from-study 'nope': no such study in optuna_journal; existing: toy\n")
+    assert len(load_study(cwd / "optuna_journal/toy.journal", "toy").trials) == 1
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_study_name_that_is_not_there_is_refused_naming_the_studies_there(toy) -> None:
+    """Commands that read a study refuse a name with no study (a typo), exit 2, list the
+    studies of JOURNAL_DIR and write nothing: no empty journal for the typo. Only
+    launches create a study."""
+    cwd, env = toy()
+    assert run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "1"}).returncode == 0
+    before = _files(cwd)
+    refusals = {
+        ("reap", "--study-name", "nope"): "STUDY_NAME='nope': no such study in optuna_journal; existing: toy",
+        ("enqueue", "--from-study", "nope"): "--from-study 'nope': no such study in optuna_journal; existing: toy",
+        ("refine", "--from", "nope"): "--from-study 'nope': no such study in optuna_journal; existing: toy",
+        ("retrain", "--study-name", "nope"): "no journal 'optuna_journal/nope.journal' for STUDY_NAME='nope'; "
+        "studies there: 'toy'; check JOURNAL_DIR and STUDY_NAME (or start the study with `hpo run` / `hpo worker`)",
+        ("status", "--study-name", "nope"): "no journal 'optuna_journal/nope.journal' for STUDY_NAME='nope'; "
+        "studies there: 'toy'; check JOURNAL_DIR and STUDY_NAME (or start the study with `hpo run` / `hpo worker`)",
+    }
+    for args, message in refusals.items():
+        result = run_hpo(list(args), cwd, env)
+        assert (result.returncode, result.stderr) == (2, f"hpo: error: {message}\n"), args
+    assert _files(cwd) == before
 
 
 @pytest.mark.parametrize(

@@ -241,10 +241,16 @@ def test_journal_edge_cases_replay_like_optuna(tmp_path: Path) -> None:
 
 
 def test_missing_journal_or_study_is_a_usage_error(single: Study) -> None:
+    """A study name or folder that holds no study: exit 2, naming the journal looked for and
+    the studies that are there."""
     code, out = invoke(["status", "--json", "--study-name", "nope"], single.inproc_env())
-    assert code == 2 and "nope" in out and "single" in out
+    assert (code, out) == (2, f"no journal '{single.root}/optuna_journal/nope.journal' for STUDY_NAME='nope'; "
+                              "studies there: 'single'; check JOURNAL_DIR and STUDY_NAME (or start the study with "
+                              "`hpo run` / `hpo worker`)")
     code, out = invoke(["status", "--journal-dir", str(single.root / "elsewhere")], single.inproc_env())
-    assert code == 2 and "JOURNAL_DIR" in out
+    assert (code, out) == (2, f"no journal '{single.root}/elsewhere/single.journal' for STUDY_NAME='single'; "
+                              "studies there: none; check JOURNAL_DIR and STUDY_NAME (or start the study with "
+                              "`hpo run` / `hpo worker`)")
 
 
 # -- status -----------------------------------------------------------------------------------------
