@@ -92,18 +92,27 @@ def test_failed_trials_do_not_count_toward_max_trials(toy) -> None:
 
 
 def test_trials_per_worker_and_timeout(toy) -> None:
+    """TRIALS_PER_WORKER stops the worker after exactly that many trials; TIMEOUT_SECONDS
+    stops it before a trial that would not fit, so no trial is cut short: every trial it
+    started is COMPLETE, and its last line counts them."""
     cwd, env = toy()
     result = run_hpo(["worker"], cwd, {**env, "TRIALS_PER_WORKER": "2", "OPTUNA_PRUNER": "none"})
     assert result.returncode == 0, result.stderr
-    assert "worker stopped: trials per worker" in result.stderr
-    assert len(load_study(cwd / "optuna_journal/toy.journal", "toy").trials) == 2
+    assert re.search(r"^worker stopped: trials per worker; log: optuna_logs/worker_\S+\.log$", result.stderr, re.M)
+    assert states(load_study(cwd / "optuna_journal/toy.journal", "toy")) == Counter({"COMPLETE": 2})
 
     timed = run_hpo(["worker"], cwd, {**env, "TIMEOUT_SECONDS": "1.5", "TOY_STEP_SECONDS": "0.2",
                                       "OPTUNA_PRUNER": "none"})
     assert timed.returncode == 0, timed.stderr
-    assert "not starting another trial" in timed.stderr and "worker stopped: time budget" in timed.stderr
-    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
-    assert 3 <= len(study.trials) <= 5 and states(study)["RUNNING"] == 0
+    assert len(re.findall(r" INFO not starting another trial: \d+\.\ds elapsed \+ \d+\.\ds estimated > 1\.5s budget "
+                          r"\(TIMEOUT_SECONDS or the SLURM time limit\)$", timed.stderr, re.M)) == 1, timed.stderr
+    stopped = re.search(r" INFO worker \S+ stopped: time budget \(ran (\d+) trial\(s\) in [\d.]+s; study: (\d+) "
+                        r"complete, 0 pruned, 0 fail, 0 running\)$", timed.stderr, re.M)
+    assert stopped, timed.stderr
+    ran = int(stopped[1])
+    assert ran >= 1 and len(re.findall(r" INFO trial \d+ started on ", timed.stderr)) == ran
+    assert int(stopped[2]) == 2 + ran
+    assert states(load_study(cwd / "optuna_journal/toy.journal", "toy")) == Counter({"COMPLETE": 2 + ran})
 
 
 def start_worker(cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:

@@ -182,6 +182,6 @@ class Limits:
         estimate = next_trial_seconds()
         if elapsed + estimate <= self.budget_seconds:
             return None
-        _logger.info("not starting another trial: %.0fs elapsed + %.0fs estimated > %.0fs budget "
+        _logger.info("not starting another trial: %.1fs elapsed + %.1fs estimated > %.1fs budget "
                      "(TIMEOUT_SECONDS or the SLURM time limit)", elapsed, estimate, self.budget_seconds)
         return Stop.TIME_SPENT if elapsed >= self.budget_seconds else Stop.TRIAL_WOULD_NOT_FIT
