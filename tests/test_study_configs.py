@@ -17,7 +17,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import REPO, clean_env, load_study, run_hpo
+from conftest import REPO, clean_env, load_study, missing, run_hpo
 
 EXAMPLES = REPO / "configs/examples"
 TINY_PHYSAE = {"N_TRAIN": "256", "N_VAL": "64", "N_POINTS": "64", "BATCH_SIZE": "64",
@@ -282,15 +282,12 @@ def test_bad_config_exits_2_naming_the_key_path(toy, text: str, message: str) ->
 def postgres() -> Iterator[str]:
     """A real PostgreSQL server on loopback, started for the test and stopped after."""
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-    problem = None if bins else "PostgreSQL is not installed (apt-get install postgresql)"
+    if not bins:
+        missing("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin)", "apt-get install postgresql")
     try:
         import psycopg2  # noqa: F401
     except ImportError:
-        problem = problem or "psycopg2 is not installed"
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+        missing("psycopg2 is not installed (the PostgreSQL driver of HPO_STORAGE)", "pip install -e '.[test]'")
     bin_dir = bins[-1]
     # Not under pytest's tmp dir: the server runs as the postgres user, who cannot enter root's 0700 folders.
     root = Path(tempfile.mkdtemp(prefix="hpo-pg-"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import queue
 import shutil
 import socket
@@ -18,7 +17,7 @@ from typing import Any, Iterator
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import clean_env, load_study, run_hpo
+from conftest import clean_env, load_study, missing, run_hpo
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.cli import cli
@@ -599,9 +598,7 @@ def test_report_is_one_self_contained_html(single: Study, tmp_path: Path) -> Non
     assert f"trial <b>{single.optuna().best_trial.number}</b>" in text
     browser = shutil.which("chromium-headless-shell") or shutil.which("chromium")
     if browser is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI needs a headless chromium: apt-get install chromium-headless-shell")
-        pytest.skip("no headless chromium here (apt-get install chromium-headless-shell) to screenshot the report")
+        missing("no headless Chromium here to screenshot the report", "apt-get install chromium-headless-shell")
     shot = tmp_path / "report.png"
     subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
                     "--window-size=1200,2000", page.as_uri()], capture_output=True, timeout=60, check=True)
