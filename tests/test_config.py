@@ -86,7 +86,7 @@ space:
         assert ("momentum" in params) == (params["optimizer"] == "sgd")
         assert ("momentum" in trial.params) == (params["optimizer"] == "sgd")
         study.tell(trial, 0.0)
-    assert seen["adam"] > 10 and seen["sgd"] > 10
+    assert seen == {"adam": 25, "sgd": 35}  # RandomSampler(seed=0) draws both branches: both were checked
 
 
 def test_fixed_parameters_are_not_sampled() -> None:
