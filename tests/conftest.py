@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import optuna
 import pytest
@@ -23,6 +23,16 @@ space:
 # Exports and figures at the end of a study (HPO_EXPORT_AT_END, on by default) are tested
 # in test_workflows.py; elsewhere they would only add seconds to every finished study.
 os.environ.setdefault("HPO_EXPORT_AT_END", "0")
+
+
+SETUP = "bash scripts/setup.sh --test-services"
+
+
+def missing(what: str, install: str) -> NoReturn:
+    """Fail a test whose service or program is missing, saying what to install. Never a
+    skip: the README's set-up (``scripts/setup.sh --test-services``) installs all of them,
+    and a skip would pass silently on a machine that lacks one."""
+    pytest.fail(f"{what}; install it: {install} (the README's set-up does all: {SETUP})", pytrace=False)
 
 
 def clean_env(**extra: str) -> dict[str, str]:

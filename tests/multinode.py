@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import optuna
-import pytest
 
-from conftest import REPO, load_study
+from conftest import REPO, load_study, missing
 
 __all__ = [
     "MODES", "SHARED", "SHARED_STRICT", "VOLUMES", "brick_pid", "cluster_nodes", "init_pid", "kill_node",
@@ -74,18 +73,15 @@ def _is_glusterfs(path: Path) -> bool:
 
 
 def require_multinode(min_nodes: int) -> list[str]:
-    """The nodes, or skip (fail under CI=true) with the command that starts the cluster."""
+    """The nodes; a test fails (never skips) with the command that starts the cluster."""
     nodes = cluster_nodes()
     problems = []
     if len(nodes) < min_nodes:
         problems.append(f"{len(nodes)} namespaced node(s) running, {min_nodes} needed")
     problems += [f"{p} is not a GlusterFS mount" for p in MODES.values() if not _is_glusterfs(p)]
     if problems:
-        message = (f"multi-node dev cluster not available ({'; '.join(problems)}); start it: "
-                   f"bash slurm/dev-cluster/cluster.sh start --nodes 3")
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(f"multi-node dev cluster not available ({'; '.join(problems)})",
+                "bash slurm/dev-cluster/cluster.sh install && bash slurm/dev-cluster/cluster.sh start --nodes 3")
     return nodes
 
 

@@ -94,10 +94,22 @@ def two_costs(params: dict[str, Any], ctx: TrialContext) -> tuple[float, float]:
     return x ** 2, (x - 2) ** 2 + (params["momentum"] if params["optimizer"] == "sgd" else 0.0)
 
 
-def slow_two(params: dict[str, Any], ctx: TrialContext) -> tuple[float, float]:
-    """Two objectives (error, seconds); steps of 0.05 s, or 1 s when x > 3 (a slow trial)."""
-    start = time.perf_counter()
+def _uneven_steps(x: float, ctx: TrialContext) -> None:
+    """Five reported steps of x / 20 s each (0 <= x <= 3), or of 1 s when x > 3 (a slow
+    trial): fast trials of different lengths, so their mean and std differ."""
     for step in range(1, 6):
-        time.sleep(1.0 if params["x"] > 3 else 0.05)
-        ctx.report(step, abs(params["x"]))
+        time.sleep(1.0 if x > 3 else x / 20)
+        ctx.report(step, abs(x))
+
+
+def uneven(params: dict[str, Any], ctx: TrialContext) -> float:
+    """One objective over :func:`_uneven_steps`: for time pruning."""
+    _uneven_steps(params["x"], ctx)
+    return abs(params["x"])
+
+
+def slow_two(params: dict[str, Any], ctx: TrialContext) -> tuple[float, float]:
+    """Two objectives (error, seconds) over :func:`_uneven_steps`."""
+    start = time.perf_counter()
+    _uneven_steps(params["x"], ctx)
     return abs(params["x"]), time.perf_counter() - start

@@ -11,7 +11,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import clean_env, load_study, run_hpo, tree
+from conftest import clean_env, load_study, missing, run_hpo, tree
 
 from hpo.config.space import suggest
 from hpo.config.study import load_config, parse_config
@@ -86,7 +86,7 @@ space:
         assert ("momentum" in params) == (params["optimizer"] == "sgd")
         assert ("momentum" in trial.params) == (params["optimizer"] == "sgd")
         study.tell(trial, 0.0)
-    assert seen["adam"] > 10 and seen["sgd"] > 10
+    assert seen == {"adam": 25, "sgd": 35}  # RandomSampler(seed=0) draws both branches: both were checked
 
 
 def test_fixed_parameters_are_not_sampled() -> None:
@@ -135,14 +135,17 @@ def test_objective_package_beside_the_config_imports_without_pythonpath(tmp_path
     assert all(t.value == pytest.approx((t.params["x"] - 1) ** 2 + 3) for t in trials)
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="python -P (no current folder on sys.path) is 3.11+")
 def test_objective_package_in_the_current_folder_imports_without_pythonpath(tmp_path: Path) -> None:
-    """mypkg/ in the current folder, the config elsewhere; ``python -P`` puts no folder of
-    its own on sys.path, as the ``hpo`` console script does not."""
+    """mypkg/ in the current folder, the config elsewhere, run as a user runs it: the ``hpo``
+    console script, which puts its own folder on sys.path, not the current one (on every
+    Python: ``python -P`` would be 3.11+). The launcher imports the objective itself."""
+    script = Path(sys.executable).with_name("hpo")
+    if not script.is_file():
+        missing(f"no `hpo` console script beside {sys.executable}", "pip install -e '.[test]'")
     _user_package(tmp_path)
     _user_config(tmp_path / "configs" / "cfg.yaml")
     env = clean_env(MAX_TRIALS="1", OPTUNA_PRUNER="none")
-    run = subprocess.run([sys.executable, "-P", "-m", "hpo", "run", "--config", "configs/cfg.yaml"], cwd=tmp_path,
+    run = subprocess.run([str(script), "run", "--config", "configs/cfg.yaml"], cwd=tmp_path,
                          env=env, text=True, capture_output=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert [t.state.name for t in load_study(tmp_path / "optuna_journal/mine.journal", "mine").trials] == ["COMPLETE"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import signal
@@ -39,7 +40,7 @@ def test_kill_storm_loses_nothing(toy) -> None:
     for w in workers:
         w.kill()
         w.wait()
-    assert kills >= 20
+    assert kills == 20, f"{kills} kills before the deadline"
     # Let the study finish without kills.
     done = run_hpo(["run", "--workers", "2"], cwd, env, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -63,6 +64,51 @@ def test_kill_storm_loses_nothing(toy) -> None:
     lineage = Counter(t.user_attrs["retry_origin"] for t in study.trials if "retry_origin" in t.user_attrs)
     assert all(n <= 3 for n in lineage.values()), lineage
     assert states["FAIL"] >= 1  # the storm did hit trials in flight
+
+
+def test_a_trial_whose_slurm_job_left_the_queue_is_failed_at_once(toy, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A RUNNING trial whose SLURM job (user attribute ``slurm_job_id``) is no longer in the
+    queue is failed ``worker lost`` by the next reap, though its heartbeat is fresh, and
+    retried with the same parameters; a trial whose job is still queued is left alone, and so
+    is every trial while squeue cannot answer. ``squeue`` is a literal answer here."""
+    from hpo.config.study import load_launch
+    from hpo.errors import SchedulerError
+    from hpo.study.shared import open_study
+    from hpo.system import slurm
+    from hpo.worker.recovery import reap, write_beat
+
+    cwd, env = toy()
+    settings, config = load_launch({}, {**env, "JOURNAL_DIR": str(cwd / "optuna_journal")}).one()
+    shared = open_study(settings.spec, config)
+    trials = {}
+    for job in ("4711", "4712"):  # 4711 has left the queue (scancel, node failure); 4712 runs
+        trial = shared.study.ask()
+        trial.suggest_float("x", -5, 5)
+        for key, value in {"worker": f"{job}_0", "host": "gpu-node-7", "pid": 4242, "slurm_job_id": job}.items():
+            trial.set_user_attr(key, value)
+        write_beat(settings.spec.beats_dir, trial._trial_id, f"{job}_0", time.time())  # alive by its heartbeat
+        trials[job] = trial
+    asked: list[list[str]] = []
+
+    def unavailable(args: list[str], timeout: float) -> str:
+        raise SchedulerError("squeue failed (1): slurm_load_jobs error: Unable to contact slurm controller")
+
+    monkeypatch.setattr(slurm, "run_command", unavailable)
+    assert reap(shared, "login-node") == []  # no answer from SLURM: judged by the heartbeat alone
+
+    def squeue(args: list[str], timeout: float) -> str:
+        asked.append(list(args))
+        return "4712|4712|4712|RUNNING|hpo-optuna|5:02|1|gpu-node-7\n99|99|99|RUNNING|other|1:00|1|gpu-node-1\n"
+
+    monkeypatch.setattr(slurm, "run_command", squeue)
+    assert reap(shared, "login-node") == [trials["4711"].number]
+    assert asked == [["squeue", "--noheader", "--format=%A|%F|%i|%T|%j|%M|%D|%R"]]
+    study = load_study(settings.journal_path, "toy")
+    gone, running = study.trials[trials["4711"].number], study.trials[trials["4712"].number]
+    assert (gone.state.name, gone.user_attrs["reason"], running.state.name) == ("FAIL", "worker lost", "RUNNING")
+    (retry,) = [t for t in study.trials if t.state.name == "WAITING"]
+    assert (retry.system_attrs["fixed_params"], retry.user_attrs["retry_of"]) == (gone.params, gone.number)
+    assert sorted(p.name for p in settings.spec.beats_dir.iterdir()) == [f"trial_{running._trial_id}.json"]
 
 
 def test_preempted_physae_trial_resumes_from_its_checkpoint(tmp_path: Path) -> None:
@@ -118,25 +164,37 @@ def test_worker_repairs_a_damaged_tail_and_goes_on(toy, tail: bytes) -> None:
 
 
 def test_middle_damage_is_named_and_repaired(toy) -> None:
+    """Bytes overwritten in the middle: the worker refuses with the byte and line, `hpo
+    doctor` names the line, `hpo repair` needs --yes, then quarantines exactly those bytes."""
     cwd, env = toy(TOY_STEP_SECONDS="0.01")
     env = {**env, "OPTUNA_PRUNER": "none"}
     assert run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "4"}).returncode == 0
     journal = cwd / "optuna_journal/toy.journal"
     lines = journal.read_bytes().split(b"\n")
-    lines[5] = b"#" * len(lines[5])  # bytes overwritten in the middle
+    offset, length = sum(len(line) + 1 for line in lines[:5]), len(lines[5])
+    lines[5] = b"#" * length  # bytes overwritten in the middle
     journal.write_bytes(b"\n".join(lines))
+    damage = f"line 6, byte {offset} ({length} bytes, middle): not an Optuna record (not a JSON object)"
     refused = run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "6"})
-    assert refused.returncode == 3
-    assert "byte" in refused.stderr and "hpo repair" in refused.stderr
+    assert (refused.returncode, refused.stderr) == (3, (
+        f"hpo: error: optuna_journal/toy.journal: damaged journal record at byte {offset} (line 6): not an Optuna "
+        "record (not a JSON object). Optuna cannot load this journal as it is. Run `hpo doctor` to see which trials "
+        "are affected, then stop every worker and run `hpo repair` to quarantine the damage (a full backup is "
+        "kept).\n"))
     doctor = run_hpo(["doctor"], cwd, env)
-    assert doctor.returncode == 3 and "line 6" in doctor.stdout
-    assert run_hpo(["repair"], cwd, env).returncode == 2  # not without --yes: workers must be stopped
+    assert doctor.returncode == 3 and f"\n  {damage}\n" in doctor.stdout, doctor.stdout
+    not_yet = run_hpo(["repair"], cwd, env)  # not without --yes: workers must be stopped
+    assert (not_yet.returncode, not_yet.stderr) == (2, "not repaired: stop every worker of the study, then rerun "
+                                                       "with --yes\n")
     repaired = run_hpo(["repair", "--yes"], cwd, env)
     assert repaired.returncode == 0, repaired.stderr
     assert run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "6"}).returncode == 0
     study = load_study(journal, "toy")
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == 6
-    assert list(journal.parent.glob("toy.journal.quarantine-*.jsonl"))
+    (quarantine,) = journal.parent.glob("toy.journal.quarantine-*.jsonl")
+    (record,) = [json.loads(line) for line in quarantine.read_text().splitlines()]
+    assert (record["offset"], record["line"], record["length"], record["action"]) == (offset, 6, length, "quarantine")
+    assert base64.b64decode(record["base64"]) == b"#" * length
 
 
 def journal_records(journal: Path) -> list[dict]:
@@ -157,7 +215,7 @@ def test_stalled_worker_learns_its_trial_was_reaped_and_goes_on(toy) -> None:
     try:
         time.sleep(4.5)  # past HPO_STALE_SECONDS: its heartbeat is stale
         reaped = run_hpo(["reap"], cwd, env)
-        assert reaped.returncode == 0 and "0" in reaped.stdout, reaped.stdout + reaped.stderr
+        assert (reaped.returncode, reaped.stdout) == (0, "reaped 1 lost trial(s): 0\n"), reaped.stderr
         journal = cwd / "optuna_journal/toy.journal"
         at_reap = len(journal_records(journal))
         run_dir = cwd / "optuna_runs/toy/trial_0"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,11 @@ def test_damaged_tail_is_cut_with_a_backup(journal: Path, pristine: bytes, damag
     assert cut is not None and cut.offset == expect_end and cut.length == len(damaged) - expect_end
     assert journal.read_bytes() == damaged[:expect_end]
     assert Path(cut.backup).read_bytes() == damaged[expect_end:]
-    assert Path(cut.backup).name.startswith("study.journal.tail-") and "byte" in cut.message()
+    assert re.fullmatch(r"study\.journal\.tail-\d{8}T\d{6}\.\d{6}Z\.bak", Path(cut.backup).name), cut.backup
+    line = len(_lines(pristine[:expect_end])) + 1
+    assert (cut.line, cut.reason) == (line, result.tail.reason)
+    assert cut.message() == (f"cut {len(damaged) - expect_end} damaged byte(s) from the end of {journal} "
+                             f"(byte {expect_end}, line {line}: {cut.reason}); saved in {cut.backup}")
     assert repair_tail(journal, OwnerLock(str(journal))) is None  # idempotent
     assert journal.read_bytes() == damaged[:expect_end]
 
@@ -152,33 +157,39 @@ def _glue(journal: Path, pristine: bytes) -> int:
     with pytest.raises(AttributeError):
         _load(journal).optimize(_objective, n_trials=1)
     # A third writer appends after the glued line: from now on every read fails.
-    with pytest.raises(ValueError):
+    with pytest.raises(json.JSONDecodeError):
         _load(journal).optimize(_objective, n_trials=1)
     return last
 
 
 def test_glued_tail_breaks_plain_optuna_and_repair_fixes_it(journal: Path, pristine: bytes) -> None:
     tear = _glue(journal, pristine)
-    with pytest.raises(ValueError):
+    with pytest.raises(json.JSONDecodeError):
         _load(journal)
+    line = len(_lines(pristine))
     result = scan(journal)
-    assert result.middle and result.middle[0].offset == tear
-    with pytest.raises(StorageError, match=rf"byte {tear} \(line {len(_lines(pristine))}\).*hpo repair"):
+    assert [(d.offset, d.line) for d in result.middle] == [(tear, line)]
+    with pytest.raises(StorageError, match=rf"^{journal}: damaged journal record at byte {tear} \(line {line}\)"
+                                           r".*Run `hpo doctor`.*run `hpo repair`"):
         repair_tail(journal, OwnerLock(str(journal)))
 
+    damaged = journal.read_bytes()
     outcome = repair(journal, OwnerLock(str(journal)))
     assert outcome.changed
     quarantined = [json.loads(line) for line in Path(outcome.quarantine or "").read_text().splitlines()]
-    assert {q["offset"] for q in quarantined} >= {tear}
-    glued = next(q for q in quarantined if q["offset"] == tear)
-    assert base64.b64decode(glued["base64"]) == pristine[tear:-40]
-    assert Path(outcome.backup or "").stat().st_size > journal.stat().st_size
+    torn = pristine[tear:-40]  # the torn completion, then the next writer's creation glued onto it
+    glued = damaged[tear + len(torn):damaged.index(b"\n", tear)]
+    assert [(q["offset"], q["line"], q["reason"], base64.b64decode(q["base64"])) for q in quarantined] == [
+        (tear, line, "torn record (the next record was glued onto it)", torn),
+        (tear + len(torn), line, "creation glued onto a torn record: no reader ever applied it", glued)]
+    assert json.loads(glued)["op_code"] == 4  # CREATE_TRIAL
+    assert Path(outcome.backup or "").read_bytes() == damaged
     study = _load(journal)  # loads again; the torn completion is lost, so that trial is RUNNING
     assert len(study.trials) == N_TRIALS + 1
     assert study.trials[N_TRIALS - 1].state == optuna.trial.TrialState.RUNNING
-    assert any(a.number == N_TRIALS - 1 for a in outcome.affected)
+    assert [(a.study, a.number) for a in outcome.affected] == [(STUDY, N_TRIALS - 1)]
     study.optimize(_objective, n_trials=2)  # and takes new trials
-    assert scan(journal).clean
+    assert scan(journal).clean and len(_load(journal).trials) == N_TRIALS + 3
 
 
 def test_repair_tail_before_the_next_append_prevents_the_glue(journal: Path, pristine: bytes) -> None:
@@ -209,7 +220,7 @@ def test_overwritten_creation_is_restored_with_ids_and_numbers_kept(journal: Pat
     offset = _offset_of_line(pristine, index)
     damaged = _overwrite(pristine, index, 0, 12)  # op_code and all: unknown record
     journal.write_bytes(damaged)
-    with pytest.raises(ValueError):
+    with pytest.raises(json.JSONDecodeError):
         _load(journal)
 
     result = scan(journal)
@@ -218,7 +229,7 @@ def test_overwritten_creation_is_restored_with_ids_and_numbers_kept(journal: Pat
         repair_tail(journal, OwnerLock(str(journal)))
 
     report = doctor(journal)
-    assert report.optuna_error is not None and [a.number for a in report.affected] == [4]
+    assert report.optuna_error is not None and [(a.study, a.number) for a in report.affected] == [(STUDY, 4)]
     assert f"byte {offset}" in report.render() and "hpo repair" in report.render()
     assert journal.read_bytes() == damaged  # doctor only reads
 
@@ -234,7 +245,7 @@ def test_overwritten_creation_is_restored_with_ids_and_numbers_kept(journal: Pat
 
 def test_overwritten_study_creation_is_restored_under_its_name(journal: Path, pristine: bytes) -> None:
     journal.write_bytes(_overwrite(pristine, 0, 0, 40))  # CREATE_STUDY: op_code and worker_id gone
-    with pytest.raises(ValueError):
+    with pytest.raises(json.JSONDecodeError):
         _load(journal)
     outcome = repair(journal, OwnerLock(str(journal)))
     assert [f.action for f in outcome.findings] == ["placeholder"]
@@ -267,6 +278,8 @@ def test_overwritten_update_loses_only_that_update(journal: Path, pristine: byte
     trial_id = json.loads(_lines(pristine)[index])["trial_id"]
     at = _lines(pristine)[index].index(b'"state"')
     journal.write_bytes(_overwrite(pristine, index, at, 12))
+    with pytest.raises(json.JSONDecodeError):
+        _load(journal)
 
     outcome = repair(journal, OwnerLock(str(journal)))
     assert [a.trial_id for a in outcome.affected] == [trial_id]
@@ -285,9 +298,12 @@ def test_record_optuna_cannot_replay_is_quarantined(journal: Path, pristine: byt
     with pytest.raises(KeyError):
         _load(journal)
     (damage,) = scan(journal).middle
-    assert damage.line == index + 1 and "cannot replay" in damage.reason
+    assert (damage.offset, damage.line) == (_offset_of_line(pristine, index), index + 1)
+    assert damage.reason == "Optuna cannot replay it (KeyError: 'param_value_internal')"
     outcome = repair(journal, OwnerLock(str(journal)))
     assert [a.trial_id for a in outcome.affected] == [record["trial_id"]]
+    quarantined = [json.loads(q) for q in Path(outcome.quarantine or "").read_text().splitlines()]
+    assert [(q["line"], base64.b64decode(q["base64"])) for q in quarantined] == [(index + 1, lines[index])]
     assert _load(journal).trials[record["trial_id"]].params == {}
 
 
@@ -372,20 +388,42 @@ def test_lost_creation_in_a_two_study_journal_goes_to_its_study(tmp_path: Path) 
 
 
 def test_node_local_filesystem_is_warned_about(tmp_path: Path) -> None:
+    """Which mounts are node-local: by filesystem type, and by a scratch path when the type
+    is unknown (a fake ``/proc/mounts``, its octal-escaped spaces included)."""
     mounts = tmp_path / "mounts"
     mounts.write_text(
         "/dev/vda / ext4 rw 0 0\n"
         "tmpfs /dev/shm tmpfs rw 0 0\n"
         "server:/export /shared nfs4 rw 0 0\n"
         "server:/export/b /shared/with\\040space lustre rw 0 0\n"
+        "overlay /containers overlay rw 0 0\n"
+        "/dev/vdb /data xfs rw 0 0\n"
+        "cache /scratch-local weirdfs rw 0 0\n"
+        "cache2 /weird weirdfs rw 0 0\n"
     )
-    nfs = filesystem_of("/shared/studies", str(mounts))
-    assert nfs is not None and nfs.fstype == "nfs4" and nfs.node_local is False
-    assert filesystem_warning(nfs) is None
-    spaced = filesystem_of("/shared/with space/x", str(mounts))
-    assert spaced is not None and spaced.fstype == "lustre"
-    shm = filesystem_of("/dev/shm/j", str(mounts))
-    assert shm is not None and shm.node_local is True
-    warning = filesystem_warning(shm)
-    assert warning is not None and SHARED_HINT in warning and "tmpfs" in warning
-    assert filesystem_of("/home/x", str(mounts)).fstype == "ext4"  # type: ignore[union-attr]
+    expected = {  # directory: (filesystem type, mount point, node-local: None when unknown)
+        "/shared/studies": ("nfs4", "/shared", False), "/shared/with space/x": ("lustre", "/shared/with space", False),
+        "/dev/shm/j": ("tmpfs", "/dev/shm", True), "/home/x": ("ext4", "/", True),
+        "/containers/j": ("overlay", "/containers", True), "/data/j": ("xfs", "/data", True),
+        "/scratch-local/j": ("weirdfs", "/scratch-local", True), "/weird/j": ("weirdfs", "/weird", None)}
+    for directory, (fstype, point, local) in expected.items():
+        mount = filesystem_of(directory, str(mounts))
+        assert mount is not None and (mount.fstype, mount.mount_point, mount.node_local) == (fstype, point, local)
+        assert filesystem_warning(mount) == (None if not local else (
+            f"{directory} is on {fstype} (mounted at {point}), a node-local filesystem: fine for workers on this "
+            f"node only; {SHARED_HINT}")), directory
+
+
+@pytest.mark.parametrize(("fstype", "warned"), [("ext4", True), ("xfs", True), ("tmpfs", True), ("overlay", True),
+                                                ("nfs4", False), ("lustre", False)])
+def test_doctor_warns_when_the_journal_is_on_a_node_local_filesystem(tmp_path: Path, fstype: str,
+                                                                      warned: bool) -> None:
+    folder = tmp_path / "journal"
+    folder.mkdir()
+    _build(folder / "study.journal")
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\nsrc {folder} {fstype} rw 0 0\n")
+    warnings = [line for line in doctor(folder / "study.journal", str(mounts)).render().splitlines()
+                if line.startswith("WARNING")]
+    assert warnings == ([f"WARNING: {folder} is on {fstype} (mounted at {folder}), a node-local filesystem: fine "
+                         f"for workers on this node only; {SHARED_HINT}"] if warned else [])

@@ -1,13 +1,18 @@
 """OwnerLock with real processes: killed, stopped, foreign and many holders.
 
-Timings measured here are printed (``pytest -s``) and quoted in docs/faults.md.
+No test here asserts a duration: "at once" is "without one sleep", "after the grace
+period" is read on a clock that moves only when the lock sleeps (:class:`LockClock`),
+"without spinning" is "one look per sleep". The timings that docs/faults.md quotes
+are measured by ``benchmarks/bench_faults.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import optuna
 import pytest
@@ -73,9 +79,10 @@ study.optimize(lambda trial: 0.0, n_trials=int(sys.argv[2]))
 """
 
 
-def _python(script: str, *args: object, stdout: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
+def _python(script: str, *args: object, stdout: int | None = subprocess.PIPE,
+            stderr: int | None = None) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=stdout,
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=stdout, stderr=stderr,
                             stdin=subprocess.DEVNULL, text=True, env=env)
 
 
@@ -83,6 +90,72 @@ def _wait_for(proc: subprocess.Popen[str], word: str) -> None:
     assert proc.stdout is not None
     while (line := proc.stdout.readline().strip()) != word:
         assert line, f"process {proc.pid} ended before saying {word!r}"
+
+
+class LockClock:
+    """The lock module's ``time``, for a test: ``monotonic`` moves only when the lock
+    sleeps, so whether a wait outlasted the grace period is decided by the lock's own
+    clock, never by how busy the machine is. Records, in order, every sleep and every
+    look at a lock file (``("sleep", seconds)``, ``("look", path)``). A loop that reads
+    the clock 10,000 times without sleeping is a spin, and one that sleeps past
+    ``limit`` simulated seconds a hang: both fail the test."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, limit: float = 120.0) -> None:
+        self.start = self.now = 1000.0
+        self.limit, self.reads = limit, 0
+        self.events: list[tuple[str, object]] = []
+        real_look = lock_module._look
+
+        def look(path: str) -> object:
+            self.events.append(("look", path))
+            return real_look(path)
+
+        monkeypatch.setattr(lock_module, "time", self)
+        monkeypatch.setattr(lock_module, "_look", look)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(time, name)
+
+    def monotonic(self) -> float:
+        self.reads += 1
+        if self.reads > 10_000:
+            raise AssertionError(f"spinning: {self.reads} clock reads without a sleep: {self.events[-5:]}")
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.events.append(("sleep", seconds))
+        self.now += seconds
+        self.reads = 0
+        if self.now - self.start > self.limit:
+            raise AssertionError(f"still waiting after {self.limit} simulated seconds")
+
+    @property
+    def sleeps(self) -> list[float]:
+        return [float(x) for kind, x in self.events if kind == "sleep"]
+
+    def looks_between_sleeps(self, path: str) -> list[int]:
+        """How many looks at ``path`` came before each sleep (since the previous one)."""
+        counts, looks = [], 0
+        for kind, x in self.events:
+            if kind == "look":
+                looks += x == path
+            else:
+                counts.append(looks)
+                looks = 0
+        return counts
+
+
+def backoff(n: int) -> list[float]:
+    """The waiter's first ``n`` sleeps: 1 ms doubling up to 50 ms (hpo/system/lock.py)."""
+    return [min(0.001 * 2 ** i, 0.05) for i in range(n)]
+
+
+def _wait_zombie(pid: int) -> None:
+    """Until ``pid`` (SIGKILLed, not reaped) is a zombie: dead, its pid still taken."""
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, f"pid {pid} never died"
+        time.sleep(0.01)
 
 
 def _assert_exclusive(log: Path) -> list[str]:
@@ -101,36 +174,49 @@ def _assert_exclusive(log: Path) -> list[str]:
     return events
 
 
-def test_lock_of_a_killed_holder_is_taken_at_once(tmp_path: Path) -> None:
+def test_lock_of_a_killed_holder_is_taken_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A holder SIGKILLed (and not reaped: a zombie) on this host: the next process breaks
+    its lock on its first look, without one sleep, though the grace period is 10 s."""
     path, log = tmp_path / "j", tmp_path / "log"
     proc = _python(HOLD, path, 10, log, 60)
     try:
         _wait_for(proc, "held")
-        os.kill(proc.pid, signal.SIGKILL)  # not reaped yet: a zombie must count as dead too
-        start = time.monotonic()
+        os.kill(proc.pid, signal.SIGKILL)
+        _wait_zombie(proc.pid)
+        left = json.loads(Path(str(path) + ".lock").read_text())
+        clock = LockClock(monkeypatch)
         lock = OwnerLock(str(path), grace_seconds=10)
-        lock.acquire(timeout=10)
-        took = time.monotonic() - start
+        lock.acquire()
+        assert holder(str(path))["pid"] == os.getpid()  # type: ignore[index]
         lock.release()
     finally:
         proc.kill()
         proc.wait()
-    print(f"\nkilled holder: lock taken after {took * 1000:.1f} ms (grace 10 s)")
-    assert took < 1.0
+    assert clock.sleeps == []
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("broke")] == [
+        f"broke stale lock {path}.lock held by pid {proc.pid} on {left['host']} (since {left['acquired_at']}): "
+        f"its holder, pid {proc.pid} on this host, is gone"]
 
 
-def test_lock_from_another_host_is_broken_only_after_grace(tmp_path: Path) -> None:
+def test_lock_from_another_host_is_broken_only_after_grace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A stale lock of another host (its mtime an hour old) is judged on the waiter's own
+    clock: unchanged for the grace period as the waiter sees it, not by its mtime (immune
+    to skew between hosts). It is broken at the first look after 1 s of waiting, not before."""
     path = tmp_path / "j"
     lock_file = Path(str(path) + ".lock")
     lock_file.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "t", "acquired_at": "x"}))
     old = time.time() - 3600
     os.utime(lock_file, (old, old))
-    start = time.monotonic()
+    clock = LockClock(monkeypatch)
     with OwnerLock(str(path), grace_seconds=1, refresh_seconds=0.2):
-        took = time.monotonic() - start
         assert holder(str(path))["pid"] == os.getpid()  # type: ignore[index]
-    print(f"\nforeign stale lock: broken after {took:.2f} s (grace 1 s)")
-    assert 1.0 <= took < 5.0
+    waited = clock.sleeps
+    assert sum(waited[:-1]) < 1.0 <= sum(waited)  # broken at the first look past the grace period
+    assert waited == backoff(len(waited))
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("broke")] == [
+        f"broke stale lock {lock_file} held by pid 1 on elsewhere (since x): unchanged for 1.0 s (grace 1 s)"]
     assert holder(str(path)) is None
 
 
@@ -187,27 +273,27 @@ def _dead_pid() -> int:
 
 @pytest.mark.parametrize("left_behind", ["dead-holder", "foreign-holder"])
 def test_many_processes_never_overlap(tmp_path: Path, left_behind: str) -> None:
-    """Four processes start on a stale lock (all judge it stale at once), then take turns."""
+    """Four processes start on a stale lock (all judge it stale at once): exactly one of them
+    breaks it (the ``.break`` lock serialises breakers), then they take turns, never two inside."""
     path, log = tmp_path / "j", tmp_path / "log"
     host = socket.gethostname() if left_behind == "dead-holder" else "elsewhere"
     Path(str(path) + ".lock").write_text(json.dumps({"host": host, "pid": _dead_pid(), "token": "t"}))
-    start = time.monotonic()
-    procs = [_python(CYCLE, path, log, 200, stdout=None) for _ in range(4)]
+    procs = [_python(CYCLE, path, log, 200, stdout=None, stderr=subprocess.PIPE) for _ in range(4)]
     try:
-        assert [p.wait(timeout=60) for p in procs] == [0] * 4
+        errors = [p.communicate(timeout=60)[1] for p in procs]  # their WARNINGs: Python's last-resort handler
+        assert [p.returncode for p in procs] == [0] * 4, errors
     finally:
         for p in procs:
             p.kill()
             p.wait()
-    took = time.monotonic() - start
     events = _assert_exclusive(log)
-    print(f"\n4 processes x 200 cycles after a {left_behind}: {took:.2f} s including interpreter start-up")
     assert len(events) == 4 * 200 * 2
+    broke = [line for err in errors for line in err.splitlines() if line.startswith("broke stale lock")]
+    assert len(broke) == 1 and broke[0].startswith(f"broke stale lock {path}.lock held by pid "), errors
 
 
 def test_optuna_journal_with_owner_lock_under_concurrency(tmp_path: Path) -> None:
     path = tmp_path / "crowd.journal"
-    start = time.monotonic()
     procs = [_python(OPTIMIZE, path, 50, stdout=None) for _ in range(4)]
     try:
         assert [p.wait(timeout=120) for p in procs] == [0] * 4
@@ -215,10 +301,7 @@ def test_optuna_journal_with_owner_lock_under_concurrency(tmp_path: Path) -> Non
         for p in procs:
             p.kill()
             p.wait()
-    took = time.monotonic() - start
     study = optuna.load_study(study_name="crowd", storage=JournalStorage(JournalFileBackend(str(path))))
-    appends = scan(path).records
-    print(f"\n4 processes x 50 trials through OwnerLock: {appends} appends in {took:.2f} s")
     assert len(study.trials) == 200 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert scan(path).clean and not Path(str(path) + ".lock").exists()
 
@@ -302,25 +385,51 @@ def _plant_foreign(path: Path, kind: str) -> Path:
     return lock_file
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+@contextlib.contextmanager
+def kept_fresh(lock_file: Path) -> Iterator[None]:
+    """A live foreign holder: the lock file's own mtime (a symlink's too) refreshed every 0.3 s."""
+    stop = threading.Event()
+
+    def touch() -> None:
+        while not stop.wait(0.3):
+            os.utime(lock_file, follow_symlinks=False)
+
+    toucher = threading.Thread(target=touch, daemon=True)
+    toucher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        toucher.join()
 
 
-@pytest.mark.parametrize("kind", ["symlink-relative", "symlink-absolute", "empty-file"])
-def test_foreign_lock_of_plain_optuna_is_broken_after_grace_without_spinning(tmp_path: Path, kind: str) -> None:
+FOREIGN_KINDS = {
+    "symlink-relative": r"Optuna JournalFileSymlinkLock, a symlink to '{rel}' \(dangling from the lock's folder\)",
+    "symlink-absolute": r"Optuna JournalFileSymlinkLock, a symlink to '{abs}' \(resolves from the lock's folder\)",
+    "empty-file": r"empty file \(Optuna JournalFileOpenLock\)",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FOREIGN_KINDS))
+def test_foreign_lock_of_plain_optuna_is_broken_after_grace_without_spinning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """Plain Optuna's lock left behind is named for what it is, then broken once the
+    waiter has seen it unchanged for the grace period (2 s), never before; the waiter
+    looks once per sleep, its sleeps backing off from 1 ms to 50 ms: no spin."""
     path = tmp_path / "j.journal"
     lock_file = _plant_foreign(path, kind)
-    described = describe_lock(str(path))
-    assert described.startswith("FOREIGN: ") and ("JournalFileSymlinkLock" in described) == kind.startswith("symlink")
-    if kind == "symlink-relative":
-        assert "dangling" in described
-    start, cpu = time.monotonic(), time.process_time()
+    what = FOREIGN_KINDS[kind].format(rel=re.escape(f"{tmp_path.name}/j.journal"), abs=re.escape(str(path)))
+    assert re.fullmatch(rf"FOREIGN: {what}, unchanged for \d+ s; hpo breaks it after 10 s without change",
+                        describe_lock(str(path))), describe_lock(str(path))
+    clock = LockClock(monkeypatch)
     with OwnerLock(str(path), grace_seconds=2, refresh_seconds=0.5):
-        took, used = time.monotonic() - start, time.process_time() - cpu
         assert holder(str(path))["kind"] == "hpo"  # type: ignore[index]
-    print(f"\n{kind}: broken after {took:.2f} s (grace 2 s), {used:.3f} s CPU while waiting")
-    assert took >= 2.0 and used < 0.5  # it slept between looks: no spin
+    waited = clock.sleeps
+    assert sum(waited[:-1]) < 2.0 <= sum(waited)
+    assert waited == backoff(len(waited))
+    # One look per round; the round at 1 s also names the holder in its "waiting" line.
+    notice = next(i for i in range(len(waited)) if sum(waited[:i]) >= 1.0)
+    assert clock.looks_between_sleeps(str(lock_file)) == [2 if i == notice else 1 for i in range(len(waited))]
     assert not os.path.lexists(lock_file)
     if kind == "symlink-absolute":
         assert path.exists()  # the link was removed, never the journal it points to
@@ -330,10 +439,13 @@ def test_doctor_names_a_foreign_lock(tmp_path: Path) -> None:
     path = tmp_path / "j.journal"
     optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path))))
     _plant_foreign(path, "symlink-relative")
-    text = doctor(path).render()
-    assert "journal lock: FOREIGN: Optuna JournalFileSymlinkLock, a symlink to 'tmp" not in text  # named, not guessed
-    assert "journal lock: FOREIGN: Optuna JournalFileSymlinkLock" in text and "dangling" in text
-    assert "slots lock: free" in text
+    lines = doctor(path).render().splitlines()
+    locks = [line for line in lines if line.startswith(("journal lock: ", "slots lock: "))]
+    assert len(locks) == 2 and re.fullmatch(  # its kind, target (as Optuna wrote it, relative) and age
+        rf"journal lock: FOREIGN: Optuna JournalFileSymlinkLock, a symlink to '{re.escape(tmp_path.name)}/j\.journal' "
+        r"\(dangling from the lock's folder\), unchanged for \d+ s; hpo breaks it after 10 s without change",
+        locks[0]), locks
+    assert locks[1] == "slots lock: free"
 
 
 def test_plain_optuna_writers_and_owner_lock_exclude_each_other(tmp_path: Path) -> None:
@@ -481,6 +593,36 @@ def test_a_false_enoent_on_a_moved_lock_never_leaves_a_lock_or_break_file(
                       str(tmp_path / "j.lock.released")}  # each moved file was looked at, fooled once
 
 
+# argv: a file for the events, then hpo's arguments. ``hpo`` in this process, with every
+# sleep of the lock module and every look at a lock file recorded, in order, and
+# written as JSON when the process exits (as LockClock records them in-process; a
+# worker ends with os._exit).
+COUNTED_HPO = """
+import json, os, sys, time
+from hpo.system import lock
+events = []
+class Time:
+    def __getattr__(self, name):
+        return getattr(time, name)
+    def sleep(self, seconds):
+        events.append(("sleep", seconds))
+        time.sleep(seconds)
+real_look = lock._look
+def look(path):
+    events.append(("look", path))
+    return real_look(path)
+lock.time, lock._look = Time(), look
+real_exit = os._exit
+def exit_after_writing(code):
+    with open(sys.argv[1], "w") as out:
+        out.write(json.dumps(events))
+    real_exit(code)
+os._exit = exit_after_writing
+from hpo.cli import main
+main(sys.argv[2:])
+"""
+
+
 # A worker whose study is behind a live foreign lock: plain Optuna's symlink lock,
 # relative (dangling from the journal's folder), kept fresh by the test like a
 # holder that is still working.
@@ -489,41 +631,43 @@ def test_a_false_enoent_on_a_moved_lock_never_leaves_a_lock_or_break_file(
                                                        (signal.SIGUSR1, "preempted", 75)])
 def test_worker_waiting_for_a_lock_stops_on_a_signal_and_does_not_spin(toy, signum: int, label: str,
                                                                        code: int) -> None:
+    """The worker waits (one look per sleep, sleeps backing off to 50 ms), and a signal
+    ends the wait: the worker stops with the signal's exit status, writes nothing past the
+    lock and leaves the live holder's lock alone."""
     cwd, env = toy()
     journal = cwd / "optuna_journal" / "toy.journal"
     journal.parent.mkdir()
     lock_file = _plant_foreign(journal, "symlink-relative")
-    stop = threading.Event()
-
-    def keep_fresh() -> None:
-        while not stop.wait(0.3):
-            os.utime(lock_file, follow_symlinks=False)
-
-    toucher = threading.Thread(target=keep_fresh, daemon=True)
-    toucher.start()
-    proc = subprocess.Popen([sys.executable, "-m", "hpo", "worker"], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-    try:
-        logs = cwd / "optuna_logs"
-        deadline = time.monotonic() + 30
-        while "waiting" not in "".join(p.read_text() for p in logs.glob("worker_*.log")):
-            assert proc.poll() is None and time.monotonic() < deadline, "the worker never waited for the lock"
-            time.sleep(0.1)
-        cpu = _cpu_seconds(proc.pid)
-        time.sleep(3)
-        used = _cpu_seconds(proc.pid) - cpu
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=5)  # "within a second or two", with room for a loaded machine
-    finally:
-        stop.set()
-        toucher.join()
-        proc.kill()
-        proc.wait()
-    print(f"\nworker waiting 3 s on a foreign lock: {used:.3f} s CPU")
-    assert used < 0.5
+    events_file, logs = cwd / "lock_events.json", cwd / "optuna_logs"
+    with kept_fresh(lock_file):
+        proc = subprocess.Popen([sys.executable, "-c", COUNTED_HPO, str(events_file), "worker"], cwd=cwd, env=env,
+                                text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while "waiting" not in "".join(p.read_text() for p in logs.glob("worker_*.log")):
+                assert proc.poll() is None and time.monotonic() < deadline, "the worker never waited for the lock"
+                time.sleep(0.1)
+            proc.send_signal(signum)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == code, err
     log = "".join(p.read_text() for p in logs.glob("worker_*.log"))
     assert f"stopped: {label} (stopped waiting for optuna_journal/toy.journal.lock after" in log
-    assert "FOREIGN: Optuna JournalFileSymlinkLock" in log
+    notices = re.findall(r"waiting \d+ s for optuna_journal/toy\.journal\.lock, held by FOREIGN: Optuna "
+                         r"JournalFileSymlinkLock, a symlink to 'optuna_journal/toy\.journal' \(dangling", log)
+    assert len(notices) == 1, log
+    events = json.loads(events_file.read_text())
+    sleeps = [seconds for kind, seconds in events if kind == "sleep"]
+    assert sleeps == backoff(len(sleeps))
+    looks, per_round = 0, []
+    for kind, what in events:
+        if kind == "look":
+            looks += what == str(lock_file.relative_to(cwd))
+        else:
+            per_round.append(looks)
+            looks = 0
+    assert sorted(per_round) == [1] * (len(sleeps) - 1) + [2]  # the notice's round names the holder
     assert os.path.islink(lock_file)  # a live holder's lock stays
     assert journal.read_bytes() == b""  # nothing was written past the lock

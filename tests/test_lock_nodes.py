@@ -3,7 +3,9 @@
 
 GlusterFS cases take the two mount points of ONE volume from ``HPO_TEST_GLUSTER_A``
 and ``HPO_TEST_GLUSTER_B``, else from the dev cluster (``/shared`` and node n1's own
-mount); without either they skip, and fail under ``CI=true``.
+mount); without either they fail. They are marked ``cluster``; the local-disk cases run
+with the other tests. Every case needs ``unshare --uts`` as root (util-linux), and fails
+without it.
 """
 
 from __future__ import annotations
@@ -23,24 +25,26 @@ import pytest
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
+from conftest import missing
 from hpo.journal.scan import scan
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = [pytest.mark.timeout(180), pytest.mark.cluster]
+pytestmark = pytest.mark.timeout(180)
 
 
-def _can_unshare() -> bool:
+def _require_unshare() -> None:
+    """A second host name needs ``unshare --uts`` as root: fail (never skip) without it."""
     if shutil.which("unshare") is None:
-        return False
-    return subprocess.run(["unshare", "--uts", "--fork", "true"], capture_output=True).returncode == 0
+        missing("`unshare` not found (a second host name needs it)", "apt-get install util-linux")
+    probe = subprocess.run(["unshare", "--uts", "--fork", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        missing(f"`unshare --uts` failed: {probe.stderr.strip()}", "run the tests as root (a new UTS namespace)")
 
 
-needs_unshare = pytest.mark.skipif(not _can_unshare(), reason="needs `unshare --uts` (root) for a second host name")
-
-
-@pytest.fixture(params=["local", "glusterfs"])
+@pytest.fixture(params=["local", pytest.param("glusterfs", marks=pytest.mark.cluster)])
 def two_views(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """One fresh folder as seen by node A and by node B (the same path on local disk)."""
+    _require_unshare()
     if request.param == "local":
         yield tmp_path, tmp_path
         return
@@ -50,11 +54,8 @@ def two_views(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
     a = os.environ.get("HPO_TEST_GLUSTER_A") or (str(pair[0]) if pair else None)
     b = os.environ.get("HPO_TEST_GLUSTER_B") or (str(pair[1]) if pair else None)
     if not a or not b:
-        why = ("no two client mounts of one GlusterFS volume: HPO_TEST_GLUSTER_A/_B unset and the dev cluster's "
-               "/shared not mounted (bash slurm/dev-cluster/cluster.sh start --nodes 3)")
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
+        missing("no two client mounts of one GlusterFS volume: HPO_TEST_GLUSTER_A/_B unset and the dev cluster's "
+                "/shared not mounted", "bash slurm/dev-cluster/cluster.sh start --nodes 3")
     name = f"lock-test-{uuid.uuid4().hex[:8]}"
     (Path(a) / name).mkdir()
     deadline = time.monotonic() + 10
@@ -134,7 +135,6 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
-@needs_unshare
 def test_a_holder_robbed_while_stopped_before_its_fence_does_not_write(two_views: tuple[Path, Path]) -> None:
     """Worst reachable point: node A SIGSTOPs itself holding the lock, right before
     the fence. Node B breaks the lock after the grace period and holds it; A is
@@ -193,7 +193,6 @@ for i in range(int(sys.argv[3])):
 """
 
 
-@needs_unshare
 def test_many_writers_on_two_nodes_lose_and_duplicate_nothing(two_views: tuple[Path, Path]) -> None:
     """Two nodes, three writers each on its own view of the folder, 40 appends
     each through hpo's storage: exactly 240 records, none garbled, no writer

@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import shutil
+import statistics
 import subprocess
 import tempfile
 from collections import Counter
@@ -17,7 +18,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import REPO, clean_env, load_study, run_hpo
+from conftest import REPO, clean_env, load_study, missing, run_hpo
 
 EXAMPLES = REPO / "configs/examples"
 TINY_PHYSAE = {"N_TRAIN": "256", "N_VAL": "64", "N_POINTS": "64", "BATCH_SIZE": "64",
@@ -106,8 +107,11 @@ def test_changed_config_is_refused_then_reused_or_overwritten(toy) -> None:
 
 
 def test_per_trial_time_budget_and_time_pruning(toy) -> None:
+    """A trial past HPO_TRIAL_TIMEOUT_SECONDS, and one slower than mean + std of the completed
+    trials (HPO_TIME_PRUNING_WARMUP), are stopped at a report before the objective ends
+    (its 5 steps) and end PRUNED with the limit and the time they ran in the reason."""
     cwd, env = toy("slow_when_high")
-    # x = 4 takes 5 s; the budget of 1.5 s stops it.
+    # x = 4 takes 5 steps of 1 s; the budget of 1.5 s stops it.
     Path(env["HPO_CONFIG"]).write_text(
         "study_name: toy\nobjective: objectives:slow_when_high\nspace:\n  x: {type: float, low: 0, high: 5}\n"
         "enqueue:\n  - {x: 4.0}\n")
@@ -115,19 +119,33 @@ def test_per_trial_time_budget_and_time_pruning(toy) -> None:
                                        "HPO_TRIAL_TIMEOUT_SECONDS": "1.5"})
     assert result.returncode == 0, result.stderr
     trial = load_study(cwd / "optuna_journal/toy.journal", "toy").trials[0]
-    assert trial.state.name == "PRUNED"
-    assert trial.user_attrs["reason"].startswith("trial time budget exceeded")
+    assert trial.state.name == "PRUNED" and 1 <= len(trial.intermediate_values) < 5
+    ran = re.fullmatch(r"trial time budget exceeded \((\d+\.\d)s > 1\.5s\)", trial.user_attrs["reason"])
+    assert ran and float(ran[1]) >= 1.5, trial.user_attrs["reason"]
 
     # Time pruning: after 3 fast completed trials, a slow one is stopped at mean + std.
-    trials = _three_fast_then_slow(cwd, env, "study_name: toy2\nobjective: objectives:slow_when_high\n")
+    trials = _three_fast_then_slow(cwd, env, "study_name: toy2\nobjective: objectives:uneven\n")
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "COMPLETE", "PRUNED"]
-    assert trials[3].user_attrs["reason"].startswith("time-pruned")
-    assert (trials[3].datetime_complete - trials[3].datetime_start).total_seconds() < 3
+    assert 1 <= len(trials[3].intermediate_values) < 5
+    elapsed, cap = _time_pruned(trials)
+    assert elapsed >= cap
+
+
+def _time_pruned(trials: list[optuna.trial.FrozenTrial]) -> tuple[float, float]:
+    """The last trial's time-pruning reason, checked against the first three: its limit
+    is mean + std of their durations as the journal records them. Returns (the seconds
+    the reason says the trial ran, the limit), as the reason rounds them."""
+    seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials[:3]]  # type: ignore[operator]
+    cap = statistics.mean(seconds) + statistics.pstdev(seconds)
+    reason = re.fullmatch(r"time-pruned: (\d+\.\d)s > mean \+ std of 3 completed trials \((\d+\.\d)s\)",
+                          trials[3].user_attrs["reason"])
+    assert reason and reason[2] == f"{cap:.1f}", (trials[3].user_attrs["reason"], seconds)
+    return float(reason[1]), float(reason[2])
 
 
 def _three_fast_then_slow(cwd: Path, env: dict[str, str], head: str) -> list[optuna.trial.FrozenTrial]:
-    """One worker, time pruning after 3 completed trials: x = 1, 2, 0.5 are fast, x = 4.5 is
-    slow. ``head``: the config's study_name, objective and more; returns the study's trials."""
+    """One worker, time pruning after 3 completed trials: x = 1, 2, 0.5 are fast (0.25, 0.5 and
+    0.125 s with objectives.uneven and slow_two), x = 4.5 is slow (steps of 1 s). ``head``: the config's study_name, objective and more; returns the study's trials."""
     Path(env["HPO_CONFIG"]).write_text(
         head + "space:\n  x: {type: float, low: 0, high: 5}\n"
         "enqueue:\n  - {x: 1.0}\n  - {x: 2.0}\n  - {x: 0.5}\n  - {x: 4.5}\n")
@@ -145,8 +163,8 @@ def test_time_pruning_caps_a_multi_objective_trial_as_codes_does(toy) -> None:
                                    "directions: [minimize, minimize]\ntime_pruning_cap: [100.0, elapsed]\n")
     assert [t.state.name for t in trials] == ["COMPLETE"] * 4
     slow = trials[3]
-    assert slow.values[0] == 100.0 and 0.3 < slow.values[1] < 3
-    assert slow.user_attrs["reason"].startswith("time-pruned")
+    elapsed, cap = _time_pruned(trials)
+    assert slow.values[0] == 100.0 and f"{slow.values[1]:.1f}" == f"{elapsed:.1f}" and elapsed >= cap
     bad = toy("slow_two")[1]
     Path(bad["HPO_CONFIG"]).write_text(
         "objective: objectives:slow_two\ndirections: [minimize, minimize]\ntime_pruning_cap: [100.0]\n"
@@ -222,9 +240,37 @@ def test_enqueue_from_file_and_from_study(toy) -> None:
     assert load_study(cwd / "optuna_journal/toy.journal", "toy").trials[0].params == {"x": 1.25}
     (cwd / "bad.yaml").write_text("x: 9\n")
     bad = run_hpo(["enqueue", "bad.yaml"], cwd, env)
-    assert bad.returncode == 2 and "x=9 is outside its range" in bad.stderr
+    assert (bad.returncode, bad.stderr) == (2, "hpo: error: file bad.yaml[0]: x=9 is outside its range\n")
     other = run_hpo(["enqueue", "--from-study", "nope"], cwd, env)
-    assert other.returncode == 2 and "no such study" in other.stderr
+    assert (other.returncode, other.stderr) == (
+        2, "hpo: error: --from-study 'nope': no such study in optuna_journal; existing: toy\n")
+    assert len(load_study(cwd / "optuna_journal/toy.journal", "toy").trials) == 1
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_study_name_that_is_not_there_is_refused_naming_the_studies_there(toy) -> None:
+    """Commands that read a study refuse a name with no study (a typo), exit 2, list the
+    studies of JOURNAL_DIR and write nothing: no empty journal for the typo. Only
+    launches create a study."""
+    cwd, env = toy()
+    assert run_hpo(["worker"], cwd, {**env, "MAX_TRIALS": "1"}).returncode == 0
+    before = _files(cwd)
+    refusals = {
+        ("reap", "--study-name", "nope"): "STUDY_NAME='nope': no such study in optuna_journal; existing: toy",
+        ("enqueue", "--from-study", "nope"): "--from-study 'nope': no such study in optuna_journal; existing: toy",
+        ("refine", "--from", "nope"): "--from-study 'nope': no such study in optuna_journal; existing: toy",
+        ("retrain", "--study-name", "nope"): "no journal 'optuna_journal/nope.journal' for STUDY_NAME='nope'; "
+        "studies there: 'toy'; check JOURNAL_DIR and STUDY_NAME (or start the study with `hpo run` / `hpo worker`)",
+        ("status", "--study-name", "nope"): "no journal 'optuna_journal/nope.journal' for STUDY_NAME='nope'; "
+        "studies there: 'toy'; check JOURNAL_DIR and STUDY_NAME (or start the study with `hpo run` / `hpo worker`)",
+    }
+    for args, message in refusals.items():
+        result = run_hpo(list(args), cwd, env)
+        assert (result.returncode, result.stderr) == (2, f"hpo: error: {message}\n"), args
+    assert _files(cwd) == before
 
 
 @pytest.mark.parametrize(
@@ -253,15 +299,12 @@ def test_bad_config_exits_2_naming_the_key_path(toy, text: str, message: str) ->
 def postgres() -> Iterator[str]:
     """A real PostgreSQL server on loopback, started for the test and stopped after."""
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
-    problem = None if bins else "PostgreSQL is not installed (apt-get install postgresql)"
+    if not bins:
+        missing("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin)", "apt-get install postgresql")
     try:
         import psycopg2  # noqa: F401
     except ImportError:
-        problem = problem or "psycopg2 is not installed"
-    if problem:
-        if os.environ.get("CI"):
-            pytest.fail(problem)
-        pytest.skip(problem)
+        missing("psycopg2 is not installed (the PostgreSQL driver of HPO_STORAGE)", "pip install -e '.[test]'")
     bin_dir = bins[-1]
     # Not under pytest's tmp dir: the server runs as the postgres user, who cannot enter root's 0700 folders.
     root = Path(tempfile.mkdtemp(prefix="hpo-pg-"))

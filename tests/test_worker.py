@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -58,7 +59,9 @@ def test_three_workers_stop_at_exactly_max_trials_then_resume(toy) -> None:
         started = re.findall(r"trial (\d+) started", text)
         assert len(started) == by_worker[worker]
         assert len(re.findall(r"trial \d+ finished: COMPLETE", text)) == by_worker[worker]
-        assert "stopped: max trials" in text
+        assert len(re.findall(rf" INFO worker {re.escape(worker)} stopped: max trials \(ran {by_worker[worker]} "
+                              r"trial\(s\) in [\d.]+s; study: 10 complete, 0 pruned, 0 fail, 0 running\)$", text,
+                              re.M)) == 1, text
 
     # Workers' first trials differ (distinct seeds per rank).
     first: dict[str, dict] = {}
@@ -82,27 +85,41 @@ def test_failed_trials_do_not_count_toward_max_trials(toy) -> None:
     assert result.returncode == 0, result.stderr
     study = load_study(cwd / "optuna_journal/toy.journal", "toy")
     counts = states(study)
-    assert counts["COMPLETE"] == 8 and counts["RUNNING"] == 0 and counts["FAIL"] >= 1
-    for t in study.trials:
-        if t.state.name == "FAIL":
-            assert t.user_attrs["reason"].startswith("ValueError: x=-")
+    assert counts["COMPLETE"] == 8 and counts["RUNNING"] == 0 and counts["FAIL"] >= 1  # how many: timing
     log = "".join(p.read_text() for p in (cwd / "optuna_logs").glob("worker_*.log"))
-    assert "Traceback" in log and "FAIL" in log
+    fails = [t for t in study.trials if t.state.name == "FAIL"]
+    for t in fails:  # every failure: its reason, one traceback and one end line in the worker log
+        reason = f"ValueError: x={t.params['x']:.3f} is negative"
+        assert t.user_attrs["reason"] == reason and t.params["x"] < 0
+        assert log.count(f" ERROR trial {t.number} raised:\nTraceback (most recent call last):\n") == 1
+        assert len(re.findall(rf" INFO trial {t.number} finished: FAIL in [\d.]+s reason={re.escape(repr(reason))}$",
+                              log, re.M)) == 1
+    assert log.count("Traceback (most recent call last):") == len(fails)
+    assert sorted(t.params["x"] < 0 for t in study.trials) == [False] * 8 + [True] * len(fails)
 
 
 def test_trials_per_worker_and_timeout(toy) -> None:
+    """TRIALS_PER_WORKER stops the worker after exactly that many trials; TIMEOUT_SECONDS
+    stops it before a trial that would not fit, so no trial is cut short: every trial it
+    started is COMPLETE, and its last line counts them."""
     cwd, env = toy()
     result = run_hpo(["worker"], cwd, {**env, "TRIALS_PER_WORKER": "2", "OPTUNA_PRUNER": "none"})
     assert result.returncode == 0, result.stderr
-    assert "worker stopped: trials per worker" in result.stderr
-    assert len(load_study(cwd / "optuna_journal/toy.journal", "toy").trials) == 2
+    assert re.search(r"^worker stopped: trials per worker; log: optuna_logs/worker_\S+\.log$", result.stderr, re.M)
+    assert states(load_study(cwd / "optuna_journal/toy.journal", "toy")) == Counter({"COMPLETE": 2})
 
     timed = run_hpo(["worker"], cwd, {**env, "TIMEOUT_SECONDS": "1.5", "TOY_STEP_SECONDS": "0.2",
                                       "OPTUNA_PRUNER": "none"})
     assert timed.returncode == 0, timed.stderr
-    assert "not starting another trial" in timed.stderr and "worker stopped: time budget" in timed.stderr
-    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
-    assert 3 <= len(study.trials) <= 5 and states(study)["RUNNING"] == 0
+    assert len(re.findall(r" INFO not starting another trial: \d+\.\ds elapsed \+ \d+\.\ds estimated > 1\.5s budget "
+                          r"\(TIMEOUT_SECONDS or the SLURM time limit\)$", timed.stderr, re.M)) == 1, timed.stderr
+    stopped = re.search(r" INFO worker \S+ stopped: time budget \(ran (\d+) trial\(s\) in [\d.]+s; study: (\d+) "
+                        r"complete, 0 pruned, 0 fail, 0 running\)$", timed.stderr, re.M)
+    assert stopped, timed.stderr
+    ran = int(stopped[1])
+    assert ran >= 1 and len(re.findall(r" INFO trial \d+ started on ", timed.stderr)) == ran
+    assert int(stopped[2]) == 2 + ran
+    assert states(load_study(cwd / "optuna_journal/toy.journal", "toy")) == Counter({"COMPLETE": 2 + ran})
 
 
 def start_worker(cwd: Path, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -301,6 +318,55 @@ def test_ctrl_c_stops_every_local_worker_cleanly(toy) -> None:
     assert states(study)["RUNNING"] == 0
     interrupted = [t for t in study.trials if t.state.name == "FAIL"]
     assert len(interrupted) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in interrupted)
+
+
+def test_a_second_ctrl_c_stops_the_trial_at_once(toy) -> None:
+    """Ctrl-C in a terminal reaches `hpo run` and its worker. The first lets the trial end
+    at its next step (30 s away here); a second ends it at once: the trial, stopped inside
+    its first step, ends FAIL ``interrupted`` with no step reported, and `hpo run` exits 130."""
+    cwd, env = toy(TOY_STEP_SECONDS="30", OPTUNA_PRUNER="none")
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", "--workers", "1"], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: "trial 0 started" in first_log(cwd), what="trial 0 to start")
+        os.killpg(proc.pid, signal.SIGINT)
+        first = "interrupt: workers are ending their trials (Ctrl-C again to stop at once)\n"
+        wait_for(lambda: first in said, what="hpo run to take the first Ctrl-C")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130  # a hang guard: a trial that runs on ends after 30 s
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        reader.join(timeout=10)
+    (trial,) = load_study(cwd / "optuna_journal/toy.journal", "toy").trials
+    assert (trial.state.name, trial.user_attrs["reason"], trial.intermediate_values) == ("FAIL", "interrupted", {})
+    assert said.count(first) == 2, said  # one line per Ctrl-C
+    assert re.search(r" INFO worker \S+ stopped: interrupted \(ran 1 trial\(s\) in [\d.]+s; study: 0 complete, "
+                     r"0 pruned, 1 fail, 0 running\)$", first_log(cwd), re.M), first_log(cwd)
+
+
+def test_a_study_whose_every_trial_fails_stops_after_max_failures(toy) -> None:
+    """A broken objective: the worker stops after exactly HPO_MAX_FAILURES failed trials in
+    a row, instead of burning its time on more, and `hpo run` exits 1."""
+    cwd, env = toy("fail_when_negative", MAX_TRIALS="20", HPO_MAX_FAILURES="3", OPTUNA_PRUNER="none")
+    Path(env["HPO_CONFIG"]).write_text(
+        "study_name: toy\nobjective: objectives:fail_when_negative\nspace:\n  x: {type: float, low: -5, high: -1}\n")
+    result = run_hpo(["run", "--workers", "1"], cwd, env)
+    assert result.returncode == 1, result.stderr
+    trials = load_study(cwd / "optuna_journal/toy.journal", "toy").trials
+    assert [t.state.name for t in trials] == ["FAIL"] * 3
+    assert [t.user_attrs["reason"] for t in trials] == [f"ValueError: x={t.params['x']:.3f} is negative"
+                                                        for t in trials]
+    log = first_log(cwd)
+    assert len(re.findall(r" ERROR 3 trials of study 'toy' failed in a row \(HPO_MAX_FAILURES\): no more of it; "
+                          r"see the tracebacks above$", log, re.M)) == 1, log
+    assert re.search(r" worker \S+ stopped: failing trials \(ran 3 trial\(s\) in [\d.]+s; study: 0 complete, "
+                     r"0 pruned, 3 fail, 0 running\)$", log, re.M), log
 
 
 def test_submit_local_runs_the_same_workers_through_submitit(toy) -> None:

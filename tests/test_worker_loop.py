@@ -223,7 +223,7 @@ def test_time_spent_stops_the_worker_a_trial_that_would_not_fit_sets_the_study_a
     assert (result, result.label, result.exit_code) == (Stop.TIME_SPENT, "time budget", 0)
     assert (opened["slow"].ran, opened["fast"].ran) == (1, 4) and "next" not in opened
     assert worker.set_aside == {"cell_slow": Stop.TRIAL_WOULD_NOT_FIT}
-    assert "not starting another trial: 5s elapsed + 5s estimated > 9s budget" in caplog.text
+    assert "not starting another trial: 5.0s elapsed + 5.0s estimated > 9.0s budget" in caplog.text
     assert "stopped: time budget (ran 5 trial(s) in 9.0s over 3 studies; set aside: cell_slow (time budget))" \
         in caplog.text
 
@@ -296,6 +296,8 @@ def test_signals_set_the_flag_and_objectives_see_the_label() -> None:
     assert (flag.stop, flag.requested()) == (Stop.PREEMPTED, "preempted")
     with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
         flag._on_signal(signal.SIGINT, None)
+    flag._on_signal(signal.SIGINT, None)  # a third (hpo run passes Ctrl-C on too) lets the trial's end be written
+    assert (flag.stop, flag.interrupts) == (Stop.PREEMPTED, 3)
 
 
 # -- one study's loop on a real journal ----------------------------------------------------------

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, clean_env, load_study, run_hpo, tree
+from hpo.journal.reader import TrialRecord
+from hpo.watch.export import knee_point
 
 EXAMPLES = REPO / "configs/examples"
 
@@ -344,12 +346,20 @@ def test_seed_001_sweep_of_surrogates_two_objectives(tmp_path: Path) -> None:
     status = json.loads(run_hpo(["status", "--json", "--no-slurm"], tmp_path, env).stdout)
     assert [s["study"] for s in status["studies"]] == ["codes_shallow", "codes_mlp"]
     for one in status["studies"]:
-        assert one["metric_names"] == ["lae99", "latency_us"] and one["pareto"]
+        study = load_study(tmp_path / "optuna_journal" / f"{one['study']}.journal", one["study"])
+        pareto = sorted((t.number, t.values) for t in study.best_trials)  # plain Optuna's Pareto set
+        assert one["metric_names"] == ["lae99", "latency_us"]
+        assert sorted((p["number"], p["values"]) for p in one["pareto"]) == pareto
         assert one["states"]["COMPLETE"] == one["finished"] == 3
         stored = tmp_path / "optuna_runs" / one["study"] / "study_config.yaml"
         assert stored.read_text() == (EXAMPLES / "codes_sweep.yaml").read_text()
     best = json.loads(run_hpo(["best", "--format", "json", "--study-name", "codes_mlp"], tmp_path, env).stdout)
-    assert best["pareto"] and "knee" in best
+    mlp = load_study(tmp_path / "optuna_journal/codes_mlp.journal", "codes_mlp")
+    assert sorted(p["number"] for p in best["pareto"]) == sorted(t.number for t in mlp.best_trials)
+    knee = knee_point([TrialRecord(t.number, t.number, "COMPLETE", list(t.values)) for t in mlp.best_trials],
+                      ["MINIMIZE", "MINIMIZE"])
+    assert knee is not None and best["best_trial_number"] == knee.number
+    assert best["knee"] == "closest to the utopia point, objectives scaled to [0, 1] over the Pareto set"
 
 
 def test_seed_004_files_metrics_and_four_figures(tmp_path: Path) -> None:

@@ -222,6 +222,12 @@ def preview_bytes(data: bytes, width: int = 60) -> str:
     return text + ("..." if len(data) > width else "")
 
 
+def journal_studies(journal_dir: Path) -> list[str]:
+    """The studies of a journal folder, one ``<study>.journal`` file each (what a command
+    that reads a study lists when it is given a name that is not there)."""
+    return sorted(p.name[: -len(".journal")] for p in journal_dir.glob("*.journal"))
+
+
 def read_complete(path: Path, study_name: str) -> tuple[bytearray, bool]:
     """``b"\\n"`` + the file's complete lines, and whether a torn last line (no newline
     yet) was left out, as Optuna does. Read straight into one buffer: no copy of a big journal.
@@ -237,7 +243,8 @@ def read_complete(path: Path, study_name: str) -> tuple[bytearray, bool]:
             read = handle.readinto(memoryview(text)[1:]) or 0
     except FileNotFoundError:
         raise UsageError(
-            f"no journal {str(path)!r} for STUDY_NAME={study_name!r}; check JOURNAL_DIR and STUDY_NAME "
+            f"no journal {str(path)!r} for STUDY_NAME={study_name!r}; studies there: "
+            f"{', '.join(map(repr, journal_studies(path.parent))) or 'none'}; check JOURNAL_DIR and STUDY_NAME "
             "(or start the study with `hpo run` / `hpo worker`)"
         ) from None
     except OSError as exc:

@@ -23,6 +23,7 @@ from hpo.config.settings import Settings
 from hpo.config.space import Param, check_param_set
 from hpo.config.study import StudyConfig, cells, load_config, parse_config, single_study_text
 from hpo.errors import UsageError
+from hpo.journal.format import journal_studies
 from hpo.journal.reader import StudyJournal
 from hpo.study.provenance import stored_config_path
 from hpo.study.shared import open_study
@@ -139,7 +140,10 @@ def dumps_summary(source: str, summary: dict[str, Any], budget: int, best: Mappi
 def other_study(settings: Settings, name: str) -> StudyJournal:
     """Another study in the same storage, every trial decoded (read-only)."""
     other = dataclasses.replace(settings, study_name=name)
-    names = [s.study_name for s in open_storage(other.spec).get_all_studies()]
+    if not settings.storage and not other.spec.journal_path.exists():  # opening it would create it
+        names = journal_studies(settings.journal_dir)
+    else:
+        names = [s.study_name for s in open_storage(other.spec).get_all_studies()]
     if name not in names:
         where = settings.storage_label if settings.storage else settings.journal_dir
         raise UsageError(f"--from-study {name!r}: no such study in {where}; existing: {', '.join(names) or 'none'}")

@@ -4,6 +4,10 @@
 |-------------------------------------------|----------|----------------------------|---------|--------------|
 | finite value(s) returned                  | COMPLETE |                            | no      | no           |
 | non-finite value returned                 | PRUNED   | diverged: objective is nan | no      | no           |
+| another number of values than objectives, | FAIL     | objective returned …       | no      | no           |
+| or not a number, returned                 |          |                            |         |              |
+| ``TrialCapped``: past the time-pruning    | COMPLETE | time-pruned: …             | no      | no           |
+| limit, with ``time_pruning_cap``          |          | (the values capped)        |         |              |
 | ``Diverged`` (non-finite loss)            | PRUNED   | its message                | no      | no           |
 | ``optuna.TrialPruned`` (the pruner)       | PRUNED   | pruned at step N           | no      | no           |
 | ``TrialStopped("preempted")``             | FAIL     | preempted                  | yes     | yes          |
@@ -11,7 +15,7 @@
 | ``TrialStopped("interrupted")``, Ctrl-C   | FAIL     | interrupted                | no      | yes          |
 | CUDA/CPU out of memory                    | FAIL     | out of memory              | no      | no           |
 | any other exception                       | FAIL     | ``Type: message``          | no      | no           |
-| ``TrialTaken`` or Optuna's                | (none)   | taken                      | no      | no           |
+| ``TrialTaken`` or Optuna's                | (none)   | (none)                     | no      | no           |
 | ``UpdateFinishedTrialError``: another     |          |                            |         |              |
 | worker (the reaper) already finished it   |          |                            |         |              |
 

@@ -122,8 +122,11 @@ class StopFlag:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         if signum == signal.SIGINT:
             self.interrupts += 1
-            if self.interrupts > 1:
-                raise KeyboardInterrupt  # second Ctrl-C: stop now, mid-epoch
+            if self.interrupts == 2:
+                # Second Ctrl-C: stop now, mid-epoch. Only once: a worker of `hpo run` gets
+                # each Ctrl-C from the terminal and again from `hpo run`, and another raise
+                # while the trial's end is written would leave the trial RUNNING.
+                raise KeyboardInterrupt
             self.stop = self.stop or Stop.INTERRUPTED
         else:
             self.stop = Stop.PREEMPTED
@@ -179,6 +182,6 @@ class Limits:
         estimate = next_trial_seconds()
         if elapsed + estimate <= self.budget_seconds:
             return None
-        _logger.info("not starting another trial: %.0fs elapsed + %.0fs estimated > %.0fs budget "
+        _logger.info("not starting another trial: %.1fs elapsed + %.1fs estimated > %.1fs budget "
                      "(TIMEOUT_SECONDS or the SLURM time limit)", elapsed, estimate, self.budget_seconds)
         return Stop.TIME_SPENT if elapsed >= self.budget_seconds else Stop.TRIAL_WOULD_NOT_FIT

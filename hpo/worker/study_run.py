@@ -155,7 +155,7 @@ def _log_start(s: Settings, worker: WorkerParts, launch: int, seed: int) -> None
         "%d + launch %d x %d + rank %d) max_trials=%d trials_per_worker=%s budget=%s sampler=%s pruner=%s",
         who.worker_id, s.study_name, s.storage_label, worker.device, who.visible_gpus,
         seed, s.optuna_seed, s.seed_offset, launch, LAUNCH_SEED_STRIDE, who.rank,
-        s.max_trials, s.trials_per_worker, "unlimited" if budget is None else f"{budget:.0f}s", s.sampler, s.pruner,
+        s.max_trials, s.trials_per_worker, "unlimited" if budget is None else f"{budget:.1f}s", s.sampler, s.pruner,
     )
     _logger.info("settings: %s", json.dumps(s.as_dict(), sort_keys=True))
     lag = None if s.storage else visibility_warning(s.journal_dir, s.stale_seconds)
