@@ -10,8 +10,9 @@ what it costs, on local disk and on a network filesystem when one is given:
 - for OwnerLock, the fence window: time from the (last) fence's return to the
   return of the ``write`` syscall, over ``--appends`` real journal appends (p50/p99).
 
-Compared: OwnerLock, ``filelock.FileLock`` (flock: local to one client on many
-NFS setups) and Optuna's ``JournalFileOpenLock``.
+Compared: OwnerLock, KernelLock (the record lock, ``hpo.system.kernel_lock``),
+``filelock.FileLock`` (flock: local to one client on many NFS setups) and Optuna's
+``JournalFileOpenLock``.
 
     python benchmarks/bench_lock.py                                  # local disk only
     python benchmarks/bench_lock.py --dir /mnt/hpolock-a             # plus a GlusterFS/NFS folder
@@ -32,7 +33,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-KINDS = ("OwnerLock", "filelock.FileLock", "optuna.JournalFileOpenLock")
+KINDS = ("OwnerLock", "KernelLock (fcntl)", "filelock.FileLock", "optuna.JournalFileOpenLock")
 
 
 def make(kind: str, path: str) -> tuple[Callable[[], object], Callable[[], object]]:
@@ -42,6 +43,11 @@ def make(kind: str, path: str) -> tuple[Callable[[], object], Callable[[], objec
 
         lock = OwnerLock(path)
         return lock.acquire, lock.release
+    if kind == "KernelLock (fcntl)":
+        from hpo.system.kernel_lock import KernelLock
+
+        klock = KernelLock(path)
+        return klock.acquire, klock.release
     if kind == "filelock.FileLock":
         from filelock import FileLock
 
@@ -116,7 +122,8 @@ def fence_window(path: str, appends: int) -> tuple[float, float]:
     return percentiles(windows)
 
 
-APPENDERS = ("hpo GuardedFileBackend + OwnerLock", "optuna JournalFileBackend + JournalFileOpenLock")
+APPENDERS = ("hpo GuardedFileBackend + OwnerLock", "hpo GuardedFileBackend + KernelLock",
+             "optuna JournalFileBackend + JournalFileOpenLock")
 
 
 def append_cycle(kind: str, path: str, cycles: int) -> tuple[float, float]:
@@ -124,9 +131,11 @@ def append_cycle(kind: str, path: str, cycles: int) -> tuple[float, float]:
     journal does it (microseconds, p50 and p99)."""
     if kind.startswith("hpo"):
         from hpo.journal.backend import GuardedFileBackend
+        from hpo.system.kernel_lock import KernelLock
         from hpo.system.lock import OwnerLock
 
-        journal: object = GuardedFileBackend(path, lock_obj=OwnerLock(path))
+        lock = KernelLock(path) if "KernelLock" in kind else OwnerLock(path)
+        journal: object = GuardedFileBackend(path, lock_obj=lock)
     else:
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 

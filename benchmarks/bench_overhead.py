@@ -2,7 +2,7 @@
 
 Both run a null objective on a copy of the same pre-filled journal (N finished trials),
 in-process, and the cost per trial is the median gap between consecutive objective calls
-(so journal replay at start-up is excluded: see bench_join.py for that).
+(so journal replay at start-up is excluded: see bench_late_joiner.py for that).
 
     python benchmarks/bench_overhead.py --sizes 1000 5000 20000 --trials 200
 """

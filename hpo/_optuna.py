@@ -28,7 +28,7 @@ from optuna.study._constrained_optimization import _get_constraints_from_system_
 from optuna.study._multi_objective import _is_pareto_front, _normalize_value
 
 if TYPE_CHECKING:
-    from optuna.study._frozen import FrozenStudy
+    from optuna.study._frozen import FrozenStudy as FrozenStudy
     from optuna.trial import FrozenTrial
 
 # Where Optuna's ``Study.set_metric_names`` keeps the objectives' names (a study system attribute).

@@ -655,7 +655,7 @@ def test_worker_waiting_for_a_lock_stops_on_a_signal_and_does_not_spin(toy, sign
     assert proc.returncode == code, err
     log = "".join(p.read_text() for p in logs.glob("worker_*.log"))
     assert f"stopped: {label} (stopped waiting for optuna_journal/toy.journal.lock after" in log
-    notices = re.findall(r"waiting \d+ s for optuna_journal/toy\.journal\.lock, held by FOREIGN: Optuna "
+    notices = re.findall(r"waiting \d+ s for optuna_journal/toy\.journal\.lock: FOREIGN: Optuna "
                          r"JournalFileSymlinkLock, a symlink to 'optuna_journal/toy\.journal' \(dangling", log)
     assert len(notices) == 1, log
     events = json.loads(events_file.read_text())

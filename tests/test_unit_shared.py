@@ -146,21 +146,28 @@ def test_a_trial_created_outside_hpo_meanwhile_is_numbered_right(tmp_path: Path)
 
 def test_room_seen_on_a_lagging_view_is_checked_again_on_a_fresh_one(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """On GlusterFS a worker's look may miss another node's trials: "room", seen first
+    """On GlusterFS a worker's view may miss another node's trials: "room", seen first
     without the lock, then holding it, is only trusted after the barrier."""
     shared = open_(tmp_path, max_trials=2)
     add(shared, TrialState.COMPLETE)
+    add(open_(tmp_path, max_trials=2), TrialState.COMPLETE)  # another node's: in the file already
     barrier(shared, monkeypatch)
+    real_counts = shared.counts
     looks: list[bool] = []
-    real = shared._budget_verdict
+
+    def counts() -> Counter[TrialState]:
+        # This node's view shows the other node's trial only once it read past its barrier.
+        fresh = VIEW_ATTR in shared.storage.get_study_system_attrs(shared.study_id)
+        return real_counts() if fresh else Counter({TrialState.COMPLETE: 1})
+
+    real_verdict = shared._budget_verdict
 
     def verdict() -> tuple[None, bool] | None:
-        seen = real()
-        if len(looks) == 1:  # another node finishes a trial just as we look holding the lock
-            add(open_(tmp_path, max_trials=2), TrialState.COMPLETE)
+        seen = real_verdict()
         looks.append(seen is None)
         return seen
 
+    monkeypatch.setattr(shared, "counts", counts)
     monkeypatch.setattr(shared, "_budget_verdict", verdict)
     assert shared.ask_within_budget(attrs) == (None, True)
     assert looks == [True, True, False] and VIEW_ATTR in shared.storage.get_study_system_attrs(shared.study_id)
@@ -357,7 +364,7 @@ def test_trials_filters_by_state(tmp_path: Path) -> None:
 def test_a_study_that_does_not_exist_is_not_created_when_asked_not_to(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as err:
         open_(tmp_path, name="nope", create=False)
-    assert str(err.value) == (f"STUDY_NAME='nope': no such study in {tmp_path / 'journal' / 'nope.journal'}; "
+    assert str(err.value) == (f"STUDY_NAME='nope': no such study in {tmp_path / 'journal'}; "
                               "existing: none")
     open_(tmp_path, name="nope")  # the journal now holds it
     open_(tmp_path, name="other")

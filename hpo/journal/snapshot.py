@@ -49,8 +49,9 @@ from hpo._optuna import GroupedJournalStorage, journal_backend, study_id, trial_
 from hpo.system.files import write_bytes_atomic
 
 if TYPE_CHECKING:
-    from optuna.study._frozen import FrozenStudy
     from optuna.trial import FrozenTrial
+
+    from hpo._optuna import FrozenStudy
 
 _logger = logging.getLogger(__name__)
 
