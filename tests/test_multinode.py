@@ -227,8 +227,11 @@ def test_stall_past_stale_then_resume(shared_project: Path, what: str) -> None:
     victim = nodes[2]
     # 24 trials of ~3 s on 3 workers: ~25 s, time for a node slow to start its task to join
     heartbeat, stale, max_trials = 1, 4, 24
+    # HPO_FLUSH_SECONDS=1: a trial's reports reach the journal each second (held for 30 s
+    # by default), so a report seen from here shows the victim inside its objective; and
+    # the stopped worker then holds unwritten reports, which the reap must fence off.
     env = _study_env(shared_project, MAX_TRIALS=str(max_trials), TOY_STEP_SECONDS="1.0",
-                     HPO_HEARTBEAT_SECONDS=str(heartbeat), HPO_STALE_SECONDS=str(stale))
+                     HPO_HEARTBEAT_SECONDS=str(heartbeat), HPO_STALE_SECONDS=str(stale), HPO_FLUSH_SECONDS="1")
     job = _sbatch(shared_project, ["-N", "3", "--ntasks-per-node=1", "--ntasks=3"], env)
     journal = shared_project / "journal" / f"{STUDY}.journal"
     try:
