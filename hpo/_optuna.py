@@ -24,6 +24,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal._file import BaseJournalFileLock as BaseJournalFileLock
 from optuna.storages.journal._storage import JournalOperation as JournalOperation
 from optuna.storages.journal._storage import JournalStorageReplayResult as JournalStorageReplayResult
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.study._constrained_optimization import _get_constraints_from_system_attrs
 from optuna.study._multi_objective import _is_pareto_front, _normalize_value
 
@@ -37,15 +38,19 @@ METRIC_NAMES_ATTR = "study:metric_names"
 __all__ = [
     "METRIC_NAMES_ATTR", "GroupedJournalStorage",
     "BaseJournalFileLock", "JournalOperation", "JournalStorageReplayResult", "constraints_of", "journal_backend",
-    "on_pareto_front", "pop_waiting_trial_id", "stale_trial_ids", "study_id", "study_storage", "synced_replay",
+    "TRIAL_DETAIL_OPS", "on_pareto_front", "pop_waiting_trial_id", "stale_trial_ids", "study_id", "study_storage", "synced_replay",
     "trial_id",
 ]
 
 
-# Records that add to a running trial: held back for a trial of this process's, and
-# written together (the op codes of hpo.journal.format.TRIAL_DETAIL_OPS, as Optuna names them).
-_DETAIL_OPS = frozenset(int(op) for op in (JournalOperation.SET_TRIAL_PARAM, JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE,
-                                           JournalOperation.SET_TRIAL_USER_ATTR, JournalOperation.SET_TRIAL_SYSTEM_ATTR))
+# Records that add to one running trial (a parameter, a report, an attribute), naming it by
+# "trial_id" right after the worker id; the others are structural: they create or end things.
+# A trial of this process's holds these back and writes them together (GroupedJournalStorage);
+# hpo.journal.format reads by them.
+TRIAL_DETAIL_OPS: tuple[int, ...] = tuple(int(op) for op in (
+    JournalOperation.SET_TRIAL_PARAM, JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE,
+    JournalOperation.SET_TRIAL_USER_ATTR, JournalOperation.SET_TRIAL_SYSTEM_ATTR))
+_DETAIL_OPS = frozenset(TRIAL_DETAIL_OPS)
 
 
 class GroupedJournalStorage(JournalStorage):
@@ -99,7 +104,13 @@ class GroupedJournalStorage(JournalStorage):
         with self._thread_lock:
             logs, self._held[tid] = self._held.get(tid, []), []
             if logs:
-                self._append(logs)
+                try:
+                    self._append(logs)
+                except BaseException:
+                    # Not written (the backend's append is all or nothing): held again, for
+                    # the next flush or the trial's end, ahead of what came meanwhile.
+                    self._held[tid] = logs + self._held.get(tid, [])
+                    raise
             self._sync_with_backend()
         return len(logs)
 
@@ -128,7 +139,18 @@ class GroupedJournalStorage(JournalStorage):
         try:
             self._backend.append_logs(logs)
         except BaseException:
-            self._diverged = self._diverged or len(logs) > 1  # held records applied here, not written
+            # Held records were applied here and are not in the file (yet, or ever).
+            self._diverged = self._diverged or any(log["op_code"] in _DETAIL_OPS for log in logs)
+            raise
+
+    def _sync_with_backend(self) -> None:
+        try:
+            super()._sync_with_backend()
+        except UpdateFinishedTrialError:
+            # One of our appends landed after another worker ended the trial (the reaper's
+            # FAIL came between our last look and the append): every reader skips those
+            # records, but our replay applied the held ones already.
+            self._diverged = True
             raise
 
     def _apply_locally(self, log: dict[str, Any]) -> None:

@@ -18,10 +18,16 @@ from typing import Any
 
 import optuna
 import pytest
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
 
 from conftest import TOY_CONFIG, clean_env, load_study, run_hpo
+from hpo._optuna import journal_backend
 from hpo.config.study import load_launch
+from hpo.errors import StorageError
+from hpo.journal.backend import open_journal
 from hpo.journal.format import Op
+from hpo.journal.snapshot import write_snapshot
 from hpo.study.shared import SharedStudy, open_study
 
 STEPS = 6
@@ -109,6 +115,47 @@ def test_what_a_taken_trial_held_is_never_written(shared: SharedStudy) -> None:
     assert records(shared, trial._trial_id) == Counter()
 
 
+def test_a_flush_that_fails_keeps_what_it_held_for_the_next_write(shared: SharedStudy,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """An append that fails (the filesystem, a lost lock) writes nothing: what the trial
+    held stays held, ahead of later reports, and its end writes it all."""
+    trial, _ = shared.ask_within_budget(lambda n: {})
+    assert trial is not None
+    tid = trial._trial_id
+    for step in range(3):
+        trial.report(float(step), step)
+    backend = journal_backend(shared.storage)
+
+    def failing(logs: list[dict[str, Any]]) -> None:
+        raise StorageError("appending to the journal failed (a test)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(backend, "append_logs", failing)
+        with pytest.raises(StorageError):
+            shared.flush(tid)
+    assert shared.held(tid) == 3
+    trial.report(3.0, 3)
+    shared.study.tell(trial, 1.0)
+    assert plain(shared.spec.journal_path).trials[0].intermediate_values == {s: float(s) for s in range(4)}
+
+
+def test_records_landing_after_another_worker_ended_the_trial_keep_the_view_from_the_snapshot(
+        shared: SharedStudy) -> None:
+    """The reaper's FAIL lands between this worker's last look and its flush: every reader
+    skips the flushed reports; this process applied them already, so its view is no longer
+    the file's and it must never compact it."""
+    trial, _ = shared.ask_within_budget(lambda n: {})
+    assert trial is not None
+    tid = trial._trial_id
+    trial.report(1.0, 0)
+    open_journal(shared.spec.journal_path).set_trial_state_values(tid, TrialState.FAIL)  # another worker
+    with pytest.raises(UpdateFinishedTrialError):
+        shared.flush(tid)
+    assert plain(shared.spec.journal_path).trials[0].intermediate_values == {}
+    assert shared.storage.view_as_read() is None
+    assert write_snapshot(shared.spec.journal_path, shared.storage) is None
+
+
 # -- real workers --------------------------------------------------------------------------
 
 REPORTER = """
@@ -150,6 +197,44 @@ def test_a_worker_killed_between_flushes_loses_only_its_last_reports_and_its_tri
     assert (trials[0].state.name, trials[0].user_attrs["reason"]) == ("FAIL", "worker lost")
     retry = next(t for t in trials if t.user_attrs.get("retry_of") == 0)
     assert (retry.state.name, retry.params) == ("COMPLETE", killed.params)
+
+
+SILENT = """
+import time
+def objective(params, ctx):
+    ctx.set_user_attr("phase", "started")
+    for _ in range(60):  # 3 s, no report: only check_stop
+        time.sleep(0.05)
+        ctx.check_stop()
+    return params["x"]
+"""
+
+
+def test_an_objective_that_never_reports_still_has_its_attributes_written_every_flush(tmp_path: Path) -> None:
+    """HPO_FLUSH_SECONDS bounds how late anything a trial holds reaches the journal, not
+    only reports: ``set_user_attr`` and ``check_stop`` flush too."""
+    (tmp_path / "silent.py").write_text(SILENT)
+    (tmp_path / "toy.yaml").write_text(TOY_CONFIG.format(objective="quadratic").replace("objectives:quadratic",
+                                                                                           "silent:objective"))
+    env = clean_env(HPO_CONFIG=str(tmp_path / "toy.yaml"), PYTHONPATH=str(tmp_path), MAX_TRIALS="1",
+                    OPTUNA_PRUNER="none", HPO_FLUSH_SECONDS="0.5")
+    worker = subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--quiet"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = tmp_path / "optuna_journal" / "toy.journal"
+    seen_running: list[str] = []
+    try:
+        while worker.poll() is None and not seen_running:
+            try:  # (plain Optuna's backend would create a missing journal: look first)
+                trials = plain(journal).trials if journal.exists() else []
+            except KeyError:  # no study in it yet
+                trials = []
+            seen_running = [t.user_attrs["phase"] for t in trials
+                            if t.state.name == "RUNNING" and "phase" in t.user_attrs]
+            time.sleep(0.05)
+    finally:
+        assert worker.wait(timeout=120) == 0
+    assert seen_running == ["started"]  # while it ran, not only at its end
+    assert plain(journal).trials[0].state.name == "COMPLETE"
 
 
 @pytest.mark.parametrize("run", range(20))

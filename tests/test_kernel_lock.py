@@ -19,10 +19,12 @@ from typing import Any
 import pytest
 
 from conftest import load_study, run_hpo, tree
-from hpo.errors import LockWaitAborted
-from hpo.journal.locking import PROOF_NAME
+from hpo.errors import LockWaitAborted, StorageError, UsageError
+from hpo.journal.backend import GuardedFileBackend
+from hpo.journal.filesystem import filesystem_of
+from hpo.journal.locking import PROOF_NAME, _adopt_record_lock, journal_lock, kernel_lock_file
 from hpo.system.kernel_lock import KernelLock, kernel_holder
-from hpo.system.lock import LockTimeout
+from hpo.system.lock import LockTimeout, make_lock
 
 HOLDER = """
 import os, sys, time
@@ -140,6 +142,71 @@ def test_a_worker_told_to_stop_leaves_a_long_wait(tmp_path: Path) -> None:
     lock.release()
 
 
+def test_a_child_forked_during_a_wait_does_not_keep_the_lock(tmp_path: Path) -> None:
+    """A DataLoader forked while another thread waits for the lock: the wait's descriptor
+    is copied into the child; when the lock is granted and released, nothing stays held."""
+    journal = tmp_path / "s.journal"
+    first, waiter, third = KernelLock(journal), KernelLock(journal), KernelLock(journal)
+    first.acquire()
+    granted, done = threading.Event(), threading.Event()
+
+    def wait_then_release() -> None:
+        with waiter:
+            granted.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=wait_then_release)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not waiter._waiting_fds and time.monotonic() < deadline:  # the wait is in flight
+        time.sleep(0.01)
+    assert waiter._waiting_fds
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child only sleeps
+        time.sleep(20)
+        os._exit(0)
+    try:
+        first.release()
+        assert granted.wait(10)
+        done.set()
+        thread.join(10)
+        assert third.acquire(timeout=5)  # the child's copy holds nothing
+        third.release()
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+
+
+def test_an_interrupt_during_a_wait_leaves_nothing_held(tmp_path: Path) -> None:
+    """A second Ctrl-C lands while the worker waits: the wait ends with KeyboardInterrupt,
+    and the lock, granted later to the abandoned wait, is let go."""
+    journal = tmp_path / "s.journal"
+    proc = holder(journal, "release")
+    lock = KernelLock(journal)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(KeyboardInterrupt):
+            lock.acquire()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "released\n"
+        assert lock.acquire(timeout=5)
+        lock.release()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 # -- which lock a journal uses ---------------------------------------------------------------
 
 
@@ -190,6 +257,26 @@ def test_a_worker_whose_lock_contradicts_its_journal_is_refused_and_writes_nothi
     assert result.returncode == 2, result.stderr
     assert message.format(dir="optuna_journal") in result.stderr
     assert tree(cwd) == before
+
+
+def test_two_workers_starting_one_journal_with_different_locks_do_not_both_write(tmp_path: Path) -> None:
+    """Worker B chose the lock file for a new journal; worker A, with a proof, then made it
+    record-locked before B's first append: B's append is refused and writes nothing. And
+    a journal started with the lock file meanwhile is not turned record-locked."""
+    journal = tmp_path / "s.journal"
+    b = GuardedFileBackend(str(journal), lock_obj=make_lock(journal))  # chose "file": journal new, no proof
+    (tmp_path / PROOF_NAME).write_text(json.dumps({"verdict": "honoured", "fstype": filesystem_of(tmp_path).fstype}))
+    assert isinstance(journal_lock(journal), KernelLock)  # A: record lock, .flock created
+    with pytest.raises(StorageError, match=r"was started with the record lock .* every writer of one journal"):
+        b.append_logs([{"op_code": 0, "worker_id": "b", "study_name": "s", "directions": [1]}])
+    assert journal.read_bytes() == b""
+    # The other order: B's first append landed before A looks; A keeps the lock file.
+    other = tmp_path / "t.journal"
+    GuardedFileBackend(str(other), lock_obj=make_lock(other)).append_logs(
+        [{"op_code": 0, "worker_id": "b", "study_name": "s", "directions": [1]}])
+    assert _adopt_record_lock(other, "auto", None) == "file" and not kernel_lock_file(other).exists()
+    with pytest.raises(UsageError, match="HPO_JOURNAL_LOCK='fcntl', but .* was started meanwhile with the lock file"):
+        _adopt_record_lock(other, "fcntl", None)
 
 
 def test_a_bad_lock_setting_names_the_valid_ones(toy: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,24 @@ def test_a_stale_damaged_or_foreign_snapshot_is_not_used(tmp_path: Path, caplog:
     snapshot_path(journal).write_bytes(json.dumps({**json.loads(header), "optuna": "4.0"}).encode() + b"\n" + rest)
     assert load_snapshot(journal) is None
     assert everything(open_journal(journal)) == everything(plain(journal))
+
+
+def test_a_snapshot_of_a_replaced_journal_is_never_used_or_written(tmp_path: Path) -> None:
+    """``hpo repair`` replaces the journal by another file, here with the very same bytes:
+    a snapshot compacted from the old file is stale, and a worker that read the old file
+    writes none (its replay is not the new file's)."""
+    journal = tmp_path / "s.journal"
+    populate(open_journal(journal), "a")
+    reader = open_journal(journal)  # a worker that read the journal before the repair
+    assert write_snapshot(journal, open_journal(journal)) is not None
+    assert load_snapshot(journal) is not None
+    copy = tmp_path / "copy"
+    copy.write_bytes(journal.read_bytes())
+    os.replace(copy, journal)
+    assert load_snapshot(journal) is None
+    snapshot_path(journal).unlink()
+    assert write_snapshot(journal, reader) is None and not snapshot_path(journal).exists()
+    assert write_snapshot(journal, open_journal(journal)) is not None  # a worker that read the new file
 
 
 def test_a_journal_with_a_deleted_study_is_not_compacted(tmp_path: Path) -> None:

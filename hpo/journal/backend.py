@@ -33,7 +33,7 @@ from hpo.errors import StorageError
 from hpo.journal.coherence import read_from, read_past, retry_transient
 from hpo.journal.filesystem import filesystem_of, needs_read_barrier
 from hpo.journal.format import read_line, split_lines
-from hpo.journal.locking import journal_lock
+from hpo.journal.locking import journal_lock, kernel_lock_file
 from hpo.journal.locking import lock_kind as lock_kind_of
 from hpo.journal.scan import middle_error, rescan_from, scan
 from hpo.journal.snapshot import Snapshot, load_snapshot, snapshot_path
@@ -226,6 +226,9 @@ class GuardedFileBackend(BaseJournalBackend):
         self._lock = lock_obj if lock_obj is not None else journal_lock(Path(file_path))
         if not os.path.exists(file_path):
             open(file_path, "ab").close()  # as Optuna's backend does: a new journal is an empty file
+        # The file this backend reads: a journal replaced since (``hpo repair``) is another one,
+        # and a snapshot of what was read here must not describe it (hpo.journal.snapshot).
+        self.inode = os.stat(file_path).st_ino
         # With a snapshot (hpo.journal.snapshot), record numbers 0..k-1 are its k records and
         # number k is the file's byte covers_bytes: the numbers are this process's own.
         self._snapshot = snapshot.records if snapshot is not None else []
@@ -240,6 +243,7 @@ class GuardedFileBackend(BaseJournalBackend):
         mount = filesystem_of(os.path.dirname(os.path.abspath(file_path)))
         self._keep_open = mount is not None and mount.node_local is True
         self._read_fd: tuple[int, int] | None = None  # (pid, descriptor)
+        self._lock_checked = False
 
     @property
     def lock(self) -> BaseJournalFileLock:
@@ -313,6 +317,7 @@ class GuardedFileBackend(BaseJournalBackend):
         data = "".join(json.dumps(log, separators=(",", ":")) + "\n" for log in logs).encode("utf-8")
         for _ in range(_RETRIES_AFTER_FENCE):
             with held(self._lock):
+                self._check_same_lock()
                 if not _fence_holds(self._lock):
                     continue
                 tries = [0]
@@ -321,6 +326,19 @@ class GuardedFileBackend(BaseJournalBackend):
                     return
         raise LockLost(f"{self._file_path}: the lock was lost {_RETRIES_AFTER_FENCE} times in a row "
                        "before the append; nothing was written")
+
+    def _check_same_lock(self) -> None:
+        """Once per process, holding the lock *file*: the journal did not take the record
+        lock meanwhile (another worker starting the same new journal with it; see
+        :func:`hpo.journal.locking.journal_lock`). One ``stat``."""
+        if self._lock_checked or isinstance(self._lock, KernelLock):
+            return
+        if kernel_lock_file(Path(self._file_path)).exists():
+            raise StorageError(f"{self._file_path} was started with the record lock "
+                               f"({kernel_lock_file(Path(self._file_path))}) by another worker while this one took "
+                               "the lock file: every writer of one journal must use the same lock; nothing was "
+                               "written; start this worker again (HPO_JOURNAL_LOCK=auto follows the journal)")
+        self._lock_checked = True
 
     def _append_once(self, data: bytes, tries: list[int]) -> bool:
         """One attempt, holding the lock; False when the fence says we lost it just now."""

@@ -33,6 +33,7 @@ from typing import Any
 from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend
 
+from hpo._optuna import TRIAL_DETAIL_OPS as TRIAL_DETAIL_OPS
 from hpo._optuna import JournalOperation, JournalStorageReplayResult
 from hpo.errors import StorageError, UsageError
 
@@ -57,10 +58,6 @@ FIELDS_OF: dict[int, tuple[str, ...]] = {
     Op.SET_TRIAL_USER_ATTR: ("trial_id", "user_attr"),
     Op.SET_TRIAL_SYSTEM_ATTR: ("trial_id", "system_attr"),
 }
-# Records that add to one running trial (a parameter, a report, an attribute), naming it by
-# "trial_id" right after the worker id; the others are structural: they create or end things.
-TRIAL_DETAIL_OPS: tuple[int, ...] = (Op.SET_TRIAL_PARAM, Op.SET_TRIAL_INTERMEDIATE_VALUE, Op.SET_TRIAL_USER_ATTR,
-                                     Op.SET_TRIAL_SYSTEM_ATTR)
 STRUCTURAL_OPS = frozenset(KNOWN_OPS - set(TRIAL_DETAIL_OPS))
 IGNORED_OPS = frozenset({int(Op.DISCARD_TRIALS)})  # written by another engine; Optuna's replay skips it
 WORKER_FIELD = rb'"worker_id":"[^"\\\n]*",'  # a worker id as Optuna writes it, up to the next field

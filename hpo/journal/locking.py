@@ -40,7 +40,7 @@ from hpo.errors import StorageError, UsageError
 from hpo.journal.filesystem import filesystem_of
 from hpo.system.files import write_json_atomic
 from hpo.system.kernel_lock import KERNEL_LOCK_SUFFIX, KernelLock
-from hpo.system.lock import make_lock
+from hpo.system.lock import held, make_lock
 
 _logger = logging.getLogger(__name__)
 
@@ -102,17 +102,32 @@ def journal_lock(journal: Path, wanted: str = "auto",
     """The lock every writer of ``journal`` takes (see the module docstring). A new journal
     that takes the record lock gets its ``<journal>.flock`` now, before its first byte."""
     kind = lock_kind(journal, wanted)
+    if kind == "fcntl" and not kernel_lock_file(journal).exists():
+        kind = _adopt_record_lock(journal, wanted, should_stop)
     if kind == "file":
         return make_lock(journal, should_stop)
-    try:
-        fd = os.open(kernel_lock_file(journal), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        os.close(fd)
-        _logger.info("%s: the journal's lock is a record lock (%s)", journal, kernel_lock_file(journal))
-    except FileExistsError:
-        pass
-    except OSError as err:
-        raise StorageError(f"{kernel_lock_file(journal)}: cannot create the journal's lock file ({err})") from err
     return KernelLock(journal, should_stop)
+
+
+def _adopt_record_lock(journal: Path, wanted: str, should_stop: Callable[[], bool] | None) -> str:
+    """A new journal takes the record lock: ``<journal>.flock`` is created holding the lock
+    *file*, which a worker that chose the lock file for the same new journal holds for its
+    first append, and checks there (:meth:`hpo.journal.backend.GuardedFileBackend.append_logs`):
+    of two workers starting one journal with different locks, one sees the other's choice."""
+    with held(make_lock(journal, should_stop)):
+        if journal.exists() and journal.stat().st_size > 0 and not kernel_lock_file(journal).exists():
+            if wanted == "fcntl":
+                raise UsageError(f"HPO_JOURNAL_LOCK='fcntl', but {journal} was started meanwhile with the lock "
+                                 "file: every writer of one journal must use the same lock; valid here: auto, file")
+            return "file"
+        try:
+            os.close(os.open(kernel_lock_file(journal), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            _logger.info("%s: the journal's lock is a record lock (%s)", journal, kernel_lock_file(journal))
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise StorageError(f"{kernel_lock_file(journal)}: cannot create the journal's lock file ({err})") from err
+    return "fcntl"
 
 
 # ---------------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ The journal stays the study's only state: a snapshot is a cache of its prefix, p
 JSON lines (no pickle: Optuna's own ``BaseJournalSnapshot`` pickles), and anything wrong
 with it means it is not used:
 
-* its header names ``covers_bytes`` and the journal's last 64 bytes before that point;
-  a journal shorter than that, or with other bytes there (``hpo repair`` rewrote it; it
-  also removes the snapshot), makes the snapshot stale;
+* its header names the journal file it was read from (its inode), ``covers_bytes`` and
+  the journal's last 64 bytes before that point; another file at the journal's path
+  (``hpo repair`` replaces it, and removes the snapshot; a worker that read the old file
+  writes no snapshot of it), a shorter journal, or other bytes there make it stale;
 * a journal with a deleted study is never compacted (ids would shift);
 * it is written by a worker between two trials, holding no record back
   (:class:`~hpo._optuna.GroupedJournalStorage`) and having dropped none, from its own
@@ -94,7 +95,9 @@ def load_snapshot(journal: Path) -> Snapshot | None:
                              header.get("optuna"))
                 return None
             covers = int(header["covers_bytes"])
-            if journal.stat().st_size < covers or _tail(journal, covers) != base64.b64decode(header["tail"]):
+            stat = journal.stat()
+            if (stat.st_ino != header.get("inode") or stat.st_size < covers
+                    or _tail(journal, covers) != base64.b64decode(header["tail"])):
                 _logger.info("%s: the journal is no longer what it compacted (repaired or replaced); "
                              "replaying the whole journal", path)
                 return None
@@ -153,11 +156,13 @@ def write_snapshot(journal: Path, storage: GroupedJournalStorage) -> int | None:
     backend = journal_backend(storage)
     covers = backend.offset_of(view[0]) if view is not None and backend is not None else None
     lines = compact(view[1], view[2]) if view is not None and covers is not None else None
-    if lines is None or covers is None:
+    if lines is None or covers is None or backend is None:
         return None
+    if os.stat(journal).st_ino != backend.inode:
+        return None  # replaced since it was read (hpo repair): what was read is not this journal
     trials = len(view[2]) if view is not None else 0
     header = {"hpo_snapshot": FORMAT, "optuna": _optuna_line(), "covers_bytes": covers,
-              "tail": base64.b64encode(_tail(journal, covers)).decode(), "records": len(lines), "trials": trials,
+              "inode": backend.inode, "tail": base64.b64encode(_tail(journal, covers)).decode(), "records": len(lines), "trials": trials,
               "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     body = "\n".join([json.dumps(header), *lines]) + "\n"
     write_bytes_atomic(snapshot_path(journal), body.encode(), durable=False)

@@ -180,6 +180,10 @@ class SharedStudy:
         """Write what ``tid`` holds, in one append; how many records."""
         return self.storage.flush(tid) if isinstance(self.storage, GroupedJournalStorage) else 0
 
+    def held(self, tid: int) -> int:
+        """How many of ``tid``'s records wait in this process, not written yet."""
+        return self.storage.held(tid) if isinstance(self.storage, GroupedJournalStorage) else 0
+
     def drop(self, tid: int) -> int:
         """Forget what ``tid`` holds: another worker ended it; nothing more is written for it."""
         return self.storage.drop(tid) if isinstance(self.storage, GroupedJournalStorage) else 0

@@ -107,6 +107,9 @@ class KernelLock(BaseJournalFileLock):
         self._fd: int | None = None
         self._fd_pid = -1
         self._held_fd: int | None = None
+        self._lost = False  # the server dropped our hold: its descriptor is given up at release
+        # Descriptors of waits in flight (helper threads): a child forked meanwhile closes its copies.
+        self._waiting_fds: set[int] = set()
         self._taken_at = 0.0
         # A forked child (a DataLoader worker) must not keep our open file description: a
         # lock it holds stays held until the child exits, even after this process died.
@@ -148,6 +151,7 @@ class KernelLock(BaseJournalFileLock):
             assert self._held_fd is not None  # _depth > 0
             fcntl.fcntl(self._held_fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK))
         except OSError as err:
+            self._lost = True
             raise LockLost(f"{self.lock_file}: the server no longer grants our lock ({err})") from err
         self._taken_at = time.monotonic()
 
@@ -172,10 +176,14 @@ class KernelLock(BaseJournalFileLock):
     # -- taking and giving back -------------------------------------------------------
 
     def _forget_in_child(self) -> None:
-        for fd in {self._fd, self._held_fd} - {None}:
+        # Closing the child's copies (a wait in flight in the parent included) keeps the
+        # parent's open file descriptions referenced by the parent alone; the parent's
+        # release unlocks explicitly anyway (see _let_go).
+        for fd in {self._fd, self._held_fd, *self._waiting_fds} - {None}:
             with contextlib.suppress(OSError):
                 os.close(fd)  # type: ignore[arg-type]
         self._fd, self._held_fd, self._depth, self._owner_thread = None, None, 0, None
+        self._waiting_fds = set()
         self._thread_lock = threading.RLock()
 
     def _descriptor(self) -> int:
@@ -215,6 +223,7 @@ class KernelLock(BaseJournalFileLock):
         got, gone = threading.Event(), threading.Event()
         failed: list[OSError] = []
         guard = threading.Lock()
+        self._waiting_fds.add(fd)
 
         def block() -> None:
             while True:
@@ -229,30 +238,35 @@ class KernelLock(BaseJournalFileLock):
             with guard:
                 got.set()
                 if gone.is_set():
-                    os.close(fd)  # abandoned: closing its only descriptor lets the lock go
+                    self._let_go(fd)  # abandoned: nobody else will
 
         threading.Thread(target=block, name="hpo-kernel-lock-wait", daemon=True).start()
         waited_since = time.monotonic()
         next_notice = waited_since + _FIRST_NOTICE
-        while not got.wait(_POLL if deadline is None else min(_POLL, max(0.0, deadline - time.monotonic()))):
-            now = time.monotonic()
-            try:
+        try:
+            while not got.wait(_POLL if deadline is None else min(_POLL, max(0.0, deadline - time.monotonic()))):
+                now = time.monotonic()
                 if deadline is not None and now >= deadline:
                     raise LockTimeout(f"{self.lock_file}: not acquired in {timeout} s ({self.describe_owner()})")
                 self._stop_requested(waited_since)
-            except BaseException:
-                with guard:
-                    if not got.is_set():
-                        gone.set()
-                        raise
-                break  # the helper got it as we gave up: keep it
-            if now >= next_notice:
-                level = logging.INFO if now - waited_since < _WARN_EVERY else logging.WARNING
-                _logger.log(level, "waiting %.0f s for the journal's lock: %s", now - waited_since,
-                            self.describe_owner())
-                next_notice = now + _WARN_EVERY
+                if now >= next_notice:
+                    level = logging.INFO if now - waited_since < _WARN_EVERY else logging.WARNING
+                    _logger.log(level, "waiting %.0f s for the journal's lock: %s", now - waited_since,
+                                self.describe_owner())
+                    next_notice = now + _WARN_EVERY
+        except BaseException as err:
+            # Any way out of the wait (a timeout, a stop, a second Ctrl-C inside got.wait):
+            # a lock not granted yet is let go by the helper when it is; one granted just
+            # now is kept for a timeout or a stop (the caller is told it holds it), else let go.
+            with guard:
+                if not got.is_set():
+                    gone.set()
+                    raise
+            if failed or not isinstance(err, (LockTimeout, LockWaitAborted)):
+                self._let_go(fd)
+                raise
         if failed:
-            os.close(fd)
+            self._let_go(fd)
             raise StorageError(f"{self.lock_file}: waiting for the record lock failed ({failed[0]})")
         return fd
 
@@ -274,16 +288,33 @@ class KernelLock(BaseJournalFileLock):
 
     def _unlock(self) -> None:
         fd, self._held_fd = self._held_fd, None
+        lost, self._lost = self._lost, False
         if fd is None:
             return
+        if fd != self._fd:
+            self._let_go(fd)  # a waiting helper's own descriptor
+            return
         try:
-            if fd == self._fd:
-                fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK))
-            else:
-                os.close(fd)  # a waiting helper's own descriptor: closing it lets the lock go
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK))
         except OSError as err:
-            # A lock the server already dropped: nothing left to give back.
+            lost = True
             _logger.warning("%s: releasing the record lock failed (%s)", self.lock_file, err)
+        if lost:
+            # GlusterFS refuses every later lock on a descriptor whose locks it dropped
+            # (EBADFD): the next acquisition opens a fresh one.
+            self._fd = None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _let_go(self, fd: int) -> None:
+        """Unlock, then close, a wait's own descriptor. The explicit unlock matters: a
+        child forked while the wait was in flight holds a copy of the descriptor, and
+        closing ours alone would leave the lock held by the child's copy."""
+        self._waiting_fds.discard(fd)
+        with contextlib.suppress(OSError):  # a lock the server already dropped: nothing to give back
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK))
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
     def describe_owner(self) -> str:
         return describe_kernel_holder(kernel_holder(self.lock_file[:-len(KERNEL_LOCK_SUFFIX)]))

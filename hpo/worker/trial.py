@@ -153,8 +153,8 @@ class TrialRunner:
             _check_taken=lambda: self._check_taken(active),
             _stop_reason=active.stop_reason,
             _time_left=lambda: None if active.limit is None else active.limit - (time.time() - active.start),
-            _check_time=lambda: self._check_time(active),
-            _set_user_attr=active.trial.set_user_attr,
+            _check_time=lambda: self._check_time_and_flush(active),
+            _set_user_attr=lambda key, value: self._set_user_attr(active, key, value),
         )
         return self.objective(params, ctx)
 
@@ -175,12 +175,32 @@ class TrialRunner:
     def _report(self, active: _Active, step: int, value: float) -> None:
         active.last_step.append(step)
         if len(self.config.directions) > 1:
+            self._flush_if_due(active, only_held=True)
             return  # Optuna cannot prune multi-objective trials
         active.trial.report(value, step)  # UpdateFinishedTrialError when taken: a row of hpo.worker.outcome
-        if time.monotonic() - active.flushed_at >= self.settings.flush_seconds:
-            self._flush(active)
+        self._flush_if_due(active)
         if active.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at step {step} (value {value:.6g})")
+
+    def _set_user_attr(self, active: _Active, key: str, value: Any) -> None:
+        active.trial.set_user_attr(key, value)
+        self._flush_if_due(active, only_held=True)
+
+    def _check_time_and_flush(self, active: _Active) -> None:
+        """The hook of ``ctx.report`` and ``ctx.check_stop``: an objective that never
+        reports still has its attributes written every ``HPO_FLUSH_SECONDS``."""
+        self._flush_if_due(active, only_held=True)
+        self._check_time(active)
+
+    def _flush_if_due(self, active: _Active, only_held: bool = False) -> None:
+        """Flush when ``HPO_FLUSH_SECONDS`` have passed since the last one. A report's flush
+        also reads the others' news for the pruner; elsewhere (``only_held``) nothing is
+        read when nothing is held, so an inner loop's ``check_stop`` stays cheap."""
+        if time.monotonic() - active.flushed_at < self.settings.flush_seconds:
+            return
+        if only_held and not self.shared.held(trial_id(active.trial)):
+            return
+        self._flush(active)
 
     def _flush(self, active: _Active) -> None:
         """Write what the trial holds (its reports, attributes) in one append: at most every
