@@ -158,9 +158,12 @@ def test_a_child_forked_during_a_wait_does_not_keep_the_lock(tmp_path: Path) -> 
     thread = threading.Thread(target=wait_then_release)
     thread.start()
     deadline = time.monotonic() + 10
-    while not waiter._waiting_fds and time.monotonic() < deadline:  # the wait is in flight
+    def waiting() -> bool:
+        return any(t.name == "hpo-kernel-lock-wait" for t in threading.enumerate())
+
+    while not waiting() and time.monotonic() < deadline:  # the wait is in flight, on its own descriptor
         time.sleep(0.01)
-    assert waiter._waiting_fds
+    assert waiting()
     child = os.fork()
     if child == 0:  # pragma: no cover - the child only sleeps
         time.sleep(20)
