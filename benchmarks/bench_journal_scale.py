@@ -17,6 +17,8 @@ trial, worker CPU seconds per trial, and bytes each worker read per trial.
         --local /tmp
 
 The window starts once every worker has created a trial, plus ``--settle`` seconds.
+``--figure PNG`` draws trials/s against workers (each kind, and the ideal); ``--replot JSON``
+draws it again from the rows a ``--json`` run saved, without running anything.
 """
 
 from __future__ import annotations
@@ -242,6 +244,34 @@ def measure(work: Path, journal: Path, n: int, start: float, stop: float, args: 
     }
 
 
+def figure(rows: list[dict[str, Any]], path: Path) -> None:
+    """Trials/s against workers, one line per folder set and kind, with the ideal N / T."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {"hpo": "hpo (lock file)", "hpo-fcntl": "hpo (record lock)", "plain": "plain Optuna"}
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for folder in sorted({r["folder"] for r in rows}):
+        for kind in ("hpo", "hpo-fcntl", "plain"):
+            mine = sorted((r for r in rows if r["folder"] == folder and r["kind"] == kind), key=lambda r: r["workers"])
+            if mine:
+                ax.plot([r["workers"] for r in mine], [r["trials_per_s"] for r in mine], marker="o",
+                        label=f"{names[kind]}, {folder}")
+    ideal = sorted({(r["workers"], r["ideal"]) for r in rows})
+    ax.plot([w for w, _ in ideal], [i for _, i in ideal], color="grey", linestyle="--", label="ideal (N / trial time)")
+    ax.set_xlabel("workers")
+    ax.set_ylabel("trials finished per second")
+    ax.set_xticks([w for w, _ in ideal])
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("One journal, many workers: PhysAE-shaped 12 s trials", fontsize=10)
+    fig.savefig(path, dpi=120)
+    print(f"figure: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, nargs="+", default=[16, 48, 96])
@@ -258,7 +288,14 @@ def main() -> None:
                         help="client mounts of one shared volume (workers take turns)")
     parser.add_argument("--local", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also append every row to this file")
+    parser.add_argument("--figure", type=Path, default=None, help="draw trials/s against workers into this PNG")
+    parser.add_argument("--replot", type=Path, default=None, help="only draw --figure from a --json file's rows")
     args = parser.parse_args()
+    if args.replot is not None:
+        figure([json.loads(line) for line in args.replot.read_text().splitlines() if line.strip()],
+               args.figure or Path("journal_scale.png"))
+        return
+    rows: list[dict[str, Any]] = []
     sets = ([("shared", args.shared)] if args.shared else []) + ([("local", [args.local])] if args.local else [])
     print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start; "
           f"trials: {args.params} params, {args.reports} reports over {args.trial_seconds:g} s")
@@ -275,9 +312,12 @@ def main() -> None:
                       f"{r['wait_p50_ms']:.1f} / {r['wait_p99_ms']:.0f} | {r['records_per_trial']:.1f} | "
                       f"{r['bytes_per_trial']:.0f} | {r['cpu_s_per_trial']:.2f} | "
                       f"{r['read_kb_per_worker_trial']:.0f} | {r['startup_s']:.0f} | {r['load']:.1f} |", flush=True)
+                rows.append(r)
                 if args.json:
                     with args.json.open("a") as out:
                         out.write(json.dumps(r) + "\n")
+    if args.figure is not None:
+        figure(rows, args.figure)
 
 
 if __name__ == "__main__":
