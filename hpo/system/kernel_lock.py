@@ -61,16 +61,14 @@ import weakref
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from hpo._optuna import BaseJournalFileLock
 from hpo.errors import LockWaitAborted, StorageError
-from hpo.system.lock import LockLost, LockTimeout
+from hpo.system.lock import LockLost, LockTimeout, ProcessLock
 
 _logger = logging.getLogger(__name__)
 
 KERNEL_LOCK_SUFFIX = ".flock"
 OWNER_BYTES = 512  # the owner record's room at the start of the lock file, padded with spaces
 CERTAIN_SECONDS = 1.0  # a hold younger than this is not re-asserted by the fence
-_STOP_WAITS_AFTER = 0.5  # as OwnerLock: a worker told to stop still waits this long for its last write
 _FIRST_NOTICE = 1.0
 _WARN_EVERY = 10.0
 _POLL = 0.2  # how often a waiter looks at should_stop and its deadline (the wait itself is blocking)
@@ -85,7 +83,7 @@ def _lock_type(answer: bytes) -> int:
     return int(struct.unpack("hhqqi4x", answer)[0])
 
 
-class KernelLock(BaseJournalFileLock):
+class KernelLock(ProcessLock):
     """Process (and thread) exclusion through an ``F_OFD_SETLK`` write lock on ``<path>.flock``.
 
     The same contract as :class:`~hpo.system.lock.OwnerLock`: ``acquire`` blocks (or
@@ -97,13 +95,11 @@ class KernelLock(BaseJournalFileLock):
 
     def __init__(self, path: str | os.PathLike[str], should_stop: Callable[[], bool] | None = None,
                  certain_seconds: float = CERTAIN_SECONDS) -> None:
+        super().__init__()
         self.lock_file = os.fspath(path) + KERNEL_LOCK_SUFFIX
         self.should_stop = should_stop
         self.certain_seconds = certain_seconds
         self._host = socket.gethostname()
-        self._thread_lock = threading.RLock()
-        self._depth = 0
-        self._owner_thread: int | None = None
         self._fd: int | None = None
         self._fd_pid = -1
         self._held_fd: int | None = None
@@ -117,34 +113,13 @@ class KernelLock(BaseJournalFileLock):
 
     # -- public API -----------------------------------------------------------------
 
-    def acquire(self, timeout: float | None = None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        waited_since = time.monotonic()
-        while not self._thread_lock.acquire(timeout=_POLL if deadline is None
-                                            else min(_POLL, max(0.0, deadline - time.monotonic()))):
-            if deadline is not None and time.monotonic() >= deadline:
-                raise LockTimeout(f"{self.lock_file}: not acquired in {timeout} s "
-                                  f"(held by another thread of this process)")
-            self._stop_requested(waited_since)
-        if self._depth:
-            self._depth += 1
-            return True
-        try:
-            self._take(deadline, timeout)
-        except BaseException:
-            self._thread_lock.release()
-            raise
-        self._depth, self._owner_thread = 1, threading.get_ident()
-        return True
-
     def fence(self, read_lock_file: bool = True) -> None:
         """Raise :class:`LockLost` when the server no longer grants us the lock.
 
         A hold younger than ``certain_seconds`` is trusted without a round trip (a server
         drops a client's locks only after its ping timeout, tens of seconds). An older
         one is re-asserted with ``F_OFD_SETLK``: a no-op while we hold it."""
-        if not self._depth or self._owner_thread != threading.get_ident():
-            raise RuntimeError(f"{self.lock_file}: fence() by a thread that does not hold it")
+        self._check_holder("fence")
         if not read_lock_file or time.monotonic() - self._taken_at < self.certain_seconds:
             return
         try:
@@ -154,24 +129,6 @@ class KernelLock(BaseJournalFileLock):
             self._lost = True
             raise LockLost(f"{self.lock_file}: the server no longer grants our lock ({err})") from err
         self._taken_at = time.monotonic()
-
-    def release(self) -> None:
-        if not self._depth or self._owner_thread != threading.get_ident():
-            raise RuntimeError(f"{self.lock_file}: release() by a thread that does not hold it")
-        try:
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner_thread = None
-                self._unlock()
-        finally:
-            self._thread_lock.release()
-
-    def __enter__(self) -> KernelLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
     # -- taking and giving back -------------------------------------------------------
 
@@ -270,12 +227,6 @@ class KernelLock(BaseJournalFileLock):
             raise StorageError(f"{self.lock_file}: waiting for the record lock failed ({failed[0]})")
         return fd
 
-    def _stop_requested(self, waited_since: float) -> None:
-        if (self.should_stop is not None and time.monotonic() - waited_since >= _STOP_WAITS_AFTER
-                and self.should_stop()):
-            raise LockWaitAborted(f"stopped waiting for {self.lock_file} after "
-                                  f"{time.monotonic() - waited_since:.1f} s: the process was asked to stop")
-
     def _write_owner(self, fd: int) -> None:
         """Who holds it, for waiters and ``hpo doctor`` (one small ``pwrite``, no fsync)."""
         record = json.dumps({"host": self._host, "pid": os.getpid(),
@@ -286,7 +237,7 @@ class KernelLock(BaseJournalFileLock):
         except OSError as err:  # only a diagnostic: the lock itself is held
             _logger.debug("%s: owner record not written (%s)", self.lock_file, err)
 
-    def _unlock(self) -> None:
+    def _give_back(self) -> None:
         fd, self._held_fd = self._held_fd, None
         lost, self._lost = self._lost, False
         if fd is None:

@@ -125,12 +125,13 @@ DEFAULT_REFRESH_SECONDS = 1.0
 _FIRST_SLEEP = 0.001
 _MAX_SLEEP = 0.05
 _WARN_EVERY = 10.0
-_STOP_WAITS_AFTER = 0.5  # see OwnerLock._stop_requested
+_STOP_WAITS_AFTER = 0.5  # see ProcessLock._stop_requested
 _FIRST_NOTICE = 1.0  # a wait this long is logged once at INFO (then WARNING every _WARN_EVERY)
 # "The lock file changed under us": look again (see the module docstring).
 _VOLATILE = frozenset({errno.ENOENT, errno.ESTALE, errno.EIO})
 
 _T = TypeVar("_T")
+_Lock = TypeVar("_Lock", bound="ProcessLock")
 
 # Tokens of the locks this process holds right now: a lock file naming our own
 # pid but none of these is left over from an earlier process with the same pid
@@ -294,7 +295,101 @@ def _describe(owner: dict[str, Any] | None) -> str:
     return f"pid {owner['pid']} on {owner['host']} (since {owner.get('acquired_at', '?')})"
 
 
-class OwnerLock(BaseJournalFileLock):
+class ProcessLock(BaseJournalFileLock):
+    """What every journal lock of hpo does inside one process (:class:`OwnerLock`, and
+    :class:`~hpo.system.kernel_lock.KernelLock`): the process's threads take turns through
+    an ``RLock``, the holding thread may re-enter (each ``acquire`` needs one ``release``),
+    only the outermost ``acquire``/``release`` touches the lock between processes
+    (:meth:`_take`, :meth:`_give_back`), and a wait polls ``should_stop``.
+    """
+
+    lock_file: str
+    should_stop: Callable[[], bool] | None
+
+    def __init__(self) -> None:
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._owner_thread: int | None = None
+
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take the lock, waiting as long as it takes (or ``timeout`` seconds).
+
+        Returns True (Optuna's contract). Raises :class:`LockTimeout` when ``timeout``
+        passes first, :class:`~hpo.errors.LockWaitAborted` when ``should_stop()`` ends
+        the wait, :class:`~hpo.errors.StorageError` when the lock cannot be taken at all
+        (missing directory, permissions).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._acquire_thread_lock(deadline):
+            raise LockTimeout(f"{self.lock_file}: not acquired in {timeout} s "
+                              f"(held by another thread of this process)")
+        if self._depth:
+            self._depth += 1
+            return True
+        try:
+            self._take(deadline, timeout)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+        self._depth, self._owner_thread = 1, threading.get_ident()
+        return True
+
+    def release(self) -> None:
+        """Give the lock back (the outermost release gives it to other processes).
+        Raises RuntimeError when this thread does not hold the lock."""
+        self._check_holder("release")
+        try:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner_thread = None
+                self._give_back()
+        finally:
+            self._thread_lock.release()
+
+    def __enter__(self: _Lock) -> _Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def _check_holder(self, what: str) -> None:
+        if not self._depth or self._owner_thread != threading.get_ident():
+            raise RuntimeError(f"{self.lock_file}: {what}() by a thread that does not hold it")
+
+    def _take(self, deadline: float | None, timeout: float | None) -> None:
+        """Take the lock between processes (this thread holds the in-process part)."""
+        raise NotImplementedError
+
+    def _give_back(self) -> None:
+        """Give the lock between processes back (still holding the in-process part)."""
+        raise NotImplementedError
+
+    def _stop_requested(self, waited_since: float) -> None:
+        """Abort a wait that has lasted _STOP_WAITS_AFTER once ``should_stop()`` holds.
+
+        Not sooner: a worker told to stop still writes its trial's end, and a
+        lock held for milliseconds by another worker must not cost that write."""
+        if (self.should_stop is not None and time.monotonic() - waited_since >= _STOP_WAITS_AFTER
+                and self.should_stop()):
+            raise LockWaitAborted(f"stopped waiting for {self.lock_file} after "
+                                  f"{time.monotonic() - waited_since:.1f} s: the process was asked to stop")
+
+    def _acquire_thread_lock(self, deadline: float | None) -> bool:
+        """The in-process part; polls ``should_stop`` while another thread holds it."""
+        if self.should_stop is None:
+            return self._thread_lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic()))
+        waited_since = time.monotonic()
+        while True:
+            wait = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
+            if self._thread_lock.acquire(timeout=wait):
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self._stop_requested(waited_since)
+
+
+class OwnerLock(ProcessLock):
     """Process (and thread) exclusion through ``<path>.lock``, with the owner recorded in it.
 
     Pass it to Optuna: ``JournalFileBackend(path, lock_obj=OwnerLock(path))``.
@@ -322,12 +417,10 @@ class OwnerLock(BaseJournalFileLock):
         self.grace_seconds = grace_seconds
         self.refresh_seconds = refresh_seconds
         self.should_stop = should_stop
+        super().__init__()
         self._host = socket.gethostname()
         self._pid = -1  # set per process by _identity()
         self._start: int | None = None
-        self._thread_lock = threading.RLock()
-        self._depth = 0
-        self._owner_thread: int | None = None
         self._token: str | None = None
         # Monotonic time just before the last write that showed waiters the hold
         # alive (creation or a refresh), and whether the fence found the hold lost.
@@ -341,28 +434,6 @@ class OwnerLock(BaseJournalFileLock):
         self._watch: dict[str, tuple[tuple[int, int, bytes, str | None], float]] = {}
 
     # -- public API -----------------------------------------------------------------
-
-    def acquire(self, timeout: float | None = None) -> bool:
-        """Take the lock, waiting as long as it takes (or ``timeout`` seconds).
-
-        Returns True (Optuna's contract). Raises :class:`LockTimeout` when
-        ``timeout`` passes first, :class:`~hpo.errors.StorageError` when the lock
-        file cannot be created at all (missing directory, permissions).
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._acquire_thread_lock(deadline):
-            raise LockTimeout(f"{self.lock_file}: not acquired in {timeout} s "
-                              f"(held by another thread of this process)")
-        if self._depth:
-            self._depth += 1
-            return True
-        try:
-            self._acquire_file(deadline)
-        except BaseException:
-            self._thread_lock.release()
-            raise
-        self._depth, self._owner_thread = 1, threading.get_ident()
-        return True
 
     def fence(self, read_lock_file: bool = True) -> None:
         """Just before a write under the lock: raise :class:`LockLost` unless the
@@ -378,8 +449,7 @@ class OwnerLock(BaseJournalFileLock):
         period, so the read would only cost a round trip to a network filesystem.
         Raises RuntimeError when this thread does not hold the lock.
         """
-        if not self._depth or self._owner_thread != threading.get_ident():
-            raise RuntimeError(f"{self.lock_file}: fence() by a thread that does not hold it")
+        self._check_holder("fence")
         since = time.monotonic() - self._confirmed_at
         if since >= self.grace_seconds / 2:
             self._fenced_out = True
@@ -397,54 +467,16 @@ class OwnerLock(BaseJournalFileLock):
             raise LockLost(f"{self.lock_file}: broken while we held it, now "
                            f"{'free' if seen is None else _describe(seen.owner())}")
 
-    def release(self) -> None:
-        """Give the lock back; only its owner's lock file is ever removed.
-
-        Raises RuntimeError when this thread does not hold the lock. When the lock
-        file is gone or belongs to someone else (it was broken while we held it:
-        cross-host stall), logs an error and leaves the other owner's file alone.
-        """
-        if not self._depth or self._owner_thread != threading.get_ident():
-            raise RuntimeError(f"{self.lock_file}: release() by a thread that does not hold it")
-        try:
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner_thread = None
-                self._release_file()
-        finally:
-            self._thread_lock.release()
-
-    def __enter__(self) -> OwnerLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
     # -- taking and giving back -------------------------------------------------------
 
-    def _stop_requested(self, waited_since: float) -> None:
-        """Abort a wait that has lasted _STOP_WAITS_AFTER once ``should_stop()`` holds.
+    def _take(self, deadline: float | None, timeout: float | None) -> None:
+        self._acquire_file(deadline)
 
-        Not sooner: a worker told to stop still writes its trial's end, and a
-        lock held for milliseconds by another worker must not cost that write."""
-        if (self.should_stop is not None and time.monotonic() - waited_since >= _STOP_WAITS_AFTER
-                and self.should_stop()):
-            raise LockWaitAborted(f"stopped waiting for {self.lock_file} after "
-                                  f"{time.monotonic() - waited_since:.1f} s: the process was asked to stop")
-
-    def _acquire_thread_lock(self, deadline: float | None) -> bool:
-        """The in-process part; polls ``should_stop`` while another thread holds it."""
-        if self.should_stop is None:
-            return self._thread_lock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic()))
-        waited_since = time.monotonic()
-        while True:
-            wait = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
-            if self._thread_lock.acquire(timeout=wait):
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            self._stop_requested(waited_since)
+    def _give_back(self) -> None:
+        """Only its owner's lock file is ever removed: when it is gone or belongs to
+        someone else (broken while we held it: a cross-host stall), an error is logged
+        and the other owner's file left alone."""
+        self._release_file()
 
     def _identity(self) -> None:
         """Our pid and start time, refreshed after a fork."""
@@ -858,5 +890,5 @@ def describe_lock(path: str) -> str:
     return describe_holder(holder(path))
 
 
-__all__ = ["DEFAULT_GRACE_SECONDS", "LOCK_SUFFIX", "LockLost", "LockTimeout", "OwnerLock", "describe_holder",
+__all__ = ["DEFAULT_GRACE_SECONDS", "LOCK_SUFFIX", "LockLost", "LockTimeout", "OwnerLock", "ProcessLock", "describe_holder",
            "describe_lock", "held", "holder", "make_lock"]
