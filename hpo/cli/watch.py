@@ -12,16 +12,13 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from hpo.cli._options import load, load_sweep, settings_options
-from hpo.errors import UsageError
 
 if TYPE_CHECKING:
-    from hpo.config.settings import Settings
-    from hpo.journal.reader import StudyJournal
     from hpo.watch.logs import Line
 
 SOURCE_COLORS = ("cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "bright_green", "bright_magenta")
