@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -24,6 +25,11 @@ def fail_when_negative(params: dict[str, Any], ctx: TrialContext) -> float:
     if params["x"] < 0:
         raise ValueError(f"x={params['x']:.3f} is negative")
     return quadratic(params, ctx)
+
+
+def exits(params: dict[str, Any], ctx: TrialContext) -> float:
+    """An objective (or a library it calls) that ends the process its own way."""
+    sys.exit(3)
 
 
 def fail_in_bad_cell(params: dict[str, Any], ctx: TrialContext) -> float:

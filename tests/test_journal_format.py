@@ -121,6 +121,26 @@ def _glue_torn_record(path: Path) -> int:
     return offset
 
 
+def test_non_finite_metrics_print_as_null_in_every_json_output(tmp_path: Path) -> None:
+    """A metric an objective set to NaN or an infinity (Optuna stores them): strict JSON
+    has neither, so ``hpo best --format json`` and ``hpo status --json`` print null."""
+    path = tmp_path / "toy.journal"
+    study = optuna.create_study(study_name="toy", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(path))))
+    for value in (1.0, 2.0):
+        trial = study.ask()
+        trial.suggest_float("x", -1, 1)
+        trial.set_user_attr("ratio", float("nan"))
+        trial.set_user_attr("peak", float("-inf"))
+        study.tell(trial, value)
+    code, out = invoke(["best", "--format", "json"], _env(path, "toy"))
+    assert code == 0, out
+    assert _strict(out)["metrics"] == {"ratio": None, "peak": None}
+    code, out = invoke(["status", "--json", "--no-slurm"], _env(path, "toy"))
+    assert code == 0, out
+    assert _strict(out)["best"]["number"] == 0
+
+
 @pytest.mark.parametrize("command", [["status", "--json", "--no-slurm"], ["best"], ["export"]])
 def test_mid_file_damage_is_refused_by_status_best_and_export(tmp_path: Path, command: list[str]) -> None:
     path = _journal_copy(tmp_path, "constrained")

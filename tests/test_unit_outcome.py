@@ -75,12 +75,18 @@ def test_a_trial_another_worker_ended_records_nothing(exc: BaseException) -> Non
     (TrialStopped("preempted"), Outcome(TrialState.FAIL, reason="preempted", retry=True, stop_worker=Stop.PREEMPTED)),
     (TrialStopped("interrupted"), Outcome(TrialState.FAIL, reason="interrupted", stop_worker=Stop.INTERRUPTED)),
     (TrialStopped("time budget"), Outcome(TrialState.FAIL, reason="time budget")),
-    (SystemExit(-1), Outcome(TrialState.FAIL, reason="preempted", retry=True, stop_worker=Stop.PREEMPTED)),
     (KeyboardInterrupt(), Outcome(TrialState.FAIL, reason="interrupted", stop_worker=Stop.INTERRUPTED)),
 ])
 def test_a_signal_fails_the_trial_and_stops_the_worker(exc: BaseException, expected: Outcome) -> None:
     """Only a preemption is retried; a stop no signal gives stops nothing."""
     assert outcome.from_exception(exc, last_step=None) == expected
+
+
+@pytest.mark.parametrize(("code", "reason"), [(3, "sys.exit(3)"), (None, "sys.exit(None)"), ("bye", "sys.exit('bye')")])
+def test_an_objective_that_calls_sys_exit_fails_its_trial_only(code: object, reason: str) -> None:
+    """Not a preemption: not retried, the worker goes on, HPO_MAX_FAILURES counts it."""
+    assert outcome.from_exception(SystemExit(code), last_step=4) == Outcome(
+        TrialState.FAIL, reason=f"the objective exited ({reason})", show_traceback=True)
 
 
 class OutOfMemoryError(RuntimeError):

@@ -426,6 +426,23 @@ def test_each_layer_names_itself_in_a_refusal() -> None:
     assert refused(lambda: settings(objective=(COUNT,), args={"count": "0"})).startswith("--arg count='0' is out")
 
 
+def test_a_null_in_the_config_is_refused_unless_the_setting_may_be_unset() -> None:
+    """YAML's ``study_name:`` (null) once made a study named "None" (and a None.journal)."""
+    assert refused(settings, None, None, {"study_name": None}) == (
+        f"{CONFIG}: study_name is null (empty); valid: a value, or no study_name key for the default (physae)")
+    assert refused(settings, None, None, {"max_trials": None}) == (
+        f"{CONFIG}: settings.max_trials is null (empty); valid: a value, or no max_trials key for the default (100)")
+    unset = settings(config={"timeout_seconds": None})  # a setting whose default is "unset"
+    assert (unset.timeout_seconds, unset.sources["timeout_seconds"]) == (None, f"config:{CONFIG}")
+
+
+@pytest.mark.parametrize("raw", ["0.001", "0", "-1", "1e9"])
+def test_a_heartbeat_period_out_of_range_is_refused(raw: str) -> None:
+    """Each beat replaces a file on the shared filesystem per running trial: 1 ms would spin it."""
+    assert refused(settings, {"HPO_HEARTBEAT_SECONDS": raw}) == (
+        f"HPO_HEARTBEAT_SECONDS={raw!r} is out of range; valid: a number >= 0.1 and <= 86400")
+
+
 def test_an_unknown_config_setting_lists_the_known_ones() -> None:
     message = refused(lambda: settings(config={"zz": 1, "aa": 2, "count": 1}, objective=(COUNT,)))
     known = ", ".join(f.name for f in FIELDS + (COUNT,) if not f.internal)  # launcher fields: not a config's

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import clean_env, load_study, missing, run_hpo
+from conftest import clean_env, load_study, missing, run_hpo, tree
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.cli import cli
@@ -425,6 +425,19 @@ def test_logs_follow_shows_new_lines_and_new_workers(toy: Any) -> None:
     code, out = invoke(["logs", "--worker", "nope"],
                        {"LOG_DIR": str(cwd / "optuna_logs"), "HPO_CONFIG": env["HPO_CONFIG"]})
     assert code == 2 and "late_1" in out
+
+
+def test_logs_of_a_study_that_does_not_exist_exits_2_naming_the_existing_ones(toy: Any) -> None:
+    """A misspelt STUDY_NAME is not a quiet study: exit 2, the existing studies named,
+    nothing written (no journal created by looking)."""
+    cwd, env = toy(MAX_TRIALS="1")
+    assert run_hpo(["worker"], cwd, env).returncode == 0
+    before = tree(cwd)
+    result = run_hpo(["logs"], cwd, {**env, "STUDY_NAME": "tyo"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "hpo: error: STUDY_NAME='tyo': no such study in optuna_journal; existing: toy")
+    assert tree(cwd) == before
 
 
 def test_logs_of_two_studies_running_at_once_in_one_folder(tmp_path: Path) -> None:

@@ -369,6 +369,19 @@ def test_a_study_whose_every_trial_fails_stops_after_max_failures(toy) -> None:
                      r"0 pruned, 3 fail, 0 running\)$", log, re.M), log
 
 
+def test_an_objective_that_calls_sys_exit_fails_its_trials_not_the_worker(toy) -> None:
+    """``sys.exit(3)`` in the objective is that trial's failure, not a preemption: not
+    retried with the same parameters, no exit 75; HPO_MAX_FAILURES stops it with exit 1."""
+    cwd, env = toy("exits", MAX_TRIALS="20", HPO_MAX_FAILURES="2", OPTUNA_PRUNER="none")
+    result = run_hpo(["worker"], cwd, env)
+    assert result.returncode == 1, result.stderr
+    trials = load_study(cwd / "optuna_journal/toy.journal", "toy").trials
+    assert [(t.state.name, t.user_attrs["reason"]) for t in trials] == [
+        ("FAIL", "the objective exited (sys.exit(3))")] * 2
+    assert not [t for t in trials if "retry_of" in t.user_attrs]
+    assert len(re.findall(r" ERROR 2 trials of study 'toy' failed in a row \(HPO_MAX_FAILURES\)", first_log(cwd))) == 1
+
+
 def test_submit_local_runs_the_same_workers_through_submitit(toy) -> None:
     cwd, env = toy()
     result = run_hpo(["submit", "--local", "--workers", "2", "--wait"], cwd,

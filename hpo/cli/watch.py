@@ -44,7 +44,7 @@ def status_cmd(watch: bool, interval: float, as_json: bool, no_slurm: bool, **fl
 
     render = status.render_snapshot  # a study's screen, or a sweep's: one per study and the combined table
     if as_json:
-        return _repeat(lambda: click.echo(json.dumps(snapshot())), watch, interval)
+        return _repeat(lambda: click.echo(strict_json(snapshot())), watch, interval)
     from rich.console import Console
 
     console = Console()
@@ -96,6 +96,10 @@ def logs_cmd(follow: bool, worker: str | None, trial: int | None, n_lines: int |
     prefix = trial is None
     first = follower.poll()
     if not first and not follow:
+        if not settings.storage and not settings.journal_path.exists() and not all_studies:
+            from hpo.journal.format import no_such_study
+
+            raise no_such_study(settings.study_name, settings.journal_dir)  # a typo, not a quiet study
         click.echo(nothing_yet(follower, settings), err=True)
         return 0
     keep = n_lines if n_lines is not None else (10 if follow else None)
@@ -128,6 +132,13 @@ def _print_lines(lines: list["Line"], width: int, prefix: bool) -> None:
 
 # -- best ----------------------------------------------------------------------------------
 
+def strict_json(value: Any, indent: int | None = None) -> str:
+    """JSON any parser reads: NaN and infinities printed as null (``json_safe``)."""
+    from hpo.system.files import json_safe
+
+    return json.dumps(json_safe(value), indent=indent, default=str, allow_nan=False)
+
+
 @click.command("best")
 @settings_options
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
@@ -141,7 +152,7 @@ def best_cmd(fmt: str, **flags: Any) -> int:
     settings, _ = load(flags)
     report = best_report(open_view(settings), settings.as_dict(), settings.objective_fields)
     if fmt == "json":
-        click.echo(json.dumps(report, indent=2, default=str))
+        click.echo(strict_json(report, indent=2))
     else:
         click.echo(yaml.safe_dump(json.loads(json.dumps(report, default=str)), sort_keys=False,
                                   allow_unicode=True).rstrip())

@@ -115,7 +115,8 @@ FIELDS: tuple[Field, ...] = (
     Field("data_seed", "DATA_SEED", int_in(0, 2**31 - 1), 0, "seed of the generated dataset"),
     Field("train_seed", "TRAIN_SEED", int_in(0, 2**31 - 1), 0, "seed of weight init and batch order"),
     Field("max_retries", "HPO_MAX_RETRIES", int_in(0, 100), 2, "retries of a lost or preempted trial"),
-    Field("heartbeat_seconds", "HPO_HEARTBEAT_SECONDS", positive_float, 10.0, "heartbeat period of running trials"),
+    # At least 0.1 s: each beat replaces a file on the shared filesystem, per running trial.
+    Field("heartbeat_seconds", "HPO_HEARTBEAT_SECONDS", float_in(0.1, 86400), 10.0, "heartbeat period of running trials"),
     Field("stale_seconds", "HPO_STALE_SECONDS", positive_float, 60.0, "heartbeat age after which a trial is lost"),
     Field("max_failures", "HPO_MAX_FAILURES", int_in(1, 1_000_000), 10,
           "a worker stops after this many failed trials in a row (a broken objective)"),
@@ -397,7 +398,14 @@ def _resolve_fields(
             var = set_in_env[0]
             raw, label, source = env[var], var, f"env:{var}"
         elif f.name in config_settings:
-            raw, label, source = config_settings[f.name], f"{config}: settings.{f.name}", f"config:{config}"
+            key = f.name if f.name == "study_name" else f"settings.{f.name}"  # study_name is a top-level key
+            raw, label, source = config_settings[f.name], f"{config}: {key}", f"config:{config}"
+            if raw is None:  # YAML's null (`key:` or `key: null`): str() would make it the text "None"
+                if f.default is not None:
+                    raise UsageError(f"{label} is null (empty); valid: a value, or no {f.name} key for the "
+                                     f"default ({f.default})")
+                values[f.name], sources[f.name] = None, source  # the setting's own "unset"
+                continue
         else:
             values[f.name], sources[f.name] = f.default, "default"
             continue

@@ -225,6 +225,12 @@ def journal_studies(journal_dir: Path) -> list[str]:
     return sorted(p.name[: -len(".journal")] for p in journal_dir.glob("*.journal"))
 
 
+def no_such_study(study_name: str, journal_dir: Path) -> UsageError:
+    """The refusal of a command that reads a study whose journal is not there."""
+    return UsageError(f"STUDY_NAME={study_name!r}: no such study in {journal_dir}; "
+                      f"existing: {', '.join(journal_studies(journal_dir)) or 'none'}")
+
+
 def read_complete(path: Path, study_name: str) -> tuple[bytearray, bool]:
     """``b"\\n"`` + the file's complete lines, and whether a torn last line (no newline
     yet) was left out, as Optuna does. Read straight into one buffer: no copy of a big journal.

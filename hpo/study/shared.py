@@ -35,7 +35,7 @@ from hpo._optuna import (
     trial_id,
 )
 from hpo.errors import StudyMismatch, UsageError
-from hpo.journal.format import journal_studies
+from hpo.journal.format import no_such_study
 from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.storage import open_storage
 from hpo.journal import snapshot
@@ -341,8 +341,7 @@ def open_study(
     """
     quiet_optuna()  # its INFO lines ("Using an existing study ...") repeat for every process
     if not create and not spec.storage and not spec.journal_path.exists():  # opening it would create it
-        raise UsageError(f"STUDY_NAME={spec.study_name!r}: no such study in {spec.journal_dir}; "
-                         f"existing: {', '.join(journal_studies(spec.journal_dir)) or 'none'}")
+        raise no_such_study(spec.study_name, spec.journal_dir)
     storage = open_storage(spec, should_stop)
     names = [s.study_name for s in storage.get_all_studies()]
     if spec.study_name not in names and not create:

@@ -11,9 +11,10 @@
 | ``Diverged`` (non-finite loss)            | PRUNED   | its message                | no      | no           |
 | ``optuna.TrialPruned`` (the pruner)       | PRUNED   | pruned at step N           | no      | no           |
 | ``TrialStopped("preempted")``             | FAIL     | preempted                  | yes     | yes          |
-| ``SystemExit`` (submitit requeue)         | FAIL     | preempted                  | yes     | yes          |
 | ``TrialStopped("interrupted")``, Ctrl-C   | FAIL     | interrupted                | no      | yes          |
 | CUDA/CPU out of memory                    | FAIL     | out of memory              | no      | no           |
+| ``SystemExit``: the objective called      | FAIL     | the objective exited       | no      | no           |
+| ``sys.exit``                              |          | (sys.exit(N))              |         |              |
 | any other exception                       | FAIL     | ``Type: message``          | no      | no           |
 | ``TrialTaken`` or Optuna's                | (none)   | (none)                     | no      | no           |
 | ``UpdateFinishedTrialError``: another     |          |                            |         |              |
@@ -103,9 +104,11 @@ def from_exception(exc: BaseException, last_step: int | None) -> Outcome:
         return Outcome(TrialState.FAIL, reason=exc.reason, retry=exc.reason == PREEMPTED,
                        stop_worker=signalled(exc.reason))
     if isinstance(exc, SystemExit):
-        # submitit's requeue path exits from inside its signal handler: the job
-        # comes back, so this trial is retried like any preempted one.
-        return Outcome(TrialState.FAIL, reason=PREEMPTED, retry=True, stop_worker=Stop.PREEMPTED)
+        # The objective's own (or a library's) sys.exit: a failure of this trial, counted
+        # toward HPO_MAX_FAILURES like any other. Preemption never comes this way: the
+        # worker takes SIGUSR2/SIGTERM for its stop flag (TrialStopped), and submitit's
+        # requeue handler, which exits, runs only after the worker has ended.
+        return Outcome(TrialState.FAIL, reason=f"the objective exited (sys.exit({exc.code!r}))", show_traceback=True)
     if isinstance(exc, KeyboardInterrupt):
         return Outcome(TrialState.FAIL, reason=INTERRUPTED, stop_worker=Stop.INTERRUPTED)
     if _is_out_of_memory(exc):
