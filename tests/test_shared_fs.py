@@ -171,6 +171,29 @@ def test_transient_errors_are_retried_then_named(tmp_path: Path) -> None:
         retry_transient("reading the journal", "j", denied, sleeps=(0,), sleep=slept.append)
 
 
+def test_a_folder_another_node_is_creating_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GlusterFS: a mkdir that loses the race to another client can answer EEXIST while
+    the folder does not look like one yet; a worker crashed on ``runs/`` that way. The
+    next tries succeed; a name that stays a file is still refused."""
+    from hpo.system import files
+
+    real, answers = Path.mkdir, [FileExistsError(17, "File exists")] * 2
+
+    def racing(self: Path, *args: object, **kwargs: object) -> None:
+        if answers:
+            raise answers.pop()
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "mkdir", racing)
+        files.make_dirs(tmp_path / "runs" / "toy")
+    assert (tmp_path / "runs" / "toy").is_dir() and answers == []
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setattr(files, "MKDIR_RACE_SECONDS", 0.2)
+    with pytest.raises(FileExistsError):
+        files.make_dirs(tmp_path / "a-file")
+
+
 def test_guarded_backend_with_barrier_reads_like_optuna(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the read barrier on, the backend replays the same study as plain Optuna and
     leaves an append in progress (no newline yet) for the next read."""

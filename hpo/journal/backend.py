@@ -37,7 +37,7 @@ from hpo.journal.locking import journal_lock, kernel_lock_file
 from hpo.journal.locking import lock_kind as lock_kind_of
 from hpo.journal.scan import middle_error, rescan_from, scan
 from hpo.journal.snapshot import Snapshot, load_snapshot, snapshot_path
-from hpo.system.files import utc_stamp, write_all, write_new
+from hpo.system.files import make_dirs, utc_stamp, write_all, write_new
 from hpo.system.kernel_lock import KernelLock
 from hpo.system.lock import LockLost, OwnerLock, held
 
@@ -408,7 +408,7 @@ def open_journal(journal_path: Path, should_stop: Callable[[], bool] | None = No
     / ``hpo repair``). ``should_stop`` is polled by every wait for its lock; ``lock_kind``
     is ``HPO_JOURNAL_LOCK`` (:mod:`hpo.journal.locking`: the journal keeps its own)."""
     lock_kind_of(journal_path, lock_kind)  # a contradiction is refused before anything is written
-    journal_path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(journal_path.parent)
     lock = journal_lock(journal_path, lock_kind, should_stop)
     # The quick tail check reads only the end of the file; the full scan (as slow as
     # Optuna's own replay) runs only when the replay fails, to name the damage.

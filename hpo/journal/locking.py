@@ -38,7 +38,7 @@ from typing import Any, Callable
 from hpo._optuna import BaseJournalFileLock
 from hpo.errors import StorageError, UsageError
 from hpo.journal.filesystem import filesystem_of
-from hpo.system.files import write_json_atomic
+from hpo.system.files import make_dirs, write_json_atomic
 from hpo.system.kernel_lock import KERNEL_LOCK_SUFFIX, KernelLock
 from hpo.system.lock import held, make_lock
 
@@ -168,7 +168,7 @@ def probe_side(side: Side) -> dict[str, Any]:
     lets go and measures, on its own clock, until the other says it was granted (the
     handover plus one marker's trip). Returns what this side saw."""
     me, other = side.rank, 1 - side.rank
-    side.probe.mkdir(parents=True, exist_ok=True)
+    make_dirs(side.probe)
     mount = filesystem_of(side.directory)
     side.mark(f"hello-{me}", {"host": socket.gethostname(), "pid": os.getpid(),
                               "device": os.stat(side.directory).st_dev,

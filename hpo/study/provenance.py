@@ -26,7 +26,7 @@ from hpo.config.settings import Settings
 from hpo.config.study import StudyConfig, load_config
 from hpo.errors import StudyMismatch
 from hpo.journal.coherence import retry_transient
-from hpo.system.files import write_bytes_atomic, write_once
+from hpo.system.files import make_dirs, write_bytes_atomic, write_once
 from hpo.system.lock import make_lock
 
 _logger = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def record_launch(settings: Settings, config: StudyConfig, launcher: str) -> dic
         "git_commit": _git_commit(config.path.resolve().parent),
     }
     path = settings.study_dir / "provenance.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     # Under the file's own lock: the workers of one launch record at the same moment, and
     # unlocked appends from two clients of a network filesystem can garble lines.
     with make_lock(path), path.open("a") as handle:

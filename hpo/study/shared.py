@@ -42,6 +42,7 @@ from hpo.journal import snapshot
 from hpo.journal.backend import GuardedFileBackend
 from hpo.system.lock import held, make_lock
 from hpo.system.logs import quiet_optuna
+from hpo.system.files import make_dirs
 
 if TYPE_CHECKING:
     from hpo.config.settings import StudySpec
@@ -360,7 +361,7 @@ def open_study(
         # load_if_exists silently keeps the old directions; we refuse instead.
         raise StudyMismatch(f"study {spec.study_name!r} in {spec.storage_label} optimises {held}, "
                             f"but {config.path} asks for {list(config.directions)}; use another STUDY_NAME")
-    spec.journal_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(spec.journal_dir)
     backend = journal_backend(storage)
     slots = backend.lock if isinstance(backend, GuardedFileBackend) else make_lock(spec.slots_path, should_stop)
     shared = SharedStudy(study, spec, slots, TrialIndex(storage, study_id(study)))

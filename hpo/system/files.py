@@ -1,6 +1,7 @@
 """Files hpo writes: the one atomic writer (JSON records and ``torch.save`` checkpoints
-alike), the one rule for strict JSON, and the durable new files that journal repairs
-keep (backups and quarantines, fsynced with their folder)."""
+alike), the one rule for strict JSON, the durable new files that journal repairs
+keep (backups and quarantines, fsynced with their folder), and folders made on a
+shared filesystem (:func:`make_dirs`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import math
 import os
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -15,12 +17,33 @@ from typing import IO, Any, Callable
 from hpo.errors import StorageError
 
 
+MKDIR_RACE_SECONDS = 2.0
+
+
+def make_dirs(path: Path) -> None:
+    """``path.mkdir(parents=True, exist_ok=True)`` where another node may create the same
+    folder at the same instant. On GlusterFS a ``mkdir`` that loses that race can fail
+    with EEXIST while the folder does not look like one yet (its creation is still under
+    way on the servers), which ``exist_ok`` does not forgive: seen on the dev cluster's
+    strict volume, a worker crashed on ``runs/`` in 1 run of 20. Retried for up to
+    ``MKDIR_RACE_SECONDS``."""
+    deadline = time.monotonic() + MKDIR_RACE_SECONDS
+    while True:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return
+        except FileExistsError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def write_atomic(path: Path, write: Callable[[IO[bytes]], Any], durable: bool = True) -> None:
     """``write(handle)`` into a temporary file beside ``path``, fsync it (when ``durable``),
     then rename it over ``path``: readers see the old file or the new one, never half;
     with ``durable`` the new one also survives a power cut. Checkpoints
     (``torch.save``) and JSON records go through here alike."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     # A name unique to this process and thread: cheaper than mkstemp's random retries.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
@@ -44,7 +67,7 @@ def write_once(path: Path, data: bytes) -> bool:
     place, so that many processes racing to write the same file (the workers of one launch,
     on several nodes) never replace one another's: readers see one file, whole, whose inode
     does not change under them. Returns whether this call created it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
     try:
         with open(tmp, "wb") as handle:

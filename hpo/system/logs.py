@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
+from hpo.system.files import make_dirs
+
 _trial: contextvars.ContextVar[str] = contextvars.ContextVar("hpo_trial", default="-")
 _worker: list[str] = ["-", "-"]  # worker id and study: setup_worker_logging, then log_study (a sweep)
 
@@ -47,7 +49,7 @@ def setup_worker_logging(log_dir: Path, worker_id: str, echo_level: str | None =
     stderr from ``echo_level`` up (None: file only); every line names ``study``."""
     _worker[:] = [worker_id, study]
     quiet_optuna()
-    log_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(log_dir)
     path = log_dir / f"worker_{worker_id}.log"
     root = logging.getLogger("hpo")
     root.setLevel(logging.INFO)

@@ -15,6 +15,7 @@ from typing import Collection, Sequence
 
 from hpo.errors import SchedulerError
 from hpo.system.lock import make_lock
+from hpo.system.files import make_dirs
 
 _logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def record_jobs(path: Path, job_ids: Sequence[str]) -> None:
     lock: the sbatch scripts (``hpo config --record-job``) and ``hpo submit`` of several
     nodes may record at the same moment, and unlocked appends from two GlusterFS clients
     garble lines."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     with make_lock(path), path.open("a") as handle:
         handle.write("".join(f"{job_id}\n" for job_id in job_ids))
         handle.flush()

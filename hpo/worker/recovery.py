@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, AbstractSet, Any, Callable, Iterable, Iterator
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo._optuna import stale_trial_ids, trial_id
-from hpo.system.files import write_bytes_atomic
+from hpo.system.files import make_dirs, write_bytes_atomic
 from hpo.system.processes import process_alive
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ def write_beat(directory: Path, trial_id: int, worker_id: str, now: float) -> No
     try:
         write_bytes_atomic(_beat_path(directory, trial_id), data, durable=False)
     except FileNotFoundError:
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(directory)
         write_bytes_atomic(_beat_path(directory, trial_id), data, durable=False)
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from hpo.system.files import write_json_atomic
+from hpo.system.files import make_dirs, write_json_atomic
 
 _logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class RunKey:
 
     def store(self, values: list[float], metrics: Mapping[str, Any], seconds: float, origin: Mapping[str, Any]) -> None:
         """Keep a COMPLETE trial's outcome (manifest first: metrics.json means whole)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.folder)
         write_json_atomic(self.folder / MANIFEST, self.manifest)
         write_json_atomic(self.folder / METRICS, {"values": values, "metrics": dict(metrics),
                                                   "seconds": round(seconds, 3), **origin})

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from hpo.errors import HpoError
-from hpo.system.files import write_json_atomic
+from hpo.system.files import make_dirs, write_json_atomic
 
 if TYPE_CHECKING:
     from hpo.config.settings import Settings
@@ -127,7 +127,7 @@ def ensure_setup(settings: "Settings", config: "StudyConfig",
     if done is not None:
         return SetupResult(key, directory, done["result"], computed_here=False)
     function = config.function("setup")  # a bad name is bad input: before any lock or file
-    root.mkdir(parents=True, exist_ok=True)
+    make_dirs(root)
     waited_from = time.time()
     with make_lock(root / key, should_stop):  # the lock file: <key>.lock
         done = _read(directory / RESULT_FILE)

@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 
 from hpo._optuna import trial_id
 from hpo.config.space import suggest
-from hpo.system.files import write_json, write_json_atomic
+from hpo.system.files import make_dirs, write_json, write_json_atomic
 from hpo.system.logs import trial_logging
 from hpo.worker import outcome as outcomes
 from hpo.worker.context import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
@@ -92,7 +92,7 @@ class TrialRunner:
         """Run ``trial`` to its end; ``stop_reason()`` is the worker's stop flag."""
         s = self.settings
         run_dir = self.run_dir(trial.number)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(run_dir)
         active = _Active(trial, time.time(), s.trial_timeout_seconds, stop_reason)
         with trial_logging(trial.number, run_dir / "trial.log"):
             if s.time_pruning_warmup:
