@@ -456,8 +456,8 @@ def test_logs_of_two_studies_running_at_once_in_one_folder(tmp_path: Path) -> No
     workers = {name: {t.user_attrs["worker"] for t in load_study(tmp_path / "optuna_journal" / f"{name}.journal",
                                                                  name).trials} for name in runs}
     assert len(workers["study a"]) == 2 and len(workers["b"]) == 2 and not workers["study a"] & workers["b"]
-    inproc = {f.env: None for f in FIELDS} | {"HPO_CONFIG": env["HPO_CONFIG"],
-                                              "LOG_DIR": str(tmp_path / "optuna_logs")}
+    inproc = {f.env: None for f in FIELDS} | {"HPO_CONFIG": env["HPO_CONFIG"], "LOG_DIR": str(tmp_path / "optuna_logs"),
+                                              "JOURNAL_DIR": str(tmp_path / "optuna_journal")}
     for name in runs:
         code, out = invoke(["logs", "--study-name", name], inproc)
         assert code == 0
@@ -468,8 +468,8 @@ def test_logs_of_two_studies_running_at_once_in_one_folder(tmp_path: Path) -> No
         assert sum(" INFO worker " in text and " stopped: max trials (ran " in text for _, text in shown) == 2
     code, out = invoke(["logs", "--all-studies"], inproc)
     assert code == 0 and {line.split(" | ")[0].strip() for line in out.splitlines()} == workers["study a"] | workers["b"]
-    code, out = invoke(["logs", "--study-name", "c"], inproc)
-    assert code == 0 and "no line of study 'c'" in out and "studies there: 'b', 'study a'" in out
+    code, out = invoke(["logs", "--study-name", "c"], inproc)  # a study with no journal: a typo
+    assert code == 2 and f"STUDY_NAME='c': no such study in {tmp_path / 'optuna_journal'}; existing: b, study a" in out
     follow = subprocess.Popen([*WATCH_CLI, "logs", "-f", "-n", "100", "--study-name", "b", "--interval", "0.1"],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
