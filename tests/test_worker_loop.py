@@ -28,7 +28,7 @@ from hpo.config.identity import WorkerIdentity
 from hpo.config.settings import Settings
 from hpo.config.study import Launch, StudyConfig, load_launch
 from hpo.study.shared import SharedStudy, open_study
-from hpo.worker.context import TrialContext
+from hpo.worker.context import TrialContext, TrialStopped
 from hpo.worker.loop import WAIT_POLL_SECONDS, Worker
 from hpo.worker.recovery import Heartbeat
 from hpo.worker.stop import EFFECT, Effect, Limits, Stop, StopFlag, final_stop
@@ -374,9 +374,9 @@ def test_study_run_stops_for_the_flag_before_a_trial(study_run: Callable[..., St
 
 
 def test_study_run_stops_when_its_trial_was_preempted(study_run: Callable[..., StudyRun]) -> None:
-    """submitit's requeue exits from inside a trial (SystemExit), with no flag set: the
+    """A trial that ends "preempted" (TrialStopped), with no flag of this loop set: the
     trial's outcome alone stops the study's loop, and its retry waits."""
-    run = study_run(raises(SystemExit(-1)), MAX_TRIALS="3")
+    run = study_run(raises(TrialStopped("preempted")), MAX_TRIALS="3")
     assert run.run_trials() is Stop.PREEMPTED
     assert run.limits.trials_run == 1 and states(run.shared) == ["FAIL", "WAITING"]
 
