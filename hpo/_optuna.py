@@ -38,8 +38,8 @@ METRIC_NAMES_ATTR = "study:metric_names"
 __all__ = [
     "METRIC_NAMES_ATTR", "GroupedJournalStorage",
     "BaseJournalFileLock", "JournalOperation", "JournalStorageReplayResult", "constraints_of", "journal_backend",
-    "TRIAL_DETAIL_OPS", "on_pareto_front", "pop_waiting_trial_id", "stale_trial_ids", "study_id", "study_storage", "synced_replay",
-    "trial_id",
+    "TRIAL_DETAIL_OPS", "on_pareto_front", "pop_waiting_trial_id", "stale_trial_ids", "study_id", "study_storage",
+    "synced_replay", "trial_id",
 ]
 
 
