@@ -11,10 +11,12 @@ from hpo.api import TrialContext
 
 
 def quadratic(params: dict[str, Any], ctx: TrialContext) -> float:
-    """(x-1)^2, three reported steps, a short sleep so workers overlap."""
+    """(x-1)^2, three reported steps, a short sleep so workers overlap; a metrics line a
+    step (so its run directory is made with the first one, as a training's would be)."""
     x = params["x"]
     for step in range(1, 4):
         time.sleep(float(os.environ.get("TOY_STEP_SECONDS", "0.05")))
+        ctx.log_metrics(step, loss=(x - 1) ** 2 + 1 / step)
         ctx.report(step, (x - 1) ** 2 + 1 / step)
         ctx.check_stop()
     (ctx.run_dir / "result.json").write_text('{"value": %r}\n' % ((x - 1) ** 2))

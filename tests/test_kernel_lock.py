@@ -22,7 +22,7 @@ from conftest import load_study, run_hpo, tree
 from hpo.errors import LockWaitAborted, StorageError, UsageError
 from hpo.journal.backend import GuardedFileBackend
 from hpo.journal.filesystem import filesystem_of
-from hpo.journal.locking import PROOF_NAME, _adopt_record_lock, journal_lock, kernel_lock_file
+from hpo.journal.locking import PROOF_NAME, _adopt_record_lock, journal_lock, kernel_lock_file, lock_kind
 from hpo.system.kernel_lock import KernelLock, kernel_holder
 from hpo.system.lock import LockTimeout, make_lock
 
@@ -226,21 +226,34 @@ def test_prove_lock_on_local_disk_writes_the_proof(toy: Any) -> None:
     assert (proof["verdict"], proof["refused_while_held"], len(proof["clients"])) == ("honoured", 6, 1)
 
 
-def test_a_proved_folder_runs_new_journals_on_the_record_lock_with_an_exact_budget(toy: Any) -> None:
+@pytest.mark.parametrize("proved", [False, True])
+def test_a_new_journal_on_local_disk_takes_the_record_lock_with_an_exact_budget(toy: Any, proved: bool) -> None:
+    """One kernel arbitrates a local disk's record locks: nothing to prove there (a proof
+    changes nothing), and no lock file is created and removed per append."""
     cwd, env = toy(MAX_TRIALS="9", OPTUNA_PRUNER="none", TOY_STEP_SECONDS="0.01", HPO_FLUSH_SECONDS="0.02")
-    prove(cwd, env)
+    if proved:
+        prove(cwd, env)
     result = run_hpo(["run", "--workers", "3"], cwd, env)
     assert result.returncode == 0, result.stderr
     journal = cwd / "optuna_journal" / "toy.journal"
     assert Path(f"{journal}.flock").exists() and not Path(f"{journal}.lock").exists()
+    assert (cwd / "optuna_journal" / PROOF_NAME).exists() == proved
     assert Counter(t.state.name for t in load_study(journal, "toy").trials) == Counter({"COMPLETE": 9})
     doctor = run_hpo(["doctor"], cwd, env)
     assert "journal (record lock): free" in doctor.stdout
 
 
+def test_the_lock_file_stays_on_local_disk_when_asked(toy: Any) -> None:
+    cwd, env = toy(MAX_TRIALS="2", HPO_JOURNAL_LOCK="file")
+    assert run_hpo(["worker"], cwd, env).returncode == 0
+    journal = cwd / "optuna_journal" / "toy.journal"
+    assert not Path(f"{journal}.flock").exists() and Counter(t.state.name for t in load_study(
+        journal, "toy").trials) == Counter({"COMPLETE": 2})
+    result = run_hpo(["worker"], cwd, {**env, "HPO_JOURNAL_LOCK": "auto", "MAX_TRIALS": "3"})
+    assert result.returncode == 0 and not Path(f"{journal}.flock").exists()  # auto follows the journal
+
+
 @pytest.mark.parametrize(("proof", "first", "then", "message"), [
-    (False, None, "fcntl", "HPO_JOURNAL_LOCK='fcntl', but {dir} has no hpo-lock-proof.json proving that record locks "
-                           "are honoured across nodes there; run `hpo doctor --prove-lock`"),
     (True, "auto", "file", "HPO_JOURNAL_LOCK='file', but {dir}/toy.journal was started with the record lock "
                            "({dir}/toy.journal.flock): every writer of one journal must use the same lock; valid "
                            "here: auto, fcntl"),
@@ -302,6 +315,13 @@ def test_prove_lock_refuses_a_shared_folder_without_a_second_client(toy: Any) ->
     cwd, env = toy()
     shared = pair[0] / f"prove-{os.getpid()}-{time.time_ns()}"
     try:
+        # Unproved, a network folder keeps the lock file, and insisting on the record lock is refused.
+        result = run_hpo(["worker"], cwd, {**env, "JOURNAL_DIR": str(shared), "HPO_JOURNAL_LOCK": "fcntl"})
+        assert result.returncode == 2
+        assert (f"HPO_JOURNAL_LOCK='fcntl', but {shared} has no hpo-lock-proof.json proving that record locks are "
+                "honoured across nodes there; run `hpo doctor --prove-lock`") in result.stderr
+        assert not (shared / "toy.journal").exists() and tree(cwd) == ["toy.yaml"]
+        assert lock_kind(shared / "toy.journal", "auto") == "file"
         result = run_hpo(["doctor", "--prove-lock"], cwd, {**env, "JOURNAL_DIR": str(shared)})
         assert result.returncode == 2
         assert "is on fuse.glusterfs, shared between nodes: prove it from two nodes" in result.stderr

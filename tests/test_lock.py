@@ -634,7 +634,7 @@ def test_worker_waiting_for_a_lock_stops_on_a_signal_and_does_not_spin(toy, sign
     """The worker waits (one look per sleep, sleeps backing off to 50 ms), and a signal
     ends the wait: the worker stops with the signal's exit status, writes nothing past the
     lock and leaves the live holder's lock alone."""
-    cwd, env = toy()
+    cwd, env = toy(HPO_JOURNAL_LOCK="file")  # the lock file's wait (a new journal on local disk takes the record lock)
     journal = cwd / "optuna_journal" / "toy.journal"
     journal.parent.mkdir()
     lock_file = _plant_foreign(journal, "symlink-relative")

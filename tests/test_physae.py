@@ -72,7 +72,7 @@ def make_ctx(settings: Settings, run_dir: Path, recorder: Recorder, resume_dir: 
              params: dict[str, Any] | None = None) -> TrialContext:  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     return TrialContext(
-        number=0, params=params or PARAMS, fixed={}, settings=settings, run_dir=run_dir, device="cpu",
+        number=0, params=params or PARAMS, fixed={}, settings=settings, _run_dir=run_dir, device="cpu",
         logger=logging.getLogger("test_physae"), resume_dir=resume_dir,
         options=settings.objective, _report=recorder.report, _stop_reason=recorder.stop_reason,
     )  # fmt: skip

@@ -222,8 +222,9 @@ def test_the_queue_is_asked_of_squeue(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # -- the reaper on a real journal --------------------------------------------------------------
-def spec(tmp_path: Path, max_retries: int = 2, stale: float = 60.0) -> StudySpec:
-    return StudySpec("s", tmp_path / "journal", "", 10, "finished", 1.0, stale, max_retries, "random", "none")
+def spec(tmp_path: Path, max_retries: int = 2, stale: float = 60.0, journal_lock: str = "auto") -> StudySpec:
+    return StudySpec("s", tmp_path / "journal", "", 10, "finished", 1.0, stale, max_retries, "random", "none",
+                     journal_lock)
 
 
 def open_(tmp_path: Path, **kw: Any) -> SharedStudy:
@@ -328,7 +329,7 @@ def test_a_trial_finished_before_the_reaper_holds_the_lock_is_left_alone(tmp_pat
 def test_the_reaper_holds_the_slot_lock_and_reads_a_fresh_view(tmp_path: Path, alive: set[int],
                                                                later: Callable[[float], None],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    shared = open_(tmp_path)
+    shared = open_(tmp_path, journal_lock="file")  # the lock file: a hold is seen from outside
     start(shared)
     later(120)
     lock_file = Path(shared.slots_lock.lock_file)

@@ -31,8 +31,9 @@ from hpo.study.shared import (
 )
 
 
-def spec(tmp_path: Path, max_trials: int = 3, counts: str = "finished", name: str = "s") -> StudySpec:
-    return StudySpec(name, tmp_path / "journal", "", max_trials, counts, 1.0, 60.0, 2, "random", "none")
+def spec(tmp_path: Path, max_trials: int = 3, counts: str = "finished", name: str = "s",
+         journal_lock: str = "auto") -> StudySpec:
+    return StudySpec(name, tmp_path / "journal", "", max_trials, counts, 1.0, 60.0, 2, "random", "none", journal_lock)
 
 
 def config(tmp_path: Path, enqueue: tuple[dict[str, Any], ...] = (), directions: tuple[str, ...] = ("minimize",),
@@ -182,7 +183,7 @@ def test_done_or_full_on_the_first_look_needs_no_barrier(tmp_path: Path, monkeyp
 
 
 def test_the_budget_is_checked_holding_the_slot_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    shared = open_(tmp_path)
+    shared = open_(tmp_path, journal_lock="file")  # the lock file: a hold is seen from outside
     lock_file = Path(shared.slots_lock.lock_file)
     seen: list[bool] = []
     real = shared._budget_verdict
@@ -193,7 +194,7 @@ def test_the_budget_is_checked_holding_the_slot_lock(tmp_path: Path, monkeypatch
 
 
 def test_the_slot_lock_is_given_back_when_the_block_raises(tmp_path: Path) -> None:
-    shared = open_(tmp_path)
+    shared = open_(tmp_path, journal_lock="file")
     with pytest.raises(ZeroDivisionError):
         with shared.slots():
             assert Path(shared.slots_lock.lock_file).exists()

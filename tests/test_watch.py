@@ -483,6 +483,23 @@ def test_logs_of_two_studies_running_at_once_in_one_folder(tmp_path: Path) -> No
     assert all(" study=b trial=" in line for line in seen)
 
 
+def test_logs_of_a_trial_without_a_run_directory_come_from_the_worker_log(toy: Any) -> None:
+    """A trial that kept nothing has no folder (hpo.worker.run_dir): ``hpo logs --trial N``
+    prints its lines of the worker logs, only its own; a trial that never ran exits 2."""
+    cwd, env = toy("slow_in_slow_cell", MAX_TRIALS="3")  # returns a number, writes nothing
+    assert run_hpo(["worker"], cwd, env).returncode == 0
+    assert not (cwd / "optuna_runs" / "toy" / "trial_1").exists()
+    result = run_hpo(["logs", "--trial", "1"], cwd, env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "trial 1 started" in lines[0] and "trial 1 finished: COMPLETE" in lines[-1]
+    assert all(" trial=1 " in line for line in lines)
+    result = run_hpo(["logs", "--trial", "7"], cwd, env)
+    assert result.returncode == 2
+    assert "--trial 7: no optuna_runs/toy/trial_7/trial.log" in result.stderr
+    assert "no line of trial 7 of study 'toy' in optuna_logs/worker_*.log (LOG_DIR)" in result.stderr
+
+
 def test_logs_merged_and_per_trial(single: Study) -> None:
     code, out = invoke(["logs"], single.inproc_env())
     assert code == 0

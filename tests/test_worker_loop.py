@@ -406,25 +406,61 @@ def run_one(runner: TrialRunner, stop: Callable[[], str | None] = lambda: None) 
     return result, runner.shared.trials()[trial.number]
 
 
-def test_trial_with_a_value_completes_and_writes_its_files(trial_runner: Callable[..., TrialRunner]) -> None:
-    runner = trial_runner(quick)
+def writes_a_file(params: dict[str, Any], ctx: TrialContext) -> float:
+    (ctx.run_dir / "model.txt").write_text("weights")
+    return quick(params, ctx)
+
+
+def logs_a_line(params: dict[str, Any], ctx: TrialContext) -> float:
+    ctx.logger.info("epoch 1: loss %.3f", 0.5)
+    return quick(params, ctx)
+
+
+@pytest.mark.parametrize(("objective", "own"), [(writes_a_file, ["model.txt"]), (logs_a_line, [])])
+def test_trial_that_keeps_something_gets_its_run_directory_with_hpo_files(
+        trial_runner: Callable[..., TrialRunner], objective: Any, own: list[str]) -> None:
+    runner = trial_runner(objective)
     result, trial = run_one(runner)
     assert (result.state, trial.state, trial.value) == (TrialState.COMPLETE, TrialState.COMPLETE, trial.params["x"] ** 2)
     run_dir = runner.run_dir(trial.number)
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(["params.json", "settings.json", "trial.json",
+                                                                "trial.log", *own])
     record = json.loads((run_dir / "trial.json").read_text())
     assert (record["state"], record["values"]) == ("COMPLETE", [trial.value])
     assert json.loads((run_dir / "params.json").read_text())["params"] == trial.params
+    assert json.loads((run_dir / "settings.json").read_text())["study_name"] == runner.settings.study_name
+    log = (run_dir / "trial.log").read_text().splitlines()
+    # Every line of its run, the ones written before the folder was made included.
+    assert f"trial {trial.number} started on cpu" in log[0] and f"trial {trial.number} finished: COMPLETE" in log[-1]
+    assert ("epoch 1: loss 0.500" in "\n".join(log)) == (objective is logs_a_line)
 
 
-@pytest.mark.parametrize(("exc", "state", "reason"), [
-    (ValueError("bad shape"), TrialState.FAIL, "ValueError: bad shape"),
-    (optuna.TrialPruned(), TrialState.PRUNED, "pruned"),
+def test_trial_that_keeps_nothing_leaves_no_run_directory(trial_runner: Callable[..., TrialRunner],
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """An objective that only returns a number: the journal and the worker log hold the
+    trial, and no folder is made for it (a folder and four files were most of a short
+    trial's cost)."""
+    runner = trial_runner(quick)
+    result, trial = run_one(runner)
+    assert (result.state, trial.value) == (TrialState.COMPLETE, trial.params["x"] ** 2)
+    assert trial.user_attrs["run_dir"] == str(runner.run_dir(trial.number).resolve())  # where it would be
+    assert not runner.run_dir(trial.number).exists()
+    assert f"trial {trial.number} finished: COMPLETE" in caplog.text
+
+
+@pytest.mark.parametrize(("exc", "state", "reason", "folder"), [
+    (ValueError("bad shape"), TrialState.FAIL, "ValueError: bad shape", True),  # its traceback is kept
+    (optuna.TrialPruned(), TrialState.PRUNED, "pruned", False),
 ])
 def test_trial_that_raises_ends_as_the_table_says(trial_runner: Callable[..., TrialRunner], exc: BaseException,
-                                                  state: TrialState, reason: str) -> None:
+                                                  state: TrialState, reason: str, folder: bool) -> None:
     result, trial = run_one(trial_runner(raises(exc)))
     assert (result.state, result.stop_worker, trial.state, trial.user_attrs["reason"]) == (state, None, state, reason)
-    assert json.loads((Path(trial.user_attrs["run_dir"]) / "trial.json").read_text())["state"] == state.name
+    run_dir = Path(trial.user_attrs["run_dir"])
+    assert run_dir.exists() == folder
+    if folder:
+        assert json.loads((run_dir / "trial.json").read_text())["state"] == state.name
+        assert "Traceback" in (run_dir / "trial.log").read_text() and "bad shape" in (run_dir / "trial.log").read_text()
 
 
 def test_preempted_trial_fails_is_retried_and_stops_the_worker(trial_runner: Callable[..., TrialRunner]) -> None:

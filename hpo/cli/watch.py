@@ -79,7 +79,7 @@ def _repeat(action: Callable[[], object], watch: bool, interval: float, first: b
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines (and new workers' logs) until Ctrl-C")
 @click.option("--worker", "worker", default=None, metavar="ID", help="only this worker's log (worker_<ID>.log)")
 @click.option("--trial", "trial", type=click.IntRange(0), default=None, metavar="N",
-              help="the log of trial N, from its run directory")
+              help="the log of trial N: its run directory's trial.log, else its lines in the worker logs")
 @click.option("-n", "--lines", "n_lines", type=click.IntRange(0), default=None,
               help="start with the last N lines [default: all; 10 with -f]")
 @click.option("--interval", type=click.FloatRange(0.05, 60), default=0.5, show_default=True,
@@ -100,6 +100,10 @@ def logs_cmd(follow: bool, worker: str | None, trial: int | None, n_lines: int |
             from hpo.journal.format import no_such_study
 
             raise no_such_study(settings.study_name, settings.journal_dir)  # a typo, not a quiet study
+        if trial is not None:
+            from hpo.errors import UsageError
+
+            raise UsageError(nothing_yet(follower, settings))  # a trial that never ran
         click.echo(nothing_yet(follower, settings), err=True)
         return 0
     keep = n_lines if n_lines is not None else (10 if follow else None)

@@ -27,6 +27,11 @@ LOCAL_FILESYSTEMS = frozenset({
     "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "jfs", "reiserfs", "vfat", "exfat",
     "ntfs", "ntfs3", "squashfs", "9p",
 })
+# Filesystems whose record locks one kernel arbitrates: every process that can open a file
+# there runs on this node, so ``F_OFD_SETLK`` needs no proof (``hpo doctor --prove-lock``).
+ONE_KERNEL_FILESYSTEMS = frozenset({
+    "tmpfs", "ramfs", "overlay", "ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "f2fs", "jfs", "reiserfs",
+})
 LOCAL_PATHS = ("/tmp", "/var/tmp", "/dev/shm", "/run", "/scratch-local", "/local", "/localscratch",
                "/lscratch", "/scratch/local", "/tmp_local")
 SHARED_HINT = "workers on several nodes need a shared filesystem (nfs, lustre, gpfs, beegfs, cephfs …)"
@@ -51,6 +56,12 @@ class Mount:
         if any(self.directory == p or self.directory.startswith(p + "/") for p in LOCAL_PATHS):
             return True
         return None
+
+    @property
+    def one_kernel(self) -> bool:
+        """Whether this node's kernel alone arbitrates record locks here (a local disk or
+        memory filesystem, by its type: a path under /tmp on NFS does not count)."""
+        return self.fstype in ONE_KERNEL_FILESYSTEMS
 
 
 def _unescape_mount(field_: str) -> str:

@@ -11,13 +11,19 @@ Two locks exclude the journal's writers (:mod:`hpo.system.lock`, :mod:`hpo.syste
   it over between nodes takes a round trip, not a cache timeout. Used only where
   ``hpo doctor --prove-lock`` proved it, in that folder: two processes, through two
   clients of the filesystem (two nodes, or two mounts of the volume), saw each other's
-  hold refused and handed over; the proof is ``hpo-lock-proof.json`` in the folder.
+  hold refused and handed over; the proof is ``hpo-lock-proof.json`` in the folder. On a
+  node-local filesystem (ext4, xfs, tmpfs ...: :attr:`~hpo.journal.filesystem.Mount.one_kernel`)
+  one kernel arbitrates every holder and nothing needs proving: new journals there take
+  the record lock. On local disk that is also the cheaper lock: an acquisition creates
+  and removes no file (a new inode per acquisition cost 0.2-0.3 ms on the dev machine's
+  ext4, a third of a null trial; docs/benchmarks.md section 9.3).
 
 Every writer of one journal must use the same lock. The choice is therefore the
 journal's, made when it is created and kept: ``<journal>.flock`` exists exactly when the
 journal uses the record lock. ``HPO_JOURNAL_LOCK=auto`` (the default) follows the journal
-(and, for a new journal, the folder's proof); ``file``/``fcntl`` insist, and a worker
-whose choice contradicts its journal is refused before it writes anything (exit 2).
+(and, for a new journal, the folder's proof or its being node-local); ``file``/``fcntl``
+insist, and a worker whose choice contradicts its journal is refused before it writes
+anything (exit 2).
 Plain Optuna processes that *write* a record-locked journal are not excluded by hpo's
 workers: write through hpo (``hpo enqueue``) or keep ``HPO_JOURNAL_LOCK=file``.
 """
@@ -88,6 +94,10 @@ def lock_kind(journal: Path, wanted: str) -> str:
                              f"writer of one journal must use the same lock; valid here: auto, {kind}")
         return kind
     proof = read_proof(journal.parent)
+    if proof is None:
+        mount = filesystem_of(journal.parent)
+        if mount is not None and mount.one_kernel:
+            proof = {"verdict": "honoured", "fstype": mount.fstype}  # one kernel: nothing to prove
     if wanted == "fcntl" and proof is None:
         raise UsageError(f"HPO_JOURNAL_LOCK='fcntl', but {journal.parent} has no {PROOF_NAME} proving that record "
                          f"locks are honoured across nodes there; run `hpo doctor --prove-lock` (on two nodes: "

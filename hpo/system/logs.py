@@ -9,12 +9,13 @@ worker logs into one ``LOG_DIR`` (even into one file: a reused pid, a requeued t
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import logging
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from hpo.system.files import make_dirs
 
@@ -33,7 +34,10 @@ class _ContextFilter(logging.Filter):
         return True
 
 
-def _handler(handler: logging.Handler) -> logging.Handler:
+_H = TypeVar("_H", bound=logging.Handler)
+
+
+def _handler(handler: _H) -> _H:
     handler.setFormatter(logging.Formatter(FORMAT, DATEFMT))
     handler.addFilter(_ContextFilter())
     return handler
@@ -66,15 +70,64 @@ def setup_worker_logging(log_dir: Path, worker_id: str, echo_level: str | None =
     return path
 
 
+# Loggers of hpo's own machinery: their lines below WARNING (a trial's start and end, a
+# lock's wait) are the worker's bookkeeping, not something the trial has to keep.
+_MACHINERY = ("hpo.worker.", "hpo.study.", "hpo.journal.", "hpo.system.", "hpo._optuna", "hpo.config.",
+              "hpo.launch.")
+
+
+class TrialLog(logging.Handler):
+    """A trial's own log, ``trial.log`` in its run directory, which it does not make itself.
+
+    Lines wait in memory until the directory exists (:meth:`open`, called by whoever made
+    it). A line of the trial's own (its objective's loggers: ``hpo.trial``, its package's)
+    or any WARNING and above first makes the directory through ``make_dir``; hpo's
+    bookkeeping lines alone never do, so a trial with nothing to keep leaves no folder, and
+    a trial that has one finds every line of its run there, the first ones included."""
+
+    def __init__(self, path: Path, make_dir: Callable[[], None]) -> None:
+        super().__init__()
+        self.path, self._make_dir = path, make_dir
+        # Bounded: a long trial's bookkeeping lines are in the worker log anyway.
+        self._waiting: collections.deque[logging.LogRecord] = collections.deque(maxlen=1000)
+        self._file: logging.FileHandler | None = None
+
+    def open(self) -> None:
+        """The run directory exists: write the lines that waited, then each as it comes."""
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            if self._file is None:
+                self._file = logging.FileHandler(self.path, encoding="utf-8")
+                self._file.setFormatter(self.formatter)
+                for record in self._waiting:
+                    self._file.emit(record)
+                self._waiting.clear()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._file is None and (record.levelno >= logging.WARNING or not record.name.startswith(_MACHINERY)):
+            self._make_dir()  # which calls open()
+            self.open()
+        if self._file is None:
+            self._waiting.append(record)
+        else:
+            self._file.emit(record)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._waiting.clear()
+        super().close()
+
+
 @contextlib.contextmanager
-def trial_logging(number: int, path: Path) -> Iterator[None]:
-    """While a trial runs: tag lines with its number and copy them to its own log."""
+def trial_logging(number: int, path: Path, make_dir: Callable[[], None]) -> Iterator[TrialLog]:
+    """While a trial runs: tag lines with its number and copy them to its own log
+    (:class:`TrialLog`: ``path``, once ``make_dir`` made its folder)."""
     token = _trial.set(str(number))
-    handler = _handler(logging.FileHandler(path, encoding="utf-8"))
+    handler = _handler(TrialLog(path, make_dir))
     root = logging.getLogger("hpo")
     root.addHandler(handler)
     try:
-        yield
+        yield handler
     finally:
         root.removeHandler(handler)
         handler.close()

@@ -33,7 +33,7 @@ LOG_PREFIX = "worker_"
 LOG_SUFFIX = ".log"
 TIMESTAMP_RE = re.compile(rb"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})")
 # A record of hpo.system.logs.FORMAT: timestamp, worker, study (may hold spaces), trial, level.
-RECORD_RE = re.compile(rb"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2} \S+ study=(.*?) trial=(?:-|\d+) [A-Z]+ ")
+RECORD_RE = re.compile(rb"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2} \S+ study=(.*?) trial=(-|\d+) [A-Z]+ ")
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Line:
     source: str  # worker id (or any label)
     text: str
     study: str | None = None  # the study its record names; None: a record that names none
+    trial: str | None = None  # the trial number its record names ("-": none running)
 
 
 def worker_of(path: Path) -> str:
@@ -56,8 +57,10 @@ def log_files(log_dir: Path) -> dict[str, Path]:
     return {worker_of(p): p for p in sorted(log_dir.glob(f"{LOG_PREFIX}*{LOG_SUFFIX}")) if p.is_file()}
 
 
-def stamp(source: str, raw_lines: Iterable[bytes], last: bytes = b"", study: str | None = None) -> list[Line]:
-    """Lines of one file with the timestamp and study each belongs to (continuations inherit them)."""
+def stamp(source: str, raw_lines: Iterable[bytes], last: bytes = b"", study: str | None = None,
+          trial: str | None = None) -> list[Line]:
+    """Lines of one file with the timestamp, study and trial each belongs to (continuations
+    inherit them)."""
     out = []
     for raw in raw_lines:
         match = TIMESTAMP_RE.match(raw)
@@ -65,7 +68,8 @@ def stamp(source: str, raw_lines: Iterable[bytes], last: bytes = b"", study: str
             last = match.group(1)
             record = RECORD_RE.match(raw)
             study = record.group(1).decode("utf-8", "replace") if record else None
-        out.append(Line(last, source, raw.decode("utf-8", "replace").rstrip("\r"), study))
+            trial = record.group(2).decode() if record else None
+        out.append(Line(last, source, raw.decode("utf-8", "replace").rstrip("\r"), study, trial))
     return out
 
 
@@ -87,6 +91,7 @@ class _Tail:
         self.path, self.source = path, source
         self.offset, self.partial, self.last = 0, b"", b""
         self.study: str | None = None
+        self.trial: str | None = None
 
     def read(self) -> list[Line]:
         """Complete lines appended since the last call (a truncated file is read again)."""
@@ -104,9 +109,9 @@ class _Tail:
         self.offset += len(data)
         pieces = (self.partial + data).split(b"\n")
         self.partial = pieces.pop()  # a line still being written waits for its newline
-        lines = stamp(self.source, pieces, self.last, self.study)
+        lines = stamp(self.source, pieces, self.last, self.study, self.trial)
         if lines:
-            self.last, self.study = lines[-1].stamp, lines[-1].study
+            self.last, self.study, self.trial = lines[-1].stamp, lines[-1].study, lines[-1].trial
         return lines
 
 
@@ -115,14 +120,16 @@ class Follower:
 
     Each :meth:`poll` returns the complete lines written since the last one,
     merged in time, and picks up log files that appeared in between. With
-    ``study``, only the lines of that study's records are returned.
+    ``study``, only the lines of that study's records are returned; with ``trial`` too,
+    only that trial's.
     """
 
     def __init__(self, log_dir: Path | None, only: Mapping[str, Path] | None = None,
-                 study: str | None = None) -> None:
+                 study: str | None = None, trial: int | None = None) -> None:
         self.log_dir = log_dir
         self.only = dict(only) if only is not None else None
         self.study = study
+        self.trial = None if trial is None else str(trial)
         self.tails: dict[Path, _Tail] = {}
         self.studies: set[str] = set()  # every study named by a line read so far
         self._shown: set[str] = set()  # sources of the lines returned so far
@@ -139,6 +146,8 @@ class Follower:
         self.studies.update(line.study for stream in streams for line in stream if line.study is not None)
         if self.study is not None:
             streams = [[line for line in stream if line.study == self.study] for stream in streams]
+        if self.trial is not None:
+            streams = [[line for line in stream if line.trial == self.trial] for stream in streams]
         self._shown.update(stream[0].source for stream in streams if stream)
         return merge(streams)
 
@@ -150,17 +159,18 @@ class Follower:
 
 def open_follower(settings: "Settings", worker: str | None = None, trial: int | None = None,
                   all_studies: bool = False) -> Follower:
-    """What ``hpo logs`` follows: trial ``trial``'s own log, worker ``worker``'s log, or every
-    worker log in ``LOG_DIR``; only the study's lines unless ``all_studies``."""
+    """What ``hpo logs`` follows: trial ``trial``'s own log (its run directory's
+    ``trial.log``, else its lines in the worker logs: a trial that kept nothing has no run
+    directory, see :mod:`hpo.worker.run_dir`), worker ``worker``'s log, or every worker log
+    in ``LOG_DIR``; only the study's lines unless ``all_studies``."""
     if worker is not None and trial is not None:
         raise UsageError("--worker and --trial: give one of them, not both")
     study = None if all_studies else settings.study_name
     if trial is not None:
         path = settings.study_dir / f"trial_{trial}" / "trial.log"
-        if not path.is_file():
-            raise UsageError(f"--trial {trial}: no log at {path}; trial logs live in "
-                             f"{settings.study_dir}/trial_<N>/trial.log (TRIAL_OUTPUT/STUDY_NAME)")
-        return Follower(None, {f"trial {trial}": path})
+        if path.is_file():
+            return Follower(None, {f"trial {trial}": path})
+        return Follower(settings.log_dir, study=settings.study_name, trial=trial)
     if worker is not None:
         files = log_files(settings.log_dir)
         wid = worker.removeprefix("worker_").removesuffix(".log")
@@ -172,7 +182,12 @@ def open_follower(settings: "Settings", worker: str | None = None, trial: int | 
 
 
 def nothing_yet(follower: Follower, settings: "Settings") -> str:
-    """Why ``hpo logs`` found no line: no worker log at all, or none of this study's."""
+    """Why ``hpo logs`` found no line: no worker log at all, none of this study's, or none
+    of the trial's."""
+    if follower.trial is not None:
+        return (f"--trial {follower.trial}: no {settings.study_dir}/trial_{follower.trial}/trial.log "
+                f"(TRIAL_OUTPUT/STUDY_NAME) and no line of trial {follower.trial} of study {follower.study!r} in "
+                f"{settings.log_dir}/worker_*.log (LOG_DIR)")
     if follower.study is not None and follower.tails:
         others = ", ".join(repr(name) for name in sorted(follower.studies)) or "none"
         return (f"no line of study {follower.study!r} in {settings.log_dir}/worker_*.log (LOG_DIR); studies "

@@ -90,8 +90,8 @@ class TrialContext:
     """Everything a trial may use besides its parameters.
 
     Contract for objectives:
-    - write only inside ``run_dir`` (it exists and is empty or holds this
-      trial's own files);
+    - write only inside ``run_dir``: it is made when first asked for (empty, or
+      holding this trial's own files), so a trial that never asks leaves no folder;
     - call :meth:`report` once per epoch (or other natural step) with a
       monotonically increasing ``step``: it records the intermediate value and
       raises ``optuna.TrialPruned`` when the pruner says so;
@@ -105,7 +105,7 @@ class TrialContext:
     params: dict[str, Any]  # sampled parameters merged with fixed ones
     fixed: dict[str, Any]  # parameters fixed by settings (not sampled)
     settings: "Settings"
-    run_dir: Path
+    _run_dir: Path  # read it through ``run_dir``, which makes it
     device: str  # "cpu", "cuda", "cuda:0" ...
     logger: logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
     resume_dir: Path | None = None
@@ -123,6 +123,17 @@ class TrialContext:
     _time_left: Callable[[], float | None] = field(default=lambda: None, repr=False)
     _check_time: Callable[[], None] = field(default=lambda: None, repr=False)
     _set_user_attr: Callable[[str, Any], None] = field(default=lambda key, value: None, repr=False)
+    _make_run_dir: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    @property
+    def run_dir(self) -> Path:
+        """The trial's own folder (checkpoints, ``metrics.jsonl``, figures), made on first
+        use with hpo's files about the trial (``params.json``, ``settings.json``,
+        ``trial.log``). A trial that never asks for it, and logs nothing of its own, leaves
+        no folder: the journal and the worker log hold all of it (a null trial paid a
+        folder and four new files, most of its cost, docs/benchmarks.md section 9.3)."""
+        self._make_run_dir()
+        return self._run_dir
 
     def set_user_attr(self, key: str, value: Any) -> None:
         """Attach a metric (or any JSON value) to this trial, Optuna's ``Trial.set_user_attr``.

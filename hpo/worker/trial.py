@@ -1,7 +1,8 @@
 """One trial, from ``ask`` to ``tell``: the trial runner.
 
 :class:`TrialRunner` owns everything about a single trial that the study's loop
-(:mod:`hpo.worker.study_run`) does not need to know: its run directory and the files in it,
+(:mod:`hpo.worker.study_run`) does not need to know: its run directory (made on first
+use, :mod:`hpo.worker.run_dir`) and the files in it,
 the :class:`~hpo.worker.context.TrialContext` handed to the objective, pruning reports,
 the per-trial time budget and time-based pruning, the heartbeat, turning the
 result into a state through the policy table (:mod:`hpo.worker.outcome`), ``tell``, and
@@ -36,12 +37,13 @@ from optuna.trial import TrialState
 
 from hpo._optuna import trial_id
 from hpo.config.space import suggest
-from hpo.system.files import make_dirs, write_json, write_json_atomic
+from hpo.system.files import write_json_atomic
 from hpo.system.logs import trial_logging
 from hpo.worker import outcome as outcomes
 from hpo.worker.context import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
 from hpo.worker.recovery import Heartbeat, enqueue_retry
 from hpo.worker.results import RunKey, run_key
+from hpo.worker.run_dir import RunDir
 from hpo.worker.setup import options_of
 
 if TYPE_CHECKING:
@@ -91,10 +93,9 @@ class TrialRunner:
     def run(self, trial: optuna.Trial, stop_reason: Callable[[], str | None]) -> outcomes.Outcome:
         """Run ``trial`` to its end; ``stop_reason()`` is the worker's stop flag."""
         s = self.settings
-        run_dir = self.run_dir(trial.number)
-        make_dirs(run_dir)
+        run_dir = RunDir(self.run_dir(trial.number))
         active = _Active(trial, time.time(), s.trial_timeout_seconds, stop_reason)
-        with trial_logging(trial.number, run_dir / "trial.log"):
+        with trial_logging(trial.number, run_dir.path / "trial.log", run_dir.make) as run_dir.log:
             if s.time_pruning_warmup:
                 self.shared.index.refresh()  # the durations time-pruning compares against, once per trial
             try:
@@ -113,7 +114,7 @@ class TrialRunner:
             self._log_taken(trial)  # outside trial_logging: nothing more goes into the run directory
         return result
 
-    def _call_objective(self, active: _Active, run_dir: Path) -> Any:
+    def _call_objective(self, active: _Active, run_dir: RunDir) -> Any:
         # The heartbeat watches from the trial's creation: a stall between ask and here
         # (a stopped process) makes it suspect, and nothing is written for a reaped trial.
         trial = active.trial
@@ -122,15 +123,15 @@ class TrialRunner:
             self._check_taken(active)  # before suggest writes the trial's parameters
             return self._start_objective(active, run_dir)
 
-    def _start_objective(self, active: _Active, run_dir: Path) -> Any:
+    def _start_objective(self, active: _Active, run_dir: RunDir) -> Any:
         trial, s = active.trial, self.settings
         fixed = s.fixed_params()
         resume_from = trial.user_attrs.get("resume_from")
         params = suggest(trial, self.config.space, fixed)
         self._flush(active)  # its parameters (and its worker's attributes) at once, in one append
-        # Plain writes: they restate what the journal holds, in a fresh directory.
-        write_json(run_dir / "params.json", {"params": params, "sampled": trial.params, "fixed": fixed})
-        write_json(run_dir / "settings.json", s.as_dict())
+        sampled = trial.params
+        run_dir.note("params.json", lambda: {"params": params, "sampled": sampled, "fixed": fixed})
+        run_dir.note("settings.json", s.as_dict)
         retry_of = trial.user_attrs.get("retry_of")
         _logger.info("trial %d started on %s: %s%s", trial.number, self.device, json.dumps(params),
                      f" (retry of trial {retry_of})" if retry_of is not None else "")
@@ -143,7 +144,7 @@ class TrialRunner:
             if stored is not None:
                 return self._reuse(active, stored)
         ctx = TrialContext(
-            number=trial.number, params=params, fixed=fixed, settings=s, run_dir=run_dir,
+            number=trial.number, params=params, fixed=fixed, settings=s, _run_dir=run_dir.path,
             device=self.device, logger=logging.getLogger("hpo.trial"),  # a name users may configure
             resume_dir=Path(resume_from) if resume_from else None,
             options=options_of(s, self.config),
@@ -155,6 +156,7 @@ class TrialRunner:
             _time_left=lambda: None if active.limit is None else active.limit - (time.time() - active.start),
             _check_time=lambda: self._check_time_and_flush(active),
             _set_user_attr=lambda key, value: self._set_user_attr(active, key, value),
+            _make_run_dir=run_dir.make,
         )
         return self.objective(params, ctx)
 
@@ -237,8 +239,9 @@ class TrialRunner:
                     raise optuna.TrialPruned(why)
 
     # -- the end ------------------------------------------------------------
-    def _finish(self, active: _Active, result: outcomes.Outcome, run_dir: Path) -> outcomes.Outcome:
-        """``tell`` the result, then write ``trial.json``, log the end and retry if asked.
+    def _finish(self, active: _Active, result: outcomes.Outcome, run_dir: RunDir) -> outcomes.Outcome:
+        """``tell`` the result, then write ``trial.json`` (where the trial made its run
+        directory), log the end and retry if asked.
         Returns the outcome that holds: a trial taken meanwhile is not recorded."""
         trial = active.trial
         try:
@@ -260,11 +263,12 @@ class TrialRunner:
             frozen = self.shared.frozen(trial_id(trial))
             active.run_key.store(list(result.values or ()), objective_attrs(frozen.user_attrs), seconds,
                                  {"study": self.settings.study_name, "trial": trial.number})
-        # Atomic but not fsynced: it survives the process (the journal is the durable record).
-        write_json_atomic(run_dir / "trial.json", durable=False, payload={
-            "number": trial.number, "state": result.state.name, "values": result.values,
-            "reason": result.reason, "seconds": round(seconds, 3), "worker": self.identity.worker_id,
-        })
+        if run_dir.made:
+            # Atomic but not fsynced: it survives the process (the journal is the durable record).
+            write_json_atomic(run_dir.path / "trial.json", durable=False, payload={
+                "number": trial.number, "state": result.state.name, "values": result.values,
+                "reason": result.reason, "seconds": round(seconds, 3), "worker": self.identity.worker_id,
+            })
         _logger.info(
             "trial %d finished: %s%s in %.1fs%s", trial.number, result.state.name,
             f" value={result.values[0]:.6g}" if result.values and len(result.values) == 1 else
