@@ -84,7 +84,7 @@ def run_trial(settings: Settings, epochs: tuple[int, int, int], device: str) -> 
     """One objective call; returns (objective value, wall seconds, timings)."""
     params = {**EXAMPLE, "A.epochs": epochs[0], "B1.epochs": epochs[1], "B2.epochs": epochs[2]}
     with tempfile.TemporaryDirectory(prefix="bench_physae_") as tmp:
-        ctx = TrialContext(number=0, params=params, fixed={}, settings=settings, _run_dir=Path(tmp), device=device, options=settings.objective,
+        ctx = TrialContext(number=0, params=params, fixed={}, settings=settings, run_dir=Path(tmp), device=device, options=settings.objective,
                            logger=logging.getLogger("bench_physae"))  # fmt: skip
         start = time.perf_counter()
         value = objective(params, ctx)

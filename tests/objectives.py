@@ -121,3 +121,15 @@ def slow_two(params: dict[str, Any], ctx: TrialContext) -> tuple[float, float]:
     start = time.perf_counter()
     _uneven_steps(params["x"], ctx)
     return abs(params["x"]), time.perf_counter() - start
+
+
+def gpu_fault(params: dict[str, Any], ctx: TrialContext) -> float:
+    """A sticky CUDA error (an Xid, an illegal address): the context is gone for good."""
+    raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def hangs(params: dict[str, Any], ctx: TrialContext) -> float:
+    """One report, then a GPU call that never returns (a sleep no signal ends early)."""
+    ctx.report(1, 1.0)
+    time.sleep(600)
+    return 1.0

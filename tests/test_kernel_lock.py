@@ -243,6 +243,26 @@ def test_a_new_journal_on_local_disk_takes_the_record_lock_with_an_exact_budget(
     assert "journal (record lock): free" in doctor.stdout
 
 
+def test_off_a_local_disk_the_record_lock_needs_a_proof(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder seen through NFS (a local disk the server exports): a new journal takes the
+    lock file; insisting on the record lock, or following a journal the server's own node
+    started with it, is refused (exit 2) until record locks are proved there."""
+    from hpo.journal import locking
+    from hpo.journal.filesystem import Mount
+
+    monkeypatch.setattr(locking, "filesystem_of", lambda directory, *a: Mount(str(directory), "/srv", "nfs4", "srv:/"))
+    journal = tmp_path / "s.journal"
+    assert lock_kind(journal, "auto") == "file"
+    with pytest.raises(UsageError, match=r"HPO_JOURNAL_LOCK='fcntl', but .* has no hpo-lock-proof.json"):
+        lock_kind(journal, "fcntl")
+    kernel_lock_file(journal).touch()  # started with the record lock on the server's own disk
+    with pytest.raises(UsageError, match=r"uses the record lock .* on nfs4 with no hpo-lock-proof.json: record locks "
+                                         r"may not be honoured between this node and the one that started it"):
+        lock_kind(journal, "auto")
+    (tmp_path / PROOF_NAME).write_text(json.dumps({"verdict": "honoured", "fstype": "nfs4"}))
+    assert lock_kind(journal, "auto") == "fcntl"
+
+
 def test_the_lock_file_stays_on_local_disk_when_asked(toy: Any) -> None:
     cwd, env = toy(MAX_TRIALS="2", HPO_JOURNAL_LOCK="file")
     assert run_hpo(["worker"], cwd, env).returncode == 0

@@ -22,6 +22,7 @@ from hpo.worker.stop import Stop
 
 COMPLETE, PRUNED, FAIL = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
 OOM = "CUDA/CPU out of memory"
+GPU = "a CUDA error that poisons the context (illegal address, launch failure, ECC)"
 TAKEN = "``TrialTaken`` or Optuna's ``UpdateFinishedTrialError``: another worker (the reaper) already finished it"
 
 
@@ -58,9 +59,16 @@ CASES: list[tuple[str, Callable[[], Outcome], Outcome]] = [
     ("``SystemExit``: the objective called ``sys.exit``", _raised(SystemExit(3)),
      Outcome(FAIL, reason="the objective exited (sys.exit(3))", show_traceback=True)),
     (OOM, _raised(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")),
-     Outcome(FAIL, reason="out of memory")),
-    (OOM, _raised(RuntimeError("CUDA error: out of memory")), Outcome(FAIL, reason="out of memory")),
-    (OOM, _raised(MemoryError()), Outcome(FAIL, reason="out of memory")),
+     Outcome(FAIL, reason="out of memory", free_memory=True)),
+    (OOM, _raised(RuntimeError("CUDA error: out of memory")), Outcome(FAIL, reason="out of memory", free_memory=True)),
+    (OOM, _raised(MemoryError()), Outcome(FAIL, reason="out of memory", free_memory=True)),
+    (GPU, _raised(RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
+                               "asynchronously reported")),
+     Outcome(FAIL, reason="GPU error: CUDA error: an illegal memory access was encountered", retry=True,
+             stop_worker=Stop.GPU_ERROR, show_traceback=True)),
+    (GPU, _raised(RuntimeError("CUDA error: uncorrectable ECC error encountered")),
+     Outcome(FAIL, reason="GPU error: CUDA error: uncorrectable ECC error encountered", retry=True,
+             stop_worker=Stop.GPU_ERROR, show_traceback=True)),
     ("any other exception", _raised(ValueError("bad shape")),
      Outcome(FAIL, reason="ValueError: bad shape", show_traceback=True)),
     (TAKEN, _raised(TrialTaken()), Outcome(FAIL, reason=outcome.TAKEN, record=False)),
@@ -104,7 +112,9 @@ def test_policy_table(row: str, ended: Callable[[], Outcome], expected: Outcome,
     freed: list[bool] = []
     monkeypatch.setattr(outcome, "free_memory", lambda: freed.append(True))
     assert ended() == expected
-    assert freed == ([True] if row == OOM else [])  # what a failed trial held is given back
+    # Out of memory asks the runner to give memory back, once the trial's frames are gone
+    # (test_worker_loop); the table itself frees nothing, inside the except block.
+    assert (expected.free_memory, freed) == (row == OOM, [])
 
 
 def test_worker_applies_the_policy(toy) -> None:

@@ -72,7 +72,7 @@ def make_ctx(settings: Settings, run_dir: Path, recorder: Recorder, resume_dir: 
              params: dict[str, Any] | None = None) -> TrialContext:  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     return TrialContext(
-        number=0, params=params or PARAMS, fixed={}, settings=settings, _run_dir=run_dir, device="cpu",
+        number=0, params=params or PARAMS, fixed={}, settings=settings, run_dir=run_dir, device="cpu",
         logger=logging.getLogger("test_physae"), resume_dir=resume_dir,
         options=settings.objective, _report=recorder.report, _stop_reason=recorder.stop_reason,
     )  # fmt: skip
@@ -197,6 +197,10 @@ def test_bf16_autocast_path_runs_on_cpu(settings: Settings, completed: Completed
     assert [(r["stage"], r["epoch"]) for r in lines] == [(r["stage"], r["epoch"]) for r in metric_lines(completed.run_dir)]
     assert value != completed.value
     assert T.uses_bf16("cuda") and not T.uses_bf16("cpu") and T.uses_bf16("cpu", "bf16") and not T.uses_bf16("cuda", "fp32")
+    # auto: bf16 only where the GPU computes in it (Ampere, 8.0, and later), not emulated on a V100 or T4.
+    assert T.uses_bf16("cuda", "auto", (8, 0)) and T.uses_bf16("cuda", "auto", (9, 0))
+    assert not T.uses_bf16("cuda", "auto", (7, 0)) and not T.uses_bf16("cuda", "auto", (7, 5))
+    assert T.uses_bf16("cuda", "bf16", (7, 0))  # asked for: as asked
 
 
 def test_train_seed_changes_the_run(settings: Settings, completed: Completed, tmp_path: Path) -> None:
@@ -306,3 +310,18 @@ def test_importing_the_package_does_not_import_torch() -> None:
 
 def test_importing_the_cli_does_not_import_torch() -> None:
     assert not _imports_torch("hpo.cli")
+
+
+def test_a_resumed_optimizer_steps_as_this_device_does() -> None:
+    """A checkpoint written on a GPU (fused Adam) resumed on the CPU: the moments come back,
+    the way to step is the CPU's (not fused)."""
+    weight = torch.nn.Parameter(torch.ones(3))
+    gpu_side = torch.optim.Adam([weight], lr=0.1)
+    weight.grad = torch.ones(3)
+    gpu_side.step()
+    state = gpu_side.state_dict()
+    state["param_groups"][0]["fused"] = True  # as a CUDA trial saved it
+    cpu_side = torch.optim.Adam([weight], lr=0.1)
+    T.load_optimizer(cpu_side, state)
+    assert cpu_side.param_groups[0]["fused"] is None
+    assert torch.equal(cpu_side.state[weight]["exp_avg"], gpu_side.state[weight]["exp_avg"])

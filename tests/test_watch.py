@@ -489,6 +489,9 @@ def test_logs_of_a_trial_without_a_run_directory_come_from_the_worker_log(toy: A
     cwd, env = toy("slow_in_slow_cell", MAX_TRIALS="3")  # returns a number, writes nothing
     assert run_hpo(["worker"], cwd, env).returncode == 0
     assert not (cwd / "optuna_runs" / "toy" / "trial_1").exists()
+    # What `hpo best`/`hpo retrain` read for such a trial's budgets: its worker's settings.
+    (settings_file,) = (cwd / "optuna_runs" / "toy" / "workers").glob("*.settings.json")
+    assert json.loads(settings_file.read_text())["study_name"] == "toy"
     result = run_hpo(["logs", "--trial", "1"], cwd, env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -530,6 +533,21 @@ def test_best_yaml_and_json(single: Study) -> None:
     assert json.loads(out)["best_params"] == study.best_params
     code, out = invoke(["best", "--format", "xml"], single.inproc_env())
     assert code == 2 and "yaml" in out
+
+
+def test_a_trial_without_a_folder_ran_with_its_worker_s_settings(tmp_path: Path) -> None:
+    """`hpo best` and `hpo retrain` read a trial's budgets from its run directory's
+    settings.json; a trial that kept no folder, from its worker's settings file."""
+    run_dir = tmp_path / "optuna_runs" / "s" / "trial_3"
+    trial = TrialRecord(3, 3, "COMPLETE", [0.1], params={}, user_attrs={"run_dir": str(run_dir), "worker": "n1_7"})
+    assert ex.run_settings(trial) is None
+    workers = tmp_path / "optuna_runs" / "s" / "workers"
+    workers.mkdir(parents=True)
+    (workers / "n1_7.settings.json").write_text('{"n_train": 2000}')
+    assert ex.run_settings(trial) == ex.RanWith({"n_train": 2000}, "the settings file of its worker n1_7")
+    run_dir.mkdir()
+    (run_dir / "settings.json").write_text('{"n_train": 500}')
+    assert ex.run_settings(trial) == ex.RanWith({"n_train": 500}, "settings.json of the trial's run directory")
 
 
 def test_budget_env_from_params_and_fixed_params() -> None:

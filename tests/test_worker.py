@@ -12,10 +12,13 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from conftest import clean_env, load_study, run_hpo, tree
+from hpo.errors import UsageError
+from hpo.worker.device import Device, resolve_device
 
 
 def states(study) -> Counter:
@@ -320,6 +323,28 @@ def test_ctrl_c_stops_every_local_worker_cleanly(toy) -> None:
     assert len(interrupted) == 2 and all(t.user_attrs["reason"] == "interrupted" for t in interrupted)
 
 
+@pytest.mark.parametrize(("signum", "code", "reason"), [(signal.SIGUSR1, 75, "preempted"),
+                                                      (signal.SIGTERM, 75, "preempted"),
+                                                      (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_to_hpo_run_alone_reaches_every_worker(toy, signum: int, code: int, reason: str) -> None:
+    """A scheduler's warning sent to `hpo run` only (its workers run in a session of their
+    own): every worker ends its trial cleanly, nothing stays RUNNING, no worker is orphaned."""
+    cwd, env = toy(TOY_STEP_SECONDS="0.5", OPTUNA_PRUNER="none")
+    proc = subprocess.Popen([sys.executable, "-m", "hpo", "run", "--workers", "2"], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    wait_for(lambda: len(re.findall(r"trial \d+ started", "".join(
+        p.read_text() for p in (cwd / "optuna_logs").glob("worker_*.log")))) >= 2, what="two trials running")
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    study = load_study(cwd / "optuna_journal/toy.journal", "toy")
+    assert states(study)["RUNNING"] == 0
+    stopped = [t for t in study.trials if t.state.name == "FAIL"]
+    assert len(stopped) == 2 and all(t.user_attrs["reason"] == reason for t in stopped)
+    logs = [p.read_text() for p in (cwd / "optuna_logs").glob("worker_*.log")]
+    assert len(logs) == 2 and all(f"stopped: {reason}" in log for log in logs)
+
+
 def test_a_second_ctrl_c_stops_the_trial_at_once(toy) -> None:
     """Ctrl-C in a terminal reaches `hpo run` and its worker. The first lets the trial end
     at its next step (30 s away here); a second ends it at once: the trial, stopped inside
@@ -395,11 +420,144 @@ def test_submit_local_runs_the_same_workers_through_submitit(toy) -> None:
 
 
 def test_auto_device_without_a_gpu_driver_is_cpu_without_importing_torch(tmp_path: Path) -> None:
-    from hpo.worker.device import resolve_device
+    from hpo.worker.device import torch_gpu_count
 
-    assert resolve_device("auto", None, driver_files=(str(tmp_path / "none"),)) == "cpu"
-    assert resolve_device("auto", "") == "cpu" and resolve_device("cuda:1", None) == "cuda:1"
-    probe = subprocess.run([sys.executable, "-c", "import sys; from hpo.worker.device import resolve_device; "
-                            f"print(resolve_device('auto', None, ({str(tmp_path / 'none')!r},)), 'torch' in sys.modules)"],
+    no_driver = (str(tmp_path / "none"),)
+    assert resolve_device("auto", None, count=lambda: torch_gpu_count(no_driver)) == Device("cpu", "none")
+    assert resolve_device("auto", "") == Device("cpu", "none")
+    probe = subprocess.run([sys.executable, "-c", "import sys; from hpo.worker.device import resolve_device, "
+                            f"torch_gpu_count; print(resolve_device('auto', None, count=lambda: torch_gpu_count("
+                            f"{no_driver!r})).name, 'torch' in sys.modules)"],
                            capture_output=True, text=True, env={**os.environ})
     assert probe.stdout.split() == ["cpu", "False"], probe.stderr
+
+
+@pytest.mark.parametrize(("requested", "visible", "local", "device"), [
+    ("auto", "3", None, Device("cuda:0", "3")),  # srun --gpus-per-task / hpo run: its one GPU
+    ("auto", "GPU-8d1c,GPU-77aa", "1", Device("cuda:1", "GPU-8d1c,GPU-77aa".split(",")[1])),  # by its local rank
+    ("auto", "0,1,2,3", "6", Device("cuda:2", "2")),
+    ("cuda", "5,6", None, Device("cuda:0", "5")),
+    ("cuda:1", "5,6", None, Device("cuda:1", "6")),  # the physical GPU, not the raw list
+    ("cpu", "5,6", None, Device("cpu", "none")),
+])
+def test_a_worker_takes_the_gpu_it_was_given_and_records_which(requested: str, visible: str, local: str | None,
+                                                               device: Device) -> None:
+    assert resolve_device(requested, visible, local, count=lambda: 99) == device
+
+
+@pytest.mark.parametrize(("requested", "visible", "gpus", "message"), [
+    ("cuda:2", "0,1", 0, "HPO_DEVICE='cuda:2': this worker sees 2 GPU(s) (CUDA_VISIBLE_DEVICES='0,1'); valid here: "
+                         "auto, cpu, cuda, cuda:0 to cuda:1"),
+    ("cuda:1", None, 1, "HPO_DEVICE='cuda:1': this worker sees 1 GPU(s) (CUDA_VISIBLE_DEVICES unset); valid here: "
+                        "auto, cpu, cuda, cuda:0"),
+    ("cuda", "", 0, "HPO_DEVICE='cuda': this worker sees no GPU (CUDA_VISIBLE_DEVICES=''); valid here: auto, cpu"),
+    ("cuda:0", None, 0, "HPO_DEVICE='cuda:0': this worker sees no GPU (CUDA_VISIBLE_DEVICES unset); valid here: "
+                        "auto, cpu"),
+])
+def test_a_gpu_the_worker_was_not_given_is_refused(requested: str, visible: str | None, gpus: int,
+                                                   message: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        resolve_device(requested, visible, count=lambda: gpus)
+    assert str(caught.value) == message
+
+
+def test_a_worker_asking_for_a_gpu_it_was_not_given_exits_2_writing_nothing(toy: Any) -> None:
+    cwd, env = toy()
+    result = run_hpo(["worker"], cwd, {**env, "HPO_DEVICE": "cuda:2", "CUDA_VISIBLE_DEVICES": "0,1"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "hpo: error: HPO_DEVICE='cuda:2': this worker sees 2 GPU(s) (CUDA_VISIBLE_DEVICES='0,1'); valid here: auto, "
+        "cpu, cuda, cuda:0 to cuda:1")
+    assert tree(cwd) == ["toy.yaml"]
+    result = run_hpo(["run", "--workers", "2"], cwd, {**env, "HPO_DEVICE": "cuda", "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2 and "HPO_DEVICE='cuda': this worker sees no GPU" in result.stderr
+    assert tree(cwd) == ["toy.yaml"]
+
+
+def test_each_local_worker_trains_on_its_own_gpu_and_its_trials_record_it(toy: Any) -> None:
+    """Fake GPU ids (the toy objective never touches CUDA): hpo run gives each worker one of
+    the GPUs it was given, and each trial records the physical GPU it ran on."""
+    cwd, env = toy(MAX_TRIALS="6", CUDA_VISIBLE_DEVICES="7,9", HPO_DEVICE="auto")
+    result = run_hpo(["run", "--workers", "2"], cwd, env)
+    assert result.returncode == 0, result.stderr
+    trials = load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials
+    by_worker: dict[str, set[str]] = {}
+    for t in trials:
+        by_worker.setdefault(t.user_attrs["worker"], set()).add(t.user_attrs["gpu"])
+    assert sorted(gpu for gpus in by_worker.values() for gpu in gpus) == ["7", "9"], by_worker
+    assert all(len(gpus) == 1 for gpus in by_worker.values())
+    # HPO_DEVICE=cuda:1: every worker on the second GPU given, which its trials name.
+    cwd2 = cwd / "second"
+    cwd2.mkdir()
+    result = run_hpo(["run", "--workers", "2"], cwd2, {**env, "HPO_DEVICE": "cuda:1", "MAX_TRIALS": "2"})
+    assert result.returncode == 0, result.stderr
+    assert {t.user_attrs["gpu"] for t in load_study(cwd2 / "optuna_journal" / "toy.journal", "toy").trials} == {"9"}
+
+
+@pytest.mark.parametrize(("omp", "cpus", "threads", "warned"), [
+    (None, 4, 4, False), ("2", 4, 2, False), ("4", 4, 4, False), ("4", 1, 1, True), ("x", 3, 3, False),
+])
+def test_a_worker_computes_with_no_more_threads_than_its_cpus(omp: str | None, cpus: int, threads: int,
+                                                              warned: bool) -> None:
+    from hpo.system.processes import cpu_threads
+
+    got, warning = cpu_threads(omp, cpus)
+    assert got == threads and (warning is not None) == warned
+    if warned:
+        assert warning == (f"OMP_NUM_THREADS={omp} but this task may run on {cpus} CPU(s) (its affinity mask): using "
+                           f"{cpus} thread(s); give each task its CPUs (srun --cpus-per-task, or SRUN_CPUS_PER_TASK)")
+
+
+def test_a_worker_bound_to_one_cpu_uses_one_thread_and_says_why(toy: Any) -> None:
+    """A task bound to one core (srun without --cpus-per-task on a binding cluster; here
+    taskset) while OMP_NUM_THREADS asks for 4: the worker warns once and uses one thread."""
+    cwd, env = toy(MAX_TRIALS="1", OMP_NUM_THREADS="4")
+    probe = "import os; from hpo.cli import main; main()"
+    result = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", probe, "worker"], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    log = "".join(p.read_text() for p in (cwd / "optuna_logs").glob("worker_*.log"))
+    assert log.count("OMP_NUM_THREADS=4 but this task may run on 1 CPU(s) (its affinity mask): using 1 thread(s)") == 1
+
+
+def test_a_sticky_gpu_error_stops_the_worker_at_once_and_its_trial_is_retried(toy: Any) -> None:
+    """After a CUDA error that poisons the context the worker stops (69) after that one
+    trial, not after HPO_MAX_FAILURES, and the trial's parameters are queued for another worker."""
+    cwd, env = toy("gpu_fault", MAX_TRIALS="5", OPTUNA_PRUNER="none")
+    result = run_hpo(["worker"], cwd, env)
+    assert result.returncode == 69, result.stderr
+    trials = load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials
+    assert [(t.state.name, t.user_attrs.get("reason")) for t in trials] == [
+        ("FAIL", "GPU error: CUDA error: an illegal memory access was encountered"), ("WAITING", None)]
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[1].system_attrs["fixed_params"] == trials[0].params
+    assert "stopped: GPU error" in first_log(cwd)
+
+
+def test_a_hung_trial_ends_its_worker_and_is_reaped_and_retried(toy: Any) -> None:
+    """No sign of life from the trial for HPO_HANG_SECONDS (a GPU stuck in a kernel): the
+    heartbeat stops vouching for it and the worker exits 70, so SLURM gets the GPU back;
+    the trial is then reaped (its process is gone) and retried."""
+    cwd, env = toy("hangs", MAX_TRIALS="3", OPTUNA_PRUNER="none", HPO_HEARTBEAT_SECONDS="0.5",
+                   HPO_HANG_SECONDS="2")
+    started = time.monotonic()
+    result = run_hpo(["worker"], cwd, env)
+    assert result.returncode == 70, result.stderr
+    assert time.monotonic() - started < 60
+    log = first_log(cwd)
+    assert "made no progress for 2 s" in log or "made no progress for 3 s" in log, log
+    assert "treating this worker as hung" in log
+    reaped = run_hpo(["reap"], cwd, env)
+    assert (reaped.returncode, reaped.stdout) == (0, "reaped 1 lost trial(s): 0\n"), reaped.stderr
+    trials = load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials
+    assert [(t.state.name, t.user_attrs.get("reason")) for t in trials] == [("FAIL", "worker lost"), ("WAITING", None)]
+
+
+def test_a_hang_limit_the_heartbeat_cannot_watch_is_refused(toy: Any) -> None:
+    cwd, env = toy()
+    result = run_hpo(["worker"], cwd, {**env, "HPO_HANG_SECONDS": "5"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "hpo: error: HPO_HANG_SECONDS=5 (environment) is below 2 x HPO_HEARTBEAT_SECONDS=10 (default): the "
+        "heartbeat, which watches for it, could not tell; valid: unset, or HPO_HANG_SECONDS >= 20 (and above your "
+        "longest epoch)")
+    assert tree(cwd) == ["toy.yaml"]

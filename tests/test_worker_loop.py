@@ -296,7 +296,7 @@ def test_signals_set_the_flag_and_objectives_see_the_label() -> None:
     assert (flag.stop, flag.requested()) == (Stop.PREEMPTED, "preempted")
     with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
         flag._on_signal(signal.SIGINT, None)
-    flag._on_signal(signal.SIGINT, None)  # a third (hpo run passes Ctrl-C on too) lets the trial's end be written
+    flag._on_signal(signal.SIGINT, None)  # a third lets the trial's end be written
     assert (flag.stop, flag.interrupts) == (Stop.PREEMPTED, 3)
 
 
@@ -446,6 +446,75 @@ def test_trial_that_keeps_nothing_leaves_no_run_directory(trial_runner: Callable
     assert trial.user_attrs["run_dir"] == str(runner.run_dir(trial.number).resolve())  # where it would be
     assert not runner.run_dir(trial.number).exists()
     assert f"trial {trial.number} finished: COMPLETE" in caplog.text
+
+
+def test_a_warning_from_another_thread_makes_the_folder_once(trial_runner: Callable[..., TrialRunner]) -> None:
+    """The heartbeat thread (here: the objective's own thread) may warn while the trial's
+    main thread asks for its folder: one folder, every line once, and its trial.json."""
+    import threading
+
+    def objective(params: dict[str, Any], ctx: TrialContext) -> float:
+        go = threading.Event()
+        other = threading.Thread(target=lambda: (go.wait(), logging.getLogger("hpo.worker.recovery").warning(
+            "a beat was late")))
+        other.start()
+        go.set()
+        for _ in range(200):
+            assert ctx.run_dir.is_dir()
+        other.join(timeout=10)
+        return quick(params, ctx)
+
+    runner = trial_runner(objective)
+    result, trial = run_one(runner)
+    assert result.state == TrialState.COMPLETE
+    run_dir = runner.run_dir(trial.number)
+    log = (run_dir / "trial.log").read_text()
+    assert log.count("a beat was late") == 1 and log.count(f"trial {trial.number} started") == 1
+    assert json.loads((run_dir / "trial.json").read_text())["state"] == "COMPLETE"
+
+
+def test_a_folder_left_by_an_earlier_study_of_the_name_gets_this_trial_s_files(
+        trial_runner: Callable[..., TrialRunner]) -> None:
+    runner = trial_runner(quick)
+    stale = runner.run_dir(0)
+    stale.mkdir(parents=True)
+    (stale / "settings.json").write_text('{"study_name": "an older study"}')
+    (stale / "trial.json").write_text('{"state": "FAIL"}')
+    result, trial = run_one(runner)
+    assert trial.number == 0 and result.state == TrialState.COMPLETE
+    assert json.loads((stale / "settings.json").read_text())["study_name"] == runner.settings.study_name
+    assert json.loads((stale / "trial.json").read_text())["state"] == "COMPLETE"
+
+
+class OutOfMemoryError(RuntimeError):
+    """What torch.cuda raises, by name (hpo.worker.outcome does not import torch)."""
+
+
+def test_out_of_memory_is_given_back_once_the_trial_s_tensors_are_gone(
+        trial_runner: Callable[..., TrialRunner], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache is emptied after the failed trial's frames are dropped: inside the except
+    block its traceback still held every tensor it made, so nothing was given back and a
+    neighbour on the same GPU ran out too."""
+    import weakref
+
+    from hpo.worker import outcome as outcomes
+
+    class Activations:  # stands for the trial's tensors
+        pass
+
+    held: list[weakref.ReferenceType[Activations]] = []
+
+    def objective(params: dict[str, Any], ctx: TrialContext) -> float:
+        activations = Activations()
+        held.append(weakref.ref(activations))
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    alive_when_freed: list[bool] = []
+    real = outcomes.free_memory
+    monkeypatch.setattr(outcomes, "free_memory", lambda: (real(), alive_when_freed.append(held[-1]() is not None)))
+    result, trial = run_one(trial_runner(objective))
+    assert (trial.state, trial.user_attrs["reason"]) == (TrialState.FAIL, "out of memory")
+    assert alive_when_freed == [False]
 
 
 @pytest.mark.parametrize(("exc", "state", "reason", "folder"), [

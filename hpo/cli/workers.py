@@ -75,7 +75,8 @@ def run_cmd(n_workers: int, **flags: Any) -> int:
 @click.option("--partition", default=None, help="SLURM partition")
 @click.option("--time", "time_minutes", type=click.IntRange(1), default=60, show_default=True,
               help="time limit of each worker, minutes")
-@click.option("--gpus-per-worker", type=click.IntRange(0), default=1, show_default=True)
+@click.option("--gpus-per-worker", type=click.IntRange(0, 1), default=1, show_default=True,
+              help="0 (CPU) or 1: a worker trains on one GPU")
 @click.option("--cpus-per-worker", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--mem", default=None, help="memory per worker, e.g. 16G")
 @click.option("--account", default=None)

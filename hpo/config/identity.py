@@ -34,13 +34,15 @@ class SchedulerVars:
     restarts: str  # SLURM_RESTART_COUNT ("0" when unset): a requeued job's count
     visible_gpus: str | None  # CUDA_VISIBLE_DEVICES as given by the launcher (None when unset)
     step_id: str | None = None  # SLURM_STEP_ID
+    local_id: str | None = None  # SLURM_LOCALID: the task's rank on its node
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "SchedulerVars":
         return cls(env.get("SLURM_JOB_ID") or None, env.get("SLURM_ARRAY_JOB_ID") or None,
                    env.get("SLURM_ARRAY_TASK_ID") or None, env.get("SLURM_PROCID") or None,
                    int(env.get("SLURM_NTASKS") or 1), (env.get("SLURM_RESTART_COUNT") or "0").strip(),
-                   env.get("CUDA_VISIBLE_DEVICES"), env.get("SLURM_STEP_ID") or None)
+                   env.get("CUDA_VISIBLE_DEVICES"), env.get("SLURM_STEP_ID") or None,
+                   env.get("SLURM_LOCALID") or None)
 
     def gpus(self) -> list[str] | None:
         """The GPU ids ``CUDA_VISIBLE_DEVICES`` lists ([] when it hides them all), None when unset."""
@@ -91,6 +93,8 @@ class WorkerIdentity:
     slurm_procid: str | None
     visible_gpus: str | None  # CUDA_VISIBLE_DEVICES as given by the launcher
     launch: str = ""  # launch_key(): the workers of one launch share it
+    local_rank: str | None = None  # SLURM_LOCALID: picks its GPU when a launch left it several
+    gpu: str = ""  # the physical GPU its trials run on, once the device is resolved (hpo.worker.device)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], host: str, pid: int, launcher: Launcher = Launcher()
@@ -102,7 +106,7 @@ class WorkerIdentity:
             worker_id=re.sub(r"[^A-Za-z0-9_.-]", "-", worker_id), rank=rank, host=host, pid=pid,
             slurm_job_id=task.job_id, slurm_array_job_id=task.array_job_id, slurm_array_task_id=task.array_task_id,
             slurm_procid=task.procid, visible_gpus=task.visible_gpus,
-            launch=launch_key(launcher.launch_id, task, host, pid),
+            launch=launch_key(launcher.launch_id, task, host, pid), local_rank=task.local_id,
         )
 
     def attrs(self) -> dict[str, Any]:
@@ -112,7 +116,7 @@ class WorkerIdentity:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
-        out["gpu"] = self.visible_gpus if self.visible_gpus not in (None, "") else "none"
+        out["gpu"] = self.gpu or (self.visible_gpus if self.visible_gpus not in (None, "") else "none")
         return out
 
 

@@ -118,6 +118,10 @@ FIELDS: tuple[Field, ...] = (
     # At least 0.1 s: each beat replaces a file on the shared filesystem, per running trial.
     Field("heartbeat_seconds", "HPO_HEARTBEAT_SECONDS", float_in(0.1, 86400), 10.0, "heartbeat period of running trials"),
     Field("stale_seconds", "HPO_STALE_SECONDS", positive_float, 60.0, "heartbeat age after which a trial is lost"),
+    Field("hang_seconds", "HPO_HANG_SECONDS", optional(positive_float), None,
+          "a trial with no sign of life (ctx.report, check_stop, log_metrics, set_user_attr) for this long is hung: "
+          "its worker exits 70 and the trial is reaped and retried elsewhere; unset: never (set it above your "
+          "longest epoch)"),
     Field("max_failures", "HPO_MAX_FAILURES", int_in(1, 1_000_000), 10,
           "a worker stops after this many failed trials in a row (a broken objective)"),
     Field("storage", "HPO_STORAGE", _storage_url, "", "'' = the journal file; or sqlite:///… / postgresql://…"),
@@ -142,8 +146,9 @@ FIELDS: tuple[Field, ...] = (
           "once the journal is past this many MB (and twice what the last snapshot covers), a worker compacts it "
           "into <journal>.snapshot between two trials, so joining workers replay one record per trial; 0: never"),
     Field("journal_lock", "HPO_JOURNAL_LOCK", choice(JOURNAL_LOCKS), "auto",
-          "the journal's lock: file (<journal>.lock), fcntl (a record lock, where `hpo doctor --prove-lock` proved "
-          "it), auto (the journal's own; a new one: fcntl where proved); one journal keeps one"),
+          "the journal's lock: file (<journal>.lock), fcntl (a record lock: on local disk, or where `hpo doctor "
+          "--prove-lock` proved it), auto (the journal's own; a new one: fcntl on local disk or where proved); one "
+          "journal keeps one"),
     Field("seed_offset", "HPO_SEED_OFFSET", int_in(0, 2**62), 0,
           "your own shift of every sampler seed (an independent replicate)"),
     Field("worker_rank", "HPO_WORKER_RANK", optional(int_in(0, 1_000_000)), None,
@@ -178,6 +183,7 @@ class Settings:
     max_retries: int
     heartbeat_seconds: float
     stale_seconds: float
+    hang_seconds: float | None
     max_failures: int
     storage: str
     trial_timeout_seconds: float | None
@@ -451,6 +457,13 @@ def _check_recovery(values: Mapping[str, Any], sources: Mapping[str, str]) -> No
             f"HPO_STALE_SECONDS={stale:g} ({sources['stale_seconds']}) is below {MIN_STALE_HEARTBEATS} x "
             f"HPO_HEARTBEAT_SECONDS={heartbeat:g} ({sources['heartbeat_seconds']}): a trial would be judged lost "
             f"while its worker is alive; valid: HPO_STALE_SECONDS >= {MIN_STALE_HEARTBEATS * heartbeat:g}"
+        )
+    hang = values["hang_seconds"]
+    if hang is not None and hang < 2 * heartbeat:
+        raise UsageError(
+            f"HPO_HANG_SECONDS={hang:g} ({sources['hang_seconds']}) is below 2 x HPO_HEARTBEAT_SECONDS={heartbeat:g} "
+            f"({sources['heartbeat_seconds']}): the heartbeat, which watches for it, could not tell; valid: unset, "
+            f"or HPO_HANG_SECONDS >= {2 * heartbeat:g} (and above your longest epoch)"
         )
 
 

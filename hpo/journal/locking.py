@@ -79,6 +79,17 @@ def read_proof(directory: Path) -> dict[str, Any] | None:
     return proof
 
 
+def _proof_here(directory: Path) -> dict[str, Any] | None:
+    """What lets record locks be used in ``directory`` from this node: its proof, or its
+    being on a filesystem one kernel arbitrates (nothing to prove)."""
+    proof = read_proof(directory)
+    if proof is None:
+        mount = filesystem_of(directory)
+        if mount is not None and mount.one_kernel:
+            return {"verdict": "honoured", "fstype": mount.fstype}
+    return proof
+
+
 def lock_kind(journal: Path, wanted: str) -> str:
     """``file`` or ``fcntl`` for ``journal`` given ``HPO_JOURNAL_LOCK=wanted``; reads only.
 
@@ -92,12 +103,16 @@ def lock_kind(journal: Path, wanted: str) -> str:
             what = f"the record lock ({kernel_lock_file(journal)})" if uses_kernel else "the lock file"
             raise UsageError(f"HPO_JOURNAL_LOCK={wanted!r}, but {journal} was started with {what}: every "
                              f"writer of one journal must use the same lock; valid here: auto, {kind}")
+        if uses_kernel and _proof_here(journal.parent) is None:
+            # Started on a local disk that this node reaches through a network mount (a disk
+            # exported over NFS): nobody proved its record locks between the two.
+            mount = filesystem_of(journal.parent)
+            raise UsageError(f"{journal} uses the record lock ({kernel_lock_file(journal)}), but here its folder is "
+                             f"on {mount.fstype if mount else 'an unknown filesystem'} with no {PROOF_NAME}: record "
+                             f"locks may not be honoured between this node and the one that started it; prove them "
+                             f"(`hpo doctor --prove-lock` from two nodes) or run the workers where the journal's disk is")
         return kind
-    proof = read_proof(journal.parent)
-    if proof is None:
-        mount = filesystem_of(journal.parent)
-        if mount is not None and mount.one_kernel:
-            proof = {"verdict": "honoured", "fstype": mount.fstype}  # one kernel: nothing to prove
+    proof = _proof_here(journal.parent)
     if wanted == "fcntl" and proof is None:
         raise UsageError(f"HPO_JOURNAL_LOCK='fcntl', but {journal.parent} has no {PROOF_NAME} proving that record "
                          f"locks are honoured across nodes there; run `hpo doctor --prove-lock` (on two nodes: "

@@ -2,8 +2,16 @@
 
 ``hpo run --workers N`` starts N ``python -m hpo worker`` processes with the
 resolved settings in their environment, pins one visible GPU per worker
-round-robin (CPU when there is none), shows progress from the journal, and on
+round-robin (CPU when there is none; only GPU N with ``HPO_DEVICE=cuda:N``), shares the
+CPUs it was given (its affinity mask) among them, shows progress from the journal, and on
 Ctrl-C lets every worker end its trial cleanly (a second Ctrl-C stops them at once).
+
+Signals: the workers run in a session of their own, and ``hpo run`` passes on every
+SIGINT (Ctrl-C), SIGTERM, SIGUSR1 and SIGUSR2 it gets, once: a scheduler's warning sent to
+``hpo run`` alone reaches every worker (USR1's default action used to kill ``hpo run``
+and orphan them), and a Ctrl-C reaches each worker once, not twice (the terminal's and
+ours). Each worker ends its trial and stops (75 preempted, 130 interrupted); ``hpo run``
+waits for them and exits with their status.
 """
 
 from __future__ import annotations
@@ -21,22 +29,24 @@ from hpo.config.study import Launch
 from hpo.launch.progress import show_progress
 from hpo.study.shared import open_study
 from hpo.system.logs import quiet_optuna
+from hpo.system.processes import task_cpus
+from hpo.worker.device import given_gpus, resolve_device
 
 _logger = logging.getLogger(__name__)
 
+FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)  # SIGINT comes as KeyboardInterrupt
+
 
 def visible_gpus(settings: Settings, env: Mapping[str, str]) -> list[str]:
-    """GPU ids to hand out: those ``CUDA_VISIBLE_DEVICES`` lists if set, else every GPU torch sees."""
+    """GPU ids to hand out: those ``CUDA_VISIBLE_DEVICES`` lists if set, else every GPU of
+    the node; with ``HPO_DEVICE=cuda:N`` only the N-th (exit 2 when there is none)."""
     if settings.device == "cpu":
         return []
-    given = SchedulerVars.from_env(env).gpus()
-    if given is not None:
-        return given
-    try:
-        import torch
-    except ImportError:
-        return []
-    return [str(i) for i in range(torch.cuda.device_count())]
+    visible = SchedulerVars.from_env(env).visible_gpus
+    device = resolve_device(settings.device, visible)  # a GPU this machine does not have: exit 2
+    if settings.device.startswith("cuda:"):
+        return [device.gpu]
+    return given_gpus(visible)
 
 
 def worker_env(
@@ -51,6 +61,8 @@ def worker_env(
     child.setdefault("OMP_NUM_THREADS", str(threads))
     # An empty CUDA_VISIBLE_DEVICES hides every GPU: CPU workers stay off the GPUs.
     child["CUDA_VISIBLE_DEVICES"] = gpus[rank % len(gpus)] if gpus else ""
+    if gpus and child.get("HPO_DEVICE", "").startswith("cuda:"):
+        child["HPO_DEVICE"] = "cuda"  # cuda:N chose the GPU above; the worker sees only that one
     return child
 
 
@@ -64,15 +76,18 @@ def run_local(launch: Launch, n_workers: int, env: Mapping[str, str]) -> int:
     # One launch: a fresh study's workers seed OPTUNA_SEED + rank, a resumed one's anew
     # (see hpo.worker.study_run.sampler_seed).
     launch_id = new_launch_id()
-    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    threads = max(1, task_cpus() // n_workers)
     procs = [
         subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--quiet"],
-                         env=worker_env(launch, env, rank, gpus, launch_id, threads, n_workers))
+                         env=worker_env(launch, env, rank, gpus, launch_id, threads, n_workers),
+                         start_new_session=True)  # signals reach them through us, once
         for rank in range(n_workers)
     ]
     workers = _Workers(procs)
-    # A scheduler's SIGTERM reaches only us: pass it on so workers end trials cleanly.
-    signal.signal(signal.SIGTERM, lambda signum, frame: workers.send(signum))
+    # A scheduler's signal may reach only us (and USR1's default would kill us, orphaning
+    # the workers): pass each on so the workers end their trials cleanly.
+    for signum in FORWARDED:
+        signal.signal(signum, lambda signum, frame: workers.send(signum))
     show_progress(studies, workers.running, workers.interrupt)
     codes = [p.returncode for p in procs]
     if workers.interrupted or 130 in codes:
@@ -110,7 +125,7 @@ class _Workers:
                 p.send_signal(signum)
 
     def interrupt(self, count: int) -> None:
-        """Ctrl-C: the terminal sent SIGINT to every worker too; a second one stops them at once."""
+        """SIGINT (Ctrl-C): passed on each time; the first lets workers end their trials,
+        the second stops them at once."""
         self.interrupted = count
-        if count > 1:
-            self.send(signal.SIGINT)
+        self.send(signal.SIGINT)

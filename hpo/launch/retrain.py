@@ -29,7 +29,7 @@ class Retrain:
     trial: TrialRecord
     settings: Settings  # the new study's
     config: StudyConfig
-    budgets_from: str  # "its settings.json" or "the current settings"
+    budgets_from: str  # which settings.json (the run directory's, its worker's), or "the current settings"
 
 
 def plan_retrain(settings: Settings, config: StudyConfig, to: str | None, number: int | None) -> Retrain:
@@ -41,7 +41,8 @@ def plan_retrain(settings: Settings, config: StudyConfig, to: str | None, number
     if name in [s.study_name for s in storage.get_all_studies()]:
         raise UsageError(f"--to {name!r}: that study exists already; valid: a new study name")
     # The trial's own budgets (N_TRAIN, stage epochs ...): its settings.json, else today's settings.
-    ran_with = run_settings(trial) or {}
+    found = run_settings(trial)
+    ran_with = found.settings if found else {}
     objective = {f.name: ran_with.get(f.name, settings.objective.get(f.name)) for f in settings.objective_fields}
     new = dataclasses.replace(settings, study_name=name, max_trials=1, trials_per_worker=None, objective=objective)
     if config.cell:  # one study of a sweep: the new study gets that study's own config
@@ -49,7 +50,7 @@ def plan_retrain(settings: Settings, config: StudyConfig, to: str | None, number
         write_bytes_atomic(path, single_study_text(config, name).encode())
         config, new = load_config(path), dataclasses.replace(new, config=path)
     check_runnable(new, config)
-    return Retrain(settings.study_name, trial, new, config, "its settings.json" if ran_with else "the current settings")
+    return Retrain(settings.study_name, trial, new, config, found.source if found else "the current settings")
 
 
 def _chosen_trial(settings: Settings, number: int | None) -> TrialRecord:

@@ -27,6 +27,7 @@ from hpo.config.study import Launch, load_launch
 from hpo.study.shared import SharedStudy, open_study
 from hpo.launch.prepare import record_launch_jobs
 from hpo.launch.results import export_at_end
+from hpo.worker.device import given_gpus
 from hpo.worker.loop import run_worker
 from hpo.worker.stop import STOP_SIGNALS, Stop
 
@@ -73,12 +74,16 @@ def executor_parameters(opts: SubmitOptions) -> dict[str, Any]:
     return params
 
 
-def job_env(launch: Launch, launch_id: str, rank: int, threads: int) -> dict[str, str]:
+def job_env(launch: Launch, launch_id: str, rank: int, threads: int, gpu: str | None = None) -> dict[str, str]:
     """The environment worker ``rank`` of this launch adds to its job's (pure): the resolved
     settings with its rank and the launch, for the sampler seed (see
     hpo.worker.study_run.sampler_seed); ``OMP_NUM_THREADS``: one thread per CPU of the task, as
-    torch would otherwise use every core of the node."""
-    return {**launch.to_env(worker_rank=rank, launch_id=launch_id), "OMP_NUM_THREADS": str(threads)}
+    torch would otherwise use every core of the node; ``gpu``: the one GPU of a local job
+    (``--local``; on SLURM the job's allocation gives it)."""
+    env = {**launch.to_env(worker_rank=rank, launch_id=launch_id), "OMP_NUM_THREADS": str(threads)}
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
 
 
 class WorkerJob(submitit.helpers.Checkpointable):
@@ -89,6 +94,9 @@ class WorkerJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> str:
         os.chdir(self.cwd)
+        # What CUDA and the OpenMP runtime read from the process's own environment, before
+        # the objective imports torch: a local job's GPU (submitit's local executor hides them all).
+        os.environ.update({k: v for k, v in self.env.items() if k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")})
         env = {**environment(), **self.env}  # SLURM ids from the job, settings from submit time
         launch = load_launch({}, env)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
@@ -130,8 +138,11 @@ def submit(opts: SubmitOptions, launch: Launch, launch_id: str, cwd: Path,
            local: bool) -> list[submitit.Job[str]]:
     """Submit ``opts.workers`` worker jobs (an array on SLURM), one launch; returns submitit's jobs."""
     executor = make_executor(opts, local)
+    # Locally, one GPU of this machine per worker, round-robin, as hpo run gives them.
+    gpus = given_gpus(os.environ.get("CUDA_VISIBLE_DEVICES")) if local and opts.gpus_per_worker else []
     with executor.batch():
-        jobs = [executor.submit(WorkerJob(job_env(launch, launch_id, rank, opts.cpus_per_worker), str(cwd)))
+        jobs = [executor.submit(WorkerJob(job_env(launch, launch_id, rank, opts.cpus_per_worker,
+                                                  gpus[rank % len(gpus)] if gpus else None), str(cwd)))
                 for rank in range(opts.workers)]
     return jobs
 

@@ -159,7 +159,7 @@ class _Run:
 
     @property
     def bf16(self) -> bool:
-        return uses_bf16(self.device_type, str(self.ctx.options.get("precision", "auto")))
+        return uses_bf16(self.device_type, str(self.ctx.options.get("precision", "auto")), _capability(self.ctx.device))
 
 
 # ---------------------------------------------------------------- parameters
@@ -196,9 +196,21 @@ def loss_fn(pred: Prediction, target: torch.Tensor, signal: torch.Tensor, scale:
     return param_term + RECON_WEIGHT * recon_term
 
 
-def uses_bf16(device_type: str, precision: str = "auto") -> bool:
-    """``PRECISION``: auto = bf16 on CUDA, float32 elsewhere (the CPU path stays exact)."""
-    return precision == "bf16" or (precision == "auto" and device_type == "cuda")
+def uses_bf16(device_type: str, precision: str = "auto", capability: tuple[int, int] | None = None) -> bool:
+    """``PRECISION``: auto = bf16 on a CUDA GPU that computes in it (compute capability 8.0,
+    Ampere, and later), float32 elsewhere: on the CPU the path stays exact, and a V100 or a
+    T4 would emulate bf16, slower than float32. ``capability``: None when unknown (CUDA: assumed able)."""
+    if precision != "auto":
+        return precision == "bf16"
+    return device_type == "cuda" and (capability is None or capability >= (8, 0))
+
+
+def _capability(device: str) -> tuple[int, int] | None:
+    """The CUDA device's compute capability; None off CUDA."""
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(torch.device(device))
+    return int(major), int(minor)
 
 
 def _autocast(device_type: str, bf16: bool) -> Any:
@@ -211,6 +223,16 @@ def _epoch_seed(train_seed: int, global_epoch: int) -> int:
     """Seed of one epoch's batch order: a pure function, so resuming needs no RNG state."""
     digest = hashlib.blake2b(f"physae:{train_seed}:{global_epoch}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def load_optimizer(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Resume ``opt`` from a checkpoint's state: its moments and step counts, but how to
+    step (``fused``, ``foreach``) stays this device's choice: a trial preempted on a GPU
+    (fused Adam) may resume on another kind of device."""
+    chosen = [{k: group.get(k) for k in ("fused", "foreach")} for group in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, kept in zip(opt.param_groups, chosen):
+        group.update(kept)
 
 
 def _make_optimizer(spec: StageSpec, encoder: Encoder, refiner: Refiner, device_type: str) -> torch.optim.Adam:
@@ -250,7 +272,7 @@ def evaluate(
     """Validation RMSEs with the given refinement; pure given the weights. ``bf16``: autocast
     (None: as ``PRECISION=auto`` does on this device)."""
     device_type = data.val_signal.device.type
-    bf16 = uses_bf16(device_type) if bf16 is None else bf16
+    bf16 = uses_bf16(device_type, capability=_capability(str(data.val_signal.device))) if bf16 is None else bf16
     n = data.val_signal.shape[0]
     squared = torch.zeros(3, dtype=torch.float64, device=data.val_signal.device)
     for start in range(0, n, EVAL_BATCH):
@@ -394,7 +416,7 @@ def _run_stage(run: _Run, spec: StageSpec, epochs_done: int, optimizer_state: di
     run.encoder.requires_grad_(spec.base_lr is not None)
     opt = _make_optimizer(spec, run.encoder, run.refiner, run.device_type)
     if optimizer_state is not None:
-        opt.load_state_dict(optimizer_state)
+        load_optimizer(opt, optimizer_state)
     stage_timing = run.timings.stages.setdefault(spec.name, StageTiming())
     for epoch in range(epochs_done + 1, spec.epochs + 1):
         run.global_step += 1

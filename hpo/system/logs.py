@@ -9,7 +9,6 @@ worker logs into one ``LOG_DIR`` (even into one file: a reused pid, a requeued t
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import contextvars
 import logging
@@ -72,6 +71,7 @@ def setup_worker_logging(log_dir: Path, worker_id: str, echo_level: str | None =
 
 # Loggers of hpo's own machinery: their lines below WARNING (a trial's start and end, a
 # lock's wait) are the worker's bookkeeping, not something the trial has to keep.
+MAX_WAITING = 1000  # lines a trial's log keeps in memory before its folder exists
 _MACHINERY = ("hpo.worker.", "hpo.study.", "hpo.journal.", "hpo.system.", "hpo._optuna", "hpo.config.",
               "hpo.launch.")
 
@@ -88,14 +88,15 @@ class TrialLog(logging.Handler):
     def __init__(self, path: Path, make_dir: Callable[[], None]) -> None:
         super().__init__()
         self.path, self._make_dir = path, make_dir
-        # Bounded: a long trial's bookkeeping lines are in the worker log anyway.
-        self._waiting: collections.deque[logging.LogRecord] = collections.deque(maxlen=1000)
+        self._waiting: list[logging.LogRecord] = []
         self._file: logging.FileHandler | None = None
+        self._closed = False
 
     def open(self) -> None:
-        """The run directory exists: write the lines that waited, then each as it comes."""
+        """The run directory exists: write the lines that waited, then each as it comes
+        (nothing once the trial is over: a ``ctx.run_dir`` read after its end)."""
         with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
-            if self._file is None:
+            if self._file is None and not self._closed:
                 self._file = logging.FileHandler(self.path, encoding="utf-8")
                 self._file.setFormatter(self.formatter)
                 for record in self._waiting:
@@ -103,18 +104,23 @@ class TrialLog(logging.Handler):
                 self._waiting.clear()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self._file is None and (record.levelno >= logging.WARNING or not record.name.startswith(_MACHINERY)):
-            self._make_dir()  # which calls open()
-            self.open()
-        if self._file is None:
-            self._waiting.append(record)
-        else:
-            self._file.emit(record)
+        try:
+            if self._file is None and (record.levelno >= logging.WARNING or not record.name.startswith(_MACHINERY)):
+                self._make_dir()  # which calls open()
+                self.open()
+            if self._file is not None:
+                self._file.emit(record)
+            elif len(self._waiting) < MAX_WAITING:  # the first lines; the rest are in the worker log
+                self._waiting.append(record)
+        except Exception:  # noqa: BLE001 - a full disk must not turn a log line into the trial's end
+            self.handleError(record)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._waiting.clear()
+        with self.lock:  # type: ignore[union-attr]
+            self._closed = True
+            if self._file is not None:
+                self._file.close()
+            self._waiting.clear()
         super().close()
 
 

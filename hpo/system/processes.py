@@ -44,3 +44,30 @@ def process_alive(pid: int, start: int | None = None) -> bool:
     if state == "Z":
         return False
     return start is None or start == started
+
+
+def task_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, what SLURM's task binding (or
+    ``taskset``, a cgroup cpuset) gave it, not the node's core count."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def cpu_threads(omp_num_threads: str | None, cpus: int) -> tuple[int, str | None]:
+    """The threads a worker computes with, given ``OMP_NUM_THREADS`` and the CPUs its task
+    may run on (pure): at most one per CPU, since more only queue for the same cores. Also
+    a warning when ``OMP_NUM_THREADS`` asked for more (a launch that gave the task fewer
+    CPUs than it meant to: ``srun`` has not passed ``--cpus-per-task`` on from ``sbatch``
+    since Slurm 22.05)."""
+    try:
+        asked = int(omp_num_threads) if omp_num_threads else None
+    except ValueError:
+        asked = None
+    if asked is None or asked < 1:
+        return cpus, None
+    if asked <= cpus:
+        return asked, None
+    return cpus, (f"OMP_NUM_THREADS={asked} but this task may run on {cpus} CPU(s) (its affinity mask): using "
+                  f"{cpus} thread(s); give each task its CPUs (srun --cpus-per-task, or SRUN_CPUS_PER_TASK)")

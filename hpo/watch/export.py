@@ -31,6 +31,7 @@ from hpo.config.settings import RESULTS_DIR
 from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
 from hpo.system.files import json_safe, write_json_atomic
 from hpo.worker.context import METRICS_FILE, objective_attrs
+from hpo.worker.run_dir import worker_settings_path
 
 if TYPE_CHECKING:
     from hpo.config.study import Launch
@@ -107,16 +108,30 @@ def budget_env(trial: TrialRecord, fields: Sequence[Field], ran_with: Mapping[st
     return env
 
 
-def run_settings(trial: TrialRecord) -> dict[str, Any] | None:
-    """The settings a trial ran with (``settings.json`` of its run directory), if readable."""
-    run_dir = trial.user_attrs.get("run_dir")
+@dataclass(frozen=True)
+class RanWith:
+    """The settings a trial ran with, and which file said so."""
+
+    settings: dict[str, Any]
+    source: str  # for `hpo best` and `hpo retrain`: "settings.json of the trial's run directory" ...
+
+
+def run_settings(trial: TrialRecord) -> RanWith | None:
+    """The settings a trial ran with, if readable: ``settings.json`` of its run directory,
+    else (a trial that kept no folder) its worker's (hpo.worker.run_dir.worker_settings_path)."""
+    run_dir, worker = trial.user_attrs.get("run_dir"), trial.user_attrs.get("worker")
     if not isinstance(run_dir, str):
         return None
-    try:
-        data = json.loads((Path(run_dir) / "settings.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    places = [(Path(run_dir) / "settings.json", "settings.json of the trial's run directory")]
+    if isinstance(worker, str):
+        places.append((worker_settings_path(Path(run_dir).parent, worker), f"the settings file of its worker {worker}"))
+    for path, source in places:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        return RanWith(data, source) if isinstance(data, dict) else None
+    return None
 
 
 def best_report(journal: StudyJournal, current_settings: Mapping[str, Any],
@@ -132,7 +147,7 @@ def best_report(journal: StudyJournal, current_settings: Mapping[str, Any],
         return json_safe(out)  # type: ignore[no-any-return]
     trial = best.trial
     ran_with = run_settings(trial)
-    env = budget_env(trial, fields, ran_with or current_settings)
+    env = budget_env(trial, fields, ran_with.settings if ran_with else current_settings)
     if best.front:
         out["pareto"] = [{"number": t.number, "values": t.values, "params": t.params} for t in best.front]
         out["knee"] = "closest to the utopia point, objectives scaled to [0, 1] over the Pareto set"
@@ -145,7 +160,7 @@ def best_report(journal: StudyJournal, current_settings: Mapping[str, Any],
         "run_dir": trial.user_attrs.get("run_dir"),
         "env": env,
         "env_line": " ".join(f"{k}={v}" for k, v in env.items()),
-        "env_source": "settings.json of the trial's run directory" if ran_with else "the current settings",
+        "env_source": ran_with.source if ran_with else "the current settings",
         "next": ENQUEUE_NOTE,
     })
     return out

@@ -105,7 +105,10 @@ class TrialContext:
     params: dict[str, Any]  # sampled parameters merged with fixed ones
     fixed: dict[str, Any]  # parameters fixed by settings (not sampled)
     settings: "Settings"
-    _run_dir: Path  # read it through ``run_dir``, which makes it
+    # The trial's own folder (checkpoints, ``metrics.jsonl``, figures), made on first read
+    # with hpo's files about the trial (``params.json``, ``settings.json``, ``trial.log``):
+    # see __getattribute__ and hpo.worker.run_dir.
+    run_dir: Path = field(repr=False)
     device: str  # "cpu", "cuda", "cuda:0" ...
     logger: logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
     resume_dir: Path | None = None
@@ -125,15 +128,14 @@ class TrialContext:
     _set_user_attr: Callable[[str, Any], None] = field(default=lambda key, value: None, repr=False)
     _make_run_dir: Callable[[], None] = field(default=lambda: None, repr=False)
 
-    @property
-    def run_dir(self) -> Path:
-        """The trial's own folder (checkpoints, ``metrics.jsonl``, figures), made on first
-        use with hpo's files about the trial (``params.json``, ``settings.json``,
-        ``trial.log``). A trial that never asks for it, and logs nothing of its own, leaves
-        no folder: the journal and the worker log hold all of it (a null trial paid a
-        folder and four new files, most of its cost, docs/benchmarks.md section 9.3)."""
-        self._make_run_dir()
-        return self._run_dir
+    def __getattribute__(self, name: str) -> Any:
+        # ``ctx.run_dir`` makes the folder on first read: a trial that never asks for it, and
+        # logs nothing of its own, leaves none (a null trial paid a folder and four new
+        # files, most of its cost: docs/benchmarks.md section 9.3). An attribute, not a
+        # property, so ``TrialContext(run_dir=...)`` keeps working.
+        if name == "run_dir":
+            object.__getattribute__(self, "_make_run_dir")()
+        return object.__getattribute__(self, name)
 
     def set_user_attr(self, key: str, value: Any) -> None:
         """Attach a metric (or any JSON value) to this trial, Optuna's ``Trial.set_user_attr``.

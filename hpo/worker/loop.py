@@ -23,6 +23,7 @@ table in :mod:`hpo.worker.stop` (``EFFECT``, ``final_stop``); a single study is 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -81,16 +82,17 @@ class Worker:
         open_run: OpenRun = StudyRun.open,
         at_end: AtEnd = lambda settings, shared: None,
     ) -> None:
-        self.launch, self.identity = launch, identity
+        self.launch = launch
         settings = self.settings = launch.settings  # what every study of the launch shares (limits, device)
+        device = resolve_device(settings.device, identity.visible_gpus, identity.local_rank)  # exit 2 before writing
+        self.identity = identity = dataclasses.replace(identity, gpu=device.gpu)
         self.at_end = at_end
         self.cells = list(launch.studies)  # one study, or each study of a sweep (hpo.config.study.Launch)
         self.sweep = len(self.cells) > 1
         self.flag = flag or StopFlag()
         self.clock, self.open_run = clock, open_run
         self.limits = Limits(self.flag, clock, settings.trials_per_worker, started=clock())
-        self.parts = WorkerParts(identity, resolve_device(settings.device, identity.visible_gpus),
-                                 launch.config.load_objective(), self.limits)
+        self.parts = WorkerParts(identity, device.name, launch.config.load_objective(), self.limits)
         self.pending = list(self.cells)  # the studies this worker still works on, in order
         self.runs: dict[str, Run] = {}  # the studies it opened, by name
         self.set_aside: dict[str, Stop] = {}  # studies it left early, and why
@@ -220,11 +222,17 @@ def run_worker(
     Returns why it stopped and its log path. Bad input raises before anything is written.
     """
     from hpo.system.logs import setup_worker_logging
+    from hpo.system.processes import cpu_threads, task_cpus
 
     settings = launch.settings
+    # Before the objective's import of torch, which sizes its thread pool from this.
+    threads, too_many = cpu_threads(env.get("OMP_NUM_THREADS"), task_cpus())
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     identity = WorkerIdentity.from_env(env, socket.gethostname(), os.getpid(), settings.launcher)
     worker = Worker(launch, identity, at_end=at_end)  # imports the objective: fails before writing
     log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level, study=launch.label)
+    if too_many:
+        _logger.warning("%s", too_many)
     worker.flag.install(signals)
     try:
         return worker.run(), log

@@ -13,6 +13,8 @@
 | ``TrialStopped("preempted")``             | FAIL     | preempted                  | yes     | yes          |
 | ``TrialStopped("interrupted")``, Ctrl-C   | FAIL     | interrupted                | no      | yes          |
 | CUDA/CPU out of memory                    | FAIL     | out of memory              | no      | no           |
+| a CUDA error that poisons the context     | FAIL     | GPU error: …               | yes     | yes          |
+| (illegal address, launch failure, ECC)    |          |                            |         |              |
 | ``SystemExit``: the objective called      | FAIL     | the objective exited       | no      | no           |
 | ``sys.exit``                              |          | (sys.exit(N))              |         |              |
 | any other exception                       | FAIL     | ``Type: message``          | no      | no           |
@@ -62,6 +64,10 @@ class Outcome:
     show_traceback: bool = False
     # False: another worker already ended this trial in the journal; record nothing.
     record: bool = True
+    # Out of memory: give back the GPU's cached memory once the trial's frames are gone
+    # (free_memory, called by the runner after its except block: inside it the traceback
+    # still holds every tensor the trial made, and emptying the cache gave nothing back).
+    free_memory: bool = False
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -69,6 +75,17 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _is_gpu_error(exc: BaseException) -> bool:
+    """A CUDA error after which this process's context is unusable (an illegal address, a
+    launch failure, an uncorrectable ECC error, a device-side assert): every later CUDA call
+    fails too, so the worker stops at once rather than fail HPO_MAX_FAILURES trials. torch
+    raises them as ``torch.AcceleratorError`` (2.8+) or a ``RuntimeError("CUDA error: …")``;
+    out of memory is not one of them (checked first)."""
+    text = str(exc)
+    return type(exc).__name__ == "AcceleratorError" or (isinstance(exc, RuntimeError) and (
+        "CUDA error" in text or "CUBLAS_STATUS_EXECUTION_FAILED" in text or "CUDNN_STATUS_EXECUTION_FAILED" in text))
 
 
 def free_memory() -> None:
@@ -112,6 +129,10 @@ def from_exception(exc: BaseException, last_step: int | None) -> Outcome:
     if isinstance(exc, KeyboardInterrupt):
         return Outcome(TrialState.FAIL, reason=INTERRUPTED, stop_worker=Stop.INTERRUPTED)
     if _is_out_of_memory(exc):
-        free_memory()
-        return Outcome(TrialState.FAIL, reason=OUT_OF_MEMORY)
+        return Outcome(TrialState.FAIL, reason=OUT_OF_MEMORY, free_memory=True)
+    if _is_gpu_error(exc):
+        # The GPU failed, not these parameters: another worker retries them.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Outcome(TrialState.FAIL, reason=f"GPU error: {first}", retry=True, stop_worker=Stop.GPU_ERROR,
+                       show_traceback=True)
     return Outcome(TrialState.FAIL, reason=f"{type(exc).__name__}: {exc}", show_traceback=True)

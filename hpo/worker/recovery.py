@@ -115,13 +115,18 @@ class Heartbeat:
     written for it: no record for a reaped trial, even on GlusterFS's default mode.
     """
 
-    def __init__(self, shared: "SharedStudy", period: float, stale_seconds: float, worker_id: str = "") -> None:
+    def __init__(self, shared: "SharedStudy", period: float, stale_seconds: float, worker_id: str = "",
+                 hang_seconds: float | None = None, on_hung: Callable[[int, float], None] | None = None) -> None:
         self._shared, self._period, self._stale = shared, period, stale_seconds
         self._worker_id = worker_id or f"pid{os.getpid()}"
         self._dir = shared.spec.beats_dir
         self._trial_id: int | None = None
         self._on_taken: Callable[[], None] = lambda: None
         self._confirmed_at = time.monotonic()
+        # HPO_HANG_SECONDS: a trial whose objective shows no sign of life (a report, a check,
+        # a metrics line) for this long is hung (a GPU stuck in a kernel): no more beats.
+        self._hang, self._on_hung = hang_seconds, on_hung or exit_hung
+        self._progress_at = time.monotonic()
         self._wake = threading.Event()
         # Held while a beat file is written or dropped: without it a beat written just
         # after the trial ended (the thread read the id before) left a file behind.
@@ -136,6 +141,7 @@ class Heartbeat:
         (once) if the journal shows that another worker ended it, e.g. after this process
         was stopped past the stale age. The trial's start counts as its first beat."""
         self._confirmed_at = time.monotonic() - max(0.0, time.time() - started)
+        self._progress_at = time.monotonic()
         self._trial_id, self._on_taken = trial_id, on_taken
         try:
             yield
@@ -149,6 +155,10 @@ class Heartbeat:
         """Stop the thread (the study is done for this worker); it ends within one period."""
         self._wake.set()
 
+    def progress(self) -> None:
+        """The trial's objective showed life (a report, a check, a metrics line): not hung."""
+        self._progress_at = time.monotonic()
+
     def suspect(self) -> bool:
         """Whether the trial's last beat is older than half the stale age, by our clock."""
         return time.monotonic() - self._confirmed_at > self._stale / 2
@@ -158,6 +168,10 @@ class Heartbeat:
             trial_id = self._trial_id
             if trial_id is None:
                 continue
+            quiet = time.monotonic() - self._progress_at
+            if self._hang is not None and quiet > self._hang:
+                self._on_hung(trial_id, quiet)  # exits the process; beats no more (a test's hook may return)
+                return
             try:
                 if self._shared.is_finished(trial_id, fresh=self.suspect()):
                     # Reaped while we were stalled: beat no more (a heartbeat would be a
@@ -175,6 +189,21 @@ class Heartbeat:
                 self._confirmed_at = time.monotonic()
             except Exception:  # the trial was finished meanwhile: nothing to keep alive
                 _logger.debug("heartbeat of trial id %d not written", trial_id, exc_info=True)
+
+
+def exit_hung(trial_id: int, quiet: float) -> None:
+    """A trial hung (HPO_HANG_SECONDS): say so and end the process at once with
+    :attr:`Stop.HUNG`'s status. The main thread is stuck (a CUDA call that never returns
+    cannot be interrupted), so nothing of the trial is written: with its process gone, its
+    trial is reaped ``worker lost`` and retried by another worker (at once on this host),
+    and SLURM gets the GPU back instead of holding it to the job's time limit."""
+    from hpo.worker.stop import Stop
+
+    _logger.error("trial id %d made no progress for %.0f s (no report, check_stop or metrics line; "
+                  "HPO_HANG_SECONDS): treating this worker as hung (a GPU stuck in a kernel?); it exits %d and its "
+                  "trial is reaped and retried elsewhere", trial_id, quiet, Stop.HUNG.exit_code)
+    logging.shutdown()
+    os._exit(Stop.HUNG.exit_code)
 
 
 def last_beat(system_attrs: Mapping[str, Any], started: float | None, beat: float | None = None) -> float | None:

@@ -1,13 +1,16 @@
 """A trial's run directory, made when the trial first has something to keep there.
 
 What makes it: the objective asking for ``ctx.run_dir`` (checkpoints, ``ctx.log_metrics``),
-a line of the trial's own in its log, or any warning or error (a failed trial always
-has its folder, its traceback in ``trial.log``). When it is made, hpo's files about the
-trial go in at once: ``params.json``, ``settings.json`` and the ``trial.log`` lines so
-far; ``trial.json`` follows at the trial's end. A trial that needs none of that (an
-analytic objective that returns a number) leaves no folder: its parameters, values,
-attributes and state are in the journal and its lines in the worker log
-(``hpo logs --trial N`` reads them there).
+a line of the trial's own in its log, or any warning or error (a trial whose objective
+raised has its folder, the traceback in ``trial.log``), or a folder of that name already
+there (left by an earlier study of the same name: hpo's files in it are replaced, as
+before). When it is made, hpo's files about the trial go in at once: ``params.json``,
+``settings.json`` and the ``trial.log`` lines so far; ``trial.json`` at the trial's end,
+or when the folder is made after it. A trial that needs none of that (an analytic
+objective that returns a number) leaves no folder: its parameters, values, attributes
+and state are in the journal, its lines in the worker log (``hpo logs --trial N`` reads
+them there), and the settings its worker ran with in
+``$TRIAL_OUTPUT/<study>/workers/<worker>.settings.json`` (:func:`worker_settings_path`).
 
 Why not always: a folder and four new files were most of a short trial's cost (a new
 inode is 0.2-0.3 ms on the dev machine's ext4, and every journal fsync commits the
@@ -22,8 +25,13 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from hpo.system.files import make_dirs, write_json
+from hpo.system.files import make_dirs, write_json, write_json_atomic
 from hpo.system.logs import TrialLog
+
+
+def worker_settings_path(study_dir: Path, worker_id: str) -> Path:
+    """Where a worker's settings are kept for the trials it ran without a folder of their own."""
+    return study_dir / "workers" / f"{worker_id}.settings.json"
 
 
 class RunDir:
@@ -32,7 +40,8 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.log: TrialLog | None = None  # the trial's log, opened when the folder is made
-        self._files: dict[str, Callable[[], Any]] = {}  # what goes in when it is made (name -> its JSON)
+        # What goes in when it is made: name -> (its JSON, replaced atomically).
+        self._files: dict[str, tuple[Callable[[], Any], bool]] = {}
         self._made = False
         self._lock = threading.Lock()  # the heartbeat thread's warnings may make it too
 
@@ -40,22 +49,30 @@ class RunDir:
     def made(self) -> bool:
         return self._made
 
-    def note(self, name: str, payload: Callable[[], Any]) -> None:
+    def note(self, name: str, payload: Callable[[], Any], atomic: bool = False) -> None:
         """A file of hpo's about the trial: written now if the folder exists, else when it
-        is made (``payload()``: nothing is computed for a folder never made)."""
+        is made (``payload()``: nothing is computed for a folder never made). ``atomic``:
+        replaced whole (``trial.json``, which readers poll), not fsynced: the journal is
+        the durable record."""
         with self._lock:
             if self._made:
-                write_json(self.path / name, payload())
+                self._write(name, payload, atomic)
             else:
-                self._files[name] = payload
+                self._files[name] = (payload, atomic)
+
+    def _write(self, name: str, payload: Callable[[], Any], atomic: bool) -> None:
+        if atomic:
+            write_json_atomic(self.path / name, payload(), durable=False)
+        else:
+            write_json(self.path / name, payload())
 
     def make(self) -> None:
         with self._lock:
             if not self._made:
                 make_dirs(self.path)
-                # Plain writes: they restate what the journal holds, in a fresh directory.
-                for name, payload in self._files.items():
-                    write_json(self.path / name, payload())
+                # They restate what the journal holds, in a fresh directory.
+                for name, (payload, atomic) in self._files.items():
+                    self._write(name, payload, atomic)
                 self._files.clear()
                 self._made = True
         if self.log is not None:

@@ -11,6 +11,8 @@ Every stop, with its label (the worker's last line) and exit status:
 | ``TIME_SPENT``          | time budget       | 0    | the worker stops                         |
 | ``INTERRUPTED``         | interrupted       | 130  | the worker stops                         |
 | ``PREEMPTED``           | preempted         | 75   | the worker stops                         |
+| ``GPU_ERROR``           | GPU error         | 69   | the worker stops                         |
+| ``HUNG``                | hung              | 70   | the worker stops (the process exits)     |
 
 The table is :data:`EFFECT`; :func:`final_stop` gives the worker's end from what stopped
 it and the studies it set aside. Signals only set a flag (:class:`StopFlag`); the limits
@@ -52,6 +54,11 @@ class Stop(enum.Enum):
     INTERRUPTED = "interrupted", 130
     # EX_TEMPFAIL: the work is not done; a launcher should requeue this worker.
     PREEMPTED = "preempted", 75
+    # EX_UNAVAILABLE: a CUDA error that poisons the context (illegal address, ECC, Xid):
+    # every later trial of this process would fail too; its trial is retried elsewhere.
+    GPU_ERROR = "GPU error", 69
+    # EX_SOFTWARE: no sign of life from the trial for HPO_HANG_SECONDS (hpo.worker.recovery.exit_hung).
+    HUNG = "hung", 70
 
     def __new__(cls, label: str, exit_code: int) -> Stop:
         member = object.__new__(cls)
@@ -87,6 +94,8 @@ EFFECT: Mapping[Stop, Effect] = {
     Stop.TIME_SPENT: Effect.WORKER_STOPS,
     Stop.INTERRUPTED: Effect.WORKER_STOPS,
     Stop.PREEMPTED: Effect.WORKER_STOPS,
+    Stop.GPU_ERROR: Effect.WORKER_STOPS,
+    Stop.HUNG: Effect.WORKER_STOPS,
 }
 
 
@@ -123,9 +132,8 @@ class StopFlag:
         if signum == signal.SIGINT:
             self.interrupts += 1
             if self.interrupts == 2:
-                # Second Ctrl-C: stop now, mid-epoch. Only once: a worker of `hpo run` gets
-                # each Ctrl-C from the terminal and again from `hpo run`, and another raise
-                # while the trial's end is written would leave the trial RUNNING.
+                # Second Ctrl-C: stop now, mid-epoch. Only once: another raise while the
+                # trial's end is written would leave the trial RUNNING.
                 raise KeyboardInterrupt
             self.stop = self.stop or Stop.INTERRUPTED
         else:

@@ -26,8 +26,10 @@ from hpo.config.study import StudyConfig
 from hpo.journal.filesystem import visibility_warning
 from hpo.study.algorithms import make_sampler
 from hpo.study.shared import SharedStudy, open_study
+from hpo.system.files import write_json_atomic
 from hpo.worker.context import Objective
 from hpo.worker.recovery import Heartbeat, reap
+from hpo.worker.run_dir import worker_settings_path
 from hpo.worker.setup import SetupResult, ensure_setup
 from hpo.worker.stop import Limits, Stop
 from hpo.worker.trial import TrialRunner
@@ -84,6 +86,10 @@ class StudyRun:
         seed = sampler_seed(settings, worker.identity, launch)
         shared.study.sampler = make_sampler(settings.sampler, seed, config.sampler_args)
         _log_start(settings, worker, launch, seed)
+        # The settings of its trials that keep no folder of their own (hpo.worker.run_dir):
+        # one file a worker, for `hpo best` and `hpo retrain`.
+        write_json_atomic(worker_settings_path(settings.study_dir, worker.identity.worker_id), settings.as_dict(),
+                          durable=False)
         run = cls(settings, shared, _runner(settings, shared, config, worker, setup), worker.limits,
                   worker.identity.host)
         run._reap(force=True)
@@ -144,7 +150,7 @@ class StudyRun:
 def _runner(s: Settings, shared: SharedStudy, config: StudyConfig, worker: WorkerParts,
             setup: SetupResult | None) -> TrialRunner:
     who = worker.identity
-    heartbeat = Heartbeat(shared, s.heartbeat_seconds, s.stale_seconds, who.worker_id)
+    heartbeat = Heartbeat(shared, s.heartbeat_seconds, s.stale_seconds, who.worker_id, s.hang_seconds)
     return TrialRunner(shared, s, config, who, worker.device, worker.objective, heartbeat, setup)
 
 
@@ -153,7 +159,7 @@ def _log_start(s: Settings, worker: WorkerParts, launch: int, seed: int) -> None
     _logger.info(
         "worker %s started: study=%r storage=%s device=%s gpu=%s seed=%d (OPTUNA_SEED %d + HPO_SEED_OFFSET "
         "%d + launch %d x %d + rank %d) max_trials=%d trials_per_worker=%s budget=%s sampler=%s pruner=%s",
-        who.worker_id, s.study_name, s.storage_label, worker.device, who.visible_gpus,
+        who.worker_id, s.study_name, s.storage_label, worker.device, who.gpu or "none",
         seed, s.optuna_seed, s.seed_offset, launch, LAUNCH_SEED_STRIDE, who.rank,
         s.max_trials, s.trials_per_worker, "unlimited" if budget is None else f"{budget:.1f}s", s.sampler, s.pruner,
     )

@@ -37,7 +37,6 @@ from optuna.trial import TrialState
 
 from hpo._optuna import trial_id
 from hpo.config.space import suggest
-from hpo.system.files import write_json_atomic
 from hpo.system.logs import trial_logging
 from hpo.worker import outcome as outcomes
 from hpo.worker.context import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
@@ -96,6 +95,8 @@ class TrialRunner:
         run_dir = RunDir(self.run_dir(trial.number))
         active = _Active(trial, time.time(), s.trial_timeout_seconds, stop_reason)
         with trial_logging(trial.number, run_dir.path / "trial.log", run_dir.make) as run_dir.log:
+            if run_dir.path.exists():
+                run_dir.make()  # left by an earlier study of this name: its files are replaced
             if s.time_pruning_warmup:
                 self.shared.index.refresh()  # the durations time-pruning compares against, once per trial
             try:
@@ -107,6 +108,8 @@ class TrialRunner:
                     result = dataclasses.replace(result, retry=True)  # HPO_RETRY_INTERRUPTED: as if preempted
                 if result.show_traceback:
                     _logger.error("trial %d raised:\n%s", trial.number, traceback.format_exc().rstrip())
+            if result.free_memory:
+                outcomes.free_memory()  # the exception and its frames are gone now
             if result.record:
                 result = self._finish(active, result, run_dir)
         if not result.record:
@@ -144,9 +147,10 @@ class TrialRunner:
             if stored is not None:
                 return self._reuse(active, stored)
         ctx = TrialContext(
-            number=trial.number, params=params, fixed=fixed, settings=s, _run_dir=run_dir.path,
+            number=trial.number, params=params, fixed=fixed, settings=s, run_dir=run_dir.path,
             device=self.device, logger=logging.getLogger("hpo.trial"),  # a name users may configure
-            resume_dir=Path(resume_from) if resume_from else None,
+            # A lost trial that kept nothing left no folder to resume from.
+            resume_dir=Path(resume_from) if resume_from and Path(resume_from).is_dir() else None,
             options=options_of(s, self.config),
             setup=self.setup.value if self.setup else {},
             setup_dir=self.setup.directory if self.setup else None,
@@ -212,7 +216,9 @@ class TrialRunner:
 
     def _check_taken(self, active: _Active) -> None:
         """Raise :class:`TrialTaken` once the trial is known to be ended by another worker:
-        from the heartbeat thread's verdict, else from the journal itself."""
+        from the heartbeat thread's verdict, else from the journal itself. Every hook of
+        the context comes here: the trial shows life (HPO_HANG_SECONDS)."""
+        self.heartbeat.progress()
         if active.taken or self.shared.is_finished(trial_id(active.trial), fresh=self.heartbeat.suspect()):
             active.taken = True
             raise TrialTaken()
@@ -263,12 +269,9 @@ class TrialRunner:
             frozen = self.shared.frozen(trial_id(trial))
             active.run_key.store(list(result.values or ()), objective_attrs(frozen.user_attrs), seconds,
                                  {"study": self.settings.study_name, "trial": trial.number})
-        if run_dir.made:
-            # Atomic but not fsynced: it survives the process (the journal is the durable record).
-            write_json_atomic(run_dir.path / "trial.json", durable=False, payload={
-                "number": trial.number, "state": result.state.name, "values": result.values,
-                "reason": result.reason, "seconds": round(seconds, 3), "worker": self.identity.worker_id,
-            })
+        record = {"number": trial.number, "state": result.state.name, "values": result.values,
+                  "reason": result.reason, "seconds": round(seconds, 3), "worker": self.identity.worker_id}
+        run_dir.note("trial.json", lambda: record, atomic=True)  # when its folder is made, even later
         _logger.info(
             "trial %d finished: %s%s in %.1fs%s", trial.number, result.state.name,
             f" value={result.values[0]:.6g}" if result.values and len(result.values) == 1 else

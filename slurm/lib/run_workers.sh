@@ -42,8 +42,11 @@ if [ -n "$early_signal" ]; then
     echo "== $(date -Is) got $early_signal before the workers started: not starting them"
     exit 75
 fi
-# srun starts one worker per task; --gpus-per-task gives each its own GPU.
-srun --kill-on-bad-exit=0 "$PY" -m hpo worker &
+# srun starts one worker per task; --gpus-per-task gives each its own GPU. Since Slurm
+# 22.05 srun no longer inherits --cpus-per-task from sbatch: pass it, or a cluster that
+# binds tasks to cores gives each worker one core (the worker warns when
+# OMP_NUM_THREADS asks for more CPUs than its affinity mask holds).
+srun --kill-on-bad-exit=0 ${SLURM_CPUS_PER_TASK:+--cpus-per-task="$SLURM_CPUS_PER_TASK"} "$PY" -m hpo worker &
 srun_pid=$!
 forward() {
     echo "== $(date -Is) got $1: asking workers to end their trials"
