@@ -557,7 +557,7 @@ def test_a_hang_limit_the_heartbeat_cannot_watch_is_refused(toy: Any) -> None:
     result = run_hpo(["worker"], cwd, {**env, "HPO_HANG_SECONDS": "5"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        "hpo: error: HPO_HANG_SECONDS=5 (environment) is below 2 x HPO_HEARTBEAT_SECONDS=10 (default): the "
+        "hpo: error: HPO_HANG_SECONDS=5 (env:HPO_HANG_SECONDS) is below 2 x HPO_HEARTBEAT_SECONDS=10 (default): the "
         "heartbeat, which watches for it, could not tell; valid: unset, or HPO_HANG_SECONDS >= 20 (and above your "
         "longest epoch)")
     assert tree(cwd) == ["toy.yaml"]

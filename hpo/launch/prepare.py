@@ -5,6 +5,9 @@ compare each study's config with the one it stored, and record the launch
 
 from __future__ import annotations
 
+import os
+
+from hpo.config.identity import SchedulerVars
 from hpo.config.settings import Settings
 from hpo.config.study import Launch, StudyConfig
 from hpo.errors import UsageError
@@ -12,6 +15,7 @@ from hpo.journal.locking import lock_kind
 from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.provenance import ConfigMode, check_unchanged, reconcile, record_launch
 from hpo.system.slurm import record_jobs
+from hpo.worker.device import resolve_device
 
 
 def config_mode(reuse_stored: bool, overwrite: bool) -> ConfigMode:
@@ -41,6 +45,10 @@ def prepare(launch: Launch, mode: ConfigMode, launcher: str) -> Launch:
     (stored the first time; with ``--reuse-stored`` the stored one is what runs) and
     the launch recorded."""
     check_runnable(launch.settings, launch.config)
+    if launcher in ("hpo worker", "hpo run") and launch.settings.device.startswith("cuda"):
+        # Here is where it trains (hpo submit's login node is not): a GPU it was not given, exit 2.
+        task = SchedulerVars.from_env(os.environ)
+        resolve_device(launch.settings.device, task.visible_gpus, task.local_id)
     for settings, _ in launch.studies:
         if not settings.storage:
             lock_kind(settings.journal_path, settings.journal_lock)  # one journal, one lock: refused here
