@@ -99,7 +99,8 @@ class OutOfMemoryError(RuntimeError):
     RuntimeError("CUDA Out Of Memory. Tried to allocate 2 GiB"),
 ])
 def test_out_of_memory_fails_without_a_traceback(exc: BaseException) -> None:
-    assert outcome.from_exception(exc, last_step=1) == Outcome(TrialState.FAIL, reason="out of memory")
+    assert outcome.from_exception(exc, last_step=1) == Outcome(TrialState.FAIL, reason="out of memory",
+                                                               free_memory=True)
 
 
 @pytest.mark.parametrize(("exc", "reason"), [
@@ -129,7 +130,8 @@ def _fake_torch(monkeypatch: pytest.MonkeyPatch, cuda: bool) -> list[str]:
 def test_out_of_memory_gives_back_what_the_trial_held(monkeypatch: pytest.MonkeyPatch, cuda: bool,
                                                       expected: list[str]) -> None:
     calls = _fake_torch(monkeypatch, cuda)
-    outcome.from_exception(MemoryError(), last_step=None)
+    assert outcome.from_exception(MemoryError(), last_step=None).free_memory and calls == []  # not in the except block
+    outcome.free_memory()  # the runner, once the trial's frames are gone
     assert calls == expected
 
 

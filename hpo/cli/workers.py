@@ -20,12 +20,13 @@ def config_mode_options(func: Command) -> Command:
                         help="the study was run with another config: run with the stored one")(func)
 
 
-def prepared(flags: dict[str, Any], launcher: str) -> Launch:
-    """The launch these flags select, checked and recorded (see hpo.launch.prepare)."""
+def prepared(flags: dict[str, Any], launcher: str, trains_here: bool = True) -> Launch:
+    """The launch these flags select, checked and recorded (see hpo.launch.prepare);
+    ``trains_here``: its device is checked against this machine's GPUs."""
     from hpo.launch.prepare import config_mode, prepare
 
     mode = config_mode(flags.pop("reuse_stored"), flags.pop("overwrite"))
-    return prepare(load_sweep(flags), mode, launcher)
+    return prepare(load_sweep(flags), mode, launcher, environment() if trains_here else None)
 
 
 @click.command("worker")
@@ -99,7 +100,7 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
     if dry_run:
         launch = load_sweep({k: v for k, v in flags.items() if k not in ("reuse_stored", "overwrite")})
     else:
-        launch = prepared(flags, "hpo submit")
+        launch = prepared(flags, "hpo submit", trains_here=bool(local))
     opts = SubmitOptions(workers=n_workers, partition=partition, time_minutes=time_minutes,
                          gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
                          account=account, qos=qos, constraint=constraint, exclude=exclude,

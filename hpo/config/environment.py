@@ -20,6 +20,13 @@ def environment() -> Mapping[str, str]:
     return os.environ
 
 
+def export(values: Mapping[str, str]) -> None:
+    """Set these variables in this process's own environment: for what reads it there,
+    not through hpo (the OpenMP runtime's ``OMP_NUM_THREADS``, CUDA's
+    ``CUDA_VISIBLE_DEVICES``, both read when torch first uses them)."""
+    os.environ.update(values)
+
+
 def without_settings(env: Mapping[str, str], objective_fields: tuple[Field, ...] = ()) -> dict[str, str]:
     """``env`` without any hpo setting (and those of ``objective_fields``), launcher variable
     or SLURM variable: what a child process needs so that only what is passed explicitly

@@ -17,7 +17,6 @@ waits for them and exits with their status.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys

@@ -5,7 +5,7 @@ compare each study's config with the one it stored, and record the launch
 
 from __future__ import annotations
 
-import os
+from typing import Mapping
 
 from hpo.config.identity import SchedulerVars
 from hpo.config.settings import Settings
@@ -37,7 +37,7 @@ def check_runnable(settings: Settings, config: StudyConfig) -> None:
         raise UsageError(f"{config.path}: {exc}") from None
 
 
-def prepare(launch: Launch, mode: ConfigMode, launcher: str) -> Launch:
+def prepare(launch: Launch, mode: ConfigMode, launcher: str, env: Mapping[str, str] | None = None) -> Launch:
     """The launch as it will run, recorded in each study's provenance.
 
     Every study's stored config is checked before anything is written (a refusal of one
@@ -45,9 +45,10 @@ def prepare(launch: Launch, mode: ConfigMode, launcher: str) -> Launch:
     (stored the first time; with ``--reuse-stored`` the stored one is what runs) and
     the launch recorded."""
     check_runnable(launch.settings, launch.config)
-    if launcher in ("hpo worker", "hpo run") and launch.settings.device.startswith("cuda"):
-        # Here is where it trains (hpo submit's login node is not): a GPU it was not given, exit 2.
-        task = SchedulerVars.from_env(os.environ)
+    if env is not None and launch.settings.device.startswith("cuda"):
+        # ``env``: the launch trains here (hpo worker, hpo run; not hpo submit's login node):
+        # a GPU it was not given is refused (exit 2) before anything is written.
+        task = SchedulerVars.from_env(env)
         resolve_device(launch.settings.device, task.visible_gpus, task.local_id)
     for settings, _ in launch.studies:
         if not settings.storage:

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import submitit
 
-from hpo.config.environment import environment
+from hpo.config.environment import environment, export
 from hpo.config.identity import new_launch_id
 from hpo.config.study import Launch, load_launch
 from hpo.study.shared import SharedStudy, open_study
@@ -96,7 +96,7 @@ class WorkerJob(submitit.helpers.Checkpointable):
         os.chdir(self.cwd)
         # What CUDA and the OpenMP runtime read from the process's own environment, before
         # the objective imports torch: a local job's GPU (submitit's local executor hides them all).
-        os.environ.update({k: v for k, v in self.env.items() if k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")})
+        export({k: v for k, v in self.env.items() if k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")})
         env = {**environment(), **self.env}  # SLURM ids from the job, settings from submit time
         launch = load_launch({}, env)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
@@ -139,7 +139,7 @@ def submit(opts: SubmitOptions, launch: Launch, launch_id: str, cwd: Path,
     """Submit ``opts.workers`` worker jobs (an array on SLURM), one launch; returns submitit's jobs."""
     executor = make_executor(opts, local)
     # Locally, one GPU of this machine per worker, round-robin, as hpo run gives them.
-    gpus = given_gpus(os.environ.get("CUDA_VISIBLE_DEVICES")) if local and opts.gpus_per_worker else []
+    gpus = given_gpus(environment().get("CUDA_VISIBLE_DEVICES")) if local and opts.gpus_per_worker else []
     with executor.batch():
         jobs = [executor.submit(WorkerJob(job_env(launch, launch_id, rank, opts.cpus_per_worker,
                                                   gpus[rank % len(gpus)] if gpus else None), str(cwd)))

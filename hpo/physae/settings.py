@@ -24,5 +24,6 @@ SETTINGS: tuple[Field, ...] = (
           fixes="B2.epochs"),
     Field("batch_size", "BATCH_SIZE", int_in(1, 1_000_000), 512, "training batch size"),
     Field("precision", "PRECISION", choice(("auto", "bf16", "fp32")), "auto",
-          "auto: bf16 autocast and fused Adam on CUDA, float32 elsewhere; bf16 or fp32 force it (bf16 works on CPU)"),
+          "auto: bf16 autocast and fused Adam on CUDA from Ampere (8.0) on, float32 elsewhere; bf16 or fp32 force "
+          "it (bf16 works on CPU)"),
 )

@@ -221,13 +221,14 @@ def run_worker(
 
     Returns why it stopped and its log path. Bad input raises before anything is written.
     """
+    from hpo.config.environment import export
     from hpo.system.logs import setup_worker_logging
     from hpo.system.processes import cpu_threads, task_cpus
 
     settings = launch.settings
     # Before the objective's import of torch, which sizes its thread pool from this.
     threads, too_many = cpu_threads(env.get("OMP_NUM_THREADS"), task_cpus())
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    export({"OMP_NUM_THREADS": str(threads)})
     identity = WorkerIdentity.from_env(env, socket.gethostname(), os.getpid(), settings.launcher)
     worker = Worker(launch, identity, at_end=at_end)  # imports the objective: fails before writing
     log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level, study=launch.label)
