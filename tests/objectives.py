@@ -124,8 +124,17 @@ def slow_two(params: dict[str, Any], ctx: TrialContext) -> tuple[float, float]:
 
 
 def gpu_fault(params: dict[str, Any], ctx: TrialContext) -> float:
-    """A sticky CUDA error (an Xid, an illegal address): the context is gone for good."""
+    """A sticky CUDA error (an Xid, an illegal address): the context is gone for good, so
+    the GPU fails hpo's probe too (simulated: this machine has no GPU)."""
+    from hpo.worker import outcome
+
+    outcome.gpu_works = lambda: False
     raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def cuda_error_of_its_own(params: dict[str, Any], ctx: TrialContext) -> float:
+    """A CUDA error of the trial's making; the GPU still works (hpo's probe: no CUDA here)."""
+    raise RuntimeError("CUDA error: invalid configuration argument")
 
 
 def hangs(params: dict[str, Any], ctx: TrialContext) -> float:
@@ -133,3 +142,10 @@ def hangs(params: dict[str, Any], ctx: TrialContext) -> float:
     ctx.report(1, 1.0)
     time.sleep(600)
     return 1.0
+
+
+def records_device(params: dict[str, Any], ctx: TrialContext) -> float:
+    """What the trial was given: its device and the GPUs its process sees (fake ids here)."""
+    ctx.set_user_attr("seen_device", ctx.device)
+    ctx.set_user_attr("seen_visible", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return float(params["x"])

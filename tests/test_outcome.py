@@ -22,7 +22,8 @@ from hpo.worker.stop import Stop
 
 COMPLETE, PRUNED, FAIL = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
 OOM = "CUDA/CPU out of memory"
-GPU = "a CUDA error that poisons the context (illegal address, launch failure, ECC)"
+GPU = ("a CUDA error that poisons the context (illegal address, launch failure, ECC: the GPU fails a tiny "
+       "operation after it)")
 TAKEN = "``TrialTaken`` or Optuna's ``UpdateFinishedTrialError``: another worker (the reaper) already finished it"
 
 
@@ -111,10 +112,20 @@ def test_policy_table(row: str, ended: Callable[[], Outcome], expected: Outcome,
                       monkeypatch: pytest.MonkeyPatch) -> None:
     freed: list[bool] = []
     monkeypatch.setattr(outcome, "free_memory", lambda: freed.append(True))
+    monkeypatch.setattr(outcome, "gpu_works", lambda: False)  # the GPU-error rows: a poisoned context
     assert ended() == expected
     # Out of memory asks the runner to give memory back, once the trial's frames are gone
     # (test_worker_loop); the table itself frees nothing, inside the except block.
     assert (expected.free_memory, freed) == (row == OOM, [])
+
+
+def test_a_cuda_error_on_a_gpu_that_still_works_is_the_trial_s_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """"invalid configuration argument" (a batch size too large for a kernel): the trial
+    fails like any other, the worker goes on, nothing is retried."""
+    monkeypatch.setattr(outcome, "gpu_works", lambda: True)
+    ended = outcome.from_exception(RuntimeError("CUDA error: invalid configuration argument"), last_step=None)
+    assert ended == Outcome(FAIL, reason="RuntimeError: CUDA error: invalid configuration argument",
+                            show_traceback=True)
 
 
 def test_worker_applies_the_policy(toy) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import clean_env, load_study, run_hpo, tree
+from conftest import TOY_CONFIG, clean_env, load_study, run_hpo, tree
 from hpo.errors import UsageError
 from hpo.worker.device import Device, resolve_device
 
@@ -442,7 +442,10 @@ def test_auto_device_without_a_gpu_driver_is_cpu_without_importing_torch(tmp_pat
 ])
 def test_a_worker_takes_the_gpu_it_was_given_and_records_which(requested: str, visible: str, local: str | None,
                                                                device: Device) -> None:
-    assert resolve_device(requested, visible, local, count=lambda: 99) == device
+    got = resolve_device(requested, visible, local, count=lambda: 99)
+    assert (got.name, got.gpu) == (device.name, device.gpu)
+    # A guess about the launch is said (in the worker log) only where the worker had to guess.
+    assert (got.warning is not None) == (requested == "auto" and "," in visible)
 
 
 @pytest.mark.parametrize(("requested", "visible", "gpus", "message"), [
@@ -510,14 +513,18 @@ def test_a_worker_computes_with_no_more_threads_than_its_cpus(omp: str | None, c
 
 def test_a_worker_bound_to_one_cpu_uses_one_thread_and_says_why(toy: Any) -> None:
     """A task bound to one core (srun without --cpus-per-task on a binding cluster; here
-    taskset) while OMP_NUM_THREADS asks for 4: the worker warns once and uses one thread."""
+    taskset) while OMP_NUM_THREADS asks for 4: the worker warns once and torch computes with
+    one thread, though the objective's module imported torch before the worker started."""
     cwd, env = toy(MAX_TRIALS="1", OMP_NUM_THREADS="4")
+    Path(env["HPO_CONFIG"]).write_text(TOY_CONFIG.format(objective="x").replace("objectives:x", "torch_objectives:threads"))
     probe = "import os; from hpo.cli import main; main()"
     result = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", probe, "worker"], cwd=cwd, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     log = "".join(p.read_text() for p in (cwd / "optuna_logs").glob("worker_*.log"))
     assert log.count("OMP_NUM_THREADS=4 but this task may run on 1 CPU(s) (its affinity mask): using 1 thread(s)") == 1
+    (trial,) = load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials
+    assert trial.user_attrs["torch_threads"] == 1
 
 
 def test_a_sticky_gpu_error_stops_the_worker_at_once_and_its_trial_is_retried(toy: Any) -> None:
@@ -531,6 +538,14 @@ def test_a_sticky_gpu_error_stops_the_worker_at_once_and_its_trial_is_retried(to
         ("FAIL", "GPU error: CUDA error: an illegal memory access was encountered"), ("WAITING", None)]
     assert trials[1].user_attrs["retry_of"] == 0 and trials[1].system_attrs["fixed_params"] == trials[0].params
     assert "stopped: GPU error" in first_log(cwd)
+
+
+def test_a_cuda_error_of_the_trial_s_own_leaves_the_worker_running(toy: Any) -> None:
+    cwd, env = toy("cuda_error_of_its_own", MAX_TRIALS="2", OPTUNA_PRUNER="none", HPO_MAX_FAILURES="3")
+    result = run_hpo(["worker"], cwd, env)
+    assert result.returncode == 1, result.stderr  # HPO_MAX_FAILURES in a row, as any failing objective
+    trials = load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials
+    assert [t.user_attrs.get("reason") for t in trials] == ["RuntimeError: CUDA error: invalid configuration argument"] * 3
 
 
 def test_a_hung_trial_ends_its_worker_and_is_reaped_and_retried(toy: Any) -> None:
@@ -550,6 +565,39 @@ def test_a_hung_trial_ends_its_worker_and_is_reaped_and_retried(toy: Any) -> Non
     assert (reaped.returncode, reaped.stdout) == (0, "reaped 1 lost trial(s): 0\n"), reaped.stderr
     trials = load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials
     assert [(t.state.name, t.user_attrs.get("reason")) for t in trials] == [("FAIL", "worker lost"), ("WAITING", None)]
+
+
+def test_a_healthy_trial_is_never_taken_for_hung(toy: Any) -> None:
+    """Reports 0.6 s apart and HPO_HANG_SECONDS=1.5, over several trials (the time between
+    trials and before a trial's first report is not judged): every trial completes."""
+    cwd, env = toy(MAX_TRIALS="4", OPTUNA_PRUNER="none", TOY_STEP_SECONDS="0.6", HPO_HEARTBEAT_SECONDS="0.5",
+                   HPO_HANG_SECONDS="1.5")
+    result = run_hpo(["worker"], cwd, env)
+    assert result.returncode == 0, result.stderr
+    assert states(load_study(cwd / "optuna_journal" / "toy.journal", "toy")) == Counter({"COMPLETE": 4})
+    assert "hung" not in first_log(cwd)
+
+
+def test_a_worker_that_sees_several_gpus_keeps_only_its_own(toy: Any) -> None:
+    """A launch that left both GPUs to each task: the task of local rank 1 takes the second,
+    narrows CUDA_VISIBLE_DEVICES to it (a MIG instance is only usable alone), trains on
+    cuda:0, records it, and warns once in its log."""
+    cwd, env = toy("records_device", MAX_TRIALS="1", CUDA_VISIBLE_DEVICES="7,9", SLURM_LOCALID="1")
+    result = run_hpo(["worker"], cwd, env)
+    assert result.returncode == 0, result.stderr
+    (trial,) = load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials
+    attrs = trial.user_attrs
+    assert (attrs["seen_device"], attrs["seen_visible"], attrs["gpu"]) == ("cuda:0", "9", "9")
+    assert first_log(cwd).count("this worker sees 2 GPUs (CUDA_VISIBLE_DEVICES='7,9'): its launch did not give each "
+                                "task its own") == 1
+
+
+def test_a_local_job_gets_one_gpu_and_cuda_n_chooses_it() -> None:
+    from hpo.launch.local import gpu_env
+
+    assert gpu_env({"HPO_DEVICE": "auto"}, "3") == {"CUDA_VISIBLE_DEVICES": "3"}
+    assert gpu_env({"HPO_DEVICE": "cuda:1"}, "9") == {"CUDA_VISIBLE_DEVICES": "9", "HPO_DEVICE": "cuda"}
+    assert gpu_env({"HPO_DEVICE": "cuda:1"}, "") == {"CUDA_VISIBLE_DEVICES": ""}
 
 
 def test_a_hang_limit_the_heartbeat_cannot_watch_is_refused(toy: Any) -> None:

@@ -119,9 +119,9 @@ FIELDS: tuple[Field, ...] = (
     Field("heartbeat_seconds", "HPO_HEARTBEAT_SECONDS", float_in(0.1, 86400), 10.0, "heartbeat period of running trials"),
     Field("stale_seconds", "HPO_STALE_SECONDS", positive_float, 60.0, "heartbeat age after which a trial is lost"),
     Field("hang_seconds", "HPO_HANG_SECONDS", optional(positive_float), None,
-          "a trial with no sign of life (ctx.report, check_stop, log_metrics, set_user_attr) for this long is hung: "
-          "its worker exits 70 and the trial is reaped and retried elsewhere; unset: never (set it above your "
-          "longest epoch)"),
+          "a trial that showed life (ctx.report, check_stop, log_metrics, set_user_attr) and then none for this long "
+          "is hung: its worker exits 70 and the trial is reaped and retried elsewhere; unset: never (set it above "
+          "your longest gap between two reports)"),
     Field("max_failures", "HPO_MAX_FAILURES", int_in(1, 1_000_000), 10,
           "a worker stops after this many failed trials in a row (a broken objective)"),
     Field("storage", "HPO_STORAGE", _storage_url, "", "'' = the journal file; or sqlite:///… / postgresql://…"),

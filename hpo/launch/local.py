@@ -7,11 +7,16 @@ CPUs it was given (its affinity mask) among them, shows progress from the journa
 Ctrl-C lets every worker end its trial cleanly (a second Ctrl-C stops them at once).
 
 Signals: the workers run in a session of their own, and ``hpo run`` passes on every
-SIGINT (Ctrl-C), SIGTERM, SIGUSR1 and SIGUSR2 it gets, once: a scheduler's warning sent to
-``hpo run`` alone reaches every worker (USR1's default action used to kill ``hpo run``
-and orphan them), and a Ctrl-C reaches each worker once, not twice (the terminal's and
-ours). Each worker ends its trial and stops (75 preempted, 130 interrupted); ``hpo run``
-waits for them and exits with their status.
+SIGINT (Ctrl-C), SIGTERM, SIGUSR1 and SIGUSR2 it gets, and a SIGHUP (its terminal closed)
+as SIGTERM: a scheduler's warning sent to ``hpo run`` alone reaches every worker (USR1's
+default action used to kill ``hpo run`` and orphan them), and a Ctrl-C reaches each
+worker once, not twice (the terminal's and ours). Each worker ends its trial and stops
+(75 preempted, 130 interrupted); ``hpo run`` waits for them and exits with their status.
+A worker never outlives ``hpo run``: it gets SIGTERM when ``hpo run`` dies, however it
+dies (``PR_SET_PDEATHSIG``), and ``hpo run`` ending on an error sends it SIGTERM first.
+A scheduler that signals every process of the job (``scancel``, SLURM's time limit)
+reaches the workers directly too: twice for them, harmless for SIGTERM and SIGUSR1, and
+for SIGINT the second ends the trial at once (FAIL ``interrupted`` all the same).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from hpo.config.study import Launch
 from hpo.launch.progress import show_progress
 from hpo.study.shared import open_study
 from hpo.system.logs import quiet_optuna
-from hpo.system.processes import task_cpus
+from hpo.system.processes import die_with_parent, task_cpus
 from hpo.worker.device import given_gpus, resolve_device
 
 _logger = logging.getLogger(__name__)
@@ -42,9 +47,8 @@ def visible_gpus(settings: Settings, env: Mapping[str, str]) -> list[str]:
     if settings.device == "cpu":
         return []
     visible = SchedulerVars.from_env(env).visible_gpus
-    device = resolve_device(settings.device, visible)  # a GPU this machine does not have: exit 2
     if settings.device.startswith("cuda:"):
-        return [device.gpu]
+        return [resolve_device(settings.device, visible).gpu]  # a GPU this machine does not have: exit 2
     return given_gpus(visible)
 
 
@@ -58,11 +62,16 @@ def worker_env(
     child = {**env, **own, "PYTHONUNBUFFERED": "1"}
     # N workers each starting one thread per core would oversubscribe the CPU N-fold.
     child.setdefault("OMP_NUM_THREADS", str(threads))
-    # An empty CUDA_VISIBLE_DEVICES hides every GPU: CPU workers stay off the GPUs.
-    child["CUDA_VISIBLE_DEVICES"] = gpus[rank % len(gpus)] if gpus else ""
-    if gpus and child.get("HPO_DEVICE", "").startswith("cuda:"):
-        child["HPO_DEVICE"] = "cuda"  # cuda:N chose the GPU above; the worker sees only that one
-    return child
+    return {**child, **gpu_env(child, gpus[rank % len(gpus)] if gpus else "")}
+
+
+def gpu_env(env: Mapping[str, str], gpu: str) -> dict[str, str]:
+    """What gives a local worker its one GPU (``""``: none, so CPU workers stay off the GPUs):
+    ``CUDA_VISIBLE_DEVICES``, and ``HPO_DEVICE=cuda`` where ``cuda:N`` chose it (pure)."""
+    out = {"CUDA_VISIBLE_DEVICES": gpu}
+    if gpu and env.get("HPO_DEVICE", "").startswith("cuda:"):
+        out["HPO_DEVICE"] = "cuda"  # the worker sees only that one
+    return out
 
 
 def run_local(launch: Launch, n_workers: int, env: Mapping[str, str]) -> int:
@@ -76,19 +85,22 @@ def run_local(launch: Launch, n_workers: int, env: Mapping[str, str]) -> int:
     # (see hpo.worker.study_run.sampler_seed).
     launch_id = new_launch_id()
     threads = max(1, task_cpus() // n_workers)
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--quiet"],
-                         env=worker_env(launch, env, rank, gpus, launch_id, threads, n_workers),
-                         start_new_session=True)  # signals reach them through us, once
-        for rank in range(n_workers)
-    ]
-    workers = _Workers(procs)
-    # A scheduler's signal may reach only us (and USR1's default would kill us, orphaning
-    # the workers): pass each on so the workers end their trials cleanly.
+    workers = _Workers([])
+    # Before the first worker starts: a signal that comes while they start is passed on too.
     for signum in FORWARDED:
         signal.signal(signum, lambda signum, frame: workers.send(signum))
-    show_progress(studies, workers.running, workers.interrupt)
-    codes = [p.returncode for p in procs]
+    signal.signal(signal.SIGHUP, lambda signum, frame: workers.send(signal.SIGTERM))
+    signal.signal(signal.SIGINT, lambda signum, frame: workers.interrupt(workers.interrupted + 1))
+    try:
+        for rank in range(n_workers):
+            workers.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "hpo", "worker", "--quiet"],
+                env=worker_env(launch, env, rank, gpus, launch_id, threads, n_workers),
+                start_new_session=True, preexec_fn=die_with_parent))  # signals reach them through us, once
+        show_progress(studies, workers.running)
+    finally:
+        workers.stop_remaining()  # we end on an error: no worker is left behind
+    codes = [p.returncode for p in workers.procs]
     if workers.interrupted or 130 in codes:
         return 130
     return next((c for c in codes if c != 0), 0)
@@ -128,3 +140,15 @@ class _Workers:
         the second stops them at once."""
         self.interrupted = count
         self.send(signal.SIGINT)
+        sys.stderr.write("interrupt: workers are ending their trials (Ctrl-C again to stop at once)\n")
+
+    def stop_remaining(self, grace: float = 30.0) -> None:
+        """SIGTERM to every worker still running, then wait up to ``grace`` seconds for each."""
+        if not self.running():
+            return
+        self.send(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                p.kill()

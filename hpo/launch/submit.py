@@ -25,9 +25,9 @@ from hpo.config.environment import environment, export
 from hpo.config.identity import new_launch_id
 from hpo.config.study import Launch, load_launch
 from hpo.study.shared import SharedStudy, open_study
+from hpo.launch.local import gpu_env, visible_gpus
 from hpo.launch.prepare import record_launch_jobs
 from hpo.launch.results import export_at_end
-from hpo.worker.device import given_gpus
 from hpo.worker.loop import run_worker
 from hpo.worker.stop import STOP_SIGNALS, Stop
 
@@ -81,9 +81,7 @@ def job_env(launch: Launch, launch_id: str, rank: int, threads: int, gpu: str | 
     torch would otherwise use every core of the node; ``gpu``: the one GPU of a local job
     (``--local``; on SLURM the job's allocation gives it)."""
     env = {**launch.to_env(worker_rank=rank, launch_id=launch_id), "OMP_NUM_THREADS": str(threads)}
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    return env
+    return {**env, **gpu_env(env, gpu)} if gpu is not None else env
 
 
 class WorkerJob(submitit.helpers.Checkpointable):
@@ -139,7 +137,7 @@ def submit(opts: SubmitOptions, launch: Launch, launch_id: str, cwd: Path,
     """Submit ``opts.workers`` worker jobs (an array on SLURM), one launch; returns submitit's jobs."""
     executor = make_executor(opts, local)
     # Locally, one GPU of this machine per worker, round-robin, as hpo run gives them.
-    gpus = given_gpus(environment().get("CUDA_VISIBLE_DEVICES")) if local and opts.gpus_per_worker else []
+    gpus = visible_gpus(launch.settings, environment()) if local and opts.gpus_per_worker else []
     with executor.batch():
         jobs = [executor.submit(WorkerJob(job_env(launch, launch_id, rank, opts.cpus_per_worker,
                                                   gpus[rank % len(gpus)] if gpus else None), str(cwd)))

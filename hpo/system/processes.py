@@ -71,3 +71,17 @@ def cpu_threads(omp_num_threads: str | None, cpus: int) -> tuple[int, str | None
         return asked, None
     return cpus, (f"OMP_NUM_THREADS={asked} but this task may run on {cpus} CPU(s) (its affinity mask): using "
                   f"{cpus} thread(s); give each task its CPUs (srun --cpus-per-task, or SRUN_CPUS_PER_TASK)")
+
+
+def die_with_parent() -> None:
+    """In a child, before it execs: ask the kernel for SIGTERM when the parent dies (Linux
+    ``PR_SET_PDEATHSIG``), however it dies (SIGKILL included), so a worker never outlives
+    the ``hpo run`` that started it. Nothing elsewhere."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass

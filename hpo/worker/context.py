@@ -35,7 +35,7 @@ METRICS_FILE = "metrics.jsonl"
 HPO_USER_ATTRS = frozenset({
     "worker", "host", "pid", "gpu", "slurm_job_id", "slurm_array_job_id", "slurm_array_task_id",
     "slurm_procid", "run_dir", "fixed_params", "reason", "origin", "retry_of", "retry_origin",
-    "retry_count", "retry_reason", "resume_from", "reused_from",
+    "retry_count", "retry_reason", "resume_from", "reused_from", "gpu_uuid", "gpu_peak_mib", "gpu_total_mib",
 })
 
 

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+from hpo.config.environment import export
 from hpo.errors import UsageError
 
 _logger = logging.getLogger(__name__)
@@ -52,7 +54,8 @@ class Device:
     """Where a worker's trials run: ``name`` for torch, ``gpu`` for the trials' record."""
 
     name: str  # "cpu", "cuda:0" ...
-    gpu: str  # the physical GPU as CUDA_VISIBLE_DEVICES names it ("none" on the CPU)
+    gpu: str  # the GPU as the launcher's CUDA_VISIBLE_DEVICES names it ("none" on the CPU)
+    warning: str | None = None  # for the worker log: a guess about the launch
 
 
 def resolve_device(requested: str, visible_gpus: str | None, local_rank: str | None = None,
@@ -68,11 +71,12 @@ def resolve_device(requested: str, visible_gpus: str | None, local_rank: str | N
         if requested == "auto":
             return Device("cpu", "none")
         raise UsageError(f"HPO_DEVICE={requested!r}: this worker sees no GPU ({given}); valid here: auto, cpu")
+    warning = None
     if requested == "auto" and len(gpus) > 1:
         index = int(local_rank or 0) % len(gpus)
-        _logger.warning("this worker sees %d GPUs (%s): its launch did not give each task its own (srun "
-                        "--gpus-per-task=1, or hpo run/submit); it takes cuda:%d by its local rank (SLURM_LOCALID=%s) "
-                        "so the tasks of this node spread over them", len(gpus), given, index, local_rank or "unset")
+        warning = (f"this worker sees {len(gpus)} GPUs ({given}): its launch did not give each task its own (srun "
+                   f"--gpus-per-task=1, or hpo run/submit); it takes GPU {gpus[index]} by its local rank "
+                   f"(SLURM_LOCALID={local_rank or 'unset'}) so the tasks of this node spread over them")
     elif requested in ("auto", "cuda"):
         index = 0
     else:
@@ -80,4 +84,32 @@ def resolve_device(requested: str, visible_gpus: str | None, local_rank: str | N
         if index >= len(gpus):
             raise UsageError(f"HPO_DEVICE={requested!r}: this worker sees {len(gpus)} GPU(s) ({given}); valid here: "
                              f"auto, cpu, cuda, " + (f"cuda:0 to cuda:{len(gpus) - 1}" if len(gpus) > 1 else "cuda:0"))
-    return Device(f"cuda:{index}", gpus[index])
+    return Device(f"cuda:{index}", gpus[index], warning)
+
+
+def pin(device: Device, visible_gpus: str | None) -> Device:
+    """Leave this process only its GPU: ``CUDA_VISIBLE_DEVICES`` narrowed to it and the
+    device ``cuda:0``, before CUDA starts (a MIG instance, say, is only usable alone in
+    its process). Unchanged when it sees one GPU already, or CUDA has started."""
+    torch = sys.modules.get("torch")
+    if not device.name.startswith("cuda:") or len(given_gpus(visible_gpus, lambda: 0)) < 2 or (
+            torch is not None and torch.cuda.is_initialized()):
+        return device
+    export({"CUDA_VISIBLE_DEVICES": device.gpu})
+    return Device("cuda:0", device.gpu, device.warning)
+
+
+def gpu_facts(device: str) -> dict[str, Any]:
+    """After a trial on a GPU: its UUID (the physical card, whatever the launcher named it)
+    and the trial's peak memory against the card's, for choosing how many trials share one
+    GPU; the peak is reset for the next trial. Empty off CUDA or before CUDA started."""
+    torch = sys.modules.get("torch")
+    if not device.startswith("cuda") or torch is None or not torch.cuda.is_initialized():
+        return {}
+    index = torch.device(device).index or 0
+    props = torch.cuda.get_device_properties(index)
+    peak = torch.cuda.max_memory_allocated(index)
+    torch.cuda.reset_peak_memory_stats(index)
+    uuid = getattr(props, "uuid", None)
+    return {**({"gpu_uuid": f"GPU-{uuid}"} if uuid is not None else {}),
+            "gpu_peak_mib": round(peak / 2**20), "gpu_total_mib": round(props.total_memory / 2**20)}

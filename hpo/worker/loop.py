@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Mapping, Protocol
@@ -39,7 +40,7 @@ from hpo.config.study import Launch, StudyConfig
 from hpo.errors import LockWaitAborted
 from hpo.study.shared import SharedStudy
 from hpo.system.logs import log_study
-from hpo.worker.device import resolve_device
+from hpo.worker.device import pin, resolve_device
 from hpo.worker.stop import (EFFECT, SIGNALLED, STOP_SIGNALS, Effect, Limits, Stop, StopFlag, ended_without_stop,
                              final_stop)
 from hpo.worker.study_run import StudyRun, WorkerParts, sampler_seed
@@ -84,7 +85,9 @@ class Worker:
     ) -> None:
         self.launch = launch
         settings = self.settings = launch.settings  # what every study of the launch shares (limits, device)
-        device = resolve_device(settings.device, identity.visible_gpus, identity.local_rank)  # exit 2 before writing
+        # A GPU it was not given: exit 2 before anything is written.
+        device = self.device = pin(resolve_device(settings.device, identity.visible_gpus, identity.local_rank),
+                                   identity.visible_gpus)
         self.identity = identity = dataclasses.replace(identity, gpu=device.gpu)
         self.at_end = at_end
         self.cells = list(launch.studies)  # one study, or each study of a sweep (hpo.config.study.Launch)
@@ -226,14 +229,19 @@ def run_worker(
     from hpo.system.processes import cpu_threads, task_cpus
 
     settings = launch.settings
-    # Before the objective's import of torch, which sizes its thread pool from this.
+    # For an objective that imports torch later, which sizes its thread pool from this; one
+    # that imported it at the top of its module (prepare imported the objective) is told.
     threads, too_many = cpu_threads(env.get("OMP_NUM_THREADS"), task_cpus())
     export({"OMP_NUM_THREADS": str(threads)})
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
     identity = WorkerIdentity.from_env(env, socket.gethostname(), os.getpid(), settings.launcher)
     worker = Worker(launch, identity, at_end=at_end)  # imports the objective: fails before writing
     log = setup_worker_logging(settings.log_dir, identity.worker_id, echo_level=echo_level, study=launch.label)
-    if too_many:
-        _logger.warning("%s", too_many)
+    for warning in (too_many, worker.device.warning):
+        if warning:
+            _logger.warning("%s", warning)
     worker.flag.install(signals)
     try:
         return worker.run(), log

@@ -14,7 +14,8 @@
 | ``TrialStopped("interrupted")``, Ctrl-C   | FAIL     | interrupted                | no      | yes          |
 | CUDA/CPU out of memory                    | FAIL     | out of memory              | no      | no           |
 | a CUDA error that poisons the context     | FAIL     | GPU error: …               | yes     | yes          |
-| (illegal address, launch failure, ECC)    |          |                            |         |              |
+| (illegal address, launch failure, ECC:    |          |                            |         |              |
+| the GPU fails a tiny operation after it)  |          |                            |         |              |
 | ``SystemExit``: the objective called      | FAIL     | the objective exited       | no      | no           |
 | ``sys.exit``                              |          | (sys.exit(N))              |         |              |
 | any other exception                       | FAIL     | ``Type: message``          | no      | no           |
@@ -77,15 +78,29 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def _is_gpu_error(exc: BaseException) -> bool:
-    """A CUDA error after which this process's context is unusable (an illegal address, a
-    launch failure, an uncorrectable ECC error, a device-side assert): every later CUDA call
-    fails too, so the worker stops at once rather than fail HPO_MAX_FAILURES trials. torch
-    raises them as ``torch.AcceleratorError`` (2.8+) or a ``RuntimeError("CUDA error: …")``;
-    out of memory is not one of them (checked first)."""
+def _is_cuda_error(exc: BaseException) -> bool:
+    """An error CUDA raised (``torch.AcceleratorError`` from 2.8, else a ``RuntimeError("CUDA
+    error: …")``); out of memory is checked before, as a case of its own."""
     text = str(exc)
     return type(exc).__name__ == "AcceleratorError" or (isinstance(exc, RuntimeError) and (
         "CUDA error" in text or "CUBLAS_STATUS_EXECUTION_FAILED" in text or "CUDNN_STATUS_EXECUTION_FAILED" in text))
+
+
+def gpu_works() -> bool:
+    """Whether this process can still compute on its GPU: a synchronize and a one-element
+    operation. After a sticky error (an illegal address, a launch failure, an uncorrectable
+    ECC error, a device-side assert) the context is poisoned and this fails too; after an
+    error of the trial's own making ("invalid configuration argument", "too many resources
+    requested for launch": a batch size) it works. Without CUDA in this process: True
+    (nothing to stop for)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return True
+    try:
+        torch.cuda.synchronize()
+        return bool(torch.ones(1, device="cuda").add_(1).item() == 2.0)
+    except Exception:  # noqa: BLE001 - any failure here is the answer
+        return False
 
 
 def free_memory() -> None:
@@ -130,7 +145,7 @@ def from_exception(exc: BaseException, last_step: int | None) -> Outcome:
         return Outcome(TrialState.FAIL, reason=INTERRUPTED, stop_worker=Stop.INTERRUPTED)
     if _is_out_of_memory(exc):
         return Outcome(TrialState.FAIL, reason=OUT_OF_MEMORY, free_memory=True)
-    if _is_gpu_error(exc):
+    if _is_cuda_error(exc) and not gpu_works():
         # The GPU failed, not these parameters: another worker retries them.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Outcome(TrialState.FAIL, reason=f"GPU error: {first}", retry=True, stop_worker=Stop.GPU_ERROR,

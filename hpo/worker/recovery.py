@@ -123,10 +123,12 @@ class Heartbeat:
         self._trial_id: int | None = None
         self._on_taken: Callable[[], None] = lambda: None
         self._confirmed_at = time.monotonic()
-        # HPO_HANG_SECONDS: a trial whose objective shows no sign of life (a report, a check,
-        # a metrics line) for this long is hung (a GPU stuck in a kernel): no more beats.
+        # HPO_HANG_SECONDS: a trial whose objective showed life once (a report, a check, a
+        # metrics line) and then none for this long is hung (a GPU stuck in a kernel). Not
+        # judged before its first sign (a long setup), nor while hpo itself works in a hook.
         self._hang, self._on_hung = hang_seconds, on_hung or exit_hung
-        self._progress_at = time.monotonic()
+        self._progress_at: float | None = None
+        self._busy = 0
         self._wake = threading.Event()
         # Held while a beat file is written or dropped: without it a beat written just
         # after the trial ended (the thread read the id before) left a file behind.
@@ -141,7 +143,7 @@ class Heartbeat:
         (once) if the journal shows that another worker ended it, e.g. after this process
         was stopped past the stale age. The trial's start counts as its first beat."""
         self._confirmed_at = time.monotonic() - max(0.0, time.time() - started)
-        self._progress_at = time.monotonic()
+        self._progress_at, self._busy = None, 0
         self._trial_id, self._on_taken = trial_id, on_taken
         try:
             yield
@@ -159,6 +161,16 @@ class Heartbeat:
         """The trial's objective showed life (a report, a check, a metrics line): not hung."""
         self._progress_at = time.monotonic()
 
+    @contextlib.contextmanager
+    def hpo_working(self) -> Iterator[None]:
+        """hpo's own work inside a hook (a flush that waits for the journal lock): not the trial's silence."""
+        self._busy += 1
+        try:
+            yield
+        finally:
+            self._busy -= 1
+            self.progress()
+
     def suspect(self) -> bool:
         """Whether the trial's last beat is older than half the stale age, by our clock."""
         return time.monotonic() - self._confirmed_at > self._stale / 2
@@ -168,7 +180,8 @@ class Heartbeat:
             trial_id = self._trial_id
             if trial_id is None:
                 continue
-            quiet = time.monotonic() - self._progress_at
+            last = self._progress_at
+            quiet = 0.0 if last is None or self._busy else time.monotonic() - last
             if self._hang is not None and quiet > self._hang:
                 self._on_hung(trial_id, quiet)  # exits the process; beats no more (a test's hook may return)
                 return

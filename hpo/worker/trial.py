@@ -40,6 +40,7 @@ from hpo.config.space import suggest
 from hpo.system.logs import trial_logging
 from hpo.worker import outcome as outcomes
 from hpo.worker.context import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
+from hpo.worker.device import gpu_facts
 from hpo.worker.recovery import Heartbeat, enqueue_retry
 from hpo.worker.results import RunKey, run_key
 from hpo.worker.run_dir import RunDir
@@ -154,12 +155,14 @@ class TrialRunner:
             options=options_of(s, self.config),
             setup=self.setup.value if self.setup else {},
             setup_dir=self.setup.directory if self.setup else None,
-            _report=lambda step, value: self._report(active, step, value),
+            # hpo's own work in a hook (a flush waiting for the journal lock) is not the trial
+            # hanging: the watchdog (HPO_HANG_SECONDS) waits while it runs.
+            _report=lambda step, value: self._in_hpo(self._report, active, step, value),
             _check_taken=lambda: self._check_taken(active),
             _stop_reason=active.stop_reason,
             _time_left=lambda: None if active.limit is None else active.limit - (time.time() - active.start),
-            _check_time=lambda: self._check_time_and_flush(active),
-            _set_user_attr=lambda key, value: self._set_user_attr(active, key, value),
+            _check_time=lambda: self._in_hpo(self._check_time_and_flush, active),
+            _set_user_attr=lambda key, value: self._in_hpo(self._set_user_attr, active, key, value),
             _make_run_dir=run_dir.make,
         )
         return self.objective(params, ctx)
@@ -178,6 +181,10 @@ class TrialRunner:
         return values
 
     # -- hooks of the context ---------------------------------------------
+    def _in_hpo(self, hook: Callable[..., None], *args: Any) -> None:
+        with self.heartbeat.hpo_working():
+            hook(*args)
+
     def _report(self, active: _Active, step: int, value: float) -> None:
         active.last_step.append(step)
         if len(self.config.directions) > 1:
@@ -254,6 +261,9 @@ class TrialRunner:
             self._check_taken(active)  # a stall before the end: nothing is told for a reaped trial
             if result.reason is not None:
                 trial.set_user_attr("reason", result.reason)
+            gpu = gpu_facts(self.device)  # the card and the trial's peak memory, with its end (no record of their own)
+            for key, value in gpu.items():
+                trial.set_user_attr(key, value)
             if result.state == TrialState.COMPLETE:
                 self.shared.study.tell(trial, list(result.values or ()))
             else:
@@ -273,10 +283,11 @@ class TrialRunner:
                   "reason": result.reason, "seconds": round(seconds, 3), "worker": self.identity.worker_id}
         run_dir.note("trial.json", lambda: record, atomic=True)  # when its folder is made, even later
         _logger.info(
-            "trial %d finished: %s%s in %.1fs%s", trial.number, result.state.name,
+            "trial %d finished: %s%s in %.1fs%s%s", trial.number, result.state.name,
             f" value={result.values[0]:.6g}" if result.values and len(result.values) == 1 else
             (f" values={list(result.values)}" if result.values else ""),
             seconds, f" reason={result.reason!r}" if result.reason else "",
+            f"; GPU memory peak {gpu['gpu_peak_mib']} of {gpu['gpu_total_mib']} MiB" if gpu else "",
         )
         if result.retry:
             enqueue_retry(self.shared, self.shared.frozen(trial_id(trial)), result.reason or "retry")
