@@ -436,16 +436,18 @@ def test_auto_device_without_a_gpu_driver_is_cpu_without_importing_torch(tmp_pat
     ("auto", "3", None, Device("cuda:0", "3")),  # srun --gpus-per-task / hpo run: its one GPU
     ("auto", "GPU-8d1c,GPU-77aa", "1", Device("cuda:1", "GPU-8d1c,GPU-77aa".split(",")[1])),  # by its local rank
     ("auto", "0,1,2,3", "6", Device("cuda:2", "2")),
-    ("cuda", "5,6", None, Device("cuda:0", "5")),
+    ("cuda", "5,6", "1", Device("cuda:1", "6")),
     ("cuda:1", "5,6", None, Device("cuda:1", "6")),  # the physical GPU, not the raw list
     ("cpu", "5,6", None, Device("cpu", "none")),
 ])
 def test_a_worker_takes_the_gpu_it_was_given_and_records_which(requested: str, visible: str, local: str | None,
                                                                device: Device) -> None:
-    got = resolve_device(requested, visible, local, count=lambda: 99)
+    got = resolve_device(requested, visible, local, count=lambda: 99, driver=lambda: True)
     assert (got.name, got.gpu) == (device.name, device.gpu)
     # A guess about the launch is said (in the worker log) only where the worker had to guess.
-    assert (got.warning is not None) == (requested == "auto" and "," in visible)
+    assert (got.warning is not None) == (requested in ("auto", "cuda") and "," in visible)
+    # No GPU driver on the node: auto trains on the CPU whatever CUDA_VISIBLE_DEVICES names.
+    assert resolve_device("auto", visible, local, count=lambda: 99, driver=lambda: False) == Device("cpu", "none")
 
 
 @pytest.mark.parametrize(("requested", "visible", "gpus", "message"), [
@@ -480,7 +482,7 @@ def test_a_worker_asking_for_a_gpu_it_was_not_given_exits_2_writing_nothing(toy:
 def test_each_local_worker_trains_on_its_own_gpu_and_its_trials_record_it(toy: Any) -> None:
     """Fake GPU ids (the toy objective never touches CUDA): hpo run gives each worker one of
     the GPUs it was given, and each trial records the physical GPU it ran on."""
-    cwd, env = toy(MAX_TRIALS="6", CUDA_VISIBLE_DEVICES="7,9", HPO_DEVICE="auto")
+    cwd, env = toy(MAX_TRIALS="6", CUDA_VISIBLE_DEVICES="7,9", HPO_DEVICE="cuda")  # no driver here: auto is the CPU
     result = run_hpo(["run", "--workers", "2"], cwd, env)
     assert result.returncode == 0, result.stderr
     trials = load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials
@@ -578,11 +580,21 @@ def test_a_healthy_trial_is_never_taken_for_hung(toy: Any) -> None:
     assert "hung" not in first_log(cwd)
 
 
+def test_auto_on_a_node_without_a_gpu_driver_trains_on_the_cpu(toy: Any) -> None:
+    """SLURM named a GPU (the dev cluster's fake ones; a node configured with GPUs it has not)
+    but no driver is there: auto is the CPU, not a cuda device every trial would fail on."""
+    cwd, env = toy("records_device", MAX_TRIALS="1", CUDA_VISIBLE_DEVICES="0", HPO_DEVICE="auto")
+    assert run_hpo(["worker"], cwd, env).returncode == 0
+    (trial,) = load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials
+    assert (trial.state.name, trial.user_attrs["seen_device"], trial.user_attrs["gpu"]) == ("COMPLETE", "cpu", "none")
+
+
 def test_a_worker_that_sees_several_gpus_keeps_only_its_own(toy: Any) -> None:
     """A launch that left both GPUs to each task: the task of local rank 1 takes the second,
     narrows CUDA_VISIBLE_DEVICES to it (a MIG instance is only usable alone), trains on
     cuda:0, records it, and warns once in its log."""
-    cwd, env = toy("records_device", MAX_TRIALS="1", CUDA_VISIBLE_DEVICES="7,9", SLURM_LOCALID="1")
+    cwd, env = toy("records_device", MAX_TRIALS="1", CUDA_VISIBLE_DEVICES="7,9", SLURM_LOCALID="1",
+                   HPO_DEVICE="cuda")  # no GPU driver here: auto would be the CPU
     result = run_hpo(["worker"], cwd, env)
     assert result.returncode == 0, result.stderr
     (trial,) = load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials
@@ -590,6 +602,61 @@ def test_a_worker_that_sees_several_gpus_keeps_only_its_own(toy: Any) -> None:
     assert (attrs["seen_device"], attrs["seen_visible"], attrs["gpu"]) == ("cuda:0", "9", "9")
     assert first_log(cwd).count("this worker sees 2 GPUs (CUDA_VISIBLE_DEVICES='7,9'): its launch did not give each "
                                 "task its own") == 1
+
+
+@pytest.mark.parametrize(("gpus", "workers", "per_gpu", "plan", "warned"), [
+    (["7", "9"], None, None, ["7"], False),
+    (["7", "9"], 2, None, ["7", "9"], False),
+    (["7", "9"], 3, None, ["7", "9", "7"], True),  # sharing nobody asked for: said
+    (["7", "9"], None, 2, ["7", "7", "9", "9"], False),  # K on every GPU
+    (["7", "9"], 3, 2, ["7", "7", "9"], False),
+    ([], 3, None, ["", "", ""], False),
+])
+def test_local_workers_share_gpus_as_asked(gpus: list[str], workers: int | None, per_gpu: int | None,
+                                          plan: list[str], warned: bool) -> None:
+    from hpo.launch.local import plan_gpus
+
+    got, warning = plan_gpus(gpus, workers, per_gpu)
+    assert got == plan and (warning is not None) == warned
+
+
+def test_more_workers_than_the_gpus_can_take_is_refused_writing_nothing(toy: Any) -> None:
+    cwd, env = toy(CUDA_VISIBLE_DEVICES="7,9", HPO_DEVICE="cuda")
+    result = run_hpo(["run", "--workers", "5", "--workers-per-gpu", "2"], cwd, env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "hpo: error: --workers 5 with --workers-per-gpu 2: that needs 3 GPUs, this machine gives 2 (7, 9); valid: "
+        "--workers up to 4")
+    result = run_hpo(["submit", "--workers", "5", "--workers-per-gpu", "2", "--dry-run"], cwd, env)
+    assert result.returncode == 2
+    assert ("--workers 5 with --workers-per-gpu 2: each job runs 2 workers on its GPU, so --workers must be a "
+            "multiple of it; valid: 4 or 6") in result.stderr
+    assert tree(cwd) == ["toy.yaml"]
+
+
+def test_two_workers_share_each_gpu_when_asked(toy: Any) -> None:
+    """hpo run --workers-per-gpu 2 on two (fake) GPUs: four workers, two on each, each
+    trial naming its GPU; hpo submit --local --workers-per-gpu 2: two jobs of two workers."""
+    cwd, env = toy("records_device", MAX_TRIALS="8", CUDA_VISIBLE_DEVICES="7,9", OPTUNA_PRUNER="none",
+                   HPO_DEVICE="cuda")
+    result = run_hpo(["run", "--workers-per-gpu", "2"], cwd, env)
+    assert result.returncode == 0, result.stderr
+    assert "4 worker(s) on GPU 7 (x2), GPU 9 (x2)" in result.stderr
+    by_gpu: dict[str, set[str]] = {}
+    for t in load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials:
+        by_gpu.setdefault(t.user_attrs["gpu"], set()).add(t.user_attrs["worker"])
+        assert t.user_attrs["seen_visible"] == t.user_attrs["gpu"]
+    assert sorted(by_gpu) == ["7", "9"] and all(len(workers) <= 2 for workers in by_gpu.values())
+    local = cwd / "submitted"
+    local.mkdir()
+    result = run_hpo(["submit", "--local", "--workers", "4", "--workers-per-gpu", "2", "--wait"], local,
+                     {**env, "MAX_TRIALS": "8"})
+    assert result.returncode == 0, result.stderr
+    assert "submitted 4 worker(s) in 2 job(s), 2 to a GPU to study 'toy'" in result.stdout
+    trials = load_study(local / "optuna_journal" / "toy.journal", "toy").trials
+    assert len(trials) == 8 and {t.user_attrs["gpu"] for t in trials} <= {"7", "9"}
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 8  # a seed each: no parameters twice
 
 
 def test_a_local_job_gets_one_gpu_and_cuda_n_chooses_it() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import click
 
@@ -20,13 +20,17 @@ def config_mode_options(func: Command) -> Command:
                         help="the study was run with another config: run with the stored one")(func)
 
 
-def prepared(flags: dict[str, Any], launcher: str, trains_here: bool = True) -> Launch:
+def prepared(flags: dict[str, Any], launcher: str, trains_here: bool = True,
+             check: Callable[[Launch], object] = lambda launch: None) -> Launch:
     """The launch these flags select, checked and recorded (see hpo.launch.prepare);
-    ``trains_here``: its device is checked against this machine's GPUs."""
+    ``trains_here``: its device is checked against this machine's GPUs; ``check``: the
+    launcher's own, before anything is written."""
     from hpo.launch.prepare import config_mode, prepare
 
     mode = config_mode(flags.pop("reuse_stored"), flags.pop("overwrite"))
-    return prepare(load_sweep(flags), mode, launcher, environment() if trains_here else None)
+    launch = load_sweep(flags)
+    check(launch)
+    return prepare(launch, mode, launcher, environment() if trains_here else None)
 
 
 @click.command("worker")
@@ -59,20 +63,29 @@ def worker_cmd(quiet: bool, **flags: Any) -> int:
 @click.command("run")
 @settings_options
 @config_mode_options
-@click.option("--workers", "-n", "n_workers", type=click.IntRange(1, 1024), default=1, show_default=True,
-              help="worker processes on this machine")
-def run_cmd(n_workers: int, **flags: Any) -> int:
+@click.option("--workers", "-n", "n_workers", type=click.IntRange(1, 1024), default=None,
+              help="worker processes on this machine [default: 1; with --workers-per-gpu K, K on every GPU]")
+@click.option("--workers-per-gpu", "per_gpu", type=click.IntRange(1, 64), default=None, metavar="K",
+              help="K workers share each GPU (small models leave a GPU idle between their kernels)")
+def run_cmd(n_workers: int | None, per_gpu: int | None, **flags: Any) -> int:
     """Run the study on this machine with N workers sharing the journal (resumes if it exists)."""
-    from hpo.launch.local import run_local
+    from hpo.launch.local import plan_gpus, run_local, visible_gpus
 
-    return run_local(prepared(flags, "hpo run"), n_workers, environment())
+    env = environment()
+    plans: list[tuple[list[str], str | None]] = []
+    launch = prepared(flags, "hpo run", check=lambda launch: plans.append(
+        plan_gpus(visible_gpus(launch.settings, env), n_workers, per_gpu)))  # exit 2 before anything is written
+    plan, shared_gpus = plans[0]
+    return run_local(launch, plan, env, shared_gpus)
 
 
 @click.command("submit")
 @settings_options
 @config_mode_options
 @click.option("--workers", "-n", "n_workers", type=click.IntRange(1, 10000), required=True,
-              help="worker jobs (a job array, one GPU each)")
+              help="workers (a job array, one GPU a job)")
+@click.option("--workers-per-gpu", "per_gpu", type=click.IntRange(1, 64), default=1, show_default=True, metavar="K",
+              help="K workers in each job, sharing its GPU (small models leave a GPU idle between their kernels)")
 @click.option("--partition", default=None, help="SLURM partition")
 @click.option("--time", "time_minutes", type=click.IntRange(1), default=60, show_default=True,
               help="time limit of each worker, minutes")
@@ -87,7 +100,7 @@ def run_cmd(n_workers: int, **flags: Any) -> int:
 @click.option("--wait", is_flag=True, help="wait for the study with a progress bar")
 @click.option("--dry-run", is_flag=True, help="print what would be submitted; submit nothing")
 @click.option("--local", is_flag=True, help="run the workers here through submitit's local executor")
-def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_per_worker: int,
+def submit_cmd(n_workers: int, per_gpu: int, partition: str | None, time_minutes: int, gpus_per_worker: int,
                cpus_per_worker: int, mem: str | None, account: str | None, qos: str | None,
                constraint: str | None, exclude: str | None, wait: bool, dry_run: bool, local: bool,
                **flags: Any) -> int:
@@ -95,14 +108,16 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
     import gc
 
     from hpo.launch.progress import follow_commands, wait_for_study
-    from hpo.launch.submit import SubmitOptions, describe, job_env, job_name, submit_study
+    from hpo.launch.submit import SubmitOptions, check_options, describe, job_env, job_name, submit_study
 
+    check_options(n_workers, gpus_per_worker, per_gpu)
     if dry_run:
         launch = load_sweep({k: v for k, v in flags.items() if k not in ("reuse_stored", "overwrite")})
     else:
         launch = prepared(flags, "hpo submit", trains_here=bool(local))
     opts = SubmitOptions(workers=n_workers, partition=partition, time_minutes=time_minutes,
-                         gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker, mem=mem,
+                         gpus_per_worker=gpus_per_worker, workers_per_gpu=per_gpu, cpus_per_worker=cpus_per_worker,
+                         mem=mem,
                          account=account, qos=qos, constraint=constraint, exclude=exclude,
                          job_name=job_name(launch.label))
     if dry_run:
@@ -113,7 +128,8 @@ def submit_cmd(n_workers: int, partition: str | None, time_minutes: int, gpus_pe
         return 0
     submitted = submit_study(launch, opts, local)
     names = ", ".join(repr(s.study_name) for s, _ in launch.studies)
-    click.echo(f"submitted {len(submitted.jobs)} worker(s) to {'studies' if len(launch.studies) > 1 else 'study'} "
+    shared = f" in {len(submitted.jobs)} job(s), {per_gpu} to a GPU" if per_gpu > 1 else ""
+    click.echo(f"submitted {n_workers} worker(s){shared} to {'studies' if len(launch.studies) > 1 else 'study'} "
                f"{names}: {' '.join(submitted.job_ids)}")
     if len(launch.studies) > 1:
         click.echo("every worker works on the studies in order, moving to the next one when a study's "

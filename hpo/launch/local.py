@@ -30,11 +30,12 @@ from typing import Mapping, Sequence
 from hpo.config.identity import SchedulerVars, new_launch_id
 from hpo.config.settings import Settings
 from hpo.config.study import Launch
+from hpo.errors import UsageError
 from hpo.launch.progress import show_progress
 from hpo.study.shared import open_study
 from hpo.system.logs import quiet_optuna
 from hpo.system.processes import die_with_parent, task_cpus
-from hpo.worker.device import given_gpus, resolve_device
+from hpo.worker.device import given_gpus, gpu_driver, resolve_device
 
 _logger = logging.getLogger(__name__)
 
@@ -44,25 +45,49 @@ FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)  # SIGINT comes as 
 def visible_gpus(settings: Settings, env: Mapping[str, str]) -> list[str]:
     """GPU ids to hand out: those ``CUDA_VISIBLE_DEVICES`` lists if set, else every GPU of
     the node; with ``HPO_DEVICE=cuda:N`` only the N-th (exit 2 when there is none)."""
-    if settings.device == "cpu":
-        return []
+    if settings.device == "cpu" or (settings.device == "auto" and not gpu_driver()):
+        return []  # no driver: GPUs that CUDA_VISIBLE_DEVICES may name are of no use (hpo.worker.device)
     visible = SchedulerVars.from_env(env).visible_gpus
     if settings.device.startswith("cuda:"):
         return [resolve_device(settings.device, visible).gpu]  # a GPU this machine does not have: exit 2
     return given_gpus(visible)
 
 
+def plan_gpus(gpus: Sequence[str], workers: int | None, per_gpu: int | None) -> tuple[list[str], str | None]:
+    """Each worker's GPU (``""``: the CPU) for ``workers`` workers (None: ``per_gpu`` on every
+    GPU, else one) sharing ``gpus`` at most ``per_gpu`` to a GPU, and a warning when workers
+    share GPUs nobody asked them to share (pure). Raises :class:`UsageError` (exit 2)."""
+    given = len(gpus)
+    if per_gpu is not None and not gpus:
+        raise UsageError(f"--workers-per-gpu {per_gpu}: this machine gives no GPU (HPO_DEVICE, CUDA_VISIBLE_DEVICES); "
+                         "valid: leave it out to run on the CPU")
+    n = workers if workers is not None else (per_gpu * given if per_gpu else 1)
+    if per_gpu is not None and n > per_gpu * given:
+        raise UsageError(f"--workers {n} with --workers-per-gpu {per_gpu}: that needs {-(-n // per_gpu)} GPUs, this "
+                         f"machine gives {given} ({', '.join(gpus)}); valid: --workers up to {per_gpu * given}")
+    if not gpus:
+        return [""] * n, None
+    if per_gpu is not None:
+        return [gpus[rank // per_gpu] for rank in range(n)], None
+    plan = [gpus[rank % given] for rank in range(n)]
+    warning = None if n <= given else (
+        f"{n} workers on {given} GPU(s): up to {-(-n // given)} share one; --workers-per-gpu {-(-n // given)} "
+        "says that is meant (and --workers-per-gpu 1 with --workers {given} keeps one to a GPU)")
+    return plan, warning
+
+
 def worker_env(
-    launch: Launch, env: Mapping[str, str], rank: int, gpus: Sequence[str], launch_id: str,
+    launch: Launch, env: Mapping[str, str], rank: int, gpu: str, launch_id: str,
     threads: int, workers: int = 1,
 ) -> dict[str, str]:
     """Environment of worker ``rank`` of launch ``launch_id``: the resolved settings, its GPU
-    and its CPU threads (pure). The seed comes from both (see hpo.worker.study_run.sampler_seed)."""
+    (``""``: none) and its CPU threads (pure). The seed comes from both (see
+    hpo.worker.study_run.sampler_seed)."""
     own = launch.to_env(worker_rank=rank, launch_id=launch_id, local_workers=workers)
     child = {**env, **own, "PYTHONUNBUFFERED": "1"}
     # N workers each starting one thread per core would oversubscribe the CPU N-fold.
     child.setdefault("OMP_NUM_THREADS", str(threads))
-    return {**child, **gpu_env(child, gpus[rank % len(gpus)] if gpus else "")}
+    return {**child, **gpu_env(child, gpu)}
 
 
 def gpu_env(env: Mapping[str, str], gpu: str) -> dict[str, str]:
@@ -74,13 +99,14 @@ def gpu_env(env: Mapping[str, str], gpu: str) -> dict[str, str]:
     return out
 
 
-def run_local(launch: Launch, n_workers: int, env: Mapping[str, str]) -> int:
-    """Run the launch's studies here with ``n_workers`` processes; returns the exit status."""
+def run_local(launch: Launch, plan: Sequence[str], env: Mapping[str, str], shared_gpus: str | None = None) -> int:
+    """Run the launch's studies here with one process per entry of ``plan`` (its GPU, or
+    ``""``; :func:`plan_gpus`); returns the exit status."""
     quiet_optuna()
     # Creates each study and its warm start once, before the workers race.
     studies = [open_study(s.spec, c) for s, c in launch.studies]
-    gpus = visible_gpus(launch.settings, env)
-    _announce(launch, n_workers, gpus)
+    n_workers = len(plan)
+    _announce(launch, plan, shared_gpus)
     # One launch: a fresh study's workers seed OPTUNA_SEED + rank, a resumed one's anew
     # (see hpo.worker.study_run.sampler_seed).
     launch_id = new_launch_id()
@@ -95,7 +121,7 @@ def run_local(launch: Launch, n_workers: int, env: Mapping[str, str]) -> int:
         for rank in range(n_workers):
             workers.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "hpo", "worker", "--quiet"],
-                env=worker_env(launch, env, rank, gpus, launch_id, threads, n_workers),
+                env=worker_env(launch, env, rank, plan[rank], launch_id, threads, n_workers),
                 start_new_session=True, preexec_fn=die_with_parent))  # signals reach them through us, once
         show_progress(studies, workers.running)
     finally:
@@ -106,14 +132,20 @@ def run_local(launch: Launch, n_workers: int, env: Mapping[str, str]) -> int:
     return next((c for c in codes if c != 0), 0)
 
 
-def _announce(launch: Launch, n_workers: int, gpus: Sequence[str]) -> None:
+def _announce(launch: Launch, plan: Sequence[str], shared_gpus: str | None) -> None:
+    from collections import Counter
+
     from rich.console import Console
 
     console, settings = Console(stderr=True, soft_wrap=True), launch.settings
     several = len(launch.studies) > 1
     names = ", ".join(s.study_name for s, _ in launch.studies)
+    per_gpu = Counter(g for g in plan if g)
+    where = ", ".join(f"GPU {g}" + (f" (x{k})" if k > 1 else "") for g, k in per_gpu.items()) or "CPU"
     console.print(f"{'studies' if several else 'study'} [bold]{names}[/] in {settings.journal_dir}: "
-                  f"{n_workers} worker(s) on {', '.join('GPU ' + g for g in gpus) if gpus else 'CPU'}")
+                  f"{len(plan)} worker(s) on {where}")
+    if shared_gpus:
+        console.print(f"[yellow]warning:[/] {shared_gpus}")
     if several:
         console.print("every worker works on the studies in order, moving to the next one when a study's "
                       "MAX_TRIALS are finished (or while all its remaining trials are running)")

@@ -11,7 +11,7 @@ from hpo.config.settings import Settings, parse_study_name
 from hpo.config.study import Launch, StudyConfig, load_config, single_study_text
 from hpo.errors import UsageError
 from hpo.journal.reader import TrialRecord
-from hpo.launch.local import run_local
+from hpo.launch.local import plan_gpus, run_local, visible_gpus
 from hpo.launch.prepare import check_runnable
 from hpo.study.provenance import stored_config_path
 from hpo.study.shared import open_study
@@ -76,7 +76,8 @@ def start_retrain(plan: Retrain) -> None:
 def run_retrain(plan: Retrain, env: Mapping[str, str]) -> tuple[int, TrialRecord | None]:
     """Run one worker here on the study :func:`start_retrain` made; its exit status and the
     new study's trial 0 (None if it never started)."""
-    code = run_local(Launch(plan.config, ((plan.settings, plan.config),)), 1, env)
+    worker, _ = plan_gpus(visible_gpus(plan.settings, env), 1, None)
+    code = run_local(Launch(plan.config, ((plan.settings, plan.config),)), worker, env)
     again = open_view(plan.settings)
     if not again.trials:
         return code, None

@@ -23,7 +23,9 @@ import submitit
 
 from hpo.config.environment import environment, export
 from hpo.config.identity import new_launch_id
+from hpo.config.settings import FIELD_BY_NAME
 from hpo.config.study import Launch, load_launch
+from hpo.errors import UsageError
 from hpo.study.shared import SharedStudy, open_study
 from hpo.launch.local import gpu_env, visible_gpus
 from hpo.launch.prepare import record_launch_jobs
@@ -42,6 +44,7 @@ class SubmitOptions:
     partition: str | None = None
     time_minutes: int = 60  # per task; requeued tasks get the same again
     gpus_per_worker: int = 1
+    workers_per_gpu: int = 1  # K workers (tasks) in each job, sharing its one GPU
     cpus_per_worker: int = 4
     mem: str | None = None  # e.g. "16G"
     account: str | None = None
@@ -53,16 +56,33 @@ class SubmitOptions:
     signal_delay_s: int = 120  # USR2 this long before the time limit
     max_requeues: int = 3
 
+    @property
+    def jobs(self) -> int:
+        """Jobs (array tasks) to submit: one per GPU, each running ``workers_per_gpu`` workers."""
+        return self.workers // self.workers_per_gpu
+
+
+def check_options(workers: int, gpus_per_worker: int, workers_per_gpu: int) -> None:
+    """What ``hpo submit``'s numbers must satisfy together (exit 2, before anything is written)."""
+    if workers_per_gpu > 1 and not gpus_per_worker:
+        raise UsageError(f"--workers-per-gpu {workers_per_gpu} with --gpus-per-worker 0: there is no GPU to share; "
+                         "valid: --gpus-per-worker 1, or --workers-per-gpu 1")
+    if workers % workers_per_gpu:
+        raise UsageError(f"--workers {workers} with --workers-per-gpu {workers_per_gpu}: each job runs "
+                         f"{workers_per_gpu} workers on its GPU, so --workers must be a multiple of it; valid: "
+                         f"{workers - workers % workers_per_gpu or workers_per_gpu} or "
+                         f"{workers - workers % workers_per_gpu + workers_per_gpu}")
+
 
 def executor_parameters(opts: SubmitOptions) -> dict[str, Any]:
     """submitit ``SlurmExecutor.update_parameters`` arguments (pure)."""
     params: dict[str, Any] = {
         "job_name": opts.job_name,
         "time": opts.time_minutes,
-        "ntasks_per_node": 1,
+        "ntasks_per_node": opts.workers_per_gpu,  # each task a worker, with its own CPUs
         "cpus_per_task": opts.cpus_per_worker,
         "signal_delay_s": opts.signal_delay_s,
-        "array_parallelism": opts.workers,
+        "array_parallelism": opts.jobs,
         "stderr_to_stdout": True,
     }
     if opts.gpus_per_worker:
@@ -87,8 +107,8 @@ def job_env(launch: Launch, launch_id: str, rank: int, threads: int, gpu: str | 
 class WorkerJob(submitit.helpers.Checkpointable):
     """One array task: an ``hpo worker`` in the submitit process."""
 
-    def __init__(self, env: Mapping[str, str], cwd: str) -> None:
-        self.env, self.cwd = dict(env), cwd
+    def __init__(self, env: Mapping[str, str], cwd: str, per_gpu: int = 1) -> None:
+        self.env, self.cwd, self.per_gpu = dict(env), cwd, per_gpu
 
     def __call__(self) -> str:
         os.chdir(self.cwd)
@@ -96,6 +116,9 @@ class WorkerJob(submitit.helpers.Checkpointable):
         # the objective imports torch: a local job's GPU (submitit's local executor hides them all).
         export({k: v for k, v in self.env.items() if k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")})
         env = {**environment(), **self.env}  # SLURM ids from the job, settings from submit time
+        if self.per_gpu > 1:  # K workers of this job: a rank (and so a sampler seed) each
+            rank = FIELD_BY_NAME["worker_rank"].env
+            env[rank] = str(int(env[rank]) * self.per_gpu + submitit.JobEnvironment().local_rank)
         launch = load_launch({}, env)
         submitit_handler = signal.getsignal(signal.SIGUSR2)
         reason, _ = run_worker(launch, env, signals=STOP_SIGNALS,
@@ -106,14 +129,15 @@ class WorkerJob(submitit.helpers.Checkpointable):
         return reason.label
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        return submitit.helpers.DelayedSubmission(WorkerJob(self.env, self.cwd))
+        return submitit.helpers.DelayedSubmission(WorkerJob(self.env, self.cwd, self.per_gpu))
 
 
 def make_executor(opts: SubmitOptions, local: bool) -> submitit.Executor:
     opts.folder.mkdir(parents=True, exist_ok=True)
     if local:
         executor: submitit.Executor = submitit.LocalExecutor(folder=str(opts.folder / "%j"))
-        executor.update_parameters(timeout_min=opts.time_minutes, signal_delay_s=opts.signal_delay_s)
+        executor.update_parameters(timeout_min=opts.time_minutes, signal_delay_s=opts.signal_delay_s,
+                                   tasks_per_node=opts.workers_per_gpu)
         return executor
     executor = submitit.SlurmExecutor(folder=str(opts.folder / "%j"), max_num_timeout=opts.max_requeues)
     executor.update_parameters(**executor_parameters(opts))
@@ -134,14 +158,16 @@ def describe(opts: SubmitOptions) -> dict[str, Any]:
 
 def submit(opts: SubmitOptions, launch: Launch, launch_id: str, cwd: Path,
            local: bool) -> list[submitit.Job[str]]:
-    """Submit ``opts.workers`` worker jobs (an array on SLURM), one launch; returns submitit's jobs."""
+    """Submit ``opts.jobs`` jobs (an array on SLURM) of ``opts.workers_per_gpu`` workers each,
+    one launch; returns submitit's jobs."""
     executor = make_executor(opts, local)
-    # Locally, one GPU of this machine per worker, round-robin, as hpo run gives them.
+    # Locally, one GPU of this machine per job, round-robin, as hpo run gives them.
     gpus = visible_gpus(launch.settings, environment()) if local and opts.gpus_per_worker else []
     with executor.batch():
-        jobs = [executor.submit(WorkerJob(job_env(launch, launch_id, rank, opts.cpus_per_worker,
-                                                  gpus[rank % len(gpus)] if gpus else None), str(cwd)))
-                for rank in range(opts.workers)]
+        jobs = [executor.submit(WorkerJob(job_env(launch, launch_id, job, opts.cpus_per_worker,
+                                                  gpus[job % len(gpus)] if gpus else None), str(cwd),
+                                          opts.workers_per_gpu))
+                for job in range(opts.jobs)]
     return jobs
 
 

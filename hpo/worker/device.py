@@ -3,10 +3,13 @@ worker was given, and the name of the physical GPU its trials record.
 
 What a worker is given: the GPUs ``CUDA_VISIBLE_DEVICES`` lists when a launcher set it
 (``srun --gpus-per-task``, ``hpo run``, a cgroup-constraining SLURM), else every GPU of
-the node. ``auto`` takes one of them: the only one, or, when a launch left several
-visible to each task (no GPU binding), the one of the task's local rank
+the node. ``auto`` and ``cuda`` take one of them: the only one, or, when a launch left
+several visible to each task (no GPU binding), the one of the task's local rank
 (``SLURM_LOCALID``), so the tasks of one node spread over its GPUs instead of all
 training on GPU 0; that is logged as a warning, since it is a guess about the launch.
+``auto`` also wants a GPU driver on the node (else: the CPU, whatever
+``CUDA_VISIBLE_DEVICES`` names: a scheduler's GPUs on a node without them, the dev
+cluster's fake ones); ``cuda`` trusts what it was given.
 A device the worker cannot have (``cuda`` without a GPU, ``cuda:N`` past the last
 visible one) is refused before anything is written (exit 2), not failed ten trials in a
 row with "invalid device ordinal".
@@ -29,10 +32,17 @@ _logger = logging.getLogger(__name__)
 GPU_DEVICE_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia/version", "/dev/kfd")
 
 
+def gpu_driver(driver_files: tuple[str, ...] = GPU_DEVICE_FILES) -> bool:
+    """Whether this node has a GPU driver: a ``CUDA_VISIBLE_DEVICES`` without one names GPUs
+    nothing can use (a scheduler's configured GPUs on a node without them, a test cluster's
+    fake ones), and ``auto`` trains on the CPU there."""
+    return any(os.path.exists(path) for path in driver_files)
+
+
 def torch_gpu_count(driver_files: tuple[str, ...] = GPU_DEVICE_FILES) -> int:
     """GPUs torch sees on this node; 0 without a driver, without importing torch (1-2 s of a
     worker's start, for an objective that may not use torch at all)."""
-    if not any(os.path.exists(path) for path in driver_files):
+    if not gpu_driver(driver_files):
         return 0
     try:
         import torch
@@ -59,12 +69,14 @@ class Device:
 
 
 def resolve_device(requested: str, visible_gpus: str | None, local_rank: str | None = None,
-                   count: Callable[[], int] = torch_gpu_count) -> Device:
+                   count: Callable[[], int] = torch_gpu_count, driver: Callable[[], bool] = gpu_driver) -> Device:
     """``HPO_DEVICE`` (already one of auto, cpu, cuda, cuda:N) for a worker given
     ``visible_gpus`` (``CUDA_VISIBLE_DEVICES``; None: unset); see the module docstring.
+    ``cuda`` trusts ``CUDA_VISIBLE_DEVICES``; ``auto`` also wants a GPU driver on the node.
     Raises :class:`UsageError` for a GPU the worker was not given."""
-    if requested == "cpu" or (requested == "auto" and visible_gpus is not None and not visible_gpus.strip()):
-        return Device("cpu", "none")  # asked, or the launcher hid every GPU: no torch import to know
+    if requested == "cpu" or (requested == "auto" and (
+            (visible_gpus is not None and not visible_gpus.strip()) or not driver())):
+        return Device("cpu", "none")  # asked, the launcher hid every GPU, or no driver: no torch import to know
     gpus = given_gpus(visible_gpus, count)
     given = f"CUDA_VISIBLE_DEVICES={visible_gpus!r}" if visible_gpus is not None else "CUDA_VISIBLE_DEVICES unset"
     if not gpus:
@@ -72,13 +84,13 @@ def resolve_device(requested: str, visible_gpus: str | None, local_rank: str | N
             return Device("cpu", "none")
         raise UsageError(f"HPO_DEVICE={requested!r}: this worker sees no GPU ({given}); valid here: auto, cpu")
     warning = None
-    if requested == "auto" and len(gpus) > 1:
+    if requested in ("auto", "cuda") and len(gpus) > 1:
         index = int(local_rank or 0) % len(gpus)
         warning = (f"this worker sees {len(gpus)} GPUs ({given}): its launch did not give each task its own (srun "
                    f"--gpus-per-task=1, or hpo run/submit); it takes GPU {gpus[index]} by its local rank "
                    f"(SLURM_LOCALID={local_rank or 'unset'}) so the tasks of this node spread over them")
     elif requested in ("auto", "cuda"):
-        index = 0
+        index = 0  # its one GPU
     else:
         index = int(requested.split(":", 1)[1])
         if index >= len(gpus):
