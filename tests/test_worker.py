@@ -446,8 +446,11 @@ def test_a_worker_takes_the_gpu_it_was_given_and_records_which(requested: str, v
     assert (got.name, got.gpu) == (device.name, device.gpu)
     # A guess about the launch is said (in the worker log) only where the worker had to guess.
     assert (got.warning is not None) == (requested in ("auto", "cuda") and "," in visible)
-    # No GPU driver on the node: auto trains on the CPU whatever CUDA_VISIBLE_DEVICES names.
-    assert resolve_device("auto", visible, local, count=lambda: 99, driver=lambda: False) == Device("cpu", "none")
+    # No GPU driver on the node: auto trains on the CPU whatever CUDA_VISIBLE_DEVICES names,
+    # and says so; the trials still name the GPU the task holds.
+    if requested == "auto":
+        on_cpu = resolve_device("auto", visible, local, count=lambda: 99, driver=lambda: False)
+        assert (on_cpu.name, on_cpu.gpu) == ("cpu", device.gpu) and "no GPU driver" in (on_cpu.warning or "")
 
 
 @pytest.mark.parametrize(("requested", "visible", "gpus", "message"), [
@@ -582,11 +585,13 @@ def test_a_healthy_trial_is_never_taken_for_hung(toy: Any) -> None:
 
 def test_auto_on_a_node_without_a_gpu_driver_trains_on_the_cpu(toy: Any) -> None:
     """SLURM named a GPU (the dev cluster's fake ones; a node configured with GPUs it has not)
-    but no driver is there: auto is the CPU, not a cuda device every trial would fail on."""
+    but no driver is there: auto is the CPU, not a cuda device every trial would fail on;
+    the trial still names the GPU its task holds, and the worker log says why."""
     cwd, env = toy("records_device", MAX_TRIALS="1", CUDA_VISIBLE_DEVICES="0", HPO_DEVICE="auto")
     assert run_hpo(["worker"], cwd, env).returncode == 0
     (trial,) = load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials
-    assert (trial.state.name, trial.user_attrs["seen_device"], trial.user_attrs["gpu"]) == ("COMPLETE", "cpu", "none")
+    assert (trial.state.name, trial.user_attrs["seen_device"], trial.user_attrs["gpu"]) == ("COMPLETE", "cpu", "0")
+    assert "CUDA_VISIBLE_DEVICES='0' names GPU 0, but this node has no GPU driver: training on the CPU" in first_log(cwd)
 
 
 def test_a_worker_that_sees_several_gpus_keeps_only_its_own(toy: Any) -> None:

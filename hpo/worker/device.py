@@ -9,7 +9,8 @@ several visible to each task (no GPU binding), the one of the task's local rank
 training on GPU 0; that is logged as a warning, since it is a guess about the launch.
 ``auto`` also wants a GPU driver on the node (else: the CPU, whatever
 ``CUDA_VISIBLE_DEVICES`` names: a scheduler's GPUs on a node without them, the dev
-cluster's fake ones); ``cuda`` trusts what it was given.
+cluster's fake ones; the GPU the task holds is still recorded, with a warning);
+``cuda`` trusts what it was given.
 A device the worker cannot have (``cuda`` without a GPU, ``cuda:N`` past the last
 visible one) is refused before anything is written (exit 2), not failed ten trials in a
 row with "invalid device ordinal".
@@ -74,9 +75,17 @@ def resolve_device(requested: str, visible_gpus: str | None, local_rank: str | N
     ``visible_gpus`` (``CUDA_VISIBLE_DEVICES``; None: unset); see the module docstring.
     ``cuda`` trusts ``CUDA_VISIBLE_DEVICES``; ``auto`` also wants a GPU driver on the node.
     Raises :class:`UsageError` for a GPU the worker was not given."""
-    if requested == "cpu" or (requested == "auto" and (
-            (visible_gpus is not None and not visible_gpus.strip()) or not driver())):
-        return Device("cpu", "none")  # asked, the launcher hid every GPU, or no driver: no torch import to know
+    if requested == "cpu" or (requested == "auto" and visible_gpus is not None and not visible_gpus.strip()):
+        return Device("cpu", "none")  # asked, or the launcher hid every GPU: no torch import to know
+    if requested == "auto" and not driver():
+        named = given_gpus(visible_gpus, lambda: 0)
+        if not named:
+            return Device("cpu", "none")
+        # The scheduler gave this task a GPU the node cannot drive: train on the CPU, and keep
+        # the GPU it holds in the trials' record (the dev cluster's fake GPUs).
+        held = named[int(local_rank or 0) % len(named)] if len(named) > 1 else named[0]
+        return Device("cpu", held, f"CUDA_VISIBLE_DEVICES={visible_gpus!r} names GPU {held}, but this node has no "
+                                   "GPU driver: training on the CPU")
     gpus = given_gpus(visible_gpus, count)
     given = f"CUDA_VISIBLE_DEVICES={visible_gpus!r}" if visible_gpus is not None else "CUDA_VISIBLE_DEVICES unset"
     if not gpus:
