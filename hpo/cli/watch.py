@@ -44,6 +44,8 @@ def status_cmd(watch: bool, interval: float, as_json: bool, no_slurm: bool, **fl
 
     render = status.render_snapshot  # a study's screen, or a sweep's: one per study and the combined table
     if as_json:
+        from hpo.system.files import strict_json
+
         return _repeat(lambda: click.echo(strict_json(snapshot())), watch, interval)
     from rich.console import Console
 
@@ -136,13 +138,6 @@ def _print_lines(lines: list["Line"], width: int, prefix: bool) -> None:
 
 # -- best ----------------------------------------------------------------------------------
 
-def strict_json(value: Any, indent: int | None = None) -> str:
-    """JSON any parser reads: NaN and infinities printed as null (``json_safe``)."""
-    from hpo.system.files import json_safe
-
-    return json.dumps(json_safe(value), indent=indent, default=str, allow_nan=False)
-
-
 @click.command("best")
 @settings_options
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
@@ -150,6 +145,7 @@ def best_cmd(fmt: str, **flags: Any) -> int:
     """The best trial's parameters (or the Pareto set and its knee), and the env lines of its budgets."""
     import yaml
 
+    from hpo.system.files import strict_json
     from hpo.watch.export import best_report
     from hpo.watch.status import open_view
 

@@ -225,10 +225,14 @@ def journal_studies(journal_dir: Path) -> list[str]:
     return sorted(p.name[: -len(".journal")] for p in journal_dir.glob("*.journal"))
 
 
-def no_such_study(study_name: str, journal_dir: Path) -> UsageError:
-    """The refusal of a command that reads a study whose journal is not there."""
-    return UsageError(f"STUDY_NAME={study_name!r}: no such study in {journal_dir}; "
-                      f"existing: {', '.join(journal_studies(journal_dir)) or 'none'}")
+def no_such_study(study_name: str, where: Path | str, existing: Iterable[str] | None = None,
+                  asked_by: str = "STUDY_NAME={!r}") -> UsageError:
+    """The one refusal of a command that names a study its storage does not hold (exit 2):
+    the name as it was given (``asked_by``: ``STUDY_NAME=…`` or a flag), where it was looked
+    for, and the studies there (``existing``; None: those of the journals in the folder
+    ``where``, when the study's own journal is not even there)."""
+    names = journal_studies(Path(where)) if existing is None else list(existing)
+    return UsageError(f"{asked_by.format(study_name)}: no such study in {where}; existing: {', '.join(names) or 'none'}")
 
 
 def read_complete(path: Path, study_name: str) -> tuple[bytearray, bool]:

@@ -42,7 +42,7 @@ from typing import Any, Collection, Iterable, Iterator, Protocol, Sequence
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
-from hpo.errors import StorageError, UsageError
+from hpo.errors import StorageError
 from hpo.journal.format import (
     CREATE_STUDY,
     CREATE_TRIAL,
@@ -62,6 +62,7 @@ from hpo.journal.format import (
     Op,
     field_key,
     line_head,
+    no_such_study,
     op_alternation,
     parse_lines,
     read_complete,
@@ -549,8 +550,7 @@ class StudyJournal:
             raise StorageError(f"{path}: malformed journal operation ({exc!r}); run `hpo doctor`") from None
         study = next((s for s in replay.studies.values() if s.name == study_name), None)
         if study is None:
-            names = ", ".join(repr(s.name) for s in replay.studies.values()) or "none"
-            raise UsageError(f"STUDY_NAME={study_name!r}: no such study in {path}; existing: {names}")
+            raise no_such_study(study_name, path, [s.name for s in replay.studies.values()])
         trials = [replay.trials[tid] for tid in replay.study_trials[study.study_id]]
         return cls(path, study, trials, len(text) - 1, fast is not None, replay, source)
 

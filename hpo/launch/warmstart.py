@@ -23,7 +23,7 @@ from hpo.config.settings import Settings
 from hpo.config.space import Param, check_param_set
 from hpo.config.study import StudyConfig, cells, load_config, parse_config, single_study_text
 from hpo.errors import UsageError
-from hpo.journal.format import journal_studies
+from hpo.journal.format import journal_studies, no_such_study
 from hpo.journal.reader import StudyJournal
 from hpo.study.provenance import stored_config_path
 from hpo.study.shared import open_study
@@ -146,7 +146,7 @@ def other_study(settings: Settings, name: str) -> StudyJournal:
         names = [s.study_name for s in open_storage(other.spec).get_all_studies()]
     if name not in names:
         where = settings.storage_label if settings.storage else settings.journal_dir
-        raise UsageError(f"--from-study {name!r}: no such study in {where}; existing: {', '.join(names) or 'none'}")
+        raise no_such_study(name, where, names, asked_by="--from-study {!r}")
     return open_view(other).decode()
 
 

@@ -34,7 +34,7 @@ from hpo._optuna import (
     synced_replay,
     trial_id,
 )
-from hpo.errors import StudyMismatch, UsageError
+from hpo.errors import StudyMismatch
 from hpo.journal.format import no_such_study
 from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.storage import open_storage
@@ -346,8 +346,7 @@ def open_study(
     storage = open_storage(spec, should_stop)
     names = [s.study_name for s in storage.get_all_studies()]
     if spec.study_name not in names and not create:
-        raise UsageError(f"STUDY_NAME={spec.study_name!r}: no such study in {spec.storage_label}; "
-                         f"existing: {', '.join(names) or 'none'}")
+        raise no_such_study(spec.study_name, spec.storage_label, names)
     study = optuna.create_study(
         study_name=spec.study_name,
         storage=storage,

@@ -94,8 +94,13 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def strict_json(value: Any, indent: int | None = None, sort_keys: bool = False) -> str:
+    """JSON any parser reads: NaN and infinities printed as null (:func:`json_safe`)."""
+    return json.dumps(json_safe(value), indent=indent, sort_keys=sort_keys, default=str, allow_nan=False)
+
+
 def _dumps(payload: Any) -> bytes:
-    return (json.dumps(json_safe(payload), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n").encode()
+    return (strict_json(payload, indent=2, sort_keys=True) + "\n").encode()
 
 
 def write_json_atomic(path: Path, payload: Any, durable: bool = True) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 from hpo.config.settings import BUDGET_COUNTS
+from hpo.journal.format import no_such_study
 from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
 from hpo.study.shared import BUDGET_ATTR, BUDGET_COUNTS_ATTR
 from hpo.system.files import json_safe
@@ -193,7 +194,6 @@ def open_view(settings: "Settings") -> StudyJournal:
     import optuna
 
     from hpo._optuna import stale_trial_ids, study_id
-    from hpo.errors import UsageError
     from hpo.study.storage import open_storage
 
     with warnings.catch_warnings():  # Optuna flags RDB heartbeats as experimental on every open
@@ -202,9 +202,8 @@ def open_view(settings: "Settings") -> StudyJournal:
     try:
         study = optuna.load_study(study_name=settings.study_name, storage=storage)
     except KeyError:
-        names = [s.study_name for s in storage.get_all_studies()]
-        raise UsageError(f"STUDY_NAME={settings.study_name!r}: no such study in {settings.storage_label}; "
-                         f"existing: {', '.join(map(repr, names)) or 'none'}") from None
+        raise no_such_study(settings.study_name, settings.storage_label,
+                            [s.study_name for s in storage.get_all_studies()]) from None
     stale = frozenset(stale_trial_ids(storage, study_id(study)) or ())
     return StudyJournal.from_study(study, settings.storage_label, stale)
 

@@ -77,16 +77,8 @@ def resolve_device(requested: str, visible_gpus: str | None, local_rank: str | N
     Raises :class:`UsageError` for a GPU the worker was not given."""
     if requested == "cpu" or (requested == "auto" and visible_gpus is not None and not visible_gpus.strip()):
         return Device("cpu", "none")  # asked, or the launcher hid every GPU: no torch import to know
-    if requested == "auto" and not driver():
-        named = given_gpus(visible_gpus, lambda: 0)
-        if not named:
-            return Device("cpu", "none")
-        # The scheduler gave this task a GPU the node cannot drive: train on the CPU, and keep
-        # the GPU it holds in the trials' record (the dev cluster's fake GPUs).
-        held = named[int(local_rank or 0) % len(named)] if len(named) > 1 else named[0]
-        return Device("cpu", held, f"CUDA_VISIBLE_DEVICES={visible_gpus!r} names GPU {held}, but this node has no "
-                                   "GPU driver: training on the CPU")
-    gpus = given_gpus(visible_gpus, count)
+    no_driver = requested == "auto" and not driver()
+    gpus = given_gpus(visible_gpus, (lambda: 0) if no_driver else count)
     given = f"CUDA_VISIBLE_DEVICES={visible_gpus!r}" if visible_gpus is not None else "CUDA_VISIBLE_DEVICES unset"
     if not gpus:
         if requested == "auto":
@@ -105,6 +97,11 @@ def resolve_device(requested: str, visible_gpus: str | None, local_rank: str | N
         if index >= len(gpus):
             raise UsageError(f"HPO_DEVICE={requested!r}: this worker sees {len(gpus)} GPU(s) ({given}); valid here: "
                              f"auto, cpu, cuda, " + (f"cuda:0 to cuda:{len(gpus) - 1}" if len(gpus) > 1 else "cuda:0"))
+    if no_driver:
+        # The scheduler gave this task a GPU the node cannot drive: train on the CPU, and keep
+        # the GPU it holds in the trials' record (the dev cluster's fake GPUs).
+        return Device("cpu", gpus[index], f"CUDA_VISIBLE_DEVICES={visible_gpus!r} names GPU {gpus[index]}, but this "
+                                          "node has no GPU driver: training on the CPU")
     return Device(f"cuda:{index}", gpus[index], warning)
 
 
