@@ -39,7 +39,7 @@ from hpo.worker.device import given_gpus, gpu_driver, resolve_device
 
 _logger = logging.getLogger(__name__)
 
-FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)  # SIGINT comes as KeyboardInterrupt
+FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)  # passed on as they are (SIGINT and SIGHUP: see run_local)
 
 
 def visible_gpus(settings: Settings, env: Mapping[str, str]) -> list[str]:
