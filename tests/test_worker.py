@@ -623,6 +623,9 @@ def test_local_workers_share_gpus_as_asked(gpus: list[str], workers: int | None,
 
     got, warning = plan_gpus(gpus, workers, per_gpu)
     assert got == plan and (warning is not None) == warned
+    if warned:
+        assert warning == ("3 workers on 2 GPU(s): up to 2 share one; --workers-per-gpu 2 says that is meant (and "
+                           "--workers 2 keeps one to a GPU)")
 
 
 def test_more_workers_than_the_gpus_can_take_is_refused_writing_nothing(toy: Any) -> None:

@@ -72,7 +72,7 @@ def plan_gpus(gpus: Sequence[str], workers: int | None, per_gpu: int | None) -> 
     plan = [gpus[rank % given] for rank in range(n)]
     warning = None if n <= given else (
         f"{n} workers on {given} GPU(s): up to {-(-n // given)} share one; --workers-per-gpu {-(-n // given)} "
-        "says that is meant (and --workers-per-gpu 1 with --workers {given} keeps one to a GPU)")
+        f"says that is meant (and --workers {given} keeps one to a GPU)")
     return plan, warning
 
 
