@@ -96,7 +96,7 @@ def run_trial(settings: Settings, epochs: tuple[int, int, int], device: str) -> 
 def print_header() -> None:
     sps = " ".join(f"{s + ' samp/s':>11}" for s in STAGES)
     shares = " ".join(f"{p:>6}" for p in PHASES)
-    print(f"{'config':<8} {'device':<6} {'epochs':<9} {'trial':>5} {'wall s':>8} {'value':>7} {sps}   share %: {shares}")
+    print(f"{'config':<22} {'device':<6} {'epochs':<9} {'trial':>5} {'wall s':>8} {'value':>7} {sps}   share %: {shares}")
 
 
 def print_row(name: str, device: str, epochs: tuple[int, int, int], trial: int, value: float, wall: float,
@@ -105,7 +105,7 @@ def print_row(name: str, device: str, epochs: tuple[int, int, int], trial: int, 
     total = timings["total"]
     shares = " ".join(f"{100 * timings[p] / total:>6.1f}" for p in PHASES)
     label = ",".join(map(str, epochs))
-    print(f"{name:<8} {device:<6} {label:<9} {trial:>5} {wall:>8.2f} {value:>7.4f} {sps}             {shares}")
+    print(f"{name:<22} {device:<6} {label:<9} {trial:>5} {wall:>8.2f} {value:>7.4f} {sps}             {shares}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=parse_epochs, default=None,
                         help="A,B1,B2 epochs (default: 2,2,2 tiny; 22,12,18 default)")
     parser.add_argument("--trials", type=int, default=1, help="trials per configuration (from 2: data cached)")
+    parser.add_argument("--compile", default="off",
+                        help="STEP_COMPILE modes to compare, comma-separated (off, default, reduce-overhead)")
     args = parser.parse_args(argv)
     names = ["tiny", "default"] if args.config == "both" else [args.config]
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads")
@@ -126,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             env, default_epochs = CONFIGS[name]
             epochs = args.epochs or default_epochs
-            clear_dataset_cache()  # trial 1 pays for data generation, as a fresh worker does
-            for trial in range(1, args.trials + 1):
-                value, wall, timings = run_trial(settings_for(env), epochs, device)
-                print_row(name, device, epochs, trial, value, wall, timings)
+            for mode in args.compile.split(","):
+                clear_dataset_cache()  # trial 1 pays for data generation, as a fresh worker does
+                for trial in range(1, args.trials + 1):
+                    value, wall, timings = run_trial(settings_for({**env, "STEP_COMPILE": mode}), epochs, device)
+                    label = name if mode == "off" else f"{name}+{mode}"
+                    print_row(label, device, epochs, trial, value, wall, timings)
     return 0
 
 

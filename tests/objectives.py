@@ -148,4 +148,5 @@ def records_device(params: dict[str, Any], ctx: TrialContext) -> float:
     """What the trial was given: its device and the GPUs its process sees (fake ids here)."""
     ctx.set_user_attr("seen_device", ctx.device)
     ctx.set_user_attr("seen_visible", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    ctx.set_user_attr("seen_mps_pipe", os.environ.get("CUDA_MPS_PIPE_DIRECTORY"))
     return float(params["x"])

@@ -113,7 +113,7 @@ def test_sigstop_and_sigcont_a_whole_node() -> None:
 
 @pytest.mark.parametrize("lock", ["file", "fcntl"])
 def test_sbatch_three_nodes_one_study(shared_project: Path, lock: str) -> None:
-    """``sbatch -N 3 --ntasks-per-node=1``: one worker per node, one study, three hosts, its
+    """``sbatch -N 3 --ntasks=3``: one worker per node, one study, three hosts, its
     reports written in groups (every 0.3 s); on the lock file, and on the record lock after
     ``srun --nodes 2 --ntasks 2 hpo doctor --prove-lock`` proved it across two nodes."""
     nodes = require_multinode(3)
@@ -127,7 +127,7 @@ def test_sbatch_three_nodes_one_study(shared_project: Path, lock: str) -> None:
         assert re.search(r"record locks are honoured in \S+ \(fuse.glusterfs, 2 client\(s\): n\d, n\d\)",
                          proof.stdout), proof.stdout
     # --ntasks=3 too: the script's own '#SBATCH --ntasks=4' would conflict with -N 3 x 1 per node
-    job = _sbatch(shared_project, ["-N", "3", "--ntasks-per-node=1", "--ntasks=3"], env)
+    job = _sbatch(shared_project, ["-N", "3", "--ntasks=3"], env)
     wait_until(lambda: _squeue_empty(job), 300, f"job {job} still queued")
     log = (shared_project / "logs" / f"hpo-optuna_{job}.log").read_text()
     study = load_study(journal, STUDY)
@@ -160,7 +160,7 @@ def test_node_loss_mid_trial(shared_project: Path, node_restorer: None) -> None:
     heartbeat, stale, max_trials = 1, 6, 16
     env = _study_env(shared_project, MAX_TRIALS=str(max_trials), TOY_STEP_SECONDS="0.5",
                      HPO_HEARTBEAT_SECONDS=str(heartbeat), HPO_STALE_SECONDS=str(stale), HPO_MAX_RETRIES="2")
-    job = _sbatch(shared_project, ["-N", "3", "--ntasks-per-node=1", "--ntasks=3", "--no-kill"], env)
+    job = _sbatch(shared_project, ["-N", "3", "--ntasks=3", "--no-kill"], env)
     try:
         def victim_running() -> list[optuna.trial.FrozenTrial]:
             study = _study(shared_project)
@@ -235,7 +235,7 @@ def test_stall_past_stale_then_resume(shared_project: Path, what: str) -> None:
     # the stopped worker then holds unwritten reports, which the reap must fence off.
     env = _study_env(shared_project, MAX_TRIALS=str(max_trials), TOY_STEP_SECONDS="1.0",
                      HPO_HEARTBEAT_SECONDS=str(heartbeat), HPO_STALE_SECONDS=str(stale), HPO_FLUSH_SECONDS="1")
-    job = _sbatch(shared_project, ["-N", "3", "--ntasks-per-node=1", "--ntasks=3"], env)
+    job = _sbatch(shared_project, ["-N", "3", "--ntasks=3"], env)
     journal = shared_project / "journal" / f"{STUDY}.journal"
     try:
         def victim_running() -> list[optuna.trial.FrozenTrial]:
@@ -288,7 +288,7 @@ def test_filesystem_pause(shared_project: Path) -> None:
     require_multinode(3)
     max_trials = 30
     env = _study_env(shared_project, MAX_TRIALS=str(max_trials), TOY_STEP_SECONDS="0.3", HPO_HEARTBEAT_SECONDS="2")
-    job = _sbatch(shared_project, ["-N", "3", "--ntasks-per-node=1", "--ntasks=3"], env)
+    job = _sbatch(shared_project, ["-N", "3", "--ntasks=3"], env)
     try:
         wait_until(lambda: (s := _study(shared_project)) and trial_counts(s)["finished"] >= 5, 120,
                    "the study never started", poll=0.2)

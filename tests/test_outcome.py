@@ -22,6 +22,8 @@ from hpo.worker.stop import Stop
 
 COMPLETE, PRUNED, FAIL = TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL
 OOM = "CUDA/CPU out of memory"
+NEIGHBOURS = ("CUDA out of memory that other processes on the GPU caused: the trial would have fit on the card "
+              "alone (:func:`oom_blame`; retried once: not a retry of such an OOM)")
 GPU = ("a CUDA error that poisons the context (illegal address, launch failure, ECC: the GPU fails a tiny "
        "operation after it)")
 TAKEN = "``TrialTaken`` or Optuna's ``UpdateFinishedTrialError``: another worker (the reaper) already finished it"
@@ -63,6 +65,11 @@ CASES: list[tuple[str, Callable[[], Outcome], Outcome]] = [
      Outcome(FAIL, reason="out of memory", free_memory=True)),
     (OOM, _raised(RuntimeError("CUDA error: out of memory")), Outcome(FAIL, reason="out of memory", free_memory=True)),
     (OOM, _raised(MemoryError()), Outcome(FAIL, reason="out of memory", free_memory=True)),
+    (NEIGHBOURS, _raised(torch.cuda.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.50 GiB "
+        "is free. Including non-PyTorch memory, this process has 17.60 GiB memory in use.")),
+     Outcome(FAIL, reason="out of memory: other processes held 60.1 of the GPU's 79.2 GiB", retry=True,
+             free_memory=True)),
     (GPU, _raised(RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be "
                                "asynchronously reported")),
      Outcome(FAIL, reason="GPU error: CUDA error: an illegal memory access was encountered", retry=True,
@@ -116,7 +123,7 @@ def test_policy_table(row: str, ended: Callable[[], Outcome], expected: Outcome,
     assert ended() == expected
     # Out of memory asks the runner to give memory back, once the trial's frames are gone
     # (test_worker_loop); the table itself frees nothing, inside the except block.
-    assert (expected.free_memory, freed) == (row == OOM, [])
+    assert (expected.free_memory, freed) == (row in (OOM, NEIGHBOURS), [])
 
 
 def test_a_cuda_error_on_a_gpu_that_still_works_is_the_trial_s_own(monkeypatch: pytest.MonkeyPatch) -> None:

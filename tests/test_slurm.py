@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, clean_env, load_study, missing, run_hpo
+from conftest import REPO, TOY_CONFIG, clean_env, load_study, missing, run_hpo
 
 TINY = {"N_TRAIN": "256", "N_VAL": "64", "N_POINTS": "64", "BATCH_SIZE": "64",
         "STAGEA_EPOCHS": "1", "STAGEB1_EPOCHS": "2", "STAGEB2_EPOCHS": "1", "OMP_NUM_THREADS": "1"}
@@ -285,3 +285,105 @@ def test_hpo_cancel_cancels_the_study_jobs(slurm: None, project: Path) -> None:
     again = run_hpo(["cancel"], project, env)  # every job gone: squeue -j would fail here
     assert again.returncode == 0, again.stderr
     assert "cancelled 0 job(s)" in again.stdout
+
+
+# Stands in for NVIDIA's MPS control (no GPU here): records each start and quit, and where.
+FAKE_MPS_CONTROL = """#!/bin/sh
+if [ "$1" = -d ]; then echo "start $(hostname) $CUDA_MPS_PIPE_DIRECTORY" >> "$MPS_EVENTS"; exit 0; fi
+read -r command; echo "$command $(hostname)" >> "$MPS_EVENTS"
+"""
+
+
+@pytest.mark.slurm
+@pytest.mark.cluster
+def test_ntasks_per_gpu_puts_k_workers_on_each_gpu_under_mps(slurm: None, project: Path) -> None:
+    """``HPO_MPS=1 sbatch --ntasks=4 --ntasks-per-gpu=2``: four workers, two on each of two
+    GPUs, each with its own CPU, knowing it shares its GPU with one more (so only a third is
+    warned about); MPS started on every node before the workers and stopped after them."""
+    (project / "toy.yaml").write_text(TOY_CONFIG.format(objective="records_device"))
+    (project / "bin").mkdir()
+    (project / "bin" / "nvidia-cuda-mps-control").write_text(FAKE_MPS_CONTROL)
+    (project / "bin" / "nvidia-cuda-mps-control").chmod(0o755)
+    events = project / "mps.events"
+    env = clean_env(HPO_CONFIG=str(project / "toy.yaml"), MAX_TRIALS="8", OPTUNA_PRUNER="none", HPO_MPS="1",
+                    MPS_EVENTS=str(events), HPO_PYTHON=sys.executable,
+                    PATH=f"{project / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    job = sbatch(project, "slurm/bash_optuna.sh", ["--ntasks=4", "--ntasks-per-gpu=2", *SMALL_TASKS], env)
+    log = (project / "logs" / f"hpo-optuna_{job}.log").read_text()
+    assert sacct_states(job)[job].startswith("COMPLETED"), log
+    assert "4 task(s), 2 to a GPU" in log
+    trials = load_study(project / "optuna_journal" / "toy.journal", "toy").trials
+    assert len(trials) == 8 and {t.state.name for t in trials} == {"COMPLETE"}
+    for t in trials:
+        assert t.user_attrs["gpu_sharers"] == 2  # its launch put two workers on its GPU (SLURM_NTASKS_PER_GPU)
+        assert t.user_attrs["seen_mps_pipe"] == f"/tmp/hpo-mps-{job}/pipe"
+    # Each worker's start line: the GPU it was given (two workers on each GPU).
+    started = [re.search(r" started: .* gpu=(\S+) ", line) for p in (project / "optuna_logs").glob("worker_*.log")
+               for line in p.read_text().splitlines() if " started: study=" in line]
+    logs = {p.name: p.read_text().count(" started: study=") for p in (project / "optuna_logs").glob("worker_*.log")}
+    assert len(logs) == 4 and all(m is not None for m in started), logs
+    assert sorted(Counter(m.group(1) for m in started if m).values()) == [2, 2], started
+    lines = events.read_text().splitlines()
+    nodes = {line.split()[1] for line in lines if line.startswith("start ")}
+    assert sorted(line for line in lines if line.startswith("quit ")) == sorted(f"quit {n}" for n in nodes), lines
+    assert all(line.endswith(f"/tmp/hpo-mps-{job}/pipe") for line in lines if line.startswith("start ")), lines
+    assert "CUDA MPS stopped" in log and not (Path(f"/tmp/hpo-mps-{job}")).exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.cluster
+def test_hpo_submit_mps_runs_each_job_s_workers_under_mps(slurm: None, project: Path) -> None:
+    """``hpo submit --workers 4 --workers-per-gpu 2 --mps``: two jobs of two workers; each job
+    starts its MPS daemon before its srun (submitit's setup lines) and tells it to quit when
+    its script ends; the workers see the job's MPS pipe."""
+    (project / "toy.yaml").write_text(TOY_CONFIG.format(objective="records_device"))
+    (project / "bin").mkdir()
+    (project / "bin" / "nvidia-cuda-mps-control").write_text(FAKE_MPS_CONTROL)
+    (project / "bin" / "nvidia-cuda-mps-control").chmod(0o755)
+    events = project / "mps.events"
+    env = clean_env(HPO_CONFIG=str(project / "toy.yaml"), MAX_TRIALS="8", OPTUNA_PRUNER="none",
+                    MPS_EVENTS=str(events), PATH=f"{project / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    result = run_hpo(["submit", "--workers", "4", "--workers-per-gpu", "2", "--mps", "--cpus-per-worker", "1",
+                      "--mem", "500M", "--time", "10", "--wait"], project, env, timeout=420)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = load_study(project / "optuna_journal" / "toy.journal", "toy").trials
+    assert len(trials) == 8 and {t.state.name for t in trials} == {"COMPLETE"}
+    jobs = {t.user_attrs["slurm_array_job_id"] + "_" + t.user_attrs["slurm_array_task_id"] for t in trials}
+    pipes = {t.user_attrs["seen_mps_pipe"] for t in trials}
+    assert all(re.fullmatch(r"/tmp/hpo-mps-\d+/pipe", p or "") for p in pipes) and len(pipes) <= 2, pipes
+    lines = events.read_text().splitlines()
+    assert len([x for x in lines if x.startswith("start ")]) == 2 == len([x for x in lines if x.startswith("quit ")]), \
+        (lines, jobs)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--mps", "--gpus-per-worker", "0"], "--mps with --gpus-per-worker 0: CUDA MPS shares a GPU, and these workers "
+                                          "have none; valid: --gpus-per-worker 1, or leave --mps out"),
+    (["--mps", "--local"], "--mps with --local: MPS is started by each SLURM job's script, which --local has not; "
+                           "valid: leave --mps out here (start nvidia-cuda-mps-control -d yourself), or submit to "
+                           "SLURM"),
+])
+def test_hpo_submit_mps_where_it_cannot_run_is_refused(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "toy.yaml").write_text(TOY_CONFIG.format(objective="quadratic"))
+    result = run_hpo(["submit", "--workers", "2", *args], tmp_path, clean_env(HPO_CONFIG=str(tmp_path / "toy.yaml")))
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == f"hpo: error: {message}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.yaml"]
+
+
+def test_the_mps_setup_lines_start_the_daemon_and_stop_it_when_the_script_ends(tmp_path: Path) -> None:
+    """What --mps adds to submitit's sbatch script, run by bash as the job would (SLURM_JOB_ID
+    set, a stand-in control program): started once, and quit when the script exits."""
+    from hpo.launch.submit import MPS_SETUP
+
+    (tmp_path / "nvidia-cuda-mps-control").write_text(FAKE_MPS_CONTROL)
+    (tmp_path / "nvidia-cuda-mps-control").chmod(0o755)
+    events = tmp_path / "events"
+    script = "\n".join([*MPS_SETUP, 'echo "worker sees $CUDA_MPS_PIPE_DIRECTORY" >> "$MPS_EVENTS"'])
+    done = subprocess.run(["bash", "-c", script], env={**os.environ, "SLURM_JOB_ID": "77", "MPS_EVENTS": str(events),
+                                                       "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"},
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    host = os.uname().nodename
+    assert events.read_text().splitlines() == [f"start {host} /tmp/hpo-mps-77/pipe",
+                                               "worker sees /tmp/hpo-mps-77/pipe", f"quit {host}"]
+    assert not Path("/tmp/hpo-mps-77").exists()

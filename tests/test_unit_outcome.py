@@ -147,3 +147,43 @@ def test_other_failures_free_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _fake_torch(monkeypatch, True)
     outcome.from_exception(ValueError("x"), last_step=None)
     assert calls == []
+
+
+# -- out of memory caused by the GPU's other processes -----------------------------------------
+# torch 2.x's message, as workers sharing an 80 GB card see it (sizes of the device check's H100).
+CROWDED = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+           "1.50 GiB is free. Process 4242 has 60.00 GiB memory in use. Including non-PyTorch memory, this "
+           "process has 17.60 GiB memory in use. Of the allocated memory 16.90 GiB is allocated by PyTorch, and "
+           "120.00 MiB is reserved by PyTorch but unallocated.")
+ALONE = ("CUDA out of memory. Tried to allocate 4.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which "
+         "1.20 GiB is free. Including non-PyTorch memory, this process has 77.98 GiB memory in use. Of the "
+         "allocated memory 77.00 GiB is allocated by PyTorch.")
+
+
+def test_oom_blame_reads_the_card_from_torch_s_message() -> None:
+    facts = outcome.oom_blame(CROWDED)
+    assert facts is not None
+    assert (facts.request, facts.free, facts.own) == (2 * 2**30, round(1.5 * 2**30), round(17.6 * 2**30))
+    assert round(facts.others / 2**30, 2) == 60.09 and facts.neighbours_to_blame
+    alone = outcome.oom_blame(ALONE)
+    assert alone is not None and not alone.neighbours_to_blame  # 78 + 4 GiB never fit on 79
+
+
+@pytest.mark.parametrize("message", ["CUDA out of memory. Tried to allocate 2.00 GiB", "out of memory", ""])
+def test_oom_blame_without_the_card_s_figures_blames_no_one(message: str) -> None:
+    assert outcome.oom_blame(message) is None
+
+
+def test_an_oom_the_neighbours_caused_is_retried_once() -> None:
+    first = outcome.from_exception(OutOfMemoryError(CROWDED), last_step=3)
+    assert first == Outcome(TrialState.FAIL, reason="out of memory: other processes held 60.1 of the GPU's 79.2 GiB",
+                            retry=True, free_memory=True)
+    again = outcome.from_exception(OutOfMemoryError(CROWDED), last_step=3, retry_reason=first.reason)
+    assert (again.state, again.reason, again.retry) == (TrialState.FAIL, first.reason, False)
+    # A trial retried for another cause (preempted) still gets its one out-of-memory retry.
+    assert outcome.from_exception(OutOfMemoryError(CROWDED), last_step=3, retry_reason="preempted").retry
+
+
+def test_an_oom_of_the_trial_s_own_making_is_not_retried() -> None:
+    assert outcome.from_exception(OutOfMemoryError(ALONE), last_step=3) == \
+        Outcome(TrialState.FAIL, reason="out of memory", free_memory=True)

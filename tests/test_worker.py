@@ -653,6 +653,7 @@ def test_two_workers_share_each_gpu_when_asked(toy: Any) -> None:
     assert worker_gpus_and_seeds(cwd) == (Counter({"7": 2, "9": 2}), 4)  # each worker's own line
     for t in load_study(cwd / "optuna_journal" / "toy.journal", "toy").trials:
         assert t.user_attrs["seen_visible"] == t.user_attrs["gpu"] and t.user_attrs["gpu"] in ("7", "9")
+        assert t.user_attrs["gpu_sharers"] == 2  # so a third process on its card is warned about
     local = cwd / "submitted"
     local.mkdir()
     result = run_hpo(["submit", "--local", "--workers", "4", "--workers-per-gpu", "2", "--wait"], local,
@@ -661,7 +662,52 @@ def test_two_workers_share_each_gpu_when_asked(toy: Any) -> None:
     assert "submitted 4 worker(s) in 2 job(s), 2 to a GPU to study 'toy'" in result.stdout
     trials = load_study(local / "optuna_journal" / "toy.journal", "toy").trials
     assert len(trials) == 8 and {t.user_attrs["gpu"] for t in trials} <= {"7", "9"}
+    assert {t.user_attrs["gpu_sharers"] for t in trials} == {2}
     assert worker_gpus_and_seeds(local) == (Counter({"7": 2, "9": 2}), 4)  # a sampler seed each
+
+
+# nvidia-smi --query-compute-apps=pid,process_name,gpu_uuid,used_memory --format=csv,noheader,nounits
+APPS = """4100, /usr/bin/python3, GPU-aaaa, 2210
+4200, python, GPU-aaaa, 1980
+4300, nvidia-cuda-mps-server, GPU-aaaa, 30
+4400, python, GPU-bbbb, 5000
+"""
+
+
+@pytest.mark.parametrize(("expected", "warned"), [(1, True), (2, False), (3, False)])
+def test_processes_stacked_on_a_worker_s_gpu_unasked_are_named(expected: int, warned: bool) -> None:
+    from hpo.worker.device import sharing_warning
+
+    warning = sharing_warning(APPS, "GPU-aaaa", "77_0", 4100, expected)
+    if not warned:
+        assert warning is None
+        return
+    assert warning == ("GPU GPU-aaaa is shared: this worker (77_0, pid 4100) and pid 4200 (python, 1980 MiB); its "
+                       "launch asked for its own GPU. Check the other launches on this node (squeue -w, hpo status), "
+                       "or ask for sharing (sbatch --ntasks-per-gpu, hpo run/submit --workers-per-gpu)")
+
+
+def test_the_sharing_check_reads_the_node_s_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the worker runs once after its first CUDA trial: nvidia-smi's list of the card's
+    processes (a stand-in script here, no GPU); without nvidia-smi, nothing is said."""
+    from hpo.worker.device import check_sharing
+
+    (tmp_path / "nvidia-smi").write_text(f"#!/bin/sh\necho '{os.getpid()}, python, GPU-aaaa, 900'\n"
+                                         "echo '4200, python, GPU-aaaa, 1980'\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert "this worker (w, pid " in (check_sharing("GPU-aaaa", "w", 1) or "")
+    assert check_sharing("GPU-aaaa", "w", 2) is None
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    assert check_sharing("GPU-aaaa", "w", 1) is None
+
+
+def test_sbatch_ntasks_per_gpu_tells_the_worker_how_many_share_its_gpu() -> None:
+    from hpo.config.identity import Launcher, WorkerIdentity
+
+    assert WorkerIdentity.from_env({"SLURM_NTASKS_PER_GPU": "3"}, "n1", 1).gpu_sharers == 3
+    assert WorkerIdentity.from_env({}, "n1", 1, Launcher(gpu_sharers=2)).gpu_sharers == 2
+    assert WorkerIdentity.from_env({}, "n1", 1).gpu_sharers == 1
 
 
 def worker_gpus_and_seeds(cwd: Path) -> tuple[Counter, int]:

@@ -517,6 +517,27 @@ def test_out_of_memory_is_given_back_once_the_trial_s_tensors_are_gone(
     assert alive_when_freed == [False]
 
 
+def test_an_oom_a_neighbour_caused_is_retried_once_with_the_same_parameters(
+        trial_runner: Callable[..., TrialRunner]) -> None:
+    """Another process filled the card (torch's message says how much): the parameters get one
+    more try, and a retry that meets a full card again is not retried."""
+    from tests.test_unit_outcome import CROWDED
+
+    def objective(params: dict[str, Any], ctx: TrialContext) -> float:
+        raise OutOfMemoryError(CROWDED)
+
+    runner = trial_runner(objective)
+    _, first = run_one(runner)
+    _, retry = run_one(runner)
+    _, nothing_more = run_one(runner)
+    reason = "out of memory: other processes held 60.1 of the GPU's 79.2 GiB"
+    assert (first.state, first.user_attrs["reason"]) == (TrialState.FAIL, reason)
+    assert (retry.user_attrs["retry_of"], retry.params, retry.user_attrs["reason"]) == (first.number, first.params, reason)
+    assert nothing_more.user_attrs.get("retry_of") is None  # a fresh trial: the retry was not retried
+    # Trial 1 (the retry) was not retried; trial 2, a fresh one, gets its own retry (trial 3).
+    assert [t.user_attrs.get("retry_of") for t in runner.shared.trials()] == [None, 0, None, 2]
+
+
 @pytest.mark.parametrize(("exc", "state", "reason", "folder"), [
     (ValueError("bad shape"), TrialState.FAIL, "ValueError: bad shape", True),  # its traceback is kept
     (optuna.TrialPruned(), TrialState.PRUNED, "pruned", False),

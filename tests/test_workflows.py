@@ -387,3 +387,19 @@ def test_seed_004_files_metrics_and_four_figures(tmp_path: Path) -> None:
         assert components <= set(rows[0]), table
     for figure in ("optimization_history", "param_importances", "parallel_coordinate", "slice_plot"):
         assert (out / "figures" / f"{figure}.png").is_file(), figure
+
+
+def test_a_study_that_has_its_trials_gets_its_results_whatever_stopped_the_last_worker(toy: Any) -> None:
+    """The worker ran the last trial but stopped for TRIALS_PER_WORKER, not MAX_TRIALS: the
+    results folder is written all the same (it was not, when only MAX_TRIALS exported)."""
+    cwd, env = toy(MAX_TRIALS="3", TRIALS_PER_WORKER="3", HPO_EXPORT_AT_END="1")
+    result = run_hpo(["worker"], cwd, env)
+    assert result.returncode == 0, result.stderr
+    assert "stopped: trials per worker" in result.stderr
+    results = cwd / "results" / "toy"
+    assert [p.name for p in results.glob(".exported-*")] == [".exported-3"]
+    assert (results / "all_trials.csv").is_file()
+    # Short of its trials, a stop exports nothing.
+    cwd, env = toy(MAX_TRIALS="3", TRIALS_PER_WORKER="2", HPO_EXPORT_AT_END="1", STUDY_NAME="short")
+    assert run_hpo(["worker"], cwd, env).returncode == 0
+    assert not (cwd / "results" / "short").exists()

@@ -10,6 +10,7 @@ import click
 from hpo.cli._options import Command, load, load_sweep, settings_options
 from hpo.config.environment import environment
 from hpo.config.study import Launch
+from hpo.errors import UsageError
 
 
 def config_mode_options(func: Command) -> Command:
@@ -86,6 +87,8 @@ def run_cmd(n_workers: int | None, per_gpu: int | None, **flags: Any) -> int:
               help="workers (a job array, one GPU a job)")
 @click.option("--workers-per-gpu", "per_gpu", type=click.IntRange(1, 64), default=1, show_default=True, metavar="K",
               help="K workers in each job, sharing its GPU (small models leave a GPU idle between their kernels)")
+@click.option("--mps", is_flag=True,
+              help="run each job's workers under CUDA MPS (SLURM; with --workers-per-gpu: their kernels side by side)")
 @click.option("--partition", default=None, help="SLURM partition")
 @click.option("--time", "time_minutes", type=click.IntRange(1), default=60, show_default=True,
               help="time limit of each worker, minutes")
@@ -100,7 +103,7 @@ def run_cmd(n_workers: int | None, per_gpu: int | None, **flags: Any) -> int:
 @click.option("--wait", is_flag=True, help="wait for the study with a progress bar")
 @click.option("--dry-run", is_flag=True, help="print what would be submitted; submit nothing")
 @click.option("--local", is_flag=True, help="run the workers here through submitit's local executor")
-def submit_cmd(n_workers: int, per_gpu: int, partition: str | None, time_minutes: int, gpus_per_worker: int,
+def submit_cmd(n_workers: int, per_gpu: int, mps: bool, partition: str | None, time_minutes: int, gpus_per_worker: int,
                cpus_per_worker: int, mem: str | None, account: str | None, qos: str | None,
                constraint: str | None, exclude: str | None, wait: bool, dry_run: bool, local: bool,
                **flags: Any) -> int:
@@ -110,7 +113,10 @@ def submit_cmd(n_workers: int, per_gpu: int, partition: str | None, time_minutes
     from hpo.launch.progress import follow_commands, wait_for_study
     from hpo.launch.submit import SubmitOptions, check_options, describe, job_env, job_name, submit_study
 
-    check_options(n_workers, gpus_per_worker, per_gpu)
+    check_options(n_workers, gpus_per_worker, per_gpu, mps)
+    if mps and local:
+        raise UsageError("--mps with --local: MPS is started by each SLURM job's script, which --local has not; "
+                         "valid: leave --mps out here (start nvidia-cuda-mps-control -d yourself), or submit to SLURM")
     if dry_run:
         launch = load_sweep({k: v for k, v in flags.items() if k not in ("reuse_stored", "overwrite")})
     else:
@@ -119,7 +125,7 @@ def submit_cmd(n_workers: int, per_gpu: int, partition: str | None, time_minutes
                          gpus_per_worker=gpus_per_worker, workers_per_gpu=per_gpu, cpus_per_worker=cpus_per_worker,
                          mem=mem,
                          account=account, qos=qos, constraint=constraint, exclude=exclude,
-                         job_name=job_name(launch.label))
+                         job_name=job_name(launch.label), mps=mps)
     if dry_run:
         storages = [s.storage_label for s, _ in launch.studies]
         click.echo(json.dumps({"study": launch.label, "storage": storages[0] if len(storages) == 1 else storages,

@@ -35,6 +35,7 @@ class SchedulerVars:
     visible_gpus: str | None  # CUDA_VISIBLE_DEVICES as given by the launcher (None when unset)
     step_id: str | None = None  # SLURM_STEP_ID
     local_id: str | None = None  # SLURM_LOCALID: the task's rank on its node
+    ntasks_per_gpu: int = 1  # SLURM_NTASKS_PER_GPU (sbatch --ntasks-per-gpu; 1 when unset)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "SchedulerVars":
@@ -42,7 +43,7 @@ class SchedulerVars:
                    env.get("SLURM_ARRAY_TASK_ID") or None, env.get("SLURM_PROCID") or None,
                    int(env.get("SLURM_NTASKS") or 1), (env.get("SLURM_RESTART_COUNT") or "0").strip(),
                    env.get("CUDA_VISIBLE_DEVICES"), env.get("SLURM_STEP_ID") or None,
-                   env.get("SLURM_LOCALID") or None)
+                   env.get("SLURM_LOCALID") or None, int(env.get("SLURM_NTASKS_PER_GPU") or 1))
 
     def gpus(self) -> list[str] | None:
         """The GPU ids ``CUDA_VISIBLE_DEVICES`` lists ([] when it hides them all), None when unset."""
@@ -54,11 +55,12 @@ class SchedulerVars:
 @dataclass(frozen=True)
 class Launcher:
     """The settings hpo's launchers give each worker they start (``HPO_WORKER_RANK``,
-    ``HPO_LOCAL_WORKERS``, ``HPO_LAUNCH_ID``; see :data:`hpo.config.settings.FIELDS`)."""
+    ``HPO_LOCAL_WORKERS``, ``HPO_LAUNCH_ID``, ``HPO_GPU_SHARERS``; see :data:`hpo.config.settings.FIELDS`)."""
 
     worker_rank: int | None = None
     local_workers: int = 1
     launch_id: str | None = None
+    gpu_sharers: int = 1  # workers the launch put on this worker's GPU
 
 
 def launch_key(launch_id: str | None, task: SchedulerVars, host: str, pid: int) -> str:
@@ -95,6 +97,8 @@ class WorkerIdentity:
     launch: str = ""  # launch_key(): the workers of one launch share it
     local_rank: str | None = None  # SLURM_LOCALID: picks its GPU when a launch left it several
     gpu: str = ""  # the physical GPU its trials run on, once the device is resolved (hpo.worker.device)
+    # Workers its launch meant to share its GPU (sbatch --ntasks-per-gpu, --workers-per-gpu).
+    gpu_sharers: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], host: str, pid: int, launcher: Launcher = Launcher()
@@ -107,6 +111,7 @@ class WorkerIdentity:
             slurm_job_id=task.job_id, slurm_array_job_id=task.array_job_id, slurm_array_task_id=task.array_task_id,
             slurm_procid=task.procid, visible_gpus=task.visible_gpus,
             launch=launch_key(launcher.launch_id, task, host, pid), local_rank=task.local_id,
+            gpu_sharers=max(task.ntasks_per_gpu, launcher.gpu_sharers),
         )
 
     def attrs(self) -> dict[str, Any]:
@@ -117,6 +122,8 @@ class WorkerIdentity:
             if value is not None:
                 out[key] = value
         out["gpu"] = self.gpu or (self.visible_gpus if self.visible_gpus not in (None, "") else "none")
+        if self.gpu_sharers > 1:  # its launch put more workers on that GPU: timings read differently
+            out["gpu_sharers"] = self.gpu_sharers
         return out
 
 

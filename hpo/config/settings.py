@@ -157,6 +157,9 @@ FIELDS: tuple[Field, ...] = (
           "how many workers hpo run started in this task (set by hpo run)", internal=True),
     Field("launch_id", "HPO_LAUNCH_ID", optional(text), None,
           "one id per launch, shared by its workers (set by hpo run and hpo submit)", internal=True),
+    Field("gpu_sharers", "HPO_GPU_SHARERS", int_in(1, 1_000_000), 1,
+          "how many workers their launch put on this worker's GPU (set by hpo run --workers-per-gpu and hpo "
+          "submit --workers-per-gpu): more on the card is warned about", internal=True),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 _INTERNAL = frozenset(f.name for f in FIELDS if f.internal)
@@ -199,6 +202,7 @@ class Settings:
     worker_rank: int | None
     local_workers: int
     launch_id: str | None
+    gpu_sharers: int
     config: Path
     # The objective's own settings (its module's SETTINGS), resolved like the above.
     objective: Mapping[str, Any] = field(default_factory=dict)
@@ -215,7 +219,7 @@ class Settings:
     @property
     def launcher(self) -> Launcher:
         """What this worker's launcher told it (its rank, its launch)."""
-        return Launcher(self.worker_rank, self.local_workers, self.launch_id)
+        return Launcher(self.worker_rank, self.local_workers, self.launch_id, self.gpu_sharers)
 
     @property
     def journal_path(self) -> Path:

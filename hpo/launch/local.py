@@ -78,12 +78,12 @@ def plan_gpus(gpus: Sequence[str], workers: int | None, per_gpu: int | None) -> 
 
 def worker_env(
     launch: Launch, env: Mapping[str, str], rank: int, gpu: str, launch_id: str,
-    threads: int, workers: int = 1,
+    threads: int, workers: int = 1, sharers: int = 1,
 ) -> dict[str, str]:
     """Environment of worker ``rank`` of launch ``launch_id``: the resolved settings, its GPU
     (``""``: none) and its CPU threads (pure). The seed comes from both (see
-    hpo.worker.study_run.sampler_seed)."""
-    own = launch.to_env(worker_rank=rank, launch_id=launch_id, local_workers=workers)
+    hpo.worker.study_run.sampler_seed); ``sharers``: the workers this launch puts on its GPU."""
+    own = launch.to_env(worker_rank=rank, launch_id=launch_id, local_workers=workers, gpu_sharers=sharers)
     child = {**env, **own, "PYTHONUNBUFFERED": "1"}
     # N workers each starting one thread per core would oversubscribe the CPU N-fold.
     child.setdefault("OMP_NUM_THREADS", str(threads))
@@ -121,7 +121,8 @@ def run_local(launch: Launch, plan: Sequence[str], env: Mapping[str, str], share
         for rank in range(n_workers):
             workers.procs.append(subprocess.Popen(
                 [sys.executable, "-m", "hpo", "worker", "--quiet"],
-                env=worker_env(launch, env, rank, plan[rank], launch_id, threads, n_workers),
+                env=worker_env(launch, env, rank, plan[rank], launch_id, threads, n_workers,
+                               plan.count(plan[rank]) if plan[rank] else 1),
                 start_new_session=True, preexec_fn=die_with_parent))  # signals reach them through us, once
         show_progress(studies, workers.running)
     finally:

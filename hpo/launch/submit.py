@@ -55,6 +55,7 @@ class SubmitOptions:
     job_name: str = "hpo"
     signal_delay_s: int = 120  # USR2 this long before the time limit
     max_requeues: int = 3
+    mps: bool = False  # run each job's workers under CUDA MPS (MPS_SETUP)
 
     @property
     def jobs(self) -> int:
@@ -62,8 +63,27 @@ class SubmitOptions:
         return self.workers // self.workers_per_gpu
 
 
-def check_options(workers: int, gpus_per_worker: int, workers_per_gpu: int) -> None:
+# The lines submitit puts before its srun (its ``setup``) for ``--mps``: one MPS control
+# daemon for the job's GPU, in a folder of the job's on the node, told to quit when the
+# batch script ends (the job's end kills it otherwise); a node without MPS says so.
+MPS_SETUP = [
+    "if command -v nvidia-cuda-mps-control >/dev/null; then",
+    '    export CUDA_MPS_PIPE_DIRECTORY="/tmp/hpo-mps-$SLURM_JOB_ID/pipe" '
+    'CUDA_MPS_LOG_DIRECTORY="/tmp/hpo-mps-$SLURM_JOB_ID/log"',
+    '    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" && nvidia-cuda-mps-control -d &&',
+    "        trap 'echo quit | nvidia-cuda-mps-control; rm -rf \"/tmp/hpo-mps-$SLURM_JOB_ID\"' EXIT",
+    "else",
+    '    echo "hpo submit --mps: nvidia-cuda-mps-control is not on $(hostname)\'s PATH: the workers take turns on '
+    'the GPU"',
+    "fi",
+]
+
+
+def check_options(workers: int, gpus_per_worker: int, workers_per_gpu: int, mps: bool = False) -> None:
     """What ``hpo submit``'s numbers must satisfy together (exit 2, before anything is written)."""
+    if mps and not gpus_per_worker:
+        raise UsageError("--mps with --gpus-per-worker 0: CUDA MPS shares a GPU, and these workers have none; "
+                         "valid: --gpus-per-worker 1, or leave --mps out")
     if workers_per_gpu > 1 and not gpus_per_worker:
         raise UsageError(f"--workers-per-gpu {workers_per_gpu} with --gpus-per-worker 0: there is no GPU to share; "
                          "valid: --gpus-per-worker 1, or --workers-per-gpu 1")
@@ -84,9 +104,14 @@ def executor_parameters(opts: SubmitOptions) -> dict[str, Any]:
         "signal_delay_s": opts.signal_delay_s,
         "array_parallelism": opts.jobs,
         "stderr_to_stdout": True,
+        # Since Slurm 22.05 srun no longer takes --cpus-per-task from sbatch: a cluster that
+        # binds tasks to cores would give each worker one.
+        "srun_args": [f"--cpus-per-task={opts.cpus_per_worker}"],
     }
     if opts.gpus_per_worker:
         params["gpus_per_node"] = opts.gpus_per_worker
+    if opts.mps:
+        params["setup"] = list(MPS_SETUP)
     for key in ("partition", "mem", "account", "qos", "constraint", "exclude"):
         value = getattr(opts, key)
         if value is not None:
@@ -94,13 +119,15 @@ def executor_parameters(opts: SubmitOptions) -> dict[str, Any]:
     return params
 
 
-def job_env(launch: Launch, launch_id: str, rank: int, threads: int, gpu: str | None = None) -> dict[str, str]:
+def job_env(launch: Launch, launch_id: str, rank: int, threads: int, gpu: str | None = None,
+            sharers: int = 1) -> dict[str, str]:
     """The environment worker ``rank`` of this launch adds to its job's (pure): the resolved
     settings with its rank and the launch, for the sampler seed (see
     hpo.worker.study_run.sampler_seed); ``OMP_NUM_THREADS``: one thread per CPU of the task, as
     torch would otherwise use every core of the node; ``gpu``: the one GPU of a local job
-    (``--local``; on SLURM the job's allocation gives it)."""
-    env = {**launch.to_env(worker_rank=rank, launch_id=launch_id), "OMP_NUM_THREADS": str(threads)}
+    (``--local``; on SLURM the job's allocation gives it); ``sharers``: its workers on that GPU."""
+    env = {**launch.to_env(worker_rank=rank, launch_id=launch_id, gpu_sharers=sharers),
+           "OMP_NUM_THREADS": str(threads)}
     return {**env, **gpu_env(env, gpu)} if gpu is not None else env
 
 
@@ -165,7 +192,8 @@ def submit(opts: SubmitOptions, launch: Launch, launch_id: str, cwd: Path,
     gpus = visible_gpus(launch.settings, environment()) if local and opts.gpus_per_worker else []
     with executor.batch():
         jobs = [executor.submit(WorkerJob(job_env(launch, launch_id, job, opts.cpus_per_worker,
-                                                  gpus[job % len(gpus)] if gpus else None), str(cwd),
+                                                  gpus[job % len(gpus)] if gpus else None,
+                                                  opts.workers_per_gpu), str(cwd),
                                           opts.workers_per_gpu))
                 for job in range(opts.jobs)]
     return jobs

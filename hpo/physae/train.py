@@ -150,8 +150,13 @@ class _Run:
     encoder: Encoder
     refiner: Refiner
     timings: Timings
+    step: Any  # the training step's loss: _step_loss, compiled or not (STEP_COMPILE)
     global_step: int = 0
     last_metrics: EvalMetrics | None = None  # validation after the latest epoch run here
+
+    @property
+    def step_compile(self) -> str:
+        return str(self.ctx.options.get("step_compile", "off"))
 
     @property
     def device_type(self) -> str:
@@ -243,20 +248,46 @@ def _make_optimizer(spec: StageSpec, encoder: Encoder, refiner: Refiner, device_
     return torch.optim.Adam(groups, fused=True if device_type == "cuda" else None)
 
 
+def _step_loss(
+    encoder: Encoder, refiner: Refiner, signal: torch.Tensor, target: torch.Tensor, physics: Any,
+    delta_scale: float, refine_steps: int, device_type: str, bf16: bool,
+) -> torch.Tensor:
+    """The training step's forward pass and loss: what ``STEP_COMPILE`` compiles."""
+    with _autocast(device_type, bf16):
+        pred = predict(encoder, refiner, signal, physics, delta_scale, refine_steps)
+        return loss_fn(pred, target, signal, encoder.norm.scale)
+
+
+def step_function(mode: str) -> Any:
+    """``STEP_COMPILE``: :func:`_step_loss` as is (``off``), or through ``torch.compile``.
+
+    ``reduce-overhead`` records the step (forward and backward) as a CUDA graph, so the
+    host launches it once instead of issuing ~370 small kernels; on CPU it compiles like
+    ``default``. Compiling costs tens of seconds per stage (its refinement settings are
+    constants of the graph) and changes float rounding, so it is off by default: turn it
+    on where the device check shows the gain (docs/benchmarks.md, "GPU device check").
+    ``dynamic=False``: the last, smaller batch of an epoch gets its own graph.
+    """
+    if mode == "off":
+        return _step_loss
+    return torch.compile(_step_loss, mode=mode, dynamic=False)
+
+
 def _train_epoch(run: _Run, spec: StageSpec, opt: torch.optim.Optimizer) -> float:
     """One pass over the shuffled training set; returns the mean loss (one host sync)."""
     data, n = run.data, run.data.train_signal.shape[0]
     batch = run.ctx.options["batch_size"]
     gen = torch.Generator(device="cpu").manual_seed(_epoch_seed(run.ctx.settings.train_seed, run.global_step))
     order = torch.randperm(n, generator=gen).to(data.train_signal.device)
-    scale = run.encoder.norm.scale
     total = torch.zeros((), device=data.train_signal.device)
+    graphs = run.step_compile == "reduce-overhead"
     for start in range(0, n, batch):
         idx = order[start : start + batch]
         signal, target = data.train_signal[idx], data.train_params[idx]
-        with _autocast(run.device_type, run.bf16):
-            pred = predict(run.encoder, run.refiner, signal, data.physics, spec.delta_scale, spec.refine_steps)
-            loss = loss_fn(pred, target, signal, scale)
+        if graphs:  # a new iteration: the graph's previous outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        loss = run.step(run.encoder, run.refiner, signal, target, data.physics, spec.delta_scale,
+                        spec.refine_steps, run.device_type, run.bf16)  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -472,7 +503,8 @@ def _prepare(params: dict[str, Any], ctx: TrialContext) -> tuple[_Run, tuple[Sta
         data = get_dataset(*key)
     encoder, refiner = build_models(data.train_signal, settings.train_seed, ctx.device)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    return _Run(ctx, canonical, data, encoder, refiner, timings), stage_specs(canonical)
+    step = step_function(str(o.get("step_compile", "off")))
+    return _Run(ctx, canonical, data, encoder, refiner, timings, step), stage_specs(canonical)
 
 
 def _write_result(run: _Run, specs: tuple[StageSpec, ...], final: EvalMetrics, start: _Start) -> None:

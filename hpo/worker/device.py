@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from hpo.config.environment import export
-from hpo.errors import UsageError
+from hpo.errors import SchedulerError, UsageError
+from hpo.system.slurm import run_command
 
 _logger = logging.getLogger(__name__)
 
@@ -131,3 +133,50 @@ def gpu_facts(device: str) -> dict[str, Any]:
     uuid = getattr(props, "uuid", None)
     return {**({"gpu_uuid": f"GPU-{uuid}"} if uuid is not None else {}),
             "gpu_peak_mib": round(peak / 2**20), "gpu_total_mib": round(props.total_memory / 2**20)}
+
+
+# What nvidia-smi lists of the processes computing on the node's GPUs (one CSV line each).
+COMPUTE_APPS = ["nvidia-smi", "--query-compute-apps=pid,process_name,gpu_uuid,used_memory",
+                "--format=csv,noheader,nounits"]
+
+
+def gpu_neighbours(apps_csv: str, gpu_uuid: str, own_pid: int) -> list[str]:
+    """The other processes computing on the card ``gpu_uuid``, from :data:`COMPUTE_APPS`'s
+    output, each as ``pid P (name, N MiB)`` (pure). The MPS server is left out: under MPS it
+    stands for the clients, each of which shows as itself too."""
+    found = []
+    for line in apps_csv.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 4 or fields[2] != gpu_uuid or not fields[0].isdigit() or int(fields[0]) == own_pid:
+            continue
+        pid, name, _, memory = fields
+        if "nvidia-cuda-mps-server" in name:
+            continue
+        found.append(f"pid {pid} ({name}, {memory} MiB)" if memory.isdigit() else f"pid {pid} ({name})")
+    return found
+
+
+def sharing_warning(apps_csv: str, gpu_uuid: str, own: str, own_pid: int, expected: int) -> str | None:
+    """A warning when more processes compute on this worker's GPU than its launch put there
+    (``expected``: 1, or its ``--workers-per-gpu`` / ``--ntasks-per-gpu``), naming them all
+    (pure): two launches, or a stray process, stacked on one card without asking."""
+    others = gpu_neighbours(apps_csv, gpu_uuid, own_pid)
+    if len(others) + 1 <= expected:
+        return None
+    meant = "its own GPU" if expected == 1 else f"{expected} workers to a GPU"
+    return (f"GPU {gpu_uuid} is shared: this worker ({own}, pid {own_pid}) and {', '.join(others)}; its launch "
+            f"asked for {meant}. Check the other launches on this node (squeue -w, hpo status), or ask for "
+            "sharing (sbatch --ntasks-per-gpu, hpo run/submit --workers-per-gpu)")
+
+
+def check_sharing(gpu_uuid: str, own: str, expected: int) -> str | None:
+    """:func:`sharing_warning` from this node's ``nvidia-smi``; None without it (a driver
+    that lists no processes, a node with none: nothing to say)."""
+    if shutil.which(COMPUTE_APPS[0]) is None:
+        return None
+    try:
+        apps = run_command(COMPUTE_APPS, timeout=20)
+    except SchedulerError as exc:
+        _logger.debug("cannot list the GPU's processes: %s", exc)
+        return None
+    return sharing_warning(apps, gpu_uuid, own, os.getpid(), expected)

@@ -41,7 +41,7 @@ from hpo.errors import LockWaitAborted
 from hpo.study.shared import SharedStudy
 from hpo.system.logs import log_study
 from hpo.worker.device import pin, resolve_device
-from hpo.worker.stop import (EFFECT, SIGNALLED, STOP_SIGNALS, Effect, Limits, Stop, StopFlag, ended_without_stop,
+from hpo.worker.stop import (EFFECT, STOP_SIGNALS, Effect, Limits, Stop, StopFlag, ended_without_stop,
                              final_stop)
 from hpo.worker.study_run import StudyRun, WorkerParts, sampler_seed
 
@@ -113,13 +113,24 @@ class Worker:
 
     # -- the loop ---------------------------------------------------------
     def run(self) -> Stop:
-        """Work until a stop; then, unless a signal stopped it, hand each study it saw reach
-        ``MAX_TRIALS`` to ``at_end`` (the end-of-study export, ``HPO_EXPORT_AT_END``)."""
+        """Work until a stop; then hand each study that has its trials to ``at_end`` (the
+        end-of-study export, ``HPO_EXPORT_AT_END``), whatever stopped this worker (the last
+        one may stop for its own time or ``TRIALS_PER_WORKER``, or Ctrl-C), except preemption:
+        the job is ending, and an export cut short would leave its marker behind."""
         stop = self._run_guarded()
-        if stop not in SIGNALLED:
-            for run in self.finished:
+        if stop is not Stop.PREEMPTED:
+            for run in self._studies_done():
                 self.at_end(run.settings, run.shared)
         return stop
+
+    def _studies_done(self) -> list[Run]:
+        """The studies to export: those it saw reach ``MAX_TRIALS``, and any other it opened
+        that has them now (another worker ran the last trial while this one stopped)."""
+        done = list(self.finished)
+        for run in self.runs.values():
+            if run not in done and run.settings.export_at_end and run.shared.finished() >= run.settings.max_trials:
+                done.append(run)
+        return done
 
     def _run_guarded(self) -> Stop:
         try:

@@ -13,6 +13,10 @@
 | ``TrialStopped("preempted")``             | FAIL     | preempted                  | yes     | yes          |
 | ``TrialStopped("interrupted")``, Ctrl-C   | FAIL     | interrupted                | no      | yes          |
 | CUDA/CPU out of memory                    | FAIL     | out of memory              | no      | no           |
+| CUDA out of memory that other processes   | FAIL     | out of memory: other       | yes     | no           |
+| on the GPU caused: the trial would have   |          | processes held … of …      |         |              |
+| fit on the card alone (:func:`oom_blame`; |          |                            |         |              |
+| retried once: not a retry of such an OOM) |          |                            |         |              |
 | a CUDA error that poisons the context     | FAIL     | GPU error: …               | yes     | yes          |
 | (illegal address, launch failure, ECC:    |          |                            |         |              |
 | the GPU fails a tiny operation after it)  |          |                            |         |              |
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import gc
 import math
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -76,6 +81,53 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+_SIZE = r"([\d.]+) (bytes|KiB|MiB|GiB|TiB)"
+_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+# torch's CUDA allocator (2.1 on): "Tried to allocate 2.00 GiB. GPU 0 has a total capacity of
+# 79.19 GiB of which 46.50 MiB is free. [Process N has … memory in use.] Including non-PyTorch
+# memory, this process has 79.13 GiB memory in use. …"
+_OOM_FACTS = {
+    "request": re.compile(r"Tried to allocate " + _SIZE),
+    "total": re.compile(r"total capacity of " + _SIZE),
+    "free": re.compile(r"of which " + _SIZE + " is free"),
+    "own": re.compile(r"this process has " + _SIZE + " memory in use"),
+}
+# Room a card keeps for what no process's count shows (the driver's own, fragmentation).
+_CARD_MARGIN = 0.05
+
+
+@dataclass(frozen=True)
+class OomFacts:
+    """What a CUDA out-of-memory message says about the card, in bytes."""
+
+    request: int
+    total: int
+    free: int
+    own: int  # this process, its CUDA context included
+
+    @property
+    def others(self) -> int:
+        """What the card's other processes (neighbouring workers, anyone's) held."""
+        return max(0, self.total - self.free - self.own)
+
+    @property
+    def neighbours_to_blame(self) -> bool:
+        """The trial would have fit on the card alone, and the others held more than it
+        lacked: the same parameters deserve another try."""
+        fits_alone = self.own + self.request <= self.total * (1 - _CARD_MARGIN)
+        return fits_alone and self.others >= self.request - self.free
+
+
+def oom_blame(message: str) -> OomFacts | None:
+    """The facts of a CUDA out-of-memory message; None when it is not torch's full message
+    (a CPU ``MemoryError``, an older torch, an objective's own text)."""
+    found = {key: pattern.search(message) for key, pattern in _OOM_FACTS.items()}
+    if not all(found.values()):
+        return None
+    sizes = {key: round(float(m.group(1)) * _UNITS[m.group(2)]) for key, m in found.items() if m is not None}
+    return OomFacts(**sizes)
 
 
 def _is_cuda_error(exc: BaseException) -> bool:
@@ -124,7 +176,9 @@ def from_value(value: Any, n_objectives: int) -> Outcome:
     return Outcome(TrialState.COMPLETE, values=floats)
 
 
-def from_exception(exc: BaseException, last_step: int | None) -> Outcome:
+def from_exception(exc: BaseException, last_step: int | None, retry_reason: str | None = None) -> Outcome:
+    """The row of the table for ``exc``; ``retry_reason``: why this trial is itself a
+    retry, if it is one (an out-of-memory retry is not retried again)."""
     if isinstance(exc, TrialCapped):
         return Outcome(TrialState.COMPLETE, values=exc.values, reason=exc.reason)
     if isinstance(exc, optuna.TrialPruned):
@@ -144,7 +198,14 @@ def from_exception(exc: BaseException, last_step: int | None) -> Outcome:
     if isinstance(exc, KeyboardInterrupt):
         return Outcome(TrialState.FAIL, reason=INTERRUPTED, stop_worker=Stop.INTERRUPTED)
     if _is_out_of_memory(exc):
-        return Outcome(TrialState.FAIL, reason=OUT_OF_MEMORY, free_memory=True)
+        facts = oom_blame(str(exc))
+        if facts is None or not facts.neighbours_to_blame:
+            return Outcome(TrialState.FAIL, reason=OUT_OF_MEMORY, free_memory=True)
+        reason = f"{OUT_OF_MEMORY}: other processes held {facts.others / 2**30:.1f} of the GPU's " \
+                 f"{facts.total / 2**30:.1f} GiB"
+        # Once: a retry that meets a full card again fails for good (the card stays crowded).
+        again = retry_reason is None or not retry_reason.startswith(OUT_OF_MEMORY)
+        return Outcome(TrialState.FAIL, reason=reason, retry=again, free_memory=True)
     if _is_cuda_error(exc) and not gpu_works():
         # The GPU failed, not these parameters: another worker retries them.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -67,7 +67,7 @@ class Stop(enum.Enum):
         return member
 
 
-# The stops a signal asks for: they keep their own exit status, and nothing is exported.
+# The stops a signal asks for: they keep their own exit status (a preempted worker exports nothing).
 SIGNALLED = (Stop.INTERRUPTED, Stop.PREEMPTED)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from hpo.config.environment import environment
 from hpo.config.identity import WorkerIdentity
 from hpo.config.settings import Settings
 from hpo.config.study import StudyConfig
@@ -27,6 +28,7 @@ from hpo.journal.filesystem import visibility_warning
 from hpo.study.algorithms import make_sampler
 from hpo.study.shared import SharedStudy, open_study
 from hpo.system.files import write_json_atomic
+from hpo.system.processes import task_cpus
 from hpo.worker.context import Objective
 from hpo.worker.recovery import Heartbeat, reap
 from hpo.worker.run_dir import worker_settings_path
@@ -157,9 +159,11 @@ def _runner(s: Settings, shared: SharedStudy, config: StudyConfig, worker: Worke
 def _log_start(s: Settings, worker: WorkerParts, launch: int, seed: int) -> None:
     who, budget = worker.identity, worker.limits.budget_seconds
     _logger.info(
-        "worker %s started: study=%r storage=%s device=%s gpu=%s seed=%d (OPTUNA_SEED %d + HPO_SEED_OFFSET "
-        "%d + launch %d x %d + rank %d) max_trials=%d trials_per_worker=%s budget=%s sampler=%s pruner=%s",
+        "worker %s started: study=%r storage=%s device=%s gpu=%s cpus=%d threads=%s seed=%d (OPTUNA_SEED %d + "
+        "HPO_SEED_OFFSET %d + launch %d x %d + rank %d) max_trials=%d trials_per_worker=%s budget=%s sampler=%s "
+        "pruner=%s",
         who.worker_id, s.study_name, s.storage_label, worker.device, who.gpu or "none",
+        task_cpus(), environment().get("OMP_NUM_THREADS", "?"),  # the CPUs its task was given, and what it uses
         seed, s.optuna_seed, s.seed_offset, launch, LAUNCH_SEED_STRIDE, who.rank,
         s.max_trials, s.trials_per_worker, "unlimited" if budget is None else f"{budget:.1f}s", s.sampler, s.pruner,
     )

@@ -40,7 +40,7 @@ from hpo.config.space import suggest
 from hpo.system.logs import trial_logging
 from hpo.worker import outcome as outcomes
 from hpo.worker.context import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
-from hpo.worker.device import gpu_facts
+from hpo.worker.device import check_sharing, gpu_facts
 from hpo.worker.recovery import Heartbeat, enqueue_retry
 from hpo.worker.results import RunKey, run_key
 from hpo.worker.run_dir import RunDir
@@ -79,6 +79,7 @@ class TrialRunner:
         self.shared, self.settings, self.config = shared, settings, config
         self.identity, self.device, self.objective = identity, device, objective
         self.heartbeat, self.setup = heartbeat, setup
+        self.sharing_checked = False  # whether its GPU's other processes were looked at (once)
 
     def run_dir(self, number: int) -> Path:
         return self.settings.study_dir / f"trial_{number}"
@@ -104,7 +105,8 @@ class TrialRunner:
                 value = self._call_objective(active, run_dir)
                 result = outcomes.from_value(value, len(self.config.directions))
             except BaseException as exc:  # noqa: BLE001 - the policy table decides, see hpo.worker.outcome
-                result = outcomes.from_exception(exc, active.last_step[-1] if active.last_step else None)
+                result = outcomes.from_exception(exc, active.last_step[-1] if active.last_step else None,
+                                                 trial.user_attrs.get("retry_reason"))
                 if result.reason == outcomes.INTERRUPTED and s.retry_interrupted:
                     result = dataclasses.replace(result, retry=True)  # HPO_RETRY_INTERRUPTED: as if preempted
                 if result.show_traceback:
@@ -264,6 +266,8 @@ class TrialRunner:
             gpu = gpu_facts(self.device)  # the card and the trial's peak memory, with its end (no record of their own)
             for key, value in gpu.items():
                 trial.set_user_attr(key, value)
+            if "gpu_uuid" in gpu and not self.sharing_checked:
+                self._warn_if_shared(str(gpu["gpu_uuid"]))
             if result.state == TrialState.COMPLETE:
                 self.shared.study.tell(trial, list(result.values or ()))
             else:
@@ -292,6 +296,14 @@ class TrialRunner:
         if result.retry:
             enqueue_retry(self.shared, self.shared.frozen(trial_id(trial)), result.reason or "retry")
         return result
+
+    def _warn_if_shared(self, gpu_uuid: str) -> None:
+        """Once, after the first trial on CUDA (when the card's UUID is known): warn when
+        more processes compute on it than the launch put there."""
+        self.sharing_checked = True
+        warning = check_sharing(gpu_uuid, self.identity.worker_id, self.identity.gpu_sharers)
+        if warning:
+            _logger.warning("%s", warning)
 
     def _log_taken(self, trial: optuna.Trial) -> None:
         frozen = self.shared.frozen(trial_id(trial))

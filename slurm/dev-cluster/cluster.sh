@@ -2,7 +2,7 @@
 # Development / CI SLURM cluster for the hpo project: one node, or N nodes on
 # this host sharing a GlusterFS volume.
 #
-#   bash slurm/dev-cluster/cluster.sh {install|start|stop|status|restart} [--nodes N]
+#   bash slurm/dev-cluster/cluster.sh {install|start|stop|status|restart} [--nodes N] [--cpu-bind]
 #
 # install  apt-get install the SLURM/munge/MariaDB/GlusterFS packages if missing
 # start    write configs, start munged, mariadb, slurmdbd, slurmctld, slurmd
@@ -10,10 +10,14 @@
 #          sacct works. --nodes N (N>1): N slurmd nodes n1..nN, each in its own
 #          UTS+PID+mount namespace with its own GlusterFS client mounts at
 #          /shared (default options) and /shared-strict (strict coherence).
+#          --cpu-bind: bind every task to its own cores (TaskPlugin=task/affinity,
+#          TaskPluginParam=Cores), each node declaring this host's real CPUs
+#          (slurmd -C) instead of 16; without it tasks are not bound (task/none).
 # stop     stop the daemons (slurmd(s), slurmctld, slurmdbd, mariadb, munged),
 #          unmount and stop the GlusterFS volumes this script started
 # status   print daemons + sinfo + shared folders; exit 0 only when healthy
-# restart  stop + start (keeps the node count unless --nodes is given)
+# restart  stop + start (keeps the node count and --cpu-bind unless --nodes,
+#          --cpu-bind or --no-cpu-bind is given)
 #
 # All commands are idempotent. Must run as root (re-execs with sudo if not).
 # See README.md next to this file for the cluster layout tests can rely on.
@@ -58,6 +62,13 @@ VOLUME="${HPO_GLUSTER_VOLUME:-hpodev}"     # and $VOLUME-strict
 GLUSTERD_MARK="$STATE_DIR/glusterd.started"  # pid of a glusterd this script started
 STRICT_MOUNT_OPTS=attribute-timeout=0,entry-timeout=0
 NODES=1                                    # set by main from --nodes or $NODES_FILE
+# CPU binding (--cpu-bind): task/affinity binds tasks to real CPU ids, so each node then
+# declares this host's real layout; the 16 declared CPUs of the default are ids that do
+# not exist here (slurmd wraps them modulo the real count, and its auto binding then
+# gives every task of a step the step's whole mask, or fails "Unable to layout tasks").
+CPU_BIND_FILE="$STATE_DIR/cpu-bind"        # 1 when the last start bound tasks to cores
+CPU_BIND=0                                 # set by main from --cpu-bind or $CPU_BIND_FILE
+NODE_LAYOUT=                               # a node's CPUs in slurm.conf, set by write_slurm_conf
 
 # ------------------------------------------------------------------ helpers
 log() { echo "[dev-cluster] $*" >&2; }
@@ -166,7 +177,7 @@ SlurmdPidFile=$RUN_DIR/slurmd.pid
 SlurmdPort=6818
 SlurmdSpoolDir=$SLURMD_SPOOL
 SlurmdLogFile=$LOG_DIR/slurmd.log
-NodeName=$NODE_NAME NodeAddr=127.0.0.1 CPUs=$NODE_CPUS Sockets=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1 RealMemory=$NODE_MEM_MB Gres=gpu:$NODE_GPUS State=UNKNOWN
+NodeName=$NODE_NAME NodeAddr=127.0.0.1 $NODE_LAYOUT RealMemory=$NODE_MEM_MB Gres=gpu:$NODE_GPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$NODE_NAME Default=YES MaxTime=INFINITE State=UP
 EOF
   else
@@ -174,7 +185,7 @@ EOF
 SlurmdPidFile=$RUN_DIR/slurmd-%n.pid
 SlurmdSpoolDir=$SLURMD_SPOOL/%n
 SlurmdLogFile=$LOG_DIR/slurmd-%n.log
-NodeName=$(node_list) NodeHostname=localhost NodeAddr=127.0.0.1 Port=17001-$((17000 + NODES)) CPUs=$NODE_CPUS Sockets=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1 RealMemory=$NODE_MEM_MB Gres=gpu:$NODE_GPUS State=UNKNOWN
+NodeName=$(node_list) NodeHostname=localhost NodeAddr=127.0.0.1 Port=17001-$((17000 + NODES)) $NODE_LAYOUT RealMemory=$NODE_MEM_MB Gres=gpu:$NODE_GPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=$(node_list) Default=YES MaxTime=INFINITE State=UP
 EOF
   fi
@@ -183,12 +194,36 @@ EOF
 node_names() { if ((NODES == 1)); then echo "$NODE_NAME"; else seq -f 'n%g' 1 "$NODES"; fi; }
 node_list() { if ((NODES == 1)); then echo "$NODE_NAME"; else echo "n[1-$NODES]"; fi; }
 
+# A node's CPUs: 16 declared (more than this host has: SlurmdParameters=config_overrides),
+# or with --cpu-bind this host's real layout as slurmd detects it, which binding needs.
+node_layout() {
+  if ((CPU_BIND == 0)); then
+    echo "CPUs=$NODE_CPUS Sockets=1 CoresPerSocket=$NODE_CPUS ThreadsPerCore=1"
+    return 0
+  fi
+  local hw fields='(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=[0-9]+'
+  hw=$(slurmd -C 2>/dev/null | head -n1 | grep -oE "$fields" | paste -sd' ') || true
+  [[ $hw == *CPUs=* && $hw == *CoresPerSocket=* ]] || return 1
+  echo "$hw"
+}
+
+task_conf() {
+  if ((CPU_BIND)); then
+    # Cores: every task bound to the cores of its --cpus-per-task (one without it), as a
+    # cluster that binds tasks does: a launcher that forgets srun --cpus-per-task shows.
+    printf 'TaskPlugin=task/affinity\nTaskPluginParam=Cores\n'
+  else
+    echo "TaskPlugin=task/none"
+  fi
+}
+
 write_slurm_conf() {
   local last=$((NODE_GPUS - 1)) gpu_files
+  NODE_LAYOUT=$(node_layout) || die "--cpu-bind: 'slurmd -C' did not report this host's CPUs"
   if ((NODE_GPUS == 1)); then gpu_files="$DEV_DIR/nvidia0"; else gpu_files="$DEV_DIR/nvidia[0-$last]"; fi
   install_file "$SLURM_CONF" 644 root:root <<EOF
 $MARKER
-# Dev/CI cluster ($NODES node(s)). Regenerated by 'cluster.sh start'.
+# Dev/CI cluster ($NODES node(s)$( ((CPU_BIND)) && echo ", tasks bound to cores")). Regenerated by 'cluster.sh start'.
 ClusterName=$CLUSTER_NAME
 SlurmctldHost=$NODE_NAME(127.0.0.1)
 SlurmUser=root
@@ -200,7 +235,7 @@ AuthInfo=cred_expire=$CRED_EXPIRE
 MpiDefault=none
 SwitchType=switch/none
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+$(task_conf)
 ReturnToService=2
 SlurmdParameters=config_overrides
 MailProg=/bin/true
@@ -602,6 +637,7 @@ cmd_start() {
     local wanted=$NODES; NODES=$previous; stop_slurmds; ((NODES == 1)) || stop_gluster; NODES=$wanted
   fi
   echo "$NODES" >"$NODES_FILE"
+  echo "$CPU_BIND" >"$CPU_BIND_FILE"
   ((NODES == 1)) || start_gluster
   local slurm_changed=0 dbd_changed=0
   write_slurm_conf && slurm_changed=1 || true
@@ -665,6 +701,11 @@ status_report() {
     echo "slurmctld not answering (scontrol ping)"; ok=1
   fi
   if sacct_ok; then echo "sacct: ok"; else echo "sacct: NOT working"; ok=1; fi
+  if ((CPU_BIND)); then
+    echo "cpu binding: on (task/affinity, TaskPluginParam=Cores; each node declares this host's CPUs)"
+  else
+    echo "cpu binding: off (task/none; each node declares $NODE_CPUS CPUs)"
+  fi
   if ((NODES > 1)); then
     local vol dir opts
     while read -r vol dir opts; do
@@ -678,17 +719,27 @@ status_report() {
   return $ok
 }
 
-usage() { echo "usage: $0 {install|start|stop|status|restart} [--nodes N]   (N = 1..64; start's default 1)" >&2; exit 2; }
+usage() {
+  echo "usage: $0 {install|start|stop|status|restart} [--nodes N] [--cpu-bind|--no-cpu-bind]" >&2
+  echo "       (N = 1..64; start's default: 1 node, tasks not bound; restart keeps the last start's)" >&2
+  exit 2
+}
+bind_flag() { if ((CPU_BIND)); then echo --cpu-bind; else echo --no-cpu-bind; fi; }
 
 main() {
   (($# >= 1)) || usage
   local cmd=$1; shift
   NODES=$(cat "$NODES_FILE" 2>/dev/null || echo 1)
-  [[ $cmd == start ]] && NODES=1  # 'start' without --nodes behaves as it always did
+  CPU_BIND=$(cat "$CPU_BIND_FILE" 2>/dev/null || echo 0)
+  [[ $CPU_BIND == 1 ]] || CPU_BIND=0
+  # 'start' without --nodes or --cpu-bind behaves as it always did: one node, no binding
+  [[ $cmd == start ]] && NODES=1 && CPU_BIND=0
   while (($#)); do
     case $1 in
       --nodes) (($# >= 2)) || usage; NODES=$2; shift 2 ;;
       --nodes=*) NODES=${1#--nodes=}; shift ;;
+      --cpu-bind) CPU_BIND=1; shift ;;
+      --no-cpu-bind) CPU_BIND=0; shift ;;
       *) usage ;;
     esac
   done
@@ -697,10 +748,10 @@ main() {
   fi
   case $cmd in
     install) need_root "$cmd" "$@"; cmd_install ;;
-    start) need_root "$cmd" --nodes "$NODES"; cmd_start ;;
+    start) need_root "$cmd" --nodes "$NODES" "$(bind_flag)"; cmd_start ;;
     stop) need_root "$cmd"; cmd_stop ;;
     restart)
-      need_root "$cmd" --nodes "$NODES"
+      need_root "$cmd" --nodes "$NODES" "$(bind_flag)"
       local wanted=$NODES
       NODES=$(cat "$NODES_FILE" 2>/dev/null || echo 1); cmd_stop
       NODES=$wanted; cmd_start ;;

@@ -32,7 +32,7 @@ trap 'early_signal=USR1' USR1
 trap 'early_signal=TERM' TERM
 trap 'early_signal=INT' INT
 
-echo "== hpo job ${SLURM_JOB_ID:-?}${SLURM_ARRAY_TASK_ID:+ (array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID})} on $(hostname) at $(date -Is): ${SLURM_NTASKS:-1} task(s)"
+echo "== hpo job ${SLURM_JOB_ID:-?}${SLURM_ARRAY_TASK_ID:+ (array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID})} on $(hostname) at $(date -Is): ${SLURM_NTASKS:-1} task(s)${SLURM_NTASKS_PER_GPU:+, ${SLURM_NTASKS_PER_GPU} to a GPU}"
 echo "== effective settings (hpo config):"
 "$PY" -m hpo config || exit $?   # bad settings stop the job here: exit 2, nothing written
 # The study's jobs file (hpo cancel, hpo status, the reaper): its path is hpo's to know.
@@ -42,7 +42,32 @@ if [ -n "$early_signal" ]; then
     echo "== $(date -Is) got $early_signal before the workers started: not starting them"
     exit 75
 fi
-# srun starts one worker per task; --gpus-per-task gives each its own GPU. Since Slurm
+# CUDA MPS, asked with HPO_MPS=1 (for --ntasks-per-gpu above 1): the workers on a GPU run
+# their kernels side by side instead of taking turns. One control daemon per node of the
+# job, in a folder of this job's (node-local /tmp), started before the workers and told to
+# quit after them; a node without nvidia-cuda-mps-control gets a warning, not a failure.
+mps_on_nodes() {  # the command, once on each node of the job, beside the workers' step
+    env -u SLURM_NTASKS_PER_GPU -u SLURM_GPUS_PER_TASK srun --overlap --kill-on-bad-exit=0 \
+        --nodes="${SLURM_JOB_NUM_NODES:-1}" --ntasks="${SLURM_JOB_NUM_NODES:-1}" --ntasks-per-node=1 \
+        --cpus-per-task=1 bash -c "$1"
+}
+mps_started=""
+if [ "${HPO_MPS:-0}" = 1 ]; then
+    export CUDA_MPS_PIPE_DIRECTORY="/tmp/hpo-mps-${SLURM_JOB_ID:-$$}/pipe" CUDA_MPS_LOG_DIRECTORY="/tmp/hpo-mps-${SLURM_JOB_ID:-$$}/log"
+    if mps_on_nodes 'command -v nvidia-cuda-mps-control >/dev/null || { echo "== $(hostname): HPO_MPS=1 but nvidia-cuda-mps-control is not on PATH: its workers take turns on the GPU"; exit 0; }; mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" && nvidia-cuda-mps-control -d && echo "== $(hostname): CUDA MPS started ($CUDA_MPS_PIPE_DIRECTORY)"'; then
+        mps_started=1
+    else
+        echo "== CUDA MPS did not start on every node: the workers there take turns on the GPU"
+        mps_started=1  # stop it where it did start
+    fi
+fi
+stop_mps() {
+    [ -n "$mps_started" ] || return 0
+    mps_on_nodes 'command -v nvidia-cuda-mps-control >/dev/null || exit 0; echo quit | nvidia-cuda-mps-control && echo "== $(hostname): CUDA MPS stopped"; rm -rf "$(dirname "$CUDA_MPS_PIPE_DIRECTORY")"'
+    mps_started=""
+}
+
+# srun starts one worker per task; --ntasks-per-gpu binds each to its GPU(s). Since Slurm
 # 22.05 srun no longer inherits --cpus-per-task from sbatch: pass it, or a cluster that
 # binds tasks to cores gives each worker one core (the worker warns when
 # OMP_NUM_THREADS asks for more CPUs than its affinity mask holds).
@@ -65,4 +90,5 @@ while true; do
     kill -0 "$srun_pid" 2>/dev/null || break
 done
 echo "== $(date -Is) workers finished with status $rc"
+stop_mps
 exit "$rc"
