@@ -9,15 +9,11 @@
 # config's settings are hpo's, and the job log starts with `hpo config`: each value
 # and where it came from. Override #SBATCH lines on the command line, e.g.
 # `sbatch --ntasks=8 --time=12:00:00 --partition=gpu slurm/bash_optuna.sh`.
-# GPUs: --ntasks-per-gpu=1 gives each task its own GPU, bound to it (SLURM's implied
-# --gpu-bind=single:1); `sbatch --ntasks-per-gpu=2` puts two workers on each GPU instead,
-# and HPO_MPS=1 runs them under CUDA MPS. (Not --gpus-per-task: SLURM refuses it with
-# --ntasks-per-gpu, and --ntasks-per-node too: on N nodes give `--nodes=N --ntasks=M`.)
 #SBATCH --job-name=hpo-optuna
 #SBATCH --output=logs/%x_%j.log
 #SBATCH --open-mode=append
 #SBATCH --ntasks=4
-#SBATCH --ntasks-per-gpu=1
+#SBATCH --gpus-per-task=1
 #SBATCH --cpus-per-task=4
 #SBATCH --mem-per-cpu=4G
 #SBATCH --time=24:00:00

@@ -14,7 +14,7 @@
 #SBATCH --open-mode=append
 #SBATCH --array=0-3
 #SBATCH --ntasks=1
-#SBATCH --ntasks-per-gpu=1
+#SBATCH --gpus-per-task=1
 #SBATCH --cpus-per-task=4
 #SBATCH --mem-per-cpu=4G
 #SBATCH --time=24:00:00

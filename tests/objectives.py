@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from hpo.api import TrialContext
@@ -144,9 +145,25 @@ def hangs(params: dict[str, Any], ctx: TrialContext) -> float:
     return 1.0
 
 
+def _daemon_alive(pipe: str | None) -> bool | None:
+    """Whether the (stand-in) MPS daemon whose pid is in ``pipe/daemon.pid`` runs; None without one."""
+    try:
+        pid = int((Path(pipe) / "daemon.pid").read_text()) if pipe else None
+    except (OSError, ValueError):
+        return False
+    if pid is None:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def records_device(params: dict[str, Any], ctx: TrialContext) -> float:
     """What the trial was given: its device and the GPUs its process sees (fake ids here)."""
     ctx.set_user_attr("seen_device", ctx.device)
     ctx.set_user_attr("seen_visible", os.environ.get("CUDA_VISIBLE_DEVICES"))
     ctx.set_user_attr("seen_mps_pipe", os.environ.get("CUDA_MPS_PIPE_DIRECTORY"))
+    ctx.set_user_attr("seen_mps_alive", _daemon_alive(os.environ.get("CUDA_MPS_PIPE_DIRECTORY")))
     return float(params["x"])

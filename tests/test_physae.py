@@ -325,3 +325,31 @@ def test_a_resumed_optimizer_steps_as_this_device_does() -> None:
     T.load_optimizer(cpu_side, state)
     assert cpu_side.param_groups[0]["fused"] is None
     assert torch.equal(cpu_side.state[weight]["exp_avg"], gpu_side.state[weight]["exp_avg"])
+
+
+def test_the_compiled_step_compiles_once_per_variant_not_per_trial(settings: Settings, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """STEP_COMPILE: three trials with other delta_scale values, the same refine steps, a last
+    smaller batch: the step is compiled for each stage's kind (A, B1 with the encoder frozen,
+    B2) and then reused, never for a sampled float or a batch size (torch.compile's eager
+    backend: dynamo's graphs without the code generation), and trains as the eager step."""
+    import functools
+
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(T, "step_function", functools.partial(T.step_function, backend="eager"))
+    odd = replace(settings, objective={**settings.objective, "step_compile": "default", "n_train": 250})
+    values = []
+    for i, scale in enumerate((0.20, 0.07, 0.13)):
+        params = {**PARAMS, "A.epochs": 1, "B1.epochs": 1, "B2.epochs": 1, "B1.delta_scale": scale,
+                  "B2.delta_scale": scale - 0.01}
+        ctx = replace(make_ctx(odd, tmp_path / str(i), Recorder(), params=params), options=odd.objective)
+        values.append(objective(params, ctx))
+    frames = torch._dynamo.utils.counters["frames"]
+    assert all(math.isfinite(v) for v in values) and len(set(values)) == 3
+    assert frames["ok"] <= 4, dict(frames)  # A, B1, B2 (and the batch dimension made dynamic once)
+    eager = objective(dict(PARAMS), make_ctx(settings, tmp_path / "eager", Recorder()))
+    compiled = objective(dict(PARAMS), replace(make_ctx(odd, tmp_path / "c", Recorder()),
+                                                options={**odd.objective, "n_train": 256}))
+    assert abs(compiled - eager) < 1e-4 * max(1.0, abs(eager))

@@ -287,19 +287,32 @@ def test_hpo_cancel_cancels_the_study_jobs(slurm: None, project: Path) -> None:
     assert "cancelled 0 job(s)" in again.stdout
 
 
-# Stands in for NVIDIA's MPS control (no GPU here): records each start and quit, and where.
-FAKE_MPS_CONTROL = """#!/bin/sh
-if [ "$1" = -d ]; then echo "start $(hostname) $CUDA_MPS_PIPE_DIRECTORY" >> "$MPS_EVENTS"; exit 0; fi
-read -r command; echo "$command $(hostname)" >> "$MPS_EVENTS"
+# Stands in for NVIDIA's MPS control (no GPU here): a daemon that stays up until told to quit
+# (-f in the foreground, -d forked off), its pid in the pipe folder for the workers to check,
+# recording each start (with the CUDA_VISIBLE_DEVICES it saw), quit and exit, and where.
+FAKE_MPS_CONTROL = """#!/bin/bash
+pipe=$CUDA_MPS_PIPE_DIRECTORY
+serve() {
+    echo $BASHPID > "$pipe/daemon.pid"
+    while [ ! -e "$pipe/quit" ]; do sleep 0.2; done
+    echo "exit $(hostname)" >> "$MPS_EVENTS"
+}
+case "$1" in
+    -f|-d) echo "start $(hostname) $pipe visible=${CUDA_VISIBLE_DEVICES-unset}" >> "$MPS_EVENTS"
+           if [ "$1" = -f ]; then serve; else serve & sleep 0.3; fi ;;
+    *) read -r command; echo "$command $(hostname)" >> "$MPS_EVENTS"; touch "$pipe/quit"
+       for _ in $(seq 50); do kill -0 "$(cat "$pipe/daemon.pid")" 2>/dev/null || break; sleep 0.1; done ;;
+esac
 """
 
 
 @pytest.mark.slurm
 @pytest.mark.cluster
 def test_ntasks_per_gpu_puts_k_workers_on_each_gpu_under_mps(slurm: None, project: Path) -> None:
-    """``HPO_MPS=1 sbatch --ntasks=4 --ntasks-per-gpu=2``: four workers, two on each of two
-    GPUs, each with its own CPU, knowing it shares its GPU with one more (so only a third is
-    warned about); MPS started on every node before the workers and stopped after them."""
+    """``HPO_MPS=1 sbatch --ntasks=4 slurm/bash_optuna_per_gpu.sh`` (2 to a GPU): four workers,
+    two on each of two GPUs, each knowing it shares its GPU with one more; an MPS daemon on
+    every node, up from before the workers' first trial until after their last, seeing
+    every GPU of the job, told to quit once."""
     (project / "toy.yaml").write_text(TOY_CONFIG.format(objective="records_device"))
     (project / "bin").mkdir()
     (project / "bin" / "nvidia-cuda-mps-control").write_text(FAKE_MPS_CONTROL)
@@ -308,7 +321,7 @@ def test_ntasks_per_gpu_puts_k_workers_on_each_gpu_under_mps(slurm: None, projec
     env = clean_env(HPO_CONFIG=str(project / "toy.yaml"), MAX_TRIALS="8", OPTUNA_PRUNER="none", HPO_MPS="1",
                     MPS_EVENTS=str(events), HPO_PYTHON=sys.executable,
                     PATH=f"{project / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    job = sbatch(project, "slurm/bash_optuna.sh", ["--ntasks=4", "--ntasks-per-gpu=2", *SMALL_TASKS], env)
+    job = sbatch(project, "slurm/bash_optuna_per_gpu.sh", ["--ntasks=4", *SMALL_TASKS], env)
     log = (project / "logs" / f"hpo-optuna_{job}.log").read_text()
     assert sacct_states(job)[job].startswith("COMPLETED"), log
     assert "4 task(s), 2 to a GPU" in log
@@ -317,6 +330,7 @@ def test_ntasks_per_gpu_puts_k_workers_on_each_gpu_under_mps(slurm: None, projec
     for t in trials:
         assert t.user_attrs["gpu_sharers"] == 2  # its launch put two workers on its GPU (SLURM_NTASKS_PER_GPU)
         assert t.user_attrs["seen_mps_pipe"] == f"/tmp/hpo-mps-{job}/pipe"
+        assert t.user_attrs["seen_mps_alive"] is True  # the daemon outlived its start step
     # Each worker's start line: the GPU it was given (two workers on each GPU).
     started = [re.search(r" started: .* gpu=(\S+) ", line) for p in (project / "optuna_logs").glob("worker_*.log")
                for line in p.read_text().splitlines() if " started: study=" in line]
@@ -326,8 +340,21 @@ def test_ntasks_per_gpu_puts_k_workers_on_each_gpu_under_mps(slurm: None, projec
     lines = events.read_text().splitlines()
     nodes = {line.split()[1] for line in lines if line.startswith("start ")}
     assert sorted(line for line in lines if line.startswith("quit ")) == sorted(f"quit {n}" for n in nodes), lines
-    assert all(line.endswith(f"/tmp/hpo-mps-{job}/pipe") for line in lines if line.startswith("start ")), lines
-    assert "CUDA MPS stopped" in log and not (Path(f"/tmp/hpo-mps-{job}")).exists()
+    assert sorted(line for line in lines if line.startswith("exit ")) == sorted(f"exit {n}" for n in nodes), lines
+    assert all(line.endswith(f"/tmp/hpo-mps-{job}/pipe visible=unset") for line in lines if line.startswith("start ")), \
+        lines
+    assert "CUDA MPS told to quit" in log and not (Path(f"/tmp/hpo-mps-{job}")).exists()
+
+
+@pytest.mark.slurm
+@pytest.mark.cluster
+def test_a_bad_hpo_mps_stops_the_job_before_it_writes(slurm: None, project: Path) -> None:
+    env = clean_env(**TINY, MAX_TRIALS="2", HPO_MPS="yes", HPO_PYTHON=sys.executable)
+    job = sbatch(project, "slurm/bash_optuna.sh", ["--ntasks=1", *SMALL_TASKS], env)
+    log = (project / "logs" / f"hpo-optuna_{job}.log").read_text()
+    assert sacct_states(job)[job].startswith("FAILED"), log
+    assert "hpo: error: HPO_MPS=yes: valid: 1 (run the workers under CUDA MPS) or 0" in log
+    assert not (project / "optuna_journal").exists()
 
 
 @pytest.mark.slurm
@@ -351,9 +378,11 @@ def test_hpo_submit_mps_runs_each_job_s_workers_under_mps(slurm: None, project: 
     jobs = {t.user_attrs["slurm_array_job_id"] + "_" + t.user_attrs["slurm_array_task_id"] for t in trials}
     pipes = {t.user_attrs["seen_mps_pipe"] for t in trials}
     assert all(re.fullmatch(r"/tmp/hpo-mps-\d+/pipe", p or "") for p in pipes) and len(pipes) <= 2, pipes
+    assert {t.user_attrs["seen_mps_alive"] for t in trials} == {True}
     lines = events.read_text().splitlines()
     assert len([x for x in lines if x.startswith("start ")]) == 2 == len([x for x in lines if x.startswith("quit ")]), \
         (lines, jobs)
+    assert len([x for x in lines if x.startswith("exit ")]) == 2, lines
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -384,6 +413,6 @@ def test_the_mps_setup_lines_start_the_daemon_and_stop_it_when_the_script_ends(t
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     host = os.uname().nodename
-    assert events.read_text().splitlines() == [f"start {host} /tmp/hpo-mps-77/pipe",
-                                               "worker sees /tmp/hpo-mps-77/pipe", f"quit {host}"]
+    assert events.read_text().splitlines() == [f"start {host} /tmp/hpo-mps-77/pipe visible=unset",
+                                               "worker sees /tmp/hpo-mps-77/pipe", f"quit {host}", f"exit {host}"]
     assert not Path("/tmp/hpo-mps-77").exists()

@@ -178,10 +178,21 @@ def test_an_oom_the_neighbours_caused_is_retried_once() -> None:
     first = outcome.from_exception(OutOfMemoryError(CROWDED), last_step=3)
     assert first == Outcome(TrialState.FAIL, reason="out of memory: other processes held 60.1 of the GPU's 79.2 GiB",
                             retry=True, free_memory=True)
-    again = outcome.from_exception(OutOfMemoryError(CROWDED), last_step=3, retry_reason=first.reason)
+    again = outcome.from_exception(OutOfMemoryError(CROWDED), last_step=3, oom_retried=True)
     assert (again.state, again.reason, again.retry) == (TrialState.FAIL, first.reason, False)
-    # A trial retried for another cause (preempted) still gets its one out-of-memory retry.
-    assert outcome.from_exception(OutOfMemoryError(CROWDED), last_step=3, retry_reason="preempted").retry
+
+
+@pytest.mark.parametrize("message", [
+    # 30 GiB free, 2 asked: the card was not full; a limit of the process's own ran out (MPS's
+    # pinned memory limit, say).
+    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 30.00 GiB is "
+    "free. Including non-PyTorch memory, this process has 17.60 GiB memory in use.",
+    # torch.cuda.set_per_process_memory_fraction: "… allowed"
+    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.50 GiB is "
+    "free. Including non-PyTorch memory, this process has 17.60 GiB memory in use. 18.00 GiB allowed;",
+])
+def test_an_oom_with_room_on_the_card_or_under_a_limit_of_its_own_is_not_the_neighbours(message: str) -> None:
+    assert not outcome.from_exception(OutOfMemoryError(message), last_step=3).retry
 
 
 def test_an_oom_of_the_trial_s_own_making_is_not_retried() -> None:

@@ -674,6 +674,14 @@ APPS = """4100, /usr/bin/python3, GPU-aaaa, 2210
 """
 
 
+def test_in_a_container_the_worker_counts_itself_among_the_host_pids() -> None:
+    """NVML lists host PIDs in a PID namespace: pid 4100 on the host is this worker's 12 here."""
+    from hpo.worker.device import sharing_warning
+
+    assert sharing_warning(APPS, "GPU-aaaa", "77_0", 12, expected=2) is None  # itself and its asked-for partner
+    assert "(host PIDs: one of them is this worker)" in (sharing_warning(APPS, "GPU-aaaa", "77_0", 12, 1) or "")
+
+
 @pytest.mark.parametrize(("expected", "warned"), [(1, True), (2, False), (3, False)])
 def test_processes_stacked_on_a_worker_s_gpu_unasked_are_named(expected: int, warned: bool) -> None:
     from hpo.worker.device import sharing_warning

@@ -538,6 +538,29 @@ def test_an_oom_a_neighbour_caused_is_retried_once_with_the_same_parameters(
     assert [t.user_attrs.get("retry_of") for t in runner.shared.trials()] == [None, 0, None, 2]
 
 
+def test_the_one_oom_retry_holds_along_the_lineage(trial_runner: Callable[..., TrialRunner]) -> None:
+    """Crowded card, retry preempted, its retry on a crowded card again: not retried a third
+    time (the lineage spent its out-of-memory retry, whatever came between)."""
+    from tests.test_unit_outcome import CROWDED
+
+    flag = StopFlag()
+
+    def objective(params: dict[str, Any], ctx: TrialContext) -> float:
+        if ctx.number == 1:
+            flag.stop = Stop.PREEMPTED
+            ctx.check_stop()
+        raise OutOfMemoryError(CROWDED)
+
+    runner = trial_runner(objective)
+    run_one(runner)  # trial 0: out of memory, retried (trial 1)
+    run_one(runner, flag.requested)  # trial 1: preempted, retried (trial 2)
+    flag.stop = None
+    _, last = run_one(runner)  # trial 2: out of memory again
+    trials = runner.shared.trials()
+    assert [t.user_attrs.get("retry_of") for t in trials] == [None, 0, 1], [t.user_attrs for t in trials]
+    assert (last.number, last.user_attrs["oom_retried"]) == (2, True)
+
+
 @pytest.mark.parametrize(("exc", "state", "reason", "folder"), [
     (ValueError("bad shape"), TrialState.FAIL, "ValueError: bad shape", True),  # its traceback is kept
     (optuna.TrialPruned(), TrialState.PRUNED, "pruned", False),

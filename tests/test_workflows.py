@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -403,3 +404,24 @@ def test_a_study_that_has_its_trials_gets_its_results_whatever_stopped_the_last_
     cwd, env = toy(MAX_TRIALS="3", TRIALS_PER_WORKER="2", HPO_EXPORT_AT_END="1", STUDY_NAME="short")
     assert run_hpo(["worker"], cwd, env).returncode == 0
     assert not (cwd / "results" / "short").exists()
+
+
+def test_an_export_cut_short_leaves_no_marker_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second Ctrl-C while the last worker writes the results: its claim on them is
+    dropped, so the next worker to stop writes them instead of finding them taken."""
+    import types
+
+    from hpo.launch import results
+
+    def interrupted(*args: Any) -> Path:
+        raise KeyboardInterrupt
+
+    settings = types.SimpleNamespace(results_dir=tmp_path / "results" / "toy", study_name="toy")
+    shared = types.SimpleNamespace(finished=lambda: 3)
+    monkeypatch.setattr(results, "_export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        results.export_at_end(settings, shared, {})  # type: ignore[arg-type]
+    assert list((tmp_path / "results" / "toy").iterdir()) == []
+    monkeypatch.setattr(results, "_export", lambda *args: tmp_path / "export.log")
+    assert results.export_at_end(settings, shared, {}) == tmp_path / "export.log"  # type: ignore[arg-type]
+    assert [p.name for p in (tmp_path / "results" / "toy").iterdir()] == [".exported-3"]

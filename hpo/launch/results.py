@@ -32,10 +32,21 @@ def export_at_end(s: Settings, shared: SharedStudy, env: Mapping[str, str]) -> P
     finished = shared.finished()
     folder = s.results_dir
     folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f".exported-{finished}"
     try:
-        os.close(os.open(folder / f".exported-{finished}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     except FileExistsError:
         return None  # another worker does it
+    try:
+        return _export(s, finished, folder, env)
+    except BaseException:
+        # Cut short (a second Ctrl-C): the marker goes, so the next worker to stop, or
+        # `hpo export`, writes these results instead of finding them claimed.
+        marker.unlink(missing_ok=True)
+        raise
+
+
+def _export(s: Settings, finished: int, folder: Path, env: Mapping[str, str]) -> Path:
     log = folder / "export.log"
     env = {**env, **s.to_env()}
     _logger.info("study %r has its %d trials: writing %s (exports and figures; log %s)", s.study_name, finished,

@@ -65,12 +65,17 @@ class SubmitOptions:
 
 # The lines submitit puts before its srun (its ``setup``) for ``--mps``: one MPS control
 # daemon for the job's GPU, in a folder of the job's on the node, told to quit when the
-# batch script ends (the job's end kills it otherwise); a node without MPS says so.
+# batch script ends (the job's end kills it otherwise); a node without MPS says so. Each job
+# is one node, so its batch step (which lasts the job) holds the daemon; slurm/lib/
+# run_workers.sh does the same for a job of many nodes, one step per node. The daemon sees
+# every GPU of the job (MPS clients name devices relative to the server's list), in PCI
+# order like SLURM's numbering.
 MPS_SETUP = [
     "if command -v nvidia-cuda-mps-control >/dev/null; then",
     '    export CUDA_MPS_PIPE_DIRECTORY="/tmp/hpo-mps-$SLURM_JOB_ID/pipe" '
-    'CUDA_MPS_LOG_DIRECTORY="/tmp/hpo-mps-$SLURM_JOB_ID/log"',
-    '    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" && nvidia-cuda-mps-control -d &&',
+    'CUDA_MPS_LOG_DIRECTORY="/tmp/hpo-mps-$SLURM_JOB_ID/log" CUDA_DEVICE_ORDER=PCI_BUS_ID',
+    '    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY" &&',
+    "        env -u CUDA_VISIBLE_DEVICES nvidia-cuda-mps-control -d &&",
     "        trap 'echo quit | nvidia-cuda-mps-control; rm -rf \"/tmp/hpo-mps-$SLURM_JOB_ID\"' EXIT",
     "else",
     '    echo "hpo submit --mps: nvidia-cuda-mps-control is not on $(hostname)\'s PATH: the workers take turns on '

@@ -102,7 +102,7 @@ def predict(
     refiner: Refiner,
     signal: torch.Tensor,
     physics: ForwardModel,
-    delta_scale: float,
+    delta_scale: float | torch.Tensor,  # a tensor when compiled (hpo.physae.train.step_function)
     refine_steps: int,
 ) -> Prediction:
     """Encode, then refine ``refine_steps`` times; the forward model runs in float32."""

@@ -150,13 +150,9 @@ class _Run:
     encoder: Encoder
     refiner: Refiner
     timings: Timings
-    step: Any  # the training step's loss: _step_loss, compiled or not (STEP_COMPILE)
+    step: Step  # the training step's loss: _step_loss, compiled or not (STEP_COMPILE)
     global_step: int = 0
     last_metrics: EvalMetrics | None = None  # validation after the latest epoch run here
-
-    @property
-    def step_compile(self) -> str:
-        return str(self.ctx.options.get("step_compile", "off"))
 
     @property
     def device_type(self) -> str:
@@ -250,7 +246,7 @@ def _make_optimizer(spec: StageSpec, encoder: Encoder, refiner: Refiner, device_
 
 def _step_loss(
     encoder: Encoder, refiner: Refiner, signal: torch.Tensor, target: torch.Tensor, physics: Any,
-    delta_scale: float, refine_steps: int, device_type: str, bf16: bool,
+    delta_scale: float | torch.Tensor, refine_steps: int, device_type: str, bf16: bool,
 ) -> torch.Tensor:
     """The training step's forward pass and loss: what ``STEP_COMPILE`` compiles."""
     with _autocast(device_type, bf16):
@@ -258,19 +254,30 @@ def _step_loss(
         return loss_fn(pred, target, signal, encoder.norm.scale)
 
 
-def step_function(mode: str) -> Any:
+@dataclass(frozen=True)
+class Step:
+    """The training step's loss function (``STEP_COMPILE``), and how to call it."""
+
+    loss: Any
+    compiled: bool = False  # delta_scale goes in as a tensor: a sampled float would be a constant of the graph
+    graphs: bool = False  # CUDA graphs: each step is a new iteration of the recorded graph
+
+
+def step_function(mode: str, backend: str = "inductor") -> Step:
     """``STEP_COMPILE``: :func:`_step_loss` as is (``off``), or through ``torch.compile``.
 
     ``reduce-overhead`` records the step (forward and backward) as a CUDA graph, so the
     host launches it once instead of issuing ~370 small kernels; on CPU it compiles like
-    ``default``. Compiling costs tens of seconds per stage (its refinement settings are
-    constants of the graph) and changes float rounding, so it is off by default: turn it
-    on where the device check shows the gain (docs/benchmarks.md, "GPU device check").
-    ``dynamic=False``: the last, smaller batch of an epoch gets its own graph.
+    ``default``. What changes the graph: the refinement steps (1-3 per stage) and whether
+    the encoder trains (B1 freezes it), so a worker compiles at most about 7 variants, each
+    once (tens of seconds); ``delta_scale`` is passed as a tensor and ``dynamic=True`` keeps
+    the last, smaller batch of an epoch in the same graph. It changes float rounding, so it
+    is off by default: turn it on where the device check shows the gain (docs/benchmarks.md).
     """
     if mode == "off":
-        return _step_loss
-    return torch.compile(_step_loss, mode=mode, dynamic=False)
+        return Step(_step_loss)
+    return Step(torch.compile(_step_loss, mode=mode, dynamic=True, backend=backend), compiled=True,
+                graphs=mode == "reduce-overhead")
 
 
 def _train_epoch(run: _Run, spec: StageSpec, opt: torch.optim.Optimizer) -> float:
@@ -280,14 +287,17 @@ def _train_epoch(run: _Run, spec: StageSpec, opt: torch.optim.Optimizer) -> floa
     gen = torch.Generator(device="cpu").manual_seed(_epoch_seed(run.ctx.settings.train_seed, run.global_step))
     order = torch.randperm(n, generator=gen).to(data.train_signal.device)
     total = torch.zeros((), device=data.train_signal.device)
-    graphs = run.step_compile == "reduce-overhead"
+    step = run.step
+    delta: float | torch.Tensor = spec.delta_scale
+    if step.compiled:
+        delta = torch.tensor(spec.delta_scale, device=data.train_signal.device)
     for start in range(0, n, batch):
         idx = order[start : start + batch]
         signal, target = data.train_signal[idx], data.train_params[idx]
-        if graphs:  # a new iteration: the graph's previous outputs may be overwritten
+        if step.graphs:  # a new iteration: the graph's previous outputs may be overwritten
             torch.compiler.cudagraph_mark_step_begin()
-        loss = run.step(run.encoder, run.refiner, signal, target, data.physics, spec.delta_scale,
-                        spec.refine_steps, run.device_type, run.bf16)  # fmt: skip
+        loss = step.loss(run.encoder, run.refiner, signal, target, data.physics, delta, spec.refine_steps,
+                         run.device_type, run.bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

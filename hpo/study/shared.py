@@ -239,11 +239,15 @@ class SharedStudy:
             self.storage.set_study_system_attr(self.study_id, attr, number)
             return number
 
+    def has_its_trials(self, counts: Counter[TrialState] | None = None) -> bool:
+        """Whether the study is done: ``MAX_TRIALS`` finished trials (``HPO_BUDGET_COUNTS``)."""
+        return self.finished(counts) >= self.spec.max_trials
+
     def _budget_verdict(self) -> tuple[None, bool] | None:
         """``(None, done)`` when no trial may start now, None when one may (see ask_within_budget)."""
         counts = self.counts()
         finished = self.finished(counts)
-        if finished >= self.spec.max_trials:
+        if self.has_its_trials(counts):
             return None, True
         if finished + counts[TrialState.RUNNING] >= self.spec.max_trials:
             return None, False

@@ -140,31 +140,36 @@ COMPUTE_APPS = ["nvidia-smi", "--query-compute-apps=pid,process_name,gpu_uuid,us
                 "--format=csv,noheader,nounits"]
 
 
-def gpu_neighbours(apps_csv: str, gpu_uuid: str, own_pid: int) -> list[str]:
-    """The other processes computing on the card ``gpu_uuid``, from :data:`COMPUTE_APPS`'s
-    output, each as ``pid P (name, N MiB)`` (pure). The MPS server is left out: under MPS it
-    stands for the clients, each of which shows as itself too."""
-    found = []
+def gpu_neighbours(apps_csv: str, gpu_uuid: str, own_pid: int) -> tuple[list[str], bool]:
+    """The processes computing on the card ``gpu_uuid`` but this one, from :data:`COMPUTE_APPS`'s
+    output, each as ``pid P (name, N MiB)``, and whether this one was listed (pure). In a
+    container with its own PID namespace NVML lists host PIDs: this worker is then among
+    them under another number. The MPS server is left out: under MPS it stands for the
+    clients, each of which shows as itself too. A MIG instance lists its parent's UUID: no match."""
+    found, listed = [], False
     for line in apps_csv.splitlines():
         fields = [f.strip() for f in line.split(",")]
-        if len(fields) != 4 or fields[2] != gpu_uuid or not fields[0].isdigit() or int(fields[0]) == own_pid:
+        if len(fields) != 4 or fields[2] != gpu_uuid or not fields[0].isdigit():
             continue
         pid, name, _, memory = fields
-        if "nvidia-cuda-mps-server" in name:
-            continue
-        found.append(f"pid {pid} ({name}, {memory} MiB)" if memory.isdigit() else f"pid {pid} ({name})")
-    return found
+        if int(pid) == own_pid:
+            listed = True
+        elif "nvidia-cuda-mps-server" not in name:
+            found.append(f"pid {pid} ({name}, {memory} MiB)" if memory.isdigit() else f"pid {pid} ({name})")
+    return found, listed
 
 
 def sharing_warning(apps_csv: str, gpu_uuid: str, own: str, own_pid: int, expected: int) -> str | None:
     """A warning when more processes compute on this worker's GPU than its launch put there
     (``expected``: 1, or its ``--workers-per-gpu`` / ``--ntasks-per-gpu``), naming them all
     (pure): two launches, or a stray process, stacked on one card without asking."""
-    others = gpu_neighbours(apps_csv, gpu_uuid, own_pid)
-    if len(others) + 1 <= expected:
+    others, listed = gpu_neighbours(apps_csv, gpu_uuid, own_pid)
+    # Not listed under its own pid (a PID namespace): one of the others is this worker.
+    if len(others) + (1 if listed else 0) <= expected:
         return None
     meant = "its own GPU" if expected == 1 else f"{expected} workers to a GPU"
-    return (f"GPU {gpu_uuid} is shared: this worker ({own}, pid {own_pid}) and {', '.join(others)}; its launch "
+    host_view = "" if listed else " (host PIDs: one of them is this worker)"
+    return (f"GPU {gpu_uuid} is shared: this worker ({own}, pid {own_pid}) and {', '.join(others)}{host_view}; its launch "
             f"asked for {meant}. Check the other launches on this node (squeue -w, hpo status), or ask for "
             "sharing (sbatch --ntasks-per-gpu, hpo run/submit --workers-per-gpu)")
 

@@ -128,7 +128,7 @@ class Worker:
         that has them now (another worker ran the last trial while this one stopped)."""
         done = list(self.finished)
         for run in self.runs.values():
-            if run not in done and run.settings.export_at_end and run.shared.finished() >= run.settings.max_trials:
+            if run not in done and run.settings.export_at_end and run.shared.has_its_trials():
                 done.append(run)
         return done
 

@@ -114,17 +114,19 @@ class OomFacts:
 
     @property
     def neighbours_to_blame(self) -> bool:
-        """The trial would have fit on the card alone, and the others held more than it
-        lacked: the same parameters deserve another try."""
+        """The card was full (less free than asked), the trial would have fit on it alone,
+        and the others held more than it lacked: the same parameters deserve another try."""
+        lacked = self.request - self.free
         fits_alone = self.own + self.request <= self.total * (1 - _CARD_MARGIN)
-        return fits_alone and self.others >= self.request - self.free
+        return lacked > 0 and fits_alone and self.others >= lacked
 
 
 def oom_blame(message: str) -> OomFacts | None:
     """The facts of a CUDA out-of-memory message; None when it is not torch's full message
-    (a CPU ``MemoryError``, an older torch, an objective's own text)."""
+    (a CPU ``MemoryError``, an older torch, an objective's own text) or when a limit of this
+    process's own ran out, not the card (``set_per_process_memory_fraction``: "… allowed")."""
     found = {key: pattern.search(message) for key, pattern in _OOM_FACTS.items()}
-    if not all(found.values()):
+    if not all(found.values()) or " allowed" in message:
         return None
     sizes = {key: round(float(m.group(1)) * _UNITS[m.group(2)]) for key, m in found.items() if m is not None}
     return OomFacts(**sizes)
@@ -176,9 +178,9 @@ def from_value(value: Any, n_objectives: int) -> Outcome:
     return Outcome(TrialState.COMPLETE, values=floats)
 
 
-def from_exception(exc: BaseException, last_step: int | None, retry_reason: str | None = None) -> Outcome:
-    """The row of the table for ``exc``; ``retry_reason``: why this trial is itself a
-    retry, if it is one (an out-of-memory retry is not retried again)."""
+def from_exception(exc: BaseException, last_step: int | None, oom_retried: bool = False) -> Outcome:
+    """The row of the table for ``exc``; ``oom_retried``: the trial's lineage already had its
+    out-of-memory retry (``hpo.worker.recovery.enqueue_retry`` carries it along)."""
     if isinstance(exc, TrialCapped):
         return Outcome(TrialState.COMPLETE, values=exc.values, reason=exc.reason)
     if isinstance(exc, optuna.TrialPruned):
@@ -203,9 +205,8 @@ def from_exception(exc: BaseException, last_step: int | None, retry_reason: str 
             return Outcome(TrialState.FAIL, reason=OUT_OF_MEMORY, free_memory=True)
         reason = f"{OUT_OF_MEMORY}: other processes held {facts.others / 2**30:.1f} of the GPU's " \
                  f"{facts.total / 2**30:.1f} GiB"
-        # Once: a retry that meets a full card again fails for good (the card stays crowded).
-        again = retry_reason is None or not retry_reason.startswith(OUT_OF_MEMORY)
-        return Outcome(TrialState.FAIL, reason=reason, retry=again, free_memory=True)
+        # Once along its lineage: a retry that meets a full card again fails for good.
+        return Outcome(TrialState.FAIL, reason=reason, retry=not oom_retried, free_memory=True)
     if _is_cuda_error(exc) and not gpu_works():
         # The GPU failed, not these parameters: another worker retries them.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

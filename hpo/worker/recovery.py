@@ -36,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo._optuna import stale_trial_ids, trial_id
 from hpo.system.files import make_dirs, write_bytes_atomic
 from hpo.system.processes import process_alive
+from hpo.worker.outcome import OUT_OF_MEMORY
 
 if TYPE_CHECKING:
     from hpo.config.settings import Settings
@@ -311,6 +312,11 @@ def reap_study(settings: "Settings", config: "StudyConfig") -> list[int]:
     return reap(open_study(settings.spec, config, create=False), socket.gethostname())
 
 
+# A user attribute a retry carries along its lineage once one of it ran out of GPU memory
+# that other processes held: the one retry hpo.worker.outcome gives such a trial is spent.
+OOM_RETRIED = "oom_retried"
+
+
 def enqueue_retry(shared: "SharedStudy", trial: FrozenTrial, reason: str) -> bool:
     """Re-run ``trial``'s parameters, up to ``HPO_MAX_RETRIES`` along its lineage."""
     count = int(trial.user_attrs.get("retry_count", 0))
@@ -326,6 +332,7 @@ def enqueue_retry(shared: "SharedStudy", trial: FrozenTrial, reason: str) -> boo
             "retry_count": count + 1,
             "retry_reason": reason,
             "resume_from": trial.user_attrs.get("run_dir"),
+            **({OOM_RETRIED: True} if trial.user_attrs.get(OOM_RETRIED) or reason.startswith(OUT_OF_MEMORY) else {}),
         },
     )
     _logger.info("trial %d: %s; retry %d/%d enqueued", trial.number, reason, count + 1, shared.spec.max_retries)

@@ -41,7 +41,7 @@ from hpo.system.logs import trial_logging
 from hpo.worker import outcome as outcomes
 from hpo.worker.context import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
 from hpo.worker.device import check_sharing, gpu_facts
-from hpo.worker.recovery import Heartbeat, enqueue_retry
+from hpo.worker.recovery import OOM_RETRIED, Heartbeat, enqueue_retry
 from hpo.worker.results import RunKey, run_key
 from hpo.worker.run_dir import RunDir
 from hpo.worker.setup import options_of
@@ -106,7 +106,7 @@ class TrialRunner:
                 result = outcomes.from_value(value, len(self.config.directions))
             except BaseException as exc:  # noqa: BLE001 - the policy table decides, see hpo.worker.outcome
                 result = outcomes.from_exception(exc, active.last_step[-1] if active.last_step else None,
-                                                 trial.user_attrs.get("retry_reason"))
+                                                 bool(trial.user_attrs.get(OOM_RETRIED)))
                 if result.reason == outcomes.INTERRUPTED and s.retry_interrupted:
                     result = dataclasses.replace(result, retry=True)  # HPO_RETRY_INTERRUPTED: as if preempted
                 if result.show_traceback:
@@ -266,8 +266,6 @@ class TrialRunner:
             gpu = gpu_facts(self.device)  # the card and the trial's peak memory, with its end (no record of their own)
             for key, value in gpu.items():
                 trial.set_user_attr(key, value)
-            if "gpu_uuid" in gpu and not self.sharing_checked:
-                self._warn_if_shared(str(gpu["gpu_uuid"]))
             if result.state == TrialState.COMPLETE:
                 self.shared.study.tell(trial, list(result.values or ()))
             else:
@@ -277,6 +275,8 @@ class TrialRunner:
             if taken.record:
                 raise
             return taken
+        if "gpu_uuid" in gpu and not self.sharing_checked:
+            self._warn_if_shared(str(gpu["gpu_uuid"]))  # after tell: nvidia-smi never holds a trial's end
         seconds = time.time() - active.start
         # Only a trial that ran to its end: a capped one (time_pruning_cap) holds made-up values.
         if active.run_key is not None and result.state == TrialState.COMPLETE and result.reason is None:
@@ -301,7 +301,11 @@ class TrialRunner:
         """Once, after the first trial on CUDA (when the card's UUID is known): warn when
         more processes compute on it than the launch put there."""
         self.sharing_checked = True
-        warning = check_sharing(gpu_uuid, self.identity.worker_id, self.identity.gpu_sharers)
+        try:
+            warning = check_sharing(gpu_uuid, self.identity.worker_id, self.identity.gpu_sharers)
+        except Exception as exc:  # noqa: BLE001 - a look at the card must never end the worker
+            _logger.debug("cannot look at GPU %s's processes: %s", gpu_uuid, exc)
+            return
         if warning:
             _logger.warning("%s", warning)
 

@@ -270,11 +270,11 @@ def test_hpo_submit_workers_get_their_cpus(bound: int, project: Path) -> None:
 
 
 def test_ntasks_per_gpu_two_workers_share_a_gpu_each_on_its_own_core(bound: int, project: Path) -> None:
-    """``sbatch --ntasks=2 --ntasks-per-gpu=2 --cpus-per-task=1`` on one node: both workers on
+    """``sbatch --ntasks=2 --ntasks-per-gpu=2 --cpus-per-task=1 slurm/bash_optuna_per_gpu.sh`` on one node: both workers on
     one GPU, as asked (each knows: ``gpu_sharers`` 2), each bound to a core of its own and
     computing with one thread."""
     job = _sbatch(project, ["--nodes=1", "--ntasks=2", "--ntasks-per-gpu=2", "--cpus-per-task=1", *SMALL,
-                            "slurm/bash_optuna.sh"], _env(project))
+                            "slurm/bash_optuna_per_gpu.sh"], _env(project))
     assert _state_of(job) == "COMPLETED", (project / "logs" / f"hpo-optuna_{job}.log").read_text()
     seen = _seen(project)
     assert len(seen) == 2, list(seen)
@@ -285,4 +285,4 @@ def test_ntasks_per_gpu_two_workers_share_a_gpu_each_on_its_own_core(bound: int,
     assert len(cpus_a) == len(cpus_b) == 1 and cpus_a != cpus_b, views  # a core each
     assert rest_a == rest_b == ["1", 1, rest_a[2], rest_a[2], 2], (rest_a, rest_b)  # one GPU, both told so
     for text in _worker_logs(project).values():
-        assert "is shared" not in text and "but this task may run on" not in text, text
+        assert "but this task may run on" not in text, text
