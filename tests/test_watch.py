@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import clean_env, load_study, missing, run_hpo, tree
+from conftest import TOY_CONFIG, clean_env, load_study, missing, run_hpo, tree
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from hpo.cli import cli
@@ -727,3 +727,68 @@ def test_a_beat_kept_by_older_hpo_in_the_journal_still_counts() -> None:
     assert not lost({"hpo:heartbeat": now - 5})
     assert lost({"hpo:heartbeat": now - 100})
     assert lost({})  # started 1000 s ago and never beat
+
+
+def test_studies_lists_a_folder_s_studies_as_optuna_sees_them(single: Study, multi: Study, tmp_path: Path) -> None:
+    """``hpo studies``: every journal of the folder, its trials by state and its best (the
+    Pareto set's size with two objectives), as Optuna reads them; a folder that is not
+    there exits 2 naming it."""
+    import shutil
+
+    folder = tmp_path / "journals"
+    folder.mkdir()
+    for study in (single, multi):
+        shutil.copy(study.journal, folder / study.journal.name)
+    env = {**single.inproc_env(), "JOURNAL_DIR": str(folder)}
+    code, out = invoke(["studies", "--json"], env)
+    assert code == 0, out
+    rows = {row["study"]: row for row in map(json.loads, out.splitlines())}
+    assert sorted(rows) == ["multi", "single"]
+    ours, theirs = rows["single"], single.optuna()
+    assert (ours["trials"], ours["complete"] + ours["pruned"] + ours["fail"]) == (len(theirs.trials),) * 2
+    assert (ours["best"], ours["best_trial"]) == (theirs.best_value, theirs.best_trial.number)
+    assert rows["multi"]["best"] is None and rows["multi"]["pareto"] == len(multi.optuna().best_trials)
+    code, out = invoke(["studies"], env)
+    assert code == 0 and "single" in out and "multi" in out and f"(trial {theirs.best_trial.number})" in out
+    code, out = invoke(["studies", "--journal-dir", str(tmp_path / "nothing")], env)
+    assert code == 2 and f"JOURNAL_DIR='{tmp_path / 'nothing'}' (flag) is not a folder" in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert invoke(["studies", "--journal-dir", str(empty)], env) == (0, f"no studies in {empty} (no *.journal file)\n")
+
+
+def test_best_warns_of_a_parameter_at_the_end_of_its_range() -> None:
+    """A best learning rate at 1.02e-5 in [1e-5, 1e-1] (log): within 1 % of the low end, on
+    the log scale: said, naming the value, the end and what to do; a value inside, a
+    categorical and a small integer range at its end say nothing."""
+    from hpo.journal.reader import Distribution
+    from hpo.watch.export import edge_warnings
+
+    trial = TrialRecord(number=3, trial_id=3, state="COMPLETE", values=[0.1], params={
+        "lr": 1.02e-5, "x": 4.999, "width": 0.5, "opt": "adam", "layers": 6},
+        distributions={"lr": Distribution("FloatDistribution", 1e-5, 1e-1, None, True),
+                       "x": Distribution("FloatDistribution", -5.0, 5.0),
+                       "width": Distribution("FloatDistribution", 0.0, 1.0),
+                       "opt": Distribution("CategoricalDistribution", choices=("adam", "sgd")),
+                       "layers": Distribution("IntDistribution", 1, 6, 1)})
+    assert edge_warnings(trial) == [
+        "lr=1.02e-05 is within 1% of the low end of its range [1e-05, 0.1] (log scale): the optimum may lie beyond "
+        "1e-05; widen the range in the study config to know",
+        "x=4.999 is within 1% of the high end of its range [-5, 5]: the optimum may lie beyond 5; widen the range in "
+        "the study config to know"]
+
+
+def test_hpo_best_prints_the_edge_warning_on_stderr(tmp_path: Path) -> None:
+    """A real study whose best trial (x = -4.99, enqueued; the objective is x) sits at the low
+    end of x's range [-5, 5]: hpo best says so on stderr, and in its report."""
+    (tmp_path / "toy.yaml").write_text(TOY_CONFIG.format(objective="records_device"))
+    (tmp_path / "first.json").write_text('[{"x": -4.99}]')
+    env = clean_env(HPO_CONFIG=str(tmp_path / "toy.yaml"), MAX_TRIALS="4")
+    assert run_hpo(["enqueue", "first.json"], tmp_path, env).returncode == 0
+    assert run_hpo(["worker"], tmp_path, env).returncode == 0
+    result = run_hpo(["best", "--format", "json"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    warning = ("x=-4.99 is within 1% of the low end of its range [-5, 5]: the optimum may lie beyond -5; widen the "
+               "range in the study config to know")
+    assert json.loads(result.stdout)["warnings"] == [warning]
+    assert f"hpo: warning: {warning}" in result.stderr.splitlines()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import click
 
 from hpo.cli._options import load, load_sweep, settings_options
+from hpo.errors import UsageError
 
 if TYPE_CHECKING:
     from hpo.watch.logs import Line
@@ -103,8 +104,6 @@ def logs_cmd(follow: bool, worker: str | None, trial: int | None, n_lines: int |
 
             raise no_such_study(settings.study_name, settings.journal_dir)  # a typo, not a quiet study
         if trial is not None:
-            from hpo.errors import UsageError
-
             raise UsageError(nothing_yet(follower, settings))  # a trial that never ran
         click.echo(nothing_yet(follower, settings), err=True)
         return 0
@@ -151,11 +150,40 @@ def best_cmd(fmt: str, **flags: Any) -> int:
 
     settings, _ = load(flags)
     report = best_report(open_view(settings), settings.as_dict(), settings.objective_fields)
+    for warning in report.get("warnings", []):
+        click.echo(f"hpo: warning: {warning}", err=True)
     if fmt == "json":
         click.echo(strict_json(report, indent=2))
     else:
         click.echo(yaml.safe_dump(json.loads(json.dumps(report, default=str)), sort_keys=False,
                                   allow_unicode=True).rstrip())
+    return 0
+
+
+# -- studies ---------------------------------------------------------------------------------
+
+@click.command("studies")
+@settings_options
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per study")
+def studies_cmd(as_json: bool, **flags: Any) -> int:
+    """The studies of the journal folder (JOURNAL_DIR): trials by state, best value, last activity."""
+    from rich.console import Console
+
+    from hpo.watch.status import render_studies, study_rows
+
+    settings, _ = load(flags)
+    folder = settings.journal_dir
+    if not folder.is_dir():
+        raise UsageError(f"JOURNAL_DIR={str(folder)!r} ({settings.sources.get('journal_dir', 'default')}) is not "
+                         "a folder; valid: the folder of your studies' journals (--journal-dir)")
+    rows = study_rows(folder)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+    elif rows:
+        Console(width=200).print(render_studies(rows))
+    else:
+        click.echo(f"no studies in {folder} (no *.journal file)")
     return 0
 
 
@@ -235,5 +263,5 @@ def dashboard_cmd(port: int, bind: str, **flags: Any) -> int:
     return 0
 
 
-COMMANDS = (status_cmd, logs_cmd, best_cmd, export_cmd, plot_cmd, report_cmd, dashboard_cmd)
+COMMANDS = (status_cmd, logs_cmd, best_cmd, studies_cmd, export_cmd, plot_cmd, report_cmd, dashboard_cmd)
 

@@ -134,6 +134,34 @@ def run_settings(trial: TrialRecord) -> RanWith | None:
     return None
 
 
+# How close to a range's end a best value must be to say the range may cut the optimum off.
+EDGE_FRACTION = 0.01
+
+
+def edge_warnings(trial: TrialRecord) -> list[str]:
+    """The best trial's parameters within 1 % of an end of their range (on the log scale for a
+    log range): the optimum may lie past it, and a wider range would tell (pure). Integer
+    ranges of fewer than 100 values are left out: their ends are ordinary choices."""
+    out = []
+    for name, value in sorted(trial.params.items()):
+        dist = trial.distributions.get(name)
+        if dist is None or dist.choices is not None or dist.low is None or dist.high is None or dist.high <= dist.low:
+            continue
+        if dist.kind in ("IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution") and \
+                dist.high - dist.low < 100:
+            continue
+        scale = math.log if dist.log else (lambda v: v)
+        span = scale(dist.high) - scale(dist.low)
+        where = (scale(float(value)) - scale(dist.low)) / span
+        for end, near, bound in (("low", where <= EDGE_FRACTION, dist.low), ("high", where >= 1 - EDGE_FRACTION,
+                                                                            dist.high)):
+            if near:
+                out.append(f"{name}={value:.6g} is within 1% of the {end} end of its range [{dist.low:g}, "
+                           f"{dist.high:g}]{' (log scale)' if dist.log else ''}: the optimum may lie beyond "
+                           f"{bound:g}; widen the range in the study config to know")
+    return out
+
+
 def best_report(journal: StudyJournal, current_settings: Mapping[str, Any],
                 fields: Sequence[Field] = ()) -> dict[str, Any]:
     """What ``hpo best`` prints (as YAML or JSON): strict JSON values (non-finite -> null);
@@ -163,6 +191,9 @@ def best_report(journal: StudyJournal, current_settings: Mapping[str, Any],
         "env_source": ran_with.source if ran_with else "the current settings",
         "next": ENQUEUE_NOTE,
     })
+    warnings = edge_warnings(trial)
+    if warnings:
+        out["warnings"] = warnings
     return out
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 from hpo.config.settings import BUDGET_COUNTS
-from hpo.journal.format import no_such_study
+from hpo.journal.format import journal_studies, no_such_study
 from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
 from hpo.study.shared import BUDGET_ATTR, BUDGET_COUNTS_ATTR
 from hpo.system.files import json_safe
@@ -554,3 +554,40 @@ def render_snapshot(state: Mapping[str, Any]) -> "RenderableType":
         shown = Text("not started yet: no worker has reached it") if one.get("not_started") else render(one)
         parts += [Rule(one["study"]), shown]
     return Group(*parts, Rule("sweep"), render_combined(state["combined"]))
+
+
+# -- the studies of a journal folder (hpo studies) -----------------------------------------------
+
+def study_rows(journal_dir: Path) -> list[dict[str, Any]]:
+    """One row per study of the folder's journals: its trials by state, its best value
+    (one objective) or Pareto-set size, and its last activity (the journal's last write)."""
+    rows = []
+    for name in journal_studies(journal_dir):
+        path = journal_dir / f"{name}.journal"
+        journal = StudyJournal.read(path, name)
+        states = Counter(t.state for t in journal.trials)
+        best = journal.best_trial()
+        rows.append({
+            "study": name, "trials": len(journal.trials),
+            **{state.lower(): states.get(state, 0) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+            "directions": [d.lower() for d in journal.study.directions],
+            "best": None if best is None or not best.values else best.values[0],
+            "best_trial": None if best is None else best.number,
+            "pareto": len(journal.best_trials()) if len(journal.study.directions) > 1 else None,
+            "last_activity": datetime.fromtimestamp(path.stat().st_mtime).astimezone().isoformat(timespec="seconds"),
+        })
+    return rows
+
+
+def render_studies(rows: Sequence[Mapping[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for title in ("study", "trials", "complete", "pruned", "fail", "running", "best", "last activity"):
+        table.add_column(title, justify="left" if title in ("study", "last activity") else "right")
+    for r in rows:
+        best = (f"{_num(r['best'])} (trial {r['best_trial']})" if r["best"] is not None else
+                f"{r['pareto']} on the Pareto front" if r["pareto"] is not None else "-")
+        table.add_row(r["study"], str(r["trials"]), str(r["complete"]), str(r["pruned"]), str(r["fail"]),
+                      str(r["running"]), best, r["last_activity"])
+    return table
