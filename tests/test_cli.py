@@ -13,7 +13,7 @@ import hpo.watch
 from conftest import REPO
 
 COMMANDS = {"worker", "run", "submit", "cancel", "config", "enqueue", "refine", "retrain", "doctor", "repair", "reap",
-            "status", "logs", "best", "export", "plot", "report", "dashboard"}
+            "status", "logs", "best", "studies", "export", "plot", "report", "dashboard"}
 HEAVY = ("torch", "optuna", "submitit", "pandas", "matplotlib", "optuna_dashboard")
 
 

@@ -294,6 +294,7 @@ FAKE_MPS_CONTROL = """#!/bin/bash
 pipe=$CUDA_MPS_PIPE_DIRECTORY
 serve() {
     echo $BASHPID > "$pipe/daemon.pid"
+    : > "$pipe/control"  # the real daemon's socket, which the launcher waits for
     while [ ! -e "$pipe/quit" ]; do sleep 0.2; done
     echo "exit $(hostname)" >> "$MPS_EVENTS"
 }
