@@ -377,6 +377,12 @@ def test_hpo_submit_mps_runs_each_job_s_workers_under_mps(slurm: None, project: 
     trials = load_study(project / "optuna_journal" / "toy.journal", "toy").trials
     assert len(trials) == 8 and {t.state.name for t in trials} == {"COMPLETE"}
     jobs = {t.user_attrs["slurm_array_job_id"] + "_" + t.user_attrs["slurm_array_task_id"] for t in trials}
+    # --wait returns once the study is done; each job's script (its MPS trap) ends a moment later.
+    array = {t.user_attrs["slurm_array_job_id"] for t in trials}
+    deadline = time.monotonic() + 120
+    while subprocess.run(["squeue", "-h", "-j", ",".join(array)], capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, f"jobs {array} still queued"
+        time.sleep(0.5)
     pipes = {t.user_attrs["seen_mps_pipe"] for t in trials}
     assert all(re.fullmatch(r"/tmp/hpo-mps-\d+/pipe", p or "") for p in pipes) and len(pipes) <= 2, pipes
     assert {t.user_attrs["seen_mps_alive"] for t in trials} == {True}
