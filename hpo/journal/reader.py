@@ -208,13 +208,18 @@ class Distribution:
         return cls(type(dist).__name__, getattr(dist, "low", None), getattr(dist, "high", None),
                    getattr(dist, "step", None), bool(getattr(dist, "log", False)))
 
+    @property
+    def integer(self) -> bool:
+        """Whether it draws integers (Optuna's int distributions, old names included)."""
+        return self.kind in _INT_KINDS
+
     def to_optuna(self) -> Any:
         """The Optuna distribution object."""
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         if self.choices is not None:
             return CategoricalDistribution(self.choices)
-        cls = IntDistribution if self.kind in _INT_KINDS else FloatDistribution
+        cls = IntDistribution if self.integer else FloatDistribution
         return cls(self.low, self.high, log=self.log, step=self.step)  # type: ignore[arg-type]
 
 

@@ -147,8 +147,7 @@ def edge_warnings(trial: TrialRecord) -> list[str]:
         dist = trial.distributions.get(name)
         if dist is None or dist.choices is not None or dist.low is None or dist.high is None or dist.high <= dist.low:
             continue
-        if dist.kind in ("IntDistribution", "IntUniformDistribution", "IntLogUniformDistribution") and \
-                dist.high - dist.low < 100:
+        if dist.integer and dist.high - dist.low < 100:
             continue
         scale = math.log if dist.log else (lambda v: v)
         span = scale(dist.high) - scale(dist.low)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -177,8 +176,6 @@ def sharing_warning(apps_csv: str, gpu_uuid: str, own: str, own_pid: int, expect
 def check_sharing(gpu_uuid: str, own: str, expected: int) -> str | None:
     """:func:`sharing_warning` from this node's ``nvidia-smi``; None without it (a driver
     that lists no processes, a node with none: nothing to say)."""
-    if shutil.which(COMPUTE_APPS[0]) is None:
-        return None
     try:
         apps = run_command(COMPUTE_APPS, timeout=20)
     except SchedulerError as exc:
