@@ -173,6 +173,28 @@ def test_time_pruning_caps_a_multi_objective_trial_as_codes_does(toy) -> None:
     assert refused.returncode == 2 and "time_pruning_cap: [100.0] is not valid" in refused.stderr
 
 
+def test_a_capped_trial_frees_its_slot_when_only_valid_trials_count(toy) -> None:
+    """HPO_BUDGET_COUNTS=complete counts valid trials only, as CODES does: the capped trial
+    (COMPLETE, its values made up) frees its slot, so a fifth trial runs, and ``hpo status``
+    counts 4 of 4. (Under the default the study ends at 4 trials: the test above.)"""
+    cwd, env = toy("slow_two")
+    Path(env["HPO_CONFIG"]).write_text(
+        "study_name: mo\nobjective: objectives:slow_two\ndirections: [minimize, minimize]\n"
+        "time_pruning_cap: [100.0, elapsed]\nspace:\n  x: {type: float, low: 0, high: 5}\n"
+        "enqueue:\n  - {x: 1.0}\n  - {x: 2.0}\n  - {x: 0.5}\n  - {x: 4.5}\n  - {x: 0.25}\n")
+    env = {**env, "MAX_TRIALS": "4", "OPTUNA_PRUNER": "none", "HPO_TIME_PRUNING_WARMUP": "3",
+           "HPO_BUDGET_COUNTS": "complete"}
+    assert run_hpo(["worker"], cwd, env).returncode == 0
+    trials = load_study(cwd / "optuna_journal/mo.journal", "mo").trials
+    assert [t.params["x"] for t in trials] == [1.0, 2.0, 0.5, 4.5, 0.25]
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 5
+    assert trials[3].user_attrs["reason"].startswith("time-pruned:") and trials[3].values[0] == 100.0
+    status = run_hpo(["status", "--json", "--no-slurm"], cwd, env)
+    assert status.returncode == 0, status.stderr
+    counts = json.loads(status.stdout)
+    assert (counts["finished"], counts["max_trials"]) == (4, 4), counts
+
+
 def test_refine_narrows_ranges_and_starts_from_the_best(tmp_path: Path) -> None:
     env = clean_env(MAX_TRIALS="12", OPTUNA_SAMPLER="random")
     config = str(EXAMPLES / "gad.yaml")

@@ -36,9 +36,17 @@ from hpo.errors import UsageError
 BUDGET_COUNTS = ("finished", "complete")
 JOURNAL_LOCKS = ("auto", "file", "fcntl")  # see hpo.journal.locking
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
+# How a time-pruned trial's reason starts. Ended COMPLETE (``time_pruning_cap``), its values are
+# made up, and ``HPO_BUDGET_COUNTS=complete`` does not count it (as CODES counts).
+TIME_PRUNED = "time-pruned:"
 RESULTS_DIR = Path("results")  # where hpo export, hpo plot and the end-of-study export write: results/<study>/
 
 _STUDY_RE = re.compile(r"^[^\x00-\x1f/\\]{1,128}$")
+
+
+def is_capped(state: str, reason: Any) -> bool:
+    """Whether a trial ended COMPLETE with values ``time_pruning_cap`` made up."""
+    return state == "COMPLETE" and isinstance(reason, str) and reason.startswith(TIME_PRUNED)
 
 
 def parse_study_name(name: str, raw: Any) -> str:
@@ -130,7 +138,7 @@ FIELDS: tuple[Field, ...] = (
     Field("time_pruning_warmup", "HPO_TIME_PRUNING_WARMUP", _non_negative_int, 0,
           "0 = off; else after W completed trials, stop trials slower than mean + std"),
     Field("budget_counts", "HPO_BUDGET_COUNTS", choice(BUDGET_COUNTS), "finished",
-          "what MAX_TRIALS counts: finished (COMPLETE + PRUNED) or complete (valid trials only: a pruned one "
+          "what MAX_TRIALS counts: finished (COMPLETE + PRUNED) or complete (valid trials only: a pruned or capped one "
           "frees its slot)"),
     Field("retry_interrupted", "HPO_RETRY_INTERRUPTED", boolean, False,
           "retry a trial ended by Ctrl-C/SIGINT like a preempted one (a lost warm start runs again)"),
@@ -307,6 +315,13 @@ class StudySpec:
     def counted_states(self) -> frozenset[str]:
         """The trial states ``MAX_TRIALS`` counts (``HPO_BUDGET_COUNTS``)."""
         return frozenset({"COMPLETE"} if self.budget_counts == "complete" else {"COMPLETE", "PRUNED"})
+
+    def counted(self, states: Mapping[str, int], capped: int) -> int:
+        """The trials ``MAX_TRIALS`` counts, from the study's counts by state name and its
+        ``capped`` COMPLETE trials (:func:`is_capped`): valid trials only under ``complete``,
+        so a capped one frees its slot as a pruned one does."""
+        finished = sum(n for state, n in states.items() if state in self.counted_states)
+        return finished - capped if self.budget_counts == "complete" else finished
 
     @property
     def journal_path(self) -> Path:

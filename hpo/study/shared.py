@@ -40,6 +40,7 @@ from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.storage import open_storage
 from hpo.journal import snapshot
 from hpo.journal.backend import GuardedFileBackend
+from hpo.config.settings import is_capped
 from hpo.system.lock import held, make_lock
 from hpo.system.logs import quiet_optuna
 from hpo.system.files import make_dirs
@@ -73,6 +74,7 @@ class TrialIndex:
         self._seen = 0  # trial ids of the study looked at so far
         self._unfinished: dict[int, optuna.trial.FrozenTrial] = {}
         self.finished: Counter[TrialState] = Counter()
+        self.capped = 0  # COMPLETE trials whose values time_pruning_cap made up (is_capped)
         self.complete_seconds: list[float] = []
 
     def refresh(self) -> None:
@@ -88,6 +90,7 @@ class TrialIndex:
                 if trial.state.is_finished():
                     del self._unfinished[tid]
                     self.finished[trial.state] += 1
+                    self.capped += is_capped(trial.state.name, trial.user_attrs.get("reason"))
                     if trial.state == TrialState.COMPLETE and trial.datetime_start and trial.datetime_complete:
                         self.complete_seconds.append((trial.datetime_complete - trial.datetime_start).total_seconds())
                 else:
@@ -98,6 +101,7 @@ class TrialIndex:
         trials = self._storage.get_all_trials(self._study_id, deepcopy=False)
         self._seen = len(trials)
         self.finished = Counter(t.state for t in trials if t.state.is_finished())
+        self.capped = sum(is_capped(t.state.name, t.user_attrs.get("reason")) for t in trials)
         self._unfinished = {trial_id(t): t for t in trials if not t.state.is_finished()}
         self.complete_seconds = [(t.datetime_complete - t.datetime_start).total_seconds() for t in trials
                                  if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
@@ -149,7 +153,7 @@ class SharedStudy:
     def finished(self, counts: Counter[TrialState] | None = None) -> int:
         """The trials ``MAX_TRIALS`` counts (``HPO_BUDGET_COUNTS``), from ``counts`` or fresh ones."""
         counts = self.counts() if counts is None else counts
-        return sum(n for state, n in counts.items() if state.name in self.spec.counted_states)
+        return self.spec.counted({state.name: n for state, n in counts.items()}, self.index.capped)
 
     def frozen(self, trial_id: int) -> optuna.trial.FrozenTrial:
         """The trial as the storage holds it now (re-read from the journal)."""

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
-from hpo.config.settings import BUDGET_COUNTS
+from hpo.config.settings import BUDGET_COUNTS, StudySpec, is_capped
 from hpo.journal.format import journal_studies, no_such_study
 from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
 from hpo.study.shared import BUDGET_ATTR, BUDGET_COUNTS_ATTR
@@ -126,7 +126,7 @@ class Inputs:
     stale_seconds: float
     now: float
     read_seconds: float
-    counted: frozenset[str] = frozenset({"COMPLETE", "PRUNED"})  # what MAX_TRIALS counts
+    counting: StudySpec | None = None  # what MAX_TRIALS counts (its budget_counts); None: the default
     beats: Beats | None = None  # the workers' heartbeat files (journal storage)
 
 
@@ -156,15 +156,29 @@ def collect(settings: "Settings", now: float | None = None, slurm: bool = True,
     running = [t.trial_id for t in journal.trials if t.state == "RUNNING"]
     beats = None if settings.storage else read_beats(settings.spec.beats_dir, running)
     return Inputs(journal, attrs, metrics, info, budget(settings, journal), settings.stale_seconds,
-                  time.time() if now is None else now, read_seconds, counted_states(settings, journal), beats)
+                  time.time() if now is None else now, read_seconds, counting(settings, journal), beats)
 
 
-def counted_states(settings: "Settings", journal: StudyJournal) -> frozenset[str]:
-    """What the study's MAX_TRIALS counts: given to this command, else as its workers stored it."""
+def counting(settings: "Settings", journal: StudyJournal) -> StudySpec:
+    """The study as its MAX_TRIALS counts: ``HPO_BUDGET_COUNTS`` given to this command, else
+    as its workers stored it."""
     stored = journal.study.system_attrs.get(BUDGET_COUNTS_ATTR)
     if stored in BUDGET_COUNTS and not settings.sources.get("budget_counts", "default").startswith(("flag", "env:")):
-        return replace(settings.spec, budget_counts=stored).counted_states
-    return settings.spec.counted_states
+        return replace(settings.spec, budget_counts=stored)
+    return settings.spec
+
+
+def counted(inputs: Inputs, states: Mapping[str, int]) -> int:
+    """The study's trials that MAX_TRIALS counts (:meth:`StudySpec.counted`): the reasons
+    of COMPLETE trials are read only when capped ones may not count."""
+    spec = inputs.counting
+    if spec is None:
+        return states.get("COMPLETE", 0) + states.get("PRUNED", 0)
+    capped = 0
+    if spec.budget_counts == "complete" and states.get("COMPLETE"):
+        reasons = inputs.journal.user_attr_values(["reason"])["reason"]
+        capped = sum(is_capped(t.state, reasons.get(t.number)) for t in inputs.journal.trials)
+    return spec.counted(states, capped)
 
 
 def budget(settings: "Settings", journal: StudyJournal) -> int:
@@ -228,7 +242,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
     states = {s: 0 for s in SHOWN_STATES}
     for t in trials:
         states[t.state] += 1
-    finished = sum(n for state, n in states.items() if state in inputs.counted)  # what MAX_TRIALS counts
+    finished = counted(inputs, states)
     rate, window = throughput(trials, now)
     remaining = max(0, inputs.max_trials - finished)
     eta = 0.0 if remaining == 0 else (remaining / rate if rate else None)

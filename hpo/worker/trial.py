@@ -36,6 +36,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo._optuna import trial_id
+from hpo.config.settings import TIME_PRUNED
 from hpo.config.space import suggest
 from hpo.system.logs import trial_logging
 from hpo.worker import outcome as outcomes
@@ -246,7 +247,7 @@ class TrialRunner:
             if len(durations) >= warmup:
                 cap = statistics.mean(durations) + (statistics.pstdev(durations) if len(durations) > 1 else 0.0)
                 if elapsed > cap:
-                    why = f"time-pruned: {elapsed:.1f}s > mean + std of {len(durations)} completed trials ({cap:.1f}s)"
+                    why = f"{TIME_PRUNED} {elapsed:.1f}s > mean + std of {len(durations)} completed trials ({cap:.1f}s)"
                     capped = self.config.time_pruning_cap
                     if capped is not None and len(self.config.directions) > 1:
                         # time_pruning_cap: the trial stays COMPLETE, its accuracy capped and its time the one measured.
