@@ -65,6 +65,27 @@ def test_pruner_decides_only_at_stage_ends_against_the_same_stage() -> None:
     assert pruner.prune(study, study.trials[trial.number])
 
 
+def test_first_end_leaves_the_earlier_stage_ends_undecided() -> None:
+    """Seed 004's transfer search: Stage A's end decides nothing (``first_end: 1``)."""
+    pruner = StagePruner(n_min_trials=1, first_end=1)
+    study = optuna.create_study(pruner=pruner)
+    _report(study, {"A.epochs": 1, "B1.epochs": 1}, [0.1, 0.1, 0.1], pruner)
+    assert _report(study, {"A.epochs": 1, "B1.epochs": 1}, [0.9, 0.9, 0.9], pruner) == [False, True, False]
+    with pytest.raises(ValueError, match="first_end must be a stage end index from 0 to 1, got 2"):
+        StagePruner(first_end=2)
+
+
+def test_transfer_reports_the_weighted_value_as_far_as_known() -> None:
+    from hpo.examples.physae_variants import weighted_so_far
+
+    value = weighted_so_far({"A": 0.1, "B1": 0.4, "B2": 1.5})
+    assert value({"A": 0.5}, "A") == pytest.approx(2.0 * 0.5)
+    assert value({"A": 0.5, "B1": 0.3}, "B1") == pytest.approx(0.05 + 1.9 * 0.3)
+    assert value({"A": 0.5, "B1": 0.3, "B2": 0.2}, "B2") == pytest.approx(0.05 + 0.12 + 0.3)
+    with pytest.raises(ValueError, match=r"names stage\(s\) \['C'\]; valid: A, B1, B2"):
+        weighted_so_far({"C": 1.0})
+
+
 def test_no_stage_lengths_no_pruning() -> None:
     pruner = StagePruner(n_min_trials=1)
     study = optuna.create_study(pruner=pruner)

@@ -189,9 +189,9 @@ def test_a_declared_field_without_default_value_is_optional() -> None:
      "valid: lower-case letters, digits and _"),
     (5, {"type": "int", "default": 1}, "c.yaml: objective_settings.5: not a valid setting name; "
      "valid: lower-case letters, digits and _"),
-    ("x", [1, 2], "c.yaml: objective_settings.x: must be a mapping with type, default, env, low, high, choices, help"),
+    ("x", [1, 2], "c.yaml: objective_settings.x: must be a mapping with type, default, env, low, high, choices, help, budget"),
     ("x", {"type": "int", "default": 1, "lo": 0, "zz": 1},
-     "c.yaml: objective_settings.x.lo: unknown key; valid: type, default, env, low, high, choices, help"),
+     "c.yaml: objective_settings.x.lo: unknown key; valid: type, default, env, low, high, choices, help, budget"),
     ("x", {"default": 1}, "c.yaml: objective_settings.x.type: None is not valid; valid: int, float, str, bool, choice"),
     ("x", {"type": "integer", "default": 1},
      "c.yaml: objective_settings.x.type: 'integer' is not valid; valid: int, float, str, bool, choice"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,19 @@ def test_gad_runs_with_seed_002_variables_and_exports_its_metrics(tmp_path: Path
     later = clean_env(HPO_CONFIG=str(EXAMPLES / "gad.yaml"))
     status = json.loads(run_hpo(["status", "--json"], tmp_path, later).stdout)
     assert (status["finished"], status["max_trials"], status["eta_seconds"]) == (4, 4, 0.0)
+
+    # Seed 002's "validate on the full data": the best trial once more, with the budgets given
+    # here; the one not given (N_STEPS_PER_SAMPLE) is the trial's own.
+    full = run_hpo(["retrain"], tmp_path, clean_env(OMP_NUM_THREADS="1", HPO_CONFIG=str(EXAMPLES / "gad.yaml"),
+                                                    N_SAMPLES="12", DIFFICULTY_THRESHOLD="1.0"))
+    assert full.returncode == 0, full.stderr
+    assert ("budgets: N_SAMPLES=12 (given), N_STEPS_PER_SAMPLE=150 (settings.json of the trial's run directory), "
+            "DIFFICULTY_THRESHOLD=1.0 (given)") in full.stdout
+    retrained = load_study(tmp_path / "optuna_journal/gad_toy-retrain.journal", "gad_toy-retrain").trials[0]
+    assert retrained.params == best.params and retrained.state.name == "COMPLETE"
+    assert retrained.user_attrs["budget"] == {"N_SAMPLES": 12, "N_STEPS_PER_SAMPLE": 150, "DIFFICULTY_THRESHOLD": 1.0}
+    ran = json.loads((Path(retrained.user_attrs["run_dir"]) / "settings.json").read_text())
+    assert (ran["n_samples"], ran["n_steps_per_sample"], ran["difficulty_threshold"]) == (12, 150, 1.0)
 
 
 @pytest.mark.parametrize(("env", "named", "valid"), [
@@ -365,10 +379,13 @@ def test_seed_001_sweep_of_surrogates_two_objectives(tmp_path: Path) -> None:
 
 def test_seed_004_files_metrics_and_four_figures(tmp_path: Path) -> None:
     """Transfer-aware PhysAE: best_params.json, all_trials.csv and top_20_trials.csv with the
-    component metrics, and seed 004's four figures, written when the study ends."""
+    component metrics, and seed 004's four figures, written when the study ends. The pruner
+    (the config's: stage, from B1's end on) sees the weighted value, never a raw stage error."""
     env = clean_env(HPO_CONFIG=str(EXAMPLES / "physae_transfer.yaml"), MAX_TRIALS="3", N_TRAIN="256", N_VAL="64",
                     N_POINTS="64", BATCH_SIZE="64", STAGEA_EPOCHS="1", STAGEB1_EPOCHS="1", STAGEB2_EPOCHS="1",
-                    OPTUNA_PRUNER="none", HPO_EXPORT_AT_END="1", OMP_NUM_THREADS="1")
+                    HPO_EXPORT_AT_END="1", OMP_NUM_THREADS="1")
+    shown = run_hpo(["config"], tmp_path, env)
+    assert re.search(r"^OPTUNA_PRUNER +stage +config:", shown.stdout, re.M), shown.stdout
     result = run_hpo(["run", "--workers", "2"], tmp_path, env)
     assert result.returncode == 0, result.stderr
     out = tmp_path / "results/physae_transfer"
@@ -383,6 +400,9 @@ def test_seed_004_files_metrics_and_four_figures(tmp_path: Path) -> None:
         errors = {stage: trial.user_attrs[f"{stage}_val_param_error"] for stage in ("A", "B1", "B2")}
         assert len(set(errors.values())) == 3  # three different numbers: a weight cannot hide
         assert trial.value == pytest.approx(0.1 * errors["A"] + 0.4 * errors["B1"] + 1.5 * errors["B2"], rel=1e-9)
+        # One epoch a stage: what the pruner saw at each stage end is that sum as far as it was known.
+        assert trial.intermediate_values == pytest.approx(
+            {1: 2.0 * errors["A"], 2: 0.1 * errors["A"] + 1.9 * errors["B1"], 3: trial.value}, rel=1e-9)
     for table in ("all_trials.csv", "top_20_trials.csv"):
         rows = _rows(out / table)
         assert components <= set(rows[0]), table

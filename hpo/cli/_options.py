@@ -7,6 +7,7 @@ from typing import Any, Callable
 import click
 
 from hpo.config.environment import environment
+from hpo.config.fields import boolean
 from hpo.config.settings import FIELDS
 from hpo.config.study import Launch, Study, load_launch
 
@@ -19,8 +20,10 @@ def settings_options(func: Command) -> Command:
     for f in reversed(FIELDS):
         if f.internal:
             continue
+        # A yes/no setting given alone means yes (--mix-budgets); --mix-budgets false still works.
+        alone: str | None = "true" if f.parse is boolean else None
         func = click.option(
-            f.flag, f.name, default=None, metavar=f.env,
+            f.flag, f.name, default=None, metavar=f.env, is_flag=False, flag_value=alone,
             help=f"{f.help} [env {f.env}; default {f.default}]",
         )(func)
     func = click.option("--arg", "args", multiple=True, metavar="NAME=VALUE",

@@ -69,14 +69,20 @@ def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: A
 @click.option("--trial", "number", type=click.IntRange(0), default=None,
               help="retrain this trial [default: the best one; with several objectives the knee]")
 def retrain_cmd(to: str | None, number: int | None, **flags: Any) -> int:
-    """Train the best trial's parameters once more, with its own budgets, as trial 0 of a new study."""
+    """Train the best trial's parameters once more, with its own budgets, as trial 0 of a new study.
+
+    Budgets given here (--arg NAME=VALUE or their environment variables) override the trial's."""
     from hpo.config.environment import environment
     from hpo.launch.retrain import plan_retrain, run_retrain, start_retrain
 
     plan = plan_retrain(*load(flags), to, number)
+    if plan.warning is not None:
+        click.echo(f"warning: {plan.warning}", err=True)
     start_retrain(plan)
     click.echo(f"retraining trial {plan.trial.number} of {plan.source!r} (values {plan.trial.values}) as trial 0 "
                f"of {plan.settings.study_name!r}, budgets from {plan.budgets_from}")
+    if plan.budgets:
+        click.echo("budgets: " + ", ".join(plan.budgets))
     code, result = run_retrain(plan, environment())
     if result is not None:
         click.echo(f"{plan.settings.study_name!r} trial 0: {result.state} values {result.values}; run directory "

@@ -116,13 +116,16 @@ class Field:
     # Set by hpo's launchers for the workers they start (a worker's rank, its launch): no
     # command-line flag, shown apart by ``hpo config``.
     internal: bool = False
+    # A budget of each trial (epochs, dataset sizes): recorded per trial, and a launch that
+    # changes it is refused unless asked to mix (hpo.study.budgets).
+    budget: bool = False
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
 
-_SPEC_KEYS = ("type", "default", "env", "low", "high", "choices", "help")
+_SPEC_KEYS = ("type", "default", "env", "low", "high", "choices", "help", "budget")
 _SPEC_TYPES = ("int", "float", "str", "bool", "choice")
 _ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
@@ -132,8 +135,9 @@ def declared_field(where: str, name: str, spec: Any) -> Field:
 
         n_steps_per_sample: {type: int, default: 800, low: 1, high: 100000, env: N_STEPS_PER_SAMPLE}
         method: {type: choice, choices: [sgld, hmc], default: sgld}
+        n_samples: {type: int, default: 15, low: 1, budget: true}
 
-    ``env`` defaults to the name in capitals. The default is checked like any value."""
+    ``budget: true``: a budget of each trial (see :mod:`hpo.study.budgets`). ``env`` defaults to the name in capitals. The default is checked like any value."""
     label = f"{where}: objective_settings.{name}"
     if not isinstance(name, str) or not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
         raise UsageError(f"{label}: not a valid setting name; valid: lower-case letters, digits and _")
@@ -172,6 +176,10 @@ def declared_field(where: str, name: str, spec: Any) -> Field:
     if "default" not in spec:
         raise UsageError(f"{label}.default: missing; valid: a value of type {kind}")
     default = None if spec["default"] is None else parse(f"{label}.default", spec["default"])
-    return Field(name, env, optional(parse) if default is None else parse, default, str(spec.get("help", "")))
+    budget = spec.get("budget", False)
+    if not isinstance(budget, bool):
+        raise UsageError(f"{label}.budget: {budget!r} is not valid; valid: true or false")
+    return Field(name, env, optional(parse) if default is None else parse, default, str(spec.get("help", "")),
+                 budget=budget)
 
 

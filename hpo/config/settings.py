@@ -39,7 +39,8 @@ DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 # How a time-pruned trial's reason starts. Ended COMPLETE (``time_pruning_cap``), its values are
 # made up, and ``HPO_BUDGET_COUNTS=complete`` does not count it (as CODES counts).
 TIME_PRUNED = "time-pruned:"
-RESULTS_DIR = Path("results")  # where hpo export, hpo plot and the end-of-study export write: results/<study>/
+RESULTS_DIR = Path("results")
+TRIAL_BUDGET_ATTR = "budget"  # the trial user attribute of its budgets (Settings.budgets; hpo.study.budgets)  # where hpo export, hpo plot and the end-of-study export write: results/<study>/
 
 _STUDY_RE = re.compile(r"^[^\x00-\x1f/\\]{1,128}$")
 
@@ -140,6 +141,9 @@ FIELDS: tuple[Field, ...] = (
     Field("budget_counts", "HPO_BUDGET_COUNTS", choice(BUDGET_COUNTS), "finished",
           "what MAX_TRIALS counts: finished (COMPLETE + PRUNED) or complete (valid trials only: a pruned or capped one "
           "frees its slot)"),
+    Field("mix_budgets", "HPO_MIX_BUDGETS", boolean, False,
+          "run although the study's trials ran with other budgets (the objective's budget settings: epochs, "
+          "dataset sizes); recorded in the study, and each trial records its own"),
     Field("retry_interrupted", "HPO_RETRY_INTERRUPTED", boolean, False,
           "retry a trial ended by Ctrl-C/SIGINT like a preempted one (a lost warm start runs again)"),
     Field("reuse_results", "HPO_REUSE_RESULTS", boolean, False,
@@ -200,6 +204,7 @@ class Settings:
     trial_timeout_seconds: float | None
     time_pruning_warmup: int
     budget_counts: str
+    mix_budgets: bool
     retry_interrupted: bool
     reuse_results: bool
     export_at_end: bool
@@ -222,7 +227,7 @@ class Settings:
         """What sharing this study reads of the settings (:class:`StudySpec`)."""
         return StudySpec(self.study_name, self.journal_dir, self.storage, self.max_trials, self.budget_counts,
                          self.heartbeat_seconds, self.stale_seconds, self.max_retries, self.sampler, self.pruner,
-                         self.journal_lock, self.snapshot_mb)
+                         self.journal_lock, self.snapshot_mb, self.budgets(), self.mix_budgets)
 
     @property
     def launcher(self) -> Launcher:
@@ -256,6 +261,11 @@ class Settings:
         fields declared with ``fixes=``, e.g. PhysAE's ``STAGEA_EPOCHS`` -> ``A.epochs``)."""
         return {f.fixes: self.objective[f.name] for f in self.objective_fields
                 if f.fixes is not None and self.objective.get(f.name) is not None}
+
+    def budgets(self) -> dict[str, Any]:
+        """The budgets each trial runs with: the objective's settings declared ``budget``,
+        by environment variable (``{"STAGEA_EPOCHS": 2, "N_TRAIN": 50000}``; None: unset)."""
+        return {f.env: self.objective.get(f.name) for f in self.objective_fields if f.budget}
 
     def fields(self) -> tuple[Field, ...]:
         """hpo's own fields, then the objective's."""
@@ -310,6 +320,8 @@ class StudySpec:
     pruner: str
     journal_lock: str = "auto"
     snapshot_mb: float = 16.0
+    budgets: Mapping[str, Any] = field(default_factory=dict)  # Settings.budgets(): each trial's
+    mix_budgets: bool = False  # HPO_MIX_BUDGETS: run although the study's trials ran with other budgets
 
     @property
     def counted_states(self) -> frozenset[str]:

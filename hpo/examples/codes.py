@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 
 # This objective's own settings (N_TRAIN=..., --arg batch_size=..., or the config's settings:).
 SETTINGS: tuple[Field, ...] = (
-    Field("n_train", "N_TRAIN", int_in(1, 10_000_000), 50000, "training samples"),
-    Field("n_val", "N_VAL", int_in(1, 1_000_000), 4000, "validation samples"),
+    Field("n_train", "N_TRAIN", int_in(1, 10_000_000), 50000, "training samples", budget=True),
+    Field("n_val", "N_VAL", int_in(1, 1_000_000), 4000, "validation samples", budget=True),
     Field("batch_size", "BATCH_SIZE", int_in(1, 1_000_000), 512, "training batch size"),
 )
 

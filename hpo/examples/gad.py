@@ -28,10 +28,11 @@ if TYPE_CHECKING:
     from hpo.api import SetupContext, TrialContext
 
 SETTINGS: tuple[Field, ...] = (
-    Field("n_samples", "N_SAMPLES", int_in(1, 100_000), 15, "samples per trial"),
-    Field("n_steps_per_sample", "N_STEPS_PER_SAMPLE", int_in(1, 10_000_000), 800, "steps per sample per trial"),
+    Field("n_samples", "N_SAMPLES", int_in(1, 100_000), 15, "samples per trial", budget=True),
+    Field("n_steps_per_sample", "N_STEPS_PER_SAMPLE", int_in(1, 10_000_000), 800, "steps per sample per trial",
+          budget=True),
     Field("difficulty_threshold", "DIFFICULTY_THRESHOLD", float_in(0.01, 1.0), 0.5,
-          "fraction of the pre-screened pool kept: the hardest samples"),
+          "fraction of the pre-screened pool kept: the hardest samples", budget=True),
 )
 # Middle-of-range parameters: the yardstick that tells a hard sample from an easy one.
 _SCREEN_PARAMS = {"dt_min": 1e-6, "dt_max": 0.03, "plateau_patience": 10, "plateau_boost": 2.0,

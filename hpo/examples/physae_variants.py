@@ -4,22 +4,27 @@
   inference time per sample (microseconds) of the trained model: a Pareto study.
 - :func:`transfer_weighted` (seed 004): a weighted sum of stage metrics, so early
   stages are judged by how well they transfer to the last one; the weights are the
-  config's ``objective_args``.
+  config's ``objective_args``. The pruner sees that weighted sum too, as far as it is
+  known (:func:`weighted_so_far`), never a stage's raw error: with the stage pruner from
+  B1's end on (``configs/examples/physae_transfer.yaml``), Stage A is never judged by
+  its own metric, which is what seed 004's search avoids.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from hpo.physae.objective import objective as physae
 from hpo.physae.settings import SETTINGS
 
 if TYPE_CHECKING:
     from hpo.api import TrialContext
+    from hpo.physae.train import ReportedValue
 
 LATENCY_REPEATS = 5
+STAGE_ORDER = ("A", "B1", "B2")  # PhysAE's stages (hpo.physae.train.STAGES; no torch import here)
 
 
 def _inference_us_per_sample(params: dict[str, Any], ctx: "TrialContext") -> float:
@@ -57,11 +62,29 @@ def accuracy_and_latency(params: dict[str, Any], ctx: "TrialContext") -> tuple[f
     return error, latency
 
 
+def weighted_so_far(weights: Mapping[str, float]) -> "ReportedValue":
+    """The weighted objective as far as an epoch knows it: each finished stage's weight times
+    its last error, and the current stage's latest error standing in for itself and for the
+    stages still to come. At B2's last epoch it is the objective itself. Pure."""
+    unknown = sorted(set(weights) - set(STAGE_ORDER))
+    if unknown:
+        raise ValueError(f"objective_args.weights names stage(s) {unknown}; valid: {', '.join(STAGE_ORDER)}")
+
+    def value(errors: Mapping[str, float], stage: str) -> float:
+        now = STAGE_ORDER.index(stage)
+        done = sum(float(w) * errors[s] for s, w in weights.items() if STAGE_ORDER.index(s) < now and s in errors)
+        rest = sum(float(w) for s, w in weights.items() if STAGE_ORDER.index(s) >= now)
+        return done + rest * errors[stage]
+
+    return value
+
+
 def transfer_weighted(params: dict[str, Any], ctx: "TrialContext") -> float:
     """``sum(weight[stage] * val_param_error at the end of stage)``, weights from
-    ``objective_args.weights`` (e.g. ``{A: 0.1, B1: 0.4, B2: 1.5}``)."""
-    physae(params, ctx)
+    ``objective_args.weights`` (e.g. ``{A: 0.1, B1: 0.4, B2: 1.5}``); each epoch reports
+    :func:`weighted_so_far` to the pruner."""
     weights = dict(ctx.options.get("weights", {"B2": 1.0}))
+    physae(params, ctx, weighted_so_far(weights))
     last: dict[str, float] = {}
     for line in (ctx.run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)

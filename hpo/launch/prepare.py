@@ -12,6 +12,7 @@ from hpo.config.settings import Settings
 from hpo.config.study import Launch, StudyConfig
 from hpo.errors import UsageError
 from hpo.journal.locking import lock_kind
+from hpo.study import budgets
 from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.provenance import ConfigMode, check_unchanged, reconcile, record_launch
 from hpo.system.slurm import record_jobs
@@ -53,6 +54,8 @@ def prepare(launch: Launch, mode: ConfigMode, launcher: str, env: Mapping[str, s
     for settings, _ in launch.studies:
         if not settings.storage:
             lock_kind(settings.journal_path, settings.journal_lock)  # one journal, one lock: refused here
+    for settings, _ in launch.studies:
+        budgets.check(settings.spec)  # other budgets than the study's trials ran with: refused here
     if mode is ConfigMode.CHECK:
         for settings, config in launch.studies:
             check_unchanged(settings, config)

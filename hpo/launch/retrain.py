@@ -1,5 +1,10 @@
 """``hpo retrain``: train one trial's parameters once more, as trial 0 of a new study, with
-that trial's own budgets (its ``settings.json``) and no warm start first."""
+that trial's own budgets (its ``settings.json``) and no warm start first.
+
+Budgets given to the command (``--arg N_SAMPLES=50``, ``N_SAMPLES=50 hpo retrain``) override
+the trial's: "validate on the full data" is a retrain with a bigger ``N_SAMPLES``. The new
+study records what it used (its budgets, :mod:`hpo.study.budgets`), and the command prints
+each budget with where it came from."""
 
 from __future__ import annotations
 
@@ -7,12 +12,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Mapping
 
-from hpo.config.settings import Settings, parse_study_name
+from hpo.config.settings import TRIAL_BUDGET_ATTR, Settings, parse_study_name
 from hpo.config.study import Launch, StudyConfig, load_config, single_study_text
 from hpo.errors import UsageError
-from hpo.journal.reader import TrialRecord
+from hpo.journal.reader import StudyJournal, TrialRecord
 from hpo.launch.local import plan_gpus, run_local, visible_gpus
 from hpo.launch.prepare import check_runnable
+from hpo.study.budgets import mix_warning
 from hpo.study.provenance import stored_config_path
 from hpo.study.shared import open_study
 from hpo.study.storage import open_storage
@@ -30,12 +36,16 @@ class Retrain:
     settings: Settings  # the new study's
     config: StudyConfig
     budgets_from: str  # which settings.json (the run directory's, its worker's), or "the current settings"
+    budgets: tuple[str, ...] = ()  # "N_SAMPLES=50 (given)", one per budget, as the retrain runs them
+    warning: str | None = None  # the source study mixes budgets (hpo.study.budgets.mix_warning)
 
 
 def plan_retrain(settings: Settings, config: StudyConfig, to: str | None, number: int | None) -> Retrain:
     """Choose the trial (``number``, else the best one; with several objectives the knee)
     and the new study (``to``, else ``<study>-retrain``, which must not exist yet)."""
-    trial = _chosen_trial(settings, number)
+    journal = open_view(settings)
+    trial = _chosen_trial(journal, settings, number)
+    mixed = mix_warning(journal.user_attr_values([TRIAL_BUDGET_ATTR])[TRIAL_BUDGET_ATTR], trial.number)
     name = parse_study_name("--to", to or f"{settings.study_name}-retrain")
     storage = open_storage(dataclasses.replace(settings.spec, study_name=name))
     if name in [s.study_name for s in storage.get_all_studies()]:
@@ -43,18 +53,23 @@ def plan_retrain(settings: Settings, config: StudyConfig, to: str | None, number
     # The trial's own budgets (N_TRAIN, stage epochs ...): its settings.json, else today's settings.
     found = run_settings(trial)
     ran_with = found.settings if found else {}
-    objective = {f.name: ran_with.get(f.name, settings.objective.get(f.name)) for f in settings.objective_fields}
+    source = found.source if found else "the current settings"
+    given = {f.name for f in settings.objective_fields
+             if settings.sources.get(f.name, "default") == "flag" or settings.sources.get(f.name, "").startswith("env:")}
+    objective = {f.name: settings.objective.get(f.name) if f.name in given else ran_with.get(
+        f.name, settings.objective.get(f.name)) for f in settings.objective_fields}
+    shown = tuple(f"{f.env}={objective[f.name]} ({'given' if f.name in given else source})"
+                  for f in settings.objective_fields if f.budget)
     new = dataclasses.replace(settings, study_name=name, max_trials=1, trials_per_worker=None, objective=objective)
     if config.cell:  # one study of a sweep: the new study gets that study's own config
         path = stored_config_path(new)
         write_bytes_atomic(path, single_study_text(config, name).encode())
         config, new = load_config(path), dataclasses.replace(new, config=path)
     check_runnable(new, config)
-    return Retrain(settings.study_name, trial, new, config, found.source if found else "the current settings")
+    return Retrain(settings.study_name, trial, new, config, source, shown, mixed)
 
 
-def _chosen_trial(settings: Settings, number: int | None) -> TrialRecord:
-    journal = open_view(settings)
+def _chosen_trial(journal: StudyJournal, settings: Settings, number: int | None) -> TrialRecord:
     if number is None:
         best = choose_best(journal).trial
         if best is None:

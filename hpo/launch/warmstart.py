@@ -164,7 +164,7 @@ def enqueue(settings: Settings, config: StudyConfig, file: Path | None, from_stu
         best = top_trials(other.trials, other.study.directions, top)
         sets, origin = [dict(t.params) for t in best], f"study {from_study} (top {top})"
     checked = [check_param_set(config.space, params, f"{origin}[{i}]") for i, params in enumerate(sets)]
-    shared = open_study(settings.spec, config, warm_start=False)
+    shared = open_study(settings.spec, config, warm_start=False, trains=False)
     for params in checked:
         shared.study.enqueue_trial(params, user_attrs={"origin": f"enqueued from {origin}"})
     return len(checked), origin

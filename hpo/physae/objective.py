@@ -8,13 +8,14 @@ from hpo.physae.settings import SETTINGS
 
 if TYPE_CHECKING:
     from hpo.api import TrialContext
+    from hpo.physae.train import ReportedValue
 
 # SETTINGS: the objective's own settings, which hpo reads from this module at
 # start-up; torch is imported only when a trial runs.
 __all__ = ["SETTINGS", "objective"]
 
 
-def objective(params: dict[str, Any], ctx: TrialContext) -> float:
+def objective(params: dict[str, Any], ctx: TrialContext, reported: "ReportedValue | None" = None) -> float:
     """Train PhysAE through stages A, B1 and B2 and return the value to minimise.
 
     ``params`` must hold the twelve ``A.*``/``B1.*``/``B2.*`` parameters (sampled
@@ -24,8 +25,9 @@ def objective(params: dict[str, Any], ctx: TrialContext) -> float:
     :class:`hpo.api.Diverged` (-> PRUNED) on a non-finite loss,
     ``optuna.TrialPruned`` when the pruner stops it and
     :class:`hpo.api.TrialStopped` on a stop request; every other exception,
-    out of memory included, is left to the worker's outcome policy.
+    out of memory included, is left to the worker's outcome policy. ``reported``: what
+    the pruner gets each epoch instead of its error (a variant's weighted value).
     """
     from hpo.physae.train import train
 
-    return train(params, ctx)
+    return train(params, ctx, reported)

@@ -44,13 +44,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
 from hpo.api import METRICS_FILE, Diverged, write_atomic, write_bytes_atomic
 from hpo.physae.data import N_PARAMS, SpectraDataset, get_dataset, is_cached
 from hpo.physae.model import Encoder, Prediction, Refiner, build_models, predict
+
+# What PhysAE reports to the pruner each epoch, instead of the epoch's validation error:
+# f(latest error of each stage so far, the current stage) (hpo.examples.physae_variants).
+ReportedValue = Callable[[Mapping[str, float], str], float]
 
 if TYPE_CHECKING:
     from hpo.api import TrialContext
@@ -153,6 +157,17 @@ class _Run:
     step: Step  # the training step's loss: _step_loss, compiled or not (STEP_COMPILE)
     global_step: int = 0
     last_metrics: EvalMetrics | None = None  # validation after the latest epoch run here
+    # What ctx.report gets (None: the epoch's val_param_error): from each stage's latest
+    # error (the last one of a finished stage) and the current stage; see ReportedValue.
+    reported: ReportedValue | None = None
+    stage_errors: dict[str, float] = field(default_factory=dict)
+
+    def report(self, step: int, record: Mapping[str, Any]) -> None:
+        """Report an epoch's validation to the pruner: its error, or what ``reported`` makes of it."""
+        error = float(record["val_param_error"])
+        self.stage_errors[str(record["stage"])] = error
+        value = error if self.reported is None else self.reported(self.stage_errors, str(record["stage"]))
+        self.ctx.report(step, value)
 
     @property
     def device_type(self) -> str:
@@ -436,7 +451,7 @@ def _adopt_history(run: _Run, start: _Start) -> None:
                 atomic_save(_load(src, "cpu"), dst)
     atomic_write_text("".join(json.dumps(r) + "\n" for r in records), ctx.run_dir / METRICS_FILE)
     for record in records:
-        ctx.report(int(record["global_step"]), float(record["val_param_error"]))
+        run.report(int(record["global_step"]), record)
 
 
 def _stage_state(run: _Run, stage: str) -> dict[str, Any]:
@@ -493,7 +508,7 @@ def _end_epoch(run: _Run, spec: StageSpec, record: dict[str, Any], opt: torch.op
         f"val_err={record['val_param_error']:.4f} val_err_unrefined={record['val_param_error_unrefined']:.4f} "
         f"val_recon={record['val_recon_error']:.4f} ({record['seconds']:.1f}s)"
     )
-    ctx.report(run.global_step, float(record["val_param_error"]))
+    run.report(run.global_step, record)
     if ctx.stop_requested() is not None:
         # A stop landing between this check and check_stop() falls back to the last stage checkpoint.
         with _measure(run.timings, "checkpoint"):
@@ -503,7 +518,8 @@ def _end_epoch(run: _Run, spec: StageSpec, record: dict[str, Any], opt: torch.op
     ctx.check_stop()
 
 
-def _prepare(params: dict[str, Any], ctx: TrialContext) -> tuple[_Run, tuple[StageSpec, ...]]:
+def _prepare(params: dict[str, Any], ctx: TrialContext,
+             reported: ReportedValue | None = None) -> tuple[_Run, tuple[StageSpec, ...]]:
     """Validate parameters, fetch the (cached) dataset and build fresh models."""
     canonical = canonical_params(params)
     settings, o = ctx.settings, ctx.options
@@ -514,7 +530,7 @@ def _prepare(params: dict[str, Any], ctx: TrialContext) -> tuple[_Run, tuple[Sta
     encoder, refiner = build_models(data.train_signal, settings.train_seed, ctx.device)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     step = step_function(str(o.get("step_compile", "off")))
-    return _Run(ctx, canonical, data, encoder, refiner, timings, step), stage_specs(canonical)
+    return _Run(ctx, canonical, data, encoder, refiner, timings, step, reported=reported), stage_specs(canonical)
 
 
 def _write_result(run: _Run, specs: tuple[StageSpec, ...], final: EvalMetrics, start: _Start) -> None:
@@ -534,7 +550,7 @@ def _write_result(run: _Run, specs: tuple[StageSpec, ...], final: EvalMetrics, s
     (run.ctx.run_dir / RESUME_FILE).unlink(missing_ok=True)
 
 
-def train(params: dict[str, Any], ctx: TrialContext) -> float:
+def train(params: dict[str, Any], ctx: TrialContext, reported: ReportedValue | None = None) -> float:
     """Run (or resume) the three stages; write the artefacts; return the objective.
 
     The objective is the validation parameter RMSE after refinement at the end of
@@ -544,7 +560,7 @@ def train(params: dict[str, Any], ctx: TrialContext) -> float:
     (out of memory included) propagates untouched to the worker's outcome policy.
     """
     wall_start = time.perf_counter()
-    run, specs = _prepare(params, ctx)
+    run, specs = _prepare(params, ctx, reported)
     start = _find_start(run, specs)
     if start.resumed_from is not None:
         ctx.logger.info(f"resuming from {start.resumed_from} at global step {start.global_step}")

@@ -68,20 +68,25 @@ class StagePruner(optuna.pruners.BasePruner):
     else from the parameters hpo fixed by a setting. A trial that has none of them is
     never pruned. ``percentile``: 50 is the median. ``n_min_trials``: how many other
     trials must have reached that stage end (COMPLETE, PRUNED or still RUNNING) before
-    any trial is pruned there.
+    any trial is pruned there. ``first_end``: the stage ends before this one decide nothing
+    (seed 004's transfer objective: at Stage A's end only A's own error is known, and
+    judging A by it is what that search avoids; ``pruner_args: {stage: {first_end: 1}}``).
     """
 
     def __init__(self, stage_epochs: Sequence[str] = PHYSAE_STAGE_EPOCHS, percentile: float = 50.0,
-                 n_min_trials: int = 5) -> None:
+                 n_min_trials: int = 5, first_end: int = 0) -> None:
         if not stage_epochs or not all(isinstance(n, str) for n in stage_epochs):
             raise ValueError(f"stage_epochs must be a non-empty list of parameter names, got {stage_epochs!r}")
         if not 0.0 <= percentile <= 100.0:
             raise ValueError(f"percentile must be in [0, 100], got {percentile}")
         if n_min_trials < 1:
             raise ValueError(f"n_min_trials must be >= 1, got {n_min_trials}")
+        if not 0 <= first_end < len(stage_epochs):
+            raise ValueError(f"first_end must be a stage end index from 0 to {len(stage_epochs) - 1}, got {first_end}")
         self.stage_epochs = tuple(stage_epochs)
         self.percentile = float(percentile)
         self.n_min_trials = int(n_min_trials)
+        self.first_end = int(first_end)
 
     def _ends(self, trial: FrozenTrial) -> tuple[int, ...] | None:
         fixed = trial.user_attrs.get(FIXED_PARAMS_ATTR)
@@ -96,6 +101,8 @@ class StagePruner(optuna.pruners.BasePruner):
         if ends is None or step not in ends:
             return False
         stage = ends.index(step)
+        if stage < self.first_end:
+            return False
         others = []
         for other in study.get_trials(deepcopy=False,
                                       states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)):

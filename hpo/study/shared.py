@@ -41,6 +41,7 @@ from hpo.study.storage import open_storage
 from hpo.journal import snapshot
 from hpo.journal.backend import GuardedFileBackend
 from hpo.config.settings import is_capped
+from hpo.study import budgets
 from hpo.system.lock import held, make_lock
 from hpo.system.logs import quiet_optuna
 from hpo.system.files import make_dirs
@@ -340,13 +341,15 @@ def open_study(
     create: bool = True,
     should_stop: Callable[[], bool] | None = None,
     warm_start: bool = True,
+    trains: bool = True,
 ) -> SharedStudy:
     """Create or load the study; refuse a study that holds other directions.
 
     ``should_stop``: polled by every wait for the journal and slot locks (see
     :func:`hpo.system.lock.make_lock`), so a worker told to stop never hangs on a lock.
     With ``warm_start``, the config's warm-start trials go in when the study holds none
-    (:meth:`SharedStudy.warm_start`).
+    (:meth:`SharedStudy.warm_start`). ``trains``: this process launches or runs trials, so
+    its budgets must be the study's (:mod:`hpo.study.budgets`); not so ``hpo enqueue`` or a reap.
     """
     quiet_optuna()  # its INFO lines ("Using an existing study ...") repeat for every process
     if not create and not spec.storage and not spec.journal_path.exists():  # opening it would create it
@@ -374,12 +377,12 @@ def open_study(
     shared = SharedStudy(study, spec, slots, TrialIndex(storage, study_id(study)))
     if config.enqueue and warm_start:
         shared.warm_start(config)
-    _record_study_facts(storage, shared.study_id, spec, config)
+    _record_study_facts(storage, shared.study_id, spec, config, trains)
     return shared
 
 
 def _record_study_facts(storage: optuna.storages.BaseStorage, sid: int, spec: "StudySpec",
-                        config: "StudyConfig") -> None:
+                        config: "StudyConfig", trains: bool) -> None:
     """Store the budget and the metric names with the study, so that ``hpo status``, the
     figures and optuna-dashboard know them later; a record only when they change."""
     held = storage.get_study_system_attrs(sid)
@@ -389,3 +392,5 @@ def _record_study_facts(storage: optuna.storages.BaseStorage, sid: int, spec: "S
         storage.set_study_system_attr(sid, BUDGET_COUNTS_ATTR, spec.budget_counts)
     if config.metric_names is not None and held.get(METRIC_NAMES_ATTR) != list(config.metric_names):
         storage.set_study_system_attr(sid, METRIC_NAMES_ATTR, list(config.metric_names))
+    if trains:
+        budgets.record(storage, sid, held, spec)

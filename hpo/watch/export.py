@@ -5,8 +5,9 @@
 - ``best_params.json``: ``best_value``, ``best_params``, ``n_trials``, ``best_trial_number``
   (``{"best_params": ..., "best_value": ...}``; with several objectives, the knee point and its values);
 - ``all_trials.csv`` and ``top_<k>_trials.csv``: :data:`BASE_COLUMNS` around one
-  ``params_<name>`` column per parameter and one ``user_attrs_<key>`` column per
-  metric the objective set (``ctx.set_user_attr``), Optuna's ``trials_dataframe`` naming;
+  ``params_<name>`` column per parameter, one ``budget_<NAME>`` column per budget the trials
+  ran with (``budget_STAGEA_EPOCHS``: :mod:`hpo.study.budgets`) and one ``user_attrs_<key>`` column
+  per metric the objective set (``ctx.set_user_attr``), Optuna's ``trials_dataframe`` naming;
 - ``trials.parquet``: the same table, typed;
 - ``hpo_results.json``: ``best_trial``, ``best_score``, ``best_params``, ``best_<key>``
   for each metric of the best trial, and ``all_trials``;
@@ -27,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from hpo.config.fields import Field
-from hpo.config.settings import RESULTS_DIR
+from hpo.config.settings import TRIAL_BUDGET_ATTR, RESULTS_DIR
+from hpo.study.budgets import mix_warning
 from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
 from hpo.system.files import json_safe, write_json_atomic
 from hpo.worker.context import METRICS_FILE, objective_attrs
@@ -191,6 +193,9 @@ def best_report(journal: StudyJournal, current_settings: Mapping[str, Any],
         "next": ENQUEUE_NOTE,
     })
     warnings = edge_warnings(trial)
+    mixed = mix_warning(journal.user_attr_values([TRIAL_BUDGET_ATTR])[TRIAL_BUDGET_ATTR], trial.number)
+    if mixed is not None:
+        warnings.insert(0, mixed)
     if warnings:
         out["warnings"] = warnings
     return out
@@ -215,11 +220,18 @@ def metric_names(trials: Sequence[TrialRecord]) -> list[str]:
     return sorted({key for t in trials for key in objective_attrs(t.user_attrs)})
 
 
+def budget_names(trials: Sequence[TrialRecord]) -> list[str]:
+    """The budgets the trials recorded (hpo.study.budgets: ``STAGEA_EPOCHS``...), sorted."""
+    return sorted({key for t in trials if isinstance(t.user_attrs.get(TRIAL_BUDGET_ATTR), dict)
+                   for key in t.user_attrs[TRIAL_BUDGET_ATTR]})
+
+
 def columns(trials: Sequence[TrialRecord], n_objectives: int) -> list[str]:
-    """number, state, value(s), duration_s, params_<name>..., user_attrs_<key>..., worker, reason, run_dir."""
+    """number, state, value(s), duration_s, params_<name>..., budget_<NAME>..., user_attrs_<key>...,
+    worker, reason, run_dir."""
     return ["number", "state", *value_columns(n_objectives), "duration_s",
-            *(f"params_{n}" for n in param_names(trials)), *(f"user_attrs_{k}" for k in metric_names(trials)),
-            "worker", "reason", "run_dir"]
+            *(f"params_{n}" for n in param_names(trials)), *(f"budget_{n}" for n in budget_names(trials)),
+            *(f"user_attrs_{k}" for k in metric_names(trials)), "worker", "reason", "run_dir"]
 
 
 def _cell(value: Any) -> Any:
@@ -229,7 +241,7 @@ def _cell(value: Any) -> Any:
 
 def trial_rows(trials: Sequence[TrialRecord], n_objectives: int) -> list[dict[str, Any]]:
     """One dict per trial with :func:`columns` keys (None where a trial has no value)."""
-    names, keys = param_names(trials), metric_names(trials)
+    names, keys, budgets = param_names(trials), metric_names(trials), budget_names(trials)
     rows = []
     for t in trials:
         row: dict[str, Any] = {"number": t.number, "state": t.state}
@@ -237,6 +249,8 @@ def trial_rows(trials: Sequence[TrialRecord], n_objectives: int) -> list[dict[st
         row.update(zip(value_columns(n_objectives), values))
         row["duration_s"] = t.duration_s
         row.update({f"params_{n}": t.params.get(n) for n in names})
+        ran_with = t.user_attrs.get(TRIAL_BUDGET_ATTR)
+        row.update({f"budget_{n}": ran_with.get(n) if isinstance(ran_with, dict) else None for n in budgets})
         row.update({f"user_attrs_{k}": _cell(t.user_attrs.get(k)) for k in keys})
         row.update({"worker": t.user_attrs.get("worker"), "reason": t.user_attrs.get("reason"),
                     "run_dir": t.user_attrs.get("run_dir")})

@@ -22,7 +22,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
-from hpo.config.settings import BUDGET_COUNTS, StudySpec, is_capped
+from hpo.config.settings import TRIAL_BUDGET_ATTR, BUDGET_COUNTS, StudySpec, is_capped
+from hpo.study import budgets
 from hpo.journal.format import journal_studies, no_such_study
 from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
 from hpo.study.shared import BUDGET_ATTR, BUDGET_COUNTS_ATTR
@@ -247,6 +248,7 @@ def build(inputs: Inputs) -> dict[str, Any]:
     remaining = max(0, inputs.max_trials - finished)
     eta = 0.0 if remaining == 0 else (remaining / rate if rate else None)
     running = [_running_row(t, inputs) for t in trials if t.state == "RUNNING"]
+    per_trial = journal.user_attr_values([TRIAL_BUDGET_ATTR])[TRIAL_BUDGET_ATTR]
     return json_safe({  # type: ignore[no-any-return]
         "study": journal.study.name,
         "storage": journal.label,
@@ -264,6 +266,8 @@ def build(inputs: Inputs) -> dict[str, Any]:
         "eta_seconds": None if eta is None else round(eta, 1),
         "best": _best(journal),
         "pareto": _pareto(journal),
+        "budgets": [{"budget": b, "trials": n} for b, n in budgets.groups(per_trial)],
+        "budget_mix": budgets.mix_warning(per_trial),
         "running": running,
         "zombies": [r["number"] for r in running if r["zombie"]],
         "stale_seconds": inputs.stale_seconds,
@@ -403,6 +407,8 @@ def render(status: Mapping[str, Any]) -> "RenderableType":
     from rich.text import Text
 
     parts: list[Any] = [_header(status)]
+    if status.get("budget_mix"):
+        parts.append(Text(f"warning: {status['budget_mix']}", style="bold yellow"))
     if status["best"] is not None:
         best = status["best"]
         parts.append(Text(f"best trial {best['number']}: value {_num(best['value'])} "

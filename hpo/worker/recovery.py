@@ -309,7 +309,7 @@ def reap_study(settings: "Settings", config: "StudyConfig") -> list[int]:
 
     from hpo.study.shared import open_study
 
-    return reap(open_study(settings.spec, config, create=False), socket.gethostname())
+    return reap(open_study(settings.spec, config, create=False, trains=False), socket.gethostname())
 
 
 # A user attribute a retry carries along its lineage once one of it ran out of GPU memory

@@ -38,6 +38,7 @@ from optuna.trial import TrialState
 from hpo._optuna import trial_id
 from hpo.config.settings import TIME_PRUNED
 from hpo.config.space import suggest
+from hpo.study.budgets import TRIAL_ATTR
 from hpo.system.logs import trial_logging
 from hpo.worker import outcome as outcomes
 from hpo.worker.context import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
@@ -88,8 +89,9 @@ class TrialRunner:
     def attrs(self, number: int) -> dict[str, Any]:
         """User attributes that link a trial to its worker and run directory (written
         with the trial's creation, see :meth:`hpo.study.shared.SharedStudy.ask_within_budget`)."""
+        budget = self.settings.budgets()  # what it spends: exports and hpo status tell budgets apart
         return {**self.identity.attrs(), "run_dir": str(self.run_dir(number).resolve()),
-                "fixed_params": self.settings.fixed_params()}
+                "fixed_params": self.settings.fixed_params(), **({TRIAL_ATTR: budget} if budget else {})}
 
     # -- one trial --------------------------------------------------------
     def run(self, trial: optuna.Trial, stop_reason: Callable[[], str | None]) -> outcomes.Outcome:
