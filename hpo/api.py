@@ -13,9 +13,10 @@ study config as ``package.module:function``. Its knobs arrive on one channel eac
 Raise :class:`Diverged` for a non-finite loss (PRUNED with the message),
 ``TrialPruned`` to prune; call ``ctx.report`` once per epoch and ``ctx.check_stop``
 at safe points, and let :class:`TrialStopped` and :class:`TrialTaken` through.
-A config's ``setup: module:function`` gets a :class:`SetupContext`. Checkpoints go
-through :func:`write_atomic` (``torch.save`` into it: readers never see half a file),
-and the lines of ``ctx.log_metrics`` into ``run_dir / METRICS_FILE``.
+A config's ``setup: module:function`` gets a :class:`SetupContext` (its ``options``: the
+``setup_inputs`` the config declares, which key its cache; all of them if none).
+Checkpoints go through :func:`write_atomic` (``torch.save`` into it: readers never see
+half a file), and the lines of ``ctx.log_metrics`` into ``run_dir / METRICS_FILE``.
 
 Reading ``SETTINGS`` imports an objective's module when settings are resolved, by every
 command: the names of a trial (its context, its exceptions) load only when first used,

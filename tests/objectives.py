@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -95,6 +96,24 @@ def counted_setup(ctx: Any) -> dict[str, Any]:
         raise RuntimeError("reference data missing")
     (ctx.cache_dir / "table.txt").write_text("42")
     return {"value": 42 + int(ctx.options.get("offset", 0))}
+
+
+def timed_reference(ctx: Any) -> dict[str, Any]:
+    """A setup of $SETUP_SECONDS (default 3) that appends one JSON line to $SETUP_COUNTER each
+    time it computes: the options it was given, its pid, and when it started and ended."""
+    started = time.time()
+    time.sleep(float(os.environ.get("SETUP_SECONDS", "3")))
+    line = {"options": dict(ctx.options), "pid": os.getpid(), "start": started, "end": time.time()}
+    with open(os.environ["SETUP_COUNTER"], "a") as handle:
+        handle.write(json.dumps(line) + "\n")
+    return {"problem": ctx.options["problem"]}
+
+
+def uses_reference(params: dict[str, Any], ctx: TrialContext) -> float:
+    """Records the problem of the setup it was handed beside its own cell's."""
+    ctx.set_user_attr("setup_problem", ctx.setup["problem"])
+    ctx.set_user_attr("problem", ctx.options["problem"])
+    return (params["x"] - 1) ** 2
 
 
 def two_costs(params: dict[str, Any], ctx: TrialContext) -> tuple[float, float]:

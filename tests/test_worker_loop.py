@@ -31,6 +31,7 @@ from hpo.study.shared import SharedStudy, open_study
 from hpo.worker.context import TrialContext, TrialStopped
 from hpo.worker.loop import WAIT_POLL_SECONDS, Worker
 from hpo.worker.recovery import Heartbeat
+from hpo.worker.setup import SetupBusy
 from hpo.worker.stop import EFFECT, Effect, Limits, Stop, StopFlag, final_stop
 from hpo.worker.study_run import StudyRun, WorkerParts
 from hpo.worker.trial import TrialRunner
@@ -128,7 +129,7 @@ def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scripts: dict[str, lis
     launch = configure(tmp_path, monkeypatch, () if names == ("toy",) else names, **env)
     clock, flag, opened = Clock(), RecordingFlag(), {}
 
-    def open_run(s: Settings, c: StudyConfig, parts: WorkerParts) -> FakeRun:
+    def open_run(s: Settings, c: StudyConfig, parts: WorkerParts, wait: bool = True) -> FakeRun:
         name = s.study_name.removeprefix("cell_")
         opened[name] = FakeRun(s, parts.limits, clock, scripts[name], flag.calls)
         return opened[name]
@@ -240,6 +241,42 @@ def test_all_studies_full_the_worker_waits_then_goes_on(tmp_path: Path, monkeypa
 def test_one_full_study_waits_then_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result, _, _, calls = work(tmp_path, monkeypatch, {"toy": [Step(0), Step(0), Step(2, Stop.MAX_TRIALS)]})
     assert result is Stop.MAX_TRIALS and calls == ["toy", WAIT, "toy", WAIT, "toy"]
+
+
+def opening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scripts: dict[str, list[Step]],
+            busy: dict[str, int]) -> tuple[Stop, list[str]]:
+    """A worker over fake studies whose setup another worker computes during the first
+    ``busy[name]`` looks that do not wait; its calls include each opening (and whether it waited)."""
+    names = tuple(scripts)
+    launch = configure(tmp_path, monkeypatch, () if names == ("toy",) else names)
+    clock, flag = Clock(), RecordingFlag()
+
+    def open_run(s: Settings, c: StudyConfig, parts: WorkerParts, wait: bool = True) -> FakeRun:
+        name = s.study_name.removeprefix("cell_")
+        flag.calls.append(f"open {name}{' waiting' if wait else ''}")
+        if not wait and busy.get(name):
+            busy[name] -= 1
+            raise SetupBusy(f"setup of {name} is being computed by another worker")
+        return FakeRun(s, parts.limits, clock, scripts[name], flag.calls)
+
+    worker = Worker(launch, WorkerIdentity.from_env({}, "node1", 7), flag=flag, clock=clock, open_run=open_run)
+    return worker.run(), flag.calls
+
+
+def test_a_sweep_passes_over_a_setup_being_computed_and_waits_for_it_only_when_idle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """cell_a's setup is another worker's for two looks: cell_b's trials run first; then,
+    with nothing else to do, the worker waits for cell_a's setup (no poll sleep) and runs it."""
+    scripts = {"a": [Step(1, Stop.MAX_TRIALS)], "b": [Step(1, Stop.MAX_TRIALS)]}
+    result, calls = opening(tmp_path, monkeypatch, scripts, {"a": 2})
+    assert result is Stop.MAX_TRIALS
+    assert calls == ["open a", "open b", "cell_b", "open a", "open a waiting", "cell_a"]
+    assert caplog.text.count("this worker goes on with the other studies and comes back") == 1
+
+
+def test_one_study_waits_for_its_setup_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result, calls = opening(tmp_path, monkeypatch, {"toy": [Step(1, Stop.MAX_TRIALS)]}, {"toy": 5})
+    assert result is Stop.MAX_TRIALS and calls == ["open toy waiting", "toy"]
 
 
 @pytest.mark.parametrize(("stopped_by", "set_aside", "final"), [

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,20 @@ study_name: prep
 objective: objectives:with_setup
 setup: objectives:counted_setup
 objective_args: {{offset: {offset}}}
+space:
+  x: {{type: float, low: -2, high: 2}}
+"""
+
+# A sweep of 2 problems x 3 methods whose setup (objectives:timed_reference) declares its inputs.
+GRID_CONFIG = """\
+study_name: grid_{{problem}}_{{method}}
+objective: objectives:uses_reference
+setup: objectives:timed_reference
+setup_inputs: [{inputs}]
+matrix:
+  problem: [p1, p2]
+  method: [a, b, c]
+objective_args: {{offset: 1}}
 space:
   x: {{type: float, low: -2, high: 2}}
 """
@@ -189,6 +204,52 @@ def test_failing_setup_stops_every_worker_before_any_trial(tmp_path: Path) -> No
     assert "reference data missing" in json.loads(error.read_text())["traceback"]
 
 
+def test_setups_keyed_by_their_inputs_run_once_each_and_at_once(tmp_path: Path) -> None:
+    """Issue 20: 2 problems x 3 methods, a 3 s setup that declares only ``problem``: four
+    workers compute it twice (not once per cell), both at the same time on two workers (a
+    worker passes over a setup being computed instead of waiting for it), and every cell
+    gets its trials with its own problem's setup."""
+    (tmp_path / "grid.yaml").write_text(GRID_CONFIG.format(inputs="problem"))
+    counter = tmp_path / "setup_runs.jsonl"
+    env = clean_env(HPO_CONFIG=str(tmp_path / "grid.yaml"), MAX_TRIALS="3", SETUP_COUNTER=str(counter),
+                    SETUP_SECONDS="3")
+    started = time.monotonic()
+    result = run_hpo(["run", "--workers", "4"], tmp_path, env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    runs = [json.loads(line) for line in counter.read_text().splitlines()]
+    assert sorted(r["options"]["problem"] for r in runs) == ["p1", "p2"], runs  # once per problem
+    assert all(r["options"] == {"problem": r["options"]["problem"]} for r in runs)  # its declared input only
+    assert len(list((tmp_path / "optuna_journal/setup-cache").glob("*/result.json"))) == 2
+    first, second = sorted(runs, key=lambda r: r["start"])
+    assert first["pid"] != second["pid"] and second["start"] < first["end"], runs  # they overlapped
+    for problem in ("p1", "p2"):
+        for method in "abc":
+            name = f"grid_{problem}_{method}"
+            trials = load_study(tmp_path / f"optuna_journal/{name}.journal", name).trials
+            assert sum(t.state.name == "COMPLETE" for t in trials) == 3, name
+            assert {(t.user_attrs["problem"], t.user_attrs["setup_problem"]) for t in trials} == {(problem, problem)}
+    logs = "".join(p.read_text() for p in (tmp_path / "optuna_logs").glob("worker_*.log"))
+    assert logs.count("computed by this worker") == 2
+    print(f"setups {first['end'] - first['start']:.2f} s and {second['end'] - second['start']:.2f} s, overlapping "
+          f"{min(first['end'], second['end']) - second['start']:.2f} s (second started "
+          f"{second['start'] - first['start']:.2f} s after the first); hpo run took {elapsed:.1f} s")
+
+
+@pytest.mark.parametrize(("inputs", "message"), [
+    ("probem", "setup_inputs: 'probem' is not an option of the objective; valid: method, offset, problem"),
+    ("problem, problem", "setup_inputs: ['problem', 'problem'] is not valid; valid: a list of distinct names"),
+])
+def test_bad_setup_inputs_exit_2_and_write_nothing(tmp_path: Path, inputs: str, message: str) -> None:
+    config, work = tmp_path / "grid.yaml", tmp_path / "work"
+    config.write_text(GRID_CONFIG.format(inputs=inputs))
+    work.mkdir()
+    result = run_hpo(["run", "--workers", "2"], work,
+                     clean_env(HPO_CONFIG=str(config), SETUP_COUNTER=str(work / "setup_runs.jsonl")))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert tree(work) == []
+
+
 def test_sweep_runs_every_study_with_its_own_space_and_one_command(tmp_path: Path) -> None:
     config = str(EXAMPLES / "llc_grid.yaml")
     env = clean_env(HPO_CONFIG=config, MAX_TRIALS="2", HPO_TRIAL_TIMEOUT_SECONDS="0.4", HPO_REUSE_RESULTS="1")
@@ -205,7 +266,8 @@ def test_sweep_runs_every_study_with_its_own_space_and_one_command(tmp_path: Pat
         assert has_friction == {name.endswith("sghmc")}, name  # the method's own space
         refs = {t.user_attrs.get("llc_ref") for t in study.trials if t.state.name == "COMPLETE"}
         assert all(abs(r - (1.5 if "narrow" in name else -0.5)) < 1e-6 for r in refs), name  # the cell's setup
-    assert len(list((tmp_path / "optuna_journal/setup-cache").glob("*/result.json"))) == 4  # once per cell
+    # setup_inputs: [problem, reference_width]: once per problem, shared by both methods
+    assert len(list((tmp_path / "optuna_journal/setup-cache").glob("*/result.json"))) == 2
 
     status = json.loads(run_hpo(["status", "--json", "--no-slurm"], tmp_path, env).stdout)
     assert [s["study"] for s in status["studies"]] == names

@@ -15,6 +15,7 @@ Keys (unknown ones are refused)::
       n_steps_per_sample: {type: int, default: 800, low: 1, env: N_STEPS_PER_SAMPLE}
     metric_names: [error, latency_us]        # names of the objectives (Optuna's set_metric_names)
     setup: package.module:function           # a stage computed once per study and cached (hpo.worker.setup)
+    setup_inputs: [problem]                  # the options the setup depends on (its cache key); default: all
     matrix: {problem: [a, b], method: [sgld, sghmc]}   # a sweep: one study per combination,
     study_name: llc_{problem}_{method}                 #   named from its values
     matrix_space: {method: {sghmc: {friction: {...}}}} # parameters only some cells have
@@ -22,6 +23,9 @@ Keys (unknown ones are refused)::
 A sweep (``matrix:``) is one study per combination of values (:func:`cells`), all in
 the same journal folder; each cell's values reach the objective in ``ctx.options``.
 Workers go through the studies in order (:class:`Launch`, :class:`hpo.worker.loop.Worker`).
+A ``setup:`` that depends on only some options says which (``setup_inputs: [problem]``):
+cells that agree on them share one cached setup (seed 003's reference, once per problem
+and not per method), and the setups of different cells run on different workers at once.
 
 The objective's module may declare its own settings as ``SETTINGS`` (see
 :mod:`hpo.config.settings`), and the config may declare more under ``objective_settings:``
@@ -65,7 +69,7 @@ _logger = logging.getLogger(__name__)
 
 _TOP_KEYS = ("study_name", "objective", "direction", "directions", "settings", "space", "enqueue",
              "sampler_args", "pruner_args", "objective_args", "objective_settings", "metric_names", "setup",
-             "matrix", "matrix_space", "time_pruning_cap")
+             "setup_inputs", "matrix", "matrix_space", "time_pruning_cap")
 _DIRECTIONS = ("minimize", "maximize")
 
 
@@ -83,6 +87,9 @@ class StudyConfig:
     declared: tuple[Field, ...] = ()  # objective_settings: the config's own settings
     metric_names: tuple[str, ...] | None = None
     setup: str | None = None  # "package.module:function", see hpo.worker.setup
+    # The options the setup depends on (objective_args, matrix variables, objective settings):
+    # its cache key and its ctx.options. None: every option (a change of any runs it again).
+    setup_inputs: tuple[str, ...] | None = None
     # A sweep: (name, values) per matrix variable, and extra parameters per variable and value.
     matrix: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     matrix_space: Mapping[str, Mapping[str, Mapping[str, Param]]] = field(default_factory=dict)
@@ -436,6 +443,21 @@ def _function_name(path: Path, key: str, raw: Any) -> str:
     return raw
 
 
+def _setup_inputs(path: Path, raw: Any, setup: str | None) -> tuple[str, ...] | None:
+    """``setup_inputs:``, checked for shape here; whether each name is an option is known
+    only once the objective's settings are (:func:`hpo.worker.setup.check_setup_inputs`)."""
+    if raw is None:
+        return None
+    if setup is None:
+        raise UsageError(f"{path}: setup_inputs: {raw!r} given without setup:; valid: leave it out, or name the "
+                         "setup function (setup: package.module:function)")
+    if (not isinstance(raw, list) or not all(isinstance(n, str) and n for n in raw)
+            or len(set(raw)) != len(raw)):
+        raise UsageError(f"{path}: setup_inputs: {raw!r} is not valid; valid: a list of distinct names of the "
+                         "objective's options (objective_args, matrix variables, objective settings), e.g. [problem]")
+    return tuple(raw)
+
+
 def parse_config(path: Path, raw: Any) -> StudyConfig:
     """Validate a loaded YAML document; pure."""
     if not isinstance(raw, Mapping):
@@ -464,6 +486,7 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
             if not isinstance(args, Mapping):
                 raise UsageError(f"{path}: {key}.{name}: must be a mapping of argument name to value")
     directions = _directions(path, raw)
+    setup = None if raw.get("setup") is None else _function_name(path, "setup", raw["setup"])
     matrix = _matrix(path, raw.get("matrix"), settings.get("study_name"))
     taken = sorted({n for n, _ in matrix} & set(extra["objective_args"]))
     if taken:
@@ -474,7 +497,8 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
         declared=_declared(path, raw.get("objective_settings")),
         metric_names=_metric_names(path, raw.get("metric_names"), len(directions)),
         time_pruning_cap=_time_pruning_cap(path, raw.get("time_pruning_cap"), len(directions)),
-        setup=None if raw.get("setup") is None else _function_name(path, "setup", raw["setup"]),
+        setup=setup,
+        setup_inputs=_setup_inputs(path, raw.get("setup_inputs"), setup),
         sampler_args=extra["sampler_args"],
         pruner_args=extra["pruner_args"],
         objective_args=extra["objective_args"],

@@ -6,7 +6,9 @@ whose exact value is known; SGLD runs until the trial's time budget is nearly sp
 (``ctx.time_left()``), so every trial gets the same wall time: a fair comparison.
 
 Seed 003's reference is computed once per problem and cached: here the study's setup
-(``setup: hpo.examples.llc:reference``) integrates the posterior mean numerically.
+(``setup: hpo.examples.llc:reference``) integrates the posterior mean numerically. It
+depends on ``problem`` and ``reference_width`` only, and the configs say so
+(``setup_inputs: [problem, reference_width]``): every method of a problem shares it.
 Each trial records seed 003's metrics: ``llc_hat``, ``llc_ref``, ``error``,
 ``runtime_sec`` and the number of samples drawn.
 """
@@ -31,7 +33,10 @@ def _problem(options: Any) -> tuple[float, float]:
 
 
 def reference(ctx: "SetupContext") -> dict[str, Any]:
-    """The posterior mean by quadrature (the seed's HMC reference, done once per problem)."""
+    """The posterior mean by quadrature (the seed's HMC reference, done once per problem).
+
+    Reads only the options its config's ``setup_inputs`` declares (``ctx.options`` holds no
+    other): ``problem`` and ``reference_width``."""
     centre, scale = _problem(ctx.options)
     width = float(ctx.options.get("reference_width", 1.0)) * scale
     grid = [centre - 10 * width + i * (20 * width / 200_000) for i in range(200_001)]

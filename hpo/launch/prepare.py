@@ -17,6 +17,7 @@ from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.provenance import ConfigMode, check_unchanged, reconcile, record_launch
 from hpo.system.slurm import record_jobs
 from hpo.worker.device import resolve_device
+from hpo.worker.setup import check_setup_inputs
 
 
 def config_mode(reuse_stored: bool, overwrite: bool) -> ConfigMode:
@@ -27,10 +28,12 @@ def config_mode(reuse_stored: bool, overwrite: bool) -> ConfigMode:
 
 
 def check_runnable(settings: Settings, config: StudyConfig) -> None:
-    """Import the objective (and setup) and build the sampler and pruner: fail before anything is written."""
+    """Import the objective (and setup, and check the options it declares) and build the
+    sampler and pruner: fail before anything is written."""
     config.load_objective()
     if config.setup is not None:
         config.function("setup")
+        check_setup_inputs(settings, config)
     try:
         make_sampler(settings.sampler, None, config.sampler_args)
         make_pruner(settings.pruner, config.pruner_args)

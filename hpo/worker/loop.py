@@ -17,6 +17,13 @@ every trial (:class:`~hpo.worker.stop.Stop`, with every stop reason):
    the next study, and waits ``WAIT_POLL_SECONDS`` when every study is full.
 6. ``HPO_MAX_FAILURES`` trials of the study failed in a row -> ``failing trials``
 
+Setups (:mod:`hpo.worker.setup`): in a sweep, a study whose setup another worker is
+computing (its lock held) is passed over, not waited for: the worker computes the next
+study's setup (another key: setups run at once on different workers) or runs trials of a
+study whose setup is ready, and comes back to it. Only a pass that found nothing else to
+do makes the next pass wait for the first such setup (then read from the cache, never
+computed twice). A single study waits for its setup at once: there is nothing else to do.
+
 What each stop does to its study and to the worker, and the worker's exit status, is one
 table in :mod:`hpo.worker.stop` (``EFFECT``, ``final_stop``); a single study is a sweep of one.
 """
@@ -41,6 +48,7 @@ from hpo.errors import LockWaitAborted
 from hpo.study.shared import SharedStudy
 from hpo.system.logs import log_study
 from hpo.worker.device import pin, resolve_device
+from hpo.worker.setup import SetupBusy
 from hpo.worker.stop import (EFFECT, STOP_SIGNALS, Effect, Limits, Stop, StopFlag, ended_without_stop,
                              final_stop)
 from hpo.worker.study_run import StudyRun, WorkerParts, sampler_seed
@@ -63,8 +71,9 @@ class Run(Protocol):
     def close(self) -> None: ...
 
 
-# Opens one study of the launch for this worker: StudyRun.open.
-OpenRun = Callable[[Settings, StudyConfig, WorkerParts], Run]
+# Opens one study of the launch for this worker: StudyRun.open. With wait=False it raises
+# SetupBusy while another worker computes the study's setup.
+OpenRun = Callable[[Settings, StudyConfig, WorkerParts, bool], Run]
 # What is done with a study the worker saw reach MAX_TRIALS, as it stops (the launcher's
 # end-of-study export, hpo.launch.results).
 AtEnd = Callable[[Settings, SharedStudy], object]
@@ -100,6 +109,7 @@ class Worker:
         self.runs: dict[str, Run] = {}  # the studies it opened, by name
         self.set_aside: dict[str, Stop] = {}  # studies it left early, and why
         self.finished: list[Run] = []  # studies it saw reach MAX_TRIALS, exported when it stops
+        self.passed_over: set[str] = set()  # studies it left once for a setup another worker computes
 
     def _budget(self) -> float | None:
         """Wall-time budget: ``TIMEOUT_SECONDS``, capped by the SLURM job's time left."""
@@ -146,36 +156,59 @@ class Worker:
         self.limits.budget_seconds = self._budget()
         if self.sweep:
             _logger.info("%d studies (%s): this worker works on them in order, and moves to the next one when a "
-                         "study's MAX_TRIALS are finished, or while every remaining trial of it is running; a "
-                         "study whose trials keep failing, or whose next trial would not fit in the time left, "
-                         "is set aside", len(self.cells), ", ".join(c.study_name for c, _ in self.cells))
+                         "study's MAX_TRIALS are finished, while every remaining trial of it is running, or while "
+                         "another worker computes its setup; a study whose trials keep failing, or whose next "
+                         "trial would not fit in the time left, is set aside",
+                         len(self.cells), ", ".join(c.study_name for c, _ in self.cells))
         stopped_by: Stop | None = None  # a stop that ends the worker, whatever study it came from
+        wait_for_setup = not self.sweep  # one study: nothing else to do while its setup is computed
         while self.pending and stopped_by is None:
             ran_before = self.limits.trials_run
-            stopped_by = self._one_pass()
-            if self.pending and stopped_by is None and self.limits.trials_run == ran_before:
+            stopped_by, passed_over = self._one_pass(wait_for_setup)
+            idle = self.limits.trials_run == ran_before
+            # Nothing to do but setups that other workers compute: the next pass waits for one.
+            wait_for_setup = not self.sweep or (idle and passed_over)
+            if self.pending and stopped_by is None and idle and not passed_over:
                 self.flag.wait(WAIT_POLL_SECONDS)  # all of them full: wait as one study would
         return self._end(stopped_by)
 
-    def _one_pass(self) -> Stop | None:
-        """Each pending study in order, until one stops the worker; a study whose every
-        remaining slot is held by a running trial stays pending, and the next one goes."""
+    def _one_pass(self, wait_for_setup: bool) -> tuple[Stop | None, bool]:
+        """Each pending study in order, until one stops the worker. A study whose every
+        remaining slot is held by a running trial stays pending, and the next one goes; so
+        does one not opened yet whose setup another worker computes, unless ``wait_for_setup``:
+        then the first such study waits for it. Returns the stop, and whether a study was
+        passed over for its setup."""
+        passed_over = False
         for cell in list(self.pending):
-            run = self._run_of(*cell)
+            fresh = cell[0].study_name not in self.runs
+            run = self._run_of(*cell, wait=wait_for_setup)
+            wait_for_setup = wait_for_setup and not fresh  # the first study opened waits, no other
+            if run is None:
+                passed_over = True
+                continue
             stop = run.run_trials()
             if stop is None:
                 continue
             self.pending.remove(cell)
             run.close()  # no trial of it runs here any more
             if self._apply(run, stop) is Effect.WORKER_STOPS:
-                return stop
-        return None
+                return stop, passed_over
+        return None, passed_over
 
-    def _run_of(self, settings: Settings, config: StudyConfig) -> Run:
+    def _run_of(self, settings: Settings, config: StudyConfig, wait: bool) -> Run | None:
+        """The study's run, opened on first use; None, unless ``wait``, while another worker
+        computes its setup."""
         name = settings.study_name
         log_study(name)  # the lines that follow, opening it included, belong to this study
         if name not in self.runs:
-            self.runs[name] = self.open_run(settings, config, self.parts)
+            try:
+                self.runs[name] = self.open_run(settings, config, self.parts, wait)
+            except SetupBusy as busy:
+                if name not in self.passed_over:  # once: a worker may pass it over many times
+                    self.passed_over.add(name)
+                    _logger.info("study %r: %s; this worker goes on with the other studies and comes back",
+                                 name, busy)
+                return None
         return self.runs[name]
 
     def _apply(self, run: Run, stop: Stop) -> Effect:

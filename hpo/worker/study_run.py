@@ -75,11 +75,14 @@ class StudyRun:
         self.last_reap = limits.clock()
 
     @classmethod
-    def open(cls, settings: Settings, config: StudyConfig, worker: WorkerParts) -> StudyRun:
-        """Set up and open one study: its setup (once for all workers), the study, a first reap."""
+    def open(cls, settings: Settings, config: StudyConfig, worker: WorkerParts, wait: bool = True) -> StudyRun:
+        """Set up and open one study: its setup (once for all workers), the study, a first reap.
+
+        ``wait=False``: raise :class:`~hpo.worker.setup.SetupBusy`, having touched nothing,
+        while another worker computes the setup (a sweep's worker goes on with another study)."""
         stop_asked = lambda: worker.limits.flag.stop is not None  # noqa: E731 - polled by every lock wait
         # Before the study is touched: a setup that fails writes nothing into the journal.
-        setup = ensure_setup(settings, config, should_stop=stop_asked)
+        setup = ensure_setup(settings, config, should_stop=stop_asked, wait=wait)
         if setup is not None:
             _logger.info("setup %s: %s (key %s)", config.setup,
                          "computed by this worker" if setup.computed_here else "read from the cache", setup.key)
