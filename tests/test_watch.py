@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -588,17 +589,23 @@ def test_export_files_columns_and_values(single: Study, multi: Study, tmp_path: 
                     "best_trial_number": study.best_trial.number}
     frame = pd.read_csv(out / "all_trials.csv")
     params = sorted(study.best_params)
-    assert list(frame.columns) == ["number", "state", "value", "duration_s", *(f"params_{p}" for p in params),
-                                   "worker", "reason", "run_dir"]
+    assert list(frame.columns) == ["number", "trial_id", "state", "value", "objective", "duration_s", "start", "end",
+                                   "hyperparams", *(f"params_{p}" for p in params), "worker", "host", "process_id",
+                                   "pid", "reason", "run_dir"]
     for row, trial in zip(frame.itertuples(index=False), study.trials):
-        assert (row.number, row.state) == (trial.number, trial.state.name)
+        assert (row.number, row.trial_id, row.state) == (trial.number, trial._trial_id, trial.state.name)
         assert row.value == trial.value or (pd.isna(row.value) and trial.value is None)
+        assert row.objective == row.value or pd.isna(row.value) and pd.isna(row.objective)
+        assert json.loads(row.hyperparams) == trial.params
+        # Optuna's own ISO time with its offset (FrozenTrial's is naive local time)
+        assert datetime.fromisoformat(row.start).astimezone().replace(tzinfo=None) == trial.datetime_start
         assert row.duration_s == pytest.approx(trial.duration.total_seconds(), abs=1e-6)  # type: ignore[union-attr]
         assert [getattr(row, f"params_{p}") for p in params] == [trial.params[p] for p in params]
         assert row.worker == trial.user_attrs["worker"] and row.run_dir == trial.user_attrs["run_dir"]
         assert (row.reason if isinstance(row.reason, str) else None) == trial.user_attrs.get("reason")
     parquet = pd.read_parquet(out / "trials.parquet")
     assert list(parquet.columns) == list(frame.columns) and parquet["value"].equals(frame["value"])
+    assert parquet["objective"].equals(frame["value"])
     top = pd.read_csv(out / "top_5_trials.csv")
     ranked = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.values[0])[:5]
     assert list(top["number"]) == [t.number for t in ranked] and list(top["value"]) == [t.value for t in ranked]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,34 @@ def test_sweep_runs_every_study_with_its_own_space_and_one_command(tmp_path: Pat
     assert {"study", "problem", "method", "value", "user_attrs_llc_hat", "user_attrs_llc_ref", "user_attrs_error",
             "user_attrs_runtime_sec"} <= set(trials.columns)
     assert sorted(set(trials["method"])) == ["sghmc", "sgld"]
+    assert {"trial_id", "objective", "hyperparams", "pid", "host", "start", "end", "state", "llc_hat", "error",
+            "runtime_sec"} <= set(trials.columns)
+    assert trials["pid"].str.startswith("p_").all() and set(trials["host"]) == {socket.gethostname()}
+    # Seed 003's own analysis snippet (its README's "Analyze results"), as written, on that table.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = trials
+    for method in df["method"].unique():
+        best = df[df["method"] == method].nsmallest(1, "objective")
+        print(f"{method}: {best[['hyperparams', 'objective', 'error']].to_dict('records')}")
+        assert json.loads(best["hyperparams"].iloc[0]).keys() >= {"lr"}
+    for method in df["method"].unique():
+        subset = df[df["method"] == method].sort_values("trial_id")
+        plt.plot(subset["objective"].cummin(), label=method)
+    plt.close("all")
+    # hpo plot and hpo report on the sweep: each study's figures, and one comparing them.
+    plotted = run_hpo(["plot"], tmp_path, env)
+    assert plotted.returncode == 0, plotted.stderr
+    assert (tmp_path / "results/llc_grid_compare.png").is_file()
+    assert all((tmp_path / "results" / n / "figures/optimization_history.png").is_file() for n in names)
+    reported = run_hpo(["report"], tmp_path, env)
+    assert reported.returncode == 0, reported.stderr
+    page = (tmp_path / "results/llc_grid_report.html").read_text()
+    assert all(f'id="{n}"' in page for n in names) and "The studies compared" in page
+    assert page.count("<img ") >= 1 + len(names)
     # Seed 003's content-addressed run folders: one per COMPLETE trial, keyed by problem.
     runs = list((tmp_path / "optuna_runs/runs").glob("p_*/r_*/metrics.json"))
     assert len(runs) == int((trials["state"] == "COMPLETE").sum())
@@ -437,6 +466,14 @@ def test_seed_001_sweep_of_surrogates_two_objectives(tmp_path: Path) -> None:
                       ["MINIMIZE", "MINIMIZE"])
     assert knee is not None and best["best_trial_number"] == knee.number
     assert best["knee"] == "closest to the utopia point, objectives scaled to [0, 1] over the Pareto set"
+    # The sweep's table: each two-objective study's best is its knee, beside its Pareto size.
+    assert run_hpo(["export"], tmp_path, env).returncode == 0
+    rows = {r["study"]: r for r in _rows(tmp_path / "results/codes_sweep_sweep.csv")}
+    assert int(rows["codes_mlp"]["best_trial"]) == knee.number
+    assert json.loads(rows["codes_mlp"]["best_value"]) == pytest.approx(list(mlp.trials[knee.number].values))
+    assert int(rows["codes_mlp"]["pareto_size"]) == len(mlp.best_trials)
+    assert json.loads(rows["codes_mlp"]["best_params"]) == mlp.trials[knee.number].params
+    assert all(rows[s]["best_trial"] != "" for s in ("codes_shallow", "codes_mlp"))
 
 
 def test_seed_004_files_metrics_and_four_figures(tmp_path: Path) -> None:

@@ -207,13 +207,19 @@ def export_cmd(out: str | None, top: int, **flags: Any) -> int:
 
 @click.command("plot")
 @settings_options
-@click.option("--out", "out", default=None, metavar="DIR", help="output folder [default: results/<study>/figures]")
+@click.option("--out", "out", default=None, metavar="DIR",
+              help="output folder [default: results/<study>/figures; a sweep: each study's, and results/]")
 def plot_cmd(out: str | None, **flags: Any) -> int:
-    """The study's figures as PNG files (no display or browser needed)."""
-    from hpo.watch.plots import plot_study
+    """The study's figures as PNG files (no display or browser needed); a sweep's: each
+    study's, and <config>_compare.png comparing them."""
+    from hpo.watch.plots import plot_study, plot_sweep
 
-    settings, config = load(flags)
-    written, skipped = plot_study(settings, config.objective, Path(out) if out else None)
+    launch = load_sweep(flags)
+    if len(launch.studies) > 1:
+        written, skipped = plot_sweep(launch, Path(out) if out else None)
+    else:
+        settings, config = launch.one()
+        written, skipped = plot_study(settings, config.objective, Path(out) if out else None)
     for path in written:
         click.echo(str(path))
     for name, reason in skipped.items():
@@ -225,14 +231,20 @@ def plot_cmd(out: str | None, **flags: Any) -> int:
 
 @click.command("report")
 @settings_options
-@click.option("--out", "out", default=None, metavar="FILE", help="HTML file [default: results/<study>/report.html]")
+@click.option("--out", "out", default=None, metavar="FILE",
+              help="HTML file [default: results/<study>/report.html; a sweep: results/<config>_report.html]")
 @click.option("--top", "top", type=click.IntRange(1), default=20, show_default=True,
               help="rows of the top trials table")
 def report_cmd(out: str | None, top: int, **flags: Any) -> int:
-    """One self-contained HTML page: status, best trial, top trials and every figure."""
-    from hpo.watch.report import write_report
+    """One self-contained HTML page: status, best trial, top trials and every figure (a sweep:
+    its studies compared, then each)."""
+    from hpo.watch.report import write_report, write_sweep_report
 
-    settings, config = load(flags)
+    launch = load_sweep(flags)
+    if len(launch.studies) > 1:
+        click.echo(str(write_sweep_report(launch, top, Path(out) if out else None)))
+        return 0
+    settings, config = launch.one()
     click.echo(str(write_report(settings, config.objective, top, Path(out) if out else None)))
     return 0
 

@@ -32,6 +32,7 @@ naming its byte offset, and an op code Optuna does not know is a
 from __future__ import annotations
 
 import json
+import math
 import logging
 import re
 from dataclasses import dataclass, field
@@ -669,6 +670,28 @@ def pareto_front(trials: Iterable[TrialRecord], directions: Sequence[str]) -> li
     complete = [t for t in trials if t.state == "COMPLETE" and t.values and (not constrained or t.feasible)]
     front = on_pareto_front([t.values for t in complete], directions)  # type: ignore[misc]
     return sorted((t for t, keep in zip(complete, front) if keep), key=lambda t: t.number)
+
+
+def direction_signs(directions: Sequence[str]) -> list[int]:
+    """+1 for an objective minimised, -1 for one maximised: sign * value is lower-is-better."""
+    return [-1 if d.upper() == "MAXIMIZE" else 1 for d in directions]
+
+
+def knee_point(front: Sequence[TrialRecord], directions: Sequence[str]) -> TrialRecord | None:
+    """The front's trial closest to the utopia point once every objective is scaled
+    to [0, 1] over the front (0 = best); an objective constant on the front counts 0."""
+    if not front:
+        return None
+    signs = direction_signs(directions)
+    columns = list(zip(*[[s * v for s, v in zip(signs, t.values or ())] for t in front]))
+    lows, highs = [min(c) for c in columns], [max(c) for c in columns]
+
+    def distance(trial: TrialRecord) -> float:
+        scaled = [((s * v) - lo) / (hi - lo) if hi > lo else 0.0
+                  for s, v, lo, hi in zip(signs, trial.values or (), lows, highs)]
+        return math.sqrt(sum(x * x for x in scaled))
+
+    return min(front, key=lambda t: (distance(t), t.number))
 
 
 def _renumbered(log: dict[str, Any], compact: dict[int, int]) -> dict[str, Any]:

@@ -4,11 +4,15 @@
 
 - ``best_params.json``: ``best_value``, ``best_params``, ``n_trials``, ``best_trial_number``
   (``{"best_params": ..., "best_value": ...}``; with several objectives, the knee point and its values);
-- ``all_trials.csv`` and ``top_<k>_trials.csv``: :data:`BASE_COLUMNS` around one
-  ``params_<name>`` column per parameter, one ``budget_<NAME>`` column per budget the trials
-  ran with (``budget_STAGEA_EPOCHS``: :mod:`hpo.study.budgets`) and one ``user_attrs_<key>`` column
-  per metric the objective set (``ctx.set_user_attr``), Optuna's ``trials_dataframe`` naming;
-- ``trials.parquet``: the same table, typed;
+- ``all_trials.csv`` and ``top_<k>_trials.csv`` (:func:`columns`): the trial's number, Optuna
+  ``trial_id``, state, value(s) (one objective: also ``objective``), duration, start and end,
+  ``hyperparams`` (its parameters as JSON), one ``params_<name>`` column per parameter, one
+  ``budget_<NAME>`` column per budget the trials ran with (:mod:`hpo.study.budgets`), one
+  ``user_attrs_<key>`` column per metric the objective set (``ctx.set_user_attr``), Optuna's
+  ``trials_dataframe`` naming; then its worker, host, ``process_id``, ``pid`` (the problem id:
+  the ``p_<hash>`` of :mod:`hpo.worker.results`), reason and run directory;
+- ``trials.parquet``: the same table, typed, each metric also under its own name
+  (seed 003's ``optuna_trials.parquet`` layout: ``objective``, ``hyperparams``, ``error``...);
 - ``hpo_results.json``: ``best_trial``, ``best_score``, ``best_params``, ``best_<key>``
   for each metric of the best trial, and ``all_trials``;
 - ``epoch_metrics.csv``: every trial's ``metrics.jsonl`` lines (``ctx.log_metrics``,
@@ -30,9 +34,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from hpo.config.fields import Field
 from hpo.config.settings import TRIAL_BUDGET_ATTR, RESULTS_DIR
 from hpo.study.budgets import mix_warning
-from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
+from hpo.journal.reader import StudyJournal, TrialRecord, direction_signs, knee_point, pareto_front
 from hpo.system.files import json_safe, write_json_atomic
 from hpo.worker.context import METRICS_FILE, objective_attrs
+from hpo.worker.results import PROBLEM_ID_ATTR
 from hpo.worker.run_dir import worker_settings_path
 
 if TYPE_CHECKING:
@@ -49,27 +54,6 @@ ENQUEUE_NOTE = ("to train them once more: `hpo retrain` (trial 0 of a new study 
 
 
 # -- best trial, Pareto set, knee --------------------------------------------------
-
-def _signs(directions: Sequence[str]) -> list[int]:
-    return [-1 if d.upper() == "MAXIMIZE" else 1 for d in directions]
-
-
-def knee_point(front: Sequence[TrialRecord], directions: Sequence[str]) -> TrialRecord | None:
-    """The front's trial closest to the utopia point once every objective is scaled
-    to [0, 1] over the front (0 = best); an objective constant on the front counts 0."""
-    if not front:
-        return None
-    signs = _signs(directions)
-    columns = list(zip(*[[s * v for s, v in zip(signs, t.values or ())] for t in front]))
-    lows, highs = [min(c) for c in columns], [max(c) for c in columns]
-
-    def distance(trial: TrialRecord) -> float:
-        scaled = [((s * v) - lo) / (hi - lo) if hi > lo else 0.0
-                  for s, v, lo, hi in zip(signs, trial.values or (), lows, highs)]
-        return math.sqrt(sum(x * x for x in scaled))
-
-    return min(front, key=lambda t: (distance(t), t.number))
-
 
 @dataclass(frozen=True)
 class Best:
@@ -203,7 +187,16 @@ def best_report(journal: StudyJournal, current_settings: Mapping[str, Any],
 
 # -- tables -------------------------------------------------------------------------
 
-BASE_COLUMNS = ("number", "state", "duration_s", "worker", "reason", "run_dir")
+
+def seed_layout(frame: Any) -> Any:
+    """The parquet tables' layout (seed 003's ``optuna_trials.parquet``): each metric also under
+    its own name (``error``, ``llc_hat``), beside ``user_attrs_<key>``, unless a column has it."""
+    out = frame.copy()
+    for name in frame.columns:
+        bare = name.removeprefix("user_attrs_")
+        if bare != name and bare not in out.columns:
+            out[bare] = frame[name]
+    return out
 
 
 def value_columns(n_objectives: int) -> list[str]:
@@ -227,11 +220,13 @@ def budget_names(trials: Sequence[TrialRecord]) -> list[str]:
 
 
 def columns(trials: Sequence[TrialRecord], n_objectives: int) -> list[str]:
-    """number, state, value(s), duration_s, params_<name>..., budget_<NAME>..., user_attrs_<key>...,
-    worker, reason, run_dir."""
-    return ["number", "state", *value_columns(n_objectives), "duration_s",
-            *(f"params_{n}" for n in param_names(trials)), *(f"budget_{n}" for n in budget_names(trials)),
-            *(f"user_attrs_{k}" for k in metric_names(trials)), "worker", "reason", "run_dir"]
+    """number, trial_id, state, value(s), objective (one objective), duration_s, start, end,
+    hyperparams, params_<name>..., budget_<NAME>..., user_attrs_<key>..., worker, host,
+    process_id, pid, reason, run_dir."""
+    return ["number", "trial_id", "state", *value_columns(n_objectives), *(["objective"] if n_objectives == 1 else []),
+            "duration_s", "start", "end", "hyperparams", *(f"params_{n}" for n in param_names(trials)),
+            *(f"budget_{n}" for n in budget_names(trials)), *(f"user_attrs_{k}" for k in metric_names(trials)),
+            "worker", "host", "process_id", "pid", "reason", "run_dir"]
 
 
 def _cell(value: Any) -> Any:
@@ -244,16 +239,20 @@ def trial_rows(trials: Sequence[TrialRecord], n_objectives: int) -> list[dict[st
     names, keys, budgets = param_names(trials), metric_names(trials), budget_names(trials)
     rows = []
     for t in trials:
-        row: dict[str, Any] = {"number": t.number, "state": t.state}
+        row: dict[str, Any] = {"number": t.number, "trial_id": t.trial_id, "state": t.state}
         values = t.values if t.values is not None else [None] * n_objectives
         row.update(zip(value_columns(n_objectives), values))
-        row["duration_s"] = t.duration_s
+        if n_objectives == 1:
+            row["objective"] = values[0]  # seed 003's name for it
+        row.update({"duration_s": t.duration_s, "start": t.start_iso, "end": t.complete_iso,
+                    "hyperparams": json.dumps(t.params, sort_keys=True)})
         row.update({f"params_{n}": t.params.get(n) for n in names})
         ran_with = t.user_attrs.get(TRIAL_BUDGET_ATTR)
         row.update({f"budget_{n}": ran_with.get(n) if isinstance(ran_with, dict) else None for n in budgets})
         row.update({f"user_attrs_{k}": _cell(t.user_attrs.get(k)) for k in keys})
-        row.update({"worker": t.user_attrs.get("worker"), "reason": t.user_attrs.get("reason"),
-                    "run_dir": t.user_attrs.get("run_dir")})
+        row.update({"worker": t.user_attrs.get("worker"), "host": t.user_attrs.get("host"),
+                    "process_id": t.user_attrs.get("pid"), "pid": t.user_attrs.get(PROBLEM_ID_ATTR),
+                    "reason": t.user_attrs.get("reason"), "run_dir": t.user_attrs.get("run_dir")})
         rows.append(row)
     return rows
 
@@ -262,7 +261,7 @@ def top_trials(trials: Sequence[TrialRecord], directions: Sequence[str], k: int)
     """The ``k`` best COMPLETE trials: by value; with several objectives, the Pareto
     set first (by distance to the knee's utopia point), then the others by the first objective."""
     complete = [t for t in trials if t.state == "COMPLETE" and t.values]
-    signs = _signs(directions)
+    signs = direction_signs(directions)
     if len(directions) == 1:
         return sorted(complete, key=lambda t: (signs[0] * t.values[0], t.number))[:k]  # type: ignore[index]
     front = pareto_front(complete, directions)
@@ -363,7 +362,7 @@ def export(journal: StudyJournal, out_dir: Path, top: int = DEFAULT_TOP) -> list
     write_json_atomic(paths[0], best_params_json(journal, best))
     frame.to_csv(paths[1], index=False)
     top_frame.to_csv(paths[2], index=False)
-    parquet_safe(frame).to_parquet(paths[3], index=False)
+    parquet_safe(seed_layout(frame)).to_parquet(paths[3], index=False)
     write_json_atomic(paths[4], hpo_results_json(journal, best))
     epochs = epoch_rows(journal.trials)
     if epochs:
@@ -403,13 +402,14 @@ def _sweep_tables(rows: list[dict[str, Any]], frames: list[Any], folder: Path, s
     import pandas as pd
 
     folder.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame([{**r, "best_params": json.dumps(r["best_params"])} for r in rows])
+    table = pd.DataFrame([{**r, "best_params": json.dumps(r["best_params"]),  # a knee's values: JSON too
+                           "best_value": json.dumps(v) if isinstance(v := r["best_value"], list) else v} for r in rows])
     table["best_trial"] = table["best_trial"].astype("Int64")  # a trial number, also beside a study with none
     paths = [folder / f"{stem}_sweep.csv", folder / f"{stem}_trials.parquet"]
     table.to_csv(paths[0], index=False)
     # Every trial of every study in one table (the layout of a grid's ``optuna_trials.parquet``).
     trials = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["study"])
-    parquet_safe(trials).to_parquet(paths[1], index=False)
+    parquet_safe(seed_layout(trials)).to_parquet(paths[1], index=False)
     return paths
 
 

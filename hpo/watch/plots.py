@@ -14,6 +14,10 @@ Figures, each a function ``trials, context -> matplotlib Figure`` that raises
 - ``timeline``: trials per worker from start to end, coloured by state (gaps = idle GPUs);
 - ``pareto_front``: with several objectives, the non-dominated trials and the knee.
 
+A sweep (``matrix:``) gets each study's figures, plus one figure comparing its studies
+(:func:`compare_cells`): each study's best value so far against its trial number, or with
+several objectives each study's Pareto front.
+
 Labels come from the study's metric names when it has them, PhysAE's metric for
 the PhysAE objective, else "objective value".
 """
@@ -27,16 +31,16 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from hpo.journal.reader import Distribution, TrialRecord, pareto_front
-from hpo.watch.export import knee_point
+from hpo.journal.reader import Distribution, TrialRecord, knee_point, pareto_front
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from hpo.config.settings import Settings
+    from hpo.config.study import Launch
     from hpo.journal.reader import StudyJournal
 
 _logger = logging.getLogger(__name__)
@@ -499,6 +503,41 @@ FIGURES: dict[str, Callable[..., "Figure"]] = {
 }
 
 
+def cell_label(cell: Mapping[str, Any]) -> str:
+    """A sweep cell as a legend entry: ``problem=a method=sgld``."""
+    return " ".join(f"{k}={v}" for k, v in cell.items())
+
+
+def compare_cells(cells: Sequence[tuple[str, Sequence[TrialRecord]]], ctx: PlotContext) -> "Figure":
+    """A sweep's studies side by side (``cells``: label, trials): one objective, each study's
+    best value so far against its trial number (seed 003's convergence plot); several, each
+    study's Pareto front over the first two objectives."""
+    drawn = [(label, _complete(trials)) for label, trials in cells]
+    drawn = [(label, done) for label, done in drawn if done]
+    if not drawn:
+        raise Skip("no study of the sweep has a COMPLETE trial yet")
+    fig = _figure(9, 5.5)
+    ax = fig.add_subplot(1, 1, 1)
+    pick = max if ctx.directions[0] == "MAXIMIZE" else min
+    for label, done in drawn:
+        if ctx.multi:
+            front = sorted(pareto_front(done, ctx.directions), key=lambda t: _value(t, 0))
+            ax.plot([_value(t, 0) for t in front], [_value(t, 1) for t in front], marker="o", label=label)
+            continue
+        best, running = [], None
+        for t in done:
+            running = _value(t) if running is None else pick(running, _value(t))
+            best.append(running)
+        ax.step([t.number for t in done], best, where="post", linewidth=2, label=label)
+    ax.set_xlabel(ctx.labels[0] if ctx.multi else "trial number")
+    ax.set_ylabel(ctx.labels[1] if ctx.multi else f"best so far: {ctx.labels[0]}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    what = "Pareto fronts" if ctx.multi else "best value so far"
+    fig.suptitle(f"{ctx.study}: {len(drawn)} studies compared ({what})")
+    return fig
+
+
 def png_bytes(fig: "Figure") -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
@@ -541,6 +580,64 @@ def plot_study(settings: "Settings", objective: str | None, out: Path | None = N
     from hpo.watch.status import open_view
 
     return write_figures(study_figures(open_view(settings), objective), out or settings.results_dir / "figures")
+
+
+@dataclass(frozen=True)
+class SweepFigures:
+    """A sweep's figures: each started study's, and the comparison of all of them."""
+
+    studies: dict[str, dict[str, bytes | str]]  # study name -> its figures (bytes, or why skipped)
+    not_started: tuple[str, ...]
+    compare: bytes | str  # compare_cells's PNG, or why it was skipped
+
+
+def sweep_figures(launch: "Launch") -> SweepFigures:
+    """Every study's figures (:func:`study_figures`) and the one comparing them."""
+    import matplotlib
+
+    from hpo.watch.status import open_view, started
+
+    matplotlib.use("Agg")
+    per_study: dict[str, dict[str, bytes | str]] = {}
+    cells: list[tuple[str, Sequence[TrialRecord]]] = []
+    waiting: list[str] = []
+    ctx: PlotContext | None = None
+    for settings, config in launch.studies:
+        if not started(settings):
+            waiting.append(settings.study_name)
+            continue
+        journal = open_view(settings)
+        per_study[settings.study_name] = study_figures(journal, config.objective)  # decodes every trial
+        cells.append((cell_label(config.cell) or settings.study_name, journal.trials))
+        ctx = ctx or make_context(launch.label, journal.study.directions, journal.study.metric_names,
+                                  config.objective)
+    compare: bytes | str = "no study of the sweep has started yet"
+    if ctx is not None:
+        try:
+            compare = png_bytes(compare_cells(cells, ctx))
+        except Skip as reason:
+            compare = str(reason)
+    return SweepFigures(per_study, tuple(waiting), compare)
+
+
+def plot_sweep(launch: "Launch", out: Path | None = None) -> tuple[list[Path], dict[str, str]]:
+    """``hpo plot`` on a sweep: each study's figures into ``results/<study>/figures`` (with
+    ``out``: ``out/<study>/``), and ``<config>_compare.png`` beside them (``results/``, or ``out``)."""
+    from hpo.config.settings import RESULTS_DIR
+
+    figures = sweep_figures(launch)
+    written: list[Path] = []
+    skipped = {name: "not started yet" for name in figures.not_started}
+    for settings, _ in launch.studies:
+        name = settings.study_name
+        if name in figures.studies:
+            done, why = write_figures(figures.studies[name], out / name if out else settings.results_dir / "figures")
+            written += done
+            skipped.update({f"{name}: {figure}": reason for figure, reason in why.items()})
+    stem = f"{launch.config.path.stem}_compare"
+    done, why = write_figures({stem: figures.compare}, out or RESULTS_DIR)
+    skipped.update(why)
+    return written + done, skipped
 
 
 def write_figures(figures: dict[str, bytes | str], out_dir: Path) -> tuple[list[Path], dict[str, str]]:

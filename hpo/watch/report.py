@@ -17,6 +17,8 @@ from hpo.watch.status import human_seconds
 
 if TYPE_CHECKING:
     from hpo.config.settings import Settings
+    from hpo.config.study import Launch
+    from hpo.journal.reader import StudyJournal
 
 _logger = logging.getLogger(__name__)
 
@@ -124,14 +126,26 @@ def _best_section(best: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _page(title: str, body: Sequence[str]) -> str:
+    return "\n".join(["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+                      f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
+                      f"<h1>{html.escape(title)}</h1>", *body, "</body></html>"])
+
+
+def _figure(data: bytes, caption: str) -> str:
+    return f"<figure>{png_img(data, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+
+
 def render_html(status: Mapping[str, Any], best: Mapping[str, Any], top_columns: Sequence[str],
                 top_rows: Sequence[Mapping[str, Any]], figures: Mapping[str, bytes | str]) -> str:
     """The whole page. ``figures``: PNG bytes, or the reason a figure was skipped."""
-    title = f"hpo report: {status['study']}"
+    return _page(f"hpo report: {status['study']}", study_sections(status, best, top_columns, top_rows, figures))
+
+
+def study_sections(status: Mapping[str, Any], best: Mapping[str, Any], top_columns: Sequence[str],
+                   top_rows: Sequence[Mapping[str, Any]], figures: Mapping[str, bytes | str]) -> list[str]:
+    """One study's part of a page: status, best trial, top trials, figures."""
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
         f'<p class="muted">generated {html.escape(status["generated_at"])} from {html.escape(status["storage"])}</p>',
         _status_section(status),
         _best_section(best),
@@ -143,14 +157,13 @@ def render_html(status: Mapping[str, Any], best: Mapping[str, Any], top_columns:
     for name, result in figures.items():
         caption = FIGURE_TITLES.get(name, name)
         if isinstance(result, bytes):
-            parts.append(f"<figure>{png_img(result, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>")
+            parts.append(_figure(result, caption))
         else:
             skipped.append((caption, result))
     if skipped:
         parts.append("<h3>Figures not drawn</h3>")
         parts.append(table(["figure", "why"], skipped))
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return parts
 
 
 def write_report(settings: "Settings", objective: str | None, top: int, out: Path | None = None) -> Path:
@@ -166,15 +179,54 @@ def write_report(settings: "Settings", objective: str | None, top: int, out: Pat
 def study_page(settings: "Settings", objective: str | None, top: int) -> str:
     """The page of the study ``settings`` select (reads its journal, logs and, for
     status, squeue); ``objective`` picks the axis labels, ``top`` the rows of the table."""
+    from hpo.watch.plots import study_figures
+    from hpo.watch.status import open_view
+
+    journal = open_view(settings)
+    state, parts = _study_parts(settings, journal, study_figures(journal, objective), top)
+    return _page(f"hpo report: {state['study']}", parts)
+
+
+def _study_parts(settings: "Settings", journal: "StudyJournal", figures: Mapping[str, bytes | str],
+                 top: int) -> tuple[dict[str, Any], list[str]]:
+    """A study's status (as ``hpo status --json``) and its sections, from its journal."""
     from hpo.watch import status
     from hpo.watch.export import best_report, columns, top_trials, trial_rows
-    from hpo.watch.plots import study_figures
 
-    inputs = status.collect(settings)
-    journal = inputs.journal
-    state = status.build(inputs)
-    figures = study_figures(journal, objective)  # decodes every trial
+    state = status.build(status.collect(settings, journal=journal))
     best = best_report(journal, settings.as_dict(), settings.objective_fields)
     n = len(journal.study.directions)
     rows = trial_rows(top_trials(journal.trials, journal.study.directions, top), n)
-    return render_html(state, best, columns(journal.trials, n), rows, figures)
+    return state, study_sections(state, best, columns(journal.trials, n), rows, figures)
+
+
+def write_sweep_report(launch: "Launch", top: int, out: Path | None = None) -> Path:
+    """``hpo report`` on a sweep: one page (default ``results/<config>_report.html``) with the
+    combined table, the figure comparing the studies, then one section per study."""
+    from hpo.config.settings import RESULTS_DIR
+    from hpo.system.files import write_bytes_atomic
+    from hpo.watch import status
+    from hpo.watch.plots import cell_label, sweep_figures
+
+    figures = sweep_figures(launch)
+    states, sections = [], []
+    for settings, config in launch.studies:
+        name = settings.study_name
+        heading = f'<h1 id="{html.escape(name)}">{html.escape(cell_label(config.cell) or name)} ({html.escape(name)})</h1>'
+        if name not in figures.studies:
+            states.append(status.not_started(settings))
+            sections += [heading, '<p class="muted">not started yet</p>']
+            continue
+        state, parts = _study_parts(settings, status.open_view(settings), figures.studies[name], top)
+        states.append(state)
+        sections += [heading, *parts]
+    rows = status.combined_rows(states, [dict(c.cell) for _, c in launch.studies])
+    shown = [c for c in (rows[0] if rows else {}) if c != "best_params"]
+    body = [f'<p class="muted">{len(launch.studies)} studies of {html.escape(str(launch.config.path))}</p>',
+            "<h2>The studies</h2>", table(shown, [[r[c] for c in shown] for r in rows]),
+            "<h2>The studies compared</h2>"]
+    body.append(_figure(figures.compare, "each study's best value so far (several objectives: its Pareto front)")
+                if isinstance(figures.compare, bytes) else f'<p class="muted">{html.escape(figures.compare)}</p>')
+    path = out or RESULTS_DIR / f"{launch.config.path.stem}_report.html"
+    write_bytes_atomic(path, _page(f"hpo report: sweep {launch.label}", body + sections).encode("utf-8"))
+    return path

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 from hpo.config.settings import TRIAL_BUDGET_ATTR, BUDGET_COUNTS, StudySpec, is_capped
 from hpo.study import budgets
 from hpo.journal.format import journal_studies, no_such_study
-from hpo.journal.reader import StudyJournal, TrialRecord, pareto_front
+from hpo.journal.reader import StudyJournal, TrialRecord, knee_point, pareto_front
 from hpo.study.shared import BUDGET_ATTR, BUDGET_COUNTS_ATTR
 from hpo.system.files import json_safe
 from hpo.system.slurm import SlurmJob
@@ -312,10 +312,12 @@ def _best(journal: StudyJournal) -> dict[str, Any] | None:
 
 
 def _pareto(journal: StudyJournal) -> list[dict[str, Any]] | None:
+    """The Pareto front (several objectives), by trial number; ``knee``: ``hpo best``'s choice."""
     if len(journal.study.directions) < 2:
         return None
-    return [{"number": t.number, "values": t.values, "params": t.params}
-            for t in pareto_front(journal.trials, journal.study.directions)]
+    front = pareto_front(journal.trials, journal.study.directions)
+    knee = knee_point(front, journal.study.directions)
+    return [{"number": t.number, "values": t.values, "params": t.params, "knee": t is knee} for t in front]
 
 
 def _running_row(trial: TrialRecord, inputs: Inputs) -> dict[str, Any]:
@@ -529,12 +531,13 @@ def combined_rows(statuses: Sequence[Mapping[str, Any]], values: Sequence[Mappin
     """One row per study of a sweep: its matrix values, progress and best (pure)."""
     rows = []
     for status, cell in zip(statuses, values):
-        best = status["best"]
+        # Several objectives: the knee of the Pareto front, as hpo best chooses it.
+        best = status["best"] or next((t for t in status["pareto"] or () if t.get("knee")), None)
         rows.append({"study": status["study"], **cell, "finished": status["finished"],
                      "max_trials": status["max_trials"], "running": status["states"]["RUNNING"],
                      "fail": status["states"]["FAIL"],
                      "best_trial": best["number"] if best else None,
-                     "best_value": best["value"] if best else None,
+                     "best_value": (best["value"] if "value" in best else best["values"]) if best else None,
                      "pareto_size": len(status["pareto"]) if status["pareto"] else None,
                      "best_params": best["params"] if best else None})
     return rows

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, Un
 import optuna
 
 from hpo.config.settings import TRIAL_BUDGET_ATTR
+from hpo.worker.results import PROBLEM_ID_ATTR
 
 if TYPE_CHECKING:
     from hpo.config.settings import Settings
@@ -38,7 +39,7 @@ HPO_USER_ATTRS = frozenset({
     "worker", "host", "pid", "gpu", "slurm_job_id", "slurm_array_job_id", "slurm_array_task_id",
     "slurm_procid", "run_dir", "fixed_params", "reason", "origin", "retry_of", "retry_origin",
     "retry_count", "retry_reason", "resume_from", "reused_from", "gpu_uuid", "gpu_peak_mib", "gpu_total_mib",
-    TRIAL_BUDGET_ATTR,
+    TRIAL_BUDGET_ATTR, PROBLEM_ID_ATTR,
 })
 
 

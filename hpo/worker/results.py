@@ -33,6 +33,9 @@ _logger = logging.getLogger(__name__)
 
 RUNS_DIR = "runs"
 MANIFEST, METRICS = "manifest.json", "metrics.json"
+# Each trial's problem id (the p_<hash> below, whether HPO_REUSE_RESULTS keeps its run or not):
+# seed 003's ``pid`` column of the exports.
+PROBLEM_ID_ATTR = "problem_id"
 
 
 def _digest(payload: Any) -> str:
@@ -61,10 +64,16 @@ class RunKey:
                                                   "seconds": round(seconds, 3), **origin})
 
 
-def run_key(trial_output: Path, objective: str, options: Mapping[str, Any], params: Mapping[str, Any],
-            data_seed: int, train_seed: int, setup_key: str | None) -> RunKey:
+def problem_of(objective: str, options: Mapping[str, Any], data_seed: int, setup_key: str | None
+               ) -> tuple[dict[str, Any], str]:
+    """A trial's problem (everything but its parameters and TRAIN_SEED) and its id ``p_<hash>``."""
     problem = {"objective": objective, "options": dict(options), "data_seed": data_seed, "setup": setup_key}
-    problem_id = f"p_{_digest(problem)}"
-    manifest = {"problem": problem, "problem_id": problem_id, "params": dict(params), "train_seed": train_seed}
+    return problem, f"p_{_digest(problem)}"
+
+
+def run_key(trial_output: Path, problem: Mapping[str, Any], problem_id: str, params: Mapping[str, Any],
+            train_seed: int) -> RunKey:
+    """The run of ``params`` on the problem (:func:`problem_of`), and its folder."""
+    manifest = {"problem": dict(problem), "problem_id": problem_id, "params": dict(params), "train_seed": train_seed}
     folder = trial_output / RUNS_DIR / problem_id / f"r_{_digest(manifest)}"
     return RunKey(manifest, folder)

@@ -44,7 +44,7 @@ from hpo.worker import outcome as outcomes
 from hpo.worker.context import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
 from hpo.worker.device import check_sharing, gpu_facts
 from hpo.worker.recovery import OOM_RETRIED, Heartbeat, enqueue_retry
-from hpo.worker.results import RunKey, run_key
+from hpo.worker.results import PROBLEM_ID_ATTR, RunKey, problem_of, run_key
 from hpo.worker.run_dir import RunDir
 from hpo.worker.setup import options_of
 
@@ -136,6 +136,11 @@ class TrialRunner:
         trial, s = active.trial, self.settings
         fixed = s.fixed_params()
         resume_from = trial.user_attrs.get("resume_from")
+        # The options, and the hpo settings that change what a run computes (its time limits).
+        limits = {"trial_timeout_seconds": s.trial_timeout_seconds, "time_pruning_warmup": s.time_pruning_warmup}
+        problem, problem_id = problem_of(self.config.objective, {**options_of(s, self.config), **limits}, s.data_seed,
+                                         self.setup.key if self.setup else None)
+        trial.set_user_attr(PROBLEM_ID_ATTR, problem_id)  # the exports' pid (seed 003)
         params = suggest(trial, self.config.space, fixed)
         self._flush(active)  # its parameters (and its worker's attributes) at once, in one append
         sampled = trial.params
@@ -145,10 +150,7 @@ class TrialRunner:
         _logger.info("trial %d started on %s: %s%s", trial.number, self.device, json.dumps(params),
                      f" (retry of trial {retry_of})" if retry_of is not None else "")
         if s.reuse_results:
-            # The options, and the hpo settings that change what a run computes (its time limits).
-            limits = {"trial_timeout_seconds": s.trial_timeout_seconds, "time_pruning_warmup": s.time_pruning_warmup}
-            active.run_key = run_key(s.trial_output, self.config.objective, {**options_of(s, self.config), **limits},
-                                     params, s.data_seed, s.train_seed, self.setup.key if self.setup else None)
+            active.run_key = run_key(s.trial_output, problem, problem_id, params, s.train_seed)
             stored = active.run_key.stored()
             if stored is not None:
                 return self._reuse(active, stored)
