@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from conftest import REPO, clean_env, load_study, run_hpo, tree
-from hpo.journal.reader import TrialRecord
-from hpo.watch.export import knee_point
+from hpo.config.study import cells, load_config, single_study_text
+from hpo.journal.reader import TrialRecord, knee_point
 
 EXAMPLES = REPO / "configs/examples"
 
@@ -442,9 +443,77 @@ def test_same_run_twice_reuses_the_stored_result(tmp_path: Path) -> None:
     assert len(list((tmp_path / "optuna_runs/runs").glob("p_*/r_*"))) == 2
 
 
+CELLS = """\
+study_name: toy_{mode}
+objective: objectives:quadratic
+matrix:
+  mode: [a, b]
+settings: {max_trials: 2}
+matrix_overrides:
+  mode:
+    a:
+      space: {x: {type: float, low: 0, high: 1}}
+    b:
+      settings: {max_trials: 3, sampler: random}
+      objective_args: {offset: 7}
+      space: {x: {type: float, low: 10, high: 11}, y: {type: int, low: 1, high: 3}}
+"""
+
+
+def test_a_sweep_cell_brings_its_own_settings_arguments_and_ranges(tmp_path: Path) -> None:
+    """Seed 001: per-surrogate settings in one sweep. Each value's matrix_overrides set its
+    studies' MAX_TRIALS and sampler, objective_args and parameters (the shared space empty);
+    ``hpo config --study-name`` names where each value came from."""
+    (tmp_path / "cells.yaml").write_text(CELLS)
+    env = clean_env(HPO_CONFIG=str(tmp_path / "cells.yaml"))
+    shown = run_hpo(["config", "--study-name", "toy_b"], tmp_path, env)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^MAX_TRIALS +3 +config:\S+cells.yaml matrix_overrides.mode.b$", shown.stdout, re.M), shown.stdout
+    assert re.search(r"^OPTUNA_SAMPLER +random +config:\S+ matrix_overrides.mode.b$", shown.stdout, re.M)
+    shown = run_hpo(["config", "--study-name", "toy_a"], tmp_path, env)
+    assert re.search(r"^MAX_TRIALS +2 +config:\S+cells.yaml$", shown.stdout, re.M), shown.stdout
+    # The environment still wins over a cell's own value, as over any config value.
+    assert re.search(r"^MAX_TRIALS +5 +env:MAX_TRIALS$", run_hpo(
+        ["config", "--study-name", "toy_b"], tmp_path, {**env, "MAX_TRIALS": "5"}).stdout, re.M)
+
+    result = run_hpo(["run", "--workers", "2"], tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    a = load_study(tmp_path / "optuna_journal/toy_a.journal", "toy_a").trials
+    b = load_study(tmp_path / "optuna_journal/toy_b.journal", "toy_b").trials
+    assert [len(a), len(b)] == [2, 3]
+    assert all(0 <= t.params["x"] <= 1 and "y" not in t.params for t in a)
+    assert all(10 <= t.params["x"] <= 11 and t.params["y"] in (1, 2, 3) for t in b)
+    stored = yaml.safe_load(single_study_text(cells(load_config(tmp_path / "cells.yaml"))[1]))  # retrain's copy
+    assert stored["settings"] == {"max_trials": 3, "sampler": "random"} and stored["objective_args"] == {
+        "offset": 7, "mode": "b"} and set(stored["space"]) == {"x", "y"}
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("    b: {settings: {bogus: 1}}", "cells.yaml: matrix_overrides.mode.b.settings.bogus: not a setting; valid: "),
+    ("    b: {settings: {max_trials: many}}", "settings.max_trials='many' is not an integer"),
+    ("    c: {settings: {max_trials: 3}}", "cells.yaml: matrix_overrides.mode.c: not a value of matrix.mode; valid: a, b"),
+    ("    b: {epochs: 3}", "cells.yaml: matrix_overrides.mode.b: 'epochs' is not valid; valid: a mapping with settings, "
+                          "objective_args, space"),
+])
+def test_a_bad_cell_override_exits_2_naming_it(tmp_path: Path, override: str, message: str) -> None:
+    (tmp_path / "cells.yaml").write_text(
+        "study_name: toy_{mode}\nobjective: objectives:quadratic\nmatrix:\n  mode: [a, b]\n"
+        "space:\n  x: {type: float, low: 0, high: 1}\nmatrix_overrides:\n  mode:\n" + override + "\n")
+    before = tree(tmp_path)
+    result = run_hpo(["run"], tmp_path, clean_env(HPO_CONFIG=str(tmp_path / "cells.yaml")))
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert tree(tmp_path) == before
+    empty = tmp_path / "empty.yaml"  # the shared space may be empty only when every study gets parameters
+    empty.write_text("study_name: toy_{mode}\nobjective: objectives:quadratic\nmatrix:\n  mode: [a, b]\n"
+                     "matrix_overrides:\n  mode:\n    a: {space: {x: {type: float, low: 0, high: 1}}}\n")
+    refused = run_hpo(["run"], tmp_path, clean_env(HPO_CONFIG=str(empty)))
+    assert refused.returncode == 2 and "study 'toy_b' has no parameter" in refused.stderr, refused.stderr
+
+
 def test_seed_001_sweep_of_surrogates_two_objectives(tmp_path: Path) -> None:
     """CODES: <tuning_id>_<surrogate> studies, each with its stored config, a Pareto front
-    named by the metric names, and a budget of valid (COMPLETE) trials."""
+    named by the metric names, a budget of valid (COMPLETE) trials, and the MLP's own batch
+    size, epochs and hidden_size range (matrix_overrides)."""
     env = clean_env(HPO_CONFIG=str(EXAMPLES / "codes_sweep.yaml"), MAX_TRIALS="3", N_TRAIN="300", N_VAL="100",
                     OMP_NUM_THREADS="1")
     result = run_hpo(["run", "--workers", "2"], tmp_path, env)
@@ -459,6 +528,11 @@ def test_seed_001_sweep_of_surrogates_two_objectives(tmp_path: Path) -> None:
         assert one["states"]["COMPLETE"] == one["finished"] == 3
         stored = tmp_path / "optuna_runs" / one["study"] / "study_config.yaml"
         assert stored.read_text() == (EXAMPLES / "codes_sweep.yaml").read_text()
+        ran = [json.loads((Path(t.user_attrs["run_dir"]) / "settings.json").read_text()) for t in study.trials]
+        assert {r["batch_size"] for r in ran} == {256 if one["study"] == "codes_mlp" else 128}
+        low = 32 if one["study"] == "codes_mlp" else 10
+        assert {(d.low, d.high) for t in study.trials for n, d in t.distributions.items() if n == "hidden_size"} == {
+            (low, 400 if low == 32 else 200)}
     best = json.loads(run_hpo(["best", "--format", "json", "--study-name", "codes_mlp"], tmp_path, env).stdout)
     mlp = load_study(tmp_path / "optuna_journal/codes_mlp.journal", "codes_mlp")
     assert sorted(p["number"] for p in best["pareto"]) == sorted(t.number for t in mlp.best_trials)

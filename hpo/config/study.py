@@ -19,9 +19,18 @@ Keys (unknown ones are refused)::
     matrix: {problem: [a, b], method: [sgld, sghmc]}   # a sweep: one study per combination,
     study_name: llc_{problem}_{method}                 #   named from its values
     matrix_space: {method: {sghmc: {friction: {...}}}} # parameters only some cells have
+    matrix_overrides:                                  # what one value brings to its studies:
+      surrogate:                                       #   settings, objective_args, and parameters
+        mlp: {settings: {max_trials: 30}, objective_args: {epochs: 10},
+              space: {hidden_size: {type: int, low: 50, high: 500}}}   # (a shared one's range too)
 
 A sweep (``matrix:``) is one study per combination of values (:func:`cells`), all in
 the same journal folder; each cell's values reach the objective in ``ctx.options``.
+``matrix_overrides`` give the studies of one value their own settings (a config layer of
+their own, above ``settings:``, below the environment and flags), ``objective_args`` and
+parameters (new ones, or another range for a shared one); ``space:`` may then be left
+empty when every study gets its parameters that way. ``hpo config --study-name CELL``
+names ``matrix_overrides.<variable>.<value>`` as the source of what an override set.
 Workers go through the studies in order (:class:`Launch`, :class:`hpo.worker.loop.Worker`).
 A ``setup:`` that depends on only some options says which (``setup_inputs: [problem]``):
 cells that agree on them share one cached setup (seed 003's reference, once per problem
@@ -69,7 +78,8 @@ _logger = logging.getLogger(__name__)
 
 _TOP_KEYS = ("study_name", "objective", "direction", "directions", "settings", "space", "enqueue",
              "sampler_args", "pruner_args", "objective_args", "objective_settings", "metric_names", "setup",
-             "setup_inputs", "matrix", "matrix_space", "time_pruning_cap")
+             "setup_inputs", "matrix", "matrix_space", "matrix_overrides", "time_pruning_cap")
+_OVERRIDE_KEYS = ("settings", "objective_args", "space")
 _DIRECTIONS = ("minimize", "maximize")
 
 
@@ -93,6 +103,9 @@ class StudyConfig:
     # A sweep: (name, values) per matrix variable, and extra parameters per variable and value.
     matrix: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     matrix_space: Mapping[str, Mapping[str, Mapping[str, Param]]] = field(default_factory=dict)
+    matrix_overrides: Mapping[str, Mapping[str, "Override"]] = field(default_factory=dict)
+    # A sweep's study: each setting its matrix_overrides set -> "matrix_overrides.<variable>.<value>".
+    overridden: Mapping[str, str] = field(default_factory=dict)
     # Several objectives and HPO_TIME_PRUNING_WARMUP: a time-pruned trial ends COMPLETE with these
     # values, one per objective, each a number (the cap) or "elapsed" (the seconds it ran).
     time_pruning_cap: tuple[float | str, ...] | None = None
@@ -297,6 +310,58 @@ def _matrix_space(path: Path, raw: Any, matrix: tuple[tuple[str, tuple[Any, ...]
     return out
 
 
+@dataclass(frozen=True)
+class Override:
+    """What one value of a matrix variable brings to its studies (``matrix_overrides``)."""
+
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    objective_args: Mapping[str, Any] = field(default_factory=dict)
+    space: Mapping[str, Param] = field(default_factory=dict)
+
+
+def _matrix_overrides(path: Path, raw: Any, matrix: tuple[tuple[str, tuple[Any, ...]], ...]
+                      ) -> dict[str, dict[str, Override]]:
+    if raw is None:
+        return {}
+    values = {n: {str(v) for v in vs} for n, vs in matrix}
+    if not isinstance(raw, Mapping) or not matrix:
+        raise UsageError(f"{path}: matrix_overrides: must be a mapping: variable -> value -> "
+                         f"{{{', '.join(_OVERRIDE_KEYS)}}}, with a matrix:")
+    out: dict[str, dict[str, Override]] = {}
+    for name, by_value in raw.items():
+        if name not in values:
+            raise UsageError(f"{path}: matrix_overrides.{name}: not a matrix variable; valid: {', '.join(values)}")
+        if not isinstance(by_value, Mapping):
+            raise UsageError(f"{path}: matrix_overrides.{name}: must be a mapping of value to overrides")
+        out[name] = {}
+        for value, spec in by_value.items():
+            where = f"matrix_overrides.{name}.{value}"
+            if str(value) not in values[name]:
+                raise UsageError(f"{path}: {where}: not a value of matrix.{name}; "
+                                 f"valid: {', '.join(sorted(values[name]))}")
+            if not isinstance(spec, Mapping) or set(spec) - set(_OVERRIDE_KEYS):
+                bad = sorted(set(spec) - set(_OVERRIDE_KEYS)) if isinstance(spec, Mapping) else [spec]
+                raise UsageError(f"{path}: {where}: {bad[0]!r} is not valid; valid: a mapping with "
+                                 f"{', '.join(_OVERRIDE_KEYS)}")
+            for key in ("settings", "objective_args"):
+                if not isinstance(spec.get(key) or {}, Mapping):
+                    raise UsageError(f"{path}: {where}.{key}: must be a mapping")
+            settings = dict(spec.get("settings") or {})
+            if "study_name" in settings:
+                raise UsageError(f"{path}: {where}.settings.study_name: the sweep's study_name pattern names "
+                                 "its studies; valid: any other setting")
+            args = dict(spec.get("objective_args") or {})
+            clash = sorted(set(args) & set(values))
+            if clash:
+                raise UsageError(f"{path}: {where}.objective_args.{clash[0]}: a matrix variable; valid: another name")
+            try:
+                space = parse_space(path, spec["space"]) if spec.get("space") else {}
+            except UsageError as exc:
+                raise UsageError(f"{path}: {where}: {exc}") from None
+            out[name][str(value)] = Override(settings, args, space)
+    return out
+
+
 def cells(config: StudyConfig) -> list[StudyConfig]:
     """A sweep's studies, in order (the last variable varies fastest): each a plain config
     whose study name is the pattern filled in, whose space has the cell's extra parameters,
@@ -308,17 +373,26 @@ def cells(config: StudyConfig) -> list[StudyConfig]:
     for combo in itertools.product(*(vs for _, vs in config.matrix)):
         values = dict(zip(names, combo))
         space = dict(config.space)
+        settings, args, overridden = dict(config.settings), dict(config.objective_args), {}
         for name, value in values.items():
             space.update(config.matrix_space.get(name, {}).get(str(value), {}))
+            override = config.matrix_overrides.get(name, {}).get(str(value))
+            if override is not None:  # a later variable's override wins over an earlier one's
+                space.update(override.space)
+                settings.update(override.settings)
+                args.update(override.objective_args)
+                overridden.update(dict.fromkeys(override.settings, f"matrix_overrides.{name}.{value}"))
         study = str(config.settings["study_name"]).format(**values)
         parse_study_name(f"{config.path}: study_name for {values}", study)
         if any(c.settings["study_name"] == study for c in out):
             raise UsageError(f"{config.path}: study_name: {config.settings['study_name']!r} gives {study!r} twice; "
                              "valid: a pattern that names every combination apart, e.g. with _ between variables")
+        if not space:
+            raise UsageError(f"{config.path}: study {study!r} has no parameter: space: is empty and neither "
+                             "matrix_space nor matrix_overrides give it any; valid: parameters for every study")
         out.append(replace(
-            config, matrix=(), matrix_space={}, space=space, cell=values,
-            objective_args={**config.objective_args, **values},
-            settings={**config.settings, "study_name": study},
+            config, matrix=(), matrix_space={}, matrix_overrides={}, space=space, cell=values,
+            objective_args={**args, **values}, settings={**settings, "study_name": study}, overridden=overridden,
         ))
     return out
 
@@ -331,16 +405,25 @@ def single_study_text(config: StudyConfig, study_name: str | None = None) -> str
         return config.text
     raw = dict(yaml.safe_load(config.text))
     extra = raw.pop("matrix_space", None) or {}
+    overrides = raw.pop("matrix_overrides", None) or {}
     raw.pop("matrix", None)
     raw["study_name"] = study_name or str(config.settings["study_name"])
     if config.cell:
         raw["objective_args"] = {**(raw.get("objective_args") or {}), **config.cell}
         space = dict(raw.get("space") or {})
+        settings = dict(raw.get("settings") or {})
         for name, value in config.cell.items():
             by_value = {str(k): v for k, v in (extra.get(name) or {}).items()}
             space.update(by_value.get(str(value)) or {})
+            override = {str(k): v for k, v in (overrides.get(name) or {}).items()}.get(str(value)) or {}
+            for group, params in (override.get("space") or {}).items():  # a stage's group merges
+                both = isinstance(params, dict) and "type" not in params and isinstance(space.get(group), dict)
+                space[group] = {**space[group], **params} if both else params
+            settings.update(override.get("settings") or {})
+            raw["objective_args"].update(override.get("objective_args") or {})
         raw["space"] = space
-    settings = dict(raw.get("settings") or {})
+        raw["settings"] = settings
+    settings = dict(raw.pop("settings", None) or {})
     settings.pop("study_name", None)
     if settings:
         raw["settings"] = settings
@@ -404,6 +487,13 @@ class Launch:
         ``STUDY_NAME`` is left empty: the child takes the config's pattern, every study."""
         env = replace(self.settings, **launcher).to_env()
         env[FIELD_BY_NAME["study_name"].env] = "" if len(self.studies) > 1 else self.settings.study_name
+        if len(self.studies) > 1:
+            # A setting some studies override (matrix_overrides) and the launch was not given:
+            # the child resolves it per study from the config, as this process did.
+            variables = {f.name: f.env for f in self.settings.fields()}
+            for name in {n for _, config in self.studies for n in config.overridden}:
+                if not self.settings.sources.get(name, "default").startswith(("flag", "env:")):
+                    env[variables[name]] = ""
         return env
 
 
@@ -472,7 +562,8 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
     settings = dict(settings)
     if "study_name" in raw:
         settings.setdefault("study_name", raw["study_name"])
-    space = parse_space(path, raw.get("space"))
+    # A sweep whose every study brings its own parameters may leave space: empty (checked per study).
+    space = {} if raw.get("matrix") and not raw.get("space") else parse_space(path, raw.get("space"))
     extra = {}
     for key in ("sampler_args", "pruner_args", "objective_args"):
         value = raw.get(key) or {}
@@ -494,6 +585,7 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
     return StudyConfig(
         matrix=matrix,
         matrix_space=_matrix_space(path, raw.get("matrix_space"), matrix, space),
+        matrix_overrides=_matrix_overrides(path, raw.get("matrix_overrides"), matrix),
         declared=_declared(path, raw.get("objective_settings")),
         metric_names=_metric_names(path, raw.get("metric_names"), len(directions)),
         time_pruning_cap=_time_pruning_cap(path, raw.get("time_pruning_cap"), len(directions)),
@@ -531,4 +623,31 @@ def load_launch(flags: Mapping[str, Any], env: Mapping[str, str]) -> Launch:
     fields = config.objective_fields()
     args = parse_args(tuple(flags.get("args") or ()), fields)
     settings = resolve(flags, env, config.settings, path, source, fields, args)
-    return Launch(config, tuple(_select(settings, config)))
+    studies = _select(settings, config)
+    if config.matrix_overrides:  # studies with settings of their own: resolved once more, with them
+        studies = [(_cell_settings(s, c, lambda cell: resolve(flags, env, cell, path, source, fields, args)), c)
+                   for s, c in studies]
+    return Launch(config, tuple(studies))
+
+
+def _cell_settings(settings: Settings, cell: StudyConfig,
+                   resolve_with: Callable[[Mapping[str, Any]], Settings]) -> Settings:
+    """A sweep study's settings with its ``matrix_overrides`` as their config layer; its own
+    name (the environment's STUDY_NAME only selected it), each override's source named."""
+    if not cell.overridden:
+        return settings
+    known = {f.name for f in settings.fields() if not f.internal}
+    for name, where in cell.overridden.items():
+        if name not in known:
+            raise UsageError(f"{cell.path}: {where}.settings.{name}: not a setting; valid: "
+                             f"{', '.join(sorted(n for n in known if n != 'study_name'))}")
+    try:
+        own = resolve_with(cell.settings)
+    except UsageError as exc:
+        raise UsageError(f"{exc} (in {', '.join(sorted(set(cell.overridden.values())))})") from None
+    sources = dict(own.sources)
+    for name, where in cell.overridden.items():
+        if sources.get(name, "").startswith("config:"):
+            sources[name] = f"{sources[name]} {where}"
+    sources["study_name"] = settings.sources["study_name"]
+    return replace(own, study_name=settings.study_name, sources=sources)
