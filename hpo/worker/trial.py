@@ -82,6 +82,12 @@ class TrialRunner:
         self.identity, self.device, self.objective = identity, device, objective
         self.heartbeat, self.setup = heartbeat, setup
         self.sharing_checked = False  # whether its GPU's other processes were looked at (once)
+        # The trials' problem: the options, and the hpo settings that change what a run computes
+        # (its time limits). Its id goes with each trial's creation (the exports' pid, seed 003).
+        limits = {"trial_timeout_seconds": settings.trial_timeout_seconds,
+                  "time_pruning_warmup": settings.time_pruning_warmup}
+        self.problem, self.problem_id = problem_of(config.objective, {**options_of(settings, config), **limits},
+                                                   settings.data_seed, setup.key if setup else None)
 
     def run_dir(self, number: int) -> Path:
         return self.settings.study_dir / f"trial_{number}"
@@ -91,7 +97,8 @@ class TrialRunner:
         with the trial's creation, see :meth:`hpo.study.shared.SharedStudy.ask_within_budget`)."""
         budget = self.settings.budgets()  # what it spends: exports and hpo status tell budgets apart
         return {**self.identity.attrs(), "run_dir": str(self.run_dir(number).resolve()),
-                "fixed_params": self.settings.fixed_params(), **({TRIAL_ATTR: budget} if budget else {})}
+                "fixed_params": self.settings.fixed_params(), PROBLEM_ID_ATTR: self.problem_id,
+                **({TRIAL_ATTR: budget} if budget else {})}
 
     # -- one trial --------------------------------------------------------
     def run(self, trial: optuna.Trial, stop_reason: Callable[[], str | None]) -> outcomes.Outcome:
@@ -136,11 +143,6 @@ class TrialRunner:
         trial, s = active.trial, self.settings
         fixed = s.fixed_params()
         resume_from = trial.user_attrs.get("resume_from")
-        # The options, and the hpo settings that change what a run computes (its time limits).
-        limits = {"trial_timeout_seconds": s.trial_timeout_seconds, "time_pruning_warmup": s.time_pruning_warmup}
-        problem, problem_id = problem_of(self.config.objective, {**options_of(s, self.config), **limits}, s.data_seed,
-                                         self.setup.key if self.setup else None)
-        trial.set_user_attr(PROBLEM_ID_ATTR, problem_id)  # the exports' pid (seed 003)
         params = suggest(trial, self.config.space, fixed)
         self._flush(active)  # its parameters (and its worker's attributes) at once, in one append
         sampled = trial.params
@@ -150,7 +152,7 @@ class TrialRunner:
         _logger.info("trial %d started on %s: %s%s", trial.number, self.device, json.dumps(params),
                      f" (retry of trial {retry_of})" if retry_of is not None else "")
         if s.reuse_results:
-            active.run_key = run_key(s.trial_output, problem, problem_id, params, s.train_seed)
+            active.run_key = run_key(s.trial_output, self.problem, self.problem_id, params, s.train_seed)
             stored = active.run_key.stored()
             if stored is not None:
                 return self._reuse(active, stored)
