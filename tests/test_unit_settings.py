@@ -374,7 +374,7 @@ def test_every_default_and_its_source() -> None:
         "pruner": "hyperband", "journal_dir": "optuna_journal", "study_name": "physae", "log_dir": "optuna_logs",
         "trial_output": "optuna_runs", "device": "auto", "data_seed": 0, "train_seed": 0, "max_retries": 2,
         "heartbeat_seconds": 10.0, "stale_seconds": 60.0, "hang_seconds": None, "max_failures": 10, "storage": "",
-        "trial_timeout_seconds": None, "time_pruning_warmup": 0, "budget_counts": "finished", "mix_budgets": False,
+        "trial_timeout_seconds": None, "time_pruning_warmup": 0, "budget_counts": "finished", "trackers": "", "mix_budgets": False,
         "retry_interrupted": False, "reuse_results": False, "export_at_end": True, "flush_seconds": 30.0,
         "snapshot_mb": 16.0, "journal_lock": "auto", "seed_offset": 0, "config": str(CONFIG)}
     assert s.sources == {"config": "default", **{f.name: "default" for f in FIELDS}}

@@ -34,6 +34,7 @@ from hpo.config.search import PRUNER_NAMES, SAMPLER_NAMES
 from hpo.errors import UsageError
 
 BUDGET_COUNTS = ("finished", "complete")
+TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")  # HPO_TRACKERS (hpo.worker.trackers)
 JOURNAL_LOCKS = ("auto", "file", "fcntl")  # see hpo.journal.locking
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 # How a time-pruned trial's reason starts. Ended COMPLETE (``time_pruning_cap``), its values are
@@ -43,6 +44,16 @@ RESULTS_DIR = Path("results")
 TRIAL_BUDGET_ATTR = "budget"  # the trial user attribute of its budgets (Settings.budgets; hpo.study.budgets)  # where hpo export, hpo plot and the end-of-study export write: results/<study>/
 
 _STUDY_RE = re.compile(r"^[^\x00-\x1f/\\]{1,128}$")
+
+
+def _trackers(name: str, raw: Any) -> str:
+    """A comma list of tracker names, normalised (``"tensorboard,mlflow"``; ``""``: none)."""
+    names = [n.strip().lower() for n in str(raw).split(",") if n.strip()]
+    bad = [n for n in names if n not in TRACKER_NAMES]
+    if bad or len(set(names)) != len(names):
+        raise UsageError(f"{name}={raw!r} is not valid; valid: a comma list of distinct names among "
+                         f"{', '.join(TRACKER_NAMES)}, or empty for none")
+    return ",".join(names)
 
 
 def is_capped(state: str, reason: Any) -> bool:
@@ -141,6 +152,9 @@ FIELDS: tuple[Field, ...] = (
     Field("budget_counts", "HPO_BUDGET_COUNTS", choice(BUDGET_COUNTS), "finished",
           "what MAX_TRIALS counts: finished (COMPLETE + PRUNED) or complete (valid trials only: a pruned or capped one "
           "frees its slot)"),
+    Field("trackers", "HPO_TRACKERS", _trackers, "",
+          f"experiment trackers, each trial one run: a comma list of {', '.join(TRACKER_NAMES)} (pip install "
+          "'hpo[trackers]'); empty: none"),
     Field("mix_budgets", "HPO_MIX_BUDGETS", boolean, False,
           "run although the study's trials ran with other budgets (the objective's budget settings: epochs, "
           "dataset sizes); recorded in the study, and each trial records its own"),
@@ -204,6 +218,7 @@ class Settings:
     trial_timeout_seconds: float | None
     time_pruning_warmup: int
     budget_counts: str
+    trackers: str
     mix_budgets: bool
     retry_interrupted: bool
     reuse_results: bool
@@ -261,6 +276,11 @@ class Settings:
         fields declared with ``fixes=``, e.g. PhysAE's ``STAGEA_EPOCHS`` -> ``A.epochs``)."""
         return {f.fixes: self.objective[f.name] for f in self.objective_fields
                 if f.fixes is not None and self.objective.get(f.name) is not None}
+
+    @property
+    def tracker_names(self) -> tuple[str, ...]:
+        """``HPO_TRACKERS`` as a tuple of names (none when empty)."""
+        return tuple(self.trackers.split(",")) if self.trackers else ()
 
     def budgets(self) -> dict[str, Any]:
         """The budgets each trial runs with: the objective's settings declared ``budget``,

@@ -17,6 +17,7 @@ from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.provenance import ConfigMode, check_unchanged, reconcile, record_launch
 from hpo.system.slurm import record_jobs
 from hpo.worker.device import resolve_device
+from hpo.worker.trackers import check_installed
 from hpo.worker.setup import check_setup_inputs
 
 
@@ -28,8 +29,9 @@ def config_mode(reuse_stored: bool, overwrite: bool) -> ConfigMode:
 
 
 def check_runnable(settings: Settings, config: StudyConfig) -> None:
-    """Import the objective (and setup, and check the options it declares) and build the
-    sampler and pruner: fail before anything is written."""
+    """Import the objective (and setup, and check the options it declares), build the
+    sampler and pruner, and find the trackers' libraries: fail before anything is written."""
+    check_installed(settings.tracker_names)
     config.load_objective()
     if config.setup is not None:
         config.function("setup")

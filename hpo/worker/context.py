@@ -131,6 +131,8 @@ class TrialContext:
     _check_time: Callable[[], None] = field(default=lambda: None, repr=False)
     _set_user_attr: Callable[[str, Any], None] = field(default=lambda key, value: None, repr=False)
     _make_run_dir: Callable[[], None] = field(default=lambda: None, repr=False)
+    # A step's values for the trial's experiment trackers (hpo.worker.trackers), as written here.
+    _track: Callable[[int, Mapping[str, Any]], None] = field(default=lambda step, metrics: None, repr=False)
 
     def __getattribute__(self, name: str) -> Any:
         # ``ctx.run_dir`` makes the folder on first read: a trial that never asks for it, and
@@ -178,6 +180,7 @@ class TrialContext:
         line = json.dumps({"step": int(step), "time": round(time.time(), 3), **metrics})
         with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
+        self._track(int(step), metrics)
 
     def report(self, step: int, value: float) -> None:
         """Record an intermediate value; raises ``optuna.TrialPruned`` to prune (by the

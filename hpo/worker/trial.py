@@ -46,6 +46,7 @@ from hpo.worker.device import check_sharing, gpu_facts
 from hpo.worker.recovery import OOM_RETRIED, Heartbeat, enqueue_retry
 from hpo.worker.results import PROBLEM_ID_ATTR, RunKey, problem_of, run_key
 from hpo.worker.run_dir import RunDir
+from hpo.worker.trackers import INTERMEDIATE, RunInfo, TrialRuns, open_runs, value_names
 from hpo.worker.setup import options_of
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class _Active:
     last_step: list[int] = field(default_factory=list)
     taken: bool = False  # set by the heartbeat thread when another worker ended the trial
     run_key: RunKey | None = None  # HPO_REUSE_RESULTS: where this run's outcome is stored (hpo.worker.results)
+    tracked: TrialRuns | None = None  # its runs in the experiment trackers (HPO_TRACKERS), once it has parameters
     flushed_at: float = field(default_factory=time.monotonic)  # when its held records were last written
 
 
@@ -125,6 +127,8 @@ class TrialRunner:
                 outcomes.free_memory()  # the exception and its frames are gone now
             if result.record:
                 result = self._finish(active, result, run_dir)
+            if active.tracked is not None:  # after the journal has the trial's end: a tracker never delays it
+                active.tracked.end(result.state.name if result.record else "TAKEN", result.values)
         if not result.record:
             self.shared.drop(trial_id(trial))  # what it still held is never written
             self._log_taken(trial)  # outside trial_logging: nothing more goes into the run directory
@@ -151,6 +155,9 @@ class TrialRunner:
         retry_of = trial.user_attrs.get("retry_of")
         _logger.info("trial %d started on %s: %s%s", trial.number, self.device, json.dumps(params),
                      f" (retry of trial {retry_of})" if retry_of is not None else "")
+        active.tracked = open_runs(s, RunInfo(
+            s.study_name, trial.number, self.identity.worker_id, self.identity.host, params, s.study_dir,
+            s.trial_output, value_names(len(self.config.directions), self.config.metric_names)))
         if s.reuse_results:
             active.run_key = run_key(s.trial_output, self.problem, self.problem_id, params, s.train_seed)
             stored = active.run_key.stored()
@@ -173,6 +180,7 @@ class TrialRunner:
             _check_time=lambda: self._in_hpo(self._check_time_and_flush, active),
             _set_user_attr=lambda key, value: self._in_hpo(self._set_user_attr, active, key, value),
             _make_run_dir=run_dir.make,
+            _track=lambda step, metrics: active.tracked.log(step, metrics) if active.tracked else None,
         )
         return self.objective(params, ctx)
 
@@ -196,6 +204,8 @@ class TrialRunner:
 
     def _report(self, active: _Active, step: int, value: float) -> None:
         active.last_step.append(step)
+        if active.tracked is not None:
+            active.tracked.log(step, {INTERMEDIATE: value})
         if len(self.config.directions) > 1:
             self._flush_if_due(active, only_held=True)
             return  # Optuna cannot prune multi-objective trials
