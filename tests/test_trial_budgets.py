@@ -72,6 +72,8 @@ def test_a_launch_with_other_budgets_is_refused_unless_asked_to_mix(tmp_path: Pa
     with (tmp_path / "results/toy/all_trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["budget_TOY_EPOCHS"] for r in rows] == ["2", "2", "2", "3", "3"]
+    results = json.loads((tmp_path / "results/toy/hpo_results.json").read_text())
+    assert [r["budget"] for r in results["all_trials"]] == [{"TOY_EPOCHS": 2}] * 3 + [{"TOY_EPOCHS": 3}] * 2
     assert "budget_TOY_VERBOSE" not in rows[0]
 
 

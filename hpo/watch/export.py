@@ -308,6 +308,8 @@ def hpo_results_json(journal: StudyJournal, best: Best) -> dict[str, Any]:
 
 def _result_row(t: TrialRecord, score: Any) -> dict[str, Any]:
     row = {"number": t.number, "state": t.state, "score": score, "params": t.params}
+    if isinstance(t.user_attrs.get(TRIAL_BUDGET_ATTR), dict):
+        row["budget"] = t.user_attrs[TRIAL_BUDGET_ATTR]  # what it spent (hpo.study.budgets)
     metrics = objective_attrs(t.user_attrs)
     return {**row, "user_attrs": metrics} if metrics else row  # no empty "user_attrs" key
 
