@@ -489,7 +489,11 @@ def test_a_sweep_cell_brings_its_own_settings_arguments_and_ranges(tmp_path: Pat
 
 
 @pytest.mark.parametrize(("override", "message"), [
-    ("    b: {settings: {bogus: 1}}", "cells.yaml: matrix_overrides.mode.b.settings.bogus: not a setting; valid: "),
+    ("    b: {settings: {bogus: 1}}", "cells.yaml: matrix_overrides.mode.b.settings.bogus: not a setting a study of a "
+                                    "sweep may have of its own; valid: max_trials, budget_counts, sampler, pruner, "),
+    # What the sweep's workers share is not a study's: TRIALS_PER_WORKER would stop them in every study.
+    ("    b: {settings: {trials_per_worker: 1}}", "matrix_overrides.mode.b.settings.trials_per_worker: not a setting "
+                                                "a study of a sweep may have of its own"),
     ("    b: {settings: {max_trials: many}}", "settings.max_trials='many' is not an integer"),
     ("    c: {settings: {max_trials: 3}}", "cells.yaml: matrix_overrides.mode.c: not a value of matrix.mode; valid: a, b"),
     ("    b: {epochs: 3}", "cells.yaml: matrix_overrides.mode.b: 'epochs' is not valid; valid: a mapping with settings, "

@@ -20,10 +20,12 @@ def settings_options(func: Command) -> Command:
     for f in reversed(FIELDS):
         if f.internal:
             continue
-        # A yes/no setting given alone means yes (--mix-budgets); --mix-budgets false still works.
-        alone: str | None = "true" if f.parse is boolean else None
+        if f.parse is boolean:  # a switch: --mix-budgets / --no-mix-budgets (unset: None, the other layers)
+            func = click.option(f"{f.flag}/--no-{f.flag[2:]}", f.name, default=None,
+                                help=f"{f.help} [env {f.env}; default {f.default}]")(func)
+            continue
         func = click.option(
-            f.flag, f.name, default=None, metavar=f.env, is_flag=False, flag_value=alone,
+            f.flag, f.name, default=None, metavar=f.env,
             help=f"{f.help} [env {f.env}; default {f.default}]",
         )(func)
     func = click.option("--arg", "args", multiple=True, metavar="NAME=VALUE",

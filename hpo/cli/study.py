@@ -21,8 +21,9 @@ def config_cmd(record_job: str | None, **flags: Any) -> None:
 
     launch = load_sweep(flags)
     if record_job is not None:
-        from hpo.launch.prepare import record_launch_jobs
+        from hpo.launch.prepare import check_launch, record_launch_jobs
 
+        check_launch(launch)  # a job its workers would refuse is not recorded as the study's
         record_launch_jobs(launch, [record_job])
         return
     click.echo("\n".join(describe(launch)))

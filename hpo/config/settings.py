@@ -40,8 +40,8 @@ DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 # How a time-pruned trial's reason starts. Ended COMPLETE (``time_pruning_cap``), its values are
 # made up, and ``HPO_BUDGET_COUNTS=complete`` does not count it (as CODES counts).
 TIME_PRUNED = "time-pruned:"
-RESULTS_DIR = Path("results")
-TRIAL_BUDGET_ATTR = "budget"  # the trial user attribute of its budgets (Settings.budgets; hpo.study.budgets)  # where hpo export, hpo plot and the end-of-study export write: results/<study>/
+RESULTS_DIR = Path("results")  # where hpo export, hpo plot and the end-of-study export write: results/<study>/
+TRIAL_BUDGET_ATTR = "budget"  # the trial user attribute of its budgets (Settings.budgets; hpo.study.budgets)
 
 _STUDY_RE = re.compile(r"^[^\x00-\x1f/\\]{1,128}$")
 

@@ -512,7 +512,7 @@ def _select(settings: Settings, config: StudyConfig) -> list[Study]:
                              f"study of the sweep in {config.path}; valid: {pattern!r} (all of them) or one of "
                              f"{', '.join(names)}")
         chosen = [c for c in chosen if c.settings["study_name"] == settings.study_name]
-    return [(replace(settings, study_name=str(c.settings["study_name"])), c) for c in chosen]
+    return [(_cell_settings(replace(settings, study_name=str(c.settings["study_name"])), c), c) for c in chosen]
 
 
 def _time_pruning_cap(path: Path, raw: Any, n_objectives: int) -> tuple[float | str, ...] | None:
@@ -623,31 +623,40 @@ def load_launch(flags: Mapping[str, Any], env: Mapping[str, str]) -> Launch:
     fields = config.objective_fields()
     args = parse_args(tuple(flags.get("args") or ()), fields)
     settings = resolve(flags, env, config.settings, path, source, fields, args)
-    studies = _select(settings, config)
-    if config.matrix_overrides:  # studies with settings of their own: resolved once more, with them
-        studies = [(_cell_settings(s, c, lambda cell: resolve(flags, env, cell, path, source, fields, args)), c)
-                   for s, c in studies]
-    return Launch(config, tuple(studies))
+    return Launch(config, tuple(_select(settings, config)))
 
 
-def _cell_settings(settings: Settings, cell: StudyConfig,
-                   resolve_with: Callable[[Mapping[str, Any]], Settings]) -> Settings:
-    """A sweep study's settings with its ``matrix_overrides`` as their config layer; its own
-    name (the environment's STUDY_NAME only selected it), each override's source named."""
+# What a sweep study's matrix_overrides may set of hpo's own settings: what each study reads
+# for itself (its budget, search and trial limits), not what its workers share (their folders,
+# device, wall time, trackers), besides the objective's settings.
+PER_STUDY_SETTINGS = ("max_trials", "budget_counts", "sampler", "pruner", "trial_timeout_seconds",
+                      "time_pruning_warmup")
+
+
+def _cell_settings(settings: Settings, cell: StudyConfig) -> Settings:
+    """A sweep study's settings: its ``matrix_overrides`` as a config layer above the sweep's
+    ``settings:``, where no flag or variable set the value (those still win); each override's
+    source named; its own name (STUDY_NAME only selected it)."""
     if not cell.overridden:
         return settings
-    known = {f.name for f in settings.fields() if not f.internal}
+    allowed = [*PER_STUDY_SETTINGS, *(f.name for f in settings.objective_fields)]
     for name, where in cell.overridden.items():
-        if name not in known:
-            raise UsageError(f"{cell.path}: {where}.settings.{name}: not a setting; valid: "
-                             f"{', '.join(sorted(n for n in known if n != 'study_name'))}")
-    try:
-        own = resolve_with(cell.settings)
+        if name not in allowed:
+            raise UsageError(f"{cell.path}: {where}.settings.{name}: not a setting a study of a sweep may have "
+                             f"of its own; valid: {', '.join(allowed)}")
+    try:  # the one resolver, with the config layer only: the given layers are settings.sources'
+        own = resolve({}, {}, cell.settings, settings.config, settings.sources.get("config", "default"),
+                      settings.objective_fields)
     except UsageError as exc:
         raise UsageError(f"{exc} (in {', '.join(sorted(set(cell.overridden.values())))})") from None
-    sources = dict(own.sources)
+    values: dict[str, Any] = {}
+    objective, sources = dict(settings.objective), dict(settings.sources)
     for name, where in cell.overridden.items():
-        if sources.get(name, "").startswith("config:"):
-            sources[name] = f"{sources[name]} {where}"
-    sources["study_name"] = settings.sources["study_name"]
-    return replace(own, study_name=settings.study_name, sources=sources)
+        if sources.get(name, "default").startswith(("flag", "env:")):
+            continue
+        if name in objective:
+            objective[name] = own.objective[name]
+        else:
+            values[name] = getattr(own, name)
+        sources[name] = f"{own.sources[name]} {where}"
+    return replace(settings, **values, objective=objective, sources=sources)

@@ -50,17 +50,12 @@ def prepare(launch: Launch, mode: ConfigMode, launcher: str, env: Mapping[str, s
     study of a sweep writes nothing for any); then each study's config is reconciled
     (stored the first time; with ``--reuse-stored`` the stored one is what runs) and
     the launch recorded."""
-    check_runnable(launch.settings, launch.config)
+    check_launch(launch)
     if env is not None and launch.settings.device.startswith("cuda"):
         # ``env``: the launch trains here (hpo worker, hpo run; not hpo submit's login node):
         # a GPU it was not given is refused (exit 2) before anything is written.
         task = SchedulerVars.from_env(env)
         resolve_device(launch.settings.device, task.visible_gpus, task.local_id)
-    for settings, _ in launch.studies:
-        if not settings.storage:
-            lock_kind(settings.journal_path, settings.journal_lock)  # one journal, one lock: refused here
-    for settings, _ in launch.studies:
-        budgets.check(settings.spec)  # other budgets than the study's trials ran with: refused here
     if mode is ConfigMode.CHECK:
         for settings, config in launch.studies:
             check_unchanged(settings, config)
@@ -70,6 +65,18 @@ def prepare(launch: Launch, mode: ConfigMode, launcher: str, env: Mapping[str, s
     if used[0].path == launch.config.path:
         return launch
     return launch.with_config(used[0])  # --reuse-stored: the stored copy (a sweep's whole config) runs
+
+
+def check_launch(launch: Launch) -> None:
+    """What refuses a launch before anything is written, for every launcher (the sbatch
+    scripts' ``hpo config --record-job`` too): the objective, setup, sampler, pruner and
+    trackers, one lock per journal, the budgets the study's trials ran with."""
+    check_runnable(launch.settings, launch.config)
+    for settings, _ in launch.studies:
+        if not settings.storage:
+            lock_kind(settings.journal_path, settings.journal_lock)  # one journal, one lock: refused here
+        budgets.check(settings.spec)  # other budgets than the study's trials ran with: refused here
+
 
 def record_launch_jobs(launch: Launch, job_ids: list[str]) -> None:
     """Append the jobs to the jobs file of every study of the launch (a sweep's job works on

@@ -206,7 +206,8 @@ def refine(settings: Settings, config: StudyConfig, source: str, top: int, facto
     write_bytes_atomic(path, text.encode())
     summary_path = path.with_name("fine_summary.yaml")
     write_bytes_atomic(summary_path, dumps_summary(source, summary, budget, best[0].params).encode())
-    open_study(new_settings.spec, new_config)  # creates it, best trial enqueued first
+    # Creates it, best trial enqueued first; its budgets are its first run's, not this command's.
+    open_study(new_settings.spec, new_config, trains=False)
     return Refined(new_name, path, summary_path, len(summary), len(best), budget)
 
 

@@ -501,6 +501,7 @@ def _end_epoch(run: _Run, spec: StageSpec, record: dict[str, Any], opt: torch.op
     ctx, epoch = run.ctx, int(record["epoch"])
     with _measure(run.timings, "checkpoint"):
         _append_metrics(ctx.run_dir, record)
+        ctx.track(run.global_step, **record)  # the trial's experiment trackers (HPO_TRACKERS), if any
         if epoch == spec.epochs:
             atomic_save(_stage_state(run, spec.name), ctx.run_dir / f"stage_{spec.name}.pt")
     ctx.logger.info(

@@ -6,7 +6,8 @@ what a trial spends, not what it searches. Rerunning a study with ``STAGEA_EPOCH
 after trials trained 2 epochs would rank a 3-epoch trial against 2-epoch ones.
 
 - **Recorded**: the first launch stores the study's budgets (study system attribute
-  :data:`BUDGETS_ATTR`); each trial records its own (user attribute :data:`TRIAL_ATTR`),
+  :data:`BUDGETS_ATTR`); each trial records its own (user attribute ``budget``,
+  :data:`~hpo.config.settings.TRIAL_BUDGET_ATTR`),
   so exports have a column per budget and ``hpo status``/``hpo best`` can name a mix.
 - **Refused**: a launch whose budgets differ from the stored ones exits 2 before anything
   is written (:func:`check`, from :mod:`hpo.launch.prepare`; again in each worker, when it
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
 
-from hpo.config.settings import TRIAL_BUDGET_ATTR
 from hpo.errors import StudyMismatch, UsageError
 from hpo.journal.reader import StudyJournal
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 
 BUDGETS_ATTR = "hpo:budgets"  # the study's budgets, as its first launch ran them
 MIXED_ATTR = "hpo:budgets_mixed"  # true once a launch with other budgets ran with --mix-budgets
-TRIAL_ATTR = TRIAL_BUDGET_ATTR  # each trial's budgets ({"STAGEA_EPOCHS": 2, ...}); absent when the objective has none
 
 
 def differences(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -86,6 +85,12 @@ def check(spec: "StudySpec") -> None:
         error = refusal(spec, held) if held is not None else None
         if error is not None:
             raise error
+
+
+def settled(held: Mapping[str, Any], spec: "StudySpec") -> bool:
+    """Whether the study already stored exactly these budgets (nothing to write or refuse)."""
+    stored_budgets = held.get(BUDGETS_ATTR)
+    return isinstance(stored_budgets, dict) and not differences(stored_budgets, spec.budgets)
 
 
 def record(storage: optuna.storages.BaseStorage, sid: int, held: Mapping[str, Any], spec: "StudySpec") -> None:

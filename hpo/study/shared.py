@@ -229,6 +229,19 @@ class SharedStudy:
         self.storage.set_study_system_attr(self.study_id, VIEW_ATTR, time.time())
         return True
 
+    def record_budgets(self) -> None:
+        """Store the study's budgets at its first launch, refuse other ones, or mark a knowing
+        mix (:func:`hpo.study.budgets.record`): under the slot lock on a fresh view, so two
+        launches racing into a new study cannot both store theirs. The usual case, the
+        stored budgets themselves, takes no lock and writes nothing."""
+        if not self.spec.budgets:
+            return
+        if budgets.settled(self.storage.get_study_system_attrs(self.study_id), self.spec):
+            return
+        with self.slots():
+            self.sync_view()
+            budgets.record(self.storage, self.study_id, self.storage.get_study_system_attrs(self.study_id), self.spec)
+
     def launch_number(self, key: str) -> int:
         """The number of launch ``key`` in this study: 0 for the first launch to reach it,
         1 for the next... Given once, under the slot lock on a fresh view, and kept in the
@@ -375,14 +388,16 @@ def open_study(
     backend = journal_backend(storage)
     slots = backend.lock if isinstance(backend, GuardedFileBackend) else make_lock(spec.slots_path, should_stop)
     shared = SharedStudy(study, spec, slots, TrialIndex(storage, study_id(study)))
+    if trains:
+        shared.record_budgets()  # before anything of this launch goes in: a refusal writes no warm start
     if config.enqueue and warm_start:
         shared.warm_start(config)
-    _record_study_facts(storage, shared.study_id, spec, config, trains)
+    _record_study_facts(storage, shared.study_id, spec, config)
     return shared
 
 
 def _record_study_facts(storage: optuna.storages.BaseStorage, sid: int, spec: "StudySpec",
-                        config: "StudyConfig", trains: bool) -> None:
+                        config: "StudyConfig") -> None:
     """Store the budget and the metric names with the study, so that ``hpo status``, the
     figures and optuna-dashboard know them later; a record only when they change."""
     held = storage.get_study_system_attrs(sid)
@@ -392,5 +407,3 @@ def _record_study_facts(storage: optuna.storages.BaseStorage, sid: int, spec: "S
         storage.set_study_system_attr(sid, BUDGET_COUNTS_ATTR, spec.budget_counts)
     if config.metric_names is not None and held.get(METRIC_NAMES_ATTR) != list(config.metric_names):
         storage.set_study_system_attr(sid, METRIC_NAMES_ATTR, list(config.metric_names))
-    if trains:
-        budgets.record(storage, sid, held, spec)

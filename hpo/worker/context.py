@@ -182,6 +182,12 @@ class TrialContext:
             handle.write(line + "\n")
         self._track(int(step), metrics)
 
+    def track(self, step: int, **metrics: Any) -> None:
+        """Send one step's metrics to the trial's experiment trackers (``HPO_TRACKERS``) only:
+        for an objective that writes its own metrics file (PhysAE's ``metrics.jsonl``);
+        :meth:`log_metrics` does both. Numbers only; nothing happens without trackers."""
+        self._track(int(step), metrics)
+
     def report(self, step: int, value: float) -> None:
         """Record an intermediate value; raises ``optuna.TrialPruned`` to prune (by the
         pruner, or when the trial is past its time budget or the time-pruning limit).

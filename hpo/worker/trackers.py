@@ -28,12 +28,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
+from hpo.config.environment import environment, export
+from hpo.config.settings import TRACKER_NAMES
 from hpo.errors import UsageError
 
 if TYPE_CHECKING:
@@ -41,16 +42,15 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-# HPO_TRACKERS's names (hpo.config.settings.TRACKER_NAMES) -> the module each needs (missing: exit 2)
-TRACKERS: Mapping[str, str] = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 INTERMEDIATE = "intermediate_value"  # the metric name of ctx.report's values
 
 
 def check_installed(names: Sequence[str]) -> None:
     """Refuse (exit 2, before anything is written) a tracker whose library is missing."""
     for name in names:
-        if importlib.util.find_spec(TRACKERS[name]) is None:
-            raise UsageError(f"HPO_TRACKERS={','.join(names)}: {name} needs the {TRACKERS[name]} package, which "
+        module = KINDS[name][0]
+        if importlib.util.find_spec(module) is None:
+            raise UsageError(f"HPO_TRACKERS={','.join(names)}: {name} needs the {module} package, which "
                              "is not installed; valid: pip install 'hpo[trackers]', or leave it out")
 
 
@@ -113,8 +113,10 @@ class MLflow:
     def start(self, run: RunInfo) -> None:
         from mlflow import MlflowClient
 
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # the default store below: see the docstring
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (run.trial_output.resolve() / "mlruns").as_uri()
+        env = environment()
+        if "MLFLOW_ALLOW_FILE_STORE" not in env:
+            export({"MLFLOW_ALLOW_FILE_STORE": "true"})  # the default store below: see the docstring
+        uri = env.get("MLFLOW_TRACKING_URI") or (run.trial_output.resolve() / "mlruns").as_uri()
         self.client = MlflowClient(tracking_uri=uri)
         experiment = self._experiment(run)
         tags = {f"hpo.{k}": v for k, v in run.tags.items()}
@@ -155,12 +157,13 @@ class WandB:
     def start(self, run: RunInfo) -> None:
         import wandb
 
-        os.environ.setdefault("WANDB_MODE", "offline")  # compute nodes have no internet: wandb sync later
-        os.environ.setdefault("WANDB_SILENT", "true")
+        env = environment()
+        # Compute nodes have no internet: offline, unless WANDB_MODE says otherwise (wandb sync later).
+        export({k: v for k, v in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true")) if k not in env})
         folder = run.study_dir
         folder.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            project=os.environ.get("WANDB_PROJECT") or run.study, group=run.study, name=f"trial_{run.number}",
+            project=env.get("WANDB_PROJECT") or run.study, group=run.study, name=f"trial_{run.number}",
             dir=str(folder), config={**run.params, "hpo": run.tags}, job_type="trial", reinit="finish_previous",
             settings=wandb.Settings(console="off"),  # the worker's own log keeps stdout and stderr
         )
@@ -173,7 +176,11 @@ class WandB:
         self.run.finish(exit_code=0 if state == "COMPLETE" else 1)
 
 
-_MAKERS: Mapping[str, Callable[[], Tracker]] = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": WandB}
+# HPO_TRACKERS's names (hpo.config.settings.TRACKER_NAMES, which parses them) -> the package each
+# needs (missing: exit 2 at launch) and its tracker.
+KINDS: Mapping[str, tuple[str, Callable[[], Tracker]]] = {
+    "tensorboard": ("tensorboard", TensorBoard), "mlflow": ("mlflow", MLflow), "wandb": ("wandb", WandB)}
+assert tuple(KINDS) == TRACKER_NAMES, "one list of trackers: add a name to both"
 
 
 class TrialRuns:
@@ -184,7 +191,7 @@ class TrialRuns:
         self.info = run
         self.active: dict[str, Tracker] = {}
         for name in names:
-            tracker = _MAKERS[name]()
+            tracker = KINDS[name][1]()
             if self._call(name, lambda: tracker.start(run)):
                 self.active[name] = tracker
 

@@ -36,9 +36,8 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo._optuna import trial_id
-from hpo.config.settings import TIME_PRUNED
+from hpo.config.settings import TIME_PRUNED, TRIAL_BUDGET_ATTR
 from hpo.config.space import suggest
-from hpo.study.budgets import TRIAL_ATTR
 from hpo.system.logs import trial_logging
 from hpo.worker import outcome as outcomes
 from hpo.worker.context import Objective, TrialCapped, TrialContext, TrialTaken, objective_attrs
@@ -100,7 +99,7 @@ class TrialRunner:
         budget = self.settings.budgets()  # what it spends: exports and hpo status tell budgets apart
         return {**self.identity.attrs(), "run_dir": str(self.run_dir(number).resolve()),
                 "fixed_params": self.settings.fixed_params(), PROBLEM_ID_ATTR: self.problem_id,
-                **({TRIAL_ATTR: budget} if budget else {})}
+                **({TRIAL_BUDGET_ATTR: budget} if budget else {})}
 
     # -- one trial --------------------------------------------------------
     def run(self, trial: optuna.Trial, stop_reason: Callable[[], str | None]) -> outcomes.Outcome:
@@ -125,10 +124,12 @@ class TrialRunner:
                     _logger.error("trial %d raised:\n%s", trial.number, traceback.format_exc().rstrip())
             if result.free_memory:
                 outcomes.free_memory()  # the exception and its frames are gone now
-            if result.record:
-                result = self._finish(active, result, run_dir)
-            if active.tracked is not None:  # after the journal has the trial's end: a tracker never delays it
-                active.tracked.end(result.state.name if result.record else "TAKEN", result.values)
+            try:
+                if result.record:
+                    result = self._finish(active, result, run_dir)
+            finally:  # after the journal has the trial's end (a tracker never delays it), or its failure
+                if active.tracked is not None:
+                    active.tracked.end(result.state.name if result.record else "TAKEN", result.values)
         if not result.record:
             self.shared.drop(trial_id(trial))  # what it still held is never written
             self._log_taken(trial)  # outside trial_logging: nothing more goes into the run directory
