@@ -109,7 +109,7 @@ def test_a_new_trial_carries_its_attributes_in_its_creation(tmp_path: Path) -> N
     trial, _ = shared.ask_within_budget(lambda number: {"worker": "w1", "run_dir": f"/runs/trial_{number}"})
     assert trial is not None
     journal = (tmp_path / "journal" / "toy.journal").read_text().splitlines()
-    assert len(journal) == 3  # the study, its budget, the trial
+    assert len(journal) == 4  # the study, its MAX_TRIALS, its budgets (none: hpo.study.budgets), the trial
     assert '"user_attrs":{"worker":"w1","run_dir":"/runs/trial_0"}' in journal[-1]
 
 

@@ -146,7 +146,7 @@ FIELDS: tuple[Field, ...] = (
           "a worker stops after this many failed trials in a row (a broken objective)"),
     Field("storage", "HPO_STORAGE", _storage_url, "", "'' = the journal file; or sqlite:///… / postgresql://…"),
     Field("trial_timeout_seconds", "HPO_TRIAL_TIMEOUT_SECONDS", optional(positive_float), None,
-          "per-trial time budget; a trial past it is stopped (PRUNED)"),
+          "per-trial time budget; a trial past it is stopped (PRUNED)", budget=True),
     Field("time_pruning_warmup", "HPO_TIME_PRUNING_WARMUP", _non_negative_int, 0,
           "0 = off; else after W completed trials, stop trials slower than mean + std"),
     Field("budget_counts", "HPO_BUDGET_COUNTS", choice(BUDGET_COUNTS), "finished",
@@ -283,9 +283,11 @@ class Settings:
         return tuple(self.trackers.split(",")) if self.trackers else ()
 
     def budgets(self) -> dict[str, Any]:
-        """The budgets each trial runs with: the objective's settings declared ``budget``,
-        by environment variable (``{"STAGEA_EPOCHS": 2, "N_TRAIN": 50000}``; None: unset)."""
-        return {f.env: self.objective.get(f.name) for f in self.objective_fields if f.budget}
+        """The budgets each trial runs with, by environment variable: the objective's settings
+        declared ``budget`` (``{"STAGEA_EPOCHS": 2, "N_TRAIN": 50000}``; None: unset) and hpo's
+        own when set (``HPO_TRIAL_TIMEOUT_SECONDS``: seed 003's budget is a time)."""
+        own = {f.env: self.value(f) for f in FIELDS if f.budget and self.value(f) is not None}
+        return {**own, **{f.env: self.objective.get(f.name) for f in self.objective_fields if f.budget}}
 
     def fields(self) -> tuple[Field, ...]:
         """hpo's own fields, then the objective's."""

@@ -80,11 +80,10 @@ def stored(spec: "StudySpec") -> dict[str, Any] | None:
 
 def check(spec: "StudySpec") -> None:
     """Refuse (exit 2, nothing written) a launch whose budgets differ from the study's."""
-    if spec.budgets:
-        held = stored(spec)
-        error = refusal(spec, held) if held is not None else None
-        if error is not None:
-            raise error
+    held = stored(spec)
+    error = refusal(spec, held) if held is not None else None
+    if error is not None:
+        raise error
 
 
 def settled(held: Mapping[str, Any], spec: "StudySpec") -> bool:
@@ -96,9 +95,7 @@ def settled(held: Mapping[str, Any], spec: "StudySpec") -> bool:
 def record(storage: optuna.storages.BaseStorage, sid: int, held: Mapping[str, Any], spec: "StudySpec") -> None:
     """Store the study's budgets at its first launch; refuse a worker whose budgets differ
     (a launch that skipped :func:`check`, or raced a first one); mark a knowing mix."""
-    budgets = dict(spec.budgets)
-    if not budgets:
-        return
+    budgets = dict(spec.budgets)  # {} too: a later launch that sets one differs from "none"
     first = held.get(BUDGETS_ATTR)
     if not isinstance(first, dict):
         storage.set_study_system_attr(sid, BUDGETS_ATTR, budgets)

@@ -234,8 +234,6 @@ class SharedStudy:
         mix (:func:`hpo.study.budgets.record`): under the slot lock on a fresh view, so two
         launches racing into a new study cannot both store theirs. The usual case, the
         stored budgets themselves, takes no lock and writes nothing."""
-        if not self.spec.budgets:
-            return
         if budgets.settled(self.storage.get_study_system_attrs(self.study_id), self.spec):
             return
         with self.slots():
