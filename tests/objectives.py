@@ -186,3 +186,11 @@ def records_device(params: dict[str, Any], ctx: TrialContext) -> float:
     ctx.set_user_attr("seen_mps_pipe", os.environ.get("CUDA_MPS_PIPE_DIRECTORY"))
     ctx.set_user_attr("seen_mps_alive", _daemon_alive(os.environ.get("CUDA_MPS_PIPE_DIRECTORY")))
     return float(params["x"])
+
+
+def segfaults(params: dict[str, Any], ctx: TrialContext) -> float:
+    """Native code that crashes the process (a bad CUDA kernel, a C extension): SIGSEGV."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)
+    return 0.0

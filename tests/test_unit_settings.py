@@ -252,27 +252,27 @@ def test_bad_devices(raw: str) -> None:
 
 def test_a_directory_is_checked_never_created(tmp_path: Path) -> None:
     target = tmp_path / "a" / "b"
-    assert S._directory("LOG_DIR", str(target)) == target and not (tmp_path / "a").exists()
-    assert S._directory("LOG_DIR", tmp_path) == tmp_path
+    assert S.writable_directory("LOG_DIR", str(target)) == target and not (tmp_path / "a").exists()
+    assert S.writable_directory("LOG_DIR", tmp_path) == tmp_path
 
 
 def test_a_directory_path_expands_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert S._directory("LOG_DIR", "~/logs") == tmp_path / "logs"
+    assert S.writable_directory("LOG_DIR", "~/logs") == tmp_path / "logs"
 
 
 @pytest.mark.parametrize("raw", ["", "  ", "a\x00b"])
 def test_an_empty_directory_is_refused(raw: str) -> None:
-    assert refused(S._directory, "JOURNAL_DIR", raw) == (
+    assert refused(S.writable_directory, "JOURNAL_DIR", raw) == (
         f"JOURNAL_DIR={raw!r} is not a directory path; valid: a writable directory")
 
 
 def test_a_directory_under_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     raw = str(tmp_path / "f" / "j" / "k")
-    assert refused(S._directory, "JOURNAL_DIR", raw) == (
+    assert refused(S.writable_directory, "JOURNAL_DIR", raw) == (
         f"JOURNAL_DIR={raw!r} is not usable: {str(tmp_path / 'f')!r} exists and is not a directory")
-    assert refused(S._directory, "JOURNAL_DIR", str(tmp_path / "f")) == (
+    assert refused(S.writable_directory, "JOURNAL_DIR", str(tmp_path / "f")) == (
         f"JOURNAL_DIR={str(tmp_path / 'f')!r} is not usable: {str(tmp_path / 'f')!r} exists and is not a directory")
 
 
@@ -286,7 +286,7 @@ def test_an_unwritable_directory_is_refused(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(S.os, "access", access)
     raw = str(tmp_path / "new" / "deeper")
-    assert refused(S._directory, "TRIAL_OUTPUT", raw) == (
+    assert refused(S.writable_directory, "TRIAL_OUTPUT", raw) == (
         f"TRIAL_OUTPUT={raw!r} is not writable (checked {str(tmp_path)!r}); valid: a writable directory")
     assert asked == [(str(tmp_path), os.W_OK | os.X_OK)]
 
@@ -295,7 +295,7 @@ def test_a_relative_directory_is_judged_by_the_current_folder(tmp_path: Path, mo
     monkeypatch.chdir(tmp_path)
     asked: list[str] = []
     monkeypatch.setattr(S.os, "access", lambda path, mode: asked.append(str(path)) or True)
-    assert S._directory("LOG_DIR", "x/y") == Path("x/y") and asked == ["."]
+    assert S.writable_directory("LOG_DIR", "x/y") == Path("x/y") and asked == ["."]
 
 
 @pytest.mark.parametrize(("raw", "storage"), [
@@ -357,7 +357,7 @@ def test_a_directory_whose_folders_all_look_missing_is_still_a_path(monkeypatch:
     """(The current folder deleted under us.) The climb stops at the root; the path is returned."""
     monkeypatch.setattr(S.Path, "exists", lambda self: False)
     monkeypatch.setattr(S.os, "access", lambda path, mode: True)
-    assert S._directory("LOG_DIR", "logs/x") == Path("logs/x")
+    assert S.writable_directory("LOG_DIR", "logs/x") == Path("logs/x")
 
 
 def test_a_config_path_expands_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ import click
 
 from hpo.config.environment import environment
 from hpo.config.fields import boolean
-from hpo.config.settings import FIELDS
+from hpo.config.settings import FIELDS, near_misses
 from hpo.config.study import Launch, Study, load_launch
 
 Command = Callable[..., Any]
@@ -35,8 +35,13 @@ def settings_options(func: Command) -> Command:
 
 
 def load_sweep(flags: dict[str, Any]) -> Launch:
-    """The launch the flags, the environment and the config file select: one study, or a sweep's."""
-    return load_launch(flags, environment())
+    """The launch the flags, the environment and the config file select: one study, or a sweep's.
+    A variable that looks like a misspelt setting is named on stderr (it would be ignored)."""
+    env = environment()
+    launch = load_launch(flags, env)
+    for name, meant in near_misses(env, launch.settings.fields()):
+        click.echo(f"hpo: warning: {name} is not a setting and is ignored; did you mean {meant}?", err=True)
+    return launch
 
 
 def load(flags: dict[str, Any]) -> Study:

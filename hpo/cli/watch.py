@@ -169,6 +169,7 @@ def studies_cmd(as_json: bool, **flags: Any) -> int:
     """The studies of the journal folder (JOURNAL_DIR): trials by state, best value, last activity."""
     from rich.console import Console
 
+    from hpo.system.files import strict_json
     from hpo.watch.status import render_studies, study_rows
 
     settings, _ = load(flags)
@@ -179,7 +180,7 @@ def studies_cmd(as_json: bool, **flags: Any) -> int:
     rows = study_rows(folder)
     if as_json:
         for row in rows:
-            click.echo(json.dumps(row))
+            click.echo(strict_json(row))  # a best of -inf is null, as in every JSON hpo prints
     elif rows:
         Console(width=200).print(render_studies(rows))
     else:
@@ -188,6 +189,15 @@ def studies_cmd(as_json: bool, **flags: Any) -> int:
 
 
 # -- export ----------------------------------------------------------------------------------
+
+def _out_folder(out: str | None) -> Path | None:
+    """``--out DIR`` of export and plot, refused (exit 2) before anything is read or written
+    when it is a file or cannot be written, as a folder setting is."""
+    from hpo.config.settings import writable_directory
+
+    return writable_directory("--out", out) if out else None
+
+
 
 @click.command("export")
 @settings_options
@@ -198,7 +208,7 @@ def export_cmd(out: str | None, top: int, **flags: Any) -> int:
     """best_params.json, all_trials.csv, top_<K>_trials.csv, trials.parquet and hpo_results.json."""
     from hpo.watch.export import export_launch
 
-    for written in export_launch(load_sweep(flags), Path(out) if out else None, top):
+    for written in export_launch(load_sweep(flags), _out_folder(out), top):
         click.echo(str(written), err=not isinstance(written, Path))  # a file to stdout, a note to stderr
     return 0
 
@@ -216,10 +226,10 @@ def plot_cmd(out: str | None, **flags: Any) -> int:
 
     launch = load_sweep(flags)
     if len(launch.studies) > 1:
-        written, skipped = plot_sweep(launch, Path(out) if out else None)
+        written, skipped = plot_sweep(launch, _out_folder(out))
     else:
         settings, config = launch.one()
-        written, skipped = plot_study(settings, config.objective, Path(out) if out else None)
+        written, skipped = plot_study(settings, config.objective, _out_folder(out))
     for path in written:
         click.echo(str(path))
     for name, reason in skipped.items():
@@ -269,7 +279,10 @@ def dashboard_cmd(port: int, bind: str, **flags: Any) -> int:
     click.echo(f"optuna-dashboard for study {settings.study_name!r} ({settings.storage_label}) "
                f"on http://{bind}:{port}/", err=True)
     if bind in LOCAL_HOSTS:
-        click.echo(f"from a laptop: {forward_line(port, getpass.getuser(), socket.getfqdn())}  "
+        # getfqdn() says "localhost" on a node whose hosts file maps its name there: the hostname then
+        host = next((h for h in (socket.getfqdn(), socket.gethostname()) if not h.startswith("localhost")),
+                    socket.gethostname())
+        click.echo(f"from a laptop: {forward_line(port, getpass.getuser(), host)}  "
                    f"then open http://127.0.0.1:{port}/", err=True)
     serve(settings, bind, port)
     return 0

@@ -18,12 +18,13 @@ class Algorithm:
     class_name: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
     hpo_own: bool = False  # one of hpo's own (hpo.study.pruners), not Optuna's
+    one_objective: bool = False  # a sampler that cannot search several objectives (its trials would all fail)
 
 
 SAMPLERS: Mapping[str, Algorithm] = {
     "tpe": Algorithm("TPESampler", {"multivariate": True, "constant_liar": True}),
     "random": Algorithm("RandomSampler"),
-    "cmaes": Algorithm("CmaEsSampler"),
+    "cmaes": Algorithm("CmaEsSampler", one_objective=True),
     "qmc": Algorithm("QMCSampler", {"scramble": True}),
     "gp": Algorithm("GPSampler"),
     "nsga2": Algorithm("NSGAIISampler"),

@@ -56,6 +56,24 @@ def _trackers(name: str, raw: Any) -> str:
     return ",".join(names)
 
 
+def near_misses(env: Mapping[str, str], fields_: tuple[Field, ...]) -> list[tuple[str, str]]:
+    """``(variable, the setting's variable it resembles)`` for each variable of ``env`` that
+    looks like a misspelt setting (``MAX_TRIAL`` for ``MAX_TRIALS``): same first word as one
+    of ours and close to it, yet none. A typo is otherwise silently ignored (pure)."""
+    import difflib
+
+    known = {v for f in fields_ for v in (f.env, *f.aliases)} | {CONFIG_ENV}
+    heads = {v.split("_", 1)[0] + "_" for v in known if "_" in v}
+    out = []
+    for name in sorted(env):
+        if name in known or not name.startswith(tuple(heads)):
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.85)
+        if close:
+            out.append((name, close[0]))
+    return out
+
+
 def is_capped(state: str, reason: Any) -> bool:
     """Whether a trial ended COMPLETE with values ``time_pruning_cap`` made up."""
     return state == "COMPLETE" and isinstance(reason, str) and reason.startswith(TIME_PRUNED)
@@ -78,7 +96,7 @@ def _device(name: str, raw: Any) -> str:
     raise UsageError(f"{name}={raw!r} is not a device; valid: {DEVICES_HELP}")
 
 
-def _directory(name: str, raw: Any) -> Path:
+def writable_directory(name: str, raw: Any) -> Path:
     """A directory we may create or write into. Checked, never created, here."""
     text = str(raw)
     if not text.strip() or "\x00" in text:
@@ -86,6 +104,9 @@ def _directory(name: str, raw: Any) -> Path:
     path = Path(text).expanduser()
     probe = path
     while not probe.exists():
+        if probe.is_symlink():  # exists() is False through a loop or a missing target
+            raise UsageError(f"{name}={raw!r} is not usable: {str(probe)!r} is a symbolic link that leads nowhere "
+                             "(a loop, or a missing target); valid: a writable directory")
         if probe.parent == probe:
             break
         probe = probe.parent
@@ -127,10 +148,10 @@ FIELDS: tuple[Field, ...] = (
     Field("optuna_seed", "OPTUNA_SEED", int_in(0, 2**31 - 1), 42, "base sampler seed (+ worker rank)"),
     Field("sampler", "OPTUNA_SAMPLER", choice(SAMPLER_NAMES), "tpe", "sampler"),
     Field("pruner", "OPTUNA_PRUNER", choice(PRUNER_NAMES), "hyperband", "pruner"),
-    Field("journal_dir", "JOURNAL_DIR", _directory, Path("optuna_journal"), "journal folder (shared filesystem)"),
+    Field("journal_dir", "JOURNAL_DIR", writable_directory, Path("optuna_journal"), "journal folder (shared filesystem)"),
     Field("study_name", "STUDY_NAME", parse_study_name, "physae", "study name"),
-    Field("log_dir", "LOG_DIR", _directory, Path("optuna_logs"), "worker logs"),
-    Field("trial_output", "TRIAL_OUTPUT", _directory, Path("optuna_runs"), "per-trial run directories"),
+    Field("log_dir", "LOG_DIR", writable_directory, Path("optuna_logs"), "worker logs"),
+    Field("trial_output", "TRIAL_OUTPUT", writable_directory, Path("optuna_runs"), "per-trial run directories"),
     Field("device", "HPO_DEVICE", _device, "auto", f"training device: {DEVICES_HELP}"),
     Field("data_seed", "DATA_SEED", int_in(0, 2**31 - 1), 0, "seed of the generated dataset"),
     Field("train_seed", "TRAIN_SEED", int_in(0, 2**31 - 1), 0, "seed of weight init and batch order"),

@@ -15,6 +15,7 @@ the key path and the reason.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -56,7 +57,13 @@ def _fail(source: Path | str, key: str, reason: str) -> UsageError:
     return UsageError(f"{source}: {key}: {reason}")
 
 
+_YAML_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _number(source: Path | str, key: str, value: Any, kind: str) -> float | int:
+    if isinstance(value, str) and _YAML_FLOAT.match(value.strip()):
+        # YAML 1.1 (PyYAML) reads 1e-4 as text (it wants 1.0e-4): it is the number the user wrote.
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(source, key, f"{value!r} is not a number")
     if kind == "int":

@@ -141,6 +141,12 @@ class StudyConfig:
                              f"{exc} (install it, or import it inside the function)") from None
         except ImportError as exc:
             raise UsageError(f"{self.path}: {key}: cannot import {module_name!r}: {exc}") from None
+        except SyntaxError as exc:
+            raise UsageError(f"{self.path}: {key}: {module_name!r} has a syntax error at {exc.filename}:{exc.lineno}: "
+                             f"{exc.msg}; valid: a module Python can import") from None
+        except Exception as exc:  # noqa: BLE001 - the user's module ran code at import and it raised
+            raise UsageError(f"{self.path}: {key}: importing {module_name!r} raised {type(exc).__name__}: {exc}; "
+                             "valid: a module whose import succeeds (do heavy work inside the function)") from None
 
     def function(self, key: str) -> Any:
         """The function the config names under ``key`` (``objective`` or ``setup``)."""
@@ -605,9 +611,12 @@ def parse_config(path: Path, raw: Any) -> StudyConfig:
 
 def load_config(path: Path) -> StudyConfig:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"{path}: cannot read the study config: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                         "valid: a YAML file saved as UTF-8") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -127,10 +127,27 @@ def run_local(launch: Launch, plan: Sequence[str], env: Mapping[str, str], share
         show_progress(studies, workers.running)
     finally:
         workers.stop_remaining()  # we end on an error: no worker is left behind
-    codes = [p.returncode for p in workers.procs]
+    codes = [_status(rank, p) for rank, p in enumerate(workers.procs)]
     if workers.interrupted or 130 in codes:
         return 130
     return next((c for c in codes if c != 0), 0)
+
+
+def _status(rank: int, proc: "subprocess.Popen[bytes]") -> int:
+    """A worker's exit status as a shell gives it: 128 + N for one a signal killed (a
+    segfault in the objective's native code: 139), said in one line naming the worker."""
+    code = proc.returncode
+    if code is None or code >= 0:
+        return code or 0
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code not in (signal.SIGTERM, signal.SIGINT):  # those we passed on ourselves
+        print(f"hpo: worker rank {rank} (pid {proc.pid}) was killed by {name}; a trial it was running stays "
+              "RUNNING until a worker finds its heartbeat older than HPO_STALE_SECONDS, then fails it 'worker "
+              "lost' and retries it (its log: the worker_*.log of that pid)", file=sys.stderr)
+    return 128 - code
 
 
 def _announce(launch: Launch, plan: Sequence[str], shared_gpus: str | None) -> None:
@@ -143,7 +160,7 @@ def _announce(launch: Launch, plan: Sequence[str], shared_gpus: str | None) -> N
     names = ", ".join(s.study_name for s, _ in launch.studies)
     per_gpu = Counter(g for g in plan if g)
     where = ", ".join(f"GPU {g}" + (f" (x{k})" if k > 1 else "") for g, k in per_gpu.items()) or "CPU"
-    console.print(f"{'studies' if several else 'study'} [bold]{names}[/] in {settings.journal_dir}: "
+    console.print(f"{'studies' if several else 'study'} [bold]{names}[/] in {settings.storage_label if settings.storage else settings.journal_dir}: "
                   f"{len(plan)} worker(s) on {where}")
     if shared_gpus:
         console.print(f"[yellow]warning:[/] {shared_gpus}")

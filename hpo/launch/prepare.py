@@ -12,6 +12,7 @@ from hpo.config.settings import Settings
 from hpo.config.study import Launch, StudyConfig
 from hpo.errors import UsageError
 from hpo.journal.locking import lock_kind
+from hpo.config.search import SAMPLERS
 from hpo.study import budgets
 from hpo.study.algorithms import make_pruner, make_sampler
 from hpo.study.provenance import ConfigMode, check_unchanged, reconcile, record_launch
@@ -36,6 +37,10 @@ def check_runnable(settings: Settings, config: StudyConfig) -> None:
     if config.setup is not None:
         config.function("setup")
         check_setup_inputs(settings, config)
+    if SAMPLERS[settings.sampler].one_objective and len(config.directions) > 1:
+        several = ", ".join(n for n, a in SAMPLERS.items() if not a.one_objective)
+        raise UsageError(f"OPTUNA_SAMPLER={settings.sampler} ({settings.sources.get('sampler', 'default')}) searches "
+                         f"one objective; {config.path} has {len(config.directions)}; valid: {several}")
     try:
         make_sampler(settings.sampler, None, config.sampler_args)
         make_pruner(settings.pruner, config.pruner_args)

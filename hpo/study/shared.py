@@ -369,14 +369,20 @@ def open_study(
     names = [s.study_name for s in storage.get_all_studies()]
     if spec.study_name not in names and not create:
         raise no_such_study(spec.study_name, spec.storage_label, names)
-    study = optuna.create_study(
-        study_name=spec.study_name,
-        storage=storage,
-        directions=[optuna.study.StudyDirection[d.upper()] for d in config.directions],
-        sampler=make_sampler(spec.sampler, seed, config.sampler_args),
-        pruner=make_pruner(spec.pruner, config.pruner_args),
-        load_if_exists=True,
-    )
+    sampler, pruner = make_sampler(spec.sampler, seed, config.sampler_args), make_pruner(spec.pruner, config.pruner_args)
+    if spec.study_name in names:
+        # Loaded, not "created if new": Optuna's journal appends a CREATE_STUDY record even for a
+        # study that exists (then ignored), which a read-only command or a refused launch must not.
+        study = optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler, pruner=pruner)
+    else:
+        study = optuna.create_study(
+            study_name=spec.study_name,
+            storage=storage,
+            directions=[optuna.study.StudyDirection[d.upper()] for d in config.directions],
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,  # another process may create it between the listing and here
+        )
     held = [d.name.lower() for d in study.directions]
     if held != list(config.directions):
         # load_if_exists silently keeps the old directions; we refuse instead.
@@ -390,7 +396,8 @@ def open_study(
         shared.record_budgets()  # before anything of this launch goes in: a refusal writes no warm start
     if config.enqueue and warm_start:
         shared.warm_start(config)
-    _record_study_facts(storage, shared.study_id, spec, config)
+    if trains:  # a reap or an enqueue is not a launch: the study keeps the MAX_TRIALS its workers enforce
+        _record_study_facts(storage, shared.study_id, spec, config)
     return shared
 
 

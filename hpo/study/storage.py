@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 import optuna
 
+from hpo.errors import StorageError, UsageError
 from hpo.journal.backend import open_journal
 
 if TYPE_CHECKING:
@@ -24,9 +25,23 @@ def open_storage(spec: "StudySpec", should_stop: Callable[[], bool] | None = Non
     """The study's storage; ``should_stop`` is polled by every wait for the journal's lock."""
     if not spec.storage:
         return open_journal(spec.journal_path, should_stop, spec.journal_lock)
-    return optuna.storages.RDBStorage(
-        spec.storage,
-        heartbeat_interval=max(1, int(spec.heartbeat_seconds)),
-        grace_period=max(2, int(spec.stale_seconds)),
-        engine_kwargs={"pool_pre_ping": True} if spec.storage.startswith("postgresql") else None,
-    )
+    import warnings
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with warnings.catch_warnings():  # Optuna flags RDB heartbeats as experimental on every open
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                spec.storage,
+                heartbeat_interval=max(1, int(spec.heartbeat_seconds)),
+                grace_period=max(2, int(spec.stale_seconds)),
+                engine_kwargs={"pool_pre_ping": True} if spec.storage.startswith("postgresql") else None,
+            )
+    except ImportError as exc:  # sqlalchemy's driver for that scheme (mysql://: MySQLdb) is not installed
+        raise UsageError(f"HPO_STORAGE={spec.storage_label}: its database driver is not installed ({exc}); valid: "
+                         "sqlite:///PATH, postgresql+psycopg2://… (installed with hpo), or install the driver") from None
+    except SQLAlchemyError as exc:  # a database that cannot be reached or made: one line, not sqlalchemy's trace
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise StorageError(f"HPO_STORAGE={spec.storage_label}: cannot open the database: {reason}; valid: a "
+                           "database this node can reach (for sqlite:///PATH, an existing, writable folder)") from None

@@ -204,16 +204,12 @@ def open_view(settings: "Settings") -> StudyJournal:
     through Optuna, every trial decoded."""
     if not settings.storage:
         return StudyJournal.read(settings.journal_path, settings.study_name)
-    import warnings
-
     import optuna
 
     from hpo._optuna import stale_trial_ids, study_id
     from hpo.study.storage import open_storage
 
-    with warnings.catch_warnings():  # Optuna flags RDB heartbeats as experimental on every open
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = open_storage(settings.spec)  # with the workers' heartbeat settings
+    storage = open_storage(settings.spec)  # with the workers' heartbeat settings
     try:
         study = optuna.load_study(study_name=settings.study_name, storage=storage)
     except KeyError:
@@ -444,7 +440,7 @@ def render(status: Mapping[str, Any]) -> "RenderableType":
                           style="bold red"))
     if status["workers"]:
         table = Table(title="workers", title_justify="left")
-        for column in ("worker", "host", "trials", "complete", "pruned", "fail", "running", "last active (UTC)"):
+        for column in ("worker", "host", "trials", "complete", "pruned", "fail", "running trial", "last active (UTC)"):
             table.add_column(column, overflow="fold")  # fold, never cut: ids and paths stay whole
         for w in status["workers"]:
             table.add_row(w["worker"], _num(w["host"]), str(w["trials"]), str(w["complete"]), str(w["pruned"]),
