@@ -178,3 +178,20 @@ def test_read_only_commands_leave_the_journal_as_it_was(tmp_path: Path) -> None:
     # Every line of hpo studies --json is strict JSON (a best of -inf would be null).
     rows = run_hpo(["studies", "--json"], tmp_path, env).stdout.splitlines()
     assert [json.loads(r, parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))["study"] for r in rows] == ["toy"]
+
+
+@pytest.mark.parametrize("flag", [[], ["--overwrite"]])
+def test_other_directions_are_refused_before_anything_is_written(tmp_path: Path, flag: list[str]) -> None:
+    """A study keeps its directions: a config that asks for others is refused (exit 2) before
+    the log, the stored config or provenance is written, and the journal gets no record (a
+    study record with the wrong direction would be one), --overwrite or not."""
+    (tmp_path / "toy.yaml").write_text(TOY)
+    env = clean_env(HPO_CONFIG=str(tmp_path / "toy.yaml"), MAX_TRIALS="1")
+    assert run_hpo(["worker"], tmp_path, env).returncode == 0
+    (tmp_path / "toy.yaml").write_text(TOY + "direction: maximize\n")
+    before, journal = tree(tmp_path), (tmp_path / "optuna_journal/toy.journal").read_bytes()
+    result = run_hpo(["worker", *flag], tmp_path, env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "study 'toy' in optuna_journal/toy.journal optimises ['minimize'], but" in result.stderr
+    assert tree(tmp_path) == before and (tmp_path / "optuna_journal/toy.journal").read_bytes() == journal
+    assert (tmp_path / "optuna_runs/toy/provenance.jsonl").read_text().count("\n") == 1

@@ -15,6 +15,8 @@ from hpo.journal.locking import lock_kind
 from hpo.config.search import SAMPLERS
 from hpo.study import budgets
 from hpo.study.algorithms import make_pruner, make_sampler
+from hpo.study.shared import check_directions
+from hpo.study.storage import stored_study
 from hpo.study.provenance import ConfigMode, check_unchanged, reconcile, record_launch
 from hpo.system.slurm import record_jobs
 from hpo.worker.device import resolve_device
@@ -77,10 +79,13 @@ def check_launch(launch: Launch) -> None:
     scripts' ``hpo config --record-job`` too): the objective, setup, sampler, pruner and
     trackers, one lock per journal, the budgets the study's trials ran with."""
     check_runnable(launch.settings, launch.config)
-    for settings, _ in launch.studies:
+    for settings, config in launch.studies:
         if not settings.storage:
             lock_kind(settings.journal_path, settings.journal_lock)  # one journal, one lock: refused here
-        budgets.check(settings.spec)  # other budgets than the study's trials ran with: refused here
+        held = stored_study(settings.spec)
+        if held is not None:  # an existing study: its directions, and the budgets its trials ran with
+            check_directions(settings.spec, config, held.directions)
+            budgets.check(settings.spec, held.system_attrs)
 
 
 def record_launch_jobs(launch: Launch, job_ids: list[str]) -> None:

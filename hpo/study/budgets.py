@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
 
-from hpo.errors import StudyMismatch, UsageError
-from hpo.journal.reader import StudyJournal
+from hpo.errors import StudyMismatch
 
 if TYPE_CHECKING:
     from hpo.config.settings import StudySpec
@@ -56,32 +55,11 @@ def refusal(spec: "StudySpec", stored: Mapping[str, Any]) -> StudyMismatch | Non
         "to mix them knowingly: each trial records its budgets")
 
 
-def stored(spec: "StudySpec") -> dict[str, Any] | None:
-    """The budgets the study stored, read without writing anything; None when the study does
-    not exist yet or stored none (it predates budgets)."""
-    if not spec.storage:
-        if not spec.journal_path.exists():
-            return None
-        try:
-            held = StudyJournal.read(spec.journal_path, spec.study_name).study.system_attrs
-        except UsageError:  # the file holds other studies only
-            return None
-    else:
-        from hpo.study.storage import open_storage
-
-        storage = open_storage(spec)
-        try:
-            held = storage.get_study_system_attrs(storage.get_study_id_from_name(spec.study_name))
-        except KeyError:
-            return None
+def check(spec: "StudySpec", held: Mapping[str, Any]) -> None:
+    """Refuse (exit 2, nothing written) a launch whose budgets differ from those the study
+    stored (``held``: its system attributes, :func:`hpo.study.storage.stored_study`)."""
     value = held.get(BUDGETS_ATTR)
-    return dict(value) if isinstance(value, dict) else None
-
-
-def check(spec: "StudySpec") -> None:
-    """Refuse (exit 2, nothing written) a launch whose budgets differ from the study's."""
-    held = stored(spec)
-    error = refusal(spec, held) if held is not None else None
+    error = refusal(spec, value) if isinstance(value, dict) else None
     if error is not None:
         raise error
 

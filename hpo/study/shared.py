@@ -383,11 +383,7 @@ def open_study(
             pruner=pruner,
             load_if_exists=True,  # another process may create it between the listing and here
         )
-    held = [d.name.lower() for d in study.directions]
-    if held != list(config.directions):
-        # load_if_exists silently keeps the old directions; we refuse instead.
-        raise StudyMismatch(f"study {spec.study_name!r} in {spec.storage_label} optimises {held}, "
-                            f"but {config.path} asks for {list(config.directions)}; use another STUDY_NAME")
+    check_directions(spec, config, tuple(d.name.lower() for d in study.directions))
     make_dirs(spec.journal_dir)
     backend = journal_backend(storage)
     slots = backend.lock if isinstance(backend, GuardedFileBackend) else make_lock(spec.slots_path, should_stop)
@@ -399,6 +395,13 @@ def open_study(
     if trains:  # a reap or an enqueue is not a launch: the study keeps the MAX_TRIALS its workers enforce
         _record_study_facts(storage, shared.study_id, spec, config)
     return shared
+
+
+def check_directions(spec: "StudySpec", config: "StudyConfig", held: tuple[str, ...]) -> None:
+    """Refuse a config whose directions are not the study's (a study keeps its directions)."""
+    if list(held) != list(config.directions):
+        raise StudyMismatch(f"study {spec.study_name!r} in {spec.storage_label} optimises {list(held)}, "
+                            f"but {config.path} asks for {list(config.directions)}; use another STUDY_NAME")
 
 
 def _record_study_facts(storage: optuna.storages.BaseStorage, sid: int, spec: "StudySpec",

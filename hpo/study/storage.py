@@ -10,12 +10,14 @@ and retries them as on the journal.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import optuna
 
 from hpo.errors import StorageError, UsageError
 from hpo.journal.backend import open_journal
+from hpo.journal.reader import StudyJournal
 
 if TYPE_CHECKING:
     from hpo.config.settings import StudySpec
@@ -45,3 +47,31 @@ def open_storage(spec: "StudySpec", should_stop: Callable[[], bool] | None = Non
         reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
         raise StorageError(f"HPO_STORAGE={spec.storage_label}: cannot open the database: {reason}; valid: a "
                            "database this node can reach (for sqlite:///PATH, an existing, writable folder)") from None
+
+
+@dataclass(frozen=True)
+class StoredStudy:
+    """What a launch checks of an existing study before it writes anything."""
+
+    directions: tuple[str, ...]  # "minimize" / "maximize"
+    system_attrs: Mapping[str, Any]
+
+
+def stored_study(spec: "StudySpec") -> StoredStudy | None:
+    """The study as its storage holds it, read without writing anything (the journal by hpo's
+    reader, an RDB through Optuna); None when it does not exist yet."""
+    if not spec.storage:
+        if not spec.journal_path.exists():
+            return None
+        try:
+            study = StudyJournal.read(spec.journal_path, spec.study_name).study
+        except UsageError:  # the file holds other studies only
+            return None
+        return StoredStudy(tuple(d.lower() for d in study.directions), study.system_attrs)
+    storage = open_storage(spec)
+    try:
+        sid = storage.get_study_id_from_name(spec.study_name)
+    except KeyError:
+        return None
+    return StoredStudy(tuple(d.name.lower() for d in storage.get_study_directions(sid)),
+                       storage.get_study_system_attrs(sid))
