@@ -195,3 +195,28 @@ def test_other_directions_are_refused_before_anything_is_written(tmp_path: Path,
     assert "study 'toy' in optuna_journal/toy.journal optimises ['minimize'], but" in result.stderr
     assert tree(tmp_path) == before and (tmp_path / "optuna_journal/toy.journal").read_bytes() == journal
     assert (tmp_path / "optuna_runs/toy/provenance.jsonl").read_text().count("\n") == 1
+
+
+def test_damage_that_appears_while_a_worker_runs_ends_it_with_one_line(tmp_path: Path) -> None:
+    """A bad line with a record after it, written into the journal under a running worker:
+    the worker stops with exit 3 and one line naming the record and `hpo doctor` (at start-up
+    the same damage gets the same), not a JSONDecodeError traceback."""
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "toy.yaml").write_text(TOY)
+    env = clean_env(HPO_CONFIG=str(tmp_path / "toy.yaml"), MAX_TRIALS="50", TOY_STEP_SECONDS="0.2",
+                    HPO_FLUSH_SECONDS="0")
+    worker = subprocess.Popen([sys.executable, "-m", "hpo", "worker", "--quiet"], cwd=tmp_path, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    journal = tmp_path / "optuna_journal/toy.journal"
+    deadline = time.time() + 60
+    while time.time() < deadline and journal.read_text().count('"op_code":6') < 1 if journal.exists() else True:
+        time.sleep(0.1)  # until a trial has ended: the worker is in its loop
+    first = journal.read_text().splitlines()[0]
+    with journal.open("a") as handle:
+        handle.write("{not json\n" + first + "\n")
+    _, err = worker.communicate(timeout=60)
+    assert worker.returncode == 3, err
+    assert "Traceback" not in err and "is damaged" in err and "hpo doctor" in err, err

@@ -288,7 +288,11 @@ class GuardedFileBackend(BaseJournalBackend):
         last_error: Exception | None = None
         for log_number, line in enumerate(split_lines(data), start=start):
             if last_error is not None:
-                raise last_error
+                # A bad record with others after it: damage that appeared while we run (Optuna
+                # raises the same). One line naming where, as at start-up, not a traceback.
+                raise StorageError(f"{self._file_path}: record {log_number - 1} (byte "
+                                   f"{self._log_number_offset.get(log_number - 1, '?')}) is damaged ({last_error}) "
+                                   "and followed by others; stop the workers and run `hpo doctor`") from last_error
             if not line.endswith(b"\n"):  # an append in progress, or a torn line
                 last_error = ValueError("Invalid log format.")
                 continue

@@ -27,6 +27,10 @@
 | ``UpdateFinishedTrialError``: another     |          |                            |         |              |
 | worker (the reaper) already finished it   |          |                            |         |              |
 
+Not a row: a :class:`~hpo.errors.StorageError` while the trial runs (the journal itself
+failed: damage appeared, a full disk) is no outcome of the trial. Nothing can be told, so
+the worker stops with its one line (exit 3) and the reaper ends the trial later.
+
 The last row is a worker that stalled (SIGSTOP, swap, a filesystem pause) past
 ``HPO_STALE_SECONDS``: meanwhile its trial was failed ``worker lost`` and retried.
 It learns so at its next heartbeat, report or epoch boundary, and then records

@@ -36,6 +36,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo._optuna import trial_id
+from hpo.errors import StorageError
 from hpo.config.settings import TIME_PRUNED, TRIAL_BUDGET_ATTR
 from hpo.config.space import suggest
 from hpo.system.logs import trial_logging
@@ -115,6 +116,10 @@ class TrialRunner:
             try:
                 value = self._call_objective(active, run_dir)
                 result = outcomes.from_value(value, len(self.config.directions))
+            except StorageError:
+                # The journal itself failed (damage, a full disk): nothing can be told. The worker
+                # stops with its one line (exit 3); the trial is left to the reaper.
+                raise
             except BaseException as exc:  # noqa: BLE001 - the policy table decides, see hpo.worker.outcome
                 result = outcomes.from_exception(exc, active.last_step[-1] if active.last_step else None,
                                                  bool(trial.user_attrs.get(OOM_RETRIED)))
