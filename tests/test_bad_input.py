@@ -157,6 +157,11 @@ def test_a_worker_killed_by_a_signal_is_named_and_hpo_run_exits_as_a_shell_would
     result = run_hpo(["run"], tmp_path, clean_env(HPO_CONFIG=str(tmp_path / "toy.yaml"), MAX_TRIALS="1"))
     assert result.returncode == 139, result.stderr
     assert "hpo: worker rank 0 (pid " in result.stderr and "was killed by SIGSEGV" in result.stderr
+    # Its trial is a zombie at once in hpo status on this host (its pid is gone), not after HPO_STALE_SECONDS.
+    import json
+
+    status = run_hpo(["status", "--json", "--no-slurm"], tmp_path, clean_env(HPO_CONFIG=str(tmp_path / "toy.yaml")))
+    assert json.loads(status.stdout)["zombies"] == [0], status.stdout
 
 
 def test_read_only_commands_leave_the_journal_as_it_was(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
@@ -129,6 +130,7 @@ class Inputs:
     read_seconds: float
     counting: StudySpec | None = None  # what MAX_TRIALS counts (its budget_counts); None: the default
     beats: Beats | None = None  # the workers' heartbeat files (journal storage)
+    host: str | None = None  # this machine: a trial whose worker ran here and whose pid is gone is a zombie
 
 
 def collect(settings: "Settings", now: float | None = None, slurm: bool = True,
@@ -157,7 +159,7 @@ def collect(settings: "Settings", now: float | None = None, slurm: bool = True,
     running = [t.trial_id for t in journal.trials if t.state == "RUNNING"]
     beats = None if settings.storage else read_beats(settings.spec.beats_dir, running)
     return Inputs(journal, attrs, metrics, info, budget(settings, journal), settings.stale_seconds,
-                  time.time() if now is None else now, read_seconds, counting(settings, journal), beats)
+                  time.time() if now is None else now, read_seconds, counting(settings, journal), beats, socket.gethostname())
 
 
 def counting(settings: "Settings", journal: StudyJournal) -> StudySpec:
@@ -337,9 +339,9 @@ def _running_row(trial: TrialRecord, inputs: Inputs) -> dict[str, Any]:
         "last_metric": None if step is None else trial.intermediate[step],
         "elapsed_s": None if started is None else round(now - started, 1),
         "heartbeat_age_s": None if age is None else round(age, 1),
-        # The reaper's rule, without the pid check it can only do on the worker's host.
+        # The reaper's rule; the pid check only for a worker of this host (a segfault shows at once).
         "zombie": is_lost(attrs, trial.system_attrs, trial.trial_id, started, now, inputs.stale_seconds,
-                          stale_ids=stale_ids, beats=inputs.beats),
+                          host=inputs.host, stale_ids=stale_ids, beats=inputs.beats),
     }
 
 
