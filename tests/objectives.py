@@ -194,3 +194,9 @@ def segfaults(params: dict[str, Any], ctx: TrialContext) -> float:
 
     os.kill(os.getpid(), signal.SIGSEGV)
     return 0.0
+
+
+def sleeps_quietly(params: dict[str, Any], ctx: TrialContext) -> float:
+    """Works for TOY_SLEEP seconds without ever calling report or check_stop."""
+    time.sleep(float(os.environ.get("TOY_SLEEP", "1.5")))
+    return float(params["x"]) ** 2

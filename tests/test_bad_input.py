@@ -225,3 +225,14 @@ def test_damage_that_appears_while_a_worker_runs_ends_it_with_one_line(tmp_path:
     _, err = worker.communicate(timeout=60)
     assert worker.returncode == 3, err
     assert "Traceback" not in err and "is damaged" in err and "hpo doctor" in err, err
+
+
+def test_a_trial_time_budget_the_objective_never_lets_hpo_enforce_is_said(tmp_path: Path) -> None:
+    """HPO_TRIAL_TIMEOUT_SECONDS acts at ctx.report/ctx.check_stop: an objective that calls
+    neither runs to its end (COMPLETE), and the worker log says why, once for that trial."""
+    (tmp_path / "toy.yaml").write_text(TOY.replace("quadratic", "sleeps_quietly"))
+    env = clean_env(HPO_CONFIG=str(tmp_path / "toy.yaml"), MAX_TRIALS="1", HPO_TRIAL_TIMEOUT_SECONDS="0.5")
+    assert run_hpo(["worker"], tmp_path, env).returncode == 0
+    log = "".join(p.read_text() for p in (tmp_path / "optuna_logs").glob("worker_*.log"))
+    assert log.count("past its HPO_TRIAL_TIMEOUT_SECONDS=0.5: the objective never called ctx.report or "
+                     "ctx.check_stop") == 1, log

@@ -72,6 +72,7 @@ class _Active:
     run_key: RunKey | None = None  # HPO_REUSE_RESULTS: where this run's outcome is stored (hpo.worker.results)
     tracked: TrialRuns | None = None  # its runs in the experiment trackers (HPO_TRACKERS), once it has parameters
     flushed_at: float = field(default_factory=time.monotonic)  # when its held records were last written
+    checked: bool = False  # whether the objective ever gave hpo a chance to stop it (report, check_stop)
 
 
 class TrialRunner:
@@ -259,6 +260,7 @@ class TrialRunner:
         """Per-trial time budget (``HPO_TRIAL_TIMEOUT_SECONDS``) and time-based pruning
         (``HPO_TIME_PRUNING_WARMUP``): both end the
         trial PRUNED with the reason, so its slot is refilled and the sampler learns."""
+        active.checked = True
         elapsed = time.time() - active.start
         limit = active.limit
         if limit is not None and elapsed > limit:
@@ -301,6 +303,12 @@ class TrialRunner:
         if "gpu_uuid" in gpu and not self.sharing_checked:
             self._warn_if_shared(str(gpu["gpu_uuid"]))  # after tell: nvidia-smi never holds a trial's end
         seconds = time.time() - active.start
+        if active.limit is not None and seconds > active.limit and not active.checked:
+            # The budget is enforced where the objective gives hpo a chance (ctx.report, ctx.check_stop);
+            # one that never does runs to its end, and is told so.
+            _logger.warning("trial %d ran %.1fs, past its HPO_TRIAL_TIMEOUT_SECONDS=%g: the objective never called "
+                            "ctx.report or ctx.check_stop, where the budget is enforced; call ctx.check_stop() in its "
+                            "loop (or use ctx.time_left())", trial.number, seconds, active.limit)
         # Only a trial that ran to its end: a capped one (time_pruning_cap) holds made-up values.
         if active.run_key is not None and result.state == TrialState.COMPLETE and result.reason is None:
             frozen = self.shared.frozen(trial_id(trial))
