@@ -62,3 +62,14 @@ def test_watch_package_holds_no_click_code() -> None:
     proc = _python("import sys\n" + "".join(f"import {m}\n" for m in modules) + "print('click' in sys.modules)")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+def test_a_command_lists_its_own_options_before_the_settings() -> None:
+    """``hpo export --help`` shows --out and --top first, then the ~30 settings every command takes."""
+    import re
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-m", "hpo", "export", "--help"], capture_output=True, text=True).stdout
+    options = re.findall(r"^  (--[a-z-]+)", shown, re.M)
+    assert options[:2] == ["--out", "--top"] and options.index("--max-trials") > 2, options

@@ -11,12 +11,12 @@ from hpo.cli._options import load, settings_options
 
 
 @click.command("doctor")
-@settings_options
 @click.option("--prove-lock", is_flag=True,
               help="prove that record (fcntl) locks hold across nodes in JOURNAL_DIR and write its proof there: "
                    "run as `srun --nodes 2 --ntasks 2 hpo doctor --prove-lock`, or here with --via")
 @click.option("--via", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
               help="with --prove-lock: the same folder through another mount (another client of the filesystem)")
+@settings_options
 def doctor_cmd(prove_lock: bool, via: Path | None, **flags: Any) -> int:
     """Check the study's journal: damage, locks, filesystem. Exit 3 when damaged."""
     from hpo.journal.repair import doctor
@@ -30,8 +30,8 @@ def doctor_cmd(prove_lock: bool, via: Path | None, **flags: Any) -> int:
 
 
 @click.command("repair")
-@settings_options
 @click.option("--yes", is_flag=True, help="every worker of the study is stopped: repair now")
+@settings_options
 def repair_cmd(yes: bool, **flags: Any) -> int:
     """Rewrite a damaged journal loadable again (offline: stop every worker first).
 

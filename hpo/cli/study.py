@@ -12,9 +12,9 @@ from hpo.cli._options import load, load_sweep, settings_options
 
 
 @click.command("config")
-@settings_options
 @click.option("--record-job", "record_job", default=None, metavar="JOB_ID",
               help="append JOB_ID to the study's jobs file (what the sbatch scripts call) and print nothing else")
+@settings_options
 def config_cmd(record_job: str | None, **flags: Any) -> None:
     """Print the effective settings and where each value came from."""
     from hpo.config.describe import describe
@@ -30,10 +30,10 @@ def config_cmd(record_job: str | None, **flags: Any) -> None:
 
 
 @click.command("enqueue")
-@settings_options
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 @click.option("--from-study", default=None, help="take the best trials of this study (same storage)")
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="how many, with --from-study")
+@settings_options
 def enqueue_cmd(file: str | None, from_study: str | None, top: int, **flags: Any) -> int:
     """Put parameter sets (a JSON/YAML FILE, or another study's top trials) first in line."""
     from hpo.launch.warmstart import enqueue
@@ -45,13 +45,13 @@ def enqueue_cmd(file: str | None, from_study: str | None, top: int, **flags: Any
 
 
 @click.command("refine")
-@settings_options
 @click.option("--from", "source", required=True, help="the finished study to refine around")
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="best trials the ranges cover")
 @click.option("--factor", type=click.FloatRange(1.0, min_open=True), default=2.0, show_default=True,
               help="log-scale parameters: [min/factor, max*factor] of the best trials")
 @click.option("--fraction", type=click.FloatRange(0.0, 1.0), default=0.1, show_default=True,
               help="other parameters: padded by this fraction of their range")
+@settings_options
 def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: Any) -> int:
     """Create a study narrowed around the best trials of another (a fine stage after a coarse one)."""
     from hpo.launch.warmstart import refine
@@ -65,10 +65,10 @@ def refine_cmd(source: str, top: int, factor: float, fraction: float, **flags: A
 
 
 @click.command("retrain")
-@settings_options
 @click.option("--to", "to", default=None, metavar="NAME", help="the new study [default: <study>-retrain]")
 @click.option("--trial", "number", type=click.IntRange(0), default=None,
               help="retrain this trial [default: the best one; with several objectives the knee]")
+@settings_options
 def retrain_cmd(to: str | None, number: int | None, **flags: Any) -> int:
     """Train the best trial's parameters once more, with its own budgets, as trial 0 of a new study.
 

@@ -28,12 +28,12 @@ SOURCE_COLORS = ("cyan", "green", "yellow", "magenta", "blue", "bright_cyan", "b
 # -- status -------------------------------------------------------------------------------
 
 @click.command("status")
-@settings_options
 @click.option("--watch", "-w", "watch", is_flag=True, help="refresh every --interval seconds until Ctrl-C")
 @click.option("--interval", type=click.FloatRange(0.2, 3600), default=2.0, show_default=True,
               help="seconds between refreshes with --watch")
 @click.option("--json", "as_json", is_flag=True, help="print the status as JSON (one object per refresh)")
 @click.option("--no-slurm", is_flag=True, help="do not ask squeue about the study's jobs")
+@settings_options
 def status_cmd(watch: bool, interval: float, as_json: bool, no_slurm: bool, **flags: Any) -> int:
     """One screen: trials by state, progress and ETA, best trial, running trials, workers, zombies, SLURM jobs."""
     from hpo.watch import status
@@ -78,7 +78,6 @@ def _repeat(action: Callable[[], object], watch: bool, interval: float, first: b
 # -- logs ---------------------------------------------------------------------------------
 
 @click.command("logs")
-@settings_options
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines (and new workers' logs) until Ctrl-C")
 @click.option("--worker", "worker", default=None, metavar="ID", help="only this worker's log (worker_<ID>.log)")
 @click.option("--trial", "trial", type=click.IntRange(0), default=None, metavar="N",
@@ -89,6 +88,7 @@ def _repeat(action: Callable[[], object], watch: bool, interval: float, first: b
               help="seconds between polls with -f")
 @click.option("--all-studies", is_flag=True,
               help="lines of every study in LOG_DIR (and of logs whose lines name no study), not only STUDY_NAME's")
+@settings_options
 def logs_cmd(follow: bool, worker: str | None, trial: int | None, n_lines: int | None, interval: float,
              all_studies: bool, **flags: Any) -> int:
     """Worker logs of the study merged in time, each line prefixed with its worker."""
@@ -138,8 +138,8 @@ def _print_lines(lines: list["Line"], width: int, prefix: bool) -> None:
 # -- best ----------------------------------------------------------------------------------
 
 @click.command("best")
-@settings_options
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+@settings_options
 def best_cmd(fmt: str, **flags: Any) -> int:
     """The best trial's parameters (or the Pareto set and its knee), and the env lines of its budgets."""
     import yaml
@@ -163,8 +163,8 @@ def best_cmd(fmt: str, **flags: Any) -> int:
 # -- studies ---------------------------------------------------------------------------------
 
 @click.command("studies")
-@settings_options
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per study")
+@settings_options
 def studies_cmd(as_json: bool, **flags: Any) -> int:
     """The studies of the journal folder (JOURNAL_DIR): trials by state, best value, last activity."""
     from rich.console import Console
@@ -200,10 +200,10 @@ def _out_folder(out: str | None) -> Path | None:
 
 
 @click.command("export")
-@settings_options
 @click.option("--out", "out", default=None, metavar="DIR", help="output folder [default: results/<study>]")
 @click.option("--top", "top", type=click.IntRange(1), default=20, show_default=True,
               help="rows of top_<K>_trials.csv")
+@settings_options
 def export_cmd(out: str | None, top: int, **flags: Any) -> int:
     """best_params.json, all_trials.csv, top_<K>_trials.csv, trials.parquet and hpo_results.json."""
     from hpo.watch.export import export_launch
@@ -216,9 +216,9 @@ def export_cmd(out: str | None, top: int, **flags: Any) -> int:
 # -- plot -----------------------------------------------------------------------------------
 
 @click.command("plot")
-@settings_options
 @click.option("--out", "out", default=None, metavar="DIR",
               help="output folder [default: results/<study>/figures; a sweep: each study's, and results/]")
+@settings_options
 def plot_cmd(out: str | None, **flags: Any) -> int:
     """The study's figures as PNG files (no display or browser needed); a sweep's: each
     study's, and <config>_compare.png comparing them."""
@@ -240,11 +240,11 @@ def plot_cmd(out: str | None, **flags: Any) -> int:
 # -- report ----------------------------------------------------------------------------------
 
 @click.command("report")
-@settings_options
 @click.option("--out", "out", default=None, metavar="FILE",
               help="HTML file [default: results/<study>/report.html; a sweep: results/<config>_report.html]")
 @click.option("--top", "top", type=click.IntRange(1), default=20, show_default=True,
               help="rows of the top trials table")
+@settings_options
 def report_cmd(out: str | None, top: int, **flags: Any) -> int:
     """One self-contained HTML page: status, best trial, top trials and every figure (a sweep:
     its studies compared, then each)."""
@@ -262,10 +262,10 @@ def report_cmd(out: str | None, top: int, **flags: Any) -> int:
 # -- dashboard ---------------------------------------------------------------------------------
 
 @click.command("dashboard")
-@settings_options
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True)
 @click.option("--host", "bind", default="127.0.0.1", show_default=True,
               help="address to bind; the default keeps the dashboard off the network (use ssh -L)")
+@settings_options
 def dashboard_cmd(port: int, bind: str, **flags: Any) -> int:
     """optuna-dashboard on the study's journal, with the ssh port-forward line for a laptop."""
     import getpass

@@ -35,9 +35,9 @@ def prepared(flags: dict[str, Any], launcher: str, trains_here: bool = True,
 
 
 @click.command("worker")
-@settings_options
 @config_mode_options
 @click.option("--quiet", is_flag=True, help="log only warnings to stderr (the log file gets everything)")
+@settings_options
 def worker_cmd(quiet: bool, **flags: Any) -> int:
     """Run one worker in this process (what srun, an array task or submitit calls)."""
     import logging
@@ -62,12 +62,12 @@ def worker_cmd(quiet: bool, **flags: Any) -> int:
 
 
 @click.command("run")
-@settings_options
 @config_mode_options
 @click.option("--workers", "-n", "n_workers", type=click.IntRange(1, 1024), default=None,
               help="worker processes on this machine [default: 1; with --workers-per-gpu K, K on every GPU]")
 @click.option("--workers-per-gpu", "per_gpu", type=click.IntRange(1, 64), default=None, metavar="K",
               help="K workers share each GPU (small models leave a GPU idle between their kernels)")
+@settings_options
 def run_cmd(n_workers: int | None, per_gpu: int | None, **flags: Any) -> int:
     """Run the study on this machine with N workers sharing the journal (resumes if it exists)."""
     from hpo.launch.local import plan_gpus, run_local, visible_gpus
@@ -81,7 +81,6 @@ def run_cmd(n_workers: int | None, per_gpu: int | None, **flags: Any) -> int:
 
 
 @click.command("submit")
-@settings_options
 @config_mode_options
 @click.option("--workers", "-n", "n_workers", type=click.IntRange(1, 10000), required=True,
               help="workers (a job array, one GPU a job)")
@@ -103,6 +102,7 @@ def run_cmd(n_workers: int | None, per_gpu: int | None, **flags: Any) -> int:
 @click.option("--wait", is_flag=True, help="wait for the study with a progress bar")
 @click.option("--dry-run", is_flag=True, help="print what would be submitted; submit nothing")
 @click.option("--local", is_flag=True, help="run the workers here through submitit's local executor")
+@settings_options
 def submit_cmd(n_workers: int, per_gpu: int, mps: bool, partition: str | None, time_minutes: int, gpus_per_worker: int,
                cpus_per_worker: int, mem: str | None, account: str | None, qos: str | None,
                constraint: str | None, exclude: str | None, wait: bool, dry_run: bool, local: bool,
