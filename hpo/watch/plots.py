@@ -52,6 +52,7 @@ PHYSAE_LABEL = "validation parameter error (RMSE, normalised)"
 PHYSAE_STEP_LABEL = "global epoch (stages A, B1, B2 in sequence)"
 GENERIC_STEP_LABEL = "step reported by the objective"
 MAX_PARALLEL_PARAMS = 12
+THIN_IMPORTANCES = 20  # fewer COMPLETE trials than this: the importances figure says they are a rough guess
 DPI = 110
 
 
@@ -225,7 +226,8 @@ def param_importances(trials: Sequence[TrialRecord], ctx: PlotContext,
     if ctx.multi:
         ax.legend(fontsize="small")
     n = len(_complete(trials))
-    fig.suptitle(f"{ctx.study}: parameter importances ({n} COMPLETE trials)")
+    thin = f"; only {n}: a rough guess, trust it from ~{THIN_IMPORTANCES}" if n < THIN_IMPORTANCES else ""
+    fig.suptitle(f"{ctx.study}: parameter importances ({n} COMPLETE trials{thin})")
     return fig
 
 
@@ -300,6 +302,7 @@ def _range_text(dist: Distribution | None, observed: Sequence[Any]) -> tuple[str
 
 def slice_plot(trials: Sequence[TrialRecord], ctx: PlotContext) -> "Figure":
     from matplotlib.colors import Normalize
+    from matplotlib.ticker import MaxNLocator
 
     complete = [t for t in _complete(trials) if t.params]
     names = _param_names(complete)
@@ -321,9 +324,12 @@ def slice_plot(trials: Sequence[TrialRecord], ctx: PlotContext) -> "Figure":
             labels = [str(c) for c in dist.choices]
             xs = [dist.choices.index(x) for x in xs]
             ax.set_xticks(range(len(labels)), labels)
-        mappable = ax.scatter(xs, [_value(t) for t in have], c=[t.number for t in have], cmap="Blues",
+        # viridis: trial 0 is as visible as the last (Blues drew it white on white)
+        mappable = ax.scatter(xs, [_value(t) for t in have], c=[t.number for t in have], cmap="viridis",
                               norm=norm, edgecolors="#333333", linewidths=0.3, s=22)
         _set_param_axis(ax, dist)
+        if dist is not None and dist.integer and not dist.log:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no 1.5 layers
         if _wide_positive(values):
             ax.set_yscale("log")
         ax.set_xlabel(_param_label(name, dist))
@@ -333,7 +339,7 @@ def slice_plot(trials: Sequence[TrialRecord], ctx: PlotContext) -> "Figure":
     for k in range(len(names), rows * cols):
         axes[k // cols][k % cols].set_visible(False)
     if mappable is not None:
-        fig.colorbar(mappable, ax=axes, label="trial number", shrink=0.8)
+        fig.colorbar(mappable, ax=axes, label="trial number", shrink=0.8, ticks=MaxNLocator(integer=True))
     fig.suptitle(f"{ctx.study}: objective against each parameter ({len(complete)} COMPLETE trials)")
     return fig
 
@@ -406,12 +412,16 @@ def intermediate_values(trials: Sequence[TrialRecord], ctx: PlotContext) -> "Fig
 
 
 def timeline(trials: Sequence[TrialRecord], ctx: PlotContext, now: datetime | None = None) -> "Figure":
-    import matplotlib.dates as mdates
-
-    started = [t for t in trials if t.start_iso]
+    starts = {t.number: t.datetime_start for t in trials if t.start_iso and t.datetime_start is not None}
+    started = [t for t in trials if t.number in starts]
     if not started:
         raise Skip("no trial has started")
     now = now or datetime.now()
+    # One unit on the axis: elapsed time since the first start, in s, min or h by the span
+    # (dates with an offset read "27.24 ... 27.34" on a short study).
+    first = min(d for d in starts.values() if d is not None)
+    span = max(((t.datetime_complete or now) - first).total_seconds() for t in started)
+    unit, per = ("s", 1.0) if span < 180 else ("min", 60.0) if span < 3 * 3600 else ("h", 3600.0)
     workers = sorted({str(t.user_attrs.get("worker", "unknown")) for t in started})
     row = {w: k for k, w in enumerate(workers)}
     fig = _figure(10, max(3.0, 0.45 * len(workers) + 1.8))
@@ -422,16 +432,15 @@ def timeline(trials: Sequence[TrialRecord], ctx: PlotContext, now: datetime | No
         if begin is None:
             continue
         end = t.datetime_complete or now
-        left = mdates.date2num(begin)
-        width = max(mdates.date2num(end) - left, 1e-7)
+        left = (begin - first).total_seconds() / per
+        width = max((end - begin).total_seconds() / per, 1e-6)
         label = t.state if t.state not in seen else None
         seen.add(t.state)
         ax.barh(row[str(t.user_attrs.get("worker", "unknown"))], width, left=left, height=0.7,
                 color=STATE_COLORS.get(t.state, "#999999"), edgecolor="white", linewidth=0.4, label=label)
     ax.set_yticks(range(len(workers)), workers)
-    ax.xaxis_date()
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(ax.xaxis.get_major_locator()))
-    ax.set_xlabel("time (local); gaps between bars are idle workers")
+    ax.set_xlabel(f"{unit} since the first trial started ({first:%Y-%m-%d %H:%M:%S} local); gaps between bars "
+                  "are idle workers")
     ax.set_ylabel("worker")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(title="trial state", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
