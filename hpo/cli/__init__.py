@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="hpo", standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
+    except click.UsageError as exc:  # a flag's value or a command's usage: one line, as hpo's own errors
+        where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx is not None else ""
+        click.echo(f"hpo: error: {exc.format_message().rstrip('.')}{where}", err=True)
+        code = exc.exit_code
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
