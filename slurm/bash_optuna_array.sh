@@ -4,7 +4,7 @@
 #
 #   N_TRAIN=50000 STAGEA_EPOCHS=24 sbatch --array=0-15%8 slurm/bash_optuna_array.sh
 #
-# Submit from the repository root (paths below are relative to it). The variables you
+# Submit from the repository root or from slurm/ (the job log goes to logs/ either way). The variables you
 # export reach the workers unchanged (nothing is ever eval'ed); defaults and the study
 # config's settings are hpo's, and the job log starts with `hpo config`: each value
 # and where it came from. Override #SBATCH lines on the command line, e.g.
@@ -24,6 +24,9 @@
 #SBATCH --requeue
 
 set -uo pipefail
-# sbatch runs a copy of this file from its spool: the shared body is found from the submit dir.
+# sbatch runs a copy of this file from its spool: the shared body is found from the submit dir,
+# the repository root or slurm/ itself (`cd slurm && sbatch bash_optuna.sh`, whose job log
+# slurm/logs, a link to ../logs, keeps in the top-level logs/); the job runs from the root.
 cd "${SLURM_SUBMIT_DIR:-.}" || exit 2
+if [ ! -f slurm/lib/run_workers.sh ] && [ -f lib/run_workers.sh ]; then cd .. || exit 2; fi
 source slurm/lib/run_workers.sh

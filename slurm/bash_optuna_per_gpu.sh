@@ -24,6 +24,9 @@
 #SBATCH --requeue
 
 set -uo pipefail
-# sbatch runs a copy of this file from its spool: the shared body is found from the submit dir.
+# sbatch runs a copy of this file from its spool: the shared body is found from the submit dir,
+# the repository root or slurm/ itself (`cd slurm && sbatch bash_optuna.sh`, whose job log
+# slurm/logs, a link to ../logs, keeps in the top-level logs/); the job runs from the root.
 cd "${SLURM_SUBMIT_DIR:-.}" || exit 2
+if [ ! -f slurm/lib/run_workers.sh ] && [ -f lib/run_workers.sh ]; then cd .. || exit 2; fi
 source slurm/lib/run_workers.sh

@@ -45,7 +45,7 @@ def project(tmp_path: Path) -> Path:
     """A submit directory with a space in its path, laid out like the repository."""
     root = tmp_path / "my project"
     root.mkdir()
-    shutil.copytree(REPO / "slurm", root / "slurm")
+    shutil.copytree(REPO / "slurm", root / "slurm", symlinks=True)  # slurm/logs is a link to ../logs
     shutil.copytree(REPO / "configs", root / "configs")
     (root / "logs").mkdir()
     return root
@@ -106,6 +106,26 @@ def test_seed_000_command_line(slurm: None, project: Path) -> None:
     assert re.search(r"^N_TRAIN +256 +env:N_TRAIN$", log, re.M)  # hpo config: value and its source
     assert re.search(r"^STAGEB1_EPOCHS +2 +env:STAGEB1_EPOCHS$", log, re.M)
     check_physae_study(project, "a b'c", max_trials=4, n_workers=2)
+
+
+@pytest.mark.slurm
+@pytest.mark.cluster
+@pytest.mark.parametrize(("script", "log"), [("bash_optuna.sh", "hpo-optuna_{job}.log"),
+                                             ("bash_optuna_array.sh", "hpo-optuna_{job}_0.log")])
+def test_sbatch_from_inside_slurm_runs_the_study_with_its_log_in_logs(slurm: None, project: Path, script: str,
+                                                                      log: str) -> None:
+    """The seed's habit, ``cd slurm && sbatch bash_optuna.sh``: the study runs, and the job log
+    is in the top-level logs/ (SLURM writes none, silently, into a folder that is not there)."""
+    (project / "mine.yaml").write_text("study_name: mine\nobjective: objectives:quadratic\n"
+                                       "space:\n  x: {type: float, low: -5, high: 5}\n")
+    env = clean_env(HPO_CONFIG="mine.yaml", MAX_TRIALS="3", HPO_PYTHON=sys.executable)
+    args = ["--ntasks=1", *SMALL_TASKS] if script == "bash_optuna.sh" else ["--array=0-1", *SMALL_TASKS]
+    job = sbatch(project / "slurm", script, args, env)
+    states = sacct_states(job, 1 if script == "bash_optuna.sh" else 2)
+    assert all(s.startswith("COMPLETED") for s in states.values()), states
+    assert "== effective settings (hpo config):" in (project / "logs" / log.format(job=job)).read_text()
+    study = load_study(project / "optuna_journal/mine.journal", "mine")
+    assert Counter(t.state.name for t in study.trials)["COMPLETE"] == 3
 
 
 @pytest.mark.slurm
