@@ -128,7 +128,7 @@ class Inputs:
     stale_seconds: float
     now: float
     read_seconds: float
-    counting: StudySpec | None = None  # what MAX_TRIALS counts (its budget_counts); None: the default
+    counting: StudySpec  # what MAX_TRIALS counts (its budget_counts: the stored one, unless given)
     beats: Beats | None = None  # the workers' heartbeat files (journal storage)
     host: str | None = None  # this machine: a trial whose worker ran here and whose pid is gone is a zombie
 
@@ -175,8 +175,6 @@ def counted(inputs: Inputs, states: Mapping[str, int]) -> int:
     """The study's trials that MAX_TRIALS counts (:meth:`StudySpec.counted`): the reasons
     of COMPLETE trials are read only when capped ones may not count."""
     spec = inputs.counting
-    if spec is None:
-        return states.get("COMPLETE", 0) + states.get("PRUNED", 0)
     capped = 0
     if spec.budget_counts == "complete" and states.get("COMPLETE"):
         reasons = inputs.journal.user_attr_values(["reason"])["reason"]
