@@ -118,7 +118,8 @@ def test_sbatch_from_inside_slurm_runs_the_study_with_its_log_in_logs(slurm: Non
     is in the top-level logs/ (SLURM writes none, silently, into a folder that is not there)."""
     (project / "mine.yaml").write_text("study_name: mine\nobjective: objectives:quadratic\n"
                                        "space:\n  x: {type: float, low: -5, high: 5}\n")
-    env = clean_env(HPO_CONFIG="mine.yaml", MAX_TRIALS="3", HPO_PYTHON=sys.executable)
+    # No pruner: three COMPLETE trials, whatever Hyperband would have made of the toy's reports.
+    env = clean_env(HPO_CONFIG="mine.yaml", MAX_TRIALS="3", OPTUNA_PRUNER="none", HPO_PYTHON=sys.executable)
     args = ["--ntasks=1", *SMALL_TASKS] if script == "bash_optuna.sh" else ["--array=0-1", *SMALL_TASKS]
     job = sbatch(project / "slurm", script, args, env)
     states = sacct_states(job, 1 if script == "bash_optuna.sh" else 2)
